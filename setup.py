@@ -1,0 +1,19 @@
+"""Installs the ltsei package exported from nbs/ (metadata in settings.ini, as nbdev 2 expects)."""
+from configparser import ConfigParser
+from setuptools import find_packages, setup
+
+cfg = ConfigParser(delimiters=["="])
+cfg.read("settings.ini")
+cfg = cfg["DEFAULT"]
+setup(
+    name=cfg["lib_name"],
+    version=cfg["version"],
+    description=cfg["description"],
+    author=cfg["author"],
+    license=cfg["license"],
+    python_requires=">=" + cfg["min_python"],
+    packages=find_packages(include=["ltsei", "ltsei.*"]),
+    include_package_data=True,
+    install_requires=cfg["requirements"].split(),
+    entry_points={"console_scripts": cfg["console_scripts"].split()},
+)
