@@ -1,0 +1,84 @@
+"""The config tree: defaults from methods.md, profiles, and failures before any work."""
+import pytest
+
+from ltsei.config import (ConfigError, EPOCH_SCALES, all_keys, compose_config, scale_epochs, stage1_key)
+
+
+def test_defaults_make_5_1_equal_5_2():
+    full = ("model.name=ConvNetADSB model.dropout=0.1 model.use_attention=true loss.name=CrossEntropy "
+            "sampling.name=none training.epochs=300 training.lr=0.1 training.optimizer=SGD stage2.enabled=true "
+            "stage2.mode=moe_ltsei stage2.epochs=100 stage2.lr=0.1 stage2.optimizer=SGD stage2.loss=MoELTSEILoss "
+            "stage2.moe.num_experts=3 stage2.moe.gate_hidden=128 stage2.moe.gate_dropout=0.1 "
+            "stage2.moe.normalize_features=true stage2.moe_loss.scale=30.0 stage2.moe_loss.beta=0.999 "
+            "stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.margin_m1=0.2 stage2.moe_loss.margin_gamma=0.5 "
+            "stage2.moe_loss.diff_gamma=2.0 stage2.moe_loss.diff_alpha=1.0 stage2.moe_loss.lambda_gate=1.0 "
+            "stage2.moe_loss.lambda_lb=0.0 stage2.sampler=progressive_power stage2.alpha_start=1.0 "
+            "stage2.alpha_end=0.0 stage2.freeze_bn=true stage2.warmup_epochs=5 data.imbalance_ratio=100").split()
+    short = ("loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=moe_ltsei stage2.epochs=100 "
+             "stage2.lr=0.1 stage2.loss=MoELTSEILoss stage2.moe.num_experts=3 stage2.moe_loss.scale=30.0 "
+             "stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.lambda_gate=1.0 stage2.freeze_bn=true").split()
+    assert compose_config(full) == compose_config(short) == compose_config([])
+
+
+def test_paper_defaults():
+    c = compose_config([])
+    assert c.scale.profile == "paper" and c.training.epochs == 300 and c.data.batch_size == 256
+    assert c.data.synth.num_emitters == 60 and c.data.synth.sample_rate == 50e6 and c.data.synth.length == 4800
+    assert c.training.optimizer == "SGD" and c.training.momentum == 0.9 and c.training.weight_decay == 5e-4
+
+
+@pytest.mark.parametrize("profile", ["quick", "smoke"])
+def test_profile_scales_every_epoch_setting(profile):
+    s = EPOCH_SCALES[profile]
+    c = compose_config([f"profile={profile}", "loss.ldam_drw_start=160", "training.epochs=200"])
+    assert c.training.epochs == scale_epochs(200, s, 1)
+    assert c.stage2.epochs == scale_epochs(100, s, 1)
+    assert c.loss.ldam_drw_start == min(scale_epochs(160, s, 0), c.training.epochs - 1)
+    assert c.training.warmup_epochs == scale_epochs(5, s, 0) and c.stage2.warmup_epochs == scale_epochs(5, s, 0)
+    assert c.loss.ldam_drw_start < c.training.epochs
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("loss.name=Nope", "CrossEntropy"),               # lists the valid choices
+    ("model.name=VGG", "ConvNetADSB"),
+    ("sampling.name=weird", "class_uniform"),
+    ("stage2.mode=lws2", "moe_ltsei"),
+    ("stage2.sampler=abc", "progressive_power"),
+    ("stage3.mode=x", "tau_norm"),
+    ("training.optimizer=RMSprop", "AdamW"),
+    ("training.lr=-0.1", "training.lr"),
+    ("stage2.lr=0", "stage2.lr"),
+    ("data.imbalance_ratio=0.5", ">= 1"),
+    ("data.target_length=0", "data.target_length"),
+    ("training.epochs=abc", "training.epochs"),
+    ("loss.focal_gama=2", "loss.focal_gamma"),         # typo: nearest key suggested
+    ("stage2.moe.experts=3", "stage2.moe.num_experts"),
+    ("nosuchsection.x=1", "Valid top-level sections"),
+    ("profile=huge", "quick"),
+    ("sampling.name=power", "sampling.alpha"),
+])
+def test_bad_config_fails_before_work(override, needle):
+    with pytest.raises(ConfigError) as e:
+        compose_config([override])
+    assert needle in str(e.value)
+
+
+def test_every_guide_appendix_key_exists():
+    keys = set(all_keys())
+    for k in ["data.imbalance_ratio", "data.batch_size", "training.epochs", "training.lr", "training.optimizer",
+              "gpus", "stage2.enabled", "stage2.mode", "stage2.epochs", "stage2.lr", "stage2.freeze_bn",
+              "stage2.moe.num_experts", "stage2.moe.gate_hidden", "stage2.moe_loss.scale", "stage2.moe_loss.beta",
+              "stage2.moe_loss.margin_m0", "stage2.moe_loss.diff_gamma", "stage2.moe_loss.lambda_gate",
+              "stage2.moe_loss.lambda_lb", "stage3.mode", "stage3.tau_norm", "stage1.checkpoint",
+              "stage2.cost_strategy", "stage2.los_smoothing", "stage2.alpha_start", "stage2.alpha_end"]:
+        assert k in keys, k
+
+
+def test_stage1_key_ignores_stage2_and_stage3():
+    a = compose_config(["profile=smoke", "stage2.mode=crt", "stage2.loss=CrossEntropy"])
+    b = compose_config(["profile=smoke", "stage2.enabled=false", "stage3.mode=tau_norm"])
+    assert stage1_key(a) == stage1_key(b)
+    for o in ["loss.name=FocalLoss", "data.imbalance_ratio=10", "model.name=ResNet1D", "seed=1",
+              "sampling.name=sqrt", "training.lr=0.05"]:
+        assert stage1_key(compose_config(["profile=smoke", o])) != stage1_key(a), o
+    assert stage1_key(compose_config(["profile=quick", "stage2.mode=crt", "stage2.loss=CrossEntropy"])) != stage1_key(a)

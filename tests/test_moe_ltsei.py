@@ -1,0 +1,360 @@
+"""Tests of ltsei.moe_ltsei: frequency groups, the MoE head, the MoE-LTSEI loss and its ablation switches,
+and the routing metrics. Expected values come from hand computation or explicit numpy (methods.md)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltsei.losses import LOSSES, MoEOutput, create_loss
+from ltsei.moe_ltsei import MoEHead, MoELTSEILoss, adaptive_margins, frequency_groups, moe_class_weights, routing_metrics
+
+DEFAULTS = dict(num_experts=3, scale=30.0, beta=0.999, margin_m0=0.35, margin_m1=0.2, margin_gamma=0.5,
+                diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0)   # guide 5.1
+IR100 = np.floor(500 * 100.0 ** (-np.arange(60) / 59)).astype(int)
+
+
+def head_for(C, K, d=16, normalize=True, seed=0):
+    torch.manual_seed(seed)
+    return MoEHead(feature_dim=d, num_classes=C, num_experts=K, gate_hidden=8, gate_dropout=0.1,
+                   normalize_features=normalize, scale=30.0)
+
+
+def moe_loss(counts, **over):
+    return MoELTSEILoss(counts, **{**DEFAULTS, **over})
+
+
+def random_output(B, C, K, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    cos = (torch.rand(B, C, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(requires_grad)
+    gl = torch.randn(B, K, generator=g, dtype=torch.float64).requires_grad_(requires_grad)
+    return MoEOutput(logits=30 * cos, cosine=cos, gate_logits=gl, gate_probs=gl.softmax(1))
+
+
+# ----- frequency groups -----
+
+COUNTS7 = [5, 9, 9, 1, 3, 7, 2]   # ranking by n desc, ties by label: 1, 2, 5, 0, 4, 6, 3
+
+
+@pytest.mark.parametrize("K,expected", [
+    (1, [0, 0, 0, 0, 0, 0, 0]),
+    (2, [0, 0, 0, 1, 1, 0, 1]),     # sizes 4, 3: {1, 2, 5, 0}, {4, 6, 3}
+    (3, [1, 0, 0, 2, 1, 0, 2]),     # sizes 3, 2, 2: {1, 2, 5}, {0, 4}, {6, 3}
+    (4, [1, 0, 0, 3, 2, 1, 2]),     # sizes 2, 2, 2, 1: {1, 2}, {5, 0}, {4, 6}, {3}
+    (7, [3, 0, 1, 6, 4, 2, 5]),     # one class each, in rank order
+])
+def test_frequency_groups(K, expected):
+    np.testing.assert_array_equal(frequency_groups(COUNTS7, K), expected)
+
+
+def test_frequency_groups_ties_by_label_and_sizes():
+    # all equal: the ranking is the label order
+    np.testing.assert_array_equal(frequency_groups([4] * 6, 4), [0, 0, 1, 1, 2, 3])
+    for K in (2, 3, 4):
+        g = frequency_groups(IR100, K)
+        sizes = np.bincount(g, minlength=K)
+        assert sizes.max() - sizes.min() <= 1 and np.all(np.diff(sizes) <= 0)
+        # contiguous in the ranking: every class of group k is at least as frequent as every class of group k+1
+        for k in range(K - 1):
+            assert IR100[g == k].min() >= IR100[g == k + 1].max()
+    np.testing.assert_array_equal(np.bincount(frequency_groups(list(range(1, 11)), 3)), [4, 3, 3])
+    np.testing.assert_array_equal(frequency_groups(list(range(1, 11)), 3), [2, 2, 2, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_frequency_groups_errors():
+    with pytest.raises(ValueError, match="num_experts"):
+        frequency_groups(COUNTS7, 8)
+    with pytest.raises(ValueError, match="num_experts"):
+        frequency_groups(COUNTS7, 0)
+
+
+# ----- head -----
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5])
+def test_head_shapes_and_mixing(K):
+    head = head_for(C=6, K=K).eval()
+    f = torch.randn(5, 16)
+    out = head(f)
+    assert isinstance(out, MoEOutput)
+    assert [tuple(t.shape) for t in out] == [(5, 6), (5, 6), (5, K), (5, K)]
+    torch.testing.assert_close(out.logits, 30 * out.cosine)
+    torch.testing.assert_close(out.gate_probs, out.gate_logits.softmax(1))
+    # c = sum_k g_k cos_k, with cos from unit vectors
+    xn = f / f.norm(dim=1, keepdim=True)
+    V = head.experts / head.experts.norm(dim=-1, keepdim=True)
+    cos = torch.einsum("bd,kcd->bkc", xn, V)
+    torch.testing.assert_close(out.cosine, (out.gate_probs[:, :, None] * cos).sum(1))
+    assert out.cosine.abs().max() <= 1 + 1e-6
+
+
+def test_gate_near_uniform_at_init():
+    for K in (2, 3, 4):
+        head = MoEHead(feature_dim=350, num_classes=60, num_experts=K, gate_hidden=128, gate_dropout=0.1,
+                       normalize_features=True, scale=30.0).eval()
+        g = head(torch.randn(64, 350).relu() * 5).gate_probs
+        assert (g - 1 / K).abs().max() < 1e-2
+
+
+def test_normalize_features_only_changes_gate_input():
+    h1, h2 = head_for(C=4, K=2, normalize=True), head_for(C=4, K=2, normalize=False)
+    h1.eval(); h2.eval()
+    f = torch.randn(3, 16)
+    # the gate of the unnormalised head on f/||f|| equals the normalised head on f (same init, same seed)
+    o1, o2 = h1(f), h2(f / f.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(o1.cosine, o2.cosine)
+    torch.testing.assert_close(o1.gate_probs, o2.gate_probs)
+
+
+def test_head_bad_input():
+    head = head_for(C=4, K=2)
+    with pytest.raises(ValueError, match=r"\(B, 16\)"):
+        head(torch.randn(3, 15))
+    with pytest.raises(ValueError, match="normalize_features"):
+        MoEHead(16, 4, 2, 8, 0.1, "yes", 30.0)
+    with pytest.raises(ValueError, match="num_experts"):
+        MoEHead(16, 4, 0, 8, 0.1, True, 30.0)
+
+
+def test_gradients_reach_gate_and_experts():
+    head = head_for(C=5, K=3)
+    loss_fn = moe_loss([40, 20, 10, 5, 2], lambda_lb=0.01)
+    f = torch.randn(12, 16)
+    y = torch.arange(12) % 5
+    loss_fn(head(f), y).backward()
+    grads = {n: p.grad for n, p in head.named_parameters()}
+    assert set(grads) == {"experts", "gate.0.weight", "gate.0.bias", "gate.3.weight", "gate.3.bias"}
+    for n, g in grads.items():
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, n
+    # every expert gets a gradient
+    assert (grads["experts"].abs().sum(dim=(1, 2)) > 0).all()
+
+
+# ----- loss: weights, margins -----
+
+def test_class_weights_and_margins():
+    beta = 0.999
+    E = (1 - beta ** IR100.astype(float)) / (1 - beta)
+    w = (1 / E) / (1 / E).mean()
+    np.testing.assert_allclose(moe_class_weights(IR100, beta), w)
+    m = adaptive_margins(IR100, beta, 0.35, 0.2, 0.5)
+    np.testing.assert_allclose(m, np.minimum(0.35 * np.sqrt(E.max() / E), 0.55))
+    assert m[0] == pytest.approx(0.35)                       # most frequent class: exactly m0
+    assert np.all(m >= 0.35 - 1e-12) and np.all(m <= 0.55 + 1e-12)
+    assert np.all(np.diff(m) >= -1e-12)                       # rarer -> larger
+    assert m[-1] == pytest.approx(0.55)
+    lf = moe_loss(IR100)
+    np.testing.assert_allclose(lf.margins.numpy(), m, rtol=1e-6)
+    np.testing.assert_allclose(lf.class_weights.numpy(), w, rtol=1e-6)
+    assert lf.class_weights.mean().item() == pytest.approx(1.0)
+    np.testing.assert_array_equal(lf.groups.numpy(), frequency_groups(IR100, 3))
+
+
+def test_margin_bounds_random_profiles():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = rng.integers(1, 1000, size=rng.integers(2, 30))
+        m0, m1, gm = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0, 2)
+        m = adaptive_margins(n, 0.999, m0, m1, gm)
+        assert np.all(m >= m0 - 1e-12) and np.all(m <= m0 + m1 + 1e-12)
+        assert m[np.argmax(n)] == pytest.approx(m0)
+
+
+# ----- loss: hand computation -----
+
+def test_loss_hand_case():
+    """C = 3, K = 2, B = 2, everything written out.
+
+    n = (100, 10, 1), beta = 0.9: E = (1 - 0.9^n) / 0.1 = (10(1 - 0.9^100), 10(1 - 0.9^10), 1)
+    = (9.99973, 6.51322, 1); groups (sizes 2, 1): (0, 0, 1).
+    """
+    n = np.array([100, 10, 1], float)
+    s, beta, m0, m1, gm, gd, al, lg, llb = 10.0, 0.9, 0.3, 0.2, 0.5, 2.0, 1.0, 0.7, 0.5
+    lf = MoELTSEILoss(n.astype(int), num_experts=2, scale=s, beta=beta, margin_m0=m0, margin_m1=m1, margin_gamma=gm,
+                      diff_gamma=gd, diff_alpha=al, lambda_gate=lg, lambda_lb=llb)
+    E = np.array([10 * (1 - 0.9 ** 100), 10 * (1 - 0.9 ** 10), 1.0])
+    w = (1 / E) / np.mean(1 / E)
+    m = np.array([0.3, min(0.3 * math.sqrt(E[0] / E[1]), 0.5), min(0.3 * math.sqrt(E[0]), 0.5)])
+    assert m[2] == 0.5 and 0.37 < m[1] < 0.38
+    np.testing.assert_array_equal(lf.groups.numpy(), [0, 0, 1])
+
+    cos = np.array([[0.5, 0.2, -0.1], [0.1, 0.3, 0.4]]); y = [0, 2]
+    G = np.array([[0.2, -0.1], [0.0, 0.4]])
+    # sample 0 (y = 0): z~ = 10 * (0.5 - 0.3, 0.2, -0.1) = (2, 2, -1)
+    # sample 1 (y = 2): z~ = 10 * (0.1, 0.3, 0.4 - 0.5) = (1, 3, -1)
+    zt = [np.array([2.0, 2.0, -1.0]), np.array([1.0, 3.0, -1.0])]
+    cls = 0.0
+    for i in range(2):
+        p = np.exp(zt[i]) / np.exp(zt[i]).sum()
+        l = -math.log(p[y[i]])
+        d = (1 - p[y[i]] + al * max(p[j] for j in range(3) if j != y[i])) ** gd
+        cls += w[y[i]] * d * l / 2
+    # gate: targets group(0) = 0, group(2) = 1
+    gate = ((math.log(math.exp(0.2) + math.exp(-0.1)) - 0.2) + (math.log(1 + math.exp(0.4)) - 0.4)) / 2
+    P = np.exp(G) / np.exp(G).sum(1, keepdims=True)           # argmax: sample 0 -> 0, sample 1 -> 1: f = (1/2, 1/2)
+    lb = 2 * (0.5 * P[:, 0].mean() + 0.5 * P[:, 1].mean())     # = 1 exactly here
+    assert lb == pytest.approx(1.0)
+
+    cos_t = torch.tensor(cos); gl = torch.tensor(G)
+    out = MoEOutput(logits=s * cos_t, cosine=cos_t, gate_logits=gl, gate_probs=gl.softmax(1))
+    parts = lf(out, torch.tensor(y), return_parts=True)
+    assert set(parts) == {"cls", "gate", "lb", "total"}
+    assert parts["cls"].item() == pytest.approx(cls, rel=1e-6)
+    assert parts["gate"].item() == pytest.approx(gate, rel=1e-6)
+    assert parts["lb"].item() == pytest.approx(lb, rel=1e-6)
+    assert parts["total"].item() == pytest.approx(cls + lg * gate + llb * lb, rel=1e-6)
+    assert lf(out, torch.tensor(y)).item() == pytest.approx(cls + lg * gate + llb * lb, rel=1e-6)
+    assert lf.parts(out, torch.tensor(y))["total"].item() == parts["total"].item()
+
+
+def test_load_balance_unbalanced_case():
+    # K = 2, B = 4, every sample's largest gate is expert 0: f = (1, 0); P_0 = mean g_0
+    lf = moe_loss([10, 5, 3, 1], num_experts=2, lambda_lb=0.01)
+    g = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2]], dtype=torch.float64)
+    out = MoEOutput(logits=torch.zeros(4, 4, dtype=torch.float64), cosine=torch.zeros(4, 4, dtype=torch.float64),
+                    gate_logits=g.log(), gate_probs=g)
+    assert lf.parts(out, torch.tensor([0, 1, 2, 3]))["lb"].item() == pytest.approx(2 * 0.75)
+
+
+# ----- loss: ablation switches change only their own term -----
+
+def _parts(lf, out, y):
+    return {k: v.item() for k, v in lf.parts(out, y).items()}
+
+
+def test_ablation_margin_m0_zero():
+    counts = [200, 80, 30, 10, 4, 2]
+    out, y = random_output(32, 6, 3), torch.arange(32) % 6
+    base, abl = moe_loss(counts), moe_loss(counts, margin_m0=0.0)
+    assert torch.count_nonzero(abl.margins) == 0
+    torch.testing.assert_close(abl.class_weights, base.class_weights)
+    pb, pa = _parts(base, out, y), _parts(abl, out, y)
+    assert pa["gate"] == pb["gate"] and pa["lb"] == pb["lb"] and pa["cls"] != pb["cls"]
+    # no margin: z~ = s c, numpy
+    c, yy = out.cosine.detach().numpy(), y.numpy()
+    z = 30 * c
+    p = np.exp(z - z.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    py = p[np.arange(32), yy]; po = np.where(np.eye(6)[yy] > 0, -1, p).max(1)
+    w = abl.class_weights.double().numpy()
+    ref = np.mean(w[yy] * (1 - py + po) ** 2 * -np.log(py))
+    assert pa["cls"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_ablation_lambda_gate_zero():
+    counts = [200, 80, 30, 10, 4, 2]
+    out, y = random_output(32, 6, 3), torch.arange(32) % 6
+    pb, pa = _parts(moe_loss(counts), out, y), _parts(moe_loss(counts, lambda_gate=0.0), out, y)
+    assert pa["cls"] == pb["cls"] and pa["gate"] == pb["gate"]   # the term is still reported
+    assert pb["total"] == pytest.approx(pb["cls"] + pb["gate"])
+    assert pa["total"] == pa["cls"]
+
+
+def test_ablation_lambda_gate_zero_no_gradient_from_gate_term():
+    counts = [200, 80, 30, 10, 4, 2]
+    y = torch.arange(8) % 6
+    out = random_output(8, 6, 3, requires_grad=True)
+    # gate logits enter only through L_gate and (via the softmax) L_lb; with both off, no gradient reaches them
+    moe_loss(counts, lambda_gate=0.0, lambda_lb=0.0)(out, y).backward()
+    assert out.gate_logits.grad is None
+
+
+def test_ablation_diff_gamma_zero():
+    counts = [200, 80, 30, 10, 4, 2]
+    out, y = random_output(32, 6, 3), torch.arange(32) % 6
+    base, abl = moe_loss(counts), moe_loss(counts, diff_gamma=0.0)
+    pb, pa = _parts(base, out, y), _parts(abl, out, y)
+    assert pa["gate"] == pb["gate"] and pa["lb"] == pb["lb"] and pa["cls"] != pb["cls"]
+    # d = 1: L_cls = mean(w_y * CE(z~, y))
+    c, yy = out.cosine.detach().numpy(), y.numpy()
+    m, w = abl.margins.double().numpy(), abl.class_weights.double().numpy()
+    z = 30 * (c - m[yy][:, None] * np.eye(6)[yy])
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    ref = np.mean(w[yy] * (lse - z[np.arange(32), yy]))
+    assert pa["cls"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_ablation_lambda_lb():
+    counts = [200, 80, 30, 10, 4, 2]
+    out, y = random_output(32, 6, 3), torch.arange(32) % 6
+    pb, pa = _parts(moe_loss(counts), out, y), _parts(moe_loss(counts, lambda_lb=0.01), out, y)
+    assert pa["cls"] == pb["cls"] and pa["gate"] == pb["gate"] and pa["lb"] == pb["lb"]
+    assert pb["total"] == pytest.approx(pb["cls"] + pb["gate"])
+    assert pa["total"] == pytest.approx(pb["total"] + 0.01 * pb["lb"])
+
+
+def test_difficulty_weight_is_detached():
+    # with the difficulty weight detached, dL/dc for one sample is w_y * d * dCE/dc (d a constant)
+    lf = moe_loss([20, 10, 5], num_experts=1, lambda_gate=0.0)
+    c = torch.tensor([[0.3, 0.1, -0.2]], dtype=torch.float64, requires_grad=True)
+    gl = torch.zeros(1, 1, dtype=torch.float64)
+    y = torch.tensor([1])
+    lf(MoEOutput(30 * c, c, gl, gl.softmax(1)), y).backward()
+    m = lf.margins.double()[1].item()
+    zt = 30 * (c.detach() - m * F.one_hot(y, 3))
+    p = zt.softmax(1)[0]
+    d = (1 - p[1] + max(p[0], p[2])) ** 2
+    expected = lf.class_weights.double()[1] * d * 30 * (p - F.one_hot(y, 3)[0])
+    torch.testing.assert_close(c.grad[0], expected)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 6])
+def test_any_number_of_experts(K):
+    counts = [300, 150, 80, 40, 20, 10, 5, 2]
+    head = head_for(C=8, K=K)
+    lf = moe_loss(counts, num_experts=K, lambda_lb=0.01)
+    f, y = torch.randn(16, 16), torch.arange(16) % 8
+    parts = lf(head(f), y, return_parts=True)
+    assert all(torch.isfinite(v) for v in parts.values())
+    parts["total"].backward()
+    assert np.bincount(lf.groups.numpy()).max() - np.bincount(lf.groups.numpy()).min() <= 1
+
+
+def test_loss_input_errors():
+    lf = moe_loss([20, 10, 5, 2])
+    with pytest.raises(ValueError, match="MoEOutput"):
+        lf(torch.zeros(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="gate"):
+        lf(random_output(2, 4, 2), torch.tensor([0, 1]))     # K = 3 expected
+    with pytest.raises(ValueError, match="beta"):
+        moe_loss([20, 10], beta=1.0)
+    with pytest.raises(ValueError, match="margin_m1"):
+        moe_loss([20, 10], margin_m1=-0.1)
+
+
+def test_create_loss_moe():
+    assert "MoELTSEILoss" in LOSSES
+    lf = create_loss("MoELTSEILoss", IR100, **DEFAULTS)
+    assert isinstance(lf, MoELTSEILoss)
+    with pytest.raises(ValueError, match=r"missing parameter\(s\) \['lambda_lb'\]"):
+        create_loss("MoELTSEILoss", IR100, **{k: v for k, v in DEFAULTS.items() if k != "lambda_lb"})
+    lf.set_epoch(3)   # no schedule: a no-op
+
+
+# ----- routing metrics -----
+
+def test_routing_metrics_hand():
+    gp = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.3, 0.4, 0.3]])
+    y = np.array([0, 1, 2, 3, 0])
+    groups = np.array([0, 1, 1, 2])
+    rm = routing_metrics(gp, y, groups, 3)
+    # group(y) = (0, 1, 1, 2, 0); argmax = (0, 1, 0, 2, 1): hits 1, 1, 0, 1, 0
+    assert rm["routing_accuracy"] == pytest.approx(0.6)
+    assert rm["routing_accuracy_per_group"] == pytest.approx([0.5, 0.5, 1.0])
+    assert rm["group_samples"] == [2, 2, 1]
+    np.testing.assert_allclose(rm["usage_mean_prob"], [[0.5, 0.3, 0.2], [0.3, 0.55, 0.15], [0.2, 0.2, 0.6]])
+    np.testing.assert_allclose(rm["usage_argmax_frac"], [[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]])
+    json.dumps(rm)
+    # tensors work too and an empty group gives None
+    rm2 = routing_metrics(torch.tensor(gp[:2]), torch.tensor([0, 1]), torch.tensor([0, 1, 1, 2]), 3)
+    assert rm2["usage_mean_prob"][2] is None and rm2["routing_accuracy_per_group"][2] is None
+    json.dumps(rm2)
+
+
+def test_routing_metrics_errors():
+    with pytest.raises(ValueError, match="gate_probs"):
+        routing_metrics(np.ones((2, 2)) / 2, np.array([0, 1]), np.array([0, 1, 2]), 3)
+    with pytest.raises(ValueError, match="groups"):
+        routing_metrics(np.ones((2, 3)) / 3, np.array([0, 1]), np.array([0, 5]), 3)
+    with pytest.raises(ValueError, match="y"):
+        routing_metrics(np.ones((2, 3)) / 3, np.array([0, 9]), np.array([0, 1, 2]), 3)

@@ -1,0 +1,286 @@
+"""The table registry, row selection, resume and scheduling of `ltsei reproduce` (ltsei.reproduce)."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import ltsei.reproduce as rp
+from ltsei.reproduce import (ROWS, ROWS_BY_ID, Row, Task, demo_compose_config, demo_run_experiment, guide_commands,
+                             parse_guide, plan_runs, prepare_run_dir, read_metrics, reproduce_main, run_dir, run_status,
+                             run_tasks, select_rows, split_command, write_json_atomic)
+
+GUIDE = Path(__file__).resolve().parents[1].parent / "shared" / "experiment-guide.md"
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_has_every_guide_row_once():
+    assert len(ROWS) == 37
+    assert len({r.id for r in ROWS}) == 37
+    assert [r.section for r in ROWS] == sorted(r.section for r in ROWS)
+    sections = {r.section for r in ROWS}
+    assert sections == {"1.1", "2.1", "2.2", "2.3", "3.1", "3.2", "3.3", "4.1", "4.2", "4.3", "4.4", "4.5", "5.1", "5.2"}
+    for r in ROWS:
+        assert r.id.startswith("s" + r.section.replace(".", "_") + "_"), r.id
+        assert r.guide.startswith("python main.py "), r.id
+        assert r.method and r.kind in ("Baseline", "Single-stage", "Two-stage", "Ablation", "Ours")
+        assert all("=" in a for a in r.guide_args), r.id
+
+
+def test_lws_row_runs_lws_and_says_why():
+    lws = ROWS_BY_ID["s3_1_lws"]
+    assert "stage2.mode=crt" in lws.guide_args and "stage2.mode=lws" not in lws.guide_args
+    assert lws.run_args == [("stage2.mode=lws" if a == "stage2.mode=crt" else a) for a in lws.guide_args]
+    assert lws.deviates and "crt" in lws.note and "lws" in lws.note
+    assert [r.id for r in ROWS if r.deviates] == ["s3_1_lws"]
+    assert all(r.run_args == r.guide_args for r in ROWS if r.id != "s3_1_lws")
+
+
+def test_guide_commands_are_the_guides_arguments():
+    cmds = guide_commands()
+    assert [i for i, _ in cmds] == [r.id for r in ROWS]
+    assert dict(cmds)["s3_1_lws"] == ROWS_BY_ID["s3_1_lws"].guide_args  # the guide's crt, as written
+    full = dict(cmds)["s5_1_full"]
+    assert len(full) == 33 and full[0] == "model.name=ConvNetADSB" and full[-1] == "data.imbalance_ratio=100"
+    assert not any("\\" in a or "\n" in a or a.startswith("python") for _, args in cmds for a in args)
+
+
+@pytest.mark.skipif(not GUIDE.exists(), reason=f"the experiment guide is not at {GUIDE}")
+def test_registry_is_the_guide_verbatim():
+    cmds = parse_guide(GUIDE)
+    assert len(cmds) == 37
+    assert [c["command"] for c in cmds] == [r.guide for r in ROWS]
+    assert [c["section"] for c in cmds] == [r.section for r in ROWS]
+
+
+def test_parse_guide_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="experiment guide not found"):
+        parse_guide(tmp_path / "nope.md")
+
+
+def test_split_command_continuations():
+    assert split_command("python main.py \\\n  a.b=1 \\\n  c=x") == ["a.b=1", "c=x"]
+    assert split_command("a=1 b=2") == ["a=1", "b=2"]
+
+
+# ---------------------------------------------------------------- --rows
+@pytest.mark.parametrize("spec,ids", [
+    ("s2_1_focal", ["s2_1_focal"]),
+    ("4.4", ["s4_4_e2", "s4_4_e3", "s4_4_e4"]),
+    ("5.2,1.1", ["s1_1_ce", "s5_2_short"]),                      # registry order, not the order asked
+    ("s4_5_*", ["s4_5_ir10", "s4_5_ir50", "s4_5_ir100", "s4_5_ir200"]),
+    ("3.1, s3_1_crt", ["s3_1_crt", "s3_1_tau_norm", "s3_1_lws"]),  # no duplicates
+])
+def test_select_rows(spec, ids):
+    assert [r.id for r in select_rows(spec)] == ids
+
+
+def test_select_rows_groups():
+    assert len(select_rows(None)) == len(select_rows("all")) == 37
+    assert {r.section[0] for r in select_rows("2")} == {"2"} and len(select_rows("2")) == 9
+    assert {r.section for r in select_rows("main")} == {"1.1", "2.1", "2.2", "2.3", "3.1", "3.2", "3.3", "5.1", "5.2"}
+    with pytest.raises(ValueError, match="'7.7' matches no row"):
+        select_rows("1.1,7.7")
+
+
+def test_rows_argument_reaches_the_plan(tmp_path, capsys):
+    assert reproduce_main(["--rows", "4.4,s1_1_ce", "--seeds", "2", "--runs-dir", str(tmp_path), "--dry-run", "--demo"]) == 0
+    out = capsys.readouterr().out
+    assert "4 rows x 2 seed(s) = 8 runs" in out
+    assert "s1_1_ce/seed1" in out and "s4_4_e4/seed0" in out and "s2_1_focal" not in out
+    assert "python main.py profile=quick seed=1 loss.name=CrossEntropy sampling.name=none stage2.enabled=false" in out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    with pytest.raises(ValueError, match="matches no row"):
+        reproduce_main(["--rows", "nope", "--dry-run"])
+
+
+# ---------------------------------------------------------------- resume
+def _complete(d: Path, row: Row, seed: int, marker: str):
+    d.mkdir(parents=True, exist_ok=True)
+    m = rp.fake_metrics(row.run_args, seed)
+    m["marker"] = marker
+    write_json_atomic(d / "metrics.json", m)
+    write_json_atomic(d / "row.json", dict(overrides=row.run_args))
+
+
+def test_run_status(tmp_path):
+    row = ROWS_BY_ID["s2_2_bs"]
+    d = tmp_path / "r"
+    assert run_status(d, row) == "missing"
+    d.mkdir()
+    assert run_status(d, row) == "missing"                    # an empty directory holds nothing to lose
+    (d / "log.csv").write_text("epoch\n0\n")
+    assert run_status(d, row) == "partial"
+    (d / "metrics.json").write_text('{"test": {"acc": 0.')    # torn
+    assert run_status(d, row) == "partial"
+    _complete(d, row, 0, "x")
+    assert run_status(d, row) == "complete"
+    write_json_atomic(d / "row.json", dict(overrides=["loss.name=FocalLoss"]))
+    assert run_status(d, row) == "stale"
+
+
+def test_write_json_atomic_leaves_no_temporary(tmp_path):
+    write_json_atomic(tmp_path / "metrics.json", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1}
+
+
+def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatch):
+    """A complete run is not touched; a half-written one and one made for other overrides are cleared and redone."""
+    runs = tmp_path / "runs"
+    ce, bs, la = ROWS_BY_ID["s1_1_ce"], ROWS_BY_ID["s2_2_bs"], ROWS_BY_ID["s2_2_la"]
+    d_ce, d_bs, d_la = (run_dir(runs, "smoke", r, 0) for r in (ce, bs, la))
+    _complete(d_ce, ce, 0, "old-complete")
+    before = (d_ce / "metrics.json").read_bytes()
+    d_bs.mkdir(parents=True)                                   # interrupted half-way: a log and a checkpoint, no metrics
+    (d_bs / "log.csv").write_text("epoch\n0\n"); (d_bs / "checkpoints").mkdir(); (d_bs / "checkpoints" / "x.pt").write_text("x")
+    _complete(d_la, la, 0, "stale")
+    write_json_atomic(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
+
+    ran = []
+    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None):
+        ran.append(task.name)
+        prepare_run_dir(task, profile)
+        assert sorted(p.name for p in task.out_dir.iterdir()) == ["row.json"]   # stale partial outputs are gone
+        demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
+    monkeypatch.setattr(rp, "execute_run", fake_execute_run)
+    monkeypatch.setattr(rp, "load_notebook", lambda name: None)
+    assert reproduce_main(["--profile", "smoke", "--rows", "s1_1_ce,2.2", "--runs-dir", str(runs), "--no-report", "--demo"]) == 0
+    assert sorted(ran) == ["s2_2_bs/seed0", "s2_2_la/seed0"]
+    assert (d_ce / "metrics.json").read_bytes() == before
+    assert not (d_bs / "log.csv").exists() or "val_balanced_acc" in (d_bs / "log.csv").read_text()
+    assert not (d_bs / "checkpoints").exists()
+    assert run_status(d_bs, bs) == run_status(d_la, la) == "complete"
+    assert read_metrics(d_la).get("marker") is None
+    # the tables count the complete run that was skipped too
+    assert (runs / "smoke" / "tables" / "main.md").read_text().count("| Baseline | CE |") == 1
+
+    ran.clear()                                                # all complete now: nothing runs
+    assert reproduce_main(["--profile", "smoke", "--rows", "s1_1_ce,2.2", "--runs-dir", str(runs), "--no-report", "--demo"]) == 0
+    assert ran == []
+
+
+def test_failed_row_is_reported_others_go_on(tmp_path, monkeypatch, capsys):
+    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None):
+        prepare_run_dir(task, profile)
+        if task.row.id == "s2_1_cb": raise rp.RunFailed("ValueError: boom (traceback in somewhere)")
+        demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
+    monkeypatch.setattr(rp, "execute_run", fake_execute_run)
+    monkeypatch.setattr(rp, "load_notebook", lambda name: None)
+    rc = reproduce_main(["--profile", "smoke", "--rows", "2.1", "--runs-dir", str(tmp_path), "--no-report", "--demo", "--jobs", "2"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "1 failure(s)" in err and "s2_1_cb/seed0: ValueError: boom" in err
+    done = [r.id for r in select_rows("2.1") if run_status(run_dir(tmp_path, "smoke", r, 0), r) == "complete"]
+    assert done == ["s2_1_focal", "s2_1_ldam", "s2_1_ldam_drw"]
+
+
+def test_bad_config_fails_its_row_only(tmp_path, monkeypatch, capsys):
+    def composer(overrides):
+        if "loss.name=FocalLoss" in overrides: raise ValueError("loss.focal_gamma: expected a number")
+        return demo_compose_config(overrides)
+    monkeypatch.setattr(rp, "load_callable", lambda spec: composer)
+    assert reproduce_main(["--rows", "2.1", "--runs-dir", str(tmp_path), "--dry-run", "--demo"]) == 1
+    assert "config: ValueError: loss.focal_gamma: expected a number" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- scheduling
+def test_stage1_leader_runs_before_its_followers():
+    log, t0 = [], time.time()
+    def execute(t):
+        log.append((t.row.id, "start", time.time() - t0)); time.sleep(0.2); log.append((t.row.id, "end", time.time() - t0))
+    mk = lambda i, g: Task(Row(i, "9.9", i, "python main.py"), 0, Path("/nonexistent") / i, "missing", g)
+    tasks = run_tasks([mk("a1", "A"), mk("a2", "A"), mk("a3", "A"), mk("b1", "B"), mk("c1", None)], execute, jobs=3, progress=False)
+    assert all(t.status == "done" for t in tasks)
+    start = {i: s for i, e, s in log if e == "start"}
+    end = {i: s for i, e, s in log if e == "end"}
+    assert start["a2"] >= end["a1"] and start["a3"] >= end["a1"]      # followers wait for the stage-1 leader
+    assert start["b1"] < end["a1"] and start["c1"] < end["a1"]         # other groups do not
+    assert abs(start["a2"] - start["a3"]) < 0.15                      # followers then run side by side
+
+
+def test_plan_is_seed_major_and_complete_runs_are_skipped(tmp_path):
+    rows = select_rows("4.4")
+    _complete(run_dir(tmp_path, "quick", rows[1], 1), rows[1], 1, "x")
+    tasks = plan_runs(rows, [0, 1], "quick", tmp_path)
+    assert [t.name for t in tasks] == [f"{r.id}/seed{k}" for k in (0, 1) for r in rows]
+    assert [t.status for t in tasks] == ["missing"] * 4 + ["complete", "missing"]
+    ran = []
+    run_tasks(tasks, lambda t: ran.append(t.name), jobs=1, progress=False)
+    assert len(ran) == 5 and "s4_4_e3/seed1" not in ran
+    assert tasks[4].status == "skipped"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="--seeds must be at least 1"):
+        reproduce_main(["--seeds", "0", "--dry-run"])
+    with pytest.raises(ValueError, match="--jobs must be at least 1"):
+        reproduce_main(["--jobs", "0", "--dry-run"])
+    with pytest.raises(SystemExit):
+        reproduce_main(["--profile", "huge", "--dry-run"])
+
+
+# ---------------------------------------------------------------- the experiment notebook
+def test_experiment_notebook_parameters():
+    import papermill as pm
+    nb = rp.load_notebook("experiment.ipynb")
+    params = set(pm.inspect_notebook(nb))
+    assert params == {"row_id", "overrides", "seed", "profile", "out_dir", "threads", "composer", "runner"}
+    assert nb.cells[0].cell_type == "raw" and "skip_exec: true" in nb.cells[0].source
+
+
+def test_reproduce_end_to_end_with_papermill(tmp_path):
+    """Two rows through papermill (made-up results): executed notebooks, metrics, tables, the report."""
+    runs = tmp_path / "runs"
+    assert reproduce_main(["--profile", "smoke", "--rows", "s1_1_ce,s4_4_e2", "--runs-dir", str(runs), "--jobs", "2", "--demo"]) == 0
+    for r in ("s1_1_ce", "s4_4_e2"):
+        d = run_dir(runs, "smoke", ROWS_BY_ID[r], 0)
+        assert run_status(d, ROWS_BY_ID[r]) == "complete"
+        import nbformat
+        nb = nbformat.read(d / "experiment.ipynb", as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outs if o.output_type == "error"]
+        n_png = sum("image/png" in o.get("data", {}) for o in outs)
+        assert n_png == (3 if r == "s4_4_e2" else 2)  # recall vs count, confusion, (gate usage for MoE-LTSEI)
+    assert (runs / "smoke" / "tables" / "main.md").exists() and (runs / "smoke" / "report.html").exists()
+
+
+def test_ctrl_c_stops_running_runs_at_once():
+    """On Ctrl-C, run_tasks calls `interrupt` (ltsei reproduce: kill the running kernels), marks the running runs
+    'interrupted', starts nothing more and re-raises."""
+    import os, signal, threading
+    stop, started = threading.Event(), []
+    def execute(t):
+        started.append(t.row.id)
+        if not stop.wait(20): raise AssertionError("not interrupted")
+        raise RuntimeError("kernel died")
+    def ctrl_c():
+        time.sleep(0.5); os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    mk = lambda i: Task(Row(i, "9.9", i, "python main.py"), 0, Path("/nonexistent") / i, "missing")
+    tasks, t0 = [mk("a"), mk("b"), mk("c")], time.time()
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(tasks, execute, jobs=2, progress=False, interrupt=stop.set)
+    assert time.time() - t0 < 5
+    assert started == ["a", "b"] and [t.status for t in tasks] == ["interrupted", "interrupted", "missing"]
+
+
+def test_kill_kernels_with_none_running():
+    assert rp.kill_kernels() == 0
+
+
+def test_real_run_through_the_experiment_notebook(in_scratch):
+    """One guide row at the smoke profile through papermill and the real compose_config / run_experiment."""
+    import nbformat
+    runs = in_scratch / "runs_reproduce"
+    assert reproduce_main(["--profile", "smoke", "--rows", "s5_2_short", "--runs-dir", str(runs), "--no-report"]) == 0
+    row = ROWS_BY_ID["s5_2_short"]
+    d = run_dir(runs, "smoke", row, 0)
+    m = read_metrics(d)
+    assert m is not None and "demo" not in m and m.get("routing")
+    assert (d / "config.yaml").exists() and json.loads((d / "row.json").read_text())["overrides"] == row.run_args
+    nb = nbformat.read(d / "experiment.ipynb", as_version=4)
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outs) == 3
+    assert (runs / "smoke" / "tables" / "main.md").exists()

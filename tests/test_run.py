@@ -1,0 +1,131 @@
+"""End-to-end runs at the smoke scale: files of a run, reuse of stage 1, checkpoints, stage 2
+with and without cached features, stage 3, determinism and bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltsei.cli import guide_main
+from ltsei.config import compose_config
+from ltsei.run import CheckpointError, run_experiment
+from ltsei.stage2 import Stage3Error
+
+METRIC_KEYS = {"acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "per_class_recall"}
+
+
+def check_metrics(path: Path) -> dict:
+    m = json.loads(Path(path).read_text())
+    for split in ("test", "val"):
+        assert METRIC_KEYS <= set(m[split])
+        for k in METRIC_KEYS - {"per_class_recall"}:
+            v = m[split][k]
+            assert v is None or 0.0 <= v <= 1.0, (split, k, v)
+        assert all(0.0 <= r <= 1.0 for r in m[split]["per_class_recall"])
+    assert len(m["class_counts"]) == len(m["test"]["per_class_recall"])
+    assert {"many", "medium", "few"} <= set(m["groups"])
+    assert m["epochs_run"] >= 1 and m["seconds"] > 0 and m["best_epoch"] is not None
+    return m
+
+
+def run(overrides, out):
+    return run_experiment(compose_config(["profile=smoke", *overrides]), out, progress=False)
+
+
+def test_main_writes_a_complete_run_dir(in_scratch):
+    out = in_scratch / "r_ce"
+    rc = guide_main(["loss.name=CrossEntropy", "sampling.name=none", "stage2.enabled=false", "profile=smoke",
+                     f"hydra.run.dir={out}"])
+    assert rc == 0
+    m = check_metrics(out / "metrics.json")
+    for f in ["config.yaml", "log.csv", "class_counts.json", "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt"]:
+        assert (out / f).is_file(), f
+    assert "stage2: null" not in (out / "config.yaml").read_text() and m["stage2"] is None
+    lines = (out / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("stage,epoch") and len(lines) == 1 + m["epochs_run"]
+
+
+def test_same_seed_same_metrics(in_scratch):
+    a = run(["stage2.enabled=false", "stage1.reuse=false", "seed=3"], in_scratch / "det_a")
+    b = run(["stage2.enabled=false", "stage1.reuse=false", "seed=3"], in_scratch / "det_b")
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+
+
+def test_stage1_trained_once_and_reused(in_scratch, capsys):
+    a = run(["stage2.enabled=false", "seed=5"], in_scratch / "reuse_a")
+    b = run(["stage2.mode=crt", "stage2.loss=CrossEntropy", "stage2.sampler=class_uniform", "seed=5"], in_scratch / "reuse_b")
+    assert b["stage1"]["key"] == a["stage1"]["key"] and b["stage1"]["reused"] and b["stage1"]["source"] == "cache"
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_given_checkpoint_checked(in_scratch):
+    a = run(["stage2.enabled=false", "seed=5"], in_scratch / "ck_a")
+    ck = in_scratch / "ck_a" / "checkpoints" / "stage1_best.pt"
+    b = run(["stage2.enabled=false", f"stage1.checkpoint={ck}"], in_scratch / "ck_b")
+    assert b["stage1"]["source"] == "checkpoint" and b["test"] == a["test"]
+    with pytest.raises(CheckpointError, match="no such file"):
+        run([f"stage1.checkpoint={in_scratch / 'nope.pt'}"], in_scratch / "ck_c")
+    bad = in_scratch / "half.pt"
+    payload = torch.load(ck, weights_only=False); payload["complete"] = False; torch.save(payload, bad)
+    with pytest.raises(CheckpointError, match="not a complete"):
+        run([f"stage1.checkpoint={bad}"], in_scratch / "ck_d")
+    with pytest.raises(CheckpointError, match="ResNet1D"):
+        run(["model.name=ResNet1D", f"stage1.checkpoint={ck}"], in_scratch / "ck_e")
+    assert not (in_scratch / "ck_e" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("mode,loss", [("crt", "CrossEntropy"), ("moe_ltsei", "MoELTSEILoss"), ("lws", "CrossEntropy")])
+def test_cached_features_equal_uncached(in_scratch, mode, loss):
+    common = [f"stage2.mode={mode}", f"stage2.loss={loss}", "stage2.sampler=class_uniform", "seed=5",
+              "stage2.epochs=3", "training.precision=fp32", "training.channels_last=false"]
+    a = run(common, in_scratch / f"cache_{mode}_a")
+    b = run(common + ["stage2.cache_features=false"], in_scratch / f"cache_{mode}_b")
+    assert a["stage2"]["cached_features"] and not b["stage2"]["cached_features"]
+    ha = torch.load(in_scratch / f"cache_{mode}_a" / "checkpoints" / "stage2_best.pt", weights_only=False)["state_dict"]
+    hb = torch.load(in_scratch / f"cache_{mode}_b" / "checkpoints" / "stage2_best.pt", weights_only=False)["state_dict"]
+    hb = {k.removeprefix("head."): v for k, v in hb.items() if k.startswith("head.")}
+    assert ha.keys() == hb.keys()
+    for k in ha: torch.testing.assert_close(ha[k], hb[k], atol=1e-4, rtol=1e-4)
+    assert a["test"]["balanced_acc"] == pytest.approx(b["test"]["balanced_acc"], abs=1e-9)
+
+
+def test_freeze_bn_keeps_backbone_in_eval_mode(in_scratch):
+    from ltsei.stage2 import Stage2Model
+    from ltsei.models import create_model
+    from ltsei.models import ModelConfig
+    m = create_model("ConvNetADSB", 4, 960, ModelConfig())
+    s2 = Stage2Model(m, torch.nn.Linear(m.feature_dim, 4), train_backbone=False, freeze_bn=True)
+    s2.train()
+    assert not any(mod.training for mod in m.modules()) and s2.head.training
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+    s2(torch.randn(8, 2, 960)).sum().backward()
+    assert all(torch.equal(before[k], m.state_dict()[k]) for k in before)
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_stage3(in_scratch):
+    t = run(["stage2.enabled=false", "stage3.mode=tau_norm", "stage3.tau_norm=1.0", "seed=5"], in_scratch / "s3_tau")
+    la = run(["stage2.enabled=false", "stage3.mode=logit_adjust", "seed=5"], in_scratch / "s3_la")
+    assert t["stage1"]["reused"] and la["stage1"]["reused"]
+    for mode in ("lws", "moe_ltsei"):
+        with pytest.raises(Stage3Error, match="one linear classifier"):
+            run([f"stage2.mode={mode}", "stage2.loss=CrossEntropy", "stage3.mode=tau_norm", "seed=5"], in_scratch / f"s3_{mode}")
+
+
+def test_nan_loss_is_reported_and_leaves_no_metrics(in_scratch, capsys):
+    out = in_scratch / "nan"
+    rc = guide_main(["stage2.enabled=false", "training.lr=1e30", "training.warmup_epochs=0", "stage1.reuse=false",
+                     "training.precision=fp32", "profile=smoke", f"hydra.run.dir={out}"])
+    assert rc == 2 and not (out / "metrics.json").exists()
+    err = capsys.readouterr().err
+    assert "became" in err and "expected a finite loss" in err
+
+
+def test_bad_input_from_the_command_line(in_scratch, capsys):
+    assert guide_main(["loss.name=Nope", "profile=smoke"]) == 2
+    assert "CrossEntropy" in capsys.readouterr().err
+    out = in_scratch / "missing"
+    rc = guide_main(["data.source=files", f"data.train_path={in_scratch / 'nope.npy'}",
+                     f"data.test_path={in_scratch / 'nope2.npy'}", "profile=smoke", f"hydra.run.dir={out}"])
+    assert rc == 2 and "nope.npy" in capsys.readouterr().err and not (out / "metrics.json").exists()

@@ -1,0 +1,157 @@
+"""The synthetic emitter data set: fingerprints, frames, determinism, the on-disk cache, `ltsei synth`."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pyModeS
+import pytest
+from omegaconf import OmegaConf
+
+import ltsei.synth as synth
+from ltsei.adsb import bits_to_hex, demodulate, envelope
+from ltsei.synth import (SPLITS, SYNTH_PRESETS, SynthConfig, check_synth_config, estimate_cfo, generate_split,
+                         load_synth, make_fingerprints, synth_frames, synth_key, synth_main)
+
+SMOKE = SYNTH_PRESETS["smoke"]
+
+
+def test_presets_and_checks():
+    assert SYNTH_PRESETS["paper"] == SynthConfig()
+    q = SYNTH_PRESETS["quick"]
+    assert q.length >= 800 and q.num_emitters == 20
+    for bad, field in [(dict(num_emitters=1), "num_emitters"), (dict(length=0), "length"), (dict(length=-5), "length"),
+                       (dict(sample_rate=1e6), "sample_rate"), (dict(pool_per_class=0), "pool_per_class"),
+                       (dict(snr_db_min=30, snr_db_max=10), "snr_db_max"), (dict(difficulty=0), "difficulty"),
+                       (dict(icao_mode="fixed"), "icao_mode"), (dict(length=50), "length")]:
+        with pytest.raises(ValueError, match=f"synth.{field}"):
+            check_synth_config(replace(SMOKE, **bad))
+
+
+def test_fingerprints():
+    a, b = make_fingerprints(SYNTH_PRESETS["quick"]), make_fingerprints(SYNTH_PRESETS["quick"])
+    assert a.equals(b)
+    assert not a.equals(make_fingerprints(replace(SYNTH_PRESETS["quick"], seed=1)))
+    assert (a["rise_time"] <= 100e-9).all() and (a["fall_time"] <= 200e-9).all() and (a["width_offset"].abs() <= 50e-9).all()
+    # the carrier offset follows the measured statistics, whatever the difficulty; the rest moves closer
+    many = replace(SynthConfig(), num_emitters=400)
+    easy, hard = make_fingerprints(replace(many, difficulty=0.5)), make_fingerprints(replace(many, difficulty=4.0))
+    assert np.array_equal(easy["cfo_hz"], hard["cfo_hz"])
+    assert easy["cfo_hz"].between(-0.3e6, 1.3e6).all()
+    for k in ("iq_gain", "ampm", "width_offset", "rise_time"):
+        assert hard[k].std() < 0.5 * easy[k].std(), k
+
+
+@pytest.mark.parametrize("fs", [8e6, 10e6, 20e6, 50e6])
+def test_frames_are_valid_adsb(fs):
+    cfg = SynthConfig(num_emitters=6, sample_rate=fs, length=int(np.ceil(124e-6 * fs)), snr_db_min=25, snr_db_max=40,
+                      multipath=True)
+    fp = make_fingerprints(cfg)
+    for e in range(6):
+        x, bits = synth_frames(cfg, fp.loc[e].to_dict(), 25, np.random.default_rng(e))
+        assert x.dtype == np.float32 and x.shape == (25, 2, cfg.length) and bits.shape == (25, 112)
+        got, _ = demodulate(envelope(x), fs)
+        assert (got == bits).all()
+        for h in bits_to_hex(got):
+            d = pyModeS.decode(h)
+            assert d["df"] == 17 and d["crc_valid"] is True
+
+
+def test_frame_statistics():
+    cfg = SYNTH_PRESETS["paper"]
+    fp = make_fingerprints(cfg)
+    x, bits = synth_frames(cfg, fp.loc[4].to_dict(), 200, np.random.default_rng(0))
+    rms = np.sqrt((x ** 2).sum(1).mean(1))
+    assert rms.min() >= 0.469 and rms.max() <= 1.431 and np.ptp(rms) > 0.5
+    assert np.abs(x.mean(axis=(0, 2))).max() < 0.1          # mean I and Q near 0
+    assert len({h[2:8] for h in bits_to_hex(bits)}) == 200   # random ICAO per frame
+    x2, _ = synth_frames(cfg, fp.loc[4].to_dict(), 200, np.random.default_rng(0))
+    assert np.array_equal(x, x2)
+    per = replace(SMOKE, icao_mode="per_emitter")
+    _, b = synth_frames(per, make_fingerprints(per).loc[1].to_dict(), 10, np.random.default_rng(0))
+    assert len({pyModeS.decode(h)["icao"] for h in bits_to_hex(b)}) == 1
+
+
+def test_estimate_cfo():
+    cfg = replace(SYNTH_PRESETS["quick"], snr_db_min=30, snr_db_max=30)
+    fp = make_fingerprints(cfg).loc[0].to_dict()
+    for f in (-0.25e6, 0.4e6, 1.25e6):
+        x, _ = synth_frames(cfg, {**fp, "cfo_hz": f, "cfo_jitter_hz": 0.0, "log10_linewidth": 1.5}, 20, np.random.default_rng(0))
+        assert np.abs(estimate_cfo(x, cfg.sample_rate) - f).max() < 25e3
+
+
+def test_cache_determinism_and_reuse(tmp_path):
+    s1 = load_synth(SMOKE, tmp_path / "a", workers=1, progress=False)
+    s2 = load_synth(SMOKE, tmp_path / "b", workers=2, progress=False)
+    for split in SPLITS:
+        assert np.array_equal(s1.x(split), s2.x(split)) and np.array_equal(s1.bits(split), s2.bits(split))
+        assert np.array_equal(s1.y(split), s2.y(split))
+    assert s1.x("pool").shape == (240, 2, 960) and s1.x("val").shape == (36, 2, 960)
+    x32, y, bits = generate_split(SMOKE, "test")
+    assert np.array_equal(x32.astype(np.float16), s1.x("test")) and np.array_equal(bits, s1.bits("test"))
+    assert all(pyModeS.decode(h)["crc_valid"] for h in s1.hex("test"))
+    # a second load reuses the entry; a config given as an OmegaConf node has the same key
+    mtime = (s1.path / "X_pool.npy").stat().st_mtime_ns
+    s3 = load_synth(OmegaConf.structured(SMOKE), tmp_path / "a", progress=False)
+    assert s3.path == s1.path and (s3.path / "X_pool.npy").stat().st_mtime_ns == mtime
+    assert synth_key(OmegaConf.create({**vars(SMOKE), "sample_rate": 10_000_000})) == synth_key(SMOKE)
+    assert synth_key(replace(SMOKE, seed=1)) != synth_key(SMOKE)
+    assert synth_key(replace(SMOKE, multipath=True)) != synth_key(SMOKE)
+    meta = json.loads((s1.path / "meta.json").read_text())
+    assert meta["version"] == synth.SYNTH_VERSION and len(meta["fingerprints"]["cfo_hz"]) == 6
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch, exc):
+    calls = {"n": 0}
+    real = synth.synth_frames
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3: raise exc("interrupted")
+        return real(*a, **k)
+
+    monkeypatch.setattr(synth, "synth_frames", flaky)
+    with pytest.raises(exc):
+        load_synth(SMOKE, tmp_path, workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(synth, "synth_frames", real)
+    s = load_synth(SMOKE, tmp_path, workers=1, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == [s.path.name]
+
+
+def test_stale_temp_dir_is_ignored_and_cleaned(tmp_path):
+    key = synth_key(SMOKE)
+    stale = tmp_path / f".tmp-synth-{key}-999999999-abc"
+    stale.mkdir(parents=True)
+    (stale / "X_pool.npy").write_bytes(b"garbage")
+    s = load_synth(SMOKE, tmp_path, workers=1, progress=False)
+    assert not stale.exists() and s.x("pool").shape[0] == 240
+
+
+def test_bad_config_leaves_no_cache(tmp_path):
+    with pytest.raises(ValueError, match="synth.length"):
+        load_synth(replace(SMOKE, length=0), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz"])
+def test_synth_main_writes_public_layout(tmp_path, fmt):
+    out = tmp_path / "out"
+    rc = synth_main(["--out", str(out), "--preset", "smoke", "--num-emitters", "3", "--pool-per-class", "12",
+                     "--format", fmt, "--workers", "1", "--multipath", "--difficulty", "2"])
+    assert rc == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sample_rate"] == 10e6 and meta["config"]["multipath"] is True and meta["config"]["difficulty"] == 2.0
+    cfg = replace(SMOKE, num_emitters=3, pool_per_class=12, multipath=True, difficulty=2.0)
+    if fmt == "npy":
+        X, Y = np.load(out / "X_train.npy"), np.load(out / "Y_train.npy")
+    else:
+        z = np.load(out / "data.npz")
+        X, Y = z["X_train"], z["Y_train"]
+        assert float(z["sample_rate"]) == 10e6 and list(z["hex_test"]) == (out / "hex_test.txt").read_text().split()
+    assert X.shape == (36, 960, 2) and X.dtype == np.float32 and Y.dtype == np.int64
+    assert np.array_equal(Y, np.repeat(np.arange(3), 12))
+    x32, _, bits = generate_split(cfg, "pool")
+    assert np.array_equal(X, x32.astype(np.float16).astype(np.float32).transpose(0, 2, 1))
+    assert (out / "hex_train.txt").read_text().split() == bits_to_hex(bits)
+    assert not any(p.name.startswith(".tmp") for p in out.iterdir())
