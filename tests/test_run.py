@@ -129,3 +129,37 @@ def test_bad_input_from_the_command_line(in_scratch, capsys):
     rc = guide_main(["data.source=files", f"data.train_path={in_scratch / 'nope.npy'}",
                      f"data.test_path={in_scratch / 'nope2.npy'}", "profile=smoke", f"hydra.run.dir={out}"])
     assert rc == 2 and "nope.npy" in capsys.readouterr().err and not (out / "metrics.json").exists()
+
+
+def test_samplers_are_honoured_in_both_stages(in_scratch, monkeypatch):
+    import ltsei.run as R
+    used = []
+    real = R.create_sampler
+    def spy(name, labels, *a, **k):
+        s = real(name, labels, *a, **k)
+        used.append((name, s.epoch_indices(0)))
+        return s
+    monkeypatch.setattr(R, "create_sampler", spy)
+    m = run(["sampling.name=inv_freq", "stage2.mode=crt", "stage2.loss=CrossEntropy", "stage2.sampler=sqrt",
+             "stage1.reuse=false", "seed=7"], in_scratch / "samplers")
+    assert [n for n, _ in used] == ["inv_freq", "sqrt"]
+    counts = np.asarray(m["class_counts"])
+    idx = used[0][1]
+    # inv_freq draws the rarest class more often than its share of the data, the head class less
+    from ltsei.data import load_data
+    data = load_data(compose_config(["profile=smoke"]).data, 0)
+    drawn = np.bincount(data.train.y[idx].numpy(), minlength=len(counts))
+    rare, head = counts.argmin(), counts.argmax()
+    assert drawn[rare] / len(idx) > counts[rare] / counts.sum() and drawn[head] / len(idx) < counts[head] / counts.sum()
+
+
+def test_ltsei_command(in_scratch, capsys):
+    from ltsei.cli import main
+    assert main(["--help"]) == 0 and "reproduce" in capsys.readouterr().out
+    assert main(["nosuch"]) == 2
+    out = in_scratch / "synth_cli"
+    assert main(["synth", "--out", str(out), "--preset", "smoke", "--quiet"]) == 0
+    x = np.load(out / "X_train.npy")
+    assert x.ndim == 3 and x.shape[2] == 2
+    assert main(["run", "stage2.enabled=false", "profile=smoke", f"hydra.run.dir={in_scratch / 'cli_run'}"]) == 0
+    check_metrics(in_scratch / "cli_run" / "metrics.json")
