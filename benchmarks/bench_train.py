@@ -66,7 +66,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lengths", type=int, nargs="+", default=[960, 4800])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[768, 4800])
     ap.add_argument("--classes", type=int, default=20)
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ConvNetADSB, batch {a.batch}, {a.steps} timed steps")
