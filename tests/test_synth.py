@@ -18,7 +18,10 @@ SMOKE = SYNTH_PRESETS["smoke"]
 def test_presets_and_checks():
     assert SYNTH_PRESETS["paper"] == SynthConfig()
     q = SYNTH_PRESETS["quick"]
-    assert q.length >= 800 and q.num_emitters == 20
+    # the quick frames hold the whole 96 us (preamble + 88 bits) and fit every backbone
+    assert q.length >= round(96e-6 * q.sample_rate) and q.num_emitters == 20
+    from ltsei.models import MODELS, ModelConfig, create_model
+    for name in MODELS: create_model(name, q.num_emitters, q.length, ModelConfig(name=name))
     for bad, field in [(dict(num_emitters=1), "num_emitters"), (dict(length=0), "length"), (dict(length=-5), "length"),
                        (dict(sample_rate=1e6), "sample_rate"), (dict(pool_per_class=0), "pool_per_class"),
                        (dict(snr_db_min=30, snr_db_max=10), "snr_db_max"), (dict(difficulty=0), "difficulty"),
