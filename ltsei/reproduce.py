@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from .data import shot_groups        # many / medium / few, as the runs use it
+from .metrics import compute_metrics
 
 # %% auto #0
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS', 'METRIC_KEYS',
            'KERNEL_ARGS', 'REAL_FUNCS', 'DEMO_FUNCS', 'split_command', 'Row', 'guide_commands', 'parse_guide',
            'select_rows', 'run_dir', 'write_json_atomic', 'read_metrics', 'run_status', 'parse_overrides',
-           'shot_groups', 'metrics_from_confusion', 'fake_metrics', 'demo_compose_config', 'demo_run_experiment',
-           'Task', 'plan_runs', 'task_overrides', 'stage1_group', 'prepare_run_dir', 'RunFailed', 'run_tasks',
-           'notebook_path', 'load_notebook', 'kernel_env', 'load_callable', 'kill_kernels', 'execute_run',
-           'render_report', 'check_configs', 'default_jobs', 'reproduce_main']
+           'metrics_from_confusion', 'fake_metrics', 'demo_compose_config', 'demo_run_experiment', 'Task', 'plan_runs',
+           'task_overrides', 'stage1_group', 'prepare_run_dir', 'RunFailed', 'run_tasks', 'notebook_path',
+           'load_notebook', 'kernel_env', 'load_callable', 'kill_kernels', 'execute_run', 'render_report',
+           'check_configs', 'default_jobs', 'reproduce_main']
 
 # %% ../nbs/12_reproduce.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours"}
@@ -266,31 +268,15 @@ def parse_overrides(overrides) -> dict[str, str]:
         out[k.lstrip("+")] = v
     return out
 
-def shot_groups(counts) -> dict:
-    "many (n > 100) / medium / few (n < 20) class indices; tertiles of n if no class has more than 100."
-    counts = np.asarray(counts)
-    if counts.max() > 100:
-        g = dict(many=np.flatnonzero(counts > 100), few=np.flatnonzero(counts < 20))
-        rule = "many: n > 100, medium: 20 <= n <= 100, few: n < 20"
-    else:
-        lo, hi = np.quantile(counts, [1 / 3, 2 / 3])
-        g = dict(many=np.flatnonzero(counts > hi), few=np.flatnonzero(counts <= lo))
-        rule = "tertiles of n (no class has more than 100 samples)"
-    g["medium"] = np.setdiff1d(np.arange(len(counts)), np.concatenate([g["many"], g["few"]]))
-    return dict(many=g["many"].tolist(), medium=g["medium"].tolist(), few=g["few"].tolist(), rule=rule)
-
 def metrics_from_confusion(conf, counts) -> dict:
     "The contract's metric dict from a confusion matrix (rows: true class) and the training counts."
-    conf = np.asarray(conf, float)
-    recall = np.diag(conf) / np.maximum(conf.sum(1), 1)
-    prec = np.diag(conf) / np.maximum(conf.sum(0), 1)
-    f1 = np.where(recall + prec > 0, 2 * recall * prec / np.maximum(recall + prec, 1e-12), 0)
-    g = shot_groups(counts)
-    grp = lambda ix: float(recall[ix].mean()) if len(ix) else None
-    return dict(acc=float(np.trace(conf) / conf.sum()), balanced_acc=float(recall.mean()),
-                macro_f1=float(f1.mean()), gmean=float(np.exp(np.log(np.maximum(recall, 1e-12)).mean())),
-                many_acc=grp(g["many"]), medium_acc=grp(g["medium"]), few_acc=grp(g["few"]),
-                per_class_recall=recall.tolist())
+    conf = np.asarray(conf, dtype=np.int64)
+    C = len(conf)
+    y_true = np.repeat(np.repeat(np.arange(C), C), conf.ravel())
+    y_pred = np.repeat(np.tile(np.arange(C), C), conf.ravel())
+    m = compute_metrics(y_true, y_pred, C, shot_groups(counts))
+    return {k: m[k] for k in ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "per_class_recall")}
+
 
 # %% ../nbs/12_reproduce.ipynb #7dcee5f5
 def _rebalance(kv: dict) -> float:

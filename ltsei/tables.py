@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .reproduce import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, fake_metrics, shot_groups, parse_overrides,
+from .data import shot_groups
+from .reproduce import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, fake_metrics, parse_overrides,
                              read_metrics, run_dir, run_status, write_json_atomic)
 
 # %% auto #0
