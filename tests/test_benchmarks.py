@@ -13,33 +13,36 @@ bench_train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_train)
 
 
-def brute_force_macs(L, classes):
-    "Count the products with non-padding inputs by convolving all-ones inputs with all-ones weights."
-    model = create_model("ConvNetADSB", classes, L, ModelConfig(conv_impl="conv1d")).eval()
+def sum_over_layers(L, count):
+    "Sum `count(module, input)` over ConvNetADSB's Conv1d and Linear layers in a forward pass on one sample."
+    model = create_model("ConvNetADSB", 20, L, ModelConfig(conv_impl="conv1d")).eval()
     total = []
-    def hook(mod, inp, out):
-        if isinstance(mod, nn.Linear):
-            total.append(mod.in_features * mod.out_features); return
-        ones = torch.ones(1, mod.in_channels, inp[0].shape[-1], dtype=torch.float64)
-        w = torch.ones(mod.out_channels, mod.in_channels, *mod.kernel_size, dtype=torch.float64)
-        total.append(int(F.conv1d(ones, w, padding=mod.padding).sum()))
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
+    hs = [m.register_forward_hook(lambda mod, inp, out: total.append(count(mod, inp[0])))
+          for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
     with torch.no_grad(): model(torch.zeros(1, 2, L))
     for h in hs: h.remove()
     return sum(total)
 
 
+def useful_macs(mod, x):
+    "Products with a non-padding input: all-ones input convolved with all-ones weights, summed."
+    if isinstance(mod, nn.Linear): return mod.in_features * mod.out_features
+    ones = torch.ones(1, mod.in_channels, x.shape[-1], dtype=torch.float64)
+    w = torch.ones(mod.out_channels, mod.in_channels, *mod.kernel_size, dtype=torch.float64)
+    return int(F.conv1d(ones, w, padding=mod.padding).sum())
+
+
+def nominal_macs(mod, x):
+    "Every output element times a full weight row, padding included."
+    return (mod.out_features * mod.in_features if isinstance(mod, nn.Linear)
+            else mod.out_channels * x.shape[-1] * mod.weight[0].numel())
+
+
 def test_roofline_counts_every_useful_multiply_add():
     for L in (768, 4800):
-        assert bench_train.train_flops_per_sample(L, 20) == 2 * 3 * brute_force_macs(L, 20)
+        assert bench_train.train_flops_per_sample(L, 20) == 2 * 3 * sum_over_layers(L, useful_macs)
 
 
 def test_roofline_skips_padding_taps():
-    "At L=768 the last layers run on 4 and 2 samples with 7 taps, so a nominal count would be larger."
-    model = create_model("ConvNetADSB", 20, 768, ModelConfig(conv_impl="conv1d")).eval()
-    nominal = []
-    def hook(mod, inp, out): nominal.append(out[0].numel() * mod.weight[0].numel())
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
-    with torch.no_grad(): model(torch.zeros(1, 2, 768))
-    for h in hs: h.remove()
-    assert bench_train.train_flops_per_sample(768, 20) < 2 * 3 * sum(nominal)
+    "At L=768 the last layers run on 4 and 2 samples with 7 taps, so the nominal count is larger."
+    assert bench_train.train_flops_per_sample(768, 20) < 2 * 3 * sum_over_layers(768, nominal_macs)
