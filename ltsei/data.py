@@ -14,8 +14,8 @@ from .synth import SynthConfig, as_synth_config, load_synth
 
 # %% auto #0
 __all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
-           'long_tail_class_counts', 'shot_groups', 'read_xy', 'to_ncl', 'labels_int', 'Split', 'DataBundle',
-           'save_class_counts', 'fit_length', 'to_split', 'load_data']
+           'long_tail_class_counts', 'rank_groups', 'shot_groups', 'read_xy', 'to_ncl', 'labels_int', 'Split',
+           'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'load_data']
 
 # %% ../nbs/02_data.ipynb #b6898907
 @dataclass
@@ -56,6 +56,12 @@ def long_tail_class_counts(n_max: int, num_classes: int, imbalance_ratio: float,
     return long_tail_counts(n_max, num_classes, imbalance_ratio)[class_ranks(num_classes, split_seed)]
 
 # %% ../nbs/02_data.ipynb #2f2cc805
+def rank_groups(class_counts, K: int) -> list[np.ndarray]:
+    """Classes ranked by n_c (largest first, ties by label), cut into K contiguous groups whose sizes
+    differ by at most one, larger groups first (empty groups when K exceeds the number of classes)."""
+    n = np.asarray(class_counts).ravel()
+    return np.array_split(np.lexsort((np.arange(n.size), -n)), K)
+
 def shot_groups(class_counts) -> dict:
     """Many / medium / few-shot classes: many n_c > 100, few n_c < 20, medium otherwise. When the
     largest class has at most 100 samples these thresholds say little, so the classes ranked by n_c
@@ -67,9 +73,7 @@ def shot_groups(class_counts) -> dict:
         g = {"many": np.flatnonzero(n > 100), "medium": np.flatnonzero((n >= 20) & (n <= 100)), "few": np.flatnonzero(n < 20)}
         rule = "thresholds"
     else:
-        order = np.lexsort((np.arange(n.size), -n))
-        parts = np.array_split(order, 3)
-        g = {k: np.sort(p) for k, p in zip(("many", "medium", "few"), parts)}
+        g = {k: np.sort(p) for k, p in zip(("many", "medium", "few"), rank_groups(n, 3))}
         rule = "tertiles"
     return {**{k: [int(c) for c in v] for k, v in g.items()}, "rule": rule}
 
@@ -292,7 +296,7 @@ def _check_common(cfg):
 # %% ../nbs/02_data.ipynb #7c046dc9
 PUBLIC_SAMPLE_RATE = 50e6   # the public ADS-B files: 4800 samples = 96 us; used when a file does not say
 
-def _labels_base(cfg, y_train, where):
+def _labels_base(cfg, y_train):
     lb = str(cfg.label_base)
     if lb == "auto": return 1 if (y_train.size and y_train.min() == 1) else 0
     if lb in ("0", "1"): return int(lb)
@@ -304,7 +308,7 @@ def _read_split(path, role, cfg, base=None):
     where = f"{info['path']} ({role} split)"
     y = labels_int(y, where)
     if y.size == 0: raise ValueError(f"{where}: the file holds no samples")
-    if base is None: base = _labels_base(cfg, y, where)
+    if base is None: base = _labels_base(cfg, y)
     x = to_ncl(x, y.size, str(cfg.layout), where)
     bad = ~np.isfinite(x).all(axis=(1, 2))
     if bad.any():
@@ -361,15 +365,15 @@ def _load_synthetic(cfg):
     sc = as_synth_config(cfg.synth)
     C, P = sc.num_emitters, sc.pool_per_class
     counts = long_tail_class_counts(P, C, cfg.imbalance_ratio, cfg.split_seed)
-    Xp = s.x("pool")
-    xtr = np.concatenate([Xp[c * P: c * P + counts[c]] for c in range(C)]).astype(np.float32)
+    Xp, T = s.x("pool"), cfg.target_length        # float16 memory maps: crop first, then one float32 copy
+    xtr = np.concatenate([fit_length(Xp[c * P: c * P + counts[c]], T) for c in range(C)], dtype=np.float32)
     ytr = np.repeat(np.arange(C, dtype=np.int64), counts)
-    splits = [(fit_length(xtr, cfg.target_length), ytr)]
+    splits = [(xtr, ytr)]
     for name in ("val", "test"):
-        splits.append((fit_length(np.asarray(s.x(name), dtype=np.float32), cfg.target_length), s.y(name)))
+        splits.append((np.asarray(fit_length(s.x(name), T), dtype=np.float32), s.y(name)))
     info = {"source": "synthetic", "cache_key": s.key, "cache_path": str(s.path), "n_max": P,
             "synth": asdict(sc)}
-    return splits[0], splits[1], splits[2], counts, C, sc.sample_rate, info
+    return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info
 
 def load_data(cfg, seed: int) -> DataBundle:
     """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields).

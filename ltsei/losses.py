@@ -19,8 +19,8 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['LOSSES', 'STAGE1_LOSSES', 'STAGE2_LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'logits_of', 'as_class_counts',
            'register_loss', 'loss_params', 'create_loss', 'LongTailLoss', 'CrossEntropy', 'FocalLoss',
-           'class_balanced_weights', 'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss', 'log_prior',
-           'BalancedSoftmaxLoss', 'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS']
+           'effective_number', 'class_balanced_weights', 'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss',
+           'log_prior', 'BalancedSoftmaxLoss', 'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS']
 
 # %% ../nbs/05_losses.ipynb #794e3242
 class MoEOutput(NamedTuple):
@@ -63,6 +63,13 @@ def _check_number(name: str, value, lo=None, hi=None, lo_open=False, hi_open=Fal
         lb = "(" if lo_open else "["; rb = ")" if hi_open else "]"
         raise ValueError(f"{name}: expected a value in {lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}, got {value!r}")
     return v
+
+
+def _check_int(name: str, value, lo: int) -> int:
+    "An integer parameter >= lo, as int; ValueError naming it otherwise."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
+    return int(value)
 
 # %% ../nbs/05_losses.ipynb #81bdadb3
 LOSSES: dict[str, type] = {}
@@ -123,9 +130,7 @@ class LongTailLoss(nn.Module):
 
     def set_epoch(self, epoch: int):
         "Tell the loss which epoch (counted from 0) starts now."
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch: expected an integer >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = _check_int("epoch", epoch, 0)
 
     def _inputs(self, output, y):
         "The logits and labels, with their shapes checked against the number of classes."
@@ -179,12 +184,17 @@ class FocalLoss(LongTailLoss):
         return loss.mean()
 
 # %% ../nbs/05_losses.ipynb #f2d81a8b
-def class_balanced_weights(class_counts, beta: float) -> np.ndarray:
-    "Class-balanced weights (1 - beta) / (1 - beta^n_c), scaled so they sum to C."
+def effective_number(class_counts, beta: float) -> np.ndarray:
+    "E_c = (1 - beta^n_c) / (1 - beta), beta in [0, 1)."
     n = as_class_counts(class_counts).astype(np.float64)
     beta = _check_number("beta", beta, 0, 1, hi_open=True)
-    w = (1 - beta) / (1 - np.power(beta, n))
-    return w * len(n) / w.sum()
+    return (1 - np.power(beta, n)) / (1 - beta)
+
+
+def class_balanced_weights(class_counts, beta: float) -> np.ndarray:
+    "Class-balanced weights 1 / E_c = (1 - beta) / (1 - beta^n_c), normalised to mean 1 (so they sum to C)."
+    w = 1 / effective_number(class_counts, beta)
+    return w / w.mean()
 
 
 @register_loss
@@ -221,9 +231,7 @@ class LDAMLoss(LongTailLoss):
         super().__init__(class_counts)
         self.max_margin = _check_number("max_margin", max_margin, 0)
         self.scale = _check_number("scale", scale, 0, lo_open=True)
-        if isinstance(drw_start, bool) or not isinstance(drw_start, (int, np.integer)) or drw_start < 0:
-            raise ValueError(f"drw_start: expected an integer epoch >= 0, got {drw_start!r}")
-        self.drw_start = int(drw_start)
+        self.drw_start = _check_int("drw_start", drw_start, 0)
         self.reweight_power = _check_number("reweight_power", reweight_power, 0)
         self._buffer("margins", ldam_margins(self.counts, self.max_margin))
         self._buffer("drw_weight", drw_weights(self.counts, self.reweight_power))
@@ -236,8 +244,7 @@ class LDAMLoss(LongTailLoss):
     def forward(self, output, y):
         z, y = self._inputs(output, y)
         z_m = z - F.one_hot(y, self.num_classes).to(z.dtype) * self.margins[y].to(z.dtype)[:, None]
-        w = self.drw_weight.to(z.dtype) if self.epoch >= self.drw_start else None
-        return F.cross_entropy(self.scale * z_m, y, weight=w)
+        return F.cross_entropy(self.scale * z_m, y, weight=self.weight.to(z.dtype))
 
 # %% ../nbs/05_losses.ipynb #4b140659
 def log_prior(class_counts) -> np.ndarray:

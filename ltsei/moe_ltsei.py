@@ -10,29 +10,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import MoEOutput, LongTailLoss, register_loss, as_class_counts, _check_number
+from .data import rank_groups
+from .losses import (MoEOutput, LongTailLoss, register_loss, as_class_counts, _check_number, _check_int,
+                     effective_number, class_balanced_weights)
+from .models import load_balance_loss
 
 # %% auto #0
-__all__ = ['frequency_groups', 'MoEHead', 'effective_number', 'moe_class_weights', 'adaptive_margins', 'MoELTSEILoss',
-           'routing_metrics']
+__all__ = ['frequency_groups', 'MoEHead', 'adaptive_margins', 'MoELTSEILoss', 'routing_metrics']
 
 # %% ../nbs/10_moe_ltsei.ipynb #cb6fd4ae
-def _check_int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
 def frequency_groups(class_counts, K: int) -> np.ndarray:
     "Group id (0 = head) of every class: classes ranked by n_c (largest first, ties by label) cut into K equal contiguous groups."
     n = as_class_counts(class_counts)
     K = _check_int("num_experts", K, 1)
     C = len(n)
     if K > C: raise ValueError(f"num_experts: {K} frequency groups need at least {K} classes, got {C}")
-    order = np.lexsort((np.arange(C), -n))           # by -n_c, then by label
-    sizes = np.full(K, C // K); sizes[: C % K] += 1    # larger groups first
     groups = np.empty(C, dtype=np.int64)
-    groups[order] = np.repeat(np.arange(K), sizes)
+    for k, members in enumerate(rank_groups(n, K)): groups[members] = k
     return groups
 
 # %% ../nbs/10_moe_ltsei.ipynb #feff67eb
@@ -74,19 +68,6 @@ class MoEHead(nn.Module):
         return MoEOutput(logits=self.scale * cosine, cosine=cosine, gate_logits=gate_logits, gate_probs=gate_probs)
 
 # %% ../nbs/10_moe_ltsei.ipynb #fba1913e
-def effective_number(class_counts, beta: float) -> np.ndarray:
-    "E_c = (1 - beta^n_c) / (1 - beta), beta in [0, 1)."
-    n = as_class_counts(class_counts).astype(np.float64)
-    beta = _check_number("beta", beta, 0, 1, hi_open=True)
-    return (1 - np.power(beta, n)) / (1 - beta)
-
-
-def moe_class_weights(class_counts, beta: float) -> np.ndarray:
-    "w_c proportional to 1 / E_c, normalised to mean 1."
-    w = 1 / effective_number(class_counts, beta)
-    return w / w.mean()
-
-
 def adaptive_margins(class_counts, beta: float, m0: float, m1: float, gamma: float) -> np.ndarray:
     "m_c = min(m0 * (E_max / E_c)^gamma, m0 + m1): m0 for the most frequent class, at most m0 + m1."
     E = effective_number(class_counts, beta)
@@ -109,7 +90,7 @@ class MoELTSEILoss(LongTailLoss):
         self.diff_alpha = _check_number("diff_alpha", diff_alpha, 0)
         self.lambda_gate = _check_number("lambda_gate", lambda_gate, 0)
         self.lambda_lb = _check_number("lambda_lb", lambda_lb, 0)
-        self._buffer("class_weights", moe_class_weights(self.counts, self.beta))
+        self._buffer("class_weights", class_balanced_weights(self.counts, self.beta))
         self._buffer("margins", adaptive_margins(self.counts, self.beta, margin_m0, margin_m1, margin_gamma))
         self.register_buffer("groups", torch.as_tensor(frequency_groups(self.counts, self.num_experts)))
 
@@ -132,9 +113,7 @@ class MoELTSEILoss(LongTailLoss):
             d = (1 - p_y + self.diff_alpha * p_other).clamp_min(0).pow(self.diff_gamma)
         cls = (self.class_weights.to(c.dtype)[y] * d * ce).mean()
         gate = F.cross_entropy(output.gate_logits, self.groups[y])
-        g = output.gate_probs
-        frac = F.one_hot(g.detach().argmax(dim=1), K).to(g.dtype).mean(0)
-        lb = K * (frac * g.mean(0)).sum()
+        lb = load_balance_loss(output.gate_probs)
         total = cls
         if self.lambda_gate: total = total + self.lambda_gate * gate
         if self.lambda_lb: total = total + self.lambda_lb * lb

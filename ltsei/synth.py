@@ -46,14 +46,15 @@ SYNTH_PRESETS = {
 }
 SYNTH_VERSION = "ltsei-synth-1"   # bump when the generator's output changes: it is part of the cache key
 
+_FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+def _field_type(f) -> type:
+    "The Python type of a SynthConfig field (its annotation is a string under `from __future__ import annotations`)."
+    return _FIELD_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+
 def as_synth_config(cfg) -> SynthConfig:
     "A SynthConfig from any object with the same fields (e.g. an OmegaConf node), with the fields' types."
-    kw = {}
-    for f in fields(SynthConfig):
-        v = getattr(cfg, f.name)
-        t = f.type if isinstance(f.type, str) else f.type.__name__
-        kw[f.name] = {"int": int, "float": float, "bool": bool, "str": str}[t](v)
-    return SynthConfig(**kw)
+    return SynthConfig(**{f.name: _field_type(f)(getattr(cfg, f.name)) for f in fields(SynthConfig)})
 
 def check_synth_config(cfg) -> None:
     "Raise ValueError naming the first SynthConfig field that is out of range."
@@ -346,12 +347,11 @@ def _synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="generator processes (default: up to 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in fields(SynthConfig):
-        t = f.type if isinstance(f.type, str) else f.type.__name__
-        flag = "--" + f.name.replace("_", "-")
-        if t == "bool":
+        flag, t = "--" + f.name.replace("_", "-"), _field_type(f)
+        if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"SynthConfig.{f.name}")
         else:
-            p.add_argument(flag, type={"int": int, "float": float, "str": str}[t], default=None, help=f"SynthConfig.{f.name}")
+            p.add_argument(flag, type=t, default=None, help=f"SynthConfig.{f.name}")
     return p
 
 def synth_main(argv: list[str]) -> int:
@@ -372,7 +372,7 @@ def synth_main(argv: list[str]) -> int:
         names = {"pool": "train", "val": "val", "test": "test"}
         arrays = {}
         for split, name in names.items():
-            X = s.x(split)
+            X, hexes = s.x(split), s.hex(split)
             if a.format == "npy":
                 dst = np.lib.format.open_memmap(out / f"X_{name}.npy", "w+", np.float32, (X.shape[0], X.shape[2], 2))
                 for i in range(0, X.shape[0], 2000): dst[i:i + 2000] = np.asarray(X[i:i + 2000], np.float32).transpose(0, 2, 1)
@@ -381,8 +381,8 @@ def synth_main(argv: list[str]) -> int:
             else:
                 arrays[f"X_{name}"] = np.asarray(X, np.float32).transpose(0, 2, 1)
                 arrays[f"Y_{name}"] = s.y(split)
-                arrays[f"hex_{name}"] = np.array(s.hex(split))
-            (out / f"hex_{name}.txt").write_text("\n".join(s.hex(split)) + "\n")
+                arrays[f"hex_{name}"] = np.array(hexes)
+            (out / f"hex_{name}.txt").write_text("\n".join(hexes) + "\n")
         if a.format == "npz":
             np.savez(out / "data.npz", sample_rate=np.float64(cfg.sample_rate), **arrays)
         meta = {"sample_rate": float(cfg.sample_rate), "num_classes": int(cfg.num_emitters), "length": int(cfg.length),

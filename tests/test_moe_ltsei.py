@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ltsei.losses import LOSSES, MoEOutput, create_loss
-from ltsei.moe_ltsei import MoEHead, MoELTSEILoss, adaptive_margins, frequency_groups, moe_class_weights, routing_metrics
+from ltsei.losses import class_balanced_weights
+from ltsei.moe_ltsei import MoEHead, MoELTSEILoss, adaptive_margins, frequency_groups, routing_metrics
 
 DEFAULTS = dict(num_experts=3, scale=30.0, beta=0.999, margin_m0=0.35, margin_m1=0.2, margin_gamma=0.5,
                 diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0)   # guide 5.1
@@ -137,7 +138,7 @@ def test_class_weights_and_margins():
     beta = 0.999
     E = (1 - beta ** IR100.astype(float)) / (1 - beta)
     w = (1 / E) / (1 / E).mean()
-    np.testing.assert_allclose(moe_class_weights(IR100, beta), w)
+    np.testing.assert_allclose(class_balanced_weights(IR100, beta), w)
     m = adaptive_margins(IR100, beta, 0.35, 0.2, 0.5)
     np.testing.assert_allclose(m, np.minimum(0.35 * np.sqrt(E.max() / E), 0.55))
     assert m[0] == pytest.approx(0.35)                       # most frequent class: exactly m0
