@@ -16,11 +16,11 @@ from .data import DataConfig
 from .models import ModelConfig
 
 # %% auto #0
-__all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
-           'COST_STRATEGIES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig',
-           'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config',
-           'Stage1Config', 'ScaleConfig', 'Config', 'profile_node', 'register_configs', 'all_keys', 'check_overrides',
-           'validate', 'scale_epochs', 'finalize', 'compose_config', 'print_config', 'stage1_settings', 'stage1_key']
+__all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'OPTIMIZERS', 'STAGE3_MODES', 'EPOCH_KEYS',
+           'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig', 'TrainingConfig',
+           'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config', 'ScaleConfig', 'Config',
+           'profile_node', 'register_configs', 'all_keys', 'check_overrides', 'validate', 'scale_epochs', 'finalize',
+           'compose_config', 'print_config', 'stage1_settings', 'stage1_key']
 
 # %% ../nbs/03_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -220,7 +220,6 @@ def check_overrides(overrides: list[str]):
 # %% ../nbs/03_config.ipynb #ee712d81
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 STAGE3_MODES = ("none", "tau_norm", "logit_adjust")
-COST_STRATEGIES = ("auto", "sqrt", "log")
 
 def _choice(key, value, valid):
     if value not in valid:
@@ -232,19 +231,24 @@ def _positive(key, value, allow_zero=False):
 
 def validate(cfg) -> None:
     "Check every name and number of a composed config; raise `ConfigError` naming the key."
-    from ltsei.models import MODELS
-    from ltsei.losses import STAGE1_LOSSES, STAGE2_LOSSES
+    from ltsei.data import DATA_SOURCES, NORMALIZATIONS
+    from ltsei.models import CONV_IMPLS, MODELS
+    from ltsei.losses import COST_STRATEGIES, STAGE1_LOSSES, STAGE2_LOSSES
+    from ltsei.synth import check_synth_config
     from ltsei.samplers import SAMPLERS
     from ltsei.stage2 import STAGE2_MODES, check_stage3
     _choice("scale.profile", cfg.scale.profile, PROFILES)
     _choice("model.name", cfg.model.name, sorted(MODELS))
+    _choice("model.conv_impl", cfg.model.conv_impl, CONV_IMPLS)
     _choice("loss.name", cfg.loss.name, STAGE1_LOSSES)
     _choice("sampling.name", cfg.sampling.name, sorted(SAMPLERS))
     _choice("training.optimizer", cfg.training.optimizer, OPTIMIZERS)
     _choice("training.precision", cfg.training.precision, ("auto", "fp32", "bf16", "fp16"))
     _choice("training.channels_last", str(cfg.training.channels_last).lower(), ("auto", "true", "false"))
-    _choice("data.source", cfg.data.source, ("synthetic", "files"))
-    _choice("data.normalize", cfg.data.normalize, ("power", "none"))
+    _choice("data.source", cfg.data.source, DATA_SOURCES)
+    _choice("data.normalize", cfg.data.normalize, NORMALIZATIONS)
+    try: check_synth_config(cfg.data.synth)
+    except ValueError as e: raise ConfigError(f"data.{e}") from None
     _choice("stage2.mode", cfg.stage2.mode, sorted(STAGE2_MODES))
     _choice("stage2.loss", cfg.stage2.loss, STAGE2_LOSSES)
     if cfg.stage2.enabled and cfg.stage2.loss == "MoELTSEILoss" and cfg.stage2.mode != "moe_ltsei":
@@ -264,13 +268,11 @@ def validate(cfg) -> None:
     for k in ("training.warmup_epochs", "stage2.warmup_epochs", "loss.ldam_drw_start", "training.weight_decay",
               "training.momentum", "loss.focal_gamma", "loss.ldam_max_margin", "loss.ldam_reweight_power",
               "stage2.moe_loss.margin_m0", "stage2.moe_loss.margin_m1", "stage2.moe_loss.diff_gamma",
-              "stage2.moe_loss.lambda_gate", "stage2.moe_loss.lambda_lb", "stage2.moe.gate_dropout", "model.dropout"):
+              "stage2.moe_loss.lambda_gate", "stage2.moe_loss.lambda_lb"):
         _positive(k, OmegaConf.select(cfg, k), allow_zero=True)
     if cfg.data.target_length is not None: _positive("data.target_length", cfg.data.target_length)
-    for k in ("loss.cb_beta", "stage2.cb_beta", "stage2.moe_loss.beta"):
-        v = OmegaConf.select(cfg, k)
-        if not 0 <= v < 1: raise ConfigError(f"{k}={v!r} must be in [0, 1)")
-    for k in ("stage2.los_smoothing", "training.label_smoothing", "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
+    for k in ("loss.cb_beta", "stage2.cb_beta", "stage2.moe_loss.beta", "stage2.los_smoothing", "training.label_smoothing",
+              "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
         v = OmegaConf.select(cfg, k)
         if not 0 <= v < 1: raise ConfigError(f"{k}={v!r} must be in [0, 1)")
     for prefix in ("sampling", "stage2"):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #ec0de608
 from __future__ import annotations
-import json, os
+import json
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
@@ -13,9 +13,9 @@ import torch
 from .synth import SynthConfig, as_synth_config, load_synth
 
 # %% auto #0
-__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
-           'long_tail_class_counts', 'rank_groups', 'shot_groups', 'read_xy', 'to_ncl', 'labels_int', 'Split',
-           'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'load_data']
+__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'DATA_SOURCES', 'NORMALIZATIONS', 'PUBLIC_SAMPLE_RATE', 'DataConfig',
+           'long_tail_counts', 'class_ranks', 'long_tail_class_counts', 'rank_groups', 'shot_groups', 'read_xy',
+           'to_ncl', 'labels_int', 'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'load_data']
 
 # %% ../nbs/02_data.ipynb #b6898907
 @dataclass
@@ -271,6 +271,9 @@ def fit_length(x: np.ndarray, target_length) -> np.ndarray:
     if T <= L: return x[..., :T]
     return np.concatenate([x, np.zeros(x.shape[:-1] + (T - L,), x.dtype)], axis=-1)
 
+DATA_SOURCES = ("synthetic", "files")     # `data.source`
+NORMALIZATIONS = ("power", "none")         # `data.normalize`
+
 def to_split(x: np.ndarray, y: np.ndarray, normalize: str) -> Split:
     "float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2."
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -288,9 +291,9 @@ def _check_common(cfg):
         raise ValueError(f"data.target_length={cfg.target_length}: expected a positive number of samples or null")
     if int(cfg.batch_size) <= 0:
         raise ValueError(f"data.batch_size={cfg.batch_size}: expected a positive integer")
-    if cfg.normalize not in ("power", "none"):
+    if cfg.normalize not in NORMALIZATIONS:
         raise ValueError(f"data.normalize={cfg.normalize!r}: expected 'power' or 'none'")
-    if cfg.source not in ("synthetic", "files"):
+    if cfg.source not in DATA_SOURCES:
         raise ValueError(f"data.source={cfg.source!r}: expected 'synthetic' or 'files'")
 
 # %% ../nbs/02_data.ipynb #7c046dc9

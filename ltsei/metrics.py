@@ -5,7 +5,6 @@
 # %% ../nbs/07_metrics.ipynb #dd2d46be
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -150,5 +150,5 @@ def routing_metrics(gate_probs, y, groups, K: int) -> dict:
             acc.append(float(hit[sel].mean()))
         else:
             mean_prob.append(None); argmax_frac.append(None); acc.append(None)
-    return {"routing_accuracy": float(hit.mean()), "routing_accuracy_per_group": acc, "group_samples": count,
-            "usage_mean_prob": mean_prob, "usage_argmax_frac": argmax_frac}
+    return {"routing_acc": float(hit.mean()), "routing_acc_per_group": acc, "group_samples": count,
+            "usage_by_group": mean_prob, "usage_argmax_frac": argmax_frac}

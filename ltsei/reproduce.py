@@ -19,21 +19,22 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from .data import shot_groups        # many / medium / few, as the runs use it
+from .data import long_tail_counts, shot_groups   # the runs' long tail and many / medium / few
 from .metrics import compute_metrics
+from .train import atomic_write_text
 
 # %% auto #0
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS', 'METRIC_KEYS',
            'KERNEL_ARGS', 'REAL_FUNCS', 'DEMO_FUNCS', 'split_command', 'Row', 'guide_commands', 'parse_guide',
-           'select_rows', 'run_dir', 'write_json_atomic', 'read_metrics', 'run_status', 'parse_overrides',
-           'metrics_from_confusion', 'fake_metrics', 'demo_compose_config', 'demo_run_experiment', 'Task', 'plan_runs',
-           'task_overrides', 'stage1_group', 'prepare_run_dir', 'RunFailed', 'run_tasks', 'notebook_path',
-           'load_notebook', 'kernel_env', 'load_callable', 'kill_kernels', 'execute_run', 'render_report',
-           'check_configs', 'default_jobs', 'reproduce_main']
+           'select_rows', 'run_dir', 'write_json_atomic', 'read_metrics', 'ran_other_overrides', 'run_status',
+           'parse_overrides', 'metrics_from_confusion', 'stage1_group', 'fake_metrics', 'demo_compose_config',
+           'demo_run_experiment', 'Task', 'plan_runs', 'run_overrides', 'task_overrides', 'prepare_run_dir',
+           'RunFailed', 'run_tasks', 'notebook_path', 'load_notebook', 'kernel_env', 'load_callable', 'kill_kernels',
+           'execute_run', 'render_report', 'check_configs', 'default_jobs', 'reproduce_main']
 
 # %% ../nbs/12_reproduce.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours"}
@@ -231,30 +232,31 @@ def run_dir(runs_dir, profile: str, row: Row, seed: int) -> Path:
 
 def write_json_atomic(path, obj) -> Path:
     "Write `obj` as JSON to `path` atomically (a temporary file in the same directory, then a rename)."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-    return path
+    atomic_write_text(path, json.dumps(obj, indent=1))
+    return Path(path)
 
 def read_metrics(out_dir) -> dict | None:
-    "The run's `metrics.json` if it is there and complete (test metrics and class counts), else None."
+    "The run's `metrics.json` if it is there and complete (test metrics, class counts, groups), else None."
     p = Path(out_dir) / "metrics.json"
     try: m = json.loads(p.read_text())
     except (OSError, ValueError): return None
-    if not isinstance(m, dict) or not isinstance(m.get("test"), dict) or "class_counts" not in m: return None
+    if not isinstance(m, dict) or not isinstance(m.get("test"), dict) or "class_counts" not in m or "groups" not in m: return None
     if any(k not in m["test"] for k in METRIC_KEYS): return None
     return m
+
+def ran_other_overrides(out_dir, row: Row) -> bool:
+    "Whether the run in `out_dir` recorded (in `row.json`) other overrides than `row` runs now."
+    p = Path(out_dir) / "row.json"
+    if not p.exists(): return False
+    try: ran = json.loads(p.read_text()).get("overrides")
+    except ValueError: ran = None
+    return ran != row.run_args
 
 def run_status(out_dir, row: Row | None = None) -> str:
     "'complete', 'stale' (complete, but for other overrides than `row` runs now), 'partial' or 'missing'."
     out_dir = Path(out_dir)
     if read_metrics(out_dir) is not None:
-        if row is not None and (out_dir / "row.json").exists():
-            try: ran = json.loads((out_dir / "row.json").read_text()).get("overrides")
-            except ValueError: ran = None
-            if ran != row.run_args: return "stale"
-        return "complete"
+        return "stale" if row is not None and ran_other_overrides(out_dir, row) else "complete"
     return "partial" if out_dir.exists() and any(out_dir.iterdir()) else "missing"
 
 # %% ../nbs/12_reproduce.ipynb #9c523eae
@@ -289,12 +291,22 @@ def _rebalance(kv: dict) -> float:
     if kv.get("stage3.mode") == "tau_norm": b = max(b, .6)
     return b
 
+def stage1_group(overrides: list[str], cfg=None) -> str:
+    "A key shared by runs with the same stage-1 settings (for scheduling only): `ltsei.config.stage1_key` of `cfg`."
+    if cfg is not None:
+        try:
+            from ltsei.config import stage1_key
+            return str(stage1_key(cfg))
+        except Exception: pass  # not a full config (e.g. --demo): fall back to the overrides
+    keep = sorted(o for o in overrides if not o.startswith(("stage2.", "stage3.")))
+    return hashlib.sha1(json.dumps(keep).encode()).hexdigest()[:16]
+
 def fake_metrics(overrides, seed: int, num_classes: int = 12, n_max: int = 300, n_test: int = 20) -> dict:
     "Made-up `metrics.json` content (marked `demo`) for a run with these overrides: for demos and tests."
     kv = parse_overrides(overrides)
     for k in ("seed", "profile", "training.num_threads"): kv.pop(k, None)
     ir, C = float(kv.get("data.imbalance_ratio", 100)), num_classes
-    counts = [max(1, int(n_max * ir ** (-i / (C - 1)))) for i in range(C)]
+    counts = long_tail_counts(n_max, C, ir).tolist()
     h = int(hashlib.sha1(json.dumps(sorted(kv.items())).encode()).hexdigest()[:8], 16)
     rng, b = np.random.default_rng([h, seed]), _rebalance(kv)
     tail = 1 - np.log(counts) / np.log(max(counts))  # 0 for the head class, 1 for n = 1
@@ -310,7 +322,7 @@ def fake_metrics(overrides, seed: int, num_classes: int = 12, n_max: int = 300, 
     m = dict(test=metrics_from_confusion(conf, counts), val=metrics_from_confusion(conf_val, counts),
              class_counts=counts, groups=shot_groups(counts), best_epoch=int(rng.integers(5, 10)),
              epochs_run=10, seconds=float(rng.uniform(5, 15)), confusion_test=conf.tolist(),
-             stage1=dict(key=hashlib.sha1(json.dumps(sorted((k, v) for k, v in kv.items() if not k.startswith(("stage2.", "stage3.")))).encode()).hexdigest()[:12], reused=False),
+             stage1=dict(key=stage1_group([f"{k}={v}" for k, v in kv.items()]), reused=False),
              demo=True)
     if kv.get("stage2.enabled") == "true" and kv.get("stage2.mode") == "moe_ltsei":
         K = int(kv.get("stage2.moe.num_experts", 3))
@@ -326,7 +338,7 @@ def demo_compose_config(overrides: list[str]) -> dict:
     parse_overrides(overrides)
     return dict(overrides=list(overrides))
 
-def demo_run_experiment(cfg: dict, out_dir) -> dict:
+def demo_run_experiment(cfg: dict, out_dir, progress: bool = True) -> dict:
     "Stand-in for `ltsei.run.run_experiment` in `--demo` runs: writes made-up results (no training)."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     seed = int(parse_overrides(cfg["overrides"]).get("seed", 0))
@@ -362,19 +374,13 @@ def plan_runs(rows: list[Row], seeds: list[int], profile: str, runs_dir) -> list
             tasks.append(Task(r, seed, d, run_status(d, r)))
     return tasks
 
-def task_overrides(task: Task, profile: str) -> list[str]:
-    "The overrides one run composes its config from: profile and seed, then the row's."
-    return [f"profile={profile}", f"seed={task.seed}", *task.row.run_args]
+def run_overrides(profile: str, seed: int, overrides: list[str], threads: int = 0) -> list[str]:
+    "The overrides one run composes its config from: profile and seed, the row's, and the CPU threads when `threads` > 0."
+    return [f"profile={profile}", f"seed={seed}", *overrides] + ([f"training.num_threads={int(threads)}"] if threads else [])
 
-def stage1_group(overrides: list[str], cfg=None) -> str:
-    "A key shared by runs with the same stage-1 settings (for scheduling only): `ltsei.config.stage1_key` of `cfg`."
-    if cfg is not None:
-        try:
-            from ltsei.config import stage1_key
-            return str(stage1_key(cfg))
-        except Exception: pass  # not a full config (e.g. --demo): fall back to the overrides
-    keep = sorted(o for o in overrides if not o.startswith(("stage2.", "stage3.")))
-    return hashlib.sha1(json.dumps(keep).encode()).hexdigest()[:16]
+def task_overrides(task: Task, profile: str, threads: int = 0) -> list[str]:
+    "`run_overrides` of a task."
+    return run_overrides(profile, task.seed, task.row.run_args, threads)
 
 def prepare_run_dir(task: Task, profile: str) -> Path:
     "Clear what an earlier, incomplete attempt left, and record what this run runs (`row.json`)."
@@ -389,7 +395,7 @@ def prepare_run_dir(task: Task, profile: str) -> Path:
 class RunFailed(RuntimeError):
     "A run's notebook failed or left no complete metrics (the message names the error and the notebook)."
 
-def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, log=print, interrupt=None) -> list[Task]:
+def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, interrupt=None) -> list[Task]:
     """Run the `todo` tasks with `execute(task)` (it raises on failure), `jobs` at once, stage-1 group leaders first.
     Sets each task's status to 'done', 'failed' (with `error`) or 'skipped' (it was complete). On Ctrl-C it calls
     `interrupt()` (which should stop the running executions), marks the running tasks 'interrupted' and re-raises."""
@@ -424,7 +430,7 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
                 if id(t) in leaders: running_groups.discard(t.group)
                 bar.update(1)
                 msg = f"done   {t.name} ({t.seconds:.0f} s)" if t.status == "done" else f"FAILED {t.name}: {t.error}"
-                bar.write(msg) if progress else log(msg)
+                bar.write(msg) if progress else print(msg)
     except KeyboardInterrupt:
         if interrupt is not None: interrupt()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -534,11 +540,12 @@ def render_report(runs_dir, profile: str) -> Path:
 
 # %% ../nbs/12_reproduce.ipynb #5aad805c
 def _parser() -> argparse.ArgumentParser:
+    from ltsei.config import PROFILES
     p = argparse.ArgumentParser(prog="ltsei reproduce", description=(
         "Reproduce the paper's tables: run every row of the experiment guide (one papermill-executed "
         "nbs/experiment.ipynb per row and seed, into RUNS_DIR/PROFILE/<section>/<row>/seed<k>/), skip runs that "
         "are complete, then build the tables and figures (RUNS_DIR/PROFILE/tables, figures) and the report."))
-    p.add_argument("--profile", default="quick", choices=("paper", "quick", "smoke"),
+    p.add_argument("--profile", default="quick", choices=PROFILES,
                    help="paper: paper scale (GPU); quick: CPU scale; smoke: tiny, for tests (default: quick)")
     p.add_argument("--rows", default=None, help="comma-separated row ids, sections (4.5), parts (4), id globs (s4_*), "
                    "'main' or 'all' (default: all)")
@@ -555,7 +562,6 @@ def check_configs(tasks: list[Task], profile: str, composer) -> None:
     "Compose each todo task's config: set its stage-1 group, or mark it failed with the config error."
     for t in tasks:
         ov = task_overrides(t, profile)
-        if composer is None: t.group = stage1_group(ov); continue
         try: t.group = stage1_group(ov, composer(ov))
         except Exception as e:
             t.status, t.error = "failed", f"config: {type(e).__name__}: {e}"
@@ -575,24 +581,21 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     rows = select_rows(a.rows)
     tasks = plan_runs(rows, list(range(a.seeds)), a.profile, runs_dir)
     funcs = DEMO_FUNCS if a.demo else REAL_FUNCS
-    try: composer = load_callable(funcs["composer"])
-    except ImportError as e:
-        composer = None
-        print(f"[reproduce] configs not checked beforehand ({e})", file=sys.stderr)
+    composer = load_callable(funcs["composer"])
     todo = [t for t in tasks if t.todo]
     check_configs(todo, a.profile, composer)
     n_done, n_groups = sum(t.status == "complete" for t in tasks), len({t.group for t in todo if t.group})
     print(f"[reproduce] profile {a.profile}: {len(rows)} rows x {a.seeds} seed(s) = {len(tasks)} runs; "
           f"{n_done} complete (skipped), {len(todo)} to run with {n_groups} distinct stage-1 settings"
           + (" [demo: made-up results]" if a.demo else ""))
+    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else 0
     if a.dry_run:
         for t in tasks:
             print(f"  {t.status:8s} {t.name:28s} {t.out_dir}" + (f"  <- {t.error}" if t.error else ""))
             if t.todo or t.status == "failed":
-                print(f"           python main.py {' '.join(shlex.quote(o) for o in task_overrides(t, a.profile))}")
+                print(f"           python main.py {' '.join(shlex.quote(o) for o in task_overrides(t, a.profile, threads))}")
         return 1 if any(t.status == "failed" for t in tasks) else 0
     nb = load_notebook("experiment.ipynb")
-    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else 0
     runnable = [t for t in tasks if t.status != "failed"]
     try:
         run_tasks(runnable, lambda t: execute_run(t, a.profile, nb=nb, threads=threads, funcs=funcs), jobs=a.jobs,
@@ -604,15 +607,16 @@ def reproduce_main(argv: list[str] | None = None) -> int:
         return 130
     failures = [(t.name, t.error) for t in tasks if t.status == "failed"]
     from ltsei.tables import build_tables
-    try:
-        built = build_tables(runs_dir, a.profile)
-        print(f"[reproduce] tables: {runs_dir / a.profile / 'tables'}  figures: {runs_dir / a.profile / 'figures'} "
-              f"({built['n_runs']} complete runs)" if built["n_runs"] else
-              f"[reproduce] no complete runs in {runs_dir / a.profile}: no tables or figures")
-    except Exception as e: failures.append(("tables", f"{type(e).__name__}: {e}"))
-    if not a.no_report:
-        try: print(f"[reproduce] report: {render_report(runs_dir, a.profile)}")
+    base, where = runs_dir / a.profile, f"tables: {runs_dir / a.profile / 'tables'}  figures: {runs_dir / a.profile / 'figures'}"
+    reported = False
+    if not a.no_report:                       # the report notebook builds the tables and figures itself
+        try: print(f"[reproduce] report: {render_report(runs_dir, a.profile)}\n[reproduce] {where}"); reported = True
         except Exception as e: failures.append(("report", f"{type(e).__name__}: {e}"))
+    if not reported:                          # --no-report, or the report failed: build them here
+        try:
+            n_runs = build_tables(runs_dir, a.profile)["n_runs"]
+            print(f"[reproduce] {where} ({n_runs} complete runs)" if n_runs else f"[reproduce] no complete runs in {base}: no tables or figures")
+        except Exception as e: failures.append(("tables", f"{type(e).__name__}: {e}"))
     print(f"[reproduce] finished in {time.time() - t_start:.0f} s")
     if failures:
         print(f"[reproduce] {len(failures)} failure(s):", file=sys.stderr)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .config import stage1_key, stage1_settings, print_config
-from .data import load_data
+from .data import load_data, save_class_counts
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
@@ -105,7 +105,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: Path, progress: bool):
     loss_fn = create_loss(cfg.loss.name, data.class_counts, **config_loss_params(cfg.loss.name, cfg, 1))
     sampler = build_sampler(cfg.sampling.name, data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
     opt = make_optimizer(model.parameters(), cfg.training.optimizer, cfg.training.lr, cfg.training.momentum, cfg.training.weight_decay)
-    ev = lambda m: evaluate(m, data.val.x, data.val.y, cfg.training.eval_batch_size, rt, data.num_classes, data.groups)
+    x_val = data.val.x.to(rt.device)      # validated every epoch: copied to the device once
+    ev = lambda m: evaluate(m, x_val, data.val.y, cfg.training.eval_batch_size, rt, data.num_classes, data.groups)
     tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     res = fit(model, data.train.x, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt,
@@ -126,9 +127,10 @@ def train_stage1(cfg, data, rt: Runtime, entry: Path, progress: bool):
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from a complete cache entry, or trained now."
     key = stage1_key(cfg)
-    model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
+    new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
     ck_dir = out_dir / "checkpoints"
     if cfg.stage1.checkpoint:
+        model = new_model()
         ck = load_stage1_checkpoint(cfg.stage1.checkpoint, model)
         print(f"[ltsei] stage 1: starting from the given checkpoint {cfg.stage1.checkpoint} (epoch {ck['epoch']})")
         info = {"key": key, "source": "checkpoint", "path": str(cfg.stage1.checkpoint), "reused": True, "seconds": 0.0,
@@ -139,6 +141,7 @@ def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
         with file_lock(Path(cfg.stage1.cache_dir) / f"{key}.lock"):
             if cfg.stage1.reuse and complete():
                 meta = json.loads((entry / "meta.json").read_text())
+                model = new_model()
                 load_stage1_checkpoint(entry / "best.pt", model)
                 print(f"[ltsei] stage 1: reusing {entry} (an earlier complete run with the same stage-1 settings, key {key})")
                 info = {**meta, "source": "cache", "path": str(entry), "reused": True}
@@ -178,7 +181,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     data = load_data(cfg.data, cfg.seed)
     print(data.summary())
     counts = [int(c) for c in data.class_counts]
-    atomic_write_text(out_dir / "class_counts.json", json.dumps({"class_counts": counts, "groups": data.groups}, indent=1))
+    save_class_counts(data, out_dir / "class_counts.json")
     print(f"[ltsei] runtime: {rt.describe()}; output: {out_dir}")
 
     model, s1 = get_stage1(cfg, data, rt, out_dir, progress)
@@ -198,25 +201,23 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
         evaluate_split = res2.evaluate
         best_epoch, epochs_run = res2.fit.best_epoch, res2.fit.epochs_run
     else:
-        def evaluate_split(split, state="best"):
-            if state == "best": return ev(model, split)
+        def evaluate_split(split, state="best", head=None, logit_transform=None):
+            if head is not None: return ev(Stage2Model(model, head, False, True), split, logit_transform=logit_transform)
+            if state == "best": return ev(model, split, logit_transform=logit_transform)
             last = out_dir / "checkpoints" / "stage1_last.pt"
             if not last.is_file(): return None          # started from a given checkpoint: no last state
             with using_state(model, torch.load(last, map_location="cpu", weights_only=False)["state_dict"]):
-                return ev(model, split)
+                return ev(model, split, logit_transform=logit_transform)
         best_epoch, epochs_run = s1.get("best_epoch"), s1.get("epochs_run")
 
     s3 = cfg.stage3
-    if s3.mode != "none":
+    if s3.mode != "none":                     # post-hoc, through the same evaluator (stage 2's cached features if any)
         if s3.mode == "tau_norm":
             host = res2.model.head if cfg.stage2.enabled else model.classifier
-            normed = tau_normalize(host, s3.tau_norm)
-            m3 = Stage2Model(model, normed, False, True).to(rt.device)
-            evaluate_split = lambda split, state="best": ev(m3, split)
+            post = {"head": tau_normalize(host, s3.tau_norm)}
         else:
-            adj = logit_adjust_fn(data.class_counts, s3.logit_tau)
-            target = res2.model if cfg.stage2.enabled else model
-            evaluate_split = lambda split, state="best": ev(target, split, logit_transform=adj)
+            post = {"logit_transform": logit_adjust_fn(data.class_counts, s3.logit_tau)}
+        evaluate_split = (lambda base: lambda split, state="best": base(split, **post))(evaluate_split)
 
     test, val, test_last = evaluate_split("test"), evaluate_split("val"), evaluate_split("test", "last") if s3.mode == "none" else None
     from ltsei.metrics import confusion_matrix
@@ -231,8 +232,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
                "profile": cfg.scale.profile, "runtime": rt.describe(), "data": data.info}
     if "_gate_probs" in test:
         K = cfg.stage2.moe.num_experts
-        r = routing_metrics(test["_gate_probs"], data.test.y, frequency_groups(data.class_counts, K), K)
-        metrics["routing"] = {"routing_acc": r["routing_accuracy"], "usage_by_group": r["usage_mean_prob"], **r}
+        metrics["routing"] = routing_metrics(test["_gate_probs"], data.test.y, frequency_groups(data.class_counts, K), K)
     _combined_log(out_dir)
     metrics["seconds"] = time.time() - t0
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=_json_default))

@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from .train import Runtime, fit, evaluate, make_optimizer, FitResult, using_state
+from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state
+from .losses import log_prior
 from .moe_ltsei import MoEHead
 
 # %% auto #0
@@ -90,16 +90,9 @@ def get_stage2_mode(name: str) -> Stage2Mode:
     return STAGE2_MODES[name]
 
 # %% ../nbs/09_stage2.ipynb #54d20f9c
-@torch.no_grad()
 def compute_features(backbone: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> torch.Tensor:
     "The backbone's eval-mode features of `x`, float32, on the CPU."
-    was = backbone.training
-    backbone.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        with rt.autocast(): out.append(backbone.features(x[i:i + batch_size].to(rt.device)).float().cpu())
-    backbone.train(was)
-    return torch.cat(out)
+    return torch.cat(eval_batches(backbone, lambda xb: backbone.features(xb).float().cpu(), x, batch_size, rt))
 
 class _Features(nn.Module):
     "Identity 'backbone' for a head trained on cached features."
@@ -112,7 +105,7 @@ class Stage2Result:
     fit: FitResult
     cached: bool
     seconds: float
-    evaluate: Callable               # (split_name, state='best'|'last') -> metrics dict
+    evaluate: Callable               # (split_name, state='best'|'last', head=None, logit_transform=None) -> metrics dict
     feature_seconds: float = 0.0
 
 def uses_cached_features(mode: Stage2Mode, s2) -> bool:
@@ -134,24 +127,26 @@ def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, b
         tf = time.time()
         feats = {k: compute_features(model, v.x, eval_batch_size, rt) for k, v in splits.items()}
         feature_seconds = time.time() - tf
-        head_rt = Runtime(rt.device, None, False)   # the head is tiny: fp32
+        run_rt = Runtime(rt.device, None, False)   # the head is tiny: fp32
         trainee, x_train, x_of = head, feats["train"], (lambda k: feats[k])
-        run_rt, train_mode = head_rt, None
     else:
         feature_seconds = 0.0
-        trainee, x_train, x_of = full, data.train.x, (lambda k: splits[k].x)
-        run_rt, train_mode = rt, (lambda m: m.train())
-    ev = lambda m, k: evaluate(m, x_of(k), splits[k].y, eval_batch_size, run_rt, data.num_classes, data.groups)
+        x_val = data.val.x.to(rt.device)           # validated every epoch: copied to the device once
+        trainee, x_train, run_rt = full, data.train.x, rt
+        x_of = lambda k: x_val if k == "val" else splits[k].x
+    ev = lambda m, k, **kw: evaluate(m, x_of(k), splits[k].y, eval_batch_size, run_rt, data.num_classes, data.groups, **kw)
     opt = make_optimizer(trainee.parameters(), s2.optimizer, s2.lr, momentum, weight_decay)
     res = fit(trainee, x_train, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt, epochs=s2.epochs,
               lr=s2.lr, warmup_epochs=s2.warmup_epochs, batch_size=batch_size, rt=run_rt,
-              validate=lambda m: ev(m, "val"), log_path=log_path, desc=f"stage2 {s2.mode}",
-              train_mode=train_mode, progress=progress)
+              validate=lambda m: ev(m, "val"), log_path=log_path, desc=f"stage2 {s2.mode}", progress=progress)
     trainee.load_state_dict(res.best_state)
 
-    def evaluate_split(k, state="best"):
-        if state == "best": return ev(trainee, k)
-        with using_state(trainee, res.last_state): return ev(trainee, k)
+    def evaluate_split(k, state="best", head=None, logit_transform=None):
+        "Metrics of split `k` with the best or last head; stage 3 passes a replacement `head` or a `logit_transform`."
+        if head is not None:                # on the cached features when there are some: no second backbone pass
+            return ev(head if cached else Stage2Model(model, head, False, True), k, logit_transform=logit_transform)
+        if state == "best": return ev(trainee, k, logit_transform=logit_transform)
+        with using_state(trainee, res.last_state): return ev(trainee, k, logit_transform=logit_transform)
     return Stage2Result(full, res, cached, time.time() - t0, evaluate_split, feature_seconds)
 
 # %% ../nbs/09_stage2.ipynb #6d283559
@@ -167,7 +162,7 @@ def tau_normalize(linear: nn.Linear, tau: float) -> nn.Linear:
 
 def logit_adjust_fn(class_counts, tau: float) -> Callable:
     "logits -> logits - tau * log(pi)."
-    log_pi = torch.log(torch.as_tensor(np.asarray(class_counts), dtype=torch.float32) / float(np.sum(class_counts)))
+    log_pi = torch.as_tensor(log_prior(class_counts), dtype=torch.float32)
     return lambda z: z - tau * log_pi.to(z.device)
 
 def check_stage3(stage3_mode: str, head_kind: str, linear_classifier: bool):

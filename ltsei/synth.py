@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
-from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex, CHIP
+from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
 
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'FINGERPRINT_SPREAD', 'CFO_RANGE_HZ', 'CFO_JITTER_HZ', 'TIMING_JITTER_S',

@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import shot_groups
-from .reproduce import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, fake_metrics, parse_overrides,
-                             read_metrics, run_dir, run_status, write_json_atomic)
+from .reproduce import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, Task, fake_metrics, parse_overrides, prepare_run_dir,
+                             ran_other_overrides, read_metrics, run_dir, write_json_atomic)
 
 # %% auto #0
 __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'RECALL_ROWS', 'EXPECT_ABOVE_CE', 'FIGURES', 'write_fake_runs', 'routing_info',
@@ -33,8 +32,7 @@ def write_fake_runs(runs_dir, profile: str, rows=None, seeds=(0,)) -> list[Path]
     out = []
     for seed in seeds:
         for r in rows or ROWS:
-            d = run_dir(runs_dir, profile, r, seed); d.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(d / "row.json", dict(row_id=r.id, seed=seed, profile=profile, overrides=r.run_args))
+            d = prepare_run_dir(Task(r, seed, run_dir(runs_dir, profile, r, seed)), profile)
             write_json_atomic(d / "metrics.json", fake_metrics(r.run_args, seed))
             out.append(d)
     return out
@@ -46,11 +44,9 @@ def _num(x) -> float: return float("nan") if x is None else float(x)
 
 def routing_info(metrics: dict) -> tuple[float, np.ndarray | None]:
     """The gate's routing accuracy and its expert usage per frequency group (groups x experts; NaN rows for empty
-    groups) from a run's metrics; (NaN, None) for runs without a MoE-LTSEI head. Reads `routing_acc`/`usage_by_group`
-    or `routing_accuracy`/`usage_mean_prob`."""
+    groups) from a run's metrics; (NaN, None) for runs without a MoE-LTSEI head."""
     r = metrics.get("routing") or {}
-    acc = _num(r.get("routing_acc", r.get("routing_accuracy")))
-    use = r.get("usage_by_group", r.get("usage_mean_prob"))
+    acc, use = _num(r.get("routing_acc")), r.get("usage_by_group")
     if not use: return acc, None
     K = max(len(u) for u in use if u) if any(use) else 0
     return acc, np.array([u if u else [np.nan] * K for u in use], dtype=float)
@@ -60,11 +56,12 @@ def collect_results(runs_dir, profile: str, rows=None) -> tuple[pd.DataFrame, pd
     one row per run and class (training count, test recall, frequency group)."""
     recs, pcs = [], []
     for r in rows or ROWS:
-        d = Path(runs_dir) / profile / r.section / r.id
+        d = run_dir(runs_dir, profile, r, 0).parent
         for sd in sorted(d.glob("seed*")) if d.is_dir() else []:
-            if not sd.name[4:].isdigit() or run_status(sd, r) != "complete": continue
+            if not sd.name[4:].isdigit(): continue
             m, seed = read_metrics(sd), int(sd.name[4:])
-            t, groups = m["test"], m.get("groups") or shot_groups(m["class_counts"])
+            if m is None or ran_other_overrides(sd, r): continue      # incomplete, or stale
+            t, groups = m["test"], m["groups"]
             recs.append(dict(row_id=r.id, section=r.section, kind=r.kind, method=r.method, seed=seed,
                              **{k: _num(t.get(k)) for k in RESULT_METRICS if k != "routing_acc"},
                              routing_acc=routing_info(m)[0],
@@ -266,7 +263,7 @@ def _ax(ax, size):
 def plot_run_recall(metrics: dict, ax=None):
     "Per-class test recall against training count, coloured by frequency group."
     counts, rec = np.asarray(metrics["class_counts"]), 100 * np.asarray(metrics["test"]["per_class_recall"])
-    groups = metrics.get("groups") or shot_groups(counts)
+    groups = metrics["groups"]
     grp = np.array(["medium"] * len(counts), dtype=object)
     for g in ("many", "few"): grp[groups.get(g, [])] = g
     ax = _ax(ax, (6, 3.8))

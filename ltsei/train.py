@@ -17,8 +17,8 @@ from .losses import logits_of, MoEOutput
 from .metrics import compute_metrics
 
 # %% auto #0
-__all__ = ['Runtime', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at', 'predict', 'evaluate', 'atomic_save',
-           'atomic_write_text', 'state_copy', 'using_state', 'NonFiniteLoss', 'FitResult', 'fit']
+__all__ = ['Runtime', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at', 'eval_batches', 'predict', 'evaluate',
+           'atomic_save', 'atomic_write_text', 'state_copy', 'using_state', 'NonFiniteLoss', 'FitResult', 'fit']
 
 # %% ../nbs/08_train.ipynb #cc420e46
 @dataclass
@@ -81,17 +81,25 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 
 # %% ../nbs/08_train.ipynb #5b78dca9
 @torch.no_grad()
+def eval_batches(module: nn.Module, fn: Callable, x: torch.Tensor, batch_size: int, rt: Runtime) -> list:
+    "`fn(batch)` under `rt`'s autocast for every batch of `x`, with `module` in eval mode (its mode restored after)."
+    was_training = module.training
+    module.eval()
+    try:
+        out = []
+        for i in range(0, len(x), batch_size):
+            with rt.autocast(): out.append(fn(x[i:i + batch_size].to(rt.device, non_blocking=True)))
+        return out
+    finally:
+        module.train(was_training)
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> dict:
     "Eval-mode outputs over `x`: {'logits': (N, C) float32, 'gate_probs': (N, K) or absent}."
-    was_training = model.training
-    model.eval()
-    logits, gates = [], []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(rt.device, non_blocking=True)
-        with rt.autocast(): out = model(xb)
-        logits.append(logits_of(out).float().cpu())
-        if isinstance(out, MoEOutput): gates.append(out.gate_probs.float().cpu())
-    model.train(was_training)
+    def run(xb):
+        out = model(xb)
+        return logits_of(out).float().cpu(), out.gate_probs.float().cpu() if isinstance(out, MoEOutput) else None
+    outs = eval_batches(model, run, x, batch_size, rt)
+    logits, gates = [o[0] for o in outs], [o[1] for o in outs if o[1] is not None]
     res = {"logits": torch.cat(logits) if logits else torch.empty(0)}
     if gates: res["gate_probs"] = torch.cat(gates)
     return res
@@ -151,7 +159,6 @@ class FitResult:
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler, optimizer,
         epochs: int, lr: float, warmup_epochs: int, batch_size: int, rt: Runtime,
         validate: Callable[[nn.Module], dict], log_path=None, desc: str = "train",
-        train_mode: Callable[[nn.Module], None] | None = None, aux_loss: bool = True,
         progress: bool = True) -> FitResult:
     """Train `model` on (x, y) for `epochs` epochs; select the state with the best
     validation balanced accuracy (`validate(model)` returns compute_metrics' dict)."""
@@ -174,7 +181,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
     step = 0
     try:
         for epoch in range(epochs):
-            (train_mode or (lambda m: m.train()))(model)
+            model.train()
             loss_fn.set_epoch(epoch)
             idx_all = sampler.epoch_indices(epoch).to(rt.device)
             loss_sum = torch.zeros((), device=rt.device); correct = torch.zeros((), device=rt.device)
@@ -187,7 +194,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
                 with rt.autocast():
                     out = model(xb)
                     loss = loss_fn(out, yb)
-                    if aux_loss and hasattr(model, "aux_loss"): loss = loss + model.aux_loss()
+                    if hasattr(model, "aux_loss"): loss = loss + model.aux_loss()
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()

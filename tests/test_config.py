@@ -56,6 +56,10 @@ def test_profile_scales_every_epoch_setting(profile):
     ("nosuchsection.x=1", "Valid top-level sections"),
     ("profile=huge", "quick"),
     ("sampling.name=power", "sampling.alpha"),
+    ("model.conv_impl=conv3d", "conv1d"),
+    ("data.synth.num_emitters=1", "data.synth.num_emitters=1: expected an integer >= 2"),
+    ("data.synth.sample_rate=1e6", "data.synth.sample_rate"),
+    ("model.dropout=1.0", "[0, 1)"),
 ])
 def test_bad_config_fails_before_work(override, needle):
     with pytest.raises(ConfigError) as e:

@@ -340,15 +340,15 @@ def test_routing_metrics_hand():
     groups = np.array([0, 1, 1, 2])
     rm = routing_metrics(gp, y, groups, 3)
     # group(y) = (0, 1, 1, 2, 0); argmax = (0, 1, 0, 2, 1): hits 1, 1, 0, 1, 0
-    assert rm["routing_accuracy"] == pytest.approx(0.6)
-    assert rm["routing_accuracy_per_group"] == pytest.approx([0.5, 0.5, 1.0])
+    assert rm["routing_acc"] == pytest.approx(0.6)
+    assert rm["routing_acc_per_group"] == pytest.approx([0.5, 0.5, 1.0])
     assert rm["group_samples"] == [2, 2, 1]
-    np.testing.assert_allclose(rm["usage_mean_prob"], [[0.5, 0.3, 0.2], [0.3, 0.55, 0.15], [0.2, 0.2, 0.6]])
+    np.testing.assert_allclose(rm["usage_by_group"], [[0.5, 0.3, 0.2], [0.3, 0.55, 0.15], [0.2, 0.2, 0.6]])
     np.testing.assert_allclose(rm["usage_argmax_frac"], [[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]])
     json.dumps(rm)
     # tensors work too and an empty group gives None
     rm2 = routing_metrics(torch.tensor(gp[:2]), torch.tensor([0, 1]), torch.tensor([0, 1, 1, 2]), 3)
-    assert rm2["usage_mean_prob"][2] is None and rm2["routing_accuracy_per_group"][2] is None
+    assert rm2["usage_by_group"][2] is None and rm2["routing_acc_per_group"][2] is None
     json.dumps(rm2)
 
 

@@ -75,10 +75,14 @@ def test_given_checkpoint_checked(in_scratch):
     assert not (in_scratch / "ck_e" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("mode,loss", [("crt", "CrossEntropy"), ("moe_ltsei", "MoELTSEILoss"), ("lws", "CrossEntropy")])
-def test_cached_features_equal_uncached(in_scratch, mode, loss):
+@pytest.mark.parametrize("mode,loss,stage3", [("crt", "CrossEntropy", "none"), ("moe_ltsei", "MoELTSEILoss", "none"),
+                                              ("lws", "CrossEntropy", "none"), ("crt", "CrossEntropy", "tau_norm"),
+                                              ("crt", "CrossEntropy", "logit_adjust")])
+def test_cached_features_equal_uncached(in_scratch, mode, loss, stage3):
+    "Stage 2 (and stage 3 after it, evaluated on the cached features) gives the same head and metrics either way."
     common = [f"stage2.mode={mode}", f"stage2.loss={loss}", "stage2.sampler=class_uniform", "seed=5",
-              "stage2.epochs=3", "training.precision=fp32", "training.channels_last=false"]
+              "stage2.epochs=3", "training.precision=fp32", "training.channels_last=false", f"stage3.mode={stage3}"]
+    mode = f"{mode}_{stage3}"
     a = run(common, in_scratch / f"cache_{mode}_a")
     b = run(common + ["stage2.cache_features=false"], in_scratch / f"cache_{mode}_b")
     assert a["stage2"]["cached_features"] and not b["stage2"]["cached_features"]
@@ -88,6 +92,7 @@ def test_cached_features_equal_uncached(in_scratch, mode, loss):
     assert ha.keys() == hb.keys()
     for k in ha: torch.testing.assert_close(ha[k], hb[k], atol=1e-4, rtol=1e-4)
     assert a["test"]["balanced_acc"] == pytest.approx(b["test"]["balanced_acc"], abs=1e-9)
+    assert a["test"]["per_class_recall"] == pytest.approx(b["test"]["per_class_recall"], abs=1e-9)
 
 
 def test_freeze_bn_keeps_backbone_in_eval_mode(in_scratch):
