@@ -4,34 +4,41 @@
 
 # %% ../nbs/02_data.ipynb #ec0de608
 from __future__ import annotations
+import hashlib
 import json
+import math
+import zipfile
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
 import numpy as np
 import torch
-from .synth import SynthConfig, as_synth_config, load_synth
+from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth
 
 # %% auto #0
-__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'DATA_SOURCES', 'NORMALIZATIONS', 'PUBLIC_SAMPLE_RATE', 'DataConfig',
-           'long_tail_counts', 'class_ranks', 'long_tail_class_counts', 'rank_groups', 'shot_groups', 'read_xy',
-           'to_ncl', 'labels_int', 'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'load_data']
+__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'DATA_SOURCES', 'NORMALIZATIONS', 'LONG_TAIL_MODES',
+           'LEAKAGE_MODES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
+           'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups', 'read_xy', 'to_ncl',
+           'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames', 'shared_frames',
+           'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'check_data_config', 'load_data']
 
 # %% ../nbs/02_data.ipynb #b6898907
 @dataclass
 class DataConfig:
     source: str = "synthetic"        # synthetic | files
     train_path: Optional[str] = None
-    val_path: Optional[str] = None
+    val_path: Optional[str] = None   # files: a validation file; null = a stratified hold-out of the training file
     test_path: Optional[str] = None
     layout: str = "auto"             # auto | NLC | NCL | CLN   ((N,L,2), (N,2,L), (2,L,N))
-    label_base: str = "auto"         # auto | "0" | "1"
-    imbalance_ratio: float = 100.0
+    label_base: str = "auto"         # auto | "0" | "1"   (files; auto: see `choose_label_base`)
+    imbalance_ratio: float = 100.0   # head / tail of the long-tail profile (synthetic; files with long_tail=cut)
+    long_tail: str = "cut"           # files: cut (the profile, cut from the file) | as_given (the file's own counts)
+    val_fraction: float = 0.1        # files without val_path: share of each class held out for validation
+    leakage: str = "error"           # files: frames the test file shares with train/val: error | drop | allow
     batch_size: int = 256
     target_length: Optional[int] = None   # crop/pad to this; None = the data's own length
     normalize: str = "power"         # power (per-sample unit mean power) | none
-    val_per_class: int = 50          # stratified hold-out from a real train file when no val file is given
-    split_seed: int = 0              # which class gets which long-tail rank
+    split_seed: int = 0              # which class gets which long-tail rank; which frames are held out
     cache_dir: str = "runs/cache"
     synth: SynthConfig = field(default_factory=SynthConfig)
 
@@ -54,6 +61,25 @@ def class_ranks(num_classes: int, split_seed: int) -> np.ndarray:
 def long_tail_class_counts(n_max: int, num_classes: int, imbalance_ratio: float, split_seed: int) -> np.ndarray:
     "Training samples per class (C,): `long_tail_counts` handed out to classes by `class_ranks`."
     return long_tail_counts(n_max, num_classes, imbalance_ratio)[class_ranks(num_classes, split_seed)]
+
+# %% ../nbs/02_data.ipynb #5b480ed1
+def count_ranks(counts, split_seed: int) -> np.ndarray:
+    """rank[c] of every class by its count, largest first (rank 0 the head); ties are broken by
+    `class_ranks(C, split_seed)`, so equal counts give exactly the seeded ranks."""
+    n = np.asarray(counts).ravel()
+    order = np.lexsort((class_ranks(n.size, split_seed), -n))
+    r = np.empty(n.size, dtype=np.int64)
+    r[order] = np.arange(n.size)
+    return r
+
+def cut_counts(available, imbalance_ratio: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, rank): the long tail cut from `available` frames per class a_c (each >= 1). The head is the class
+    with most frames, n_max = max a_c, and class c keeps n_c = min(a_c, long_tail_counts(n_max, C, IR)[rank_c])."""
+    a = np.asarray(available, dtype=np.int64).ravel()
+    if a.size == 0 or a.min() < 1:
+        raise ValueError(f"cut_counts: available={a.tolist()}: expected at least one frame in every class")
+    r = count_ranks(a, split_seed)
+    return np.minimum(a, long_tail_counts(int(a.max()), a.size, imbalance_ratio)[r]), r
 
 # %% ../nbs/02_data.ipynb #2f2cc805
 def rank_groups(class_counts, K: int) -> list[np.ndarray]:
@@ -131,9 +157,36 @@ def _sibling_labels(path: Path):
         if c.exists(): return c
     raise FileNotFoundError(f"{path}: found no label file beside it: tried {[str(c) for c in cands]}")
 
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """One .npy array; an error naming the file when it is empty, not a .npy file, truncated (its header
+    promises more bytes than it holds) or holds pickled Python objects (never loaded)."""
+    fmt = np.lib.format
+    size = path.stat().st_size
+    if size == 0: raise ValueError(f"{path}: the file is empty (0 bytes): expected a .npy array")
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:   # format 3.0 (rare): numpy's own checks, with the file named
+                try: return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+                except Exception as e: raise ValueError(f"{path}: not a readable .npy file (format {version}: {e})") from None
+            shape, _, dtype = read(f)
+        except (ValueError, EOFError, OSError) as e:
+            if str(path) in str(e): raise
+            raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: holds Python objects (dtype {dtype}), which ltsei never unpickles: save a numeric array")
+    need = offset + math.prod(shape) * dtype.itemsize
+    if size < need:
+        raise ValueError(f"{path}: truncated: its header promises a {dtype} array of shape {shape} ({need} bytes), "
+                         f"the file holds {size} bytes (an interrupted copy or download?)")
+    return np.load(path, mmap_mode="r" if mmap and math.prod(shape) else None, allow_pickle=False)
+
 def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Raw signal and label arrays of one split from a file (.npy with its Y sibling, .npz, .mat v5/v7.3,
-    .h5/.hdf5) or a folder holding X_{role}.npy and Y_{role}.npy. No layout or label processing yet."""
+    .h5/.hdf5) or a folder holding X_{role}.npy and Y_{role}.npy. No layout or label processing yet;
+    a file that cannot be read raises ValueError naming it."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"data file for the {role} split not found: {path}")
     info = {"path": str(path)}
@@ -149,22 +202,27 @@ def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
         try: info["sample_rate"] = float(json.loads(meta.read_text())["sample_rate"])
         except (KeyError, ValueError, TypeError): pass
     if suf == ".npy":
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
+        x = _load_npy(path, mmap=True)
         yp = _sibling_labels(path)
         info["label_path"] = str(yp)
-        return x, np.load(yp, allow_pickle=False), info
-    if suf == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            kx = _pick_key(z.files, X_KEYS, role, "signal array", path)
-            ky = _pick_key(z.files, Y_KEYS, role, "label array", path)
-            d = {kx: z[kx], ky: z[ky]}
-            if "sample_rate" in z.files: d["sample_rate"] = z["sample_rate"]
-    elif suf == ".mat":
-        d = _read_mat(path)
-    elif suf in (".h5", ".hdf5", ".hdf"):
-        d = {k: _h5_array(v) for k, v in _h5_datasets(path).items()}
-    else:
+        return x, _load_npy(yp), info
+    if suf not in (".npz", ".mat", ".h5", ".hdf5", ".hdf"):
         raise ValueError(f"{path}: unsupported file type {suf!r}: expected .npy, .npz, .mat, .h5 or a folder")
+    if path.stat().st_size == 0: raise ValueError(f"{path}: the file is empty (0 bytes)")
+    try:
+        if suf == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                kx = _pick_key(z.files, X_KEYS, role, "signal array", path)
+                ky = _pick_key(z.files, Y_KEYS, role, "label array", path)
+                d = {kx: z[kx], ky: z[ky]}
+                if "sample_rate" in z.files: d["sample_rate"] = z["sample_rate"]
+        elif suf == ".mat":
+            d = _read_mat(path)
+        else:
+            d = {k: _h5_array(v) for k, v in _h5_datasets(path).items()}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        if str(path) in str(e): raise          # already names the file (e.g. a missing key)
+        raise ValueError(f"{path}: could not read the {role} split's {suf} file ({type(e).__name__}: {e})") from None
     kx = _pick_key(d.keys(), X_KEYS, role, "signal array", path)
     ky = _pick_key(d.keys(), Y_KEYS, role, "label array", path)
     info.update(x_key=kx, y_key=ky)
@@ -219,6 +277,59 @@ def labels_int(y, where: str) -> np.ndarray:
         raise ValueError(f"{where}: labels have dtype {y.dtype}: expected integers")
     return y.astype(np.int64)
 
+# %% ../nbs/02_data.ipynb #bb0ce7fd
+LABEL_BASES = ("auto", "0", "1")     # `data.label_base`
+
+def choose_label_base(setting, labels: dict, train_path) -> tuple[int, str]:
+    """(base, why): the number the files count classes from, and the reason in words. `labels` maps each
+    split read ("train", "val", "test") to its raw integer labels; `setting` is `data.label_base`."""
+    s = str(setting)
+    if s in ("0", "1"): return int(s), f"as set (data.label_base={s})"
+    if s != "auto": raise ValueError(f"data.label_base={setting!r}: expected one of {', '.join(LABEL_BASES)}")
+    with0 = [r for r, y in labels.items() if np.any(np.asarray(y) == 0)]
+    if with0:
+        where = with0[0] if len(with0) == 1 else ", ".join(with0[:-1]) + " and " + with0[-1]
+        return 0, f"label 0 occurs (in the {where} file{'s' if len(with0) > 1 else ''})"
+    u = np.unique(labels["train"]); lo, K = int(u.min()), int(u.max())
+    hint = "set data.label_base=0 if the files count from 0 and lack class 0"
+    if lo == 1 and Path(train_path).suffix.lower() == ".mat":
+        return 1, f"no file holds label 0 and the training file is MATLAB-origin (.mat) with labels from 1 ({hint})"
+    if lo == 1 and u.size == K:
+        return 1, f"no file holds label 0 and the training labels are exactly 1..{K} ({hint})"
+    return 0, (f"no file holds label 0, but the training labels are not 1..K either ({u.size} values in {lo}..{K}): "
+               "read as counted from 0 (set data.label_base=1 if they count from 1)")
+
+# %% ../nbs/02_data.ipynb #6c3a1de5
+def holdout_counts(counts, fraction: float) -> np.ndarray:
+    "Frames held out per class for validation: round(f a_c) (halves up), at least 1 where a_c >= 2, never all; 0 for a_c = 1."
+    a = np.asarray(counts, dtype=np.int64).ravel()
+    if not 0 < float(fraction) < 1: raise ValueError(f"data.val_fraction={fraction!r}: expected a fraction in (0, 1)")
+    v = np.floor(float(fraction) * a + 0.5).astype(np.int64)
+    return np.where(a >= 2, np.clip(v, 1, np.maximum(a - 1, 1)), 0)
+
+# %% ../nbs/02_data.ipynb #a6fa4c4e
+def frame_hashes(x) -> np.ndarray:
+    "(N,) uint64: a BLAKE2b content hash of each frame of `x` (N, ...), over its float32 values (-0.0 as 0.0)."
+    out = np.empty(len(x), dtype=np.uint64)
+    for i in range(len(x)):
+        r = np.ascontiguousarray(x[i], dtype=np.float32) + np.float32(0)   # + 0 turns -0.0 into 0.0
+        out[i] = int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
+    return out
+
+def repeated_frames(h, y) -> dict:
+    """Copies within one split from its frame hashes `h` and labels `y`: `copies` (frames beyond the first of
+    each content), `repeated` (contents held more than once), `conflicting` (of those, held under several labels)."""
+    h, y = np.asarray(h).ravel(), np.asarray(y).ravel()
+    u, inv, cnt = np.unique(h, return_inverse=True, return_counts=True)
+    pairs = np.unique(np.stack([inv.ravel(), y]), axis=1)      # distinct (content, label) pairs
+    return {"copies": int(h.size - u.size), "repeated": int((cnt > 1).sum()),
+            "conflicting": int((np.bincount(pairs[0], minlength=u.size) > 1).sum())}
+
+def shared_frames(h_a, h_b) -> dict:
+    "Frames two splits share, from their hashes: `distinct` contents in both, `in_a` frames of a found in b, `in_b` of b in a."
+    return {"distinct": int(np.intersect1d(h_a, h_b).size), "in_a": int(np.isin(h_a, h_b).sum()),
+            "in_b": int(np.isin(h_b, h_a).sum())}
+
 # %% ../nbs/02_data.ipynb #a6885b6d
 @dataclass
 class Split:
@@ -235,14 +346,18 @@ class DataBundle:
     sample_rate: float
     length: int
     groups: dict               # shot_groups(class_counts)
-    info: dict                 # source, cache key/path, files, etc.
+    info: dict                 # source, cache key/path, files, notes, etc.
 
     def summary(self) -> str:
         "Class counts per split, shot groups and shapes, as printed by the main job."
-        lines = [f"data: {self.info.get('source')} | {self.num_classes} classes | length {self.length} | "
-                 f"{self.sample_rate / 1e6:g} MS/s | imbalance ratio {self.info.get('imbalance_ratio')}"]
-        for k in ("cache_path", "files"):
-            if k in self.info: lines.append(f"  {k}: {self.info[k]}")
+        i = self.info
+        ir = f"imbalance ratio {i.get('imbalance_ratio')}"
+        if i.get("imbalance_ratio_trained") not in (None, i.get("imbalance_ratio")):
+            ir += f" (trained: {i['imbalance_ratio_trained']:.3g})"
+        lines = [f"data: {i.get('source')} | {self.num_classes} classes | length {self.length} | "
+                 f"{self.sample_rate / 1e6:g} MS/s | {ir}"]
+        for k, name in (("cache_path", "cache"), ("files", "files"), ("train_rule", "long tail"), ("val", "validation")):
+            if k in i: lines.append(f"  {name}: {i[k]}")
         for name in ("train", "val", "test"):
             s = getattr(self, name)
             cnt = np.bincount(s.y.numpy(), minlength=self.num_classes)
@@ -255,9 +370,10 @@ class DataBundle:
 
 def save_class_counts(bundle: DataBundle, path) -> None:
     "Write the training class counts, ranks and shot groups as JSON."
+    i = bundle.info
     d = {"class_counts": [int(v) for v in bundle.class_counts], "num_classes": int(bundle.num_classes),
-         "imbalance_ratio": bundle.info.get("imbalance_ratio"), "class_ranks": bundle.info.get("class_ranks"),
-         "groups": bundle.groups}
+         "imbalance_ratio": i.get("imbalance_ratio"), "imbalance_ratio_trained": i.get("imbalance_ratio_trained"),
+         "long_tail": i.get("long_tail"), "class_ranks": i.get("class_ranks"), "groups": bundle.groups}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(d, indent=1))
 
@@ -271,9 +387,6 @@ def fit_length(x: np.ndarray, target_length) -> np.ndarray:
     if T <= L: return x[..., :T]
     return np.concatenate([x, np.zeros(x.shape[:-1] + (T - L,), x.dtype)], axis=-1)
 
-DATA_SOURCES = ("synthetic", "files")     # `data.source`
-NORMALIZATIONS = ("power", "none")         # `data.normalize`
-
 def to_split(x: np.ndarray, y: np.ndarray, normalize: str) -> Split:
     "float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2."
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -284,84 +397,160 @@ def to_split(x: np.ndarray, y: np.ndarray, normalize: str) -> Split:
         raise ValueError(f"data.normalize={normalize!r}: expected 'power' or 'none'")
     return Split(xt.contiguous(), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
 
-def _check_common(cfg):
-    if not float(cfg.imbalance_ratio) >= 1:
-        raise ValueError(f"data.imbalance_ratio={cfg.imbalance_ratio}: expected a number >= 1 (head / tail)")
-    if cfg.target_length is not None and int(cfg.target_length) <= 0:
-        raise ValueError(f"data.target_length={cfg.target_length}: expected a positive number of samples or null")
-    if int(cfg.batch_size) <= 0:
-        raise ValueError(f"data.batch_size={cfg.batch_size}: expected a positive integer")
-    if cfg.normalize not in NORMALIZATIONS:
-        raise ValueError(f"data.normalize={cfg.normalize!r}: expected 'power' or 'none'")
-    if cfg.source not in DATA_SOURCES:
-        raise ValueError(f"data.source={cfg.source!r}: expected 'synthetic' or 'files'")
+# %% ../nbs/02_data.ipynb #9de318a1
+DATA_SOURCES = ("synthetic", "files")        # `data.source`
+NORMALIZATIONS = ("power", "none")            # `data.normalize`
+LONG_TAIL_MODES = ("cut", "as_given")         # `data.long_tail`
+LEAKAGE_MODES = ("error", "drop", "allow")    # `data.leakage`
+
+def _is_int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _is_num(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+def check_data_config(d) -> None:
+    """Check every value of a data config (a `DataConfig` or an OmegaConf node with its fields), `data.synth`
+    included: a ValueError `data.<key>=<value>: expected ...` names the first bad one."""
+    def bad(key, want): raise ValueError(f"data.{key}={getattr(d, key)!r}: expected {want}")
+    choices = {"source": DATA_SOURCES, "layout": ("auto", *LAYOUTS), "label_base": LABEL_BASES,
+               "long_tail": LONG_TAIL_MODES, "leakage": LEAKAGE_MODES, "normalize": NORMALIZATIONS}
+    for k, valid in choices.items():
+        if str(getattr(d, k)) not in valid: bad(k, "one of " + ", ".join(valid))
+    if not (_is_num(d.imbalance_ratio) and d.imbalance_ratio >= 1):
+        bad("imbalance_ratio", "a finite number >= 1 (head / tail; 1 = balanced)")
+    if not (_is_num(d.val_fraction) and 0 < d.val_fraction < 1):
+        bad("val_fraction", "a fraction in (0, 1): the share of each class held out for validation")
+    if not (_is_int(d.batch_size) and d.batch_size > 0): bad("batch_size", "a positive integer")
+    if d.target_length is not None and not (_is_int(d.target_length) and d.target_length > 0):
+        bad("target_length", "a positive number of samples or null")
+    if not (_is_int(d.split_seed) and d.split_seed >= 0): bad("split_seed", "an integer >= 0")
+    if not d.cache_dir: bad("cache_dir", "a folder for the synthetic data cache")
+    for k in ("train_path", "val_path", "test_path"):
+        if getattr(d, k) is not None and not isinstance(getattr(d, k), (str, Path)): bad(k, "a path or null")
+    if d.source == "files":
+        for k in ("train_path", "test_path"):
+            if not getattr(d, k):
+                raise ValueError(f"data.{k} is required when data.source='files' (a .npy/.npz/.mat/.h5 file or a folder)")
+    elif d.long_tail != "cut":
+        bad("long_tail", "cut with data.source=synthetic (as_given is for files; imbalance_ratio=1 trains on the whole synthetic pool)")
+    try: check_synth_config(d.synth)
+    except ValueError as e: raise ValueError(f"data.{e}") from None
 
 # %% ../nbs/02_data.ipynb #7c046dc9
 PUBLIC_SAMPLE_RATE = 50e6   # the public ADS-B files: 4800 samples = 96 us; used when a file does not say
 
-def _labels_base(cfg, y_train):
-    lb = str(cfg.label_base)
-    if lb == "auto": return 1 if (y_train.size and y_train.min() == 1) else 0
-    if lb in ("0", "1"): return int(lb)
-    raise ValueError(f"data.label_base={cfg.label_base!r}: expected 'auto', '0' or '1'")
-
-def _read_split(path, role, cfg, base=None):
-    "One file split as (x (N, 2, L) float32, y (N,) int64 from 0, info); labels shifted by the label base."
+def _read_split(path, role, cfg):
+    "One file split: (x (N, 2, L) float32, cropped or padded; raw integer labels (N,); info with `where`)."
     x, y, info = read_xy(path, role)
-    where = f"{info['path']} ({role} split)"
+    where = f"{info['path']} ({role} split" + (f", labels {info['label_path']})" if "label_path" in info else ")")
     y = labels_int(y, where)
     if y.size == 0: raise ValueError(f"{where}: the file holds no samples")
-    if base is None: base = _labels_base(cfg, y)
     x = to_ncl(x, y.size, str(cfg.layout), where)
     bad = ~np.isfinite(x).all(axis=(1, 2))
     if bad.any():
         raise ValueError(f"{where}: the signal holds NaN or inf values ({int(bad.sum())} frames, the first is frame {int(np.argmax(bad))})")
-    y = y - base
-    if y.min() < 0:
-        raise ValueError(f"{where}: label {int(y.min()) + base} is below the label base {base} (data.label_base={cfg.label_base!r})")
-    info.update(label_base=base)
+    info["where"] = where
     return fit_length(x, cfg.target_length), y, info
 
+def _n(k: int, one: str, many: str) -> str: return f"{k} {one if k == 1 else many}"
+
 def _load_files(cfg):
-    for k in ("train_path", "test_path"):
-        if not getattr(cfg, k): raise ValueError(f"data.{k} is required when data.source='files'")
-    xtr, ytr, itr = _read_split(cfg.train_path, "train", cfg)
-    base = itr["label_base"]
-    xte, yte, ite = _read_split(cfg.test_path, "test", cfg, base)
-    C = int(ytr.max()) + 1
-    cnt = np.bincount(ytr, minlength=C)
+    notes = []
+    def say(msg, warn=False):
+        notes.append(("warning: " if warn else "") + msg)
+        print(f"[ltsei] {'warning' if warn else 'data'}: {msg}")
+    roles = {"train": cfg.train_path, "test": cfg.test_path, **({"val": cfg.val_path} if cfg.val_path else {})}
+    raw = {r: _read_split(p, r, cfg) for r, p in roles.items()}
+    x = {r: v[0] for r, v in raw.items()}
+    where = {r: v[2]["where"] for r, v in raw.items()}
+    files = {r: v[2]["path"] for r, v in raw.items()}
+    # 2. label base, classes
+    base, why = choose_label_base(cfg.label_base, {r: v[1] for r, v in raw.items()}, files["train"])
+    say(f"label base {base}: {why}")
+    y = {}
+    for r, (_, yr, _) in raw.items():
+        if yr.min() < base:
+            raise ValueError(f"{where[r]}: label {int(yr.min())} is below the label base {base} (data.label_base={cfg.label_base!r}: {why})")
+        y[r] = yr - base
+    C = int(y["train"].max()) + 1
+    cnt = np.bincount(y["train"], minlength=C)
     if (cnt == 0).any():
-        raise ValueError(f"{itr['path']}: classes {np.flatnonzero(cnt == 0).tolist()} have no samples in the training file "
-                         f"(labels must cover 0..{C - 1} after the label base {base})")
+        hint = "; if they count from 1, set data.label_base=1" if base == 0 and cnt[0] == 0 else ""
+        raise ValueError(f"{files['train']}: classes {np.flatnonzero(cnt == 0).tolist()} have no samples in the training file "
+                         f"(labels must cover 0..{C - 1} after the label base {base}{hint})")
+    for r in [r for r in ("val", "test") if r in y]:
+        if y[r].max() >= C:
+            raise ValueError(f"{files[r]}: {r} labels reach {int(y[r].max()) + base}, beyond the training file's classes 0..{C - 1} (+ base {base})")
+        if x[r].shape[-1] != x["train"].shape[-1]:
+            raise ValueError(f"{files[r]}: {r} frames have {x[r].shape[-1]} samples, the training frames {x['train'].shape[-1]}: set data.target_length")
+    # 3. copies within a file; leakage into the test file
+    h = {r: frame_hashes(x[r]) for r in x}
+    dup = {r: repeated_frames(h[r], y[r]) for r in x}
+    for r, d in dup.items():
+        if d["copies"]:
+            say(f"{files[r]}: {_n(d['copies'], 'extra copy', 'extra copies')} of {_n(d['repeated'], 'frame', 'frames')} held more than once"
+                + (f", {d['conflicting']} of them under different labels" if d["conflicting"] else "") + " (kept)")
+    for r in [r for r in ("train", "val") if r in x]:
+        s = dup[f"{r}_test"] = shared_frames(h[r], h["test"])
+        if not s["distinct"]: continue
+        what = (f"the {r} file {files[r]} and the test file {files['test']} share {s['distinct']} distinct frames "
+                f"({s['in_a']} of the {h[r].size} {r} frames, {s['in_b']} of the {h['test'].size} test frames)")
+        if cfg.leakage == "error":
+            raise ValueError(f"{what}: the test accuracy would count frames the model was {'trained' if r == 'train' else 'selected'} on. "
+                             f"Remove them from one file, or set data.leakage=drop (drop them from the {r} data) or data.leakage=allow (run anyway)")
+        if cfg.leakage == "drop":
+            keep = ~np.isin(h[r], h["test"])
+            x[r], y[r], h[r] = x[r][keep], y[r][keep], h[r][keep]
+            say(f"{what}: dropped those {s['in_a']} from the {r} data (data.leakage=drop)")
+        else:
+            say(f"{what}: kept (data.leakage=allow): the test accuracy counts frames seen in the {r} data", warn=True)
+    cnt = np.bincount(y["train"], minlength=C)
+    if (cnt == 0).any():
+        raise ValueError(f"{files['train']}: classes {np.flatnonzero(cnt == 0).tolist()} have no training frames left after "
+                         "dropping the frames the test file shares (data.leakage=drop)")
+    # 4. validation: the file, or a stratified hold-out (a seeded order within each class)
+    xtr, ytr, htr = x["train"], y["train"], h["train"]
     rng = np.random.default_rng(np.random.SeedSequence(int(cfg.split_seed), spawn_key=(13,)))
-    order = [rng.permutation(np.flatnonzero(ytr == c)) for c in range(C)]   # a seeded order within each class
-    files = {"train": itr["path"], "test": ite["path"]}
-    if cfg.val_path:
-        xva, yva, iva = _read_split(cfg.val_path, "val", cfg, base)
-        files["val"] = iva["path"]
+    order = [rng.permutation(np.flatnonzero(ytr == c)) for c in range(C)]
+    if "val" in x:
+        xva, yva, hva = x["val"], y["val"], h["val"]
+        val_text = f"file {files['val']}"
     else:
-        v = int(cfg.val_per_class)
-        if v < 1: raise ValueError(f"data.val_per_class={cfg.val_per_class}: expected >= 1 (or give data.val_path)")
-        short = [c for c in range(C) if cnt[c] <= v]
-        if short:
-            raise ValueError(f"{itr['path']}: classes {short} have {cnt[short].tolist()} training samples, not more than "
-                             f"data.val_per_class={v} needed for the validation hold-out: lower it or give data.val_path")
-        vidx = np.concatenate([o[:v] for o in order])
-        xva, yva = xtr[vidx], ytr[vidx]
-        order = [o[v:] for o in order]
-    for name, (xs, ys) in {"val": (xva, yva), "test": (xte, yte)}.items():
-        if ys.max() >= C:
-            raise ValueError(f"{files.get(name, itr['path'])}: {name} labels reach {int(ys.max()) + base}, beyond the training file's classes 0..{C - 1} (+ base {base})")
-        if xs.shape[-1] != xtr.shape[-1]:
-            raise ValueError(f"{files.get(name, itr['path'])}: {name} frames have {xs.shape[-1]} samples, the training frames {xtr.shape[-1]}: set data.target_length")
-    n_max = min(len(o) for o in order)        # every class can supply n_max, so the head gets exactly n_max
-    counts = long_tail_class_counts(n_max, C, cfg.imbalance_ratio, cfg.split_seed)
-    tidx = np.concatenate([np.sort(o[:counts[c]]) for c, o in enumerate(order)])
-    sr = itr.get("sample_rate")
-    info = {"source": "files", "files": files, "label_base": base, "n_max": int(n_max),
-            "sample_rate_source": "file" if sr else f"assumed {PUBLIC_SAMPLE_RATE:g} (public ADS-B files)",
-            "val": "file" if cfg.val_path else f"stratified hold-out of {int(cfg.val_per_class)} per class"}
-    return (xtr[tidx], ytr[tidx]), (xva, yva), (xte, yte), counts, C, float(sr or PUBLIC_SAMPLE_RATE), info
+        v = holdout_counts(cnt, cfg.val_fraction)
+        if (cnt == 1).any():
+            say(f"class{'es' if (cnt == 1).sum() > 1 else ''} {np.flatnonzero(cnt == 1).tolist()} {'have' if (cnt == 1).sum() > 1 else 'has'} "
+                "a single training frame: kept for training, none held out for validation")
+        vidx = np.concatenate([o[:k] for o, k in zip(order, v)])
+        xva, yva, hva = xtr[vidx], ytr[vidx], htr[vidx]
+        order = [o[k:] for o, k in zip(order, v)]
+        val_text = f"stratified hold-out of {float(cfg.val_fraction):g} of each class of the training file ({int(v.sum())} frames)"
+    # 5. the long tail
+    avail = np.array([len(o) for o in order], dtype=np.int64)
+    if cfg.long_tail == "cut":
+        counts, ranks = cut_counts(avail, cfg.imbalance_ratio, cfg.split_seed)
+        kept, total = int(counts.sum()), int(avail.sum())
+        train_rule = f"cut: the IR {float(cfg.imbalance_ratio):g} profile from n_max {int(avail.max())}, {kept} of {total} frames"
+        if 2 * kept < total:
+            say(f"data.long_tail=cut keeps {kept} of the {total} training frames ({100 * kept / total:.0f} %) to follow the "
+                f"IR {float(cfg.imbalance_ratio):g} profile; a file that is long-tailed already wants data.long_tail=as_given", warn=True)
+    else:
+        counts, ranks = avail, count_ranks(avail, cfg.split_seed)
+        train_rule = f"as given: {int(avail.sum())} frames"
+    tidx = np.concatenate([np.sort(o[:n]) for o, n in zip(order, counts)])
+    # 6. validation measures frames not trained on
+    seen = np.isin(hva, htr[tidx])
+    dup["val_trained"] = int(seen.sum())
+    if seen.any():
+        say(f"{_n(int(seen.sum()), 'validation frame is a copy', 'validation frames are copies')} of frames trained on: dropped from validation")
+        xva, yva = xva[~seen], yva[~seen]
+    if yva.size == 0:
+        raise ValueError(f"{files.get('val', files['train'])}: no validation frames left ({val_text}): give data.val_path, "
+                         "or a training file with at least two distinct frames in some class")
+    sr = raw["train"][2].get("sample_rate")
+    info = {"source": "files", "files": files, "label_base": base, "label_base_reason": why, "long_tail": cfg.long_tail,
+            "train_rule": train_rule, "n_max": int(avail.max()), "available": avail.tolist(), "class_ranks": ranks.tolist(),
+            "val": val_text, "val_counts": np.bincount(yva, minlength=C).tolist(), "leakage": cfg.leakage, "duplicates": dup,
+            "sample_rate_source": "file" if sr else f"assumed {PUBLIC_SAMPLE_RATE:g} (public ADS-B files)", "notes": notes}
+    if cfg.long_tail == "as_given": info["imbalance_ratio"] = float(counts.max() / counts.min())
+    return (xtr[tidx], ytr[tidx]), (xva, yva), (x["test"], y["test"]), counts, C, float(sr or PUBLIC_SAMPLE_RATE), info
 
 def _load_synthetic(cfg):
     s = load_synth(cfg.synth, cfg.cache_dir)
@@ -374,21 +563,22 @@ def _load_synthetic(cfg):
     splits = [(xtr, ytr)]
     for name in ("val", "test"):
         splits.append((np.asarray(fit_length(s.x(name), T), dtype=np.float32), s.y(name)))
-    info = {"source": "synthetic", "cache_key": s.key, "cache_path": str(s.path), "n_max": P,
+    info = {"source": "synthetic", "cache_key": s.key, "cache_path": str(s.path), "n_max": P, "long_tail": "cut",
             "synth": asdict(sc)}
     return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info
 
 def load_data(cfg, seed: int) -> DataBundle:
-    """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields).
-    Synthetic: the cached generator output (`cfg.synth`); the long-tailed training split takes the first
-    n_c frames of class c's pool. Files: see `_load_files`. Validation and test are balanced (for
-    files, the test file as given). The splits do not depend on `seed`: every run seed sees the same
-    data, so the spread over seeds measures training randomness; `seed` is recorded in `info`."""
-    _check_common(cfg)
+    """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields), checked
+    first by `check_data_config`. Synthetic: the cached generator output (`cfg.synth`); the long-tailed
+    training split takes the first n_c frames of class c's pool. Files: see `_load_files` and the steps
+    above. The splits do not depend on `seed`: every run seed sees the same data, so the spread over seeds
+    measures training randomness; `seed` is recorded in `info`."""
+    check_data_config(cfg)
     tr, va, te, counts, C, sr, info = (_load_synthetic if cfg.source == "synthetic" else _load_files)(cfg)
-    ranks = class_ranks(C, cfg.split_seed)
-    info.update(seed=int(seed), imbalance_ratio=float(cfg.imbalance_ratio), split_seed=int(cfg.split_seed),
-                class_ranks=[int(r) for r in ranks], normalize=cfg.normalize)
+    counts = np.asarray(counts, dtype=np.int64)
+    info.setdefault("class_ranks", [int(r) for r in class_ranks(C, cfg.split_seed)])
+    info.setdefault("imbalance_ratio", float(cfg.imbalance_ratio))
+    info.update(seed=int(seed), split_seed=int(cfg.split_seed), normalize=cfg.normalize,
+                imbalance_ratio_trained=float(counts.max() / counts.min()))
     train, val, test = (to_split(x, y, cfg.normalize) for x, y in (tr, va, te))
-    return DataBundle(train, val, test, np.asarray(counts, dtype=np.int64), int(C), float(sr), int(train.x.shape[-1]),
-                      shot_groups(counts), info)
+    return DataBundle(train, val, test, counts, int(C), float(sr), int(train.x.shape[-1]), shot_groups(counts), info)

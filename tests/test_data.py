@@ -9,8 +9,9 @@ import scipy.io
 import torch
 from omegaconf import OmegaConf
 
-from ltsei.data import (DataConfig, class_ranks, load_data, long_tail_class_counts, long_tail_counts, read_xy,
-                        save_class_counts, shot_groups, to_ncl)
+from ltsei.data import (DataConfig, check_data_config, choose_label_base, class_ranks, count_ranks, cut_counts, frame_hashes,
+                        holdout_counts, load_data, long_tail_class_counts, long_tail_counts, read_xy, repeated_frames,
+                        save_class_counts, shared_frames, shot_groups, to_ncl)
 from ltsei.synth import SYNTH_PRESETS, SynthConfig, load_synth, synth_main
 
 SMOKE = SYNTH_PRESETS["smoke"]
@@ -111,7 +112,7 @@ def test_synth_main_round_trip(tmp_path, fmt):
             (out / f"X_{k}_6Class.npy").write_bytes((out / f"X_{k}.npy").read_bytes())
             (out / f"Y_{k}_6Class.npy").write_bytes((out / f"Y_{k}.npy").read_bytes())
         c2 = DataConfig(source="files", train_path=str(out / "X_train_6Class.npy"), test_path=str(out / "X_test_6Class.npy"),
-                        val_per_class=10, imbalance_ratio=10)
+                        val_fraction=0.25, imbalance_ratio=10)
         b2 = load_data(c2, 0)
         assert (np.bincount(b2.val.y.numpy()) == 10).all()
         assert np.array_equal(b2.class_counts, long_tail_class_counts(30, 6, 10, 0))
@@ -155,7 +156,8 @@ def test_file_formats_and_layouts(tmp_path, layout, kind):
         p = tmp_path / "d.h5"
         with h5py.File(p, "w") as f:
             f["x"] = arr; f["y"] = y1
-    cfg = DataConfig(source="files", train_path=str(p), test_path=str(p), val_per_class=2, imbalance_ratio=1, normalize="none")
+    cfg = DataConfig(source="files", train_path=str(p), test_path=str(p), val_fraction=0.25, imbalance_ratio=1, normalize="none",
+                     leakage="allow")   # one file as train and test: every test frame is a training frame
     b = load_data(cfg, 0)
     assert b.info["label_base"] == 1 and b.num_classes == 3
     assert torch.equal(b.test.x, torch.from_numpy(ref)) and torch.equal(b.test.y, torch.from_numpy(y))
@@ -172,20 +174,20 @@ def test_complex_and_explicit_options(tmp_path):
         comp["real"], comp["imag"] = z.T.real, z.T.imag
         f["X"] = comp
     b = load_data(DataConfig(source="files", train_path=str(tmp_path / "c.mat"), test_path=str(tmp_path / "c.mat"),
-                             val_per_class=2, imbalance_ratio=1, normalize="none"), 0)
+                             val_fraction=0.25, imbalance_ratio=1, normalize="none", leakage="allow"), 0)
     assert torch.allclose(b.test.x, torch.from_numpy(x.transpose(0, 2, 1)))
     # (2, 2, N) fits two layouts: auto refuses, an explicit layout works
     x2 = np.random.default_rng(0).standard_normal((12, 2, 2)).astype(np.float32)
     np.savez(tmp_path / "amb.npz", x=x2, y=np.repeat(np.arange(3), 4))
     cfg = DataConfig(source="files", train_path=str(tmp_path / "amb.npz"), test_path=str(tmp_path / "amb.npz"),
-                     val_per_class=1, imbalance_ratio=1, normalize="none")
+                     val_fraction=0.25, imbalance_ratio=1, normalize="none", leakage="allow")
     with pytest.raises(ValueError, match="fits several layouts"):
         load_data(cfg, 0)
     b = load_data(replace(cfg, layout="NCL"), 0)
     assert torch.equal(b.test.x, torch.from_numpy(x2))
     # label_base "0" on 0-based labels; "1" forced on 0-based labels is an error naming the label
     np.savez(tmp_path / "z.npz", X=x, Y=y)
-    c0 = DataConfig(source="files", train_path=str(tmp_path / "z.npz"), test_path=str(tmp_path / "z.npz"), val_per_class=2)
+    c0 = DataConfig(source="files", train_path=str(tmp_path / "z.npz"), test_path=str(tmp_path / "z.npz"), leakage="allow")
     assert load_data(replace(c0, label_base="0"), 0).info["label_base"] == 0
     with pytest.raises(ValueError, match="below the label base 1"):
         load_data(replace(c0, label_base="1"), 0)
@@ -196,7 +198,7 @@ def test_complex_and_explicit_options(tmp_path):
 def _bad(tmp_path, name, X, Y):
     p = tmp_path / f"X_{name}.npy"
     np.save(p, X); np.save(tmp_path / f"Y_{name}.npy", Y)
-    return DataConfig(source="files", train_path=str(p), test_path=str(p), val_per_class=1, cache_dir=str(tmp_path / "cache"))
+    return DataConfig(source="files", train_path=str(p), test_path=str(p), leakage="allow", cache_dir=str(tmp_path / "cache"))
 
 
 def test_bad_files(tmp_path):
@@ -222,7 +224,10 @@ def test_bad_files(tmp_path):
     cases.append((_bad(tmp_path, "neg", x, y - 1), ValueError, "below the label base"))
     cases.append((_bad(tmp_path, "empty", x[:0], y[:0]), ValueError, "no samples"))
     ok = _bad(tmp_path, "ok", x, y)
-    cases.append((replace(ok, val_per_class=8), ValueError, "data.val_per_class=8"))
+    cases.append((replace(ok, val_fraction=1.0), ValueError, "data.val_fraction=1.0"))
+    cases.append((replace(ok, long_tail="tail"), ValueError, "data.long_tail='tail'"))
+    cases.append((replace(ok, leakage="ignore"), ValueError, "data.leakage='ignore'"))
+    cases.append((replace(ok, leakage="error"), ValueError, "share 24 distinct frames"))
     cases.append((replace(ok, imbalance_ratio=0.5), ValueError, "data.imbalance_ratio=0.5"))
     cases.append((replace(ok, target_length=0), ValueError, "data.target_length=0"))
     cases.append((replace(ok, target_length=-3), ValueError, "data.target_length=-3"))
@@ -258,3 +263,233 @@ def test_bad_synthetic_settings_leave_no_cache(tmp_path):
     with pytest.raises(ValueError, match="data.imbalance_ratio"):
         load_data(DataConfig(synth=SMOKE, imbalance_ratio=0.9, cache_dir=str(tmp_path / "cache")), 0)
     assert not (tmp_path / "cache").exists()
+
+
+# ---- real captures as they come: the cut, the hold-out, leakage, label base, unreadable files ----
+
+def _public(folder, counts=(2, 15, 9, 4, 11, 3, 7, 8, 6, 5), n_test=3, L=256, shared=(), copies=(), base=0, seed=0):
+    """Files in the public data set's naming and layout (X (N, L, 2) float64, Y (N,) int): `shared` lists training
+    indices copied into the test file (into the test frames of the same class), `copies` (i, j) pairs make
+    training frame j a copy of frame i."""
+    rng = np.random.default_rng(seed)
+    K = len(counts)
+    xtr, ytr = rng.standard_normal((sum(counts), L, 2)), np.repeat(np.arange(K), counts)
+    xte, yte = rng.standard_normal((K * n_test, L, 2)), np.repeat(np.arange(K), n_test)
+    for i in shared:
+        same = [k for k in shared if ytr[k] == ytr[i]]          # the shared frames of i's class, in order
+        xte[np.flatnonzero(yte == ytr[i])[same.index(i)]] = xtr[i]
+    for i, j in copies:
+        xtr[j] = xtr[i]
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, v in {"X_train": xtr, "Y_train": ytr + base, "X_test": xte, "Y_test": yte + base}.items():
+        np.save(folder / f"{k}_{K}Class.npy", v)
+    return DataConfig(source="files", train_path=str(folder / f"X_train_{K}Class.npy"),
+                      test_path=str(folder / f"X_test_{K}Class.npy"), normalize="none")
+
+
+def test_cut_rule():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.integers(1, 40, rng.integers(2, 12))
+        for ir in (1, 3, 10, 100):
+            n, r = cut_counts(a, ir, 3)
+            assert (1 <= n).all() and (n <= a).all()
+            assert sorted(r) == list(range(a.size)) and n[r == 0][0] == a.max()     # the head keeps all it has
+            by_rank = n[np.argsort(r)]
+            assert (np.diff(by_rank) <= 0).all()                                     # n_c falls with the rank
+            assert np.array_equal(by_rank, np.minimum(a[np.argsort(r)], long_tail_counts(a.max(), a.size, ir)))
+        assert np.array_equal(cut_counts(a, 1, 0)[0], a)                             # IR 1 keeps every frame
+    # balanced counts: exactly the synthetic path's profile and ranks
+    assert np.array_equal(count_ranks([7] * 9, 4), class_ranks(9, 4))
+    assert np.array_equal(cut_counts([30] * 6, 10, 0)[0], long_tail_class_counts(30, 6, 10, 0))
+    # the issue's case: 70 frames in 10 classes, IR 1, used to become 9
+    assert cut_counts([2, 15, 9, 4, 11, 3, 7, 8, 6, 5], 1, 0)[0].sum() == 70
+
+
+def test_holdout_counts():
+    a = np.arange(1, 300)
+    for f in (0.05, 0.1, 0.3, 0.5, 0.9):
+        v = holdout_counts(a, f)
+        assert v[0] == 0 and (v[1:] >= 1).all() and (v < a).all()
+        big = a >= 2 / min(f, 1 - f)
+        assert (np.abs(v - f * a)[big] <= 0.5 + 1e-9).all()                         # the share, rounded
+    assert holdout_counts([2, 3, 15, 50], 0.1).tolist() == [1, 1, 2, 5]
+    with pytest.raises(ValueError, match="data.val_fraction"):
+        holdout_counts([4], 1.0)
+
+
+def test_as_given_and_cut_on_public_files(tmp_path, capsys):
+    cfg = _public(tmp_path / "pub")
+    a = np.array([2, 15, 9, 4, 11, 3, 7, 8, 6, 5])
+    v = holdout_counts(a, 0.1)
+    b = load_data(replace(cfg, long_tail="as_given"), 0)
+    assert np.array_equal(b.class_counts, a - v) and np.array_equal(np.bincount(b.val.y.numpy(), minlength=10), v)
+    assert b.info["imbalance_ratio"] == pytest.approx((a - v).max() / (a - v).min()) == b.info["imbalance_ratio_trained"]
+    assert b.groups == shot_groups(a - v) and b.groups["rule"] == "tertiles"
+    assert b.info["class_ranks"] == count_ranks(a - v, 0).tolist() and b.test.y.numel() == 30
+    assert f"long tail: as given: {(a - v).sum()} frames" in b.summary()
+    # cut at IR 1 trains on the same frames; at IR 10 the head keeps all it has, no class more than it has
+    b1 = load_data(replace(cfg, imbalance_ratio=1), 0)
+    assert torch.equal(b1.train.x, b.train.x) and torch.equal(b1.val.x, b.val.x)
+    b10 = load_data(replace(cfg, imbalance_ratio=10), 0)
+    assert b10.class_counts.max() == 13 == (a - v).max() and (b10.class_counts <= a - v).all() and b10.info["n_max"] == 13
+    # train and validation never share a frame; the held-out frames are a seeded draw
+    tr = set(frame_hashes(b.train.x.numpy()).tolist())
+    assert not tr & set(frame_hashes(b.val.x.numpy()).tolist())
+    assert not torch.equal(load_data(replace(cfg, long_tail="as_given", split_seed=1), 0).val.x, b.val.x)
+    # a cut that keeps less than half warns, in one line, and the note is kept
+    capsys.readouterr()
+    bal = _public(tmp_path / "bal", counts=(40,) * 6, L=64)
+    b100 = load_data(replace(bal, imbalance_ratio=100), 0)
+    out = capsys.readouterr().out
+    warn = [l for l in out.splitlines() if l.startswith("[ltsei] warning:")]
+    assert len(warn) == 1 and f"keeps {b100.class_counts.sum()} of the 216 training frames" in warn[0] and "as_given" in warn[0]
+    assert any(n.startswith("warning: data.long_tail=cut keeps") for n in b100.info["notes"])
+    capsys.readouterr()
+    load_data(replace(bal, imbalance_ratio=2), 0)
+    assert "warning" not in capsys.readouterr().out
+    # as_given is for files
+    with pytest.raises(ValueError, match="as_given is for files"):
+        load_data(DataConfig(synth=SMOKE, long_tail="as_given", cache_dir=str(tmp_path / "cache")), 0)
+
+
+def test_tiny_classes(tmp_path, capsys):
+    # a class with a single frame keeps it for training, and says so; a class of two gives one
+    b = load_data(replace(_public(tmp_path / "t", counts=(1, 2, 5)), long_tail="as_given"), 0)
+    assert b.class_counts.tolist() == [1, 1, 4] and np.bincount(b.val.y.numpy(), minlength=3).tolist() == [0, 1, 1]
+    assert "class [0] has a single training frame" in capsys.readouterr().out
+    # no class can give a frame: a clear error
+    with pytest.raises(ValueError, match="no validation frames left.*data.val_path"):
+        load_data(_public(tmp_path / "one", counts=(1, 1, 1), seed=1), 0)
+    # ... unless a validation file is given
+    vb = load_data(replace(_public(tmp_path / "one", counts=(1, 1, 1), seed=1), val_path=str(tmp_path / "t" / "X_test_3Class.npy")), 0)
+    assert vb.class_counts.tolist() == [1, 1, 1] and vb.info["val"].startswith("file ")
+
+
+def test_leakage(tmp_path, capsys):
+    # training frames 0 (class 0) and 3, 4 (class 1) are in the test file
+    cfg = _public(tmp_path / "leak", counts=(3, 6, 5), n_test=4, shared=(0, 3, 4), copies=((6, 7),))
+    with pytest.raises(ValueError, match=r"share 3 distinct frames \(3 of the 14 train frames, 3 of the 12 test frames\).*data.leakage=drop"):
+        load_data(cfg, 0)
+    b = load_data(replace(cfg, leakage="drop", long_tail="as_given"), 0)
+    out = capsys.readouterr().out
+    assert "dropped those 3 from the train data" in out and "1 extra copy of 1 frame held more than once" in out
+    assert b.info["duplicates"]["train_test"] == {"distinct": 3, "in_a": 3, "in_b": 3}
+    assert b.info["duplicates"]["train"]["copies"] == 1
+    assert b.class_counts.sum() + b.val.y.numel() + b.info["duplicates"]["val_trained"] == 11
+    h_te = frame_hashes(b.test.x.numpy())
+    assert b.test.y.numel() == 12 and not np.isin(frame_hashes(b.train.x.numpy()), h_te).any()
+    assert not np.isin(frame_hashes(b.val.x.numpy()), h_te).any()
+    a = load_data(replace(cfg, leakage="allow", long_tail="as_given"), 0)
+    assert "[ltsei] warning:" in capsys.readouterr().out and a.info["duplicates"]["train_test"]["in_b"] == 3
+    assert a.class_counts.sum() > b.class_counts.sum()
+    # a frame held twice with a copy on each side of the hold-out: dropped from validation, not from training
+    dup = _public(tmp_path / "dup", counts=(2, 2), n_test=2, copies=((0, 1), (2, 3)))
+    with pytest.raises(ValueError, match="no validation frames left"):
+        load_data(dup, 0)
+    # a validation file that shares frames with the test file follows data.leakage; with training: dropped from val
+    vcfg = _public(tmp_path / "v", counts=(4, 4), n_test=3)
+    xtr = np.load(tmp_path / "v" / "X_train_2Class.npy"); xte = np.load(tmp_path / "v" / "X_test_2Class.npy")
+    np.save(tmp_path / "v" / "X_val.npy", np.stack([xtr[0], xte[0], xte[3] * 2, xtr[5] * 2]))
+    np.save(tmp_path / "v" / "Y_val.npy", np.array([0, 0, 1, 1]))
+    vcfg = replace(vcfg, val_path=str(tmp_path / "v" / "X_val.npy"), imbalance_ratio=1)
+    with pytest.raises(ValueError, match="the val file .*X_val.npy and the test file .* share 1 distinct frames"):
+        load_data(vcfg, 0)
+    bv = load_data(replace(vcfg, leakage="drop"), 0)
+    assert bv.val.y.tolist() == [1, 1] and bv.info["duplicates"]["val_trained"] == 1
+    assert bv.class_counts.tolist() == [4, 4]
+
+
+def test_repeated_and_shared_frames():
+    x = np.random.default_rng(0).standard_normal((5, 2, 8))
+    h = frame_hashes(np.concatenate([x, x[[0, 0, 3]]]))
+    assert repeated_frames(h, [0, 1, 2, 3, 4, 0, 1, 3]) == {"copies": 3, "repeated": 2, "conflicting": 1}
+    assert shared_frames(h[:2], h[5:]) == {"distinct": 1, "in_a": 1, "in_b": 2}
+    y = x.copy(); y[2, 1, 7] = np.nextafter(np.float32(y[2, 1, 7]), np.float32(9), dtype=np.float32)
+    assert (frame_hashes(x) != frame_hashes(y)).sum() == 1                          # one float32 step apart: different
+
+
+def test_label_base(tmp_path, capsys):
+    y = np.repeat(np.arange(3), 4)
+    assert choose_label_base("auto", {"train": y}, "a.npy")[0] == 0
+    assert choose_label_base("auto", {"train": y + 1}, "a.npy")[0] == 1
+    assert choose_label_base("auto", {"train": y + 1, "test": y}, "a.npy")[0] == 0
+    assert choose_label_base("auto", {"train": np.array([1, 3])}, "a.npy")[0] == 0
+    assert choose_label_base("auto", {"train": np.array([1, 3])}, "a.MAT")[0] == 1
+    assert choose_label_base("0", {"train": y + 1}, "a.npy") == (0, "as set (data.label_base=0)")
+    # a 0-based file lacking class 0 whose test file has it: 0-based, and class 0 cannot be trained
+    cfg = _public(tmp_path / "p", counts=(0, 4, 4), n_test=2)
+    with pytest.raises(ValueError, match=r"classes \[0\] have no samples in the training file"):
+        load_data(cfg, 0)
+    assert "label base 0: label 0 occurs (in the test file)" in capsys.readouterr().out
+    # a 0-based pair that lacks class 0 in both files reads as 1-based, and says so and how to override it
+    xtr = np.load(tmp_path / "p" / "X_train_3Class.npy"); ytr = np.load(tmp_path / "p" / "Y_train_3Class.npy")
+    np.save(tmp_path / "p" / "Y_test_3Class.npy", np.array([1, 1, 2, 2]))
+    np.save(tmp_path / "p" / "X_test_3Class.npy", np.load(tmp_path / "p" / "X_test_3Class.npy")[2:])
+    b = load_data(replace(cfg, imbalance_ratio=1), 0)
+    line = [l for l in capsys.readouterr().out.splitlines() if "label base" in l]
+    assert len(line) == 1 and "label base 1" in line[0] and "exactly 1..2" in line[0] and "data.label_base=0" in line[0]
+    assert b.num_classes == 2 and b.info["label_base"] == 1 and b.info["label_base_reason"] in line[0]
+    with pytest.raises(ValueError, match="set data.label_base=1"):
+        load_data(replace(cfg, label_base="0"), 0)
+    assert ytr.min() == 1 and len(xtr) == 8
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    x, y = _frames()
+    np.save(tmp_path / "X_a.npy", x.astype(np.float64)); np.save(tmp_path / "Y_a.npy", y)
+    good = (tmp_path / "X_a.npy").read_bytes()
+    cfg = DataConfig(source="files", train_path=str(tmp_path / "X_a.npy"), test_path=str(tmp_path / "X_a.npy"), leakage="allow")
+    cases = [(good[:len(good) - 100], r"X_a.npy: truncated: its header promises a float64 array of shape \(24, 64, 2\)"),
+             (b"", "X_a.npy: the file is empty"), (good[:30], "X_a.npy: not a readable .npy file"),
+             (b"\x93NUMPY garbage" * 10, "X_a.npy: not a readable .npy file")]
+    for data, msg in cases:
+        (tmp_path / "X_a.npy").write_bytes(data)
+        with pytest.raises(ValueError, match=msg):
+            load_data(cfg, 0)
+    (tmp_path / "X_a.npy").write_bytes(good)
+    load_data(cfg, 0)
+    # a truncated label file names the label file
+    yb = (tmp_path / "Y_a.npy").read_bytes()
+    (tmp_path / "Y_a.npy").write_bytes(yb[:-20])
+    with pytest.raises(ValueError, match="Y_a.npy: truncated"):
+        load_data(cfg, 0)
+    np.save(tmp_path / "Y_a.npy", y[:-1])
+    with pytest.raises(ValueError, match=r"X_a.npy \(train split, labels .*Y_a.npy\): signals and labels differ in length"):
+        load_data(cfg, 0)
+    np.save(tmp_path / "X_o.npy", np.array([x, None], dtype=object), allow_pickle=True); np.save(tmp_path / "Y_o.npy", y[:2])
+    with pytest.raises(ValueError, match="X_o.npy: holds Python objects"):
+        load_data(replace(cfg, train_path=str(tmp_path / "X_o.npy")), 0)
+    np.savez(tmp_path / "d.npz", X=x, Y=y)
+    (tmp_path / "d.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:500])
+    with pytest.raises(ValueError, match="d.npz: could not read"):
+        load_data(replace(cfg, train_path=str(tmp_path / "d.npz")), 0)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"] = x; f["y"] = y
+    (tmp_path / "d.h5").write_bytes((tmp_path / "d.h5").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="d.h5: could not read"):
+        load_data(replace(cfg, train_path=str(tmp_path / "d.h5")), 0)
+    (tmp_path / "e.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="e.npz: the file is empty"):
+        load_data(replace(cfg, train_path=str(tmp_path / "e.npz")), 0)
+
+
+def test_check_data_config():
+    check_data_config(DataConfig())
+    oc = OmegaConf.structured(DataConfig(source="files", train_path="a.npy", test_path="b.npy", long_tail="as_given"))
+    oc.label_base = 1                                          # an override data.label_base=1 arrives as "1"
+    check_data_config(oc)
+    bad = [({"imbalance_ratio": 0.5}, "data.imbalance_ratio=0.5"), ({"imbalance_ratio": float("nan")}, "data.imbalance_ratio=nan"),
+           ({"val_fraction": 0.0}, "data.val_fraction=0.0"), ({"val_fraction": 1}, "data.val_fraction=1"),
+           ({"long_tail": "trim"}, "data.long_tail='trim'"), ({"leakage": "warn"}, "data.leakage='warn'"),
+           ({"label_base": "2"}, "data.label_base='2'"), ({"layout": "LNC"}, "data.layout='LNC'"),
+           ({"source": "web"}, "data.source='web'"), ({"normalize": "max"}, "data.normalize='max'"),
+           ({"batch_size": 0}, "data.batch_size=0"), ({"batch_size": True}, "data.batch_size=True"),
+           ({"target_length": -3}, "data.target_length=-3"), ({"split_seed": -1}, "data.split_seed=-1"),
+           ({"cache_dir": ""}, "data.cache_dir=''"), ({"train_path": 3}, "data.train_path=3"),
+           ({"long_tail": "as_given"}, "as_given is for files"),
+           ({"source": "files", "train_path": "a.npy"}, "data.test_path is required"),
+           ({"synth": replace(SMOKE, num_emitters=1)}, "data.synth.num_emitters=1")]
+    for kw, msg in bad:
+        with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(".", r"\.")):
+            check_data_config(DataConfig(**kw))
