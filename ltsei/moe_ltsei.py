@@ -16,7 +16,8 @@ from .losses import (MoEOutput, LongTailLoss, register_loss, as_class_counts, _c
 from .models import load_balance_loss
 
 # %% auto #0
-__all__ = ['frequency_groups', 'MoEHead', 'adaptive_margins', 'MoELTSEILoss', 'routing_metrics']
+__all__ = ['GATE_WEIGHTINGS', 'frequency_groups', 'MoEHead', 'adaptive_margins', 'gate_group_weights', 'MoELTSEILoss',
+           'routing_metrics']
 
 # %% ../nbs/10_moe_ltsei.ipynb #cb6fd4ae
 def frequency_groups(class_counts, K: int) -> np.ndarray:
@@ -36,7 +37,7 @@ _GATE_INIT_STD = 1e-3  # std of the gate's last layer at initialisation: g start
 class MoEHead(nn.Module):
     "MoE-LTSEI head: a gate over K bias-free cosine-classifier experts; forward(f) -> MoEOutput (logits = scale * mixed cosine)."
     def __init__(self, feature_dim: int, num_classes: int, num_experts: int, gate_hidden: int, gate_dropout: float,
-                 normalize_features: bool, scale: float):
+                 normalize_features: bool, scale: float, detach_gate: bool = False):
         super().__init__()
         self.feature_dim = _check_int("feature_dim", feature_dim, 1)
         self.num_classes = _check_int("num_classes", num_classes, 2)
@@ -45,6 +46,9 @@ class MoEHead(nn.Module):
         if not isinstance(normalize_features, bool):
             raise ValueError(f"normalize_features: expected true or false, got {normalize_features!r}")
         self.normalize_features = normalize_features
+        if not isinstance(detach_gate, bool):
+            raise ValueError(f"detach_gate: expected true or false, got {detach_gate!r}")
+        self.detach_gate = detach_gate   # True: the mixture uses sg(g), so only L_gate / L_lb train the gate
         self.scale = _check_number("scale", scale, 0, lo_open=True)
         self.gate = nn.Sequential(nn.Linear(self.feature_dim, gate_hidden), nn.ReLU(),
                                   nn.Dropout(_check_number("gate_dropout", gate_dropout, 0, 1, hi_open=True)),
@@ -64,7 +68,8 @@ class MoEHead(nn.Module):
         x = F.normalize(f, dim=1) if self.normalize_features else f
         gate_logits = self.gate(x)
         gate_probs = gate_logits.softmax(dim=1)
-        cosine = torch.einsum("bk,bkc->bc", gate_probs, self.expert_cosines(x))
+        mix = gate_probs.detach() if self.detach_gate else gate_probs
+        cosine = torch.einsum("bk,bkc->bc", mix, self.expert_cosines(x))
         return MoEOutput(logits=self.scale * cosine, cosine=cosine, gate_logits=gate_logits, gate_probs=gate_probs)
 
 # %% ../nbs/10_moe_ltsei.ipynb #fba1913e
@@ -76,11 +81,24 @@ def adaptive_margins(class_counts, beta: float, m0: float, m1: float, gamma: flo
     return np.minimum(m0 * (E.max() / E) ** gamma, m0 + m1)
 
 
+GATE_WEIGHTINGS = ("none", "balanced")   # L_gate: plain mean (guide) | group-balanced weighted mean
+
+def gate_group_weights(class_counts, K: int, weighting: str) -> np.ndarray:
+    "u_r of L_gate per frequency group: 1 for 'none'; N / (K N_r) for 'balanced' (N_r = training frames of group r)."
+    if weighting not in GATE_WEIGHTINGS:
+        raise ValueError(f"gate_weighting: expected one of {', '.join(GATE_WEIGHTINGS)}, got {weighting!r}")
+    n = as_class_counts(class_counts)
+    if weighting == "none": return np.ones(K)
+    N_r = np.bincount(frequency_groups(n, K), weights=n, minlength=K)
+    return n.sum() / (K * N_r)
+
+
 @register_loss
 class MoELTSEILoss(LongTailLoss):
     "MoE-LTSEI loss: weighted, margin-adjusted, difficulty-weighted CE on the mixed cosine + gate supervision + load balance."
     def __init__(self, class_counts, num_experts: int, scale: float, beta: float, margin_m0: float, margin_m1: float,
-                 margin_gamma: float, diff_gamma: float, diff_alpha: float, lambda_gate: float, lambda_lb: float):
+                 margin_gamma: float, diff_gamma: float, diff_alpha: float, lambda_gate: float, lambda_lb: float,
+                 gate_weighting: str = "none"):
         super().__init__(class_counts)
         if self.num_classes < 2: raise ValueError(f"class_counts: MoELTSEILoss needs at least 2 classes, got {self.num_classes}")
         self.num_experts = _check_int("num_experts", num_experts, 1)
@@ -93,6 +111,8 @@ class MoELTSEILoss(LongTailLoss):
         self._buffer("class_weights", class_balanced_weights(self.counts, self.beta))
         self._buffer("margins", adaptive_margins(self.counts, self.beta, margin_m0, margin_m1, margin_gamma))
         self.register_buffer("groups", torch.as_tensor(frequency_groups(self.counts, self.num_experts)))
+        self.gate_weighting = gate_weighting
+        self._buffer("gate_weights", gate_group_weights(self.counts, self.num_experts, gate_weighting))
 
     def parts(self, output: MoEOutput, y: torch.Tensor) -> dict:
         "The terms: cls, gate, lb (unweighted, each always computed) and total = cls + lambda_gate gate + lambda_lb lb."
@@ -112,7 +132,8 @@ class MoELTSEILoss(LongTailLoss):
             p_other = p.masked_fill(onehot.bool(), -1.0).amax(dim=1)
             d = (1 - p_y + self.diff_alpha * p_other).clamp_min(0).pow(self.diff_gamma)
         cls = (self.class_weights.to(c.dtype)[y] * d * ce).mean()
-        gate = F.cross_entropy(output.gate_logits, self.groups[y])
+        gate = F.cross_entropy(output.gate_logits, self.groups[y],
+                               weight=None if self.gate_weighting == "none" else self.gate_weights.to(output.gate_logits.dtype))
         lb = load_balance_loss(output.gate_probs)
         total = cls
         if self.lambda_gate: total = total + self.lambda_gate * gate

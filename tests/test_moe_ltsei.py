@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from ltsei.losses import LOSSES, MoEOutput, create_loss
 from ltsei.losses import class_balanced_weights
-from ltsei.moe_ltsei import MoEHead, MoELTSEILoss, adaptive_margins, frequency_groups, routing_metrics
+from ltsei.moe_ltsei import (MoEHead, MoELTSEILoss, adaptive_margins, frequency_groups, gate_group_weights,
+                             routing_metrics)
 
 DEFAULTS = dict(num_experts=3, scale=30.0, beta=0.999, margin_m0=0.35, margin_m1=0.2, margin_gamma=0.5,
-                diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0)   # guide 5.1
+                diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0, gate_weighting="none")   # guide 5.1
 IR100 = np.floor(500 * 100.0 ** (-np.arange(60) / 59)).astype(int)
 
 
@@ -359,3 +360,90 @@ def test_routing_metrics_errors():
         routing_metrics(np.ones((2, 3)) / 3, np.array([0, 1]), np.array([0, 5]), 3)
     with pytest.raises(ValueError, match="y"):
         routing_metrics(np.ones((2, 3)) / 3, np.array([0, 9]), np.array([0, 1, 2]), 3)
+
+
+# ----- the gate options (off by default = the guide's method) -----
+
+def test_gate_weighting_default_is_the_guides_loss():
+    out = random_output(16, 60, 3, seed=4)
+    y = torch.randint(0, 60, (16,), generator=torch.Generator().manual_seed(4))
+    args = {k: v for k, v in DEFAULTS.items() if k != "gate_weighting"}
+    plain = MoELTSEILoss(IR100, **args)(out, y, return_parts=True)            # keyword omitted
+    none = moe_loss(IR100, gate_weighting="none")(out, y, return_parts=True)
+    for k in plain: assert torch.equal(plain[k], none[k])
+    groups = torch.as_tensor(frequency_groups(IR100, 3))
+    torch.testing.assert_close(none["gate"], F.cross_entropy(out.gate_logits, groups[y]))
+    assert np.array_equal(gate_group_weights(IR100, 3, "none"), np.ones(3))
+
+
+def test_gate_weighting_balanced_formula():
+    K = 3
+    g = frequency_groups(IR100, K)
+    N_r = np.array([IR100[g == r].sum() for r in range(K)], dtype=np.float64)
+    u = gate_group_weights(IR100, K, "balanced")
+    np.testing.assert_allclose(u, IR100.sum() / (K * N_r))
+    assert u[0] < u[1] < u[2]                                  # rarer groups weigh more
+    np.testing.assert_allclose((u * N_r).sum(), IR100.sum())   # every frame weighs 1 on average
+    out = random_output(40, 60, K, seed=5)
+    y = torch.arange(40) + 10                                  # classes of all three groups
+    bal = moe_loss(IR100, gate_weighting="balanced")(out, y, return_parts=True)
+    base = moe_loss(IR100)(out, y, return_parts=True)
+    t = torch.as_tensor(g)[y]
+    ce = F.cross_entropy(out.gate_logits, t, reduction="none")
+    w = torch.as_tensor(u, dtype=ce.dtype)[t]
+    expected = (w * ce).sum() / w.sum()
+    torch.testing.assert_close(bal["gate"], expected)
+    assert not torch.isclose(bal["gate"], base["gate"])        # the option changes the gate term ...
+    for k in ("cls", "lb"): torch.testing.assert_close(bal[k], base[k])   # ... and nothing else
+    torch.testing.assert_close(bal["total"], bal["cls"] + bal["gate"])
+
+
+def test_gate_weighting_equal_groups_is_plain_mean():
+    counts = [5] * 6                                           # 3 groups of equal size: u = 1
+    np.testing.assert_allclose(gate_group_weights(counts, 3, "balanced"), np.ones(3))
+    out = random_output(9, 6, 3, seed=6); y = torch.arange(9) % 6
+    a = moe_loss(counts, gate_weighting="balanced")(out, y, return_parts=True)
+    b = moe_loss(counts)(out, y, return_parts=True)
+    torch.testing.assert_close(a["gate"], b["gate"])
+
+
+def test_gate_weighting_bad_value():
+    with pytest.raises(ValueError, match="gate_weighting.*none, balanced"):
+        moe_loss(IR100, gate_weighting="inverse")
+
+
+def test_create_loss_requires_gate_weighting():
+    lf = create_loss("MoELTSEILoss", IR100, **{**DEFAULTS, "gate_weighting": "balanced"})
+    assert lf.gate_weighting == "balanced"
+
+
+def test_detach_gate_stops_only_the_classification_gradient():
+    torch.manual_seed(1)
+    f = torch.randn(12, 16).relu(); y = torch.randint(0, 6, (12,))
+    heads = {}
+    for det in (False, True):
+        torch.manual_seed(0)
+        heads[det] = MoEHead(feature_dim=16, num_classes=6, num_experts=3, gate_hidden=8, gate_dropout=0.0,
+                             normalize_features=True, scale=30.0, detach_gate=det)
+    assert heads[False].detach_gate is False
+    o0, o1 = heads[False](f), heads[True](f)
+    for a, b in zip(o0, o1): assert torch.equal(a.detach(), b.detach())       # same forward values
+    cls_only = moe_loss([20, 10, 8, 5, 3, 2], lambda_gate=0.0)
+    cls_only(o0, y).backward(); cls_only(o1, y).backward()
+    assert heads[False].gate[0].weight.grad.abs().sum() > 0                    # guide: L_cls reaches the gate
+    assert heads[True].gate[0].weight.grad is None                             # detached: it does not
+    torch.testing.assert_close(heads[True].experts.grad, heads[False].experts.grad)
+    # with the gate term on, the detached gate's gradient is exactly that of lambda_gate * L_gate
+    for h in heads.values(): h.zero_grad(set_to_none=True)
+    full = moe_loss([20, 10, 8, 5, 3, 2], lambda_gate=0.7)
+    full(heads[True](f), y).backward()
+    g_full = heads[True].gate[0].weight.grad.clone()
+    heads[True].zero_grad(set_to_none=True)
+    (0.7 * full(heads[True](f), y, return_parts=True)["gate"]).backward()
+    torch.testing.assert_close(g_full, heads[True].gate[0].weight.grad)
+
+
+def test_detach_gate_bad_value():
+    with pytest.raises(ValueError, match="detach_gate"):
+        MoEHead(feature_dim=4, num_classes=3, num_experts=2, gate_hidden=4, gate_dropout=0.0,
+                normalize_features=True, scale=30.0, detach_gate="yes")
