@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDE = ROOT.parent / "shared" / "experiment-guide.md"
+GUIDE = ROOT / "nbs" / "experiment-guide.md"   # the repository's copy of the experiment guide
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

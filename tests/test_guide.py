@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ltsei.cli import guide_main
-from ltsei.reproduce import guide_commands
+from ltsei.rows import guide_commands
 from test_run import check_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ltsei.reproduce import render_report
-from ltsei.tables import TABLES, write_fake_runs
+from ltsei.demo import write_fake_runs
+from ltsei.running import render_report
+from ltsei.tables import TABLES
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 

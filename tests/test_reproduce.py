@@ -1,16 +1,20 @@
-"""The table registry, row selection, resume and scheduling of `ltsei reproduce` (ltsei.reproduce)."""
+"""The table registry and row selection (ltsei.rows), resume and scheduling of `ltsei reproduce` (ltsei.running)."""
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import ltsei.reproduce as rp
-from ltsei.reproduce import (ROWS, ROWS_BY_ID, Row, Task, demo_compose_config, demo_run_experiment, guide_commands,
-                             parse_guide, plan_runs, prepare_run_dir, read_metrics, reproduce_main, run_dir, run_status,
-                             run_tasks, select_rows, split_command, write_json_atomic)
+import ltsei.running as rp
+from ltsei.demo import demo_compose_config, demo_run_experiment, fake_metrics
+from ltsei.rows import (ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, read_metrics, run_dir, run_status, select_rows,
+                        split_command, write_json_atomic)
+from ltsei.running import Task, plan_runs, prepare_run_dir, reproduce_main, run_tasks
 
-GUIDE = Path(__file__).resolve().parents[1].parent / "shared" / "experiment-guide.md"
+GUIDE = Path(__file__).resolve().parents[1] / "nbs" / "experiment-guide.md"   # the repository's copy of the guide
 
 
 # ---------------------------------------------------------------- registry
@@ -45,7 +49,6 @@ def test_guide_commands_are_the_guides_arguments():
     assert not any("\\" in a or "\n" in a or a.startswith("python") for _, args in cmds for a in args)
 
 
-@pytest.mark.skipif(not GUIDE.exists(), reason=f"the experiment guide is not at {GUIDE}")
 def test_registry_is_the_guide_verbatim():
     cmds = parse_guide(GUIDE)
     assert len(cmds) == 37
@@ -97,7 +100,7 @@ def test_rows_argument_reaches_the_plan(tmp_path, capsys):
 # ---------------------------------------------------------------- resume
 def _complete(d: Path, row: Row, seed: int, marker: str):
     d.mkdir(parents=True, exist_ok=True)
-    m = rp.fake_metrics(row.run_args, seed)
+    m = fake_metrics(row.run_args, seed)
     m["marker"] = marker
     write_json_atomic(d / "metrics.json", m)
     write_json_atomic(d / "row.json", dict(overrides=row.run_args))
@@ -138,7 +141,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
     write_json_atomic(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
 
     ran = []
-    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None):
+    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None, runs_dir=None):
         ran.append(task.name)
         prepare_run_dir(task, profile)
         assert sorted(p.name for p in task.out_dir.iterdir()) == ["row.json"]   # stale partial outputs are gone
@@ -161,7 +164,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
 
 
 def test_failed_row_is_reported_others_go_on(tmp_path, monkeypatch, capsys):
-    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None):
+    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None, runs_dir=None):
         prepare_run_dir(task, profile)
         if task.row.id == "s2_1_cb": raise rp.RunFailed("ValueError: boom (traceback in somewhere)")
         demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
@@ -225,14 +228,17 @@ def test_experiment_notebook_parameters():
     import papermill as pm
     nb = rp.load_notebook("experiment.ipynb")
     params = set(pm.inspect_notebook(nb))
-    assert params == {"row_id", "overrides", "seed", "profile", "out_dir", "threads", "composer", "runner"}
+    assert params == {"row_id", "overrides", "seed", "profile", "runs_dir", "out_dir", "threads", "composer", "runner"}
     assert nb.cells[0].cell_type == "raw" and "skip_exec: true" in nb.cells[0].source
 
 
-def test_reproduce_end_to_end_with_papermill(tmp_path):
-    """Two rows through papermill (made-up results): executed notebooks, metrics, tables, the report."""
+def test_reproduce_end_to_end_with_papermill(tmp_path, capfd):
+    """Two rows through papermill (made-up results): executed notebooks, metrics, tables, the report; no kernel
+    complains on the console (the kernels are shut down without a SIGINT)."""
     runs = tmp_path / "runs"
     assert reproduce_main(["--profile", "smoke", "--rows", "s1_1_ce,s4_4_e2", "--runs-dir", str(runs), "--jobs", "2", "--demo"]) == 0
+    err = capfd.readouterr().err
+    assert "KeyboardInterrupt" not in err and "ERROR" not in err, err[-2000:]
     for r in ("s1_1_ce", "s4_4_e2"):
         d = run_dir(runs, "smoke", ROWS_BY_ID[r], 0)
         assert run_status(d, ROWS_BY_ID[r]) == "complete"
@@ -284,3 +290,170 @@ def test_real_run_through_the_experiment_notebook(in_scratch):
     assert not [o for o in outs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outs) == 3
     assert (runs / "smoke" / "tables" / "main.md").exists()
+
+
+# ---------------------------------------------------------------- integrity: one writer per run, atomic tables, Ctrl-C
+ROOT = Path(__file__).resolve().parents[1]
+
+DRIVER = r'''
+import os, sys, threading, time
+import ltsei.running as rp
+from ltsei.demo import demo_compose_config, demo_run_experiment
+log, delay, mode, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+stop = threading.Event()
+def fake_execute_run(task, profile, nb=None, threads=0, funcs=None, runs_dir=None):
+    "A demo run without papermill: prepare the folder (under the run's lock), log who runs it, wait, write metrics."
+    rp.prepare_run_dir(task, profile)
+    with open(log, "a") as f: f.write(f"{os.getpid()} run {task.name}\n")
+    if stop.wait(delay): raise rp.RunFailed("killed")
+    demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
+rp.execute_run, rp.load_notebook, rp.kill_kernels = fake_execute_run, (lambda name: None), stop.set
+if mode == "slow-tables":
+    import ltsei.tables
+    def slow_build(runs_dir, profile):
+        with open(log, "a") as f: f.write(f"{os.getpid()} tables\n")
+        time.sleep(60)
+    ltsei.tables.build_tables = slow_build
+from ltsei.cli import main
+sys.exit(main(["reproduce", *argv]))
+'''
+
+
+def _driver(tmp_path, log, delay, mode, *argv):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(script), str(log), str(delay), mode, *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_share_the_rows(tmp_path):
+    """Two `ltsei reproduce` on one results directory: every row runs exactly once, neither fails, both end with the
+    same complete runs and tables."""
+    runs, log = tmp_path / "runs", tmp_path / "log.txt"
+    args = ["--profile", "smoke", "--rows", "2.1,2.2", "--runs-dir", str(runs), "--demo", "--no-report", "--jobs", "1"]
+    procs = [_driver(tmp_path, log, 1.0, "-", *args) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err
+        assert "FAILED" not in out + err
+    ran = [line.split()[2] for line in log.read_text().splitlines()]
+    rows = select_rows("2.1,2.2")
+    assert sorted(ran) == sorted(f"{r.id}/seed0" for r in rows)          # each row once
+    assert all(run_status(run_dir(runs, "smoke", r, 0), r) == "complete" for r in rows)
+    assert (runs / "smoke" / "tables" / "main.md").read_text().count("| Single-stage |") == 6
+    assert not [p for p in (runs / "smoke").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_killed_lock_holder_releases_the_run(tmp_path):
+    "A run's lock is held by one process; a holder killed with SIGKILL holds nothing."
+    from ltsei.rows import RunLock
+    d = tmp_path / "seed0"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltsei.rows import RunLock\n"
+                               f"RunLock({str(d)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    mine = RunLock(d)
+    assert not mine.acquire(blocking=False)
+    holder.kill(); holder.wait()
+    assert mine.acquire(blocking=False)
+    mine.release()
+
+
+def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch):
+    import ltsei.tables as tb
+    from ltsei.demo import write_fake_runs
+    from ltsei.rows import _host
+    runs = tmp_path / "runs"
+    write_fake_runs(runs, "smoke", rows=select_rows("2.2"))
+    tb.build_tables(runs, "smoke")
+    before = {p.name: p.read_bytes() for p in (runs / "smoke" / "tables").iterdir()}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    left = runs / "smoke" / f".tables.tmp-{_host()}-{dead.pid}-0bad"     # a build killed half-way
+    left.mkdir(); (left / "main.md").write_text("half")
+    write_fake_runs(runs, "smoke", rows=select_rows("2.1"))
+    def interrupted(r, pc): raise KeyboardInterrupt
+    monkeypatch.setitem(tb.FIGURES, "zzz", interrupted)                   # Ctrl-C in the middle of the build
+    with pytest.raises(KeyboardInterrupt):
+        tb.build_tables(runs, "smoke")
+    assert {p.name: p.read_bytes() for p in (runs / "smoke" / "tables").iterdir()} == before
+    assert sorted(p.name for p in (runs / "smoke").iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")) == []
+    monkeypatch.delitem(tb.FIGURES, "zzz")
+    tb.build_tables(runs, "smoke")
+    assert (runs / "smoke" / "tables" / "main.md").read_text().count("| Single-stage |") == 6
+
+
+def test_read_only_runs_dir_is_one_message_before_any_row(tmp_path, monkeypatch, capsys):
+    import errno
+    from ltsei.cli import main
+    ran = []
+    monkeypatch.setattr(rp, "execute_run", lambda *a, **k: ran.append(a))
+    def read_only(*a, **k): raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(rp.tempfile, "mkstemp", read_only)                # we run as root: inject what EROFS does
+    rc = main(["reproduce", "--profile", "smoke", "--rows", "2.2", "--runs-dir", str(tmp_path / "runs"), "--demo"])
+    assert rc == 2 and ran == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write results to" in err[0] and "Read-only file system" in err[0], err
+
+
+def test_uncreatable_runs_dir_fails_once(tmp_path, monkeypatch, capsys):
+    from ltsei.cli import main
+    ran = []
+    monkeypatch.setattr(rp, "execute_run", lambda *a, **k: ran.append(a))
+    (tmp_path / "file").write_text("")
+    rc = main(["reproduce", "--profile", "smoke", "--rows", "2", "--runs-dir", str(tmp_path / "file" / "runs"), "--demo"])
+    assert rc == 2 and ran == []
+    out, err = capsys.readouterr()
+    assert err.count("cannot write results to") == 1 and "Not a directory" in err and "[reproduce]" not in out
+
+
+def test_runs_dir_moves_the_caches(tmp_path, capsys):
+    runs = tmp_path / "elsewhere"
+    assert reproduce_main(["--rows", "s3_1_crt", "--runs-dir", str(runs), "--dry-run", "--demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"data.cache_dir={runs.resolve() / 'cache'} stage1.cache_dir={runs.resolve() / 'cache' / 'stage1'}" in out
+
+
+@pytest.mark.parametrize("mode", ["runs", "slow-tables"])
+def test_ctrl_c_exits_130_with_one_line(tmp_path, mode):
+    """SIGINT while rows run, or while the tables are built: exit status 130, one line, no traceback; the tables of
+    an earlier build are kept."""
+    import signal
+    runs, log = tmp_path / "runs", tmp_path / "log.txt"
+    (runs / "smoke" / "tables").mkdir(parents=True); (runs / "smoke" / "tables" / "main.md").write_text("earlier")
+    rows = "s1_1_ce" if mode == "runs" else "s2_2_bs"
+    if mode == "slow-tables": _complete(run_dir(runs, "smoke", ROWS_BY_ID[rows], 0), ROWS_BY_ID[rows], 0, "x")
+    p = _driver(tmp_path, log, 60, mode, "--profile", "smoke", "--rows", rows, "--runs-dir", str(runs), "--demo",
+                "--no-report", "--jobs", "1")
+    t0 = time.time()
+    while not (log.exists() and log.read_text()) and time.time() - t0 < 120 and p.poll() is None: time.sleep(0.1)
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, out + err
+    assert "Traceback" not in err
+    lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip() and not l.startswith("runs:")]
+    assert len(lines) == 1 and "interrupted" in lines[0], lines
+    assert (runs / "smoke" / "tables" / "main.md").read_text() == "earlier"
+
+
+def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
+    """`papermill nbs/experiment.ipynb ...` from nbs/ and from outside the repository: results and caches go to the
+    repository's runs/ (here a copy of the repository, so that the real runs/ is left alone)."""
+    import shutil
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "ltsei", repo / "ltsei", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "nbs").mkdir(); shutil.copy(ROOT / "nbs" / "experiment.ipynb", repo / "nbs")
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    for seed, cwd in enumerate([repo / "nbs", tmp_path / "elsewhere"]):
+        cwd.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "papermill", str(repo / "nbs" / "experiment.ipynb"), str(tmp_path / f"out{seed}.ipynb"),
+               "-p", "row_id", "s3_1_crt", "-p", "seed", str(seed), "-p", "composer", "ltsei.demo:demo_compose_config",
+               "-p", "runner", "ltsei.demo:demo_run_experiment", "-k", "python3"]
+        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        d = repo / "runs" / "smoke" / "3.1" / "s3_1_crt" / f"seed{seed}"
+        assert read_metrics(d) is not None, (cwd, p.stderr[-2000:])
+        assert f"data.cache_dir={repo / 'runs' / 'cache'}\n" in (d / "config.yaml").read_text()
+    assert not (repo / "nbs" / "runs").exists() and not (tmp_path / "elsewhere" / "runs").exists()
+    assert not (tmp_path / "runs").exists()
