@@ -76,9 +76,9 @@ LOSSES: dict[str, type] = {}
 _LAZY_LOSS_MODULES = ("ltsei.moe_ltsei",)  # modules that register further losses when imported
 
 STAGE1_LOSSES = ("CrossEntropy", "FocalLoss", "ClassBalancedLoss", "LDAMLoss", "BalancedSoftmaxLoss",
-                 "LogitAdjustmentLoss")  # `loss.name` (methods.md, stage-1 table)
+                 "LogitAdjustmentLoss")  # `loss.name` (nbs/methods.ipynb, stage-1 losses)
 STAGE2_LOSSES = ("CrossEntropy", "FocalLoss", "ClassBalancedLoss", "BalancedSoftmaxLoss", "LogitAdjustmentLoss",
-                 "CostSensitiveCE", "LOS", "MoELTSEILoss")  # `stage2.loss` (methods.md, stage 2)
+                 "CostSensitiveCE", "LOS", "MoELTSEILoss")  # `stage2.loss` (nbs/methods.ipynb, stage 2)
 
 
 def register_loss(cls):

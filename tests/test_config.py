@@ -1,7 +1,10 @@
-"""The config tree: defaults from methods.md, profiles, and failures before any work."""
+"""The config tree: defaults from the methods overview (nbs/methods.ipynb), profiles, and failures before any work."""
 import pytest
 
-from ltsei.config import (ConfigError, EPOCH_SCALES, all_keys, compose_config, scale_epochs, stage1_key)
+import torch
+
+from ltsei.config import (ConfigError, EPOCH_SCALES, all_keys, compose_config, scale_epochs, stage1_key, stage1_settings,
+                          stage2_key)
 
 
 def test_defaults_make_5_1_equal_5_2():
@@ -29,13 +32,36 @@ def test_paper_defaults():
 
 @pytest.mark.parametrize("profile", ["quick", "smoke"])
 def test_profile_scales_every_epoch_setting(profile):
+    "Stage 1 and a stage 2 that runs the backbone (finetune) are scaled; a warm-up asked for stays >= 1 epoch."
     s = EPOCH_SCALES[profile]
-    c = compose_config([f"profile={profile}", "loss.ldam_drw_start=160", "training.epochs=200"])
+    c = compose_config([f"profile={profile}", "loss.ldam_drw_start=160", "training.epochs=200",
+                        "stage2.mode=finetune", "stage2.loss=CrossEntropy"])
     assert c.training.epochs == scale_epochs(200, s, 1)
     assert c.stage2.epochs == scale_epochs(100, s, 1)
     assert c.loss.ldam_drw_start == min(scale_epochs(160, s, 0), c.training.epochs - 1)
-    assert c.training.warmup_epochs == scale_epochs(5, s, 0) and c.stage2.warmup_epochs == scale_epochs(5, s, 0)
+    assert c.training.warmup_epochs == scale_epochs(5, s, 1) >= 1 and c.stage2.warmup_epochs == scale_epochs(5, s, 1) >= 1
     assert c.loss.ldam_drw_start < c.training.epochs
+    assert compose_config([f"profile={profile}", "training.warmup_epochs=0"]).training.warmup_epochs == 0
+
+
+GUIDE_S5_1_FULL = ("model.name=ConvNetADSB model.dropout=0.1 model.use_attention=true loss.name=CrossEntropy "
+                   "sampling.name=none training.epochs=300 training.lr=0.1 training.optimizer=SGD stage2.enabled=true "
+                   "stage2.mode=moe_ltsei stage2.epochs=100 stage2.lr=0.1 stage2.optimizer=SGD stage2.loss=MoELTSEILoss "
+                   "stage2.moe.num_experts=3 stage2.freeze_bn=true stage2.warmup_epochs=5 data.imbalance_ratio=100").split()
+
+
+@pytest.mark.parametrize("profile", ["quick", "smoke"])
+def test_stage2_on_cached_features_keeps_the_guide_epochs(profile):
+    "Issue 12: a head trained on cached features gets the guide's 100 epochs; stage 1 is scaled."
+    c = compose_config([f"profile={profile}", *GUIDE_S5_1_FULL])
+    assert c.stage2.epochs == 100 and c.stage2.warmup_epochs == 5
+    assert c.training.epochs == scale_epochs(300, EPOCH_SCALES[profile], 1) < 300
+    assert c.training.warmup_epochs == 1                 # 5 x 0.05 (or 0.007) rounds to 0: kept at one epoch
+    for mode, loss in [("crt", "CrossEntropy"), ("lws", "CrossEntropy")]:
+        c = compose_config([f"profile={profile}", f"stage2.mode={mode}", f"stage2.loss={loss}"])
+        assert c.stage2.epochs == 100, mode
+    c = compose_config([f"profile={profile}", "stage2.cache_features=false"])
+    assert c.stage2.epochs == scale_epochs(100, EPOCH_SCALES[profile], 1)
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -60,6 +86,16 @@ def test_profile_scales_every_epoch_setting(profile):
     ("data.synth.num_emitters=1", "data.synth.num_emitters=1: expected an integer >= 2"),
     ("data.synth.sample_rate=1e6", "data.synth.sample_rate"),
     ("model.dropout=1.0", "[0, 1)"),
+    # issue 10, item 9: refused before any work
+    ("data.imbalance_ratio=inf", "data.imbalance_ratio=inf must be a finite number"),
+    ("training.lr=inf", "training.lr=inf must be a finite number"),
+    ("stage2.lr=nan", "stage2.lr=nan must be a finite number"),
+    ("training.momentum=5", "training.momentum=5.0 must be in [0, 1]"),
+    ("training.momentum=-0.1", "[0, 1]"),
+    ("training.warmup_epochs=301", "training.warmup_epochs=301 is longer than training.epochs=300"),
+    ("stage2.warmup_epochs=101", "stage2.warmup_epochs=101 is longer than stage2.epochs=100"),
+    ("stage2.moe.num_experts=61", "stage2.moe.num_experts=61 is more than the 60 classes"),
+    ("training.num_threads=0", "training.num_threads"),
 ])
 def test_bad_config_fails_before_work(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -86,3 +122,25 @@ def test_stage1_key_ignores_stage2_and_stage3():
               "sampling.name=sqrt", "training.lr=0.05"]:
         assert stage1_key(compose_config(["profile=smoke", o])) != stage1_key(a), o
     assert stage1_key(compose_config(["profile=quick", "stage2.mode=crt", "stage2.loss=CrossEntropy"])) != stage1_key(a)
+
+
+def test_stage1_key_covers_numerics_and_data():
+    "Issue 10, item 7: the thread count (on the CPU), the torch version and the data identity are in the key."
+    a = compose_config(["profile=smoke"])
+    st = stage1_settings(a)
+    assert st["numerics"] == {"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
+                              "num_threads": None if torch.cuda.is_available() else 1}
+    assert "synth_key" in st["data_identity"] and "num_threads" not in st["training"]
+    assert a.training.num_threads == 1
+    if not torch.cuda.is_available():
+        assert stage1_key(compose_config(["profile=smoke", "training.num_threads=2"])) != stage1_key(a)
+    assert stage1_key(compose_config(["profile=smoke", "data.synth.seed=1"])) != stage1_key(a)
+    assert stage1_key(compose_config(["profile=smoke", "training.eval_batch_size=7"])) != stage1_key(a)
+    assert stage1_key(compose_config(["profile=smoke", "data.cache_dir=elsewhere"])) == stage1_key(a)
+
+
+def test_stage2_key():
+    a = compose_config(["profile=smoke"])
+    assert stage2_key(a) == stage2_key(compose_config(["profile=smoke", "stage3.mode=none", "stage1.cache_dir=x"]))
+    assert stage2_key(a) != stage2_key(compose_config(["profile=smoke", "stage2.lr=0.05"]))
+    assert stage2_key(a) != stage2_key(compose_config(["profile=smoke", "loss.name=FocalLoss"]))

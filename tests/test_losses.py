@@ -1,7 +1,7 @@
 """Tests of ltsei.losses: the registry and every stage-1 / stage-2 loss against its formula.
 
 Expected values are worked out by hand (see the comments) or with explicit numpy written from
-methods.md, never by calling the code under test.
+the methods overview (nbs/methods.ipynb), never by calling the code under test.
 """
 import math
 import os

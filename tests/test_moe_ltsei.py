@@ -1,5 +1,5 @@
 """Tests of ltsei.moe_ltsei: frequency groups, the MoE head, the MoE-LTSEI loss and its ablation switches,
-and the routing metrics. Expected values come from hand computation or explicit numpy (methods.md)."""
+and the routing metrics. Expected values come from hand computation or explicit numpy (nbs/methods.ipynb)."""
 import json
 import math
 
