@@ -16,26 +16,17 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .reproduce import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, Task, fake_metrics, parse_overrides, prepare_run_dir,
-                             ran_other_overrides, read_metrics, run_dir, write_json_atomic)
+from .rows import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, RunLock, parse_overrides, ran_other_overrides, read_metrics,
+                        remove_dead_temps, run_dir, swap_in, temp_beside)
 
 # %% auto #0
-__all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'RECALL_ROWS', 'EXPECT_ABOVE_CE', 'FIGURES', 'write_fake_runs', 'routing_info',
-           'collect_results', 'summarize', 'fmt_pm', 'Table', 'make_table', 'table_markdown', 'tex_escape',
-           'table_latex', 'table_csv', 'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy',
-           'fig_per_class_recall', 'run_summary', 'plot_run_recall', 'plot_confusion', 'plot_expert_usage',
-           'expectations', 'build_tables']
-
-# %% ../nbs/13_tables.ipynb #a5c34b9a
-def write_fake_runs(runs_dir, profile: str, rows=None, seeds=(0,)) -> list[Path]:
-    "Made-up complete runs (metrics.json and row.json, marked `demo`) for `rows` x `seeds`: for demos and tests."
-    out = []
-    for seed in seeds:
-        for r in rows or ROWS:
-            d = prepare_run_dir(Task(r, seed, run_dir(runs_dir, profile, r, seed)), profile)
-            write_json_atomic(d / "metrics.json", fake_metrics(r.run_args, seed))
-            out.append(d)
-    return out
+__all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
+           'PAIR_REFERENCES', 'NOISE_LEVEL', 'EXPECT_ABOVE_CE', 'FIGURES', 'routing_info', 'collect_results',
+           'summarize', 'outside_guide', 'table_rows', 'fmt_pm', 'Table', 'make_table', 'frame_markdown',
+           'table_markdown', 'tex_escape', 'table_latex', 'table_csv', 'frame_html', 'table_html', 'write_table',
+           'fig_vs_param', 'fig_group_accuracy', 'fig_per_class_recall', 'run_summary', 'plot_run_recall',
+           'plot_confusion', 'plot_expert_usage', 'fig_confusions', 'paired_differences', 'noise_threshold',
+           'paired_summary', 'all_paired', 'paired_table', 'paired_markdown', 'verdict', 'expectations', 'build_tables']
 
 # %% ../nbs/13_tables.ipynb #4d5d1277
 RESULT_METRICS = ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "routing_acc")
@@ -94,9 +85,21 @@ TABLES = {
     "ablation_4_3": ("Ablation 4.3: MoE-LTSEI components", ("4.3",)),
     "ablation_4_4": ("Ablation 4.4: number of experts", ("4.4",)),
     "ablation_4_5": ("Ablation 4.5: imbalance ratio", ("4.5",)),
+    "extra": ("Beyond the guide: options that are not commands of the experiment guide", ()),
 }
 COLUMNS = {"acc": "Acc", "balanced_acc": "Bal. acc", "macro_f1": "Macro-F1", "many_acc": "Many",
            "medium_acc": "Medium", "few_acc": "Few", "routing_acc": "Routing acc"}
+TEXT_COLUMNS = ("Type", "Method")     # left-aligned in every format; the others are numbers, right-aligned
+
+def outside_guide(row) -> bool:
+    "A row that runs no command of the experiment guide (empty `guide`, its overrides in `run`): the 'extra' table's rows."
+    return not (row.guide or "").strip()
+
+def table_rows(name: str) -> list[str]:
+    "The ids of the registry rows that table `name` holds, in registry order."
+    if name not in TABLES: raise ValueError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
+    if name == "extra": return [r.id for r in ROWS if outside_guide(r)]
+    return [r.id for r in ROWS if r.section in TABLES[name][1] and not outside_guide(r)]
 
 def fmt_pm(mean: float, std: float, digits: int = 1) -> str:
     "`mean ± std` (only the mean if std is NaN; a dash if the mean is)."
@@ -105,41 +108,50 @@ def fmt_pm(mean: float, std: float, digits: int = 1) -> str:
 
 @dataclass
 class Table:
-    "A results table: display strings, which metric cells are best, notes to print under it."
+    """A results table: display strings (`cells`), which metric cells are best (`best`), notes to print under it, and
+    the numbers behind it (`numbers`: row id, method, seeds, `<metric>_mean` / `<metric>_std` in percent) for CSV."""
     name: str
     title: str
     cells: pd.DataFrame
     best: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    numbers: pd.DataFrame | None = None
 
 def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = None, digits: int = 1) -> Table | None:
     "The table `name` (a key of `TABLES`) from `summarize`'s output; None if none of its rows has results."
-    if name not in TABLES: raise ValueError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
-    title, sections = TABLES[name]
-    s = summary[summary.section.isin(sections)]
+    ids = table_rows(name)
+    title = TABLES[name][0]
+    s = summary[summary.index.isin(ids)]
     if s.empty: return None
     metrics = [m for m in COLUMNS if m != "routing_acc" or s["routing_acc_mean"].notna().any()]
+    rows = list(map(ROWS_BY_ID.get, s.index))
+    dagger = lambda r: r.deviates and not outside_guide(r)      # † marks a guide row run differently
     cells = pd.DataFrame(index=s.index)
     if name == "main": cells["Type"] = s.kind
-    cells["Method"] = [r.method + ("†" if r.deviates else "") for r in map(ROWS_BY_ID.get, s.index)]
+    cells["Method"] = [r.method + ("†" if dagger(r) else "") for r in rows]
     cells["Seeds"] = s.n_seeds.astype(int).astype(str)
+    numbers = pd.DataFrame(dict(row_id=s.index, method=[r.method for r in rows], n_seeds=s.n_seeds.astype(int).to_numpy()))
+    if name == "main": numbers.insert(1, "type", s.kind.to_numpy())
     best = pd.DataFrame(False, index=s.index, columns=[COLUMNS[m] for m in metrics])
     for m in metrics:
         mean, std = 100 * s[m + "_mean"], 100 * s[m + "_std"]
         cells[COLUMNS[m]] = [fmt_pm(a, b, digits) for a, b in zip(mean, std)]
+        numbers[m + "_mean"], numbers[m + "_std"] = mean.round(4).to_numpy(), std.round(4).to_numpy()
         shown = mean.round(digits)
-        if shown.notna().sum() >= 2: best[COLUMNS[m]] = (shown == shown.max()).to_numpy()
+        if shown.notna().sum() >= 2 and shown.nunique() > 1:    # all equal (e.g. all at chance): nothing is best
+            best[COLUMNS[m]] = (shown == shown.max()).to_numpy()
     seeds = sorted(set(s.n_seeds))
     notes = [f"Test split, percent; mean ± sample standard deviation over {'/'.join(map(str, seeds))} seed(s) "
              "(the mean alone where a row has one seed); the best value of each column is marked."]
     if results is not None and len(rules := results[results.row_id.isin(s.index)].group_rule.dropna().unique()):
         notes.append("Many / medium / few: " + "; ".join(rules) + " (training samples per class).")
-    notes += [f"† {r.method}: {r.note}" for r in map(ROWS_BY_ID.get, s.index) if r.deviates]
-    missing = [r.id for r in ROWS if r.section in sections and r.id not in s.index]
+    notes += [f"† {r.method}: {r.note}" for r in rows if dagger(r)]
+    notes += [f"{r.method}: {r.note}" for r in rows if outside_guide(r) and r.note]
+    missing = [i for i in ids if i not in s.index]
     if missing: notes.append("Not run yet: " + ", ".join(missing) + ".")
     if results is not None and results[results.row_id.isin(s.index)].demo.any():
         notes.insert(0, "DEMO: made-up results (ltsei reproduce --demo), not from training.")
-    return Table(name, title, cells.reset_index(drop=True), best.reset_index(drop=True), notes)
+    return Table(name, title, cells.reset_index(drop=True), best.reset_index(drop=True), notes, numbers)
 
 # %% ../nbs/13_tables.ipynb #beef4a93
 def _marked(t: Table, mark) -> pd.DataFrame:
@@ -149,17 +161,21 @@ def _marked(t: Table, mark) -> pd.DataFrame:
 
 def _md_cell(s: str) -> str: return str(s).replace("|", "\\|")
 
+def frame_markdown(df: pd.DataFrame, text_columns=TEXT_COLUMNS) -> str:
+    "A frame of display strings as a GitHub Markdown table: `text_columns` left-aligned, the others right-aligned."
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "|".join(":--" if c in text_columns else "--:" for c in df.columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in df.itertuples(index=False)])
+
 def table_markdown(t: Table) -> str:
     "The table as GitHub Markdown: title, table (best bold), notes."
-    df = _marked(t, lambda v: f"**{v}**")
-    lines = [f"**{t.title}**", "", "| " + " | ".join(df.columns) + " |",
-             "|" + "|".join(":--" if c in ("Type", "Method") else "--:" for c in df.columns) + "|"]
-    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines + [""] + [f"{n}  " for n in t.notes]) + "\n"
+    body = frame_markdown(_marked(t, lambda v: f"**{v}**"))
+    return "\n".join([f"**{t.title}**", "", body, ""] + [f"{n}  " for n in t.notes]) + "\n"
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
-        "†": r"\textsuperscript{\dag}", "τ": r"$\tau$", "≤": r"$\le$", "λ": r"$\lambda$", "`": ""}
+        "†": r"\textsuperscript{\dag}", "τ": r"$\tau$", "≤": r"$\le$", "λ": r"$\lambda$", "`": "",
+        "Δ": r"$\Delta$", "−": "--"}
 
 def tex_escape(s: str) -> str:
     "`s` with LaTeX's special characters escaped (and ±, τ, †, – written the LaTeX way)."
@@ -169,7 +185,7 @@ def table_latex(t: Table) -> str:
     "The table as a LaTeX `table` (booktabs; best bold; notes under it)."
     df = _marked(t, lambda v: "\x00" + v)
     cell = lambda v: r"\textbf{" + tex_escape(v[1:]) + "}" if v.startswith("\x00") else tex_escape(v)
-    spec = "".join("l" if c in ("Type", "Method") else ("c" if c == "Seeds" else "r") for c in df.columns)
+    spec = "".join("l" if c in TEXT_COLUMNS else ("c" if c == "Seeds" else "r") for c in df.columns)
     out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(t.title)}}}",
            rf"\label{{tab:ltsei-{t.name.replace('_', '-')}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
            " & ".join(tex_escape(c) for c in df.columns) + r" \\", r"\midrule"]
@@ -183,13 +199,27 @@ def table_latex(t: Table) -> str:
     return "\n".join(out) + "\n"
 
 def table_csv(t: Table) -> str:
-    "The table as CSV: display strings, best cells marked with a trailing `*`."
-    return _marked(t, lambda v: v + " *").to_csv(index=False)
+    """The table as CSV of numbers: row id, (type,) method, seeds, and per metric its mean and sample std in percent as
+    separate numeric columns (empty where not measured). No marks: the best value is marked in Markdown, LaTeX and HTML."""
+    return t.numbers.to_csv(index=False)
+
+def frame_html(df: pd.DataFrame, text_columns=None, classes: str = "", escape: bool = True, float_format: str = "{:.4g}") -> str:
+    """A frame as an HTML table, text left-aligned and numbers right-aligned by inline style (so that no notebook or
+    nbconvert stylesheet decides): the columns `text_columns` are text, or, if None, those of non-numeric dtype."""
+    text = set(text_columns) if text_columns is not None else {c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])}
+    esc = html.escape if escape else str
+    def fmt(v):
+        if isinstance(v, (float, np.floating)): return "–" if math.isnan(v) else float_format.format(v)
+        return "–" if v is None or v is pd.NA else v
+    def td(tag, c, v): return f'<{tag} style="text-align:{"left" if c in text else "right"}">{esc(str(fmt(v)))}</{tag}>'
+    head = "".join(td("th", c, c) for c in df.columns)
+    body = "".join("<tr>" + "".join(td("td", c, v) for c, v in zip(df.columns, row)) + "</tr>" for row in df.itertuples(index=False))
+    return f'<table class="{" ".join(["dataframe", *classes.split()])}" border="0"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 def table_html(t: Table) -> str:
-    "The table as an HTML fragment (best bold) with its title and notes, for the report."
+    "The table as an HTML fragment (best bold; text columns left-aligned, numbers right-aligned) with its title and notes."
     df = _marked(t, lambda v: "\x00" + v).map(lambda v: f"<b>{html.escape(v[1:])}</b>" if str(v).startswith("\x00") else html.escape(str(v)))
-    body = df.to_html(index=False, escape=False, classes=f"ltsei-table ltsei-{t.name}", border=0)
+    body = frame_html(df, [c for c in df.columns if c in TEXT_COLUMNS], f"ltsei-table ltsei-{t.name}", escape=False)
     notes = "".join(f"<br><small>{html.escape(n)}</small>" for n in t.notes)
     return f"<p><b>{html.escape(t.title)}</b></p>{body}<p>{notes}</p>"
 
@@ -298,21 +328,133 @@ def plot_expert_usage(metrics: dict, ax=None):
     ax.set(title=f"Gate usage per frequency group (routing accuracy {100 * acc:.1f}%)")
     return ax
 
+CONFUSION_ROWS = ("s1_1_ce", "s3_1_crt", "s5_1_full")
+
+def fig_confusions(results: pd.DataFrame, row_ids=CONFUSION_ROWS):
+    "The test confusion matrices of `row_ids` (those with results; each at its lowest seed) side by side; None without results."
+    runs = [results[results.row_id == i].sort_values("seed").iloc[0] for i in row_ids if (results.row_id == i).any()]
+    runs = [(r, m) for r in runs if (m := read_metrics(r.path)) is not None and "confusion_test" in m]
+    if not runs: return None
+    fig, axs = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
+    for ax, (r, m) in zip(axs[0], runs):
+        plot_confusion(m, ax)
+        ax.set_title(f"{r.method}\nseed {r.seed}, balanced accuracy {100 * m['test']['balanced_acc']:.1f}%", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/13_tables.ipynb #244a32b0
+PAIR_METRICS = ("balanced_acc", "few_acc")
+PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt")     # CE (the baseline) and cRT (the classic two-stage method)
+NOISE_LEVEL = 0.05                            # two-sided level of the paired t-test that calls a gap "beyond noise"
+
+def paired_differences(results: pd.DataFrame, reference: str, row_ids=None, metrics=PAIR_METRICS) -> pd.DataFrame:
+    """Per row, seed and metric: the row's test metric minus `reference`'s at the same seed, in percentage points; only
+    seeds where both rows ran, only measured metrics. Rows: `row_ids` (default: the main table's and the extra rows)."""
+    row_ids = [i for i in (row_ids or table_rows("main") + table_rows("extra")) if i != reference]
+    ref = results[results.row_id == reference].set_index("seed")
+    recs = []
+    for i in row_ids:
+        r = results[results.row_id == i].set_index("seed")
+        for seed in sorted(set(r.index) & set(ref.index)):
+            for m in metrics:
+                d = 100 * (float(r.at[seed, m]) - float(ref.at[seed, m]))
+                if not math.isnan(d):
+                    recs.append(dict(row_id=i, method=ROWS_BY_ID[i].method, reference=reference, metric=m, seed=int(seed), diff=d))
+    return pd.DataFrame(recs, columns=["row_id", "method", "reference", "metric", "seed", "diff"])
+
+def noise_threshold(std: float, n: int, level: float = NOISE_LEVEL) -> float:
+    """The smallest |mean paired difference| that the two-sided paired t-test at `level` calls beyond noise:
+    t_{1-level/2, n-1} * std / sqrt(n); NaN with fewer than two pairs (no spread)."""
+    from scipy.stats import t as student_t
+    if n < 2 or std is None or math.isnan(std): return float("nan")
+    return float(student_t.ppf(1 - level / 2, n - 1) * std / math.sqrt(n))
+
+def paired_summary(diffs: pd.DataFrame, level: float = NOISE_LEVEL) -> pd.DataFrame:
+    """Per row, reference and metric (in `diffs`' order): the number of paired seeds, the mean, sample std, min and max
+    of the differences (percentage points), the noise threshold (`noise_threshold`) and `beyond_noise`:
+    |mean| > threshold (missing with one pair: no spread, nothing can be told from noise)."""
+    cols = ["row_id", "method", "reference", "metric", "n_pairs", "mean", "std", "min", "max", "threshold", "beyond_noise"]
+    if diffs.empty: return pd.DataFrame(columns=cols)
+    g = diffs.groupby(["row_id", "reference", "metric"], sort=False)
+    out = g["diff"].agg(n_pairs="size", mean="mean", std=lambda x: x.std(ddof=1), min="min", max="max").reset_index()
+    out["std"] = out["std"].where(out.n_pairs >= 2)
+    out["method"] = out.row_id.map(lambda i: ROWS_BY_ID[i].method)
+    out["threshold"] = [noise_threshold(s, n, level) for s, n in zip(out["std"], out.n_pairs)]
+    out["beyond_noise"] = pd.array([pd.NA if math.isnan(th) else bool(abs(m) > th) for m, th in zip(out["mean"], out.threshold)],
+                                   dtype="boolean")
+    return out[cols]
+
+def all_paired(results: pd.DataFrame, references=PAIR_REFERENCES, level: float = NOISE_LEVEL) -> pd.DataFrame:
+    "`paired_summary` against each of `references` that has results, one frame."
+    parts = [paired_summary(paired_differences(results, ref), level) for ref in references if (results.row_id == ref).any()]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else paired_summary(pd.DataFrame())
+
+def _signed(x: float, digits: int = 1) -> str:
+    "`x` with its sign (a true minus), no sign when it shows as zero; a dash for NaN."
+    if math.isnan(x): return "–"
+    return f"{0.0:.{digits}f}" if round(x, digits) == 0 else f"{x:+.{digits}f}".replace("-", "−")
+
+def paired_table(pairs: pd.DataFrame, reference: str, digits: int = 1) -> pd.DataFrame:
+    """Display strings of the paired differences to `reference`: per method, per metric the mean ± std, the range
+    over seeds and whether the gap is beyond noise ('yes', 'no', or '–' with one seed)."""
+    p = pairs[pairs.reference == reference]
+    out = []
+    for i in dict.fromkeys(p.row_id):
+        rec = {"Method": ROWS_BY_ID[i].method}
+        for m in PAIR_METRICS:
+            q = p[(p.row_id == i) & (p.metric == m)]
+            lab = COLUMNS[m]
+            if q.empty: rec |= {f"Δ {lab}": "–", f"{lab}: min … max": "–", f"{lab}: beyond noise": "–"}; continue
+            q = q.iloc[0]
+            rec["Seeds"] = str(int(q.n_pairs))
+            rec[f"Δ {lab}"] = _signed(q["mean"], digits) + ("" if math.isnan(q["std"]) else f" ± {q['std']:.{digits}f}")
+            rec[f"{lab}: min … max"] = f"{_signed(q['min'], digits)} … {_signed(q['max'], digits)}" if q.n_pairs > 1 else "–"
+            rec[f"{lab}: beyond noise"] = "–" if pd.isna(q.beyond_noise) else ("yes" if q.beyond_noise else "no")
+        out.append(rec)
+    df = pd.DataFrame(out)
+    if not len(df): return df
+    df = df[["Method", "Seeds", *[c for c in df.columns if c not in ("Method", "Seeds")]]]
+    return df[[c for c in df.columns if c in ("Method", "Seeds") or (df[c] != "–").any()]]   # one seed: no range, no noise
+
+def paired_markdown(pairs: pd.DataFrame, level: float = NOISE_LEVEL) -> str:
+    "The paired differences to each reference as Markdown tables, with the rule that calls a gap beyond noise."
+    out = []
+    for ref in dict.fromkeys(pairs.reference):
+        out += [f"**Paired differences to {ROWS_BY_ID[ref].method}** (percentage points, same seed)", "",
+                frame_markdown(paired_table(pairs, ref), ("Method",)), ""]
+    out.append(f"Mean ± sample std over the seeds both rows ran; beyond noise: the two-sided paired t-test at the "
+               f"{100 * level:g} % level rejects a zero mean, i.e. |mean| > t(1 − {level / 2:g}, n − 1) · std / √n; "
+               "'–' with one seed (no spread).")
+    return "\n".join(out) + "\n"
+
 # %% ../nbs/13_tables.ipynb #f57066d2
 EXPECT_ABOVE_CE = ("s2_2_bs", "s2_2_la", "s2_1_ldam_drw", "s3_1_crt")
 
-def expectations(summary: pd.DataFrame) -> pd.DataFrame:
-    "The headline expectations, measured: check, measured values, holds (True / False / None if not run)."
+def verdict(pairs: pd.DataFrame | None, row_id: str, reference: str, metric: str = "balanced_acc") -> str | None:
+    """How `row_id` compares with `reference` on `metric`, paired by seed: 'above' / 'below' (beyond noise),
+    'within noise', 'higher (one seed)' / 'lower (one seed)' / 'equal (one seed)'; None if not both ran."""
+    if pairs is None or pairs.empty: return None
+    q = pairs[(pairs.row_id == row_id) & (pairs.reference == reference) & (pairs.metric == metric)]
+    if q.empty: return None
+    q = q.iloc[0]
+    if pd.isna(q.beyond_noise): return "higher (one seed)" if q["mean"] > 0 else "lower (one seed)" if q["mean"] < 0 else "equal (one seed)"
+    if not q.beyond_noise: return "within noise"
+    return "above" if q["mean"] > 0 else "below"
+
+def expectations(summary: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The headline expectations, measured: check, measured values, holds (True / False / None if not run; on the
+    means) and, given `all_paired`'s output, `verdict` (the seed-paired comparison with its noise)."""
     get = lambda i, m: summary.at[i, m + "_mean"] if i in summary.index else float("nan")
     out, many, few, ce = [], get("s1_1_ce", "many_acc"), get("s1_1_ce", "few_acc"), get("s1_1_ce", "balanced_acc")
     ok = None if math.isnan(many) or math.isnan(few) else bool(few < many - .2)
     out.append(dict(check="CE: few-shot accuracy more than 20 points below many-shot",
-                    measured=f"many {100 * many:.1f}%, few {100 * few:.1f}%", holds=ok))
-    for i in EXPECT_ABOVE_CE:
-        b = get(i, "balanced_acc")
-        out.append(dict(check=f"{ROWS_BY_ID[i].method} above CE on balanced accuracy",
-                        measured=f"{100 * b:.1f}% vs CE {100 * ce:.1f}%",
-                        holds=None if math.isnan(b) or math.isnan(ce) else bool(b > ce)))
+                    measured=f"many {100 * many:.1f}%, few {100 * few:.1f}%", holds=ok, verdict=None))
+    for i, ref in [(i, "s1_1_ce") for i in EXPECT_ABOVE_CE] + [("s5_1_full", "s3_1_crt")]:
+        b, r = get(i, "balanced_acc"), get(ref, "balanced_acc")
+        out.append(dict(check=f"{ROWS_BY_ID[i].method} above {ROWS_BY_ID[ref].method} on balanced accuracy",
+                        measured=f"{100 * b:.1f}% vs {ROWS_BY_ID[ref].method} {100 * r:.1f}%",
+                        holds=None if math.isnan(b) or math.isnan(r) else bool(b > r), verdict=verdict(pairs, i, ref)))
     return pd.DataFrame(out)
 
 # %% ../nbs/13_tables.ipynb #428dc3e3
@@ -321,30 +463,42 @@ FIGURES = {
     "bacc_vs_num_experts": lambda r, pc: fig_vs_param(r, "4.4", "stage2.moe.num_experts", "number of experts"),
     "group_accuracy": lambda r, pc: fig_group_accuracy(r),
     "per_class_recall": lambda r, pc: fig_per_class_recall(pc),
+    "confusion": lambda r, pc: fig_confusions(r),
 }
 
 def build_tables(runs_dir, profile: str) -> dict:
     """Tables (`runs_dir/profile/tables`) and figures (`.../figures`) from the profile's complete runs.
-    Returns n_runs, demo, results, per_class, summary, tables {name: {table, md, csv, tex}}, figures {name: path},
+    Returns n_runs, demo, results, per_class, summary, pairs (`all_paired`), tables {name: {table, md, csv, tex}}, figures {name: path},
     expectations."""
     base = Path(runs_dir) / profile
     results, per_class = collect_results(runs_dir, profile)
     out = dict(n_runs=len(results), demo=bool(results.demo.any()), results=results, per_class=per_class,
-               summary=None, tables={}, figures={}, expectations=None)
+               summary=None, pairs=None, tables={}, figures={}, expectations=None)
     if results.empty: return out
-    tdir, fdir = base / "tables", base / "figures"
-    for d in (tdir, fdir):
-        shutil.rmtree(d, ignore_errors=True); d.mkdir(parents=True)
-    out["summary"] = summary = summarize(results)
-    results.to_csv(tdir / "all_runs.csv", index=False)
-    summary.to_csv(tdir / "summary.csv")
-    for name in TABLES:
-        if (t := make_table(summary, name, results)) is not None: out["tables"][name] = dict(table=t, **write_table(t, tdir))
-    for name, make in FIGURES.items():
-        fig = make(results, per_class)
-        if fig is None: continue
-        fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
-        out["figures"][name] = fdir / f"{name}.png"
-    out["expectations"] = ex = expectations(summary)
-    (tdir / "expectations.md").write_text(ex.to_markdown(index=False) + "\n", encoding="utf-8")
+    base.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(base)
+    final = dict(tables=base / "tables", figures=base / "figures")
+    tmp = {}
+    try:
+        tdir, fdir = tmp["tables"], tmp["figures"] = temp_beside(final["tables"]), temp_beside(final["figures"])
+        out["summary"] = summary = summarize(results)
+        results.to_csv(tdir / "all_runs.csv", index=False)
+        summary.to_csv(tdir / "summary.csv")
+        for name in TABLES:
+            if (t := make_table(summary, name, results)) is not None:
+                out["tables"][name] = dict(table=t, **{k: final["tables"] / p.name for k, p in write_table(t, tdir).items()})
+        for name, make in FIGURES.items():
+            fig = make(results, per_class)
+            if fig is None: continue
+            fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
+            out["figures"][name] = final["figures"] / f"{name}.png"
+        out["pairs"] = pairs = all_paired(results)
+        pairs.to_csv(tdir / "paired.csv", index=False)
+        (tdir / "paired.md").write_text(paired_markdown(pairs), encoding="utf-8")
+        out["expectations"] = ex = expectations(summary, pairs)
+        (tdir / "expectations.md").write_text(ex.to_markdown(index=False) + "\n", encoding="utf-8")
+        with RunLock(final["tables"]):              # one swap at a time; each folder swapped in whole
+            for k in ("tables", "figures"): swap_in(tmp.pop(k), final[k])
+    finally:
+        for d in tmp.values(): shutil.rmtree(d, ignore_errors=True)
     return out
