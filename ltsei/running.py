@@ -235,8 +235,8 @@ def execute_run(task: Task, profile: str, nb=None, threads: int = 0, funcs: dict
 # %% ../nbs/14_running.ipynb #3d77a872
 def render_report(runs_dir, profile: str) -> Path:
     "Execute `nbs/report.ipynb` for `profile` and convert it to `runs_dir/profile/report.html` (both swapped in whole)."
-    import nbformat, papermill as pm
-    from nbconvert import HTMLExporter
+    import papermill as pm
+    from ltsei.discussion import report_html
     out = Path(runs_dir) / profile
     out.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out)
@@ -247,8 +247,7 @@ def render_report(runs_dir, profile: str) -> Path:
                                  parameters=dict(profile=profile, runs_dir=str(Path(runs_dir).resolve())),
                                  progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGS,
                                  kernel_manager_class=_tracked_kernel_manager())
-        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True)
-        html, _ = exporter.from_notebook_node(nbformat.from_dict(nb))
+        html = report_html(nb)
         (tmp / "report.html").write_text(html, encoding="utf-8")
         for name in ("report.ipynb", "report.html"): os.replace(tmp / name, out / name)
     finally:

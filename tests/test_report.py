@@ -91,7 +91,6 @@ def test_report_maths_offline(report):
     assert _remote_scripts(page) == []
 
 
-@pytest.mark.xfail(reason="ltsei.running.render_report must export with ltsei.discussion.report_html (house agent)", strict=False)
 def test_rendered_report_html_is_offline(report):
     _, html = report
     assert _remote_scripts(html.read_text(encoding="utf-8")) == []
