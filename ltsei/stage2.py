@@ -11,14 +11,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state
+from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state, Resume
 from .losses import log_prior
-from .moe_ltsei import MoEHead
+from .moe_ltsei import MoEHead, frequency_groups, routing_metrics
 
 # %% auto #0
 __all__ = ['STAGE2_MODES', 'LWSHead', 'Stage2Model', 'Stage2Mode', 'register_stage2_mode', 'get_stage2_mode', 'compute_features',
-           'Stage2Result', 'uses_cached_features', 'train_stage2', 'Stage3Error', 'tau_normalize', 'logit_adjust_fn',
-           'check_stage3']
+           'Stage2Result', 'gate_usage', 'uses_cached_features', 'train_stage2', 'Stage3Error', 'tau_normalize',
+           'logit_adjust_fn', 'check_stage3']
 
 # %% ../nbs/09_stage2.ipynb #9abef730
 class LWSHead(nn.Module):
@@ -108,14 +108,21 @@ class Stage2Result:
     evaluate: Callable               # (split_name, state='best'|'last', head=None, logit_transform=None) -> metrics dict
     feature_seconds: float = 0.0
 
+def gate_usage(routing: dict) -> dict:
+    "Flat scalars of `routing_metrics`: routing accuracy and the mean gate probability of expert k on group g."
+    out = {"routing_acc": routing["routing_acc"]}
+    for g, probs in enumerate(routing["usage_by_group"]):
+        for k, p in enumerate(probs or []): out[f"gate_group{g}_expert{k}"] = p
+    return out
+
 def uses_cached_features(mode: Stage2Mode, s2) -> bool:
     "Cached features are exact when the backbone is frozen and in eval mode."
     return (not mode.train_backbone) and bool(s2.freeze_bn) and bool(s2.cache_features)
 
 def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, batch_size: int, eval_batch_size: int,
                  momentum: float, weight_decay: float, log_path=None, progress: bool = True,
-                 seed: int) -> Stage2Result:
-    "Train the stage-2 head of mode `s2.mode` on top of the stage-1 `model`."
+                 seed: int, resume: Resume | None = None) -> Stage2Result:
+    "Train the stage-2 head of mode `s2.mode` on top of the stage-1 `model` (resumable: see `ltsei.train.Resume`)."
     t0 = time.time()
     mode = get_stage2_mode(s2.mode)
     torch.manual_seed(seed)
@@ -136,9 +143,14 @@ def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, b
         x_of = lambda k: x_val if k == "val" else splits[k].x
     ev = lambda m, k, **kw: evaluate(m, x_of(k), splits[k].y, eval_batch_size, run_rt, data.num_classes, data.groups, **kw)
     opt = make_optimizer(trainee.parameters(), s2.optimizer, s2.lr, momentum, weight_decay)
+    extras = None
+    if s2.mode == "moe_ltsei":                      # gate usage per frequency group, every epoch (for TensorBoard)
+        K, fg = s2.moe.num_experts, frequency_groups(data.class_counts, s2.moe.num_experts)
+        extras = lambda val: gate_usage(routing_metrics(val["_gate_probs"], data.val.y, fg, K))
     res = fit(trainee, x_train, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt, epochs=s2.epochs,
               lr=s2.lr, warmup_epochs=s2.warmup_epochs, batch_size=batch_size, rt=run_rt,
-              validate=lambda m: ev(m, "val"), log_path=log_path, desc=f"stage2 {s2.mode}", progress=progress)
+              validate=lambda m: ev(m, "val"), log_path=log_path, desc=f"stage2 {s2.mode}", progress=progress,
+              resume=resume, epoch_extras=extras)
     trainee.load_state_dict(res.best_state)
 
     def evaluate_split(k, state="best", head=None, logit_transform=None):

@@ -4,21 +4,24 @@
 
 # %% ../nbs/08_train.ipynb #8557a1b9
 from __future__ import annotations
-import contextlib, csv, math, os, time
+import contextlib, csv, math, os, random, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .losses import logits_of, MoEOutput
 from .metrics import compute_metrics
+from .cache import atomic_save, atomic_write_text, safe_load, to_plain, UnsafeCheckpoint, DamagedCheckpoint
 
 # %% auto #0
-__all__ = ['Runtime', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at', 'eval_batches', 'predict', 'evaluate',
-           'atomic_save', 'atomic_write_text', 'state_copy', 'using_state', 'NonFiniteLoss', 'FitResult', 'fit']
+__all__ = ['RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at', 'eval_batches',
+           'predict', 'evaluate', 'state_copy', 'using_state', 'rng_state', 'set_rng_state', 'Resume', 'NonFiniteLoss',
+           'FitResult', 'fit']
 
 # %% ../nbs/08_train.ipynb #cc420e46
 @dataclass
@@ -105,30 +108,16 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> 
     return res
 
 def evaluate(model, x, y, batch_size, rt, num_classes, groups, logit_transform: Callable | None = None) -> dict:
-    "Metrics of methods.md on one split (plus the raw predictions under '_pred')."
+    "Metrics of methods.md on one split (plus the raw predictions under '_pred', '_logits', '_gate_probs')."
     out = predict(model, x, batch_size, rt)
     logits = out["logits"] if logit_transform is None else logit_transform(out["logits"])
     pred = logits.argmax(1)
     m = compute_metrics(y.cpu().numpy(), pred.numpy(), num_classes, groups)
-    m["_pred"] = pred
+    m["_pred"], m["_logits"] = pred, logits
     if "gate_probs" in out: m["_gate_probs"] = out["gate_probs"]
     return m
 
 # %% ../nbs/08_train.ipynb #afa2606e
-def atomic_save(obj, path) -> None:
-    "torch.save to `path` atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-def atomic_write_text(path, text: str) -> None:
-    "Write text to `path` atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 def state_copy(module: nn.Module) -> dict:
     "A detached CPU copy of a module's state_dict."
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
@@ -140,6 +129,70 @@ def using_state(module: nn.Module, state: dict):
     module.load_state_dict(state)
     try: yield module
     finally: module.load_state_dict(keep)
+
+# %% ../nbs/08_train.ipynb #41029182
+RESUME_FORMAT = "ltsei-resume-v1"
+
+def rng_state() -> dict:
+    "The states of every random generator a training step may draw from: torch (CPU, CUDA), numpy, Python."
+    py, npst = random.getstate(), np.random.get_state()
+    d = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+         "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): d["cuda"] = torch.cuda.get_rng_state_all()
+    return d
+
+def set_rng_state(d: dict) -> None:
+    "Restore what `rng_state` returned."
+    random.setstate((d["python"][0], tuple(d["python"][1]), d["python"][2]))
+    n = d["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(d["torch"])
+    if "cuda" in d and torch.cuda.is_available(): torch.cuda.set_rng_state_all(d["cuda"])
+
+@dataclass
+class Resume:
+    """Where `fit` keeps the state that resumes an interrupted training, and whose it is (`tag`)."""
+    path: Path
+    tag: str
+    overhead: float = 0.05          # save when (time since the last save) * overhead >= (time the last save took)
+    saves: int = 0
+    save_seconds: float = 0.0       # total time spent saving (measured)
+    _last_end: float = 0.0
+    _last_cost: float = 0.0
+
+    def load(self) -> Optional[dict]:
+        "The saved state, or None (none, another tag, or damaged: then it is removed, with a note)."
+        p = Path(self.path)
+        if not p.is_file(): return None
+        try: st = safe_load(p)
+        except (UnsafeCheckpoint, DamagedCheckpoint) as e: return self._drop(f"{e}")
+        if not isinstance(st, dict) or st.get("format") != RESUME_FORMAT: return self._drop("not an ltsei resume state")
+        if st.get("tag") != self.tag: return self._drop(f"it belongs to another training (tag {st.get('tag')})")
+        return st
+
+    def _drop(self, why: str):
+        print(f"[ltsei] ignoring the resume state {self.path}: {why}; starting this stage over", flush=True)
+        self.clear()
+        return None
+
+    def due(self) -> bool:
+        "Whether to save now (see `overhead`)."
+        return self.saves == 0 or (time.time() - self._last_end) * self.overhead >= self._last_cost
+
+    def save(self, state: dict) -> None:
+        t = time.time()
+        atomic_save({"format": RESUME_FORMAT, "tag": self.tag, **state}, self.path)
+        self._last_end = time.time()
+        self._last_cost = self._last_end - t
+        self.saves += 1; self.save_seconds += self._last_cost
+
+    def clear(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+def _fits(model: nn.Module, sd) -> bool:
+    own = model.state_dict()
+    return isinstance(sd, dict) and sd.keys() == own.keys() and all(
+        isinstance(v, torch.Tensor) and v.shape == own[k].shape for k, v in sd.items())
 
 # %% ../nbs/08_train.ipynb #13c1957e
 class NonFiniteLoss(FloatingPointError):
@@ -156,31 +209,52 @@ class FitResult:
     epochs_run: int = 0
     seconds: float = 0.0
 
+LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "val_balanced_acc", "seconds")
+
+def _log_row(writer, row: dict):
+    writer.writerow([row[k] if not isinstance(row[k], float) else f"{row[k]:.6g}" for k in LOG_COLUMNS])
+
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler, optimizer,
         epochs: int, lr: float, warmup_epochs: int, batch_size: int, rt: Runtime,
         validate: Callable[[nn.Module], dict], log_path=None, desc: str = "train",
-        progress: bool = True) -> FitResult:
+        progress: bool = True, resume: Optional[Resume] = None,
+        epoch_extras: Optional[Callable[[dict], dict]] = None) -> FitResult:
     """Train `model` on (x, y) for `epochs` epochs; select the state with the best
-    validation balanced accuracy (`validate(model)` returns compute_metrics' dict)."""
+    validation balanced accuracy (`validate(model)` returns compute_metrics' dict). With `resume`,
+    continue from its saved state if there is one, and save the state at epoch ends (see `Resume`).
+    `epoch_extras(val)` adds named scalars to each epoch's history row (under "extra"; not in the CSV log)."""
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total, warm = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None
     x_dev, y_dev = x.to(rt.device), y.to(rt.device)
     if isinstance(loss_fn, nn.Module): loss_fn.to(rt.device)     # class weights, priors, groups
+    best, history, start, val, cur_lr = None, [], 0, None, lr
+    st = resume.load() if resume is not None else None
+    if st is not None and not (_fits(model, st["model"]) and st["epoch"] < epochs):
+        st = resume._drop("it does not fit this model or schedule")
+    if st is not None:
+        optimizer.load_state_dict(st["optimizer"])          # checks the parameter groups before changing anything
+        model.load_state_dict(st["model"])
+        if scaler is not None and st.get("scaler"): scaler.load_state_dict(st["scaler"])
+        if st.get("sampler_seed") is not None and hasattr(sampler, "_seed"): sampler._seed = st["sampler_seed"]
+        history, start, val = st["history"], st["epoch"] + 1, st["last_val"]
+        best = (st["best_epoch"], st["best_val"], st["best_state"] if st["best_state"] is not None else state_copy(model))
+        cur_lr = history[-1]["lr"] if history else lr
+        set_rng_state(st["rng"])
+        print(f"[ltsei] {desc}: resuming after epoch {st['epoch']} of {epochs} ({resume.path})", flush=True)
     log = None
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "w", newline="")
         writer = csv.writer(log)
-        writer.writerow(["epoch", "lr", "train_loss", "train_acc", "val_acc", "val_balanced_acc", "seconds"])
-    best = None
-    history = []
-    t0 = time.time()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, mininterval=2, dynamic_ncols=True)
-    step = 0
+        writer.writerow(LOG_COLUMNS)
+        for row in history: _log_row(writer, row)
+    t0 = time.time() - (history[-1]["seconds"] if history else 0.0)
+    step = start * steps_per_epoch
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not progress, mininterval=2, dynamic_ncols=True)
     try:
-        for epoch in range(epochs):
+        for epoch in range(start, epochs):
             model.train()
             loss_fn.set_epoch(epoch)
             idx_all = sampler.epoch_indices(epoch).to(rt.device)
@@ -212,12 +286,20 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
             val = validate(model)
             row = {"epoch": epoch, "lr": cur_lr, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                    "val_acc": val["acc"], "val_balanced_acc": val["balanced_acc"], "seconds": time.time() - t0}
+            if epoch_extras is not None: row["extra"] = to_plain(epoch_extras(val))
             history.append(row)
             if log is not None:
-                writer.writerow([row[k] if not isinstance(row[k], float) else f"{row[k]:.6g}" for k in row]); log.flush()
+                _log_row(writer, row); log.flush()
             if best is None or val["balanced_acc"] > best[1]["balanced_acc"]:
                 best = (epoch, val, state_copy(model))
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_bacc=f"{val['balanced_acc']:.3f}", refresh=False)
+            if resume is not None and epoch < epochs - 1 and resume.due():
+                public = lambda m: to_plain({k: v for k, v in m.items() if not k.startswith("_")})
+                resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict() if scaler is not None else None,
+                             "sampler_seed": getattr(sampler, "_seed", None), "rng": rng_state(),
+                             "history": to_plain(history), "last_val": public(val), "best_epoch": best[0],
+                             "best_val": public(best[1]), "best_state": None if best[0] == epoch else best[2]})
     finally:
         bar.close()
         if log is not None: log.close()

@@ -128,8 +128,9 @@ def test_stage1_key_covers_numerics_and_data():
     "Issue 10, item 7: the thread count (on the CPU), the torch version and the data identity are in the key."
     a = compose_config(["profile=smoke"])
     st = stage1_settings(a)
-    assert st["numerics"] == {"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
-                              "num_threads": None if torch.cuda.is_available() else 1}
+    cpu = not torch.cuda.is_available()
+    assert st["numerics"] == {"torch": torch.__version__, "device": "cpu" if cpu else "cuda", "num_threads": 1 if cpu else None,
+                              "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None}
     assert "synth_key" in st["data_identity"] and "num_threads" not in st["training"]
     assert a.training.num_threads == 1
     if not torch.cuda.is_available():

@@ -67,7 +67,7 @@ def test_given_checkpoint_checked(in_scratch):
     with pytest.raises(CheckpointError, match="no such file"):
         run([f"stage1.checkpoint={in_scratch / 'nope.pt'}"], in_scratch / "ck_c")
     bad = in_scratch / "half.pt"
-    payload = torch.load(ck, weights_only=False); payload["complete"] = False; torch.save(payload, bad)
+    payload = torch.load(ck, weights_only=True); payload["complete"] = False; torch.save(payload, bad)
     with pytest.raises(CheckpointError, match="not a complete"):
         run([f"stage1.checkpoint={bad}"], in_scratch / "ck_d")
     with pytest.raises(CheckpointError, match="ResNet1D"):
@@ -81,13 +81,15 @@ def test_given_checkpoint_checked(in_scratch):
 def test_cached_features_equal_uncached(in_scratch, mode, loss, stage3):
     "Stage 2 (and stage 3 after it, evaluated on the cached features) gives the same head and metrics either way."
     common = [f"stage2.mode={mode}", f"stage2.loss={loss}", "stage2.sampler=class_uniform", "seed=5",
-              "stage2.epochs=3", "training.precision=fp32", "training.channels_last=false", f"stage3.mode={stage3}"]
+              "stage2.epochs=3", "training.precision=fp32", "training.channels_last=false", f"stage3.mode={stage3}",
+              # unscaled, so that both paths train 3 stage-2 epochs (the smoke profile scales only the uncached one)
+              "scale.epoch_scale=1.0", "training.epochs=2", "training.warmup_epochs=1", "stage2.warmup_epochs=1"]
     mode = f"{mode}_{stage3}"
     a = run(common, in_scratch / f"cache_{mode}_a")
     b = run(common + ["stage2.cache_features=false"], in_scratch / f"cache_{mode}_b")
     assert a["stage2"]["cached_features"] and not b["stage2"]["cached_features"]
-    ha = torch.load(in_scratch / f"cache_{mode}_a" / "checkpoints" / "stage2_best.pt", weights_only=False)["state_dict"]
-    hb = torch.load(in_scratch / f"cache_{mode}_b" / "checkpoints" / "stage2_best.pt", weights_only=False)["state_dict"]
+    ha = torch.load(in_scratch / f"cache_{mode}_a" / "checkpoints" / "stage2_best.pt", weights_only=True)["state_dict"]
+    hb = torch.load(in_scratch / f"cache_{mode}_b" / "checkpoints" / "stage2_best.pt", weights_only=True)["state_dict"]
     hb = {k.removeprefix("head."): v for k, v in hb.items() if k.startswith("head.")}
     assert ha.keys() == hb.keys()
     for k in ha: torch.testing.assert_close(ha[k], hb[k], atol=1e-4, rtol=1e-4)
@@ -168,3 +170,28 @@ def test_ltsei_command(in_scratch, capsys):
     assert x.ndim == 3 and x.shape[2] == 2
     assert main(["run", "stage2.enabled=false", "profile=smoke", f"hydra.run.dir={in_scratch / 'cli_run'}"]) == 0
     check_metrics(in_scratch / "cli_run" / "metrics.json")
+
+
+def test_predictions_and_tensorboard_agree_with_metrics(in_scratch):
+    "predictions.npz holds what metrics.json was computed from; TensorBoard gets every epoch of both stages."
+    from ltsei.metrics import compute_metrics
+    from ltsei.moe_ltsei import frequency_groups, routing_metrics
+    out = in_scratch / "pred_moe"
+    m = run(["stage2.epochs=8", "seed=5"], out)
+    p = np.load(out / "predictions.npz")
+    for split in ("test", "val"):
+        assert (p[f"{split}_logits"].argmax(1) == p[f"{split}_pred"]).all()
+        again = compute_metrics(p[f"{split}_labels"], p[f"{split}_pred"], len(m["class_counts"]), m["groups"])
+        assert json.loads(json.dumps(again)) == m[split]
+        assert p[f"{split}_gate_probs"].shape == (len(p[f"{split}_labels"]), 3)
+    K = 3
+    r = routing_metrics(p["test_gate_probs"], p["test_labels"], frequency_groups(m["class_counts"], K), K)
+    assert r["routing_acc"] == pytest.approx(m["routing"]["routing_acc"])
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(out / "tensorboard")); ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"stage1/train_loss", "stage1/lr", "stage1/val_balanced_acc", "stage2/train_loss", "stage2/routing_acc",
+            "stage2/gate_group2_expert0", "test/balanced_acc"} <= tags
+    assert len(ea.Scalars("stage2/train_loss")) == 8 and len(ea.Scalars("stage2/gate_group0_expert1")) == 8
+    assert ea.Scalars("test/balanced_acc")[0].value == pytest.approx(m["test"]["balanced_acc"])
