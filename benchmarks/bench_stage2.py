@@ -49,7 +49,8 @@ def main():
             "moe_ltsei": ["stage2.mode=moe_ltsei", "stage2.loss=MoELTSEILoss"]}
     ok = True
     for mode, ov in rows.items():
-        cfg = compose_config([f"profile={a.profile}", *ov, f"stage2.epochs={a.epochs}", "scale.epoch_scale=1.0"])
+        cfg = compose_config([f"profile={a.profile}", *ov, f"stage2.epochs={a.epochs}",
+                              f"stage2.warmup_epochs={min(5, a.epochs)}", "scale.epoch_scale=1.0"])
         data = load_data(cfg.data, cfg.seed)
         rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
         unc, _ = time_mode(cfg, data, rt, cached=False)

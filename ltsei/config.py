@@ -19,12 +19,12 @@ from .data import DataConfig
 from .models import ModelConfig
 
 # %% auto #0
-__all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'OPTIMIZERS', 'STAGE3_MODES', 'EPOCH_KEYS',
-           'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig', 'TrainingConfig',
-           'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config', 'ScaleConfig', 'Config',
-           'profile_node', 'register_configs', 'all_keys', 'check_overrides', 'check_num_classes', 'validate',
-           'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config', 'print_config', 'input_files',
-           'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+__all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
+           'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig',
+           'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
+           'ScaleConfig', 'Config', 'profile_node', 'register_configs', 'all_keys', 'check_overrides',
+           'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
+           'print_config', 'input_files', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/03_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 # %% ../nbs/03_config.ipynb #1607e0e0
 @dataclass
 class LossConfig:
-    "Stage-1 loss (`loss.*`); meanings in methods.md."
+    "Stage-1 loss (`loss.*`); meanings in the methods overview (nbs/methods.ipynb)."
     name: str = "CrossEntropy"
     focal_gamma: float = 2.0
     focal_alpha: Any = None            # null, a number, or a per-class list
@@ -74,6 +74,7 @@ class MoEHeadConfig:
     gate_hidden: int = 128
     gate_dropout: float = 0.1
     normalize_features: bool = True
+    detach_gate: bool = False          # true: only L_gate / L_lb train the gate (the mixture uses sg(g)); false = the guide
 
 @dataclass
 class MoELossConfig:
@@ -167,6 +168,7 @@ def profile_node(name: str) -> dict:
 
 # %% ../nbs/03_config.ipynb #0f3ae43f
 RUN_DIR = "runs/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"
+SWEEP_DIR = "runs/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
 
 def register_configs():
     "Store the config tree and the profiles in Hydra's ConfigStore (idempotent)."
@@ -175,7 +177,7 @@ def register_configs():
     base = OmegaConf.structured(Config)
     node = {k: base[k] for k in base}
     node["defaults"] = ["_self_", {"profile": "paper"}]
-    node["hydra"] = {"run": {"dir": RUN_DIR}, "job": {"chdir": False}}
+    node["hydra"] = {"run": {"dir": RUN_DIR}, "sweep": {"dir": SWEEP_DIR, "subdir": "${hydra.job.num}"}, "job": {"chdir": False}}
     cs.store(name="config", node=node)
     for p in PROFILES:
         cs.store(group="profile", name=p, node=profile_node(p), package="_global_")

@@ -82,7 +82,8 @@ def _finetune_head(model, num_classes, s2):
 def _moe_head(model, num_classes, s2):
     return MoEHead(feature_dim=model.feature_dim, num_classes=num_classes, num_experts=s2.moe.num_experts,
                    gate_hidden=s2.moe.gate_hidden, gate_dropout=s2.moe.gate_dropout,
-                   normalize_features=s2.moe.normalize_features, scale=s2.moe_loss.scale)
+                   normalize_features=s2.moe.normalize_features, scale=s2.moe_loss.scale,
+                   detach_gate=bool(s2.moe.detach_gate))
 
 def get_stage2_mode(name: str) -> Stage2Mode:
     if name not in STAGE2_MODES:

@@ -108,7 +108,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> 
     return res
 
 def evaluate(model, x, y, batch_size, rt, num_classes, groups, logit_transform: Callable | None = None) -> dict:
-    "Metrics of methods.md on one split (plus the raw predictions under '_pred', '_logits', '_gate_probs')."
+    "The metrics of `ltsei.metrics` on one split (plus the raw predictions under '_pred', '_logits', '_gate_probs')."
     out = predict(model, x, batch_size, rt)
     logits = out["logits"] if logit_transform is None else logit_transform(out["logits"])
     pred = logits.argmax(1)
