@@ -203,18 +203,24 @@ def find_preamble(env, sample_rate: float, search=(-0.3e-6, 1.0e-6)) -> np.ndarr
     score = chip_e @ sign
     return cands[np.argmax(score, axis=1)]
 
-def demodulate(env, sample_rate: float, n_bits: int = 112, t0=None) -> tuple[np.ndarray, np.ndarray]:
-    """PPM demodulation of envelopes (B, L): bits (B, n_bits) uint8 and the frame starts t0 (B,) in seconds
-    (found with `find_preamble` when not given). Bit k is 1 when the envelope's energy in the first half
-    of its bit period (8 + k us from t0) exceeds that in the second half."""
+def demodulate(env, sample_rate: float, n_bits: int = 112, t0=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """PPM demodulation of envelopes (B, L): returns (bits, t0, n) with bits (B, n) uint8, the frame starts
+    t0 (B,) in seconds (found with `find_preamble` when not given) and n the number of bits demodulated: the
+    first `n_bits`, or fewer when the frames end earlier (n = the whole bit periods that fit in every frame;
+    a frame that starts late, t0 > 0, holds fewer). Bit k is 1 when the envelope's energy in the first half
+    of its bit period (8 + k us from t0) exceeds that in the second half. Raises ValueError when not even one
+    bit fits after the 8 us preamble."""
     env = np.atleast_2d(np.asarray(env, dtype=np.float64))
     B, L = env.shape
+    if int(n_bits) < 1: raise ValueError(f"demodulate: n_bits={n_bits}: expected at least 1")
     t0 = find_preamble(env, sample_rate) if t0 is None else np.broadcast_to(np.asarray(t0, np.float64), (B,))
-    if np.any(t0 + DATA_START + n_bits * 1e-6 > (L + 0.5) / sample_rate + 1e-12):
-        raise ValueError(f"demodulate: {L} samples at {sample_rate/1e6:g} MS/s do not hold {n_bits} bits "
-                         f"after the 8 us preamble")
+    fit = np.floor(((L + 0.5) / sample_rate + 1e-12 - t0 - DATA_START) / 1e-6).astype(np.int64)   # (B,) whole bits
+    n = int(min(int(n_bits), fit.min()))
+    if n < 1:
+        raise ValueError(f"demodulate: {L} samples at {sample_rate/1e6:g} MS/s hold no bit after the 8 us preamble "
+                         f"(frame start up to {t0.max() * 1e6:.2f} us)")
     C = np.concatenate([np.zeros((B, 1)), np.cumsum(env, axis=1)], axis=1)
-    tk = t0[:, None, None] + DATA_START + (np.arange(n_bits)[None, :, None] + np.array([0, 0.5, 1.0])) * 1e-6
-    F = _window_integrals(C, tk * sample_rate)                           # (B, n_bits, 3)
+    tk = t0[:, None, None] + DATA_START + (np.arange(n)[None, :, None] + np.array([0, 0.5, 1.0])) * 1e-6
+    F = _window_integrals(C, tk * sample_rate)                           # (B, n, 3)
     first, second = F[..., 1] - F[..., 0], F[..., 2] - F[..., 1]
-    return (first > second).astype(np.uint8), np.asarray(t0)
+    return (first > second).astype(np.uint8), np.asarray(t0), n

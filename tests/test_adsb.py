@@ -78,19 +78,48 @@ def test_modulate_demodulate_decode(fs):
     x = env * np.exp(1j * (2 * np.pi * rng.uniform(-1e6, 1.5e6, (B, 1)) * t + rng.uniform(0, 2 * np.pi, (B, 1))))
     x = x + 0.05 * (rng.standard_normal((B, L)) + 1j * rng.standard_normal((B, L)))  # about 23 dB SNR
     iq = np.stack([x.real, x.imag], axis=1).astype(np.float32)
-    got, t0_hat = demodulate(envelope(iq), fs)
-    assert (got == bits).all()
+    got, t0_hat, n = demodulate(envelope(iq), fs)
+    assert n == 112 and (got == bits).all()
     assert np.abs(t0_hat - t0).max() < 0.1e-6
     for h in bits_to_hex(got):
         d = pyModeS.decode(h)
         assert d["df"] == 17 and d["crc_valid"] is True
 
 
-def test_demodulate_too_short():
+def test_demodulate_returns_the_bits_that_fit():
     bits = make_df17(np.random.default_rng(0), 2)
     env = pulse_envelope(ppm_chips(bits), 10e6, 960)
-    with pytest.raises(ValueError, match="do not hold 112 bits"):
-        demodulate(env, 10e6, 112)
-    got, _ = demodulate(env, 10e6, 88)  # 96 us hold the preamble and 88 bits
-    assert (got == bits[:, :88]).all()
+    got, _, n = demodulate(env, 10e6, 112)  # 96 us hold the preamble and 88 bits: 112 asked, 88 returned
+    assert n == 88 and got.shape == (2, 88) and (got == bits[:, :88]).all()
+    got, _, n = demodulate(env, 10e6, 88)
+    assert n == 88 and (got == bits[:, :88]).all()
+    got, _, n = demodulate(env, 10e6, 40)
+    assert n == 40 and (got == bits[:, :40]).all()
     assert np.allclose(find_preamble(env, 10e6), 0, atol=0.1e-6)
+    # a positive timing offset (the frame starts 0.3 us late): 87 whole bits fit in every frame
+    late = pulse_envelope(ppm_chips(bits), 10e6, 960, t0=np.array([0.3e-6, 0.0]))
+    got, t0, n = demodulate(late, 10e6, 88)
+    assert n == 87 and got.shape == (2, 87) and (got == bits[:, :87]).all()
+    assert abs(t0[0] - 0.3e-6) < 0.1e-6
+    # no bit after the preamble: a clear error
+    with pytest.raises(ValueError, match="hold no bit after the 8 us preamble"):
+        demodulate(env[:, :85], 10e6)
+    with pytest.raises(ValueError, match="n_bits"):
+        demodulate(env, 10e6, 0)
+
+
+def test_demodulate_synthetic_frames_with_late_start():
+    """Synthetic frames whose capture starts after the preamble (positive timing offset) demodulate
+    to the bits that fit instead of raising."""
+    from dataclasses import replace
+    from ltsei.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
+    import ltsei.synth as synth
+    cfg = replace(SYNTH_PRESETS["quick"], num_emitters=2, snr_db_min=30, snr_db_max=30)   # 96 us at 8 MS/s
+    old = synth.ALIGN_S
+    try:
+        synth.ALIGN_S = (0.15e-6, 0.25e-6)       # the first pulse starts 0.15-0.25 us after sample 0
+        x, bits = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 8, np.random.default_rng(0))
+    finally:
+        synth.ALIGN_S = old
+    got, t0, n = demodulate(envelope(x), cfg.sample_rate, 88)
+    assert n == 87 and (got == bits[:, :87]).all() and (t0 > 0).all()

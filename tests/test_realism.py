@@ -1,0 +1,162 @@
+"""The realism measurements (`ltsei.realism`) against hand-computed cases, and `ltsei realism`."""
+import json
+
+import numpy as np
+import pytest
+
+from ltsei.adsb import make_df17, ppm_chips, pulse_envelope
+from ltsei.realism import (REAL_ADSB_REFERENCE, STATS, as_complex, cfo_1nn_accuracy, compare, frame_start,
+                           load_frames, measure_frames, realism_main, realism_report, reference_summary,
+                           spread_ratio, summarize, synth_sample)
+from ltsei.synth import SYNTH_PRESETS, SynthConfig
+
+FS, L = 50e6, 4800
+
+
+def _frames(n=4, seed=0, lead=6, cfo=400e3, droop=0.10, dc=0.01, noise_power=0.001):
+    "Ideal PPM frames (1-sample raised-cosine edges) with a known carrier, lead, droop, DC and gap noise."
+    rng = np.random.default_rng(seed)
+    bits = make_df17(rng, n)
+    t = np.arange(L) / FS
+    env = pulse_envelope(ppm_chips(bits), FS, L, 20e-9, 20e-9, 0.0, -lead / FS)
+    z = env * (1 - droop * (t + lead / FS) / 96e-6) * np.exp(2j * np.pi * cfo * t + 1j)
+    noise = np.sqrt(noise_power / 2) * (rng.standard_normal(z.shape) + 1j * rng.standard_normal(z.shape))
+    return z + dc + noise * (env < 0.01), env, bits
+
+
+def test_known_frame():
+    z, env, _ = _frames()
+    st = measure_frames(z, FS)
+    assert list(st.start) == [-6] * 4 and list(st.bits) == [88] * 4
+    assert np.allclose(st.cfo, 400e3, atol=2e3)
+    assert np.allclose(st["align"], -6, atol=0.15)
+    assert np.allclose(st.droop, 10, atol=0.5)
+    assert (st.ripple < 0.1).all()
+    assert np.allclose(st.noise_floor, 10 * np.log10(0.001 + 1e-4) - 10 * np.log10(0.95 ** 2), atol=0.5)
+    assert np.allclose(st.dc_gap, 20 * np.log10(0.01 / 0.95), atol=1.5)
+    assert np.allclose(st.env0, 1 / 0.95, atol=0.06)
+    assert np.allclose(st.rms, np.sqrt((np.abs(z) ** 2).mean(1)), rtol=1e-9)
+    assert (st.noise_acf1 < 0.1).all() and np.allclose(st.noise_5mhz, 0.2, atol=0.05)
+    # a further 300 kHz of carrier offset moves cfo by 300 kHz and leaves obw99 (measured derotated) alone
+    st2 = measure_frames(z * np.exp(2j * np.pi * 300e3 * np.arange(L) / FS), FS)
+    assert np.allclose(st2.cfo - st.cfo, 300e3, atol=1e3) and np.allclose(st2.obw99, st.obw99, atol=0.05)
+    # the loader's real (N, 2, L) layout gives the same numbers
+    x = np.stack([z.real, z.imag], axis=1).astype(np.float32)
+    assert np.allclose(measure_frames(x, FS).cfo, st.cfo, atol=1)
+
+
+@pytest.mark.parametrize("start_us", [-0.2, 0.0, 2.0, 4.5])
+def test_frame_start(start_us):
+    bits = make_df17(np.random.default_rng(1), 2)
+    env = pulse_envelope(ppm_chips(bits), FS, L, 50e-9, 80e-9, 0.0, start_us * 1e-6)
+    assert np.array_equal(frame_start(env, FS), [round(start_us * 50)] * 2)
+
+
+def test_trapezoid_edges_and_raised_cosine_edges():
+    bits = make_df17(np.random.default_rng(2), 3)
+    chips = np.repeat(ppm_chips(bits), 25, axis=1)[:, :L]
+    trap = np.stack([np.convolve(c, np.ones(10) / 10)[:L] for c in chips])   # linear 10-sample ramps
+    st = measure_frames(trap.astype(complex), FS)
+    assert np.allclose(st.rise, 8.0) and np.allclose(st.fall, 8.0)           # 10-90 % of a 10-sample ramp
+    rc = pulse_envelope(ppm_chips(bits), FS, L, 100e-9, 160e-9, 0.0, 0.0)    # raised cosine: 5 and 8 samples
+    st = measure_frames(rc.astype(complex), FS)
+    assert np.allclose(st.rise, 5.0, atol=0.15) and np.allclose(st.fall, 8.0, atol=0.15)
+    # at 10 MS/s +-5 MHz covers the whole band: noise_5mhz is undefined
+    rc10 = pulse_envelope(ppm_chips(bits), 10e6, 960, 100e-9, 160e-9, 0.0, 0.0)
+    st = measure_frames(rc10.astype(complex) + 0.01, 10e6)
+    assert st.noise_5mhz.isna().all() and st.rise.notna().all()
+
+
+def test_noise_colour():
+    rng = np.random.default_rng(3)
+    _, env, _ = _frames(seed=3)
+    w = rng.standard_normal((4, L)) + 1j * rng.standard_normal((4, L))
+    white = measure_frames(env + 0.05 * w, FS)
+    ma = measure_frames(env + 0.05 * (w + np.roll(w, 1, axis=1)) / 2, FS)   # 2-tap average: lag-1 acf exactly 1/2
+    assert (white.noise_acf1 < 0.1).all() and np.allclose(white.noise_5mhz, 0.2, atol=0.05)
+    assert np.allclose(ma.noise_acf1, 0.5, atol=0.06)
+    assert (ma.noise_5mhz > white.noise_5mhz + 0.05).all()                 # low-pass noise: more power near DC
+
+
+def test_known_tone_at_other_rates():
+    for fs in (8e6, 20e6):
+        n = int(96e-6 * fs)
+        bits = make_df17(np.random.default_rng(4), 3)
+        env = pulse_envelope(ppm_chips(bits), fs, n, 60e-9, 100e-9, 0.0, 0.0)
+        z = env * np.exp(2j * np.pi * -250e3 * np.arange(n) / fs)
+        assert np.allclose(measure_frames(z, fs).cfo, -250e3, atol=2e3)
+
+
+def test_spread_and_1nn():
+    assert spread_ratio([1, 3, 5, 7], [0, 0, 1, 1]) == pytest.approx(2.0)
+    assert np.isnan(spread_ratio([1, 2, 3], [0, 1, 2]))
+    y = np.repeat(np.arange(3), 5)
+    assert cfo_1nn_accuracy(np.repeat([0.0, 1e5, 2e5], 5) + np.tile(np.arange(5.0), 3), y) == 1.0
+    # identical offsets: nothing to tell apart; 20 classes in groups of 10 average two groups
+    assert cfo_1nn_accuracy(np.zeros(15), y) <= 0.5
+    y20 = np.repeat(np.arange(20), 5)
+    assert cfo_1nn_accuracy(y20 * 1e5 + np.tile(np.arange(5.0), 20), y20, classes_per_group=10) == 1.0
+
+
+def test_reference_and_units():
+    R = REAL_ADSB_REFERENCE
+    assert R["frames"] == 84 and set(R["statistics"]) == set(STATS) and "DIR-SEI" in R["source"]
+    r50 = reference_summary()
+    assert r50.loc["rise", "median"] == R["statistics"]["rise"]["median"]
+    r8 = reference_summary(8e6)
+    assert r8.loc["rise", "median"] == pytest.approx(R["statistics"]["rise"]["median"] * 8 / 50)
+    assert np.isnan(r8.loc["noise_5mhz", "median"])
+    rt = reference_summary(time_units=True)
+    assert rt.loc["align", "median"] == pytest.approx(R["statistics"]["align"]["median"] * 20) and rt.loc["fall", "unit"] == "ns"
+    stats = measure_frames(_frames()[0], FS)
+    s = summarize(stats, FS)
+    t = compare(s, r50)
+    assert list(t.index) == list(STATS) and set(t["inside"]) <= {"yes", "no", "n/a"}
+    assert summarize(stats, FS, time_units=True).loc["rise", "median"] == pytest.approx(s.loc["rise", "median"] * 20)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, 2, L\)"):
+        as_complex(np.zeros((2, 3, 10)))
+    with pytest.raises(ValueError, match="sample_rate"):
+        measure_frames(np.zeros((1, 2, 100)), 1e6)
+    with pytest.raises(ValueError, match="preamble"):
+        measure_frames(np.zeros((1, 2, 100)), 50e6)
+
+
+def test_paper_default_is_real_like():
+    "The targets of the synthetic model, measured like the reference."
+    cfg = SynthConfig()
+    x, y = synth_sample(cfg, 10)
+    rep = realism_report(x, y, cfg.sample_rate)
+    t = compare(rep["summary"], reference_summary())
+    assert (t["inside"] == "yes").all(), t[t["inside"] != "yes"]
+    assert all(rep["spread_ratios"][k] <= 1.5 for k in ("rise", "fall", "droop")), rep["spread_ratios"]
+    assert 0.25 <= rep["cfo_1nn_accuracy"] <= 0.75
+
+
+def test_realism_main_against_reference(capsys):
+    assert realism_main(["--preset", "paper", "--emitters", "10", "--frames-per-emitter", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "compared with the reference: 84 real frames" in out and "synthetic medians inside the real p10-p90" in out
+    assert "spread ratio: rise" in out and "CFO-only 1-NN" in out
+    assert realism_main(["--preset", "quick", "--emitters", "10", "--frames-per-emitter", "3", "--rx-bandwidth", "5e6"]) == 0
+    out = capsys.readouterr().out
+    assert "rx_bandwidth=5000000.0" in out and "in ns (the sample rates differ)" in out and "n/a" in out
+
+
+def test_realism_main_against_files(tmp_path, capsys):
+    smoke = SYNTH_PRESETS["smoke"]
+    x, y = synth_sample(smoke, 4)
+    np.save(tmp_path / "X_train_6Class.npy", x.transpose(0, 2, 1).astype(np.float64))   # the public (N, L, 2) layout
+    np.save(tmp_path / "Y_train_6Class.npy", y)
+    (tmp_path / "meta.json").write_text(json.dumps({"sample_rate": smoke.sample_rate}))
+    xf, yf, fs, desc = load_frames([tmp_path / "X_train_6Class.npy"] * 2)          # the same file twice: deduplicated
+    assert xf.shape == x.shape and fs == smoke.sample_rate and "24 duplicates dropped" in desc
+    assert np.allclose(xf, x)
+    assert realism_main([str(tmp_path / "X_train_6Class.npy"), "--preset", "smoke", "--frames-per-emitter", "4"]) == 0
+    out = capsys.readouterr().out
+    # the same generator against its own frames: every comparable median is inside
+    assert "compared with 24 frames" in out and "12 of 12 synthetic medians inside the files p10-p90" in out
+    with pytest.raises(FileNotFoundError):
+        realism_main([str(tmp_path / "missing.npy")])
