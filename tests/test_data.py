@@ -51,18 +51,20 @@ def _cfg(tmp_path, **kw):
 
 def test_synthetic_bundle(tmp_path):
     b = load_data(_cfg(tmp_path, imbalance_ratio=10), seed=0)
-    assert b.num_classes == 6 and b.sample_rate == 10e6 and b.length == 960
-    for s, n in ((b.train, 100), (b.val, 36), (b.test, 36)):
-        assert s.x.shape == (n, 2, 960) and s.x.dtype == torch.float32 and s.x.is_contiguous()
+    L, n_pool = SMOKE.length, SMOKE.pool_per_class
+    assert b.num_classes == 6 and b.sample_rate == SMOKE.sample_rate and b.length == L
+    n_train = int(long_tail_class_counts(n_pool, 6, 10, 0).sum())
+    for s, n in ((b.train, n_train), (b.val, 6 * SMOKE.val_per_class), (b.test, 6 * SMOKE.test_per_class)):
+        assert s.x.shape == (n, 2, L) and s.x.dtype == torch.float32 and s.x.is_contiguous()
         assert s.y.dtype == torch.int64 and s.y.shape == (n,)
         assert torch.allclose(s.x.pow(2).sum(1).mean(1), torch.ones(n), atol=1e-4)
     assert np.array_equal(np.bincount(b.train.y.numpy()), b.class_counts)
-    assert np.array_equal(b.class_counts, long_tail_class_counts(40, 6, 10, 0))
-    assert (np.bincount(b.val.y.numpy()) == 6).all() and (np.bincount(b.test.y.numpy()) == 6).all()
+    assert np.array_equal(b.class_counts, long_tail_class_counts(n_pool, 6, 10, 0))
+    assert (np.bincount(b.val.y.numpy()) == SMOKE.val_per_class).all() and (np.bincount(b.test.y.numpy()) == SMOKE.test_per_class).all()
     assert b.groups == shot_groups(b.class_counts)
     assert b.info["source"] == "synthetic" and b.info["cache_key"] in b.info["cache_path"]
     text = b.summary()
-    assert "6 classes" in text and "train" in text and "tertiles" in text
+    assert "6 classes" in text and "train" in text and b.groups["rule"] in text
     # the data do not depend on the run seed; another split_seed moves the head
     b2 = load_data(_cfg(tmp_path, imbalance_ratio=10), seed=7)
     assert torch.equal(b.train.x, b2.train.x) and torch.equal(b.test.x, b2.test.x)
@@ -70,7 +72,7 @@ def test_synthetic_bundle(tmp_path):
     assert not np.array_equal(b3.class_counts, b.class_counts)
     # IR 1 is balanced and holds every IR-10 training frame (class c keeps the first n_c of its pool)
     b1 = load_data(_cfg(tmp_path, imbalance_ratio=1, normalize="none"), seed=0)
-    assert (b1.class_counts == 40).all()
+    assert (b1.class_counts == n_pool).all()
     s = load_synth(SMOKE, tmp_path / "cache")
     assert torch.equal(b1.train.x, torch.from_numpy(s.x("pool").astype(np.float32)))
     save_class_counts(b, tmp_path / "out" / "counts.json")
@@ -79,12 +81,13 @@ def test_synthetic_bundle(tmp_path):
 
 
 def test_target_length_and_omegaconf(tmp_path):
-    crop = load_data(_cfg(tmp_path, target_length=800, normalize="none"), 0)
-    pad = load_data(_cfg(tmp_path, target_length=1000, normalize="none"), 0)
+    L = SMOKE.length
+    crop = load_data(_cfg(tmp_path, target_length=L - 40, normalize="none"), 0)
+    pad = load_data(_cfg(tmp_path, target_length=L + 40, normalize="none"), 0)
     full = load_data(_cfg(tmp_path, normalize="none"), 0)
-    assert crop.length == 800 and pad.length == 1000
-    assert torch.equal(crop.test.x, full.test.x[..., :800])
-    assert torch.equal(pad.test.x[..., :960], full.test.x) and (pad.test.x[..., 960:] == 0).all()
+    assert crop.length == L - 40 and pad.length == L + 40
+    assert torch.equal(crop.test.x, full.test.x[..., :L - 40])
+    assert torch.equal(pad.test.x[..., :L], full.test.x) and (pad.test.x[..., L:] == 0).all()
     oc = OmegaConf.structured(_cfg(tmp_path, imbalance_ratio=10))
     assert torch.equal(load_data(oc, 0).train.x, load_data(_cfg(tmp_path, imbalance_ratio=10), 0).train.x)
 
@@ -105,7 +108,7 @@ def test_synth_main_round_trip(tmp_path, fmt):
         got = getattr(b, name)
         assert torch.equal(got.x, torch.from_numpy(s.x(split).astype(np.float32))), name
         assert torch.equal(got.y, torch.from_numpy(s.y(split))), name
-    assert b.sample_rate == 10e6 and b.num_classes == 6 and b.info["label_base"] == 0
+    assert b.sample_rate == SMOKE.sample_rate and b.num_classes == 6 and b.info["label_base"] == 0
     # the public files' naming (X_train_6Class.npy + Y_train_6Class.npy) and a stratified validation hold-out
     if fmt == "npy":
         for k in ("train", "test"):
@@ -114,9 +117,10 @@ def test_synth_main_round_trip(tmp_path, fmt):
         c2 = DataConfig(source="files", train_path=str(out / "X_train_6Class.npy"), test_path=str(out / "X_test_6Class.npy"),
                         val_fraction=0.25, imbalance_ratio=10)
         b2 = load_data(c2, 0)
-        assert (np.bincount(b2.val.y.numpy()) == 10).all()
-        assert np.array_equal(b2.class_counts, long_tail_class_counts(30, 6, 10, 0))
-        assert b2.info["n_max"] == 30
+        n_val = SMOKE.pool_per_class // 4
+        assert (np.bincount(b2.val.y.numpy()) == n_val).all()
+        assert np.array_equal(b2.class_counts, long_tail_class_counts(SMOKE.pool_per_class - n_val, 6, 10, 0))
+        assert b2.info["n_max"] == SMOKE.pool_per_class - n_val
         # no validation frame is also a training frame
         tr = {bytes(r) for r in b2.train.x.numpy()}
         assert not any(bytes(r) in tr for r in b2.val.x.numpy())
