@@ -15,5 +15,6 @@ setup(
     packages=find_packages(include=["ltsei", "ltsei.*"]),
     include_package_data=True,
     install_requires=cfg["requirements"].split(),
+    extras_require={"ray": ["ray>=2.9"], "slurm": ["submitit>=1.5"], "tensorboard": ["tensorboard>=2.14"]},
     entry_points={"console_scripts": cfg["console_scripts"].split()},
 )

@@ -41,7 +41,7 @@ def _rebalance(kv: dict) -> float:
 def fake_metrics(overrides, seed: int, num_classes: int = 12, n_max: int = 300, n_test: int = 20) -> dict:
     "Made-up `metrics.json` content (marked `demo`) for a run with these overrides: for demos and tests."
     kv = parse_overrides(overrides)
-    for k in ("seed", "profile", "training.num_threads"): kv.pop(k, None)
+    for k in ("seed", "profile", "training.num_threads", "data.cache_dir", "stage1.cache_dir"): kv.pop(k, None)  # where caches live changes no result
     ir, C = float(kv.get("data.imbalance_ratio", 100)), num_classes
     counts = long_tail_counts(n_max, C, ir).tolist()
     h = int(hashlib.sha1(json.dumps(sorted(kv.items())).encode()).hexdigest()[:8], 16)

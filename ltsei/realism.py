@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_realism.ipynb #6c344861
 from __future__ import annotations
-import argparse, hashlib, warnings
+import argparse, warnings
 from dataclasses import fields, replace
 import numpy as np
 import pandas as pd
@@ -431,8 +431,9 @@ def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None)
 def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: float | None = None,
                 dedup: bool = True) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Frames (N, 2, L) float32, labels (N,), sample rate and a description from capture files in any layout
-    `ltsei.data.read_xy` + `to_ncl` read. Frames found more than once (the public subsets share frames) are kept once."""
-    from ltsei.data import read_xy, to_ncl, PUBLIC_SAMPLE_RATE
+    `ltsei.data.read_xy` + `to_ncl` read. Frames found more than once (the public subsets share frames) are kept once
+    (the same frame: equal `ltsei.data.frame_hashes`, as the data loader's duplicate checks)."""
+    from ltsei.data import read_xy, to_ncl, frame_hashes, PUBLIC_SAMPLE_RATE
     xs, ys, rates = [], [], set()
     for p in paths:
         x, y, info = read_xy(p, role)
@@ -446,11 +447,9 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
     fs = float(sample_rate) if sample_rate else (rates.pop() if rates else PUBLIC_SAMPLE_RATE)
     x, y = np.concatenate(xs), np.concatenate(ys)
     n = len(y)
-    if dedup:
-        seen, keep = set(), []
-        for i in range(n):
-            h = hashlib.sha1(np.ascontiguousarray(x[i]).tobytes()).digest()
-            if h not in seen: seen.add(h); keep.append(i)
+    if dedup:      # one rule for "the same frame" across the project: ltsei.data.frame_hashes
+        _, first = np.unique(frame_hashes(x), return_index=True)
+        keep = np.sort(first)                                   # the first copy of each, in file order
         x, y = x[keep], y[keep]
     desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} of {len(np.unique(y))} classes "
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")

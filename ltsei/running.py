@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import launchers
 from .rows import (Row, RunLock, cache_overrides, read_metrics, remove_dead_temps, repo_dir, row_record, run_dir,
                         run_status, select_rows, stage1_group, temp_beside, write_json_atomic)
 
@@ -181,13 +182,22 @@ _KERNELS, _KERNELS_LOCK = {}, threading.Lock()  # kernel managers of the noteboo
 
 _KM_CLASS = None
 
-def _tracked_kernel_manager():
+def _tracked_kernel_manager(env: dict | None = None):
     """An AsyncKernelManager class whose started kernels `kill_kernels` can stop (papermill creates, owns and shuts it),
     and which shuts a finished notebook's idle kernel down without first interrupting it: jupyter_client's SIGINT
     before the shutdown request made the kernel log `KeyboardInterrupt caught in kernel.` to the console when it came
     while the kernel was still answering a message."""
     global _KM_CLASS
-    if _KM_CLASS is not None: return _KM_CLASS
+    if _KM_CLASS is None: _KM_CLASS = _make_tracked_kernel_manager()
+    if not env: return _KM_CLASS
+    extra = dict(env)
+    class EnvKernelManager(_KM_CLASS):          # the run's own environment (its GPU: CUDA_VISIBLE_DEVICES)
+        async def start_kernel(self, **kw):
+            kw["env"] = {**kw.get("env", os.environ), **extra}
+            await super().start_kernel(**kw)
+    return EnvKernelManager
+
+def _make_tracked_kernel_manager():
     from jupyter_client.manager import AsyncKernelManager
     class TrackedKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw):
@@ -199,8 +209,7 @@ def _tracked_kernel_manager():
         async def _async_interrupt_kernel(self):
             if self.shutting_down: return      # papermill is done with it: no SIGINT, just the shutdown request
             await super()._async_interrupt_kernel()
-    _KM_CLASS = TrackedKernelManager
-    return _KM_CLASS
+    return TrackedKernelManager
 
 def kill_kernels() -> int:
     "Kill the kernels of the notebooks this process is executing now (Ctrl-C); their runs then fail and are redone later."
@@ -211,9 +220,17 @@ def kill_kernels() -> int:
         if proc is not None and proc.poll() is None: proc.kill(); n += 1
     return n
 
-def execute_run(task: Task, profile: str, nb=None, threads: int = 0, funcs: dict | None = None, runs_dir=None) -> Path:
+def execute_run(task: Task, profile: str, nb=None, threads: int = 0, funcs: dict | None = None, runs_dir=None,
+                env: dict | None = None, km=None) -> Path:
     """Execute the experiment notebook for `task` into its directory (caches under `runs_dir`, by default the folder
-    three levels above the run's); raise if it fails or leaves no complete metrics. Hold the run's `RunLock`."""
+    three levels above the run's); raise if it fails or leaves no complete metrics. Hold the run's `RunLock`.
+    `env`: extra environment variables of the notebook's kernel (a GPU slot's CUDA_VISIBLE_DEVICES); `km`: a started
+    kernel to run it in (`ltsei.launchers.WarmKernels.take`, started with `env`), shut down afterwards in any case."""
+    try: return _execute_run(task, profile, nb, threads, funcs, runs_dir, env, km)
+    finally:
+        if km is not None: launchers.release_kernel(km)
+
+def _execute_run(task, profile, nb, threads, funcs, runs_dir, env, km) -> Path:
     import papermill as pm
     nb = load_notebook("experiment.ipynb") if nb is None else nb
     kernel_env()
@@ -225,7 +242,7 @@ def execute_run(task: Task, profile: str, nb=None, threads: int = 0, funcs: dict
     try:
         pm.execute_notebook(copy.deepcopy(nb), str(out_nb), parameters=params, kernel_name="python3",
                             progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGS,
-                            kernel_manager_class=_tracked_kernel_manager())
+                            kernel_manager_class=_tracked_kernel_manager(env), **({"km": km} if km is not None else {}))
     except pm.PapermillExecutionError as e:
         raise RunFailed(f"{e.ename}: {e.evalue} (traceback in {out_nb})") from None
     if read_metrics(task.out_dir) is None:
@@ -272,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="build the tables and figures but do not render the report")
     p.add_argument("--demo", action="store_true", help="made-up results instead of training, to try the pipeline")
+    launchers.add_arguments(p)
     return p
 
 class RunsDirError(ValueError):
@@ -306,9 +324,10 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     "`ltsei reproduce`: run the selected rows and seeds, then tables, figures and report. Returns the exit status."
     a = _parser().parse_args(argv)
     if a.seeds < 1: raise ValueError(f"--seeds must be at least 1, got {a.seeds}")
-    if a.jobs is None: a.jobs = default_jobs()
-    if a.jobs < 1: raise ValueError(f"--jobs must be at least 1, got {a.jobs}")
     t_start, runs_dir = time.time(), Path(a.runs_dir).expanduser().resolve()
+    opts = launchers.options_from_args(a, runs_dir, a.profile)      # a bad launcher option: one message, before any work
+    if a.jobs is None: a.jobs = opts.jobs = launchers.default_jobs(a.gpus_per_run) or default_jobs()
+    if a.jobs < 1: raise ValueError(f"--jobs must be at least 1, got {a.jobs}")
     rows = select_rows(a.rows)
     if not a.dry_run: check_runs_dir(runs_dir, a.profile)     # a dry run writes nothing
     tasks = plan_runs(rows, list(range(a.seeds)), a.profile, runs_dir)
@@ -320,7 +339,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     print(f"[reproduce] profile {a.profile}: {len(rows)} rows x {a.seeds} seed(s) = {len(tasks)} runs; "
           f"{n_done} complete (skipped), {len(todo)} to run with {n_groups} distinct stage-1 settings"
           + (" [demo: made-up results]" if a.demo else ""))
-    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else 0
+    threads = 0    # each run uses its config's training.num_threads: the numbers never depend on --jobs
     if a.dry_run:
         for t in tasks:
             print(f"  {t.status:8s} {t.name:28s} {t.out_dir}" + (f"  <- {t.error}" if t.error else ""))
@@ -330,8 +349,8 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     nb = load_notebook("experiment.ipynb")
     runnable = [t for t in tasks if t.status != "failed"]
     try:
-        run_tasks(runnable, lambda t: execute_run(t, a.profile, nb=nb, threads=threads, funcs=funcs, runs_dir=runs_dir),
-                  jobs=a.jobs, interrupt=kill_kernels, locks=True)
+        execute = launchers.RowExecutor(a.profile, threads, funcs, str(runs_dir), nb, warm=max(2, a.jobs))
+        launchers.run(a.launcher, runnable, execute, opts)
     except KeyboardInterrupt:
         stopped = [t.name for t in tasks if t.status == "interrupted"]
         print(f"\n[reproduce] interrupted; stopped {', '.join(stopped) or 'nothing'}: incomplete runs are redone "

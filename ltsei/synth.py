@@ -4,23 +4,30 @@
 
 # %% ../nbs/01_synth.ipynb #aa9247d7
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile, time, argparse, multiprocessing as mp
+import contextlib, errno, functools, hashlib, itertools, json, os, platform, re, shutil, signal, time, argparse
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import Optional
 import numpy as np
 import pandas as pd
+import scipy
 from scipy.ndimage import convolve1d
 from scipy.signal import lfilter
 from tqdm import tqdm
 from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
+from .cache import (CacheEntry, StorageError, pid_alive, replace_dir, reserve_space, sha256_file,
+                         storage_error, tmp_path)
 
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD', 'CFO_SHIFT_HZ',
            'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'DROOP_JITTER', 'RX_DC_DB', 'RMS_RANGE', 'SPLITS', 'CHUNK',
-           'STORE_DTYPE', 'SynthConfig', 'as_synth_config', 'check_synth_config', 'make_fingerprints', 'rx_filter_taps',
-           'synth_frames', 'estimate_cfo', 'split_sizes', 'synth_key', 'generate_split', 'generate_synth', 'SynthSet',
-           'load_synth', 'synth_main']
+           'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config',
+           'make_fingerprints', 'rx_filter_taps', 'synth_frames', 'estimate_cfo', 'split_sizes', 'synth_nbytes',
+           'synth_numerics', 'synth_key', 'generate_split', 'SynthWorkerError', 'generate_synth', 'SynthSet',
+           'synth_entry', 'load_synth', 'synth_main']
 
 # %% ../nbs/01_synth.ipynb #bffd2cf0
 @dataclass
@@ -232,10 +239,28 @@ def split_sizes(cfg) -> dict:
     "Frames per emitter in each stored split."
     return {"pool": int(cfg.pool_per_class), "val": int(cfg.val_per_class), "test": int(cfg.test_per_class)}
 
+def synth_nbytes(cfg) -> int:
+    "Bytes of one stored data set (X float16, Y int64, packed bits), headers aside."
+    C, L = int(cfg.num_emitters), int(cfg.length)
+    return sum(C * n * (2 * L * np.dtype(STORE_DTYPE).itemsize + 8 + 14) for n in split_sizes(cfg).values())
+
+@functools.lru_cache(maxsize=None)
+def synth_numerics() -> dict:
+    """What besides the code and the settings can change the generator's bytes: numpy's and scipy's versions
+    (random streams, filters) and the vector instructions numpy dispatches its float32 maths to on this CPU."""
+    try: from numpy._core._multiarray_umath import __cpu_features__ as have, __cpu_dispatch__ as targets
+    except ImportError:
+        try: from numpy.core._multiarray_umath import __cpu_features__ as have, __cpu_dispatch__ as targets
+        except ImportError: have, targets = {}, []
+    return {"numpy": np.__version__, "scipy": scipy.__version__, "machine": platform.machine(),
+            "simd": sorted(t for t in targets if have.get(t))}
+
 def synth_key(cfg) -> str:
-    "Cache key: a hash of the generator version, the storage dtype and every SynthConfig field."
+    """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field, the
+    generator version, the chunking (CHUNK seeds the chunks), the storage dtype and `synth_numerics`."""
     d = asdict(as_synth_config(cfg))
-    blob = json.dumps({"version": SYNTH_VERSION, "dtype": np.dtype(STORE_DTYPE).name, "config": d}, sort_keys=True)
+    blob = json.dumps({"version": SYNTH_VERSION, "dtype": np.dtype(STORE_DTYPE).name, "chunk": CHUNK,
+                       "numerics": synth_numerics(), "config": d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 def _work_items(cfg):
@@ -254,6 +279,12 @@ def _chunk_rng(cfg, si, e, ci):
 _WORKER = {}
 def _worker_init(cfg, fp, paths):
     _WORKER.update(cfg=cfg, fp=fp, paths=paths, mm={})
+
+def _pool_init(cfg, fp, paths):
+    "A pool worker's start: Ctrl-C is the parent's to handle (it stops the pool), so the worker ignores SIGINT."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _worker_init(cfg, fp, paths)
 
 def _run_item(item):
     "Generate one chunk and write it into the split's memory-mapped arrays (in a worker or in-process)."
@@ -283,12 +314,68 @@ def generate_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     y = np.repeat(np.arange(cfg.num_emitters, dtype=np.int64), split_sizes(cfg)[split])
     return np.concatenate(xs), y, np.concatenate(bs)
 
+# %% ../nbs/01_synth.ipynb #419949f3
+class SynthWorkerError(RuntimeError, ValueError):
+    """A generator process died (killed, out of memory) before the data set was complete; nothing was kept.
+    Also a ValueError, so that the command line reports it in one line like a `StorageError`."""
+
+@contextlib.contextmanager
+def _storage(path, action: str = "write"):
+    "Disk-full, read-only and permission errors inside the block become one `StorageError` naming `path`."
+    try: yield
+    except OSError as e:
+        if isinstance(e, StorageError): raise StorageError(path, e, action) from None   # name `path`, keep the reason
+        err = storage_error(path, e, action)
+        if err is e: raise
+        raise err from None
+
+def _new_array(path: Path, dtype, shape) -> np.memmap:
+    """A new .npy of `shape` opened as a writable memory map, its blocks allocated now (`reserve_space`):
+    a full disk fails here with one StorageError naming the file, not later with a bus error in the
+    process that writes into a sparse memory map."""
+    with _storage(path): a = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    reserve_space(path)
+    return a
+
+@contextlib.contextmanager
+def _sigint_held():
+    "SIGINT blocked in this thread for the block (a Ctrl-C meanwhile is delivered when it ends, not lost)."
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try: yield
+    finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+def _run_pool(items, workers: int, initargs, update, where) -> None:
+    """`_run_item` over `items` in `workers` forked processes. At most two chunks per worker are queued, so
+    an error or Ctrl-C in the parent stops once the chunks in flight are done; a worker that dies (killed,
+    out of memory) raises `SynthWorkerError` at once (`concurrent.futures` notices a dead worker, where
+    `multiprocessing.Pool` waits for it forever)."""
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_init, initargs=initargs)
+    todo, pending = iter(items), set()
+    def submit(k):
+        for it in itertools.islice(todo, k): pending.add(ex.submit(_run_item, it))
+    try:
+        with _sigint_held(): submit(2 * workers)       # the workers are forked here, never with a live SIGINT handler
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            pending.difference_update(done)
+            for f in done: update(f.result())
+            submit(len(done))
+    except BrokenProcessPool:
+        raise SynthWorkerError(f"a synthetic-data worker process died (killed, or out of memory) while writing {where}; "
+                               "nothing was kept: run it again") from None
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
 def generate_synth(cfg, out_dir, workers: Optional[int] = None, progress: bool = True) -> dict:
     """Generate the data set of `cfg` into the existing folder `out_dir`: for each split in SPLITS,
     X_{split}.npy (N, 2, L) STORE_DTYPE, Y_{split}.npy (N,) int64 (emitter ids, class-major),
     bits_{split}.npy (N, 14) uint8 (the 112 frame bits, packed); returns the meta dict (also written as
     meta.json, last). Chunks are seeded by (seed, split, emitter, chunk), so the output does not
-    depend on `workers` (default: up to 2 processes)."""
+    depend on `workers` (default: up to 2 processes). Every array's blocks are allocated before any
+    frame is made: a full disk, a read-only folder or a missing permission fail within seconds with
+    one `StorageError` naming the file; a worker that dies raises `SynthWorkerError`. The caller
+    removes `out_dir` on failure (`load_synth` and `synth_main` write into temporary folders)."""
     cfg = as_synth_config(cfg)
     check_synth_config(cfg)
     out_dir = Path(out_dir)
@@ -298,9 +385,9 @@ def generate_synth(cfg, out_dir, workers: Optional[int] = None, progress: bool =
     paths = {}
     for split, n in split_sizes(cfg).items():
         px, pb, py = out_dir / f"X_{split}.npy", out_dir / f"bits_{split}.npy", out_dir / f"Y_{split}.npy"
-        np.lib.format.open_memmap(px, "w+", STORE_DTYPE, (C * n, 2, L)).flush()
-        np.lib.format.open_memmap(pb, "w+", np.uint8, (C * n, 14)).flush()
-        np.save(py, np.repeat(np.arange(C, dtype=np.int64), n))
+        _new_array(px, STORE_DTYPE, (C * n, 2, L))
+        _new_array(pb, np.uint8, (C * n, 14))
+        with _storage(py): np.save(py, np.repeat(np.arange(C, dtype=np.int64), n))
         paths[split] = (px, pb)
     items = _work_items(cfg)
     total = sum(it[-1] for it in items)
@@ -314,13 +401,12 @@ def generate_synth(cfg, out_dir, workers: Optional[int] = None, progress: bool =
             finally:
                 _WORKER.clear()
         else:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, fp, paths)) as pool:
-                for n in pool.imap_unordered(_run_item, items): bar.update(n)
+            _run_pool(items, workers, (cfg, fp, paths), bar.update, out_dir)
     meta = {"version": SYNTH_VERSION, "key": synth_key(cfg), "config": asdict(cfg),
             "dtype": np.dtype(STORE_DTYPE).name, "sizes": split_sizes(cfg), "seconds": round(time.time() - t, 2),
             "fingerprints": fpdf.reset_index().to_dict(orient="list")}
-    with open(out_dir / "meta.json", "w") as f: json.dump(meta, f, indent=1)
+    pm = out_dir / "meta.json"
+    with _storage(pm), open(pm, "w") as f: json.dump(meta, f, indent=1)
     return meta
 
 # %% ../nbs/01_synth.ipynb #e2f4dcc0
@@ -340,50 +426,61 @@ class SynthSet:
     @property
     def fingerprints(self) -> pd.DataFrame: return pd.DataFrame(self.meta["fingerprints"]).set_index("emitter")
 
-def _pid_alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
+class _FullHash:
+    "Checksums computed from every byte at each use (a `CacheEntry`'s default remembers them by file stamp)."
+    def digest(self, path, trusted: bool = False) -> str: return sha256_file(path)
+    def remember(self, *args, **kw) -> None: pass
 
-def _clean_stale(cache_dir: Path, key: str):
-    "Remove temporary folders of `key` whose generating process is gone (an interrupted earlier run)."
-    for d in cache_dir.glob(f".tmp-synth-{key}-*"):
-        try: pid = int(d.name.split("-")[3])
-        except (IndexError, ValueError): pid = -1
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
+def synth_entry(cfg, cache_dir) -> CacheEntry:
+    "The cache entry `cache_dir/synth-KEY` of `cfg`, verified in full (size and sha256 of every file) whenever it is used."
+    entry = CacheEntry(cache_dir, f"synth-{synth_key(cfg)}", "synthetic-data cache entry")
+    entry.digests = _FullHash()
+    return entry
+
+def _clean_legacy(cache_dir: Path):
+    "Remove the temporary folders `.tmp-synth-KEY-PID-*` of earlier versions whose process is gone."
+    for d in cache_dir.glob(".tmp-synth-*-*-*"):
+        pid = d.name.split("-")[3]
+        if not (pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid)))): shutil.rmtree(d, ignore_errors=True)
+
+def _read_only(folder: Path) -> bool:
+    return folder.is_dir() and not os.access(folder, os.W_OK)
 
 def load_synth(cfg, cache_dir, workers: Optional[int] = None, progress: bool = True) -> SynthSet:
-    """The synthetic data set of `cfg` from `cache_dir`/synth-KEY, generated first if missing.
-    A new entry is written into a temporary folder beside it and renamed into place when complete,
-    so an interrupted run leaves nothing that a later run would load (its folder is removed later)."""
+    """The synthetic data set of `cfg` from the cache entry `cache_dir/synth-KEY` (`synth_entry`), generated
+    first if missing. Under the entry's lock: an entry whose files do not match its manifest (a file
+    changed, truncated or missing, the manifest missing) is reported in one line naming it, moved to
+    `cache_dir/quarantine/` and generated again; a new entry is generated in a temporary folder beside it,
+    given its manifest and renamed into place, so an interrupted or failed run leaves nothing that a later
+    run would load. A read-only cache folder is used as it is: an intact entry is loaded, anything else is
+    one `StorageError`."""
     cfg = as_synth_config(cfg)
     check_synth_config(cfg)
     cache_dir = Path(cache_dir)
-    key = synth_key(cfg)
-    final = cache_dir / f"synth-{key}"
-    if not (final / "meta.json").exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _clean_stale(cache_dir, key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-synth-{key}-{os.getpid()}-", dir=cache_dir))
-        try:
-            generate_synth(cfg, tmp, workers=workers, progress=progress)
-            try:
-                os.replace(tmp, final)
-            except OSError:      # another process finished the same entry first: keep theirs
-                if not (final / "meta.json").exists(): raise
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    with open(final / "meta.json") as f: meta = json.load(f)
-    return SynthSet(final, meta)
+    entry = synth_entry(cfg, cache_dir)
+    if _read_only(cache_dir):
+        why = entry.problem() if entry.path.exists() else "it is missing"
+        if why is not None:
+            ro = hasattr(os, "statvfs") and os.statvfs(cache_dir).f_flag & os.ST_RDONLY
+            raise StorageError(cache_dir, OSError(errno.EROFS if ro else errno.EACCES, ""),
+                               f"generate the synthetic data set {entry.path.name} ({why}) in")
+        return SynthSet(entry.path, json.loads((entry.path / "meta.json").read_text()))
+    with entry.lock():
+        _clean_legacy(cache_dir)
+        if not entry.ready():
+            with entry.building() as tmp, _storage(entry.path, f"write the synthetic data set ({synth_nbytes(cfg) / 2 ** 20:,.1f} MiB) to"):
+                generate_synth(cfg, tmp, workers=workers, progress=progress)
+                entry.publish(tmp)
+        meta = json.loads((entry.path / "meta.json").read_text())
+    return SynthSet(entry.path, meta)
 
 # %% ../nbs/01_synth.ipynb #e5821f46
 def _synth_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei synth", description="Write the built-in synthetic ADS-B emitter data set "
                                 "in the public files' layout: X_{train,val,test} (N, L, 2) float32, Y_* int64 from 0, "
-                                "meta.json (sample rate, settings) and hex_*.txt (each frame's 112 bits).")
-    p.add_argument("--out", required=True, help="output folder (created)")
+                                "meta.json (sample rate, settings) and hex_*.txt (each frame's 112 bits). The folder "
+                                "is written beside --out and renamed into place when complete.")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier ltsei synth output (replaced whole)")
     p.add_argument("--preset", choices=sorted(SYNTH_PRESETS), default="paper", help="starting settings (default: paper)")
     p.add_argument("--format", choices=("npy", "npz"), default="npy", help="one .npy per array, or one data.npz")
     p.add_argument("--cache-dir", default=None, help="reuse / fill this synthetic-data cache (default: no cache)")
@@ -397,43 +494,77 @@ def _synth_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, type=t, default=None, help=f"SynthConfig.{f.name}")
     return p
 
+PUBLIC_SPLITS = {"pool": "train", "val": "val", "test": "test"}
+PUBLIC_FILES = frozenset({"meta.json", "data.npz"} | {f"hex_{n}.txt" for n in PUBLIC_SPLITS.values()}
+                         | {f"{k}_{n}.npy" for k in "XY" for n in PUBLIC_SPLITS.values()})
+
+def _check_out(out: Path) -> None:
+    "Refuse an `--out` that is not a folder, or a folder holding anything `ltsei synth` does not write (it is replaced whole)."
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder: expected a new or empty folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in PUBLIC_FILES) if out.is_dir() else []
+    if other:
+        raise ValueError(f"--out {out}: holds files ltsei synth does not write ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}), and the folder is replaced whole: "
+                         "expected a new or empty folder, or an earlier ltsei synth output")
+
+def _clean_out_stale(out: Path) -> None:
+    "Remove `OUT.tmpPID` / `.OUT.oldPID` folders beside `out` left by `ltsei synth` processes that are gone."
+    pat = re.compile(rf"\.?{re.escape(out.name)}\.(tmp|old)(\d+)")
+    if not out.parent.is_dir(): return
+    for p in out.parent.iterdir():
+        m = pat.fullmatch(p.name)
+        if m and int(m[2]) != os.getpid() and not pid_alive(int(m[2])): shutil.rmtree(p, ignore_errors=True)
+
+def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
+    "The data set `s` in the public files' layout into `folder` (see `synth_main`)."
+    arrays = {}
+    for split, name in PUBLIC_SPLITS.items():
+        X, hexes = s.x(split), s.hex(split)
+        if fmt == "npy":
+            dst = _new_array(folder / f"X_{name}.npy", np.float32, (X.shape[0], X.shape[2], 2))
+            for i in range(0, X.shape[0], 2000): dst[i:i + 2000] = np.asarray(X[i:i + 2000], np.float32).transpose(0, 2, 1)
+            dst.flush(); del dst
+            np.save(folder / f"Y_{name}.npy", s.y(split))
+        else:
+            arrays[f"X_{name}"] = np.asarray(X, np.float32).transpose(0, 2, 1)
+            arrays[f"Y_{name}"] = s.y(split)
+            arrays[f"hex_{name}"] = np.array(hexes)
+        (folder / f"hex_{name}.txt").write_text("\n".join(hexes) + "\n")
+    if fmt == "npz":
+        np.savez(folder / "data.npz", sample_rate=np.float64(cfg.sample_rate), **arrays)
+    meta = {"sample_rate": float(cfg.sample_rate), "num_classes": int(cfg.num_emitters), "length": int(cfg.length),
+            "layout": "NLC", "label_base": 0, "format": fmt, "generator": SYNTH_VERSION, "key": s.key,
+            "config": asdict(cfg), "train": "balanced pool of pool_per_class frames per emitter"}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
 def synth_main(argv: list[str]) -> int:
     """`ltsei synth ...`: generate a synthetic data set and write it to `--out` (see `--help`).
-    The training arrays are the balanced per-class pool; the long tail is cut when the files are loaded."""
+    The training arrays are the balanced per-class pool; the long tail is cut when the files are loaded.
+    The files are written into `OUT.tmpPID` beside `--out` and the folder is renamed into place when
+    complete (replacing an earlier output): a failure or Ctrl-C leaves `--out` as it was, and a full disk
+    or a read-only folder is one `StorageError` naming `--out`."""
     a = _synth_parser().parse_args(argv)
     over = {f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None}
     cfg = replace(SYNTH_PRESETS[a.preset], **over)
     check_synth_config(cfg)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    tmp = None
+    out = Path(a.out).absolute()
+    _check_out(out)
+    _clean_out_stale(out)
+    stage = tmp_path(out, "dir")
     try:
-        if a.cache_dir:
-            s = load_synth(cfg, a.cache_dir, workers=a.workers, progress=not a.quiet)
-        else:
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-synth-", dir=out))
-            s = SynthSet(tmp, generate_synth(cfg, tmp, workers=a.workers, progress=not a.quiet))
-        names = {"pool": "train", "val": "val", "test": "test"}
-        arrays = {}
-        for split, name in names.items():
-            X, hexes = s.x(split), s.hex(split)
-            if a.format == "npy":
-                dst = np.lib.format.open_memmap(out / f"X_{name}.npy", "w+", np.float32, (X.shape[0], X.shape[2], 2))
-                for i in range(0, X.shape[0], 2000): dst[i:i + 2000] = np.asarray(X[i:i + 2000], np.float32).transpose(0, 2, 1)
-                dst.flush(); del dst
-                np.save(out / f"Y_{name}.npy", s.y(split))
-            else:
-                arrays[f"X_{name}"] = np.asarray(X, np.float32).transpose(0, 2, 1)
-                arrays[f"Y_{name}"] = s.y(split)
-                arrays[f"hex_{name}"] = np.array(hexes)
-            (out / f"hex_{name}.txt").write_text("\n".join(hexes) + "\n")
-        if a.format == "npz":
-            np.savez(out / "data.npz", sample_rate=np.float64(cfg.sample_rate), **arrays)
-        meta = {"sample_rate": float(cfg.sample_rate), "num_classes": int(cfg.num_emitters), "length": int(cfg.length),
-                "layout": "NLC", "label_base": 0, "format": a.format, "generator": SYNTH_VERSION, "key": s.key,
-                "config": asdict(cfg), "train": "balanced pool of pool_per_class frames per emitter"}
-        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        s = load_synth(cfg, a.cache_dir, workers=a.workers, progress=not a.quiet) if a.cache_dir else None
+        mib = synth_nbytes(cfg) * (2 if s else 3) / 2 ** 20     # the float32 files (and the float16 arrays they come from)
+        with _storage(out, f"write the data set (about {mib:,.0f} MiB) to"):
+            stage.mkdir(parents=True)
+            if s is None:
+                (gen := stage / ".generate").mkdir()
+                s = SynthSet(gen, generate_synth(cfg, gen, workers=a.workers, progress=not a.quiet))
+            _write_public(s, stage, a.format, cfg)
+            if s.path.parent == stage: shutil.rmtree(s.path)
+            replace_dir(stage, out)
     finally:
-        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
     print(f"wrote {out} ({a.format}): train/val/test = "
           f"{cfg.num_emitters} x {cfg.pool_per_class}/{cfg.val_per_class}/{cfg.test_per_class} frames of {cfg.length} samples at {cfg.sample_rate / 1e6:g} MS/s")
     return 0

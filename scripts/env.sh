@@ -6,7 +6,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.ltsei-installed"
-want="$(cat "$root/requirements.txt" "$root/settings.ini" "$root/setup.py" | sha1sum | cut -c1-16)"
+# LTSEI_EXTRAS=1 (set by ./test) also installs requirements-extras.txt: Ray, submitit, TensorBoard, tested but optional
+reqs=("$root/requirements.txt"); [ "${LTSEI_EXTRAS:-0}" = 1 ] && reqs+=("$root/requirements-extras.txt")
+want="$(cat "${reqs[@]}" "$root/settings.ini" "$root/setup.py" | sha1sum | cut -c1-16)"
 if [ ! -x "$venv/bin/python" ]; then
   echo "[ltsei] creating virtual environment in .venv" >&2
   python3 -m venv "$venv"
@@ -18,7 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # CPU build, pinned: an unpinned torch pulls a multi-GB CUDA build on a CPU machine.
     "$venv/bin/python" -m pip install -q "torch==2.13.0"
   fi
-  "$venv/bin/python" -m pip install -q -r "$root/requirements.txt"
+  for r in "${reqs[@]}"; do "$venv/bin/python" -m pip install -q -r "$r"; done
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"
   "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$want" > "$stamp"

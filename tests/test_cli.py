@@ -99,8 +99,6 @@ def test_ltsei_usage_lists_every_subcommand(capsys):
     assert main(["nope"]) == 2
 
 
-@pytest.mark.xfail(reason="ltsei.synth's pool workers do not ignore SIGINT yet: each prints `Process ForkPoolWorker-k:` "
-                   "and often a traceback (fix in nbs/01_synth.ipynb, _worker_init)", strict=False)
 def test_ctrl_c_in_ltsei_synth_is_one_line(tmp_path):
     "Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while workers generate data."
     p = subprocess.Popen(["ltsei", "synth", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),

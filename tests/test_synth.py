@@ -126,10 +126,11 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch, exc):
     monkeypatch.setattr(synth, "synth_frames", flaky)
     with pytest.raises(exc):
         load_synth(SMOKE, tmp_path, workers=1, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    lock = f"synth-{synth.synth_key(SMOKE)}.lock"        # the entry's lock file (empty) stays; no entry, no temporary folder
+    assert [p.name for p in tmp_path.iterdir()] == [lock]
     monkeypatch.setattr(synth, "synth_frames", real)
     s = load_synth(SMOKE, tmp_path, workers=1, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == [s.path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([s.path.name, lock])
 
 
 def test_stale_temp_dir_is_ignored_and_cleaned(tmp_path):
