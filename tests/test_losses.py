@@ -62,7 +62,7 @@ def test_moe_loss_available_after_importing_only_losses():
     code = ("import sys; from ltsei.losses import create_loss, LOSSES; "
             "assert 'ltsei.moe_ltsei' not in sys.modules; "
             "f = create_loss('MoELTSEILoss', [50, 20, 5, 1], num_experts=2, scale=30.0, beta=0.999, margin_m0=0.35, "
-            "margin_m1=0.2, margin_gamma=0.5, diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0); "
+            "margin_m1=0.2, margin_gamma=0.5, diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0, gate_weighting='none'); "
             "print(type(f).__module__, type(f).__name__)")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}

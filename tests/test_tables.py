@@ -145,12 +145,11 @@ def test_build_tables_writes_everything(tmp_path):
     write_fake_runs(runs, "quick", seeds=(0, 1))
     stale = runs / "quick" / "figures" / "old.png"; stale.parent.mkdir(parents=True); stale.write_text("x")
     b = build_tables(runs, "quick")
-    assert b["n_runs"] == 74 and b["demo"]
+    assert b["n_runs"] == 2 * len(ROWS) and b["demo"]
     names = {p.name for p in (runs / "quick" / "tables").iterdir()}
-    guide_tables = set(TABLES) - {"extra"}                             # no row outside the guide in the registry
-    assert set(b["tables"]) == guide_tables
+    assert set(b["tables"]) == set(TABLES)                             # the guide's tables and the extra rows' table
     assert names == ({"all_runs.csv", "summary.csv", "paired.csv", "paired.md", "expectations.md"}
-                     | {f"{n}.{e}" for n in guide_tables for e in ("md", "csv", "tex")})
+                     | {f"{n}.{e}" for n in TABLES for e in ("md", "csv", "tex")})
     assert set(b["figures"]) == {"bacc_vs_imbalance_ratio", "bacc_vs_num_experts", "group_accuracy", "per_class_recall", "confusion"}
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in b["figures"].values())
     assert not stale.exists()
