@@ -24,7 +24,7 @@ __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN
            'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
            'ScaleConfig', 'Config', 'profile_node', 'register_configs', 'all_keys', 'check_overrides',
            'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
-           'print_config', 'input_files', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/03_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -260,10 +260,9 @@ def check_num_classes(cfg, num_classes: int) -> None:
 
 def validate(cfg) -> None:
     "Check every name and number of a composed config; raise `ConfigError` naming the key."
-    from ltsei.data import DATA_SOURCES, NORMALIZATIONS
+    from ltsei.data import check_data_config
     from ltsei.models import CONV_IMPLS, MODELS
     from ltsei.losses import COST_STRATEGIES, STAGE1_LOSSES, STAGE2_LOSSES
-    from ltsei.synth import check_synth_config
     from ltsei.samplers import SAMPLERS
     from ltsei.stage2 import STAGE2_MODES, check_stage3
     _check_finite(cfg)
@@ -275,10 +274,8 @@ def validate(cfg) -> None:
     _choice("training.optimizer", cfg.training.optimizer, OPTIMIZERS)
     _choice("training.precision", cfg.training.precision, ("auto", "fp32", "bf16", "fp16"))
     _choice("training.channels_last", str(cfg.training.channels_last).lower(), ("auto", "true", "false"))
-    _choice("data.source", cfg.data.source, DATA_SOURCES)
-    _choice("data.normalize", cfg.data.normalize, NORMALIZATIONS)
-    try: check_synth_config(cfg.data.synth)
-    except ValueError as e: raise ConfigError(f"data.{e}") from None
+    try: check_data_config(cfg.data)              # the data section's own checks (data.synth included; no file read)
+    except ValueError as e: raise ConfigError(str(e)) from None
     _choice("stage2.mode", cfg.stage2.mode, sorted(STAGE2_MODES))
     _choice("stage2.loss", cfg.stage2.loss, STAGE2_LOSSES)
     if cfg.stage2.enabled and cfg.stage2.loss == "MoELTSEILoss" and cfg.stage2.mode != "moe_ltsei":
@@ -291,10 +288,8 @@ def validate(cfg) -> None:
     _choice("stage2.moe_loss.gate_weighting", cfg.stage2.moe_loss.gate_weighting, getattr(ltsei.moe_ltsei, "GATE_WEIGHTINGS", ("none",)))
     if cfg.stage2.enabled:   # stage 3 needs one linear classifier: refuse LWS / MoE heads before any work
         check_stage3(cfg.stage3.mode, f"the {cfg.stage2.mode} head", STAGE2_MODES[cfg.stage2.mode].linear_classifier)
-    if cfg.data.imbalance_ratio is None or not cfg.data.imbalance_ratio >= 1:
-        raise ConfigError(f"data.imbalance_ratio={cfg.data.imbalance_ratio!r} must be >= 1 (1 = balanced)")
     if cfg.stage2.batch_size is not None: _positive("stage2.batch_size", cfg.stage2.batch_size)
-    for k in ("training.lr", "stage2.lr", "training.epochs", "stage2.epochs", "data.batch_size", "training.num_threads",
+    for k in ("training.lr", "stage2.lr", "training.epochs", "stage2.epochs", "training.num_threads",
               "training.eval_batch_size", "stage2.moe.num_experts", "stage2.moe.gate_hidden", "stage2.moe_loss.scale"):
         _positive(k, OmegaConf.select(cfg, k))
     for k in ("training.warmup_epochs", "stage2.warmup_epochs", "loss.ldam_drw_start", "training.weight_decay",
@@ -309,7 +304,6 @@ def validate(cfg) -> None:
             raise ConfigError(f"{sec}.warmup_epochs={cfg[sec].warmup_epochs} is longer than {sec}.epochs={cfg[sec].epochs}: "
                               f"expected a warm-up of at most the whole stage")
     if cfg.data.source == "synthetic": check_num_classes(cfg, int(cfg.data.synth.num_emitters))
-    if cfg.data.target_length is not None: _positive("data.target_length", cfg.data.target_length)
     for k in ("loss.cb_beta", "stage2.cb_beta", "stage2.moe_loss.beta", "stage2.los_smoothing", "training.label_smoothing",
               "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
         v = OmegaConf.select(cfg, k)
@@ -318,15 +312,6 @@ def validate(cfg) -> None:
         name = cfg[prefix].name if prefix == "sampling" else cfg.stage2.sampler
         if name == "power" and cfg[prefix].alpha is None:
             raise ConfigError(f"{prefix}{'.name' if prefix == 'sampling' else '.sampler'}=power needs {prefix}.alpha (the exponent a)")
-    if cfg.data.source == "files":
-        for k in ("train_path", "test_path"):
-            if not cfg.data[k]: raise ConfigError(f"data.source=files needs data.{k} (a .npy/.npz/.mat/.h5 file)")
-    import ltsei.data
-    check_data = getattr(ltsei.data, "check_data_config", None)     # the data section's own checks (no file read)
-    if check_data is not None:
-        try: check_data(cfg.data)
-        except ConfigError: raise
-        except (ValueError, FileNotFoundError) as e: raise ConfigError(str(e)) from None
 
 # %% ../nbs/03_config.ipynb #2ef5038b
 EPOCH_KEYS = ("training.epochs", "training.warmup_epochs", "loss.ldam_drw_start", "stage2.epochs", "stage2.warmup_epochs")
@@ -380,29 +365,10 @@ def print_config(cfg) -> str:
 STAGE1_SECTIONS = ("seed", "scale", "data", "model", "loss", "sampling", "training")
 STAGE1_IGNORE = ("data.cache_dir", "training.num_threads", "data.train_path", "data.val_path", "data.test_path")
 
-def input_files(data) -> dict:
-    """Every file `load_data` reads for `data.source=files`, by role: the signal file of each split (the
-    `X_<split>.npy` of a folder), the label file beside a `.npy`, and a `meta.json` beside it."""
-    import ltsei.data as D
-    if hasattr(D, "input_files"): return D.input_files(data)
-    out = {}
-    for role in ("train", "val", "test"):
-        p = data.get(f"{role}_path")
-        if not p: continue
-        p = Path(p)
-        if p.is_dir():
-            hits = [p / f"X_{r}.npy" for r in D.ROLE_ALIASES[role] if (p / f"X_{r}.npy").exists()]
-            p = hits[0] if hits else p
-        out[role] = p
-        if p.suffix.lower() == ".npy":
-            try: out[f"{role}_labels"] = D._sibling_labels(p)
-            except (FileNotFoundError, AttributeError): pass
-        if p.with_name("meta.json").is_file(): out[f"{role}_meta"] = p.with_name("meta.json")
-    return out
-
 def data_identity(data) -> dict:
     "What the data is, by content: the input files' sha256 (files), or the synthetic data set's key."
     from ltsei.cache import file_digest
+    from ltsei.data import input_files
     if data.source == "files":
         return {role: (file_digest(p, data.cache_dir) if Path(p).is_file() else "missing")
                 for role, p in sorted(input_files(data).items())}

@@ -20,7 +20,8 @@ __all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'DATA_S
            'LEAKAGE_MODES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
            'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups', 'read_xy', 'to_ncl',
            'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames', 'shared_frames',
-           'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'check_data_config', 'load_data']
+           'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'check_data_config', 'input_files',
+           'load_data']
 
 # %% ../nbs/02_data.ipynb #b6898907
 @dataclass
@@ -433,6 +434,24 @@ def check_data_config(d) -> None:
         bad("long_tail", "cut with data.source=synthetic (as_given is for files; imbalance_ratio=1 trains on the whole synthetic pool)")
     try: check_synth_config(d.synth)
     except ValueError as e: raise ValueError(f"data.{e}") from None
+
+# %% ../nbs/02_data.ipynb #8154a94a
+def input_files(d) -> dict:
+    "Every file `load_data` reads for `data.source=files`, by role (`train`, `train_labels`, `train_meta`, ...)."
+    out = {}
+    for role in ("train", "val", "test"):
+        p = getattr(d, f"{role}_path", None)
+        if not p: continue
+        p = Path(p)
+        if p.is_dir():
+            hits = [p / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (p / f"X_{r}.npy").exists()]
+            p = hits[0] if hits else p
+        out[role] = p
+        if p.suffix.lower() == ".npy":
+            try: out[f"{role}_labels"] = _sibling_labels(p)
+            except FileNotFoundError: pass
+        if p.with_name("meta.json").is_file(): out[f"{role}_meta"] = p.with_name("meta.json")
+    return out
 
 # %% ../nbs/02_data.ipynb #7c046dc9
 PUBLIC_SAMPLE_RATE = 50e6   # the public ADS-B files: 4800 samples = 96 us; used when a file does not say
