@@ -326,7 +326,7 @@ class CacheEntry:
         try:
             man = json.loads(m.read_text())
             files = man["files"]
-            assert man.get("format") == CACHE_FORMAT and isinstance(files, dict) and files
+            if not (man.get("format") == CACHE_FORMAT and isinstance(files, dict) and files): raise ValueError(m)
         except Exception: return f"{MANIFEST} is unreadable"
         for name, rec in files.items():
             p = self.path / name

@@ -377,7 +377,7 @@ def data_identity(data) -> dict:
 def numerics(cfg) -> dict:
     """What changes the floating-point results besides the config: torch version, device type and, on the
     CPU, the thread count and the vector instructions torch's kernels use (AVX2, AVX512, ...)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if torch.cuda.is_available() and str(cfg.gpus or "") != "cpu" else "cpu"   # the device the run uses
     cpu = device == "cpu"
     return {"torch": torch.__version__, "device": device, "num_threads": int(cfg.training.num_threads) if cpu else None,
             "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None}
@@ -410,4 +410,5 @@ def stage2_key(cfg) -> str:
     d.pop("stage3", None)
     ck = cfg.stage1.checkpoint
     d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg)
+    d["data_identity"] = data_identity(cfg.data)     # the data by content, also when stage 1 comes from a checkpoint
     return _hash(d)

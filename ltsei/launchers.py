@@ -390,7 +390,7 @@ class RowExecutor:
     `env`: extra environment of the row's notebook kernel (e.g. `CUDA_VISIBLE_DEVICES`); `warm` > 0: the row runs in
     a kernel this process started ahead of it (`WarmKernels`, `warm` kept ready) -- both where `execute_run` takes them."""
     profile: str
-    threads: int = 0
+    threads: int = 0            # CPUs a launcher reserves per row (Ray num_cpus, SLURM cpus); the run itself uses its config's training.num_threads
     funcs: dict | None = None
     runs_dir: str | None = None
     nb: Any = None              # the experiment notebook, loaded once (None: each call loads it)
@@ -406,7 +406,7 @@ class RowExecutor:
 
     def __call__(self, task, env: dict | None = None):
         from ltsei.running import execute_run
-        kw = dict(nb=self.nb, threads=self.threads, funcs=self.funcs, runs_dir=self.runs_dir)
+        kw = dict(nb=self.nb, funcs=self.funcs, runs_dir=self.runs_dir)   # `threads`: CPUs reserved, not the run's threads
         if env: kw["env"] = env
         if self.warm > 0 and self._takes("km"):
             km = warm_kernels(self.warm, grow=False).take(env)

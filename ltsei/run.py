@@ -16,7 +16,7 @@ from .data import load_data, save_class_counts
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
-from .cache import (CacheEntry, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, file_lock, safe_load,
+from .cache import (CacheEntry, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load,
                          to_plain, storage_error, UnsafeCheckpoint, DamagedCheckpoint)
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn
@@ -245,7 +245,11 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     try: out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise storage_error(out_dir, e, "create") from None
     for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
-    (out_dir / "metrics.json").unlink(missing_ok=True)      # never leave an old result that looks current
+    # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
+    for old in ("metrics.json", "predictions.npz", "log.csv", "log_stage1.csv", "log_stage2.csv",
+                "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt", "checkpoints/stage2_best.pt", "checkpoints/stage2_last.pt"):
+        (out_dir / old).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
     atomic_write_text(out_dir / "config.yaml", print_config(cfg))
     torch.set_num_threads(int(cfg.training.num_threads))     # part of the run: the numbers depend on it
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)

@@ -56,15 +56,16 @@ def plan_runs(rows: list[Row], seeds: list[int], profile: str, runs_dir) -> list
             tasks.append(Task(r, seed, d, run_status(d, r)))
     return tasks
 
-def run_overrides(profile: str, seed: int, overrides: list[str], threads: int = 0, runs_dir=None) -> list[str]:
-    """The overrides one run composes its config from: profile and seed, the row's, the CPU threads when `threads` > 0,
-    and the caches under `runs_dir` when it is given (`ltsei.rows.cache_overrides`)."""
-    return ([f"profile={profile}", f"seed={seed}", *overrides] + ([f"training.num_threads={int(threads)}"] if threads else [])
+def run_overrides(profile: str, seed: int, overrides: list[str], runs_dir=None) -> list[str]:
+    """The overrides one run composes its config from: profile and seed, the row's, and the caches under `runs_dir`
+    when it is given (`ltsei.rows.cache_overrides`). Never the CPU threads: a run's `training.num_threads` is part of
+    its config (and of its stage-1 key), so that its numbers do not depend on how many runs share the machine."""
+    return ([f"profile={profile}", f"seed={seed}", *overrides]
             + (cache_overrides(runs_dir) if runs_dir is not None else []))
 
-def task_overrides(task: Task, profile: str, threads: int = 0, runs_dir=None) -> list[str]:
+def task_overrides(task: Task, profile: str, runs_dir=None) -> list[str]:
     "`run_overrides` of a task."
-    return run_overrides(profile, task.seed, task.row.run_args, threads, runs_dir)
+    return run_overrides(profile, task.seed, task.row.run_args, runs_dir)
 
 def prepare_run_dir(task: Task, profile: str) -> Path:
     """Clear what an earlier, incomplete attempt left, and record what this run runs (`row.json`). Call it only while
@@ -126,6 +127,8 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
                 running.pop(f); t = f.result()
                 if id(t) in leaders: running_groups.discard(t.group)
                 if t.status == "busy":                 # another process runs it: later
+                    if id(t) in leaders:               # it stays its group's stage-1 leader when it comes back
+                        seen_groups.discard(t.group); leaders.discard(id(t))
                     t.status, t.retry_at = "partial", time.time() + RETRY_SECONDS
                     pending.append(t); continue
                 bar.update(1)
@@ -220,24 +223,24 @@ def kill_kernels() -> int:
         if proc is not None and proc.poll() is None: proc.kill(); n += 1
     return n
 
-def execute_run(task: Task, profile: str, nb=None, threads: int = 0, funcs: dict | None = None, runs_dir=None,
+def execute_run(task: Task, profile: str, nb=None, funcs: dict | None = None, runs_dir=None,
                 env: dict | None = None, km=None) -> Path:
     """Execute the experiment notebook for `task` into its directory (caches under `runs_dir`, by default the folder
     three levels above the run's); raise if it fails or leaves no complete metrics. Hold the run's `RunLock`.
     `env`: extra environment variables of the notebook's kernel (a GPU slot's CUDA_VISIBLE_DEVICES); `km`: a started
     kernel to run it in (`ltsei.launchers.WarmKernels.take`, started with `env`), shut down afterwards in any case."""
-    try: return _execute_run(task, profile, nb, threads, funcs, runs_dir, env, km)
+    try: return _execute_run(task, profile, nb, funcs, runs_dir, env, km)
     finally:
         if km is not None: launchers.release_kernel(km)
 
-def _execute_run(task, profile, nb, threads, funcs, runs_dir, env, km) -> Path:
+def _execute_run(task, profile, nb, funcs, runs_dir, env, km) -> Path:
     import papermill as pm
     nb = load_notebook("experiment.ipynb") if nb is None else nb
     kernel_env()
     prepare_run_dir(task, profile)
     runs_dir = Path(runs_dir if runs_dir is not None else task.out_dir.parents[3]).resolve()
     params = dict(row_id=task.row.id, overrides=task.row.run_args, seed=task.seed, profile=profile,
-                  runs_dir=str(runs_dir), out_dir=str(task.out_dir.resolve()), threads=threads, **(funcs or REAL_FUNCS))
+                  runs_dir=str(runs_dir), out_dir=str(task.out_dir.resolve()), **(funcs or REAL_FUNCS))
     out_nb = task.out_dir / "experiment.ipynb"
     try:
         pm.execute_notebook(copy.deepcopy(nb), str(out_nb), parameters=params, kernel_name="python3",
@@ -284,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
                    "'main' or 'all' (default: all)")
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="run seeds 0..K-1 (default: 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="runs at once (default: 1 with CUDA, else min(CPU cores, 4); each run gets cores/N threads)")
+                   help="runs at once (default: 1 with CUDA, else min(CPU cores, 4); each run uses its config's training.num_threads, default 1)")
     p.add_argument("--runs-dir", default="runs", help="results directory (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="build the tables and figures but do not render the report")
@@ -339,17 +342,16 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     print(f"[reproduce] profile {a.profile}: {len(rows)} rows x {a.seeds} seed(s) = {len(tasks)} runs; "
           f"{n_done} complete (skipped), {len(todo)} to run with {n_groups} distinct stage-1 settings"
           + (" [demo: made-up results]" if a.demo else ""))
-    threads = 0    # each run uses its config's training.num_threads: the numbers never depend on --jobs
     if a.dry_run:
         for t in tasks:
             print(f"  {t.status:8s} {t.name:28s} {t.out_dir}" + (f"  <- {t.error}" if t.error else ""))
             if t.todo or t.status == "failed":
-                print(f"           python main.py {' '.join(shlex.quote(o) for o in task_overrides(t, a.profile, threads, runs_dir))}")
+                print(f"           python main.py {' '.join(shlex.quote(o) for o in task_overrides(t, a.profile, runs_dir))}")
         return 1 if any(t.status == "failed" for t in tasks) else 0
     nb = load_notebook("experiment.ipynb")
     runnable = [t for t in tasks if t.status != "failed"]
     try:
-        execute = launchers.RowExecutor(a.profile, threads, funcs, str(runs_dir), nb, warm=max(2, a.jobs))
+        execute = launchers.RowExecutor(a.profile, funcs=funcs, runs_dir=str(runs_dir), nb=nb, warm=max(2, a.jobs))
         launchers.run(a.launcher, runnable, execute, opts)
     except KeyboardInterrupt:
         stopped = [t.name for t in tasks if t.status == "interrupted"]

@@ -152,7 +152,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
     write_json_atomic(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
 
     ran = []
-    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None, runs_dir=None):
+    def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
         ran.append(task.name)
         prepare_run_dir(task, profile)
         assert sorted(p.name for p in task.out_dir.iterdir()) == ["row.json"]   # stale partial outputs are gone
@@ -175,7 +175,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
 
 
 def test_failed_row_is_reported_others_go_on(tmp_path, monkeypatch, capsys):
-    def fake_execute_run(task, profile, nb=None, threads=0, funcs=None, runs_dir=None):
+    def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
         prepare_run_dir(task, profile)
         if task.row.id == "s2_1_cb": raise rp.RunFailed("ValueError: boom (traceback in somewhere)")
         demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
@@ -239,7 +239,7 @@ def test_experiment_notebook_parameters():
     import papermill as pm
     nb = rp.load_notebook("experiment.ipynb")
     params = set(pm.inspect_notebook(nb))
-    assert params == {"row_id", "overrides", "seed", "profile", "runs_dir", "out_dir", "threads", "composer", "runner"}
+    assert params == {"row_id", "overrides", "seed", "profile", "runs_dir", "out_dir", "composer", "runner"}
     assert nb.cells[0].cell_type == "raw" and "skip_exec: true" in nb.cells[0].source
 
 
@@ -312,7 +312,7 @@ import ltsei.running as rp
 from ltsei.demo import demo_compose_config, demo_run_experiment
 log, delay, mode, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 stop = threading.Event()
-def fake_execute_run(task, profile, nb=None, threads=0, funcs=None, runs_dir=None):
+def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
     "A demo run without papermill: prepare the folder (under the run's lock), log who runs it, wait, write metrics."
     rp.prepare_run_dir(task, profile)
     with open(log, "a") as f: f.write(f"{os.getpid()} run {task.name}\n")
