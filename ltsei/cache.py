@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'StorageError', 'storage_error', 'tmp_path', 'pid_alive', 'clean_stale',
-           'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'copy_file',
-           'reserve_space', 'replace_dir', 'file_lock', 'sha256_file', 'DigestStore', 'file_digest', 'to_plain',
-           'UnsafeCheckpoint', 'DamagedCheckpoint', 'safe_load', 'CacheEntry']
+__all__ = ['DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'StorageError', 'storage_error', 'make_dir', 'tmp_path', 'pid_alive',
+           'clean_stale', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save',
+           'copy_file', 'reserve_space', 'replace_dir', 'file_lock', 'sha256_file', 'DigestStore', 'file_digest',
+           'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint', 'safe_load', 'CacheEntry']
 
 # %% ../nbs/16_cache.ipynb #3536b9f3
 class StorageError(OSError, ValueError):
@@ -42,6 +42,13 @@ def storage_error(path, err: BaseException, action: str = "write"):
     if isinstance(err, OSError) and not isinstance(err, StorageError) and err.errno in _REASONS:
         return StorageError(path, err, action)
     return err
+
+def make_dir(path) -> Path:
+    "Create the folder `path` (and its parents); a disk-full / read-only / permission error is one `StorageError` naming it."
+    path = Path(path)
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise storage_error(path, e, "create") from None
+    return path
 
 # %% ../nbs/16_cache.ipynb #d1f7fe28
 _TMP_RE = re.compile(r"\.(tmp|old)(\d+)$")
@@ -208,15 +215,15 @@ class DigestStore:
             return d if isinstance(d, dict) else {}
         except (OSError, ValueError): return {}
 
-    def digest(self, path, trusted: bool = False) -> str:
-        "sha256 of `path`, from the store when its stamp matches (`trusted`: remember it even if just written)."
+    def digest(self, path) -> str:
+        "sha256 of `path`, from the store when its stamp matches (remembered once the file is older than `RACY_NS`)."
         path = Path(path).absolute()
         st = path.stat()
         rec = self._read().get(str(path))
         if rec and rec.get("stamp") == _stamp(st): return rec["sha256"]
         h = sha256_file(path)
         st2 = path.stat()
-        if _stamp(st2) == _stamp(st) and (trusted or time.time_ns() - st.st_mtime_ns > self.RACY_NS):
+        if _stamp(st2) == _stamp(st) and time.time_ns() - st.st_mtime_ns > self.RACY_NS:
             self.remember(path, h, st)
         return h
 

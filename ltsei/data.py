@@ -184,6 +184,10 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
                          f"the file holds {size} bytes (an interrupted copy or download?)")
     return np.load(path, mmap_mode="r" if mmap and math.prod(shape) else None, allow_pickle=False)
 
+def _split_file(folder: Path, role: str) -> Optional[Path]:
+    "The `X_<role>.npy` (or an alias's, e.g. `X_valid.npy`) that `folder` holds for `role`, or None."
+    return next((folder / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (folder / f"X_{r}.npy").exists()), None)
+
 def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Raw signal and label arrays of one split from a file (.npy with its Y sibling, .npz, .mat v5/v7.3,
     .h5/.hdf5) or a folder holding X_{role}.npy and Y_{role}.npy. No layout or label processing yet;
@@ -192,10 +196,10 @@ def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
     if not path.exists(): raise FileNotFoundError(f"data file for the {role} split not found: {path}")
     info = {"path": str(path)}
     if path.is_dir():
-        names = [f"X_{r}.npy" for r in ROLE_ALIASES[role]]
-        hits = [path / n for n in names if (path / n).exists()]
-        if not hits: raise FileNotFoundError(f"{path}: folder holds none of {names} for the {role} split")
-        path = hits[0]
+        hit = _split_file(path, role)
+        if hit is None:
+            raise FileNotFoundError(f"{path}: folder holds none of {[f'X_{r}.npy' for r in ROLE_ALIASES[role]]} for the {role} split")
+        path = hit
         info["path"] = str(path)
     suf = path.suffix.lower()
     meta = path.with_name("meta.json")
@@ -443,9 +447,7 @@ def input_files(d) -> dict:
         p = getattr(d, f"{role}_path", None)
         if not p: continue
         p = Path(p)
-        if p.is_dir():
-            hits = [p / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (p / f"X_{r}.npy").exists()]
-            p = hits[0] if hits else p
+        if p.is_dir(): p = _split_file(p, role) or p
         out[role] = p
         if p.suffix.lower() == ".npy":
             try: out[f"{role}_labels"] = _sibling_labels(p)

@@ -16,8 +16,8 @@ from .data import load_data, save_class_counts
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
-from .cache import (CacheEntry, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load,
-                         to_plain, storage_error, UnsafeCheckpoint, DamagedCheckpoint)
+from .cache import (CacheEntry, make_dir, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load,
+                         to_plain, UnsafeCheckpoint, DamagedCheckpoint)
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn
 from .moe_ltsei import routing_metrics, frequency_groups
@@ -96,8 +96,7 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     and the manifest, published whole."""
     key, work = entry.key, entry.work_dir
     if not cfg.stage1.reuse: entry.discard_work()          # a fresh training was asked for
-    try: work.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise storage_error(work, e, "create") from None
+    make_dir(work)
     clean_stale(work)                     # a save cut short by a kill
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model).to(rt.device)
@@ -220,8 +219,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
     slot = CacheEntry(Path(cfg.data.cache_dir) / "stage2", key, "stage-2 resume state")
     with slot.lock():
         if not cfg.stage1.reuse: slot.discard_work()
-        try: slot.work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise storage_error(slot.work_dir, e, "create") from None
+        make_dir(slot.work_dir)
         clean_stale(slot.work_dir)
         resume = Resume(slot.work_dir / "resume.pt", tag=key)
         loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
@@ -242,8 +240,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     "Run one finalized config (see `config.compose_config`) into `out_dir`; returns the metrics dict."
     t0 = time.time()
     out_dir = Path(out_dir)
-    try: out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise storage_error(out_dir, e, "create") from None
+    make_dir(out_dir)
     for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
     # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
     for old in ("metrics.json", "predictions.npz", "log.csv", "log_stage1.csv", "log_stage2.csv",

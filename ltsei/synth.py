@@ -428,7 +428,7 @@ class SynthSet:
 
 class _FullHash:
     "Checksums computed from every byte at each use (a `CacheEntry`'s default remembers them by file stamp)."
-    def digest(self, path, trusted: bool = False) -> str: return sha256_file(path)
+    def digest(self, path) -> str: return sha256_file(path)
     def remember(self, *args, **kw) -> None: pass
 
 def synth_entry(cfg, cache_dir) -> CacheEntry:

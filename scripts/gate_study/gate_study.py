@@ -110,6 +110,15 @@ def sampler_for(name, y, epochs, seed):
     return create_sampler(name, y, epochs, None, 1.0, 0.0, g)
 
 
+def test_summary(head, state, ev, y_test, groups, K) -> dict:
+    "Test accuracies and routing of `head` with `state` loaded (`ev(\"test\")` evaluates it)."
+    head.load_state_dict(state)
+    t = ev("test")
+    r = routing_metrics(t["_gate_probs"], y_test, groups, K)
+    return {**{k: t[k] for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")},
+            "route": r["routing_acc"], "route_group": r["routing_acc_per_group"], "usage": r["usage_argmax_frac"]}
+
+
 def run_moe(D, name, seed=0, sampler="progressive_power", gate_kind="ce", lambda_gate=1.0, cls_weight=1.0,
             gate_detach=False, oracle=False, gate_init_std=None, gate_lr_mult=1.0, lr=None, epochs=None, track=True,
             lambda_lb=0.0):
@@ -158,11 +167,7 @@ def run_moe(D, name, seed=0, sampler="progressive_power", gate_kind="ce", lambda
               warmup_epochs=G["warmup"], batch_size=G["batch"], rt=RT, validate=validate, progress=False)
     out = {"name": name, "seed": seed, "best_epoch": res.best_epoch, "seconds": time.time() - t0, "trace": trace}
     for state_name, state in (("best", res.best_state), ("last", res.last_state)):
-        head.load_state_dict(state)
-        t = ev("test")
-        r = routing_metrics(t["_gate_probs"], ys["test"], groups, K)
-        out[state_name] = {k: t[k] for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")}
-        out[state_name].update(route=r["routing_acc"], route_group=r["routing_acc_per_group"], usage=r["usage_argmax_frac"])
+        out[state_name] = test_summary(head, state, ev, ys["test"], groups, K)
         if oracle:   # the same experts with the true group as the route
             xo = torch.cat([D["x_test"], torch.as_tensor(groups[ys["test"].numpy()], dtype=torch.float32)[:, None]], 1)
             to = evaluate(head, xo, ys["test"], 1024, RT, C, D["groups"])
@@ -171,17 +176,14 @@ def run_moe(D, name, seed=0, sampler="progressive_power", gate_kind="ce", lambda
 
 
 def run_lib(D, name, seed=0, sampler="progressive_power", detach_gate=False, gate_weighting="none", track=True):
-    "The library's MoEHead / MoELTSEILoss with their options (needs an ltsei that has them), as stage 2 runs them."
-    import inspect
+    "The library's MoEHead / MoELTSEILoss with their options, as stage 2 runs them."
     from ltsei.losses import create_loss
     G = GUIDE
     counts = D["counts"].numpy(); C = len(counts); K = G["K"]
     groups = frequency_groups(counts, K)
     torch.manual_seed(seed)
-    head_kw = dict(detach_gate=detach_gate) if detach_gate else {}
-    head = MoEHead(D["x_train"].shape[1], C, K, G["gate_hidden"], G["gate_dropout"], True, G["loss"]["scale"], **head_kw)
-    loss_kw = dict(G["loss"], gate_weighting=gate_weighting) if "gate_weighting" in inspect.signature(MoELTSEILoss).parameters else dict(G["loss"])
-    loss = create_loss("MoELTSEILoss", counts, num_experts=K, **loss_kw)
+    head = MoEHead(D["x_train"].shape[1], C, K, G["gate_hidden"], G["gate_dropout"], True, G["loss"]["scale"], detach_gate=detach_gate)
+    loss = create_loss("MoELTSEILoss", counts, num_experts=K, **G["loss"], gate_weighting=gate_weighting)
     opt = make_optimizer(head.parameters(), "SGD", G["lr"], G["momentum"], G["wd"])
     smp = sampler_for(sampler, D["y_train"], G["epochs"], 1 + seed)
     ev = lambda k, m=None: evaluate(m or head, D[f"x_{k}"], D[f"y_{k}"], 1024, RT, C, D["groups"])
@@ -190,11 +192,7 @@ def run_lib(D, name, seed=0, sampler="progressive_power", detach_gate=False, gat
               warmup_epochs=G["warmup"], batch_size=G["batch"], rt=RT, validate=lambda m: ev("val", m), progress=False)
     out = {"name": name, "seed": seed, "best_epoch": res.best_epoch, "seconds": time.time() - t0, "trace": []}
     for state_name, state in (("best", res.best_state), ("last", res.last_state)):
-        head.load_state_dict(state)
-        t = ev("test")
-        r = routing_metrics(t["_gate_probs"], D["y_test"], groups, K)
-        out[state_name] = {k: t[k] for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")}
-        out[state_name].update(route=r["routing_acc"], route_group=r["routing_acc_per_group"], usage=r["usage_argmax_frac"])
+        out[state_name] = test_summary(head, state, ev, D["y_test"], groups, K)
     return out
 
 
