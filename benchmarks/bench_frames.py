@@ -9,12 +9,19 @@ unsigned 8-bit I/Q like `rtl_sdr` writes it; the longer one repeats it. Also the
 the wall clock, not the CPU time); both are printed. Peak memory: numpy's allocations seen by tracemalloc (the
 recording itself is a memory map, paged by the system).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_frames.py [--seconds 5] [--df 17|all]
+With --recall it measures instead the recall by SNR on synthetic recordings at 2, 8 and 50 MS/s (frames of known
+emitters at random times, overlapping pairs, frames across chunk edges): the share of frames found with the right
+address, per SNR bin, and the frames found with a wrong address (none allowed).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_frames.py [--seconds 5] [--df 17|all] [--recall]
 """
 import argparse, os, tempfile, time, tracemalloc
 from pathlib import Path
 
-from ltsei.frames import FramesConfig, open_recording, scan, synth_recording, write_iq
+import numpy as np
+import pandas as pd
+
+from ltsei.frames import FramesConfig, open_recording, scan, select_frames, synth_recording, write_iq
 
 SPEED_TARGET, MEMORY_RATIO_TARGET = 50.0, 1.25
 MODES1 = Path(__file__).resolve().parent.parent / "tests" / "data" / "dump1090-modes1" / "modes1.bin"
@@ -47,11 +54,40 @@ def show(name, r):
           f"  (wall {r['wall_s']:6.2f} s = {r['x_wall']:6.1f}x)  peak {r['peak_mib']:7.1f} MiB")
 
 
+def recall_table(seeds=(0, 1, 2)) -> pd.DataFrame:
+    "Recall by SNR bin (and the frames with a wrong address) at 2, 8 and 50 MS/s, chunks of 2^16 samples."
+    rows = []
+    for fs, seconds, frames in ((2e6, 1.0, 300), (8e6, 0.4, 250), (50e6, 0.06, 100)):
+        for seed in seeds:
+            sig, truth = synth_recording(fs, seconds, num_emitters=10, frames=frames, snr_db=(0, 30), overlaps=5,
+                                         edges=[1 << 16, 3 << 16], seed=seed)
+            with tempfile.TemporaryDirectory() as d:
+                write_iq(Path(d) / "s", sig, "cf32")
+                f = select_frames(scan(open_recording(Path(d) / "s", "cf32", fs), FramesConfig(chunk=1 << 16)).assign(file=0))
+            j = np.abs(f.time_s.to_numpy()[:, None] - truth.time_s.to_numpy()[None, :]).argmin(1)
+            ok = (np.abs(f.time_s.to_numpy() - truth.time_s.to_numpy()[j]) < 1e-6) & (f.icao.to_numpy() == truth.icao.to_numpy()[j])
+            truth["found"] = np.isin(np.arange(len(truth)), j[ok])
+            rows.append(truth.assign(rate=f"{fs / 1e6:g} MS/s", wrong=int((~ok).sum()) / len(truth)))
+    t = pd.concat(rows)
+    t = t[~t.overlapped]
+    t["snr"] = pd.cut(t.snr_db, [0, 6, 8, 10, 12, 14, 16, 20, 30])
+    tab = t.pivot_table(index="snr", columns="rate", values="found", aggfunc="mean", observed=True).round(3)
+    n = t.pivot_table(index="snr", columns="rate", values="found", aggfunc="size", observed=True)
+    return tab, n, t.groupby("rate").wrong.sum()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0, help="length of the synthetic recording (the long one: 4x)")
     p.add_argument("--df", default="17", choices=("17", "all"))
+    p.add_argument("--recall", action="store_true", help="recall by SNR on synthetic recordings instead")
     a = p.parse_args(argv)
+    if a.recall:
+        tab, n, wrong = recall_table()
+        print("recall (frames found with the right address / frames, not counting the weaker frame of an overlapping pair)")
+        print(tab.to_string()); print("frames per bin:"); print(n.to_string())
+        print("frames with a wrong address:", wrong.round(0).astype(int).to_dict())
+        return
     cfg = FramesConfig(df=a.df)
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, chunk {cfg.chunk} samples, --df {a.df}")
     with tempfile.TemporaryDirectory() as d:
