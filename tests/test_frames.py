@@ -135,6 +135,10 @@ def test_min_frames_split_target_rate_duplicates(tmp_path):
         assert f[(f.label == g.label.iloc[0]) & (f.split == "train")].time_s.max() < g.time_s.min()
     em = pd.read_csv(out / "emitters.csv")
     assert em.frames.is_monotonic_decreasing and (np.load(out / "Y_train.npy") < len(em)).all()
+    from ltsei.data import DataConfig, load_data                 # it trains as it is: data.source=files reads it
+    b = load_data(DataConfig(source="files", train_path=str(out / "X_train.npy"), test_path=str(out / "X_test.npy"),
+                             long_tail="as_given"), 0)
+    assert (b.num_classes, b.sample_rate, b.length) == (len(em), 4e6, 512)
 
 
 def _bad(tmp_path, capsys, args, contains):
