@@ -12,10 +12,12 @@ from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, ch
                          make_fingerprints, synth_frames)
 
 # %% auto #0
-__all__ = ['REAL_ADSB_REFERENCE', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON', 'MAX_BITS',
-           'as_complex', 'frame_start', 'measure_frame', 'measure_frames', 'spread_ratio', 'cfo_1nn_accuracy',
-           'summarize', 'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
-           'synth_sample', 'load_frames', 'realism_main']
+__all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'as_complex', 'frame_start', 'measure_frame',
+           'measure_frames', 'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at',
+           'reference_curves', 'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary',
+           'realism_report', 'reference_report', 'compare', 'compare_spread', 'reference_band_edge', 'reference_notes',
+           'synth_sample', 'load_frames', 'plot_curves', 'realism_main']
 
 # %% ../nbs/15_realism.ipynb #0e36f095
 # Summary statistics of real ADS-B captures (no frames): measured on 84 distinct frames of the public DIR-SEI
@@ -151,6 +153,70 @@ REAL_ADSB_REFERENCE = {'source': 'Public real ADS-B captures, github.com/Beechbu
                                         'the cumulative power spectrum, MHz'}},
  'spread_ratios': {'rise': 0.8197, 'fall': 0.9151, 'droop': 0.7947, 'cfo': 3.431},
  'cfo_1nn_accuracy': 0.5357}
+
+# %% ../nbs/15_realism.ipynb #c0a1b2c3
+# The reference's two curves (median, p10, p90 per point over its 84 frames), copied verbatim like the statistics above
+REAL_ADSB_CURVES = {'spectrum_db': {'definition': 'frame normalised to unit mean power, carrier offset removed (the cfo statistic), '
+                               '4800-point FFT, fftshifted; |Z|^2 / L^2 summed over 96 consecutive bins of 50 FFT '
+                               "points (0.521 MHz each); 10 log10 of that share of the frame's power; p10 / median / "
+                               'p90 over frames, per bin',
+                 'bin_centre_mhz': [-24.74, -24.22, -23.7, -23.18, -22.66, -22.14, -21.61, -21.09, -20.57, -20.05,
+                                    -19.53, -19.01, -18.49, -17.97, -17.45, -16.93, -16.41, -15.89, -15.36, -14.84,
+                                    -14.32, -13.8, -13.28, -12.76, -12.24, -11.72, -11.2, -10.68, -10.16, -9.635,
+                                    -9.115, -8.594, -8.073, -7.552, -7.031, -6.51, -5.99, -5.469, -4.948, -4.427,
+                                    -3.906, -3.385, -2.865, -2.344, -1.823, -1.302, -0.7812, -0.2604, 0.2604, 0.7812,
+                                    1.302, 1.823, 2.344, 2.865, 3.385, 3.906, 4.427, 4.948, 5.469, 5.99, 6.51, 7.031,
+                                    7.552, 8.073, 8.594, 9.115, 9.635, 10.16, 10.68, 11.2, 11.72, 12.24, 12.76, 13.28,
+                                    13.8, 14.32, 14.84, 15.36, 15.89, 16.41, 16.93, 17.45, 17.97, 18.49, 19.01, 19.53,
+                                    20.05, 20.57, 21.09, 21.61, 22.14, 22.66, 23.18, 23.7, 24.22, 24.74],
+                 'p10': [-63.54, -63.48, -63.52, -63.45, -63.39, -63.33, -63.24, -63.19, -63.05, -62.93, -62.84,
+                         -62.66, -62.51, -62.38, -62.16, -61.97, -61.8, -61.52, -61.32, -61.07, -60.83, -60.61,
+                         -60.23, -60.03, -59.8, -59.34, -59.12, -58.84, -58.3, -57.98, -57.59, -56.83, -56.01, -54.4,
+                         -52.79, -50.03, -44.49, -38.54, -34.3, -30.94, -30.7, -28.32, -26.22, -26.69, -26.08, -18.97,
+                         -12.91, -6.239, -9.479, -11.64, -17.95, -23.6, -24.37, -24.55, -27.6, -31.68, -35.72, -41.86,
+                         -48.14, -51.18, -54.81, -55.71, -56.26, -57.16, -57.68, -58.29, -58.74, -59.19, -59.62,
+                         -59.97, -60.32, -60.68, -60.94, -61.22, -61.52, -61.73, -61.95, -62.21, -62.35, -62.41,
+                         -62.69, -62.68, -62.73, -62.97, -63.01, -63.07, -63.27, -63.29, -63.31, -63.48, -63.47,
+                         -63.46, -63.61, -63.56, -63.52, -63.63],
+                 'median': [-58.52, -58.4, -58.44, -58.47, -58.34, -58.36, -58.36, -58.19, -58.18, -58.14, -57.95,
+                            -57.88, -57.83, -57.6, -57.5, -57.43, -57.13, -56.99, -56.88, -56.54, -56.34, -56.2,
+                            -55.79, -55.55, -55.33, -54.88, -54.58, -54.26, -53.8, -53.31, -52.8, -52.35, -51.65,
+                            -50.55, -47.99, -43.25, -35.51, -30.66, -26.38, -24.36, -22.79, -21.95, -21.27, -21.26,
+                            -20.6, -14.78, -11.03, -4.669, -5.894, -8.721, -15.16, -19.73, -20.79, -19.64, -21.91,
+                            -24.28, -27.63, -31.25, -39.55, -46.31, -49.53, -50.6, -51.32, -51.94, -52.43, -52.96,
+                            -53.44, -53.76, -54.19, -54.55, -54.83, -55.2, -55.46, -55.71, -56.02, -56.18, -56.43,
+                            -56.69, -56.79, -57.02, -57.26, -57.36, -57.48, -57.68, -57.82, -57.85, -58.0, -58.17,
+                            -58.12, -58.23, -58.38, -58.3, -58.39, -58.49, -58.39, -58.45],
+                 'p90': [-55.45, -55.66, -55.49, -55.39, -55.53, -55.37, -55.24, -55.31, -55.15, -55.01, -54.99,
+                         -54.83, -54.67, -54.59, -54.41, -54.23, -54.1, -53.88, -53.67, -53.49, -53.23, -52.98,
+                         -52.71, -52.42, -52.11, -51.74, -51.43, -51.07, -50.62, -50.24, -49.86, -49.11, -48.68,
+                         -47.67, -42.57, -34.6, -28.65, -24.22, -21.46, -19.62, -18.74, -17.84, -17.59, -17.75,
+                         -17.29, -12.48, -9.24, -3.264, -3.759, -6.682, -12.73, -17.02, -17.25, -16.74, -18.56,
+                         -19.34, -21.94, -25.22, -30.84, -38.7, -45.81, -47.82, -48.57, -49.13, -49.64, -50.22,
+                         -50.64, -51.12, -51.49, -51.79, -52.16, -52.47, -52.69, -53.0, -53.24, -53.42, -53.66, -53.9,
+                         -54.01, -54.22, -54.42, -54.48, -54.7, -54.86, -54.85, -55.05, -55.17, -55.16, -55.31,
+                         -55.38, -55.36, -55.52, -55.49, -55.45, -55.64, -55.53]},
+ 'envelope_acf': {'definition': 'envelope |z| of the power-normalised frame minus its mean; autocorrelation at lags '
+                                '1..50 samples divided by its lag-0 value; p10 / median / p90 over frames',
+                  'lags': [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+                           26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+                           49, 50],
+                  'p10': [0.9643, 0.8732, 0.7582, 0.6476, 0.5451, 0.4605, 0.401, 0.3539, 0.3187, 0.2876, 0.2584,
+                          0.2174, 0.1554, 0.0969, 0.04671, -0.002516, -0.05853, -0.1209, -0.1868, -0.2356, -0.2806,
+                          -0.3383, -0.386, -0.4217, -0.4478, -0.4582, -0.4569, -0.4499, -0.4412, -0.4295, -0.4075,
+                          -0.3872, -0.3573, -0.3389, -0.3244, -0.3132, -0.3061, -0.2951, -0.275, -0.2593, -0.2444,
+                          -0.2192, -0.206, -0.1945, -0.1864, -0.1715, -0.1582, -0.1422, -0.1268, -0.1142],
+                  'median': [0.9835, 0.9393, 0.8787, 0.8095, 0.739, 0.6673, 0.5982, 0.5308, 0.4777, 0.4186, 0.3645,
+                             0.3047, 0.2494, 0.1922, 0.1338, 0.07347, 0.02148, -0.02744, -0.07701, -0.1284, -0.1788,
+                             -0.2116, -0.2461, -0.2726, -0.2926, -0.3117, -0.3227, -0.3301, -0.3338, -0.3305, -0.3262,
+                             -0.3151, -0.2993, -0.2879, -0.2691, -0.2521, -0.2359, -0.2097, -0.1855, -0.1632, -0.1461,
+                             -0.1314, -0.1136, -0.09445, -0.07173, -0.04751, -0.02803, -0.01577, -0.001985, 0.01137],
+                  'p90': [0.9915, 0.9671, 0.9289, 0.8795, 0.8255, 0.7666, 0.7077, 0.6506, 0.5908, 0.5328, 0.4722,
+                          0.4138, 0.351, 0.2925, 0.2354, 0.1759, 0.1182, 0.07038, 0.02905, -0.01469, -0.05292,
+                          -0.09776, -0.1385, -0.1595, -0.1746, -0.1838, -0.1893, -0.2122, -0.2174, -0.2157, -0.2244,
+                          -0.2001, -0.1895, -0.1796, -0.1561, -0.1324, -0.1193, -0.09841, -0.0735, -0.04553, -0.0207,
+                          -0.001475, 0.02034, 0.05005, 0.08308, 0.1149, 0.1444, 0.1747, 0.1952, 0.21]}}
+
 
 # %% ../nbs/15_realism.ipynb #6fede4aa
 REF_SAMPLE_RATE = 50e6      # the rate at which the reference's sample-valued statistics are defined
@@ -298,6 +364,121 @@ def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS) -> pd.DataFr
     with np.errstate(divide="ignore", invalid="ignore"):     # noise-free frames: -inf dB, nan correlations
         return pd.DataFrame([measure_frame(z[i], sample_rate, starts[i], max_bits) for i in range(len(z))])
 
+# %% ../nbs/15_realism.ipynb #c1d2e3f4
+SPECTRUM_BINS = 96                                 # the reference's bins: 50 FFT points of its 4800-point frames
+SPECTRUM_BIN_HZ = REF_SAMPLE_RATE / SPECTRUM_BINS  # 0.521 MHz; bin k spans -25 MHz + [k, k+1) x 0.521 MHz
+ACF_LAGS = 50                                      # envelope autocorrelation at lags 1..50 samples
+
+def spectrum_bins_full(sample_rate: float) -> np.ndarray:
+    "(96,) bool: the reference bins wholly inside the band -sample_rate/2 .. +sample_rate/2 (all 96 at 50 MS/s)."
+    e = -REF_SAMPLE_RATE / 2 + np.arange(SPECTRUM_BINS + 1) * SPECTRUM_BIN_HZ
+    tol = 1e-6 * SPECTRUM_BIN_HZ
+    return (e[:-1] >= -float(sample_rate) / 2 - tol) & (e[1:] <= float(sample_rate) / 2 + tol)
+
+def spectrum_db(x, sample_rate: float, cfo=None) -> np.ndarray:
+    """(N, 96) per frame: the share of its power in each of the reference's 0.521 MHz bins, dB. The frame is
+    normalised to unit mean power and derotated by `cfo` (Hz per frame; default: the `cfo` statistic, 0 where
+    undefined); its L-point FFT, fftshifted, gives |Z|^2 / L^2 per point (they sum to 1); the points are summed
+    by the bin their frequency falls in. Bins not wholly inside +-sample_rate/2 are nan. At 50 MS/s and 4800
+    samples this is exactly the reference's definition (50 points per bin)."""
+    z = as_complex(x)
+    N, L = z.shape
+    fs = float(sample_rate)
+    if cfo is None: cfo = measure_frames(z, fs)["cfo"].to_numpy()
+    cfo = np.nan_to_num(np.broadcast_to(np.asarray(cfo, np.float64), (N,)))
+    p = np.sqrt(np.mean(np.abs(z) ** 2, axis=1, keepdims=True))
+    z = z / np.where(p > 0, p, 1.0) * np.exp(-2j * np.pi * cfo[:, None] * np.arange(L)[None, :] / fs)
+    P = np.abs(np.fft.fftshift(np.fft.fft(z, axis=1), axes=1)) ** 2 / L ** 2
+    f = np.fft.fftshift(np.fft.fftfreq(L, 1 / fs))
+    k = np.floor((f + REF_SAMPLE_RATE / 2) / SPECTRUM_BIN_HZ + 1e-6).astype(np.int64)
+    ok = (k >= 0) & (k < SPECTRUM_BINS)
+    M = np.zeros((L, SPECTRUM_BINS)); M[np.flatnonzero(ok), k[ok]] = 1.0
+    with np.errstate(divide="ignore"):
+        S = 10 * np.log10(P @ M)
+    S[:, ~spectrum_bins_full(fs)] = np.nan
+    return S
+
+def envelope_acf(x, max_lag: int = ACF_LAGS) -> np.ndarray:
+    """(N, max_lag) per frame: the autocorrelation of the envelope |z| minus its mean at lags 1..max_lag samples,
+    sum_n e[n] e[n+k] / sum_n e[n]^2 (the power normalisation of the reference cancels in the ratio)."""
+    z = as_complex(x)
+    e = np.abs(z); e = e - e.mean(axis=1, keepdims=True)
+    L = e.shape[1]
+    n = 1 << int(np.ceil(np.log2(2 * L)))
+    r = np.fft.irfft(np.abs(np.fft.rfft(e, n, axis=1)) ** 2, n, axis=1)[:, :max_lag + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r[:, 1:] / r[:, :1]
+
+def summarize_curves(spec: np.ndarray, acf: np.ndarray, sample_rate: float) -> dict:
+    """Median, p10, p90 over frames of per-frame curves: {'spectrum_db': DataFrame (96 bins: centre_mhz, median,
+    p10, p90), 'envelope_acf': DataFrame (lags 1..: lag_ns, median, p10, p90), 'sample_rate'}."""
+    def q(c):
+        c = np.asarray(c, np.float64)
+        with warnings.catch_warnings():      # all-nan bins (outside the band): nan quantiles
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {k: np.nanquantile(c, p, axis=0) for k, p in (("median", 0.5), ("p10", 0.1), ("p90", 0.9))}
+    centre = (-REF_SAMPLE_RATE / 2 + (np.arange(SPECTRUM_BINS) + 0.5) * SPECTRUM_BIN_HZ) / 1e6
+    lags = np.arange(1, acf.shape[1] + 1)
+    return {"spectrum_db": pd.DataFrame({"centre_mhz": centre, **q(spec)}, index=pd.RangeIndex(SPECTRUM_BINS, name="bin")),
+            "envelope_acf": pd.DataFrame({"lag_ns": lags * 1e9 / float(sample_rate), **q(acf)}, index=pd.Index(lags, name="lag")),
+            "sample_rate": float(sample_rate)}
+
+
+# %% ../nbs/15_realism.ipynb #c2e3f4a5
+def curves_at(curves: dict, sample_rate: float) -> dict:
+    """Curve summaries measured at one rate (`summarize_curves`) as they would be at `sample_rate`, for a
+    comparison: resampling to a lower rate keeps the band +-sample_rate/2 (an ideal low-pass) and renormalises
+    the frame to unit power, so the bins wholly inside stay and all move up by -10 log10 of the share of power
+    inside (computed from the median curve, partial bins pro rata: one shift for every frame, an approximation
+    since each frame has its own share); the bins outside are nan. The envelope ACF at lag k is read at the
+    same time lag k / sample_rate, linearly interpolated in time between the measured lags (lag 0 = 1); beyond
+    the measured lags it is nan. At the curves' own rate nothing changes."""
+    fs0, fs = float(curves["sample_rate"]), float(sample_rate)
+    if fs == fs0: return curves
+    sp = curves["spectrum_db"].copy()
+    full = spectrum_bins_full(fs) & spectrum_bins_full(fs0)
+    if fs < fs0:
+        e = -REF_SAMPLE_RATE / 2 + np.arange(SPECTRUM_BINS + 1) * SPECTRUM_BIN_HZ
+        part = np.clip((np.minimum(e[1:], fs / 2) - np.maximum(e[:-1], -fs / 2)) / SPECTRUM_BIN_HZ, 0, 1)
+        share = float(np.nansum(10 ** (sp["median"].to_numpy() / 10) * part))
+        sp[["median", "p10", "p90"]] -= 10 * np.log10(share)
+    sp.loc[~full, ["median", "p10", "p90"]] = np.nan
+    ac = curves["envelope_acf"]
+    t0 = np.concatenate([[0.0], ac["lag_ns"].to_numpy()])
+    lags = np.arange(1, len(ac) + 1)
+    t = lags * 1e9 / fs
+    cols = {c: np.where(t <= t0[-1] * (1 + 1e-9), np.interp(t, t0, np.concatenate([[1.0], ac[c].to_numpy()])), np.nan)
+            for c in ("median", "p10", "p90")}
+    return {"spectrum_db": sp, "envelope_acf": pd.DataFrame({"lag_ns": t, **cols}, index=pd.Index(lags, name="lag")),
+            "sample_rate": fs}
+
+def reference_curves(sample_rate: float = REF_SAMPLE_RATE) -> dict:
+    "The reference's two curves in the form of `summarize_curves`, at 50 MS/s or carried to `sample_rate` by `curves_at`."
+    C = REAL_ADSB_CURVES
+    sp = pd.DataFrame({"centre_mhz": C["spectrum_db"]["bin_centre_mhz"], **{k: C["spectrum_db"][k] for k in ("median", "p10", "p90")}},
+                      index=pd.RangeIndex(SPECTRUM_BINS, name="bin"))
+    lags = np.asarray(C["envelope_acf"]["lags"])
+    ac = pd.DataFrame({"lag_ns": lags * 1e9 / REF_SAMPLE_RATE, **{k: C["envelope_acf"][k] for k in ("median", "p10", "p90")}},
+                      index=pd.Index(lags, name="lag"))
+    return curves_at({"spectrum_db": sp, "envelope_acf": ac, "sample_rate": REF_SAMPLE_RATE}, sample_rate)
+
+def compare_curves(a: dict, b: dict) -> dict:
+    """Whether each of `a`'s median curve points lies within `b`'s p10-p90 (both at the same rate: carry one with
+    `curves_at` first): {'spectrum_inside', 'spectrum_of', 'acf_inside', 'acf_of', 'spectrum', 'acf'}, the last two
+    DataFrames with both medians, `b`'s band and `inside` (nan where either is undefined)."""
+    if float(a["sample_rate"]) != float(b["sample_rate"]):
+        raise ValueError(f"compare_curves: curves at {a['sample_rate']:g} and {b['sample_rate']:g} samples/s: carry one to the other's rate with curves_at")
+    out = {}
+    for key, name in (("spectrum_db", "spectrum"), ("envelope_acf", "acf")):
+        A, B = a[key], b[key]
+        ok = np.isfinite(A["median"]) & np.isfinite(B["p10"]) & np.isfinite(B["p90"])
+        inside = ok & (B["p10"] <= A["median"]) & (A["median"] <= B["p90"])
+        t = pd.DataFrame({A.columns[0]: A.iloc[:, 0], "a median": A["median"], "b median": B["median"], "b p10": B["p10"],
+                          "b p90": B["p90"], "inside": np.where(ok, inside, np.nan)})
+        out.update({name: t, f"{name}_inside": int(inside.sum()), f"{name}_of": int(ok.sum())})
+    return out
+
+
 # %% ../nbs/15_realism.ipynb #8cf47fbe
 def spread_ratio(values, y) -> float:
     """Between-class over within-class spread: std of the class means (ddof 1) / mean of the within-class stds
@@ -359,8 +540,9 @@ def summarize(stats: pd.DataFrame, sample_rate: float, time_units: bool = False)
 def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = False) -> pd.DataFrame:
     """The real frames' numbers in the same form as `summarize`. Sample-valued statistics (rise, fall, align)
     are defined at 50 MS/s: in ns with `time_units`, else rescaled to samples at `sample_rate`. At another rate
-    the lag-1 noise autocorrelation (a per-sample quantity that depends on the rate) and, at 10 MS/s or less,
-    the noise share within +-5 MHz are n/a."""
+    the lag-1 noise autocorrelation (a per-sample quantity that depends on the rate), the noise share within
+    +-5 MHz and, where the band +-sample_rate/2 cuts the real channel, the 99 % bandwidth are n/a: summaries
+    cannot give them (see `reference_notes`)."""
     ref = REAL_ADSB_REFERENCE["statistics"]
     s = pd.DataFrame([{"statistic": k, "label": ref[k]["label"], "unit": ref[k]["unit"], "median": ref[k]["median"],
                        "p10": ref[k]["p10"], "p90": ref[k]["p90"], "frames": ref[k]["frames"]} for k in STATS]).set_index("statistic")
@@ -369,24 +551,30 @@ def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = F
     else:
         s.loc[list(SAMPLE_STATS), ["median", "p10", "p90"]] *= float(sample_rate) / REF_SAMPLE_RATE
     if float(sample_rate) / 2 <= 5e6: s.loc["noise_5mhz", ["median", "p10", "p90"]] = np.nan
-    if float(sample_rate) != REF_SAMPLE_RATE: s.loc["noise_acf1", ["median", "p10", "p90"]] = np.nan  # per-sample: not transferable
+    if float(sample_rate) != REF_SAMPLE_RATE:    # per-sample, or changed by the cut in ways summaries cannot give
+        s.loc[["noise_acf1", "noise_5mhz"], ["median", "p10", "p90"]] = np.nan
+        if float(sample_rate) / 2 < reference_band_edge(): s.loc["obw99", ["median", "p10", "p90"]] = np.nan
     return s
 
 def realism_report(x, y, sample_rate: float, time_units: bool = False) -> dict:
-    "Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, spread ratios, CFO-only 1-NN."
+    """Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, the two curves
+    (`summarize_curves`), spread ratios, CFO-only 1-NN."""
     stats = measure_frames(x, sample_rate)
     y = np.asarray(y)
-    return {"stats": stats, "summary": summarize(stats, sample_rate, time_units),
+    curves = summarize_curves(spectrum_db(x, sample_rate, stats["cfo"].to_numpy()), envelope_acf(x), sample_rate)
+    return {"stats": stats, "summary": summarize(stats, sample_rate, time_units), "curves": curves,
             "spread_ratios": {k: spread_ratio(stats[k], y) for k in SPREAD_STATS},
             "cfo_1nn_accuracy": cfo_1nn_accuracy(stats["cfo"], y), "frames": len(y),
             "classes": int(len(np.unique(y))), "sample_rate": float(sample_rate)}
 
-def reference_report() -> dict:
-    "The reference's numbers in the form of `realism_report` (without per-frame stats)."
+def reference_report(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = False) -> dict:
+    """The reference's numbers in the form of `realism_report` (without per-frame stats), carried to `sample_rate`
+    (`reference_summary`, `reference_curves`; `reference_notes` says how)."""
     R = REAL_ADSB_REFERENCE
-    return {"summary": reference_summary(), "spread_ratios": dict(R["spread_ratios"]),
+    return {"summary": reference_summary(sample_rate, time_units), "curves": reference_curves(sample_rate),
+            "spread_ratios": dict(R["spread_ratios"]),
             "cfo_1nn_accuracy": R["cfo_1nn_accuracy"], "frames": R["frames"], "classes": len(R["frames_per_class"]),
-            "sample_rate": R["sample_rate_hz"]}
+            "sample_rate": float(sample_rate)}
 
 def _fmt(v, k) -> str:
     if v is None or not np.isfinite(v): return "n/a"
@@ -408,12 +596,56 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, names=("synthetic", "real")) -> pd
     return pd.DataFrame(rows, index=list(STATS))
 
 def compare_spread(ra: dict, rb: dict, names=("synthetic", "real")) -> pd.DataFrame:
-    "Spread ratios and CFO-only 1-NN accuracy of two reports side by side."
-    rows = [{"measure": f"spread ratio: {k}", names[0]: round(ra["spread_ratios"][k], 3), names[1]: round(rb["spread_ratios"][k], 3)}
-            for k in SPREAD_STATS]
+    """Spread ratios and CFO-only 1-NN accuracy of two reports side by side, with `a / b` (the first over the
+    second) and `0.5-1.5x`: whether that quotient lies within 0.5-1.5 (the goal for rise, fall and droop)."""
+    rows = []
+    for k in SPREAD_STATS:
+        a, b = ra["spread_ratios"][k], rb["spread_ratios"][k]
+        q = a / b if np.isfinite(a) and np.isfinite(b) and b != 0 else np.nan
+        rows.append({"measure": f"spread ratio: {k}", names[0]: round(a, 3), names[1]: round(b, 3), "a / b": round(q, 2),
+                     "0.5-1.5x": ("yes" if 0.5 <= q <= 1.5 else "no") if np.isfinite(q) else "n/a"})
     rows.append({"measure": "CFO-only 1-NN accuracy (per 10 classes)", names[0]: round(ra["cfo_1nn_accuracy"], 3),
-                 names[1]: round(rb["cfo_1nn_accuracy"], 3)})
+                 names[1]: round(rb["cfo_1nn_accuracy"], 3), "a / b": np.nan, "0.5-1.5x": ""})
     return pd.DataFrame(rows).set_index("measure")
+
+# %% ../nbs/15_realism.ipynb #c4a5b6c7
+def reference_band_edge() -> float:
+    "Hz: the outer edge of the outermost reference bin whose median share exceeds -45 dB (where the real channel ends)."
+    m = np.asarray(REAL_ADSB_CURVES["spectrum_db"]["median"])
+    k = np.flatnonzero(m > -45)
+    return float(max(abs(-REF_SAMPLE_RATE / 2 + k[0] * SPECTRUM_BIN_HZ), abs(-REF_SAMPLE_RATE / 2 + (k[-1] + 1) * SPECTRUM_BIN_HZ)))
+
+def reference_notes(sample_rate: float) -> list[str]:
+    """How `reference_summary` and `reference_curves` carry the 50 MS/s reference to `sample_rate`, and which
+    numbers cannot be carried from summaries (n/a) or only approximately: one line each (none at 50 MS/s)."""
+    fs = float(sample_rate)
+    if fs == REF_SAMPLE_RATE: return []
+    R, ref = REAL_ADSB_REFERENCE["statistics"], reference_curves(fs)
+    sp, ac = ref["spectrum_db"], ref["envelope_acf"]
+    shift = float((sp["median"] - np.asarray(REAL_ADSB_CURVES["spectrum_db"]["median"])).dropna().mean()) if fs < REF_SAMPLE_RATE else 0.0
+    edge = reference_band_edge()
+    lo_rate = fs < REF_SAMPLE_RATE
+    n = [f"the reference (50 MS/s) carried to {fs / 1e6:g} MS/s as if resampled with an ideal low-pass at +-{min(fs, REF_SAMPLE_RATE) / 2e6:g} MHz:",
+         f"  spectrum: the {int(sp['median'].notna().sum())} bins wholly inside +-{fs / 2e6:g} MHz, each raised by {shift:.2f} dB "
+         "(the renormalisation to unit power: one shift from the median curve, not per frame)",
+         f"  envelope ACF: read at the same time lags (interpolated), {int(ac['median'].notna().sum())} of {len(ac)} lags within the "
+         f"reference's {REAL_ADSB_CURVES['envelope_acf']['lags'][-1] * 1e9 / REF_SAMPLE_RATE:g} ns; assumes the low-pass leaves the envelope's correlation alone",
+         "  rise, fall, align: the same times; approximate: a low-pass slows the real edges, by how much summaries cannot tell",
+         "  noise_acf1: n/a (a per-sample quantity: one sample is another time lag at another rate)",
+         "  noise_5mhz: n/a (" + ("the whole band lies within +-5 MHz)" if fs <= 10e6 else
+                                 "the cut removes real noise beyond the band: the real share rises by an amount summaries cannot give)")]
+    if lo_rate and fs / 2 < edge:
+        n.append(f"  obw99: n/a (the real channel reaches +-{edge / 1e6:.2f} MHz, beyond +-{fs / 2e6:g} MHz: the real 99 % band after the cut "
+                 "cannot be derived from summaries)")
+    else:
+        n.append("  obw99: unchanged (the real channel lies inside the band)")
+    if lo_rate:
+        nf = -10 * np.log10(R["noise_5mhz"]["median"])
+        n.append(f"  noise_floor, rms: unchanged; approximate: the cut removes the real noise beyond +-{fs / 2e6:g} MHz (the real noise has "
+                 f"{100 * (1 - R['noise_5mhz']['median']):.1f} % of its power beyond +-5 MHz: {nf:.2f} dB)")
+    n.append("  env0, droop, ripple, dc_gap, cfo, spread ratios, CFO 1-NN: unchanged")
+    return n
+
 
 # %% ../nbs/15_realism.ipynb #9e14d997
 def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -455,6 +687,32 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")
     return x, y, fs, desc
 
+# %% ../nbs/15_realism.ipynb #c5b6c7d8
+def plot_curves(a: dict, b: dict, names=("synthetic", "real"), title: str = ""):
+    """The two curves of `a` (median) over `b`'s 10-90 % band (and median), at the lower of their rates
+    (`curves_at`), with the counts inside in the titles; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    lo = min(float(a["sample_rate"]), float(b["sample_rate"]))
+    a, b = curves_at(a, lo), curves_at(b, lo)
+    cc = compare_curves(a, b)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, key, xk, cnt in ((ax1, "spectrum_db", "centre_mhz", "spectrum"), (ax2, "envelope_acf", "lag_ns", "acf")):
+        A, B = a[key], b[key]
+        ax.fill_between(B[xk], B["p10"], B["p90"], color="C1", alpha=0.3, step="mid" if key == "spectrum_db" else None,
+                        label=f"{names[1]} p10-p90")
+        ax.plot(B[xk], B["median"], color="C1", lw=1, label=f"{names[1]} median")
+        ax.plot(A[xk], A["median"], color="C0", lw=1.3, marker=".", ms=3, label=f"{names[0]} median")
+        out = cc[cnt]["inside"] == 0
+        ax.plot(A[xk][out], A["median"][out], "x", color="C3", ms=6, label="outside")
+        ax.set_title(f"{title}{' ' if title else ''}{'spectrum' if cnt == 'spectrum' else 'envelope ACF'}: "
+                     f"{cc[cnt + '_inside']} of {cc[cnt + '_of']} inside", fontsize=10)
+        ax.legend(fontsize=7, loc="lower center" if cnt == "spectrum" else "upper right")
+    ax1.set_xlabel("frequency from the carrier (MHz)"); ax1.set_ylabel("share of the frame's power per 0.521 MHz (dB)")
+    ax2.set_xlabel("lag (ns)"); ax2.set_ylabel("envelope autocorrelation")
+    fig.tight_layout()
+    return fig
+
+
 # %% ../nbs/15_realism.ipynb #a5454430
 def _realism_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei realism", description="Measure the reference's 13 per-frame statistics, "
@@ -471,6 +729,7 @@ def _realism_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-emitter", type=int, default=10, help="synthetic frames measured per emitter (default: 10)")
     p.add_argument("--emitters", type=int, default=None, help="measure only the first N synthetic emitters (default: all)")
     p.add_argument("--time-units", action="store_true", help="rise, fall and alignment in ns (automatic when the rates differ)")
+    p.add_argument("--curves", action="store_true", help="also print the spectrum and envelope-ACF curves point by point")
     for f in fields(SynthConfig):
         flag, t = "--" + f.name.replace("_", "-"), _field_type(f)
         if t is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"SynthConfig.{f.name}")
@@ -495,8 +754,7 @@ def realism_main(argv: list[str]) -> int:
     time_units = a.time_units or fsf != fs
     x, y = synth_sample(cfg, a.frames_per_emitter, a.emitters)
     rs = realism_report(x, y, fs, time_units)
-    ro = realism_report(xf, yf, fsf, time_units) if a.files else \
-        {**reference_report(), "summary": reference_summary(fs, time_units)}
+    ro = realism_report(xf, yf, fsf, time_units) if a.files else reference_report(fs, time_units)
     if fsf != fs:   # a lag of one sample is another time at another rate: not comparable
         for r in (rs, ro): r["summary"].loc["noise_acf1", ["median", "p10", "p90"]] = np.nan
     table = compare(rs["summary"], ro["summary"], ("synthetic", other_name))
@@ -511,5 +769,27 @@ def realism_main(argv: list[str]) -> int:
     print(table.drop(columns="unit").assign(statistic=[f"{s} ({u})" if u else s for s, u in zip(table.statistic, table.unit)])
           .to_string(index=False))
     print(f"\n{inside} of {(table['inside'] != 'n/a').sum()} synthetic medians inside the {other_name} p10-p90\n")
+    lo = min(fs, fsf)       # the curves compared at the lower of the two rates (`curves_at`)
+    cc = compare_curves(curves_at(rs["curves"], lo), curves_at(ro["curves"], lo))
+    print(_curve_lines(cc, other_name, lo, a.curves))
     print(compare_spread(rs, ro, ("synthetic", other_name)).to_string())
+    if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
     return 0
+
+def _curve_lines(cc: dict, other_name: str, sample_rate: float, full: bool = False) -> str:
+    "The curve counts (and with `full` both curves point by point) as printed by `ltsei realism`."
+    sp, ac = cc["spectrum"], cc["acf"]
+    out = sp[sp["inside"] == 0]
+    d = np.where(out["a median"] > out["b p90"], out["a median"] - out["b p90"], out["a median"] - out["b p10"])
+    where = ", ".join(f"{c:+.2f} MHz {v:+.1f} dB" for c, v in zip(out["centre_mhz"], d))
+    s = [f"spectrum bins inside the {other_name} p10-p90: {cc['spectrum_inside']} of {cc['spectrum_of']} "
+         f"(0.521 MHz bins within +-{min(sample_rate, REF_SAMPLE_RATE) / 2e6:g} MHz)" + (f"; outside (median beyond the band): {where}" if where else ""),
+         f"envelope-ACF lags inside the {other_name} p10-p90: {cc['acf_inside']} of {cc['acf_of']} "
+         f"(lags of {1e9 / sample_rate:g} ns up to {ac.loc[ac['inside'].notna(), 'lag_ns'].max() if cc['acf_of'] else 0:g} ns)"]
+    if full:
+        with pd.option_context("display.max_rows", 200, "display.float_format", "{:.3f}".format):
+            s += ["", sp.dropna(subset=["inside"]).rename(columns={"a median": "synthetic median", "b median": f"{other_name} median",
+                  "b p10": f"{other_name} p10", "b p90": f"{other_name} p90"}).to_string(), "",
+                  ac.dropna(subset=["inside"]).rename(columns={"a median": "synthetic median", "b median": f"{other_name} median",
+                  "b p10": f"{other_name} p10", "b p90": f"{other_name} p90"}).to_string()]
+    return "\n".join(s) + "\n"

@@ -1,5 +1,6 @@
 """The realism measurements (`ltsei.realism`) against hand-computed cases, and `ltsei realism`."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -140,9 +141,12 @@ def test_realism_main_against_reference(capsys):
     out = capsys.readouterr().out
     assert "compared with the reference: 84 real frames" in out and "synthetic medians inside the real p10-p90" in out
     assert "spread ratio: rise" in out and "CFO-only 1-NN" in out
+    assert re.search(r"spectrum bins inside the real p10-p90: \d+ of 96", out) and "envelope-ACF lags inside the real p10-p90: " in out
     assert realism_main(["--preset", "quick", "--emitters", "10", "--frames-per-emitter", "3", "--rx-bandwidth", "5e6"]) == 0
     out = capsys.readouterr().out
     assert "rx_bandwidth=5000000.0" in out and "in ns (the sample rates differ)" in out and "n/a" in out
+    assert "of 14 (0.521 MHz bins within +-4 MHz)" in out and "of 8 (lags of 125 ns up to 1000 ns)" in out
+    assert "carried to 8 MS/s" in out and "obw99: n/a" in out
 
 
 def test_realism_main_against_files(tmp_path, capsys):
@@ -160,3 +164,31 @@ def test_realism_main_against_files(tmp_path, capsys):
     assert "compared with 24 frames" in out and "12 of 12 synthetic medians inside the files p10-p90" in out
     with pytest.raises(FileNotFoundError):
         realism_main([str(tmp_path / "missing.npy")])
+
+
+def test_curves_known_cases():
+    from ltsei.realism import (REAL_ADSB_CURVES, compare_curves, curves_at, envelope_acf, reference_curves,
+                               reference_notes, spectrum_bins_full, spectrum_db)
+    for fs, n in ((50e6, 4800), (8e6, 768)):           # a tone at +1 MHz: all power in bin 49 (0.521..1.042 MHz)
+        S = spectrum_db(np.exp(2j * np.pi * 1e6 * np.arange(n) / fs)[None], fs, cfo=0.0)
+        assert S[0, 49] == pytest.approx(0.0, abs=1e-6) and np.nanmax(np.delete(S[0], 49)) < -25
+    assert spectrum_bins_full(50e6).all() and spectrum_bins_full(8e6).sum() == 14
+    z, _, _ = _frames(cfo=2.4e6)
+    assert np.allclose((10 ** (spectrum_db(z, FS) / 10)).sum(1), 1.0)
+    assert np.isin(spectrum_db(z, FS).argmax(1), [47, 48]).all()          # derotated by the measured cfo
+    sq = (np.arange(L) // 25 % 2).astype(complex)[None]                   # square wave: a triangle ACF
+    k = np.arange(1, 51)
+    e = np.abs(sq[0]) - 0.5
+    assert np.allclose(envelope_acf(sq)[0], [np.sum(e[:-j] * e[j:]) / np.sum(e * e) for j in k])
+    assert np.allclose(envelope_acf(sq)[0], 1 - 4 * np.minimum(k, 50 - k) / 50, atol=0.011)
+    r50, r8 = reference_curves(), reference_curves(8e6)
+    assert list(r50["envelope_acf"]["p90"]) == REAL_ADSB_CURVES["envelope_acf"]["p90"]
+    assert r8["spectrum_db"]["median"].notna().sum() == 14 and r8["envelope_acf"]["median"].notna().sum() == 8
+    assert curves_at(r50, 8e6)["spectrum_db"]["p10"].equals(r8["spectrum_db"]["p10"])
+    c = compare_curves(r50, r50)
+    assert (c["spectrum_inside"], c["spectrum_of"], c["acf_inside"], c["acf_of"]) == (96, 96, 50, 50)
+    with pytest.raises(ValueError, match="curves_at"):
+        compare_curves(r50, r8)
+    notes = "\n".join(reference_notes(8e6))
+    assert "14 bins" in notes and "obw99: n/a" in notes and reference_notes(50e6) == []
+    assert np.isnan(reference_summary(8e6).loc["obw99", "median"]) and np.isfinite(reference_summary(20e6).loc["obw99", "median"])
