@@ -4,20 +4,23 @@
 
 # %% ../nbs/15_realism.ipynb #6c344861
 from __future__ import annotations
-import argparse, warnings
+import argparse, os, sys, warnings
+from pathlib import Path
 from dataclasses import fields, replace
 import numpy as np
 import pandas as pd
 from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, check_synth_config,
-                         make_fingerprints, synth_frames)
+                         make_fingerprints, synth_frames, SYNTH_VERSION)
 
 # %% auto #0
 __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
-           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'as_complex', 'frame_start', 'measure_frame',
-           'measure_frames', 'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at',
-           'reference_curves', 'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary',
-           'realism_report', 'reference_report', 'compare', 'compare_spread', 'reference_band_edge', 'reference_notes',
-           'synth_sample', 'load_frames', 'plot_curves', 'realism_main']
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'as_complex',
+           'frame_start', 'measure_frame', 'measure_frames', 'spectrum_bins_full', 'spectrum_db', 'envelope_acf',
+           'summarize_curves', 'curves_at', 'reference_curves', 'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy',
+           'summarize', 'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
+           'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames', 'plot_curves', 'read_synth_preset',
+           'synth_preset', 'preset_overrides', 'preset_flags', 'expand_preset_overrides', 'realism_main',
+           'snr_from_noise_floor', 'fingerprint_estimates', 'fit_synth', 'preset_text', 'write_preset']
 
 # %% ../nbs/15_realism.ipynb #0e36f095
 # Summary statistics of real ADS-B captures (no frames): measured on 84 distinct frames of the public DIR-SEI
@@ -278,9 +281,10 @@ def _edge_time(env, lo, hi, l_on, l_off, rising):
     if np.isnan(t10): return np.nan
     return t10 - _crossing(env, lo, int(np.floor(t10)), p90, False, first=False)
 
-def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -> dict:
+def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS, edges: bool = True) -> dict:
     """The 13 statistics of one complex frame `z` (L,) whose preamble starts at sample `start`
-    (see the definitions above), plus `bits` (how many were sliced) and `start`."""
+    (see the definitions above), plus `bits` (how many were sliced) and `start`. `edges=False` skips the
+    edge-time search (rise, fall and align are then nan), for fits that do not need them."""
     z = np.asarray(z, np.complex128)
     L, fs = z.size, float(sample_rate)
     env = np.abs(z)
@@ -298,12 +302,17 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -
     # chip levels: the mean envelope over each chip's centre (0.1 us = 5 samples at 50 MS/s dropped at each edge)
     a = start + np.arange(chips.size) * chip                  # chip starts, samples
     lo = np.ceil(a + 0.1e-6 * fs - 1e-9).astype(np.int64); hi = np.ceil(a + chip - 0.1e-6 * fs - 1e-9).astype(np.int64)
+    none = hi <= lo                  # below 4 MS/s the centre may hold no sample: the one at the chip's middle (rounded down)
+    lo[none] = np.floor(a[none] + chip / 2 + 1e-9).astype(np.int64); hi[none] = lo[none] + 1
     valid = (lo >= 0) & (hi <= L) & (hi > lo)
     lev = np.full(chips.size, np.nan)
-    on_m, off_m = np.zeros(L, bool), np.zeros(L, bool)
-    for c in np.flatnonzero(valid):
-        lev[c] = env[lo[c]:hi[c]].mean()
-        (on_m if chips[c] else off_m)[lo[c]:hi[c]] = True
+    vi = np.flatnonzero(valid)
+    Ce = np.concatenate([[0.0], np.cumsum(env)])
+    lev[vi] = (Ce[hi[vi]] - Ce[lo[vi]]) / (hi[vi] - lo[vi])
+    def mask(cs):                    # the samples of the chip centres `cs` (they never overlap)
+        d = np.zeros(L + 1); np.add.at(d, lo[cs], 1); np.add.at(d, hi[cs], -1)
+        return np.cumsum(d)[:L] > 0.5
+    on_m, off_m = mask(vi[chips[vi]]), mask(vi[~chips[vi]])
     on = valid & chips
     nan = dict.fromkeys(STATS, np.nan)
     if on.sum() < 2 or not off_m.any(): return {**nan, "rms": float(np.sqrt(np.mean(env ** 2))), "bits": n_bits, "start": int(start)}
@@ -311,17 +320,18 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -
     r = {"rms": float(np.sqrt(np.mean(env ** 2))), "env0": env[0] / P}
     # edges with at least 50 % contrast, searched from the previous chip's centre to the next chip's centre
     rise, fall = [], []
-    for c in range(1, chips.size):
+    for c in range(1, chips.size if edges else 1):
         if chips[c] == chips[c - 1] or not (valid[c] and valid[c - 1]): continue
         l_on, l_off = (lev[c], lev[c - 1]) if chips[c] else (lev[c - 1], lev[c])
         if l_on - l_off < 0.5 * l_on: continue
         w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
         (rise if chips[c] else fall).append(_edge_time(env, w0, w1, l_on, l_off, bool(chips[c])))
-    r["rise"] = float(np.nanmedian(rise)) if np.isfinite(rise).any() else np.nan
-    r["fall"] = float(np.nanmedian(fall)) if np.isfinite(fall).any() else np.nan
+    resolved = chip >= 2             # below 4 MS/s a chip is one sample: an edge's 10-90 % time is not resolved (n/a)
+    r["rise"] = float(np.nanmedian(rise)) if resolved and np.isfinite(rise).any() else np.nan
+    r["fall"] = float(np.nanmedian(fall)) if resolved and np.isfinite(fall).any() else np.nan
     # alignment: 50 % rising crossings of preamble pulses 2-4 minus their nominal 1, 3.5, 4.5 us
     al = []
-    for c, nominal in ((2, 1e-6), (7, 3.5e-6), (9, 4.5e-6)):
+    for c, nominal in ((2, 1e-6), (7, 3.5e-6), (9, 4.5e-6)) if edges else ():
         if not (valid[c] and valid[c - 1]): continue
         w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
         al.append(_crossing(env, w0, w1, (lev[c] + lev[c - 1]) / 2, True, first=True) - nominal * fs)
@@ -355,14 +365,15 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -
     r["obw99"] = float(fsh[min(np.searchsorted(cs, 0.995), L - 1)] - fsh[np.searchsorted(cs, 0.005)]) / 1e6
     return {**{k: float(r[k]) for k in STATS}, "bits": n_bits, "start": int(start)}
 
-def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS) -> pd.DataFrame:
-    "One row of statistics per frame of `x` (complex (N, L) or real (N, 2, L)), in the reference's definitions."
+def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS, edges: bool = True) -> pd.DataFrame:
+    """One row of statistics per frame of `x` (complex (N, L) or real (N, 2, L)), in the reference's definitions
+    (`edges=False`: without the edge times, see `measure_frame`)."""
     z = as_complex(x)
-    if not float(sample_rate) >= 4e6: raise ValueError(f"realism: sample_rate={sample_rate!r}: expected at least 4e6 samples/s")
+    if not float(sample_rate) >= 2e6: raise ValueError(f"realism: sample_rate={sample_rate!r}: expected at least 2e6 samples/s (one sample per 0.5 us chip)")
     if z.shape[1] < 8e-6 * float(sample_rate): raise ValueError(f"realism: frames of {z.shape[1]} samples are shorter than the 8 us preamble")
     starts = frame_start(np.abs(z), sample_rate)
     with np.errstate(divide="ignore", invalid="ignore"):     # noise-free frames: -inf dB, nan correlations
-        return pd.DataFrame([measure_frame(z[i], sample_rate, starts[i], max_bits) for i in range(len(z))])
+        return pd.DataFrame([measure_frame(z[i], sample_rate, starts[i], max_bits, edges) for i in range(len(z))])
 
 # %% ../nbs/15_realism.ipynb #c1d2e3f4
 SPECTRUM_BINS = 96                                 # the reference's bins: 50 FFT points of its 4800-point frames
@@ -661,15 +672,22 @@ def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None)
     return np.concatenate(xs), np.repeat(np.arange(E), int(frames_per_emitter))
 
 def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: float | None = None,
-                dedup: bool = True) -> tuple[np.ndarray, np.ndarray, float, str]:
+                dedup: bool = True, labels: bool | None = None) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Frames (N, 2, L) float32, labels (N,), sample rate and a description from capture files in any layout
     `ltsei.data.read_xy` + `to_ncl` read. Frames found more than once (the public subsets share frames) are kept once
-    (the same frame: equal `ltsei.data.frame_hashes`, as the data loader's duplicate checks)."""
+    (the same frame: equal `ltsei.data.frame_hashes`, as the data loader's duplicate checks). `labels`: None reads
+    labels where the files have them and all frames of a file without labels as one class (-1); False ignores them."""
     from ltsei.data import read_xy, to_ncl, frame_hashes, PUBLIC_SAMPLE_RATE
     xs, ys, rates = [], [], set()
     for p in paths:
-        x, y, info = read_xy(p, role)
-        y = np.asarray(y).reshape(-1)
+        try:
+            if labels is False: raise LookupError
+            x, y, info = read_xy(p, role)
+            y = np.asarray(y).reshape(-1)
+        except (LookupError, FileNotFoundError, ValueError) as e:   # no label file or label array: unlabelled frames
+            if labels or (not isinstance(e, LookupError) and "label" not in str(e)) or not Path(p).exists(): raise
+            x, info = _read_x(p, role)
+            y = np.full(x.shape[0] if np.iscomplexobj(x) or x.shape[0] != 2 else x.shape[-1], -1)
         xs.append(to_ncl(x, len(y), layout, str(p))); ys.append(y)
         if info.get("sample_rate"): rates.add(float(info["sample_rate"]))
     if len({x.shape[2] for x in xs}) > 1:
@@ -683,9 +701,33 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
         _, first = np.unique(frame_hashes(x), return_index=True)
         keep = np.sort(first)                                   # the first copy of each, in file order
         x, y = x[keep], y[keep]
-    desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} of {len(np.unique(y))} classes "
+    k = len(np.unique(y))
+    cls = "unlabelled" if (y == -1).all() else f"of {k} class{'es' if k != 1 else ''}"
+    desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} {cls} "
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")
     return x, y, fs, desc
+def _read_x(path, role: str):
+    "The signal array (no labels) and info of one capture file or folder, as `ltsei.data.read_xy` finds it."
+    from ltsei.data import X_KEYS, _h5_array, _h5_datasets, _load_npy, _pick_key, _read_mat, _split_file
+    p = Path(path)
+    if p.is_dir():
+        hit = _split_file(p, role)
+        if hit is None: raise FileNotFoundError(f"{p}: folder holds no X_{role}.npy for the {role} split")
+        p = hit
+    info = {"path": str(p)}
+    meta = p.with_name("meta.json")
+    if meta.exists():
+        try: info["sample_rate"] = float(__import__("json").loads(meta.read_text())["sample_rate"])
+        except (KeyError, ValueError, TypeError): pass
+    suf = p.suffix.lower()
+    if suf == ".npy": return _load_npy(p, mmap=True), info
+    if suf == ".npz":
+        with np.load(p, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    elif suf == ".mat": d = _read_mat(p)
+    else: d = {k: _h5_array(v) for k, v in _h5_datasets(p).items()}
+    if "sample_rate" in d: info["sample_rate"] = float(np.asarray(d["sample_rate"]).ravel()[0])
+    return d[_pick_key(d.keys(), X_KEYS, role, "signal array", p)], info
+
 
 # %% ../nbs/15_realism.ipynb #c5b6c7d8
 def plot_curves(a: dict, b: dict, names=("synthetic", "real"), title: str = ""):
@@ -713,6 +755,71 @@ def plot_curves(a: dict, b: dict, names=("synthetic", "real"), title: str = ""):
     return fig
 
 
+# %% ../nbs/15_realism.ipynb #f1a1b1c1
+PRESET_SUFFIXES = (".yaml", ".yml")
+
+def read_synth_preset(path) -> dict:
+    """The data.synth keys of a preset file: a YAML mapping of `SynthConfig` fields (as `ltsei realism --fit`
+    writes it) as {key: value} with the fields' types, checked with `check_synth_config` over the paper
+    defaults. Anything else is one error naming the file and what was expected."""
+    import yaml
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"synth preset {p}: not found: expected a YAML file of data.synth keys")
+    try: d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e: raise ValueError(f"synth preset {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or not d:
+        raise ValueError(f"synth preset {p}: expected a mapping of data.synth keys (key: value per line), got {type(d).__name__}")
+    names = {f.name: f for f in fields(SynthConfig)}
+    bad = sorted(str(k) for k in d if k not in names)
+    if bad: raise ValueError(f"synth preset {p}: {', '.join(bad)}: not data.synth keys of this generator; expected some of {', '.join(names)}")
+    out = {}
+    for k, v in d.items():
+        t = _field_type(names[k])
+        if t in (int, float) and isinstance(v, str):      # YAML 1.1 reads 1e6 (no dot) as a string
+            try: v = float(v)
+            except ValueError: pass
+        ok = isinstance(v, bool) if t is bool else isinstance(v, str) if t is str else \
+             (isinstance(v, (int, float)) and not isinstance(v, bool) and (t is float or float(v) == int(v)))
+        if not ok: raise ValueError(f"synth preset {p}: {k}={v!r}: expected a {t.__name__}")
+        out[k] = t(v)
+    try: check_synth_config(replace(SynthConfig(), **out))
+    except ValueError as e: raise ValueError(f"synth preset {p}: {e}") from None
+    return out
+
+def synth_preset(name, base: str = "paper") -> SynthConfig:
+    "A named preset (`SYNTH_PRESETS`) or a preset file's keys over the `base` preset."
+    if str(name) in SYNTH_PRESETS: return SYNTH_PRESETS[str(name)]
+    if Path(str(name)).suffix.lower() in PRESET_SUFFIXES: return replace(SYNTH_PRESETS[base], **read_synth_preset(name))
+    raise ValueError(f"synth preset {name!r}: expected one of {', '.join(sorted(SYNTH_PRESETS))} or a .yaml file of data.synth keys")
+
+def _cli_value(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
+
+def preset_overrides(path) -> list[str]:
+    "A preset file as `python main.py` overrides: `data.synth.KEY=VALUE`, one per key."
+    return [f"data.synth.{k}={_cli_value(v)}" for k, v in read_synth_preset(path).items()]
+
+def preset_flags(path) -> list[str]:
+    "A preset file as `ltsei synth` / `ltsei realism` flags: `--key value` (`--key` / `--no-key` for booleans)."
+    out = []
+    for k, v in read_synth_preset(path).items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, _cli_value(v)]
+    return out
+
+def expand_preset_overrides(argv: list[str]) -> list[str]:
+    """`python main.py` arguments with each `data.synth.preset=FILE.yaml` replaced in place by the file's keys as
+    `data.synth.KEY=VALUE` overrides (later arguments still override them)."""
+    out = []
+    for a in argv:
+        if a.startswith("data.synth.preset="):
+            v = a.split("=", 1)[1]
+            if "," in v: raise ValueError(f"{a}: one preset file per run (a sweep over preset files is not supported)")
+            out += preset_overrides(v)
+        else: out.append(a)
+    return out
+
+
 # %% ../nbs/15_realism.ipynb #a5454430
 def _realism_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei realism", description="Measure the reference's 13 per-frame statistics, "
@@ -725,7 +832,14 @@ def _realism_parser() -> argparse.ArgumentParser:
     p.add_argument("--files-sample-rate", type=float, default=None,
                    help="the files' sample rate in Hz (default: from meta.json or the .npz, else 50e6)")
     p.add_argument("--keep-duplicates", action="store_true", help="measure frames that occur more than once each time")
-    p.add_argument("--preset", choices=sorted(SYNTH_PRESETS), default="paper", help="synthetic starting settings (default: paper)")
+    p.add_argument("--preset", default="paper", help=f"synthetic starting settings: {', '.join(sorted(SYNTH_PRESETS))} or a "
+                   ".yaml preset file (default: paper); with --fit, the named preset the fit starts from")
+    p.add_argument("--fit", nargs="+", metavar="FILE", default=None, help="fit a generator to these capture files (any layout "
+                   "the loader reads, any sample rate, with or without labels) and write it to --out")
+    p.add_argument("--out", default=None, help="with --fit: the preset file to write (.yaml)")
+    p.add_argument("--labels", action=argparse.BooleanOptionalAction, default=None,
+                   help="use the files' labels (default: where they have them); --no-labels ignores them")
+    p.add_argument("--sim-frames", type=int, default=120, help="with --fit: simulated frames per step of the fit (default: 120)")
     p.add_argument("--frames-per-emitter", type=int, default=10, help="synthetic frames measured per emitter (default: 10)")
     p.add_argument("--emitters", type=int, default=None, help="measure only the first N synthetic emitters (default: all)")
     p.add_argument("--time-units", action="store_true", help="rise, fall and alignment in ns (automatic when the rates differ)")
@@ -742,11 +856,12 @@ def realism_main(argv: list[str]) -> int:
     comparison's p10-p90. Returns 0."""
     a = _realism_parser().parse_args(argv)
     over = {f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None}
-    cfg = replace(SYNTH_PRESETS[a.preset], **over)
+    if a.fit or a.out: return _fit_main(a, over)
+    cfg = replace(synth_preset(a.preset), **over)
     check_synth_config(cfg)
     fs = float(cfg.sample_rate)
     if a.files:
-        xf, yf, fsf, desc = load_frames(a.files, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates)
+        xf, yf, fsf, desc = load_frames(a.files, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
         other_name = "files"
     else:
         fsf, desc, other_name = REF_SAMPLE_RATE, f"the reference: {REAL_ADSB_REFERENCE['frames']} real frames of " \
@@ -793,3 +908,204 @@ def _curve_lines(cc: dict, other_name: str, sample_rate: float, full: bool = Fal
                   ac.dropna(subset=["inside"]).rename(columns={"a median": "synthetic median", "b median": f"{other_name} median",
                   "b p10": f"{other_name} p10", "b p90": f"{other_name} p90"}).to_string()]
     return "\n".join(s) + "\n"
+def _fit_main(a, over: dict) -> int:
+    "`ltsei realism --fit FILES... --out PRESET.yaml`: fit, write the preset, print what was estimated and how it fits."
+    if not a.fit or not a.out: raise ValueError("ltsei realism: --fit FILES... and --out PRESET.yaml go together")
+    if a.files: raise ValueError(f"ltsei realism --fit: the capture files go after --fit (got {a.files} before it)")
+    if Path(a.out).suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {a.out}: expected a .yaml file for the fitted preset")
+    if a.preset not in SYNTH_PRESETS: raise ValueError(f"--preset {a.preset!r}: with --fit, expected one of {', '.join(sorted(SYNTH_PRESETS))}")
+    base = replace(SYNTH_PRESETS[a.preset], **over)
+    x, y, fs, desc = load_frames(a.fit, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
+    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed))
+    print(f"fitted to {desc}\n\nestimated (median [p10 .. p90]):")
+    for r in fit["estimates"].index: print(f"  {r:15s} {_fmt_est(fit['estimates'].loc[r])}")
+    if fit["preset"] is None:
+        print(f"\nerror: no preset written: {fit['reason']}", file=sys.stderr)
+        return 2
+    out = write_preset(a.out, preset_text(fit, desc))
+    print(f"\nwrote {out}: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fit["preset"].items()))
+    if fit["unused"]: print(f"not data.synth keys of {SYNTH_VERSION} (in the file as comments): {', '.join(fit['unused'])}")
+    t = fit["table"]
+    print(f"\nthe fitted preset's frames against the captures ({fit['fitted']['frames']} frames):\n")
+    print(t.drop(columns="unit").to_string(index=False))
+    print(f"\n{(t['inside'] == 'yes').sum()} of {(t['inside'] != 'n/a').sum()} fitted medians inside the files p10-p90")
+    print(_curve_lines(fit["curves"], "files", fs))
+    print(f"use it: ltsei synth --preset {out} --out DIR | ltsei realism --preset {out} FILES | python main.py data.synth.preset={out}")
+    return 0
+
+# %% ../nbs/15_realism.ipynb #f2a2b2c2
+def _uniform_from_quantiles(p10: float, p90: float) -> tuple[float, float]:
+    "The range (a, b) of the uniform distribution whose 10 % and 90 % points are p10 and p90."
+    w = (p90 - p10) / 0.8
+    return p10 - 0.1 * w, p90 + 0.1 * w
+
+def snr_from_noise_floor(nf_db) -> np.ndarray:
+    """Per-frame SNR (pulse power over noise power, dB) from the noise floor statistic: with noise N in both and
+    pulse power P on the chips, nf = N / (P + N), so P / N = 1 / nf - 1 (nan where nf >= 0 dB)."""
+    r = 10 ** (-np.asarray(nf_db, np.float64) / 10) - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(r > 0, 10 * np.log10(np.where(r > 0, r, 1.0)), np.nan)
+
+def _q(v) -> tuple[float, float, float]:
+    v = np.asarray(v, np.float64); v = v[np.isfinite(v)]
+    return tuple(float(t) for t in np.quantile(v, [0.5, 0.1, 0.9])) if v.size else (np.nan,) * 3
+
+def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float) -> pd.DataFrame:
+    """What the captures show of the emitters and the receiver, in physical units (rows: estimate; columns
+    median, p10, p90, unit, how). With labels (at least 2 classes of 2 frames), the emitter-mean CFO's spread
+    across emitters and the per-frame CFO jitter within them, and the spread ratios of rise, fall, droop."""
+    fs, y = float(sample_rate), np.asarray(y)
+    rows = {}
+    def add(name, vals, unit, how):
+        m, lo, hi = _q(vals); rows[name] = {"median": m, "p10": lo, "p90": hi, "unit": unit, "how": how}
+    add("snr_db", snr_from_noise_floor(stats["noise_floor"]), "dB", "10 log10(1 / noise floor - 1), per frame")
+    add("cfo_hz", stats["cfo"], "Hz", "the cfo statistic, per frame")
+    add("rise_time_s", stats["rise"] / fs, "s", "the rise statistic / sample rate (receiver filter included)")
+    add("fall_time_s", stats["fall"] / fs, "s", "the fall statistic / sample rate (receiver filter included)")
+    add("align_s", stats["align"] / fs, "s", "the first pulse's 50 % crossing from sample 0")
+    add("droop", stats["droop"] / 100, "", "the droop statistic / 100 (amplitude lost over 96 us)")
+    add("dc_db", stats["dc_gap"], "dB", "the DC in the gaps vs the pulse level")
+    add("rms", stats["rms"], "", "the RMS amplitude")
+    cls = [c for c in np.unique(y) if (y == c).sum() >= 2]
+    if len(cls) >= 2:
+        cfo = stats["cfo"].to_numpy()
+        means = np.array([np.nanmean(cfo[y == c]) for c in cls])
+        add("cfo_emitter_hz", means, "Hz", "per-emitter mean CFO, over emitters")
+        add("cfo_jitter_hz", [np.nanstd(cfo[y == c], ddof=1) for c in cls], "Hz", "per-emitter CFO std, over emitters")
+        for k in ("rise", "fall", "droop"):
+            r = spread_ratio(stats[k], y)
+            rows[f"spread_{k}"] = {"median": r, "p10": np.nan, "p90": np.nan, "unit": "", "how": "spread ratio (between / within emitters)"}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# %% ../nbs/15_realism.ipynb #f3a3b3c3
+# estimate -> the data.synth key that takes it, for the keys this generator has (an estimate whose key is
+# missing is reported and written into the preset file as a comment): (estimate row, column, scale)
+FIT_KEY_MAP = {}
+
+def _golden(f, a: float, b: float, n: int) -> float:
+    "The best of `n` evaluations of a golden-section search for the minimum of f over [a, b]."
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    seen = [(fc, c), (fd, d)]
+    for _ in range(n - 2):
+        if fc < fd: b, d, fd = d, c, fc; c = b - g * (b - a); fc = f(c); seen.append((fc, c))
+        else: a, c, fc = c, d, fd; d = a + g * (b - a); fd = f(d); seen.append((fd, d))
+    return min(seen)[1]
+
+def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
+    """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean |dB| distance between
+    the simulated and the captured median spectrum (golden section on log B in 1 MHz .. 0.75 x rate, common
+    random numbers), then the SNR range moves by the gap between the simulated and the captured median SNR
+    (from the noise floor); a second, narrower round refines both."""
+    fs = float(cfg.sample_rate)
+    target = files["curves"]["spectrum_db"]["median"].to_numpy()
+    ok = np.isfinite(target)
+    snr_files = np.nanmedian(snr_from_noise_floor(files["stats"]["noise_floor"]))
+    def dist(logb):
+        S = sim(replace(cfg, rx_bandwidth=float(np.exp(logb))))[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)     # bins outside the band: all-nan columns
+            return float(np.mean(np.abs(np.nanmedian(S, 0)[ok] - target[ok])))
+    span, top = (np.log(1e6), np.log(0.75 * fs)), np.log(0.75 * fs)
+    for r in range(rounds):
+        b = float(np.exp(_golden(dist, *span, 9 if r == 0 else 6)))
+        cfg = replace(cfg, rx_bandwidth=float(round(b, -3)))
+        d = float(np.nanmedian(snr_from_noise_floor(sim(cfg)[0]["noise_floor"])) - snr_files)
+        cfg = replace(cfg, snr_db_min=round(cfg.snr_db_min - d, 2), snr_db_max=round(cfg.snr_db_max - d, 2))
+        span = (np.log(b) - 0.2, min(np.log(b) + 0.2, top))
+    return cfg
+
+def _calibrate_cfo(est: pd.DataFrame, cfo_stat, ys, cfo_set) -> pd.DataFrame:
+    """The CFO rows of `est` as generator settings: the cfo statistic depends on the receiver (a narrow filter
+    bends the phase along each pulse), so a line `statistic = a x setting + b` is fitted to the simulated
+    emitters of the fitted receiver (their mean statistic against their known mean offset) and inverted."""
+    m = np.array([np.nanmean(cfo_stat[ys == e]) for e in range(len(cfo_set))])
+    ok = np.isfinite(m)
+    if ok.sum() < 3 or np.ptp(cfo_set[ok]) <= 0: return est
+    a, b = np.polyfit(cfo_set[ok], m[ok], 1)
+    if not a > 0.2: return est                        # no usable relation: leave the statistic as it is
+    est = est.copy()
+    for r in ("cfo_hz", "cfo_emitter_hz"):
+        if r in est.index: est.loc[r, ["median", "p10", "p90"]] = (est.loc[r, ["median", "p10", "p90"]].astype(float) - b) / a
+    if "cfo_jitter_hz" in est.index: est.loc["cfo_jitter_hz", ["median", "p10", "p90"]] = est.loc["cfo_jitter_hz", ["median", "p10", "p90"]].astype(float) / a
+    cal = f"; setting from statistic = {a:.3f} x setting {b / 1e3:+.1f} kHz, fitted on the fitted receiver's simulated emitters"
+    est.loc[[r for r in ("cfo_hz", "cfo_emitter_hz", "cfo_jitter_hz") if r in est.index], "how"] += cal
+    return est
+
+def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
+    """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
+    `preset` (the data.synth keys: sample_rate, length, num_emitters with labels, rx_bandwidth, snr_db_min/max and
+    whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
+    generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
+    (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
+    the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
+    fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
+    files = realism_report(x, y, fs)
+    est = fingerprint_estimates(files["stats"], y, fs)
+    classes = len(np.unique(y))
+    preset = {"sample_rate": fs, "length": int(x.shape[-1])}
+    if classes >= 2: preset["num_emitters"] = int(classes)
+    lo, hi = _uniform_from_quantiles(est.loc["snr_db", "p10"], est.loc["snr_db", "p90"])
+    if not np.isfinite([lo, hi]).all(): raise ValueError("realism --fit: no frame with a measurable noise floor: cannot estimate the SNR")
+    base = SYNTH_PRESETS[base] if isinstance(base, str) else base
+    cfg = replace(base, **preset, snr_db_min=round(lo, 2), snr_db_max=round(hi, 2), seed=int(seed))
+    names = {f.name for f in fields(SynthConfig)}
+    mapped = {k: est.loc[r, c] * s for k, (r, c, s) in FIT_KEY_MAP.items() if k in names and r in est.index and np.isfinite(est.loc[r, c])}
+    cfg = replace(cfg, **{k: _field_type(next(f for f in fields(SynthConfig) if f.name == k))(v) for k, v in mapped.items()})
+    try: check_synth_config(cfg)
+    except ValueError as e:       # what the captures show is still worth reporting
+        return {"preset": None, "reason": f"the generator cannot make frames like these captures: {e}", "estimates": est, "files": files}
+    E = min(int(cfg.num_emitters), 10)
+    fpe = max(2, int(np.ceil(int(sim_frames) / E)))
+    def sim(c):
+        xs, _ = synth_sample(c, fpe, E)
+        st = measure_frames(xs, fs, edges=False)        # the search needs the cfo, the noise floor and the spectrum
+        return st, spectrum_db(xs, fs, st["cfo"].to_numpy())
+    cfg = _fit_chain(cfg, files, sim)
+    preset.update({k: getattr(cfg, k) for k in ("rx_bandwidth", "snr_db_min", "snr_db_max", *mapped)})
+    xs, ys = synth_sample(cfg, fpe, E)
+    fitted = realism_report(xs, ys, fs)
+    est = _calibrate_cfo(est, fitted["stats"]["cfo"].to_numpy(), ys, make_fingerprints(cfg)["cfo_hz"].to_numpy()[:E])
+    used = {r for r, _, _ in (FIT_KEY_MAP[k] for k in mapped)} | {"snr_db"}
+    return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
+            "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
+            "curves": compare_curves(fitted["curves"], files["curves"])}
+
+
+# %% ../nbs/15_realism.ipynb #f4a4b4c4
+def _fmt_est(r) -> str:
+    v = [r["median"], r["p10"], r["p90"]]
+    f = (lambda t: f"{t * 1e9:.1f} ns") if r["unit"] == "s" else (lambda t: f"{t / 1e3:.1f} kHz") if r["unit"] == "Hz" else \
+        (lambda t: f"{t:.2f}{' ' + r['unit'] if r['unit'] else ''}")
+    return f(v[0]) + (f" [{f(v[1])} .. {f(v[2])}]" if np.isfinite(v[1:]).all() else "") if np.isfinite(v[0]) else "n/a"
+
+def preset_text(fit: dict, source: str) -> str:
+    """The preset file `ltsei realism --fit` writes: a header saying where it comes from and how to use it, the
+    data.synth keys (YAML), and as comments the estimates that no key of this generator takes."""
+    import yaml
+    body = yaml.safe_dump({k: (float(v) if isinstance(v, (float, np.floating)) else int(v) if isinstance(v, (int, np.integer)) else v)
+                           for k, v in fit["preset"].items()}, sort_keys=False, default_flow_style=False).rstrip()
+    est = fit["estimates"]
+    lines = [f"# ltsei realism --fit: a synthetic receiver and emitter population fitted to {source}",
+             f"# generator {SYNTH_VERSION}. Keys: data.synth keys, applied over a preset (ltsei synth --preset THIS.yaml:",
+             "# over paper) or over the profile's data.synth (python main.py data.synth.preset=THIS.yaml).", body,
+             "# estimated from the captures but not a data.synth key of this generator: median [p10 .. p90]"]
+    lines += [f"#   {r}: {_fmt_est(est.loc[r])}  ({est.loc[r, 'how']})" for r in fit["unused"]]
+    return "\n".join(lines) + "\n"
+
+def write_preset(path, text: str) -> Path:
+    "Write the preset file whole (a temporary file beside it, then renamed), after checking it reads back."
+    p = Path(path)
+    if p.suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {p}: expected a .yaml file for the fitted preset")
+    if not p.parent.is_dir(): raise FileNotFoundError(f"--out {p}: the folder {p.parent} does not exist")
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        read_synth_preset(tmp)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return p
+
