@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pandas as pd
 from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, check_synth_config,
-                         make_fingerprints, synth_frames, SYNTH_VERSION)
+                         make_fingerprints, synth_frames, SYNTH_VERSION, FINGERPRINT_SPREAD)
 
 # %% auto #0
 __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
@@ -20,7 +20,8 @@ __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS'
            'summarize', 'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
            'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames', 'plot_curves', 'read_synth_preset',
            'synth_preset', 'preset_overrides', 'preset_flags', 'expand_preset_overrides', 'realism_main',
-           'snr_from_noise_floor', 'fingerprint_estimates', 'fit_synth', 'preset_text', 'write_preset']
+           'snr_from_noise_floor', 'adc_bits_estimate', 'fingerprint_estimates', 'fit_synth', 'preset_text',
+           'write_preset']
 
 # %% ../nbs/15_realism.ipynb #0e36f095
 # Summary statistics of real ADS-B captures (no frames): measured on 84 distinct frames of the public DIR-SEI
@@ -950,9 +951,26 @@ def _q(v) -> tuple[float, float, float]:
     v = np.asarray(v, np.float64); v = v[np.isfinite(v)]
     return tuple(float(t) for t in np.quantile(v, [0.5, 0.1, 0.9])) if v.size else (np.nan,) * 3
 
-def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float) -> pd.DataFrame:
+def adc_bits_estimate(x, headroom_db: float = 3.0) -> np.ndarray:
+    """Per frame, the resolution of the ADC that made it (0 where its I and Q values lie on no grid: unquantised or
+    rescaled): with q the smallest step between its distinct values and every step a whole multiple of q (within
+    5 %), bits = log2(2 FS / q), full scale FS taken `headroom_db` above the frame's peak |I| or |Q| (an AGC that
+    leaves that much headroom)."""
+    z = as_complex(x)
+    out = np.zeros(len(z))
+    for i, f in enumerate(z):
+        u = np.unique(np.concatenate([f.real, f.imag]).astype(np.float32))
+        d = np.diff(u)
+        d = d[d > 1e-6 * max(np.abs(u).max(), 1e-30)]
+        if u.size < 3 or not d.size: continue
+        q = d.min()
+        if np.abs(d / q - np.round(d / q)).max() > 0.05: continue   # no grid
+        out[i] = np.log2(2 * np.abs(u).max() * 10 ** (headroom_db / 20) / q)
+    return out
+
+def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float, x=None) -> pd.DataFrame:
     """What the captures show of the emitters and the receiver, in physical units (rows: estimate; columns
-    median, p10, p90, unit, how). With labels (at least 2 classes of 2 frames), the emitter-mean CFO's spread
+    median, p10, p90, unit, how; with the frames `x` also the ADC resolution). With labels (at least 2 classes of 2 frames), the emitter-mean CFO's spread
     across emitters and the per-frame CFO jitter within them, and the spread ratios of rise, fall, droop."""
     fs, y = float(sample_rate), np.asarray(y)
     rows = {}
@@ -966,6 +984,10 @@ def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float) -> pd.Data
     add("droop", stats["droop"] / 100, "", "the droop statistic / 100 (amplitude lost over 96 us)")
     add("dc_db", stats["dc_gap"], "dB", "the DC in the gaps vs the pulse level")
     add("rms", stats["rms"], "", "the RMS amplitude")
+    if x is not None:
+        b = adc_bits_estimate(x)
+        rows["adc_bits"] = {"median": float(np.round(np.median(b[b > 0]))) if (b > 0).mean() > 0.5 else 0.0, "p10": np.nan, "p90": np.nan, "unit": "bits",
+                            "how": "the grid of the I/Q values: log2(2 x full scale / step), full scale 3 dB over the peak; 0: none in most frames"}
     cls = [c for c in np.unique(y) if (y == c).sum() >= 2]
     if len(cls) >= 2:
         cfo = stats["cfo"].to_numpy()
@@ -981,7 +1003,7 @@ def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float) -> pd.Data
 # %% ../nbs/15_realism.ipynb #f3a3b3c3
 # estimate -> the data.synth key that takes it, for the keys this generator has (an estimate whose key is
 # missing is reported and written into the preset file as a comment): (estimate row, column, scale)
-FIT_KEY_MAP = {}
+FIT_KEY_MAP = {"adc_bits": ("adc_bits", "median", 1)}
 
 def _golden(f, a: float, b: float, n: int) -> float:
     "The best of `n` evaluations of a golden-section search for the minimum of f over [a, b]."
@@ -998,11 +1020,13 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean |dB| distance between
     the simulated and the captured median spectrum (golden section on log B in 1 MHz .. 0.75 x rate, common
     random numbers), then the SNR range moves by the gap between the simulated and the captured median SNR
-    (from the noise floor); a second, narrower round refines both."""
+    (from the noise floor; `sim(c, 3)`: 3x the frames). Its width stays the captures' 10-90 % spread: that spread
+    also holds the emitters' other differences, which the simulated emitters need not share. A second, narrower
+    round refines both."""
     fs = float(cfg.sample_rate)
     target = files["curves"]["spectrum_db"]["median"].to_numpy()
     ok = np.isfinite(target)
-    snr_files = np.nanmedian(snr_from_noise_floor(files["stats"]["noise_floor"]))
+    s_files = _q(snr_from_noise_floor(files["stats"]["noise_floor"]))
     def dist(logb):
         S = sim(replace(cfg, rx_bandwidth=float(np.exp(logb))))[1]
         with warnings.catch_warnings():
@@ -1012,16 +1036,27 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     for r in range(rounds):
         b = float(np.exp(_golden(dist, *span, 9 if r == 0 else 6)))
         cfg = replace(cfg, rx_bandwidth=float(round(b, -3)))
-        d = float(np.nanmedian(snr_from_noise_floor(sim(cfg)[0]["noise_floor"])) - snr_files)
-        cfg = replace(cfg, snr_db_min=round(cfg.snr_db_min - d, 2), snr_db_max=round(cfg.snr_db_max - d, 2))
+        for _ in range(1 + r):
+            s_sim = _q(snr_from_noise_floor(sim(cfg, 3)[0]["noise_floor"]))
+            d = s_sim[0] - s_files[0]
+            cfg = replace(cfg, snr_db_min=round(cfg.snr_db_min - d, 2), snr_db_max=round(cfg.snr_db_max - d, 2))
         span = (np.log(b) - 0.2, min(np.log(b) + 0.2, top))
     return cfg
 
-def _calibrate_cfo(est: pd.DataFrame, cfo_stat, ys, cfo_set) -> pd.DataFrame:
+def _calibrate_cfo(est: pd.DataFrame, cfg, n: int = 8, frames: int = 6) -> pd.DataFrame:
     """The CFO rows of `est` as generator settings: the cfo statistic depends on the receiver (a narrow filter
-    bends the phase along each pulse), so a line `statistic = a x setting + b` is fitted to the simulated
-    emitters of the fitted receiver (their mean statistic against their known mean offset) and inverted."""
-    m = np.array([np.nanmean(cfo_stat[ys == e]) for e in range(len(cfo_set))])
+    bends the phase along each pulse), so a line `statistic = a x setting + b` is fitted to `n` simulated emitters
+    of the fitted receiver, all with the nominal fingerprint (`FINGERPRINT_SPREAD`) and no per-frame jitter, their
+    known offsets spread over the captures' range (their mean statistic against their offset), and inverted."""
+    lo, hi = est.loc["cfo_hz", "p10"], est.loc["cfo_hz", "p90"]
+    if not np.isfinite([lo, hi]).all(): return est
+    mid, half = (lo + hi) / 2, max((hi - lo) * 0.75, 100e3)
+    cfo_set = np.linspace(mid - half, mid + half, n)
+    nominal = {**make_fingerprints(cfg).loc[0].to_dict(), **{k: v[0] for k, v in FINGERPRINT_SPREAD.items()}, "cfo_jitter_hz": 0.0}
+    cfo_stat = [measure_frames(synth_frames(cfg, {**nominal, "cfo_hz": cfo_set[e]}, frames,
+                np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(98, e))))[0], cfg.sample_rate, edges=False)["cfo"]
+                for e in range(n)]
+    m = np.array([np.nanmean(c) for c in cfo_stat])
     ok = np.isfinite(m)
     if ok.sum() < 3 or np.ptp(cfo_set[ok]) <= 0: return est
     a, b = np.polyfit(cfo_set[ok], m[ok], 1)
@@ -1030,7 +1065,7 @@ def _calibrate_cfo(est: pd.DataFrame, cfo_stat, ys, cfo_set) -> pd.DataFrame:
     for r in ("cfo_hz", "cfo_emitter_hz"):
         if r in est.index: est.loc[r, ["median", "p10", "p90"]] = (est.loc[r, ["median", "p10", "p90"]].astype(float) - b) / a
     if "cfo_jitter_hz" in est.index: est.loc["cfo_jitter_hz", ["median", "p10", "p90"]] = est.loc["cfo_jitter_hz", ["median", "p10", "p90"]].astype(float) / a
-    cal = f"; setting from statistic = {a:.3f} x setting {b / 1e3:+.1f} kHz, fitted on the fitted receiver's simulated emitters"
+    cal = f"; as a setting: statistic = {a:.3f} x setting {b / 1e3:+.1f} kHz on the fitted receiver's simulated emitters"
     est.loc[[r for r in ("cfo_hz", "cfo_emitter_hz", "cfo_jitter_hz") if r in est.index], "how"] += cal
     return est
 
@@ -1043,7 +1078,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
     fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
     files = realism_report(x, y, fs)
-    est = fingerprint_estimates(files["stats"], y, fs)
+    est = fingerprint_estimates(files["stats"], y, fs, x)
     classes = len(np.unique(y))
     preset = {"sample_rate": fs, "length": int(x.shape[-1])}
     if classes >= 2: preset["num_emitters"] = int(classes)
@@ -1051,23 +1086,24 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     if not np.isfinite([lo, hi]).all(): raise ValueError("realism --fit: no frame with a measurable noise floor: cannot estimate the SNR")
     base = SYNTH_PRESETS[base] if isinstance(base, str) else base
     cfg = replace(base, **preset, snr_db_min=round(lo, 2), snr_db_max=round(hi, 2), seed=int(seed))
-    names = {f.name for f in fields(SynthConfig)}
-    mapped = {k: est.loc[r, c] * s for k, (r, c, s) in FIT_KEY_MAP.items() if k in names and r in est.index and np.isfinite(est.loc[r, c])}
-    cfg = replace(cfg, **{k: _field_type(next(f for f in fields(SynthConfig) if f.name == k))(v) for k, v in mapped.items()})
+    types = {f.name: _field_type(f) for f in fields(SynthConfig)}
+    mapped = {k: types[k](est.loc[r, c] * s) for k, (r, c, s) in FIT_KEY_MAP.items()
+              if k in types and r in est.index and np.isfinite(est.loc[r, c])}
+    cfg = replace(cfg, **mapped)
     try: check_synth_config(cfg)
     except ValueError as e:       # what the captures show is still worth reporting
         return {"preset": None, "reason": f"the generator cannot make frames like these captures: {e}", "estimates": est, "files": files}
     E = min(int(cfg.num_emitters), 10)
     fpe = max(2, int(np.ceil(int(sim_frames) / E)))
-    def sim(c):
-        xs, _ = synth_sample(c, fpe, E)
+    def sim(c, k=1):
+        xs, _ = synth_sample(c, k * fpe, E)
         st = measure_frames(xs, fs, edges=False)        # the search needs the cfo, the noise floor and the spectrum
         return st, spectrum_db(xs, fs, st["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
     preset.update({k: getattr(cfg, k) for k in ("rx_bandwidth", "snr_db_min", "snr_db_max", *mapped)})
     xs, ys = synth_sample(cfg, fpe, E)
     fitted = realism_report(xs, ys, fs)
-    est = _calibrate_cfo(est, fitted["stats"]["cfo"].to_numpy(), ys, make_fingerprints(cfg)["cfo_hz"].to_numpy()[:E])
+    est = _calibrate_cfo(est, cfg, frames=10)
     used = {r for r, _, _ in (FIT_KEY_MAP[k] for k in mapped)} | {"snr_db"}
     return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
             "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
