@@ -1019,7 +1019,7 @@ def _golden(f, a: float, b: float, n: int) -> float:
 def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean |dB| distance between
     the simulated and the captured median spectrum (golden section on log B in 1 MHz .. 0.75 x rate, common
-    random numbers), then the SNR range moves by the gap between the simulated and the captured median SNR
+    random numbers), then for a `fir` filter its edge width `rx_transition` (0.2 MHz .. B) the same way, then the SNR range moves by the gap between the simulated and the captured median SNR
     (from the noise floor; `sim(c, 3)`: 3x the frames). Its width stays the captures' 10-90 % spread: that spread
     also holds the emitters' other differences, which the simulated emitters need not share. A second, narrower
     round refines both."""
@@ -1027,8 +1027,8 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     target = files["curves"]["spectrum_db"]["median"].to_numpy()
     ok = np.isfinite(target)
     s_files = _q(snr_from_noise_floor(files["stats"]["noise_floor"]))
-    def dist(logb):
-        S = sim(replace(cfg, rx_bandwidth=float(np.exp(logb))))[1]
+    def dist(logb, key="rx_bandwidth"):
+        S = sim(replace(cfg, **{key: float(np.exp(logb))}))[1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)     # bins outside the band: all-nan columns
             return float(np.mean(np.abs(np.nanmedian(S, 0)[ok] - target[ok])))
@@ -1036,6 +1036,9 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     for r in range(rounds):
         b = float(np.exp(_golden(dist, *span, 9 if r == 0 else 6)))
         cfg = replace(cfg, rx_bandwidth=float(round(b, -3)))
+        if getattr(cfg, "rx_filter", None) == "fir" and r == 0:    # the channel edge's width, 0.2 MHz .. B
+            t = float(np.exp(_golden(lambda v: dist(v, "rx_transition"), np.log(0.2e6), np.log(b), 6)))
+            cfg = replace(cfg, rx_transition=float(round(t, -3)))
         for _ in range(1 + r):
             s_sim = _q(snr_from_noise_floor(sim(cfg, 3)[0]["noise_floor"]))
             d = s_sim[0] - s_files[0]
@@ -1100,7 +1103,8 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
         st = measure_frames(xs, fs, edges=False)        # the search needs the cfo, the noise floor and the spectrum
         return st, spectrum_db(xs, fs, st["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
-    preset.update({k: getattr(cfg, k) for k in ("rx_bandwidth", "snr_db_min", "snr_db_max", *mapped)})
+    chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
+    preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
     xs, ys = synth_sample(cfg, fpe, E)
     fitted = realism_report(xs, ys, fs)
     est = _calibrate_cfo(est, cfg, frames=10)
