@@ -1001,9 +1001,21 @@ def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float, x=None) ->
 
 
 # %% ../nbs/15_realism.ipynb #f3a3b3c3
-# estimate -> the data.synth key that takes it, for the keys this generator has (an estimate whose key is
-# missing is reported and written into the preset file as a comment): (estimate row, column, scale)
+# data.synth key -> the estimate that sets it, used for the keys this generator has (an estimate that no key
+# takes is reported and written into the preset file as a comment): (estimate row, column, scale), or a function
+# of the estimates table returning (value, the rows it used), e.g. for the two ends of a uniform range
 FIT_KEY_MAP = {"adc_bits": ("adc_bits", "median", 1)}
+
+def _mapped(est: pd.DataFrame) -> tuple[dict, set]:
+    "The data.synth values `FIT_KEY_MAP` gives for this generator's keys, and the estimate rows they use."
+    types = {f.name: _field_type(f) for f in fields(SynthConfig)}
+    out, used = {}, set()
+    for k, m in FIT_KEY_MAP.items():
+        if k not in types: continue
+        if callable(m): v, rows = m(est)
+        else: v, rows = (est.loc[m[0], m[1]] * m[2] if m[0] in est.index else np.nan), {m[0]}
+        if np.isfinite(v): out[k], used = types[k](v), used | set(rows)
+    return out, used
 
 def _golden(f, a: float, b: float, n: int) -> float:
     "The best of `n` evaluations of a golden-section search for the minimum of f over [a, b]."
@@ -1089,9 +1101,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     if not np.isfinite([lo, hi]).all(): raise ValueError("realism --fit: no frame with a measurable noise floor: cannot estimate the SNR")
     base = SYNTH_PRESETS[base] if isinstance(base, str) else base
     cfg = replace(base, **preset, snr_db_min=round(lo, 2), snr_db_max=round(hi, 2), seed=int(seed))
-    types = {f.name: _field_type(f) for f in fields(SynthConfig)}
-    mapped = {k: types[k](est.loc[r, c] * s) for k, (r, c, s) in FIT_KEY_MAP.items()
-              if k in types and r in est.index and np.isfinite(est.loc[r, c])}
+    mapped, used = _mapped(est)
     cfg = replace(cfg, **mapped)
     try: check_synth_config(cfg)
     except ValueError as e:       # what the captures show is still worth reporting
@@ -1108,7 +1118,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     xs, ys = synth_sample(cfg, fpe, E)
     fitted = realism_report(xs, ys, fs)
     est = _calibrate_cfo(est, cfg, frames=10)
-    used = {r for r, _, _ in (FIT_KEY_MAP[k] for k in mapped)} | {"snr_db"}
+    used |= {"snr_db"}
     return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
             "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
             "curves": compare_curves(fitted["curves"], files["curves"])}
