@@ -20,8 +20,8 @@ __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS'
            'summarize', 'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
            'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames', 'plot_curves', 'read_synth_preset',
            'synth_preset', 'preset_overrides', 'preset_flags', 'expand_preset_overrides', 'realism_main',
-           'snr_from_noise_floor', 'adc_bits_estimate', 'fingerprint_estimates', 'fit_synth', 'preset_text',
-           'write_preset']
+           'snr_from_noise_floor', 'adc_bits_estimate', 'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth',
+           'preset_text', 'write_preset']
 
 # %% ../nbs/15_realism.ipynb #0e36f095
 # Summary statistics of real ADS-B captures (no frames): measured on 84 distinct frames of the public DIR-SEI
@@ -1017,6 +1017,24 @@ def _mapped(est: pd.DataFrame) -> tuple[dict, set]:
         if np.isfinite(v): out[k], used = types[k](v), used | set(rows)
     return out, used
 
+def fit_spectrum_db(x, sample_rate: float, cfo) -> np.ndarray:
+    """The median over frames of the spectrum the fit matches: as `spectrum_db` (unit power, derotated by `cfo`,
+    |Z|^2 / L^2 summed per bin, dB) but on bins of min(0.521 MHz, sample_rate / 32) across +-sample_rate/2, so that
+    a low rate still has 32 points to fit (at 2 MS/s the reference's grid has only 2 whole bins)."""
+    z = as_complex(x)
+    N, L = z.shape
+    fs = float(sample_rate)
+    w = min(SPECTRUM_BIN_HZ, fs / 32)
+    p = np.sqrt(np.mean(np.abs(z) ** 2, axis=1, keepdims=True))
+    z = z / np.where(p > 0, p, 1.0) * np.exp(-2j * np.pi * np.nan_to_num(np.asarray(cfo, np.float64))[:, None] * np.arange(L) / fs)
+    P = np.abs(np.fft.fft(z, axis=1)) ** 2 / L ** 2
+    k = np.floor((np.fft.fftfreq(L, 1 / fs) + fs / 2) / w + 1e-6).astype(np.int64)
+    nb = int(np.floor(fs / w + 1e-6))
+    ok = (k >= 0) & (k < nb)
+    M = np.zeros((L, nb)); M[np.flatnonzero(ok), k[ok]] = 1.0
+    with np.errstate(divide="ignore"):
+        return np.median(10 * np.log10(P @ M), axis=0)
+
 def _golden(f, a: float, b: float, n: int) -> float:
     "The best of `n` evaluations of a golden-section search for the minimum of f over [a, b]."
     g = (np.sqrt(5) - 1) / 2
@@ -1029,27 +1047,27 @@ def _golden(f, a: float, b: float, n: int) -> float:
     return min(seen)[1]
 
 def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
-    """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean |dB| distance between
-    the simulated and the captured median spectrum (golden section on log B in 1 MHz .. 0.75 x rate, common
-    random numbers), then for a `fir` filter its edge width `rx_transition` (0.2 MHz .. B) the same way, then the SNR range moves by the gap between the simulated and the captured median SNR
+    """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean squared dB distance between
+    the simulated and the captured median spectrum (`fit_spectrum_db`; golden section on log B from 1 MHz to
+    0.75 x the rate frames are made at, at most 1.5 x the sample rate; common random numbers), then for a `fir` filter its edge width `rx_transition` (0.2 MHz .. B) the same way, then the SNR range moves by the gap between the simulated and the captured median SNR
     (from the noise floor; `sim(c, 3)`: 3x the frames). Its width stays the captures' 10-90 % spread: that spread
     also holds the emitters' other differences, which the simulated emitters need not share. A second, narrower
     round refines both."""
     fs = float(cfg.sample_rate)
-    target = files["curves"]["spectrum_db"]["median"].to_numpy()
+    target = files["fit_spectrum"]
     ok = np.isfinite(target)
     s_files = _q(snr_from_noise_floor(files["stats"]["noise_floor"]))
     def dist(logb, key="rx_bandwidth"):
         S = sim(replace(cfg, **{key: float(np.exp(logb))}))[1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)     # bins outside the band: all-nan columns
-            return float(np.mean(np.abs(np.nanmedian(S, 0)[ok] - target[ok])))
-    span, top = (np.log(1e6), np.log(0.75 * fs)), np.log(0.75 * fs)
+        return float(np.mean((S[ok] - target[ok]) ** 2))
+    top = np.log(min(0.75 * max(fs, float(getattr(cfg, "analog_rate", fs))), 1.5 * fs))   # made faster and resampled: B may pass fs
+    span = (np.log(1e6), top)
     for r in range(rounds):
         b = float(np.exp(_golden(dist, *span, 9 if r == 0 else 6)))
         cfg = replace(cfg, rx_bandwidth=float(round(b, -3)))
-        if getattr(cfg, "rx_filter", None) == "fir" and r == 0:    # the channel edge's width, 0.2 MHz .. B
-            t = float(np.exp(_golden(lambda v: dist(v, "rx_transition"), np.log(0.2e6), np.log(b), 6)))
+        if getattr(cfg, "rx_filter", None) == "fir":    # the channel edge's width, 0.2 MHz .. B (then around the first)
+            tspan = (np.log(0.2e6), np.log(b)) if r == 0 else (np.log(cfg.rx_transition) - 0.4, min(np.log(cfg.rx_transition) + 0.4, np.log(b)))
+            t = float(np.exp(_golden(lambda v: dist(v, "rx_transition"), *tspan, 6 if r == 0 else 5)))
             cfg = replace(cfg, rx_transition=float(round(t, -3)))
         for _ in range(1 + r):
             s_sim = _q(snr_from_noise_floor(sim(cfg, 3)[0]["noise_floor"]))
@@ -1111,7 +1129,8 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     def sim(c, k=1):
         xs, _ = synth_sample(c, k * fpe, E)
         st = measure_frames(xs, fs, edges=False)        # the search needs the cfo, the noise floor and the spectrum
-        return st, spectrum_db(xs, fs, st["cfo"].to_numpy())
+        return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy())
+    files["fit_spectrum"] = fit_spectrum_db(x, fs, files["stats"]["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
     chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
     preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
