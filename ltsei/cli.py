@@ -42,8 +42,30 @@ def guide_main(argv: list[str] | None = None) -> int:
     try: return _guide_main(argv)
     except KeyboardInterrupt: return _interrupted()
 
+def expand_synth_preset(argv: list[str]) -> list[str]:
+    """`data.synth.preset=FILE.yaml` (a preset file of data.synth keys, e.g. from `ltsei realism --fit`) replaced in
+    place by the file's keys as `data.synth.KEY=VALUE` overrides, so that later overrides still win."""
+    if not any(a.startswith("data.synth.preset=") for a in argv): return list(argv)
+    from ltsei.realism import expand_preset_overrides
+    return expand_preset_overrides(argv)
+
+def synth_preset_flags(argv: list[str]) -> list[str]:
+    """`ltsei synth` arguments with `--preset FILE.yaml` replaced by the file's keys as flags, put first (over the
+    paper preset; later flags win); a named preset is left as it is."""
+    out, pre, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        v = a.split("=", 1)[1] if a.startswith("--preset=") else argv[i + 1] if a == "--preset" and i + 1 < len(argv) else None
+        if v is not None and v.lower().endswith((".yaml", ".yml")):
+            from ltsei.realism import preset_flags
+            pre += preset_flags(v); i += 1 if a.startswith("--preset=") else 2
+        else: out.append(a); i += 1
+    return pre + out
+
 def _guide_main(argv: list[str]) -> int:
     from ltsei.config import compose_config, register_configs, finalize, print_config
+    try: argv = expand_synth_preset(argv)
+    except USER_ERRORS as e: return _fail(e)
     args = split_hydra_args(argv)
     if args.help or args.hydra_help or args.shell_completion or args.info is not None: jobs = []   # Hydra answers
     else:
@@ -101,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "run": return guide_main(rest)
         if cmd == "synth":
             from ltsei.synth import synth_main
-            return synth_main(rest)
+            return synth_main(synth_preset_flags(rest))
         if cmd == "realism": return _realism(rest)
         if cmd == "frames":
             from ltsei.frames import frames_main
@@ -114,4 +136,5 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'guide_main', 'main']
+__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'guide_main', 'expand_synth_preset', 'synth_preset_flags',
+           'main']

@@ -4,18 +4,24 @@
 
 # %% ../nbs/15_realism.ipynb #6c344861
 from __future__ import annotations
-import argparse, warnings
+import argparse, os, sys, warnings
+from pathlib import Path
 from dataclasses import fields, replace
 import numpy as np
 import pandas as pd
 from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, check_synth_config,
-                         make_fingerprints, synth_frames)
+                         make_fingerprints, synth_frames, SYNTH_VERSION, FINGERPRINT_SPREAD)
 
 # %% auto #0
-__all__ = ['REAL_ADSB_REFERENCE', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON', 'MAX_BITS',
-           'as_complex', 'frame_start', 'measure_frame', 'measure_frames', 'spread_ratio', 'cfo_1nn_accuracy',
+__all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'as_complex',
+           'frame_start', 'measure_frame', 'measure_frames', 'spectrum_bins_full', 'spectrum_db', 'envelope_acf',
+           'summarize_curves', 'curves_at', 'reference_curves', 'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy',
            'summarize', 'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
-           'synth_sample', 'load_frames', 'realism_main']
+           'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames', 'plot_curves', 'read_synth_preset',
+           'synth_preset', 'preset_overrides', 'preset_flags', 'expand_preset_overrides', 'realism_main',
+           'snr_from_noise_floor', 'adc_bits_estimate', 'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth',
+           'preset_text', 'write_preset']
 
 # %% ../nbs/15_realism.ipynb #0e36f095
 # Summary statistics of real ADS-B captures (no frames): measured on 84 distinct frames of the public DIR-SEI
@@ -152,6 +158,70 @@ REAL_ADSB_REFERENCE = {'source': 'Public real ADS-B captures, github.com/Beechbu
  'spread_ratios': {'rise': 0.8197, 'fall': 0.9151, 'droop': 0.7947, 'cfo': 3.431},
  'cfo_1nn_accuracy': 0.5357}
 
+# %% ../nbs/15_realism.ipynb #c0a1b2c3
+# The reference's two curves (median, p10, p90 per point over its 84 frames), copied verbatim like the statistics above
+REAL_ADSB_CURVES = {'spectrum_db': {'definition': 'frame normalised to unit mean power, carrier offset removed (the cfo statistic), '
+                               '4800-point FFT, fftshifted; |Z|^2 / L^2 summed over 96 consecutive bins of 50 FFT '
+                               "points (0.521 MHz each); 10 log10 of that share of the frame's power; p10 / median / "
+                               'p90 over frames, per bin',
+                 'bin_centre_mhz': [-24.74, -24.22, -23.7, -23.18, -22.66, -22.14, -21.61, -21.09, -20.57, -20.05,
+                                    -19.53, -19.01, -18.49, -17.97, -17.45, -16.93, -16.41, -15.89, -15.36, -14.84,
+                                    -14.32, -13.8, -13.28, -12.76, -12.24, -11.72, -11.2, -10.68, -10.16, -9.635,
+                                    -9.115, -8.594, -8.073, -7.552, -7.031, -6.51, -5.99, -5.469, -4.948, -4.427,
+                                    -3.906, -3.385, -2.865, -2.344, -1.823, -1.302, -0.7812, -0.2604, 0.2604, 0.7812,
+                                    1.302, 1.823, 2.344, 2.865, 3.385, 3.906, 4.427, 4.948, 5.469, 5.99, 6.51, 7.031,
+                                    7.552, 8.073, 8.594, 9.115, 9.635, 10.16, 10.68, 11.2, 11.72, 12.24, 12.76, 13.28,
+                                    13.8, 14.32, 14.84, 15.36, 15.89, 16.41, 16.93, 17.45, 17.97, 18.49, 19.01, 19.53,
+                                    20.05, 20.57, 21.09, 21.61, 22.14, 22.66, 23.18, 23.7, 24.22, 24.74],
+                 'p10': [-63.54, -63.48, -63.52, -63.45, -63.39, -63.33, -63.24, -63.19, -63.05, -62.93, -62.84,
+                         -62.66, -62.51, -62.38, -62.16, -61.97, -61.8, -61.52, -61.32, -61.07, -60.83, -60.61,
+                         -60.23, -60.03, -59.8, -59.34, -59.12, -58.84, -58.3, -57.98, -57.59, -56.83, -56.01, -54.4,
+                         -52.79, -50.03, -44.49, -38.54, -34.3, -30.94, -30.7, -28.32, -26.22, -26.69, -26.08, -18.97,
+                         -12.91, -6.239, -9.479, -11.64, -17.95, -23.6, -24.37, -24.55, -27.6, -31.68, -35.72, -41.86,
+                         -48.14, -51.18, -54.81, -55.71, -56.26, -57.16, -57.68, -58.29, -58.74, -59.19, -59.62,
+                         -59.97, -60.32, -60.68, -60.94, -61.22, -61.52, -61.73, -61.95, -62.21, -62.35, -62.41,
+                         -62.69, -62.68, -62.73, -62.97, -63.01, -63.07, -63.27, -63.29, -63.31, -63.48, -63.47,
+                         -63.46, -63.61, -63.56, -63.52, -63.63],
+                 'median': [-58.52, -58.4, -58.44, -58.47, -58.34, -58.36, -58.36, -58.19, -58.18, -58.14, -57.95,
+                            -57.88, -57.83, -57.6, -57.5, -57.43, -57.13, -56.99, -56.88, -56.54, -56.34, -56.2,
+                            -55.79, -55.55, -55.33, -54.88, -54.58, -54.26, -53.8, -53.31, -52.8, -52.35, -51.65,
+                            -50.55, -47.99, -43.25, -35.51, -30.66, -26.38, -24.36, -22.79, -21.95, -21.27, -21.26,
+                            -20.6, -14.78, -11.03, -4.669, -5.894, -8.721, -15.16, -19.73, -20.79, -19.64, -21.91,
+                            -24.28, -27.63, -31.25, -39.55, -46.31, -49.53, -50.6, -51.32, -51.94, -52.43, -52.96,
+                            -53.44, -53.76, -54.19, -54.55, -54.83, -55.2, -55.46, -55.71, -56.02, -56.18, -56.43,
+                            -56.69, -56.79, -57.02, -57.26, -57.36, -57.48, -57.68, -57.82, -57.85, -58.0, -58.17,
+                            -58.12, -58.23, -58.38, -58.3, -58.39, -58.49, -58.39, -58.45],
+                 'p90': [-55.45, -55.66, -55.49, -55.39, -55.53, -55.37, -55.24, -55.31, -55.15, -55.01, -54.99,
+                         -54.83, -54.67, -54.59, -54.41, -54.23, -54.1, -53.88, -53.67, -53.49, -53.23, -52.98,
+                         -52.71, -52.42, -52.11, -51.74, -51.43, -51.07, -50.62, -50.24, -49.86, -49.11, -48.68,
+                         -47.67, -42.57, -34.6, -28.65, -24.22, -21.46, -19.62, -18.74, -17.84, -17.59, -17.75,
+                         -17.29, -12.48, -9.24, -3.264, -3.759, -6.682, -12.73, -17.02, -17.25, -16.74, -18.56,
+                         -19.34, -21.94, -25.22, -30.84, -38.7, -45.81, -47.82, -48.57, -49.13, -49.64, -50.22,
+                         -50.64, -51.12, -51.49, -51.79, -52.16, -52.47, -52.69, -53.0, -53.24, -53.42, -53.66, -53.9,
+                         -54.01, -54.22, -54.42, -54.48, -54.7, -54.86, -54.85, -55.05, -55.17, -55.16, -55.31,
+                         -55.38, -55.36, -55.52, -55.49, -55.45, -55.64, -55.53]},
+ 'envelope_acf': {'definition': 'envelope |z| of the power-normalised frame minus its mean; autocorrelation at lags '
+                                '1..50 samples divided by its lag-0 value; p10 / median / p90 over frames',
+                  'lags': [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+                           26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+                           49, 50],
+                  'p10': [0.9643, 0.8732, 0.7582, 0.6476, 0.5451, 0.4605, 0.401, 0.3539, 0.3187, 0.2876, 0.2584,
+                          0.2174, 0.1554, 0.0969, 0.04671, -0.002516, -0.05853, -0.1209, -0.1868, -0.2356, -0.2806,
+                          -0.3383, -0.386, -0.4217, -0.4478, -0.4582, -0.4569, -0.4499, -0.4412, -0.4295, -0.4075,
+                          -0.3872, -0.3573, -0.3389, -0.3244, -0.3132, -0.3061, -0.2951, -0.275, -0.2593, -0.2444,
+                          -0.2192, -0.206, -0.1945, -0.1864, -0.1715, -0.1582, -0.1422, -0.1268, -0.1142],
+                  'median': [0.9835, 0.9393, 0.8787, 0.8095, 0.739, 0.6673, 0.5982, 0.5308, 0.4777, 0.4186, 0.3645,
+                             0.3047, 0.2494, 0.1922, 0.1338, 0.07347, 0.02148, -0.02744, -0.07701, -0.1284, -0.1788,
+                             -0.2116, -0.2461, -0.2726, -0.2926, -0.3117, -0.3227, -0.3301, -0.3338, -0.3305, -0.3262,
+                             -0.3151, -0.2993, -0.2879, -0.2691, -0.2521, -0.2359, -0.2097, -0.1855, -0.1632, -0.1461,
+                             -0.1314, -0.1136, -0.09445, -0.07173, -0.04751, -0.02803, -0.01577, -0.001985, 0.01137],
+                  'p90': [0.9915, 0.9671, 0.9289, 0.8795, 0.8255, 0.7666, 0.7077, 0.6506, 0.5908, 0.5328, 0.4722,
+                          0.4138, 0.351, 0.2925, 0.2354, 0.1759, 0.1182, 0.07038, 0.02905, -0.01469, -0.05292,
+                          -0.09776, -0.1385, -0.1595, -0.1746, -0.1838, -0.1893, -0.2122, -0.2174, -0.2157, -0.2244,
+                          -0.2001, -0.1895, -0.1796, -0.1561, -0.1324, -0.1193, -0.09841, -0.0735, -0.04553, -0.0207,
+                          -0.001475, 0.02034, 0.05005, 0.08308, 0.1149, 0.1444, 0.1747, 0.1952, 0.21]}}
+
+
 # %% ../nbs/15_realism.ipynb #6fede4aa
 REF_SAMPLE_RATE = 50e6      # the rate at which the reference's sample-valued statistics are defined
 STATS = ("rms", "align", "env0", "rise", "fall", "noise_floor", "cfo", "droop", "ripple", "dc_gap",
@@ -212,9 +282,10 @@ def _edge_time(env, lo, hi, l_on, l_off, rising):
     if np.isnan(t10): return np.nan
     return t10 - _crossing(env, lo, int(np.floor(t10)), p90, False, first=False)
 
-def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -> dict:
+def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS, edges: bool = True) -> dict:
     """The 13 statistics of one complex frame `z` (L,) whose preamble starts at sample `start`
-    (see the definitions above), plus `bits` (how many were sliced) and `start`."""
+    (see the definitions above), plus `bits` (how many were sliced) and `start`. `edges=False` skips the
+    edge-time search (rise, fall and align are then nan), for fits that do not need them."""
     z = np.asarray(z, np.complex128)
     L, fs = z.size, float(sample_rate)
     env = np.abs(z)
@@ -232,12 +303,17 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -
     # chip levels: the mean envelope over each chip's centre (0.1 us = 5 samples at 50 MS/s dropped at each edge)
     a = start + np.arange(chips.size) * chip                  # chip starts, samples
     lo = np.ceil(a + 0.1e-6 * fs - 1e-9).astype(np.int64); hi = np.ceil(a + chip - 0.1e-6 * fs - 1e-9).astype(np.int64)
+    none = hi <= lo                  # below 4 MS/s the centre may hold no sample: the one at the chip's middle (rounded down)
+    lo[none] = np.floor(a[none] + chip / 2 + 1e-9).astype(np.int64); hi[none] = lo[none] + 1
     valid = (lo >= 0) & (hi <= L) & (hi > lo)
     lev = np.full(chips.size, np.nan)
-    on_m, off_m = np.zeros(L, bool), np.zeros(L, bool)
-    for c in np.flatnonzero(valid):
-        lev[c] = env[lo[c]:hi[c]].mean()
-        (on_m if chips[c] else off_m)[lo[c]:hi[c]] = True
+    vi = np.flatnonzero(valid)
+    Ce = np.concatenate([[0.0], np.cumsum(env)])
+    lev[vi] = (Ce[hi[vi]] - Ce[lo[vi]]) / (hi[vi] - lo[vi])
+    def mask(cs):                    # the samples of the chip centres `cs` (they never overlap)
+        d = np.zeros(L + 1); np.add.at(d, lo[cs], 1); np.add.at(d, hi[cs], -1)
+        return np.cumsum(d)[:L] > 0.5
+    on_m, off_m = mask(vi[chips[vi]]), mask(vi[~chips[vi]])
     on = valid & chips
     nan = dict.fromkeys(STATS, np.nan)
     if on.sum() < 2 or not off_m.any(): return {**nan, "rms": float(np.sqrt(np.mean(env ** 2))), "bits": n_bits, "start": int(start)}
@@ -245,17 +321,18 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -
     r = {"rms": float(np.sqrt(np.mean(env ** 2))), "env0": env[0] / P}
     # edges with at least 50 % contrast, searched from the previous chip's centre to the next chip's centre
     rise, fall = [], []
-    for c in range(1, chips.size):
+    for c in range(1, chips.size if edges else 1):
         if chips[c] == chips[c - 1] or not (valid[c] and valid[c - 1]): continue
         l_on, l_off = (lev[c], lev[c - 1]) if chips[c] else (lev[c - 1], lev[c])
         if l_on - l_off < 0.5 * l_on: continue
         w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
         (rise if chips[c] else fall).append(_edge_time(env, w0, w1, l_on, l_off, bool(chips[c])))
-    r["rise"] = float(np.nanmedian(rise)) if np.isfinite(rise).any() else np.nan
-    r["fall"] = float(np.nanmedian(fall)) if np.isfinite(fall).any() else np.nan
+    resolved = chip >= 2             # below 4 MS/s a chip is one sample: an edge's 10-90 % time is not resolved (n/a)
+    r["rise"] = float(np.nanmedian(rise)) if resolved and np.isfinite(rise).any() else np.nan
+    r["fall"] = float(np.nanmedian(fall)) if resolved and np.isfinite(fall).any() else np.nan
     # alignment: 50 % rising crossings of preamble pulses 2-4 minus their nominal 1, 3.5, 4.5 us
     al = []
-    for c, nominal in ((2, 1e-6), (7, 3.5e-6), (9, 4.5e-6)):
+    for c, nominal in ((2, 1e-6), (7, 3.5e-6), (9, 4.5e-6)) if edges else ():
         if not (valid[c] and valid[c - 1]): continue
         w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
         al.append(_crossing(env, w0, w1, (lev[c] + lev[c - 1]) / 2, True, first=True) - nominal * fs)
@@ -289,14 +366,130 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS) -
     r["obw99"] = float(fsh[min(np.searchsorted(cs, 0.995), L - 1)] - fsh[np.searchsorted(cs, 0.005)]) / 1e6
     return {**{k: float(r[k]) for k in STATS}, "bits": n_bits, "start": int(start)}
 
-def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS) -> pd.DataFrame:
-    "One row of statistics per frame of `x` (complex (N, L) or real (N, 2, L)), in the reference's definitions."
+def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS, edges: bool = True) -> pd.DataFrame:
+    """One row of statistics per frame of `x` (complex (N, L) or real (N, 2, L)), in the reference's definitions
+    (`edges=False`: without the edge times, see `measure_frame`)."""
     z = as_complex(x)
-    if not float(sample_rate) >= 4e6: raise ValueError(f"realism: sample_rate={sample_rate!r}: expected at least 4e6 samples/s")
+    if not float(sample_rate) >= 2e6: raise ValueError(f"realism: sample_rate={sample_rate!r}: expected at least 2e6 samples/s (one sample per 0.5 us chip)")
     if z.shape[1] < 8e-6 * float(sample_rate): raise ValueError(f"realism: frames of {z.shape[1]} samples are shorter than the 8 us preamble")
     starts = frame_start(np.abs(z), sample_rate)
     with np.errstate(divide="ignore", invalid="ignore"):     # noise-free frames: -inf dB, nan correlations
-        return pd.DataFrame([measure_frame(z[i], sample_rate, starts[i], max_bits) for i in range(len(z))])
+        return pd.DataFrame([measure_frame(z[i], sample_rate, starts[i], max_bits, edges) for i in range(len(z))])
+
+# %% ../nbs/15_realism.ipynb #c1d2e3f4
+SPECTRUM_BINS = 96                                 # the reference's bins: 50 FFT points of its 4800-point frames
+SPECTRUM_BIN_HZ = REF_SAMPLE_RATE / SPECTRUM_BINS  # 0.521 MHz; bin k spans -25 MHz + [k, k+1) x 0.521 MHz
+ACF_LAGS = 50                                      # envelope autocorrelation at lags 1..50 samples
+
+def spectrum_bins_full(sample_rate: float) -> np.ndarray:
+    "(96,) bool: the reference bins wholly inside the band -sample_rate/2 .. +sample_rate/2 (all 96 at 50 MS/s)."
+    e = -REF_SAMPLE_RATE / 2 + np.arange(SPECTRUM_BINS + 1) * SPECTRUM_BIN_HZ
+    tol = 1e-6 * SPECTRUM_BIN_HZ
+    return (e[:-1] >= -float(sample_rate) / 2 - tol) & (e[1:] <= float(sample_rate) / 2 + tol)
+
+def spectrum_db(x, sample_rate: float, cfo=None) -> np.ndarray:
+    """(N, 96) per frame: the share of its power in each of the reference's 0.521 MHz bins, dB. The frame is
+    normalised to unit mean power and derotated by `cfo` (Hz per frame; default: the `cfo` statistic, 0 where
+    undefined); its L-point FFT, fftshifted, gives |Z|^2 / L^2 per point (they sum to 1); the points are summed
+    by the bin their frequency falls in. Bins not wholly inside +-sample_rate/2 are nan. At 50 MS/s and 4800
+    samples this is exactly the reference's definition (50 points per bin)."""
+    z = as_complex(x)
+    N, L = z.shape
+    fs = float(sample_rate)
+    if cfo is None: cfo = measure_frames(z, fs)["cfo"].to_numpy()
+    cfo = np.nan_to_num(np.broadcast_to(np.asarray(cfo, np.float64), (N,)))
+    p = np.sqrt(np.mean(np.abs(z) ** 2, axis=1, keepdims=True))
+    z = z / np.where(p > 0, p, 1.0) * np.exp(-2j * np.pi * cfo[:, None] * np.arange(L)[None, :] / fs)
+    P = np.abs(np.fft.fftshift(np.fft.fft(z, axis=1), axes=1)) ** 2 / L ** 2
+    f = np.fft.fftshift(np.fft.fftfreq(L, 1 / fs))
+    k = np.floor((f + REF_SAMPLE_RATE / 2) / SPECTRUM_BIN_HZ + 1e-6).astype(np.int64)
+    ok = (k >= 0) & (k < SPECTRUM_BINS)
+    M = np.zeros((L, SPECTRUM_BINS)); M[np.flatnonzero(ok), k[ok]] = 1.0
+    with np.errstate(divide="ignore"):
+        S = 10 * np.log10(P @ M)
+    S[:, ~spectrum_bins_full(fs)] = np.nan
+    return S
+
+def envelope_acf(x, max_lag: int = ACF_LAGS) -> np.ndarray:
+    """(N, max_lag) per frame: the autocorrelation of the envelope |z| minus its mean at lags 1..max_lag samples,
+    sum_n e[n] e[n+k] / sum_n e[n]^2 (the power normalisation of the reference cancels in the ratio)."""
+    z = as_complex(x)
+    e = np.abs(z); e = e - e.mean(axis=1, keepdims=True)
+    L = e.shape[1]
+    n = 1 << int(np.ceil(np.log2(2 * L)))
+    r = np.fft.irfft(np.abs(np.fft.rfft(e, n, axis=1)) ** 2, n, axis=1)[:, :max_lag + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r[:, 1:] / r[:, :1]
+
+def summarize_curves(spec: np.ndarray, acf: np.ndarray, sample_rate: float) -> dict:
+    """Median, p10, p90 over frames of per-frame curves: {'spectrum_db': DataFrame (96 bins: centre_mhz, median,
+    p10, p90), 'envelope_acf': DataFrame (lags 1..: lag_ns, median, p10, p90), 'sample_rate'}."""
+    def q(c):
+        c = np.asarray(c, np.float64)
+        with warnings.catch_warnings():      # all-nan bins (outside the band): nan quantiles
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {k: np.nanquantile(c, p, axis=0) for k, p in (("median", 0.5), ("p10", 0.1), ("p90", 0.9))}
+    centre = (-REF_SAMPLE_RATE / 2 + (np.arange(SPECTRUM_BINS) + 0.5) * SPECTRUM_BIN_HZ) / 1e6
+    lags = np.arange(1, acf.shape[1] + 1)
+    return {"spectrum_db": pd.DataFrame({"centre_mhz": centre, **q(spec)}, index=pd.RangeIndex(SPECTRUM_BINS, name="bin")),
+            "envelope_acf": pd.DataFrame({"lag_ns": lags * 1e9 / float(sample_rate), **q(acf)}, index=pd.Index(lags, name="lag")),
+            "sample_rate": float(sample_rate)}
+
+
+# %% ../nbs/15_realism.ipynb #c2e3f4a5
+def curves_at(curves: dict, sample_rate: float) -> dict:
+    """Curve summaries measured at one rate (`summarize_curves`) as they would be at `sample_rate`, for a
+    comparison: resampling to a lower rate keeps the band +-sample_rate/2 (an ideal low-pass) and renormalises
+    the frame to unit power, so the bins wholly inside stay and all move up by -10 log10 of the share of power
+    inside (computed from the median curve, partial bins pro rata: one shift for every frame, an approximation
+    since each frame has its own share); the bins outside are nan. The envelope ACF at lag k is read at the
+    same time lag k / sample_rate, linearly interpolated in time between the measured lags (lag 0 = 1); beyond
+    the measured lags it is nan. At the curves' own rate nothing changes."""
+    fs0, fs = float(curves["sample_rate"]), float(sample_rate)
+    if fs == fs0: return curves
+    sp = curves["spectrum_db"].copy()
+    full = spectrum_bins_full(fs) & spectrum_bins_full(fs0)
+    if fs < fs0:
+        e = -REF_SAMPLE_RATE / 2 + np.arange(SPECTRUM_BINS + 1) * SPECTRUM_BIN_HZ
+        part = np.clip((np.minimum(e[1:], fs / 2) - np.maximum(e[:-1], -fs / 2)) / SPECTRUM_BIN_HZ, 0, 1)
+        share = float(np.nansum(10 ** (sp["median"].to_numpy() / 10) * part))
+        sp[["median", "p10", "p90"]] -= 10 * np.log10(share)
+    sp.loc[~full, ["median", "p10", "p90"]] = np.nan
+    ac = curves["envelope_acf"]
+    t0 = np.concatenate([[0.0], ac["lag_ns"].to_numpy()])
+    lags = np.arange(1, len(ac) + 1)
+    t = lags * 1e9 / fs
+    cols = {c: np.where(t <= t0[-1] * (1 + 1e-9), np.interp(t, t0, np.concatenate([[1.0], ac[c].to_numpy()])), np.nan)
+            for c in ("median", "p10", "p90")}
+    return {"spectrum_db": sp, "envelope_acf": pd.DataFrame({"lag_ns": t, **cols}, index=pd.Index(lags, name="lag")),
+            "sample_rate": fs}
+
+def reference_curves(sample_rate: float = REF_SAMPLE_RATE) -> dict:
+    "The reference's two curves in the form of `summarize_curves`, at 50 MS/s or carried to `sample_rate` by `curves_at`."
+    C = REAL_ADSB_CURVES
+    sp = pd.DataFrame({"centre_mhz": C["spectrum_db"]["bin_centre_mhz"], **{k: C["spectrum_db"][k] for k in ("median", "p10", "p90")}},
+                      index=pd.RangeIndex(SPECTRUM_BINS, name="bin"))
+    lags = np.asarray(C["envelope_acf"]["lags"])
+    ac = pd.DataFrame({"lag_ns": lags * 1e9 / REF_SAMPLE_RATE, **{k: C["envelope_acf"][k] for k in ("median", "p10", "p90")}},
+                      index=pd.Index(lags, name="lag"))
+    return curves_at({"spectrum_db": sp, "envelope_acf": ac, "sample_rate": REF_SAMPLE_RATE}, sample_rate)
+
+def compare_curves(a: dict, b: dict) -> dict:
+    """Whether each of `a`'s median curve points lies within `b`'s p10-p90 (both at the same rate: carry one with
+    `curves_at` first): {'spectrum_inside', 'spectrum_of', 'acf_inside', 'acf_of', 'spectrum', 'acf'}, the last two
+    DataFrames with both medians, `b`'s band and `inside` (nan where either is undefined)."""
+    if float(a["sample_rate"]) != float(b["sample_rate"]):
+        raise ValueError(f"compare_curves: curves at {a['sample_rate']:g} and {b['sample_rate']:g} samples/s: carry one to the other's rate with curves_at")
+    out = {}
+    for key, name in (("spectrum_db", "spectrum"), ("envelope_acf", "acf")):
+        A, B = a[key], b[key]
+        ok = np.isfinite(A["median"]) & np.isfinite(B["p10"]) & np.isfinite(B["p90"])
+        inside = ok & (B["p10"] <= A["median"]) & (A["median"] <= B["p90"])
+        t = pd.DataFrame({A.columns[0]: A.iloc[:, 0], "a median": A["median"], "b median": B["median"], "b p10": B["p10"],
+                          "b p90": B["p90"], "inside": np.where(ok, inside, np.nan)})
+        out.update({name: t, f"{name}_inside": int(inside.sum()), f"{name}_of": int(ok.sum())})
+    return out
+
 
 # %% ../nbs/15_realism.ipynb #8cf47fbe
 def spread_ratio(values, y) -> float:
@@ -359,8 +552,9 @@ def summarize(stats: pd.DataFrame, sample_rate: float, time_units: bool = False)
 def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = False) -> pd.DataFrame:
     """The real frames' numbers in the same form as `summarize`. Sample-valued statistics (rise, fall, align)
     are defined at 50 MS/s: in ns with `time_units`, else rescaled to samples at `sample_rate`. At another rate
-    the lag-1 noise autocorrelation (a per-sample quantity that depends on the rate) and, at 10 MS/s or less,
-    the noise share within +-5 MHz are n/a."""
+    the lag-1 noise autocorrelation (a per-sample quantity that depends on the rate), the noise share within
+    +-5 MHz and, where the band +-sample_rate/2 cuts the real channel, the 99 % bandwidth are n/a: summaries
+    cannot give them (see `reference_notes`)."""
     ref = REAL_ADSB_REFERENCE["statistics"]
     s = pd.DataFrame([{"statistic": k, "label": ref[k]["label"], "unit": ref[k]["unit"], "median": ref[k]["median"],
                        "p10": ref[k]["p10"], "p90": ref[k]["p90"], "frames": ref[k]["frames"]} for k in STATS]).set_index("statistic")
@@ -369,24 +563,30 @@ def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = F
     else:
         s.loc[list(SAMPLE_STATS), ["median", "p10", "p90"]] *= float(sample_rate) / REF_SAMPLE_RATE
     if float(sample_rate) / 2 <= 5e6: s.loc["noise_5mhz", ["median", "p10", "p90"]] = np.nan
-    if float(sample_rate) != REF_SAMPLE_RATE: s.loc["noise_acf1", ["median", "p10", "p90"]] = np.nan  # per-sample: not transferable
+    if float(sample_rate) != REF_SAMPLE_RATE:    # per-sample, or changed by the cut in ways summaries cannot give
+        s.loc[["noise_acf1", "noise_5mhz"], ["median", "p10", "p90"]] = np.nan
+        if float(sample_rate) / 2 < reference_band_edge(): s.loc["obw99", ["median", "p10", "p90"]] = np.nan
     return s
 
 def realism_report(x, y, sample_rate: float, time_units: bool = False) -> dict:
-    "Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, spread ratios, CFO-only 1-NN."
+    """Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, the two curves
+    (`summarize_curves`), spread ratios, CFO-only 1-NN."""
     stats = measure_frames(x, sample_rate)
     y = np.asarray(y)
-    return {"stats": stats, "summary": summarize(stats, sample_rate, time_units),
+    curves = summarize_curves(spectrum_db(x, sample_rate, stats["cfo"].to_numpy()), envelope_acf(x), sample_rate)
+    return {"stats": stats, "summary": summarize(stats, sample_rate, time_units), "curves": curves,
             "spread_ratios": {k: spread_ratio(stats[k], y) for k in SPREAD_STATS},
             "cfo_1nn_accuracy": cfo_1nn_accuracy(stats["cfo"], y), "frames": len(y),
             "classes": int(len(np.unique(y))), "sample_rate": float(sample_rate)}
 
-def reference_report() -> dict:
-    "The reference's numbers in the form of `realism_report` (without per-frame stats)."
+def reference_report(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = False) -> dict:
+    """The reference's numbers in the form of `realism_report` (without per-frame stats), carried to `sample_rate`
+    (`reference_summary`, `reference_curves`; `reference_notes` says how)."""
     R = REAL_ADSB_REFERENCE
-    return {"summary": reference_summary(), "spread_ratios": dict(R["spread_ratios"]),
+    return {"summary": reference_summary(sample_rate, time_units), "curves": reference_curves(sample_rate),
+            "spread_ratios": dict(R["spread_ratios"]),
             "cfo_1nn_accuracy": R["cfo_1nn_accuracy"], "frames": R["frames"], "classes": len(R["frames_per_class"]),
-            "sample_rate": R["sample_rate_hz"]}
+            "sample_rate": float(sample_rate)}
 
 def _fmt(v, k) -> str:
     if v is None or not np.isfinite(v): return "n/a"
@@ -408,12 +608,56 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, names=("synthetic", "real")) -> pd
     return pd.DataFrame(rows, index=list(STATS))
 
 def compare_spread(ra: dict, rb: dict, names=("synthetic", "real")) -> pd.DataFrame:
-    "Spread ratios and CFO-only 1-NN accuracy of two reports side by side."
-    rows = [{"measure": f"spread ratio: {k}", names[0]: round(ra["spread_ratios"][k], 3), names[1]: round(rb["spread_ratios"][k], 3)}
-            for k in SPREAD_STATS]
+    """Spread ratios and CFO-only 1-NN accuracy of two reports side by side, with `a / b` (the first over the
+    second) and `0.5-1.5x`: whether that quotient lies within 0.5-1.5 (the goal for rise, fall and droop)."""
+    rows = []
+    for k in SPREAD_STATS:
+        a, b = ra["spread_ratios"][k], rb["spread_ratios"][k]
+        q = a / b if np.isfinite(a) and np.isfinite(b) and b != 0 else np.nan
+        rows.append({"measure": f"spread ratio: {k}", names[0]: round(a, 3), names[1]: round(b, 3), "a / b": round(q, 2),
+                     "0.5-1.5x": ("yes" if 0.5 <= q <= 1.5 else "no") if np.isfinite(q) else "n/a"})
     rows.append({"measure": "CFO-only 1-NN accuracy (per 10 classes)", names[0]: round(ra["cfo_1nn_accuracy"], 3),
-                 names[1]: round(rb["cfo_1nn_accuracy"], 3)})
+                 names[1]: round(rb["cfo_1nn_accuracy"], 3), "a / b": np.nan, "0.5-1.5x": ""})
     return pd.DataFrame(rows).set_index("measure")
+
+# %% ../nbs/15_realism.ipynb #c4a5b6c7
+def reference_band_edge() -> float:
+    "Hz: the outer edge of the outermost reference bin whose median share exceeds -45 dB (where the real channel ends)."
+    m = np.asarray(REAL_ADSB_CURVES["spectrum_db"]["median"])
+    k = np.flatnonzero(m > -45)
+    return float(max(abs(-REF_SAMPLE_RATE / 2 + k[0] * SPECTRUM_BIN_HZ), abs(-REF_SAMPLE_RATE / 2 + (k[-1] + 1) * SPECTRUM_BIN_HZ)))
+
+def reference_notes(sample_rate: float) -> list[str]:
+    """How `reference_summary` and `reference_curves` carry the 50 MS/s reference to `sample_rate`, and which
+    numbers cannot be carried from summaries (n/a) or only approximately: one line each (none at 50 MS/s)."""
+    fs = float(sample_rate)
+    if fs == REF_SAMPLE_RATE: return []
+    R, ref = REAL_ADSB_REFERENCE["statistics"], reference_curves(fs)
+    sp, ac = ref["spectrum_db"], ref["envelope_acf"]
+    shift = float((sp["median"] - np.asarray(REAL_ADSB_CURVES["spectrum_db"]["median"])).dropna().mean()) if fs < REF_SAMPLE_RATE else 0.0
+    edge = reference_band_edge()
+    lo_rate = fs < REF_SAMPLE_RATE
+    n = [f"the reference (50 MS/s) carried to {fs / 1e6:g} MS/s as if resampled with an ideal low-pass at +-{min(fs, REF_SAMPLE_RATE) / 2e6:g} MHz:",
+         f"  spectrum: the {int(sp['median'].notna().sum())} bins wholly inside +-{fs / 2e6:g} MHz, each raised by {shift:.2f} dB "
+         "(the renormalisation to unit power: one shift from the median curve, not per frame)",
+         f"  envelope ACF: read at the same time lags (interpolated), {int(ac['median'].notna().sum())} of {len(ac)} lags within the "
+         f"reference's {REAL_ADSB_CURVES['envelope_acf']['lags'][-1] * 1e9 / REF_SAMPLE_RATE:g} ns; assumes the low-pass leaves the envelope's correlation alone",
+         "  rise, fall, align: the same times; approximate: a low-pass slows the real edges, by how much summaries cannot tell",
+         "  noise_acf1: n/a (a per-sample quantity: one sample is another time lag at another rate)",
+         "  noise_5mhz: n/a (" + ("the whole band lies within +-5 MHz)" if fs <= 10e6 else
+                                 "the cut removes real noise beyond the band: the real share rises by an amount summaries cannot give)")]
+    if lo_rate and fs / 2 < edge:
+        n.append(f"  obw99: n/a (the real channel reaches +-{edge / 1e6:.2f} MHz, beyond +-{fs / 2e6:g} MHz: the real 99 % band after the cut "
+                 "cannot be derived from summaries)")
+    else:
+        n.append("  obw99: unchanged (the real channel lies inside the band)")
+    if lo_rate:
+        nf = -10 * np.log10(R["noise_5mhz"]["median"])
+        n.append(f"  noise_floor, rms: unchanged; approximate: the cut removes the real noise beyond +-{fs / 2e6:g} MHz (the real noise has "
+                 f"{100 * (1 - R['noise_5mhz']['median']):.1f} % of its power beyond +-5 MHz: {nf:.2f} dB)")
+    n.append("  env0, droop, ripple, dc_gap, cfo, spread ratios, CFO 1-NN: unchanged")
+    return n
+
 
 # %% ../nbs/15_realism.ipynb #9e14d997
 def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -429,15 +673,22 @@ def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None)
     return np.concatenate(xs), np.repeat(np.arange(E), int(frames_per_emitter))
 
 def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: float | None = None,
-                dedup: bool = True) -> tuple[np.ndarray, np.ndarray, float, str]:
+                dedup: bool = True, labels: bool | None = None) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Frames (N, 2, L) float32, labels (N,), sample rate and a description from capture files in any layout
     `ltsei.data.read_xy` + `to_ncl` read. Frames found more than once (the public subsets share frames) are kept once
-    (the same frame: equal `ltsei.data.frame_hashes`, as the data loader's duplicate checks)."""
+    (the same frame: equal `ltsei.data.frame_hashes`, as the data loader's duplicate checks). `labels`: None reads
+    labels where the files have them and all frames of a file without labels as one class (-1); False ignores them."""
     from ltsei.data import read_xy, to_ncl, frame_hashes, PUBLIC_SAMPLE_RATE
     xs, ys, rates = [], [], set()
     for p in paths:
-        x, y, info = read_xy(p, role)
-        y = np.asarray(y).reshape(-1)
+        try:
+            if labels is False: raise LookupError
+            x, y, info = read_xy(p, role)
+            y = np.asarray(y).reshape(-1)
+        except (LookupError, FileNotFoundError, ValueError) as e:   # no label file or label array: unlabelled frames
+            if labels or (not isinstance(e, LookupError) and "label" not in str(e)) or not Path(p).exists(): raise
+            x, info = _read_x(p, role)
+            y = np.full(x.shape[0] if np.iscomplexobj(x) or x.shape[0] != 2 else x.shape[-1], -1)
         xs.append(to_ncl(x, len(y), layout, str(p))); ys.append(y)
         if info.get("sample_rate"): rates.add(float(info["sample_rate"]))
     if len({x.shape[2] for x in xs}) > 1:
@@ -451,9 +702,124 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
         _, first = np.unique(frame_hashes(x), return_index=True)
         keep = np.sort(first)                                   # the first copy of each, in file order
         x, y = x[keep], y[keep]
-    desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} of {len(np.unique(y))} classes "
+    k = len(np.unique(y))
+    cls = "unlabelled" if (y == -1).all() else f"of {k} class{'es' if k != 1 else ''}"
+    desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} {cls} "
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")
     return x, y, fs, desc
+def _read_x(path, role: str):
+    "The signal array (no labels) and info of one capture file or folder, as `ltsei.data.read_xy` finds it."
+    from ltsei.data import X_KEYS, _h5_array, _h5_datasets, _load_npy, _pick_key, _read_mat, _split_file
+    p = Path(path)
+    if p.is_dir():
+        hit = _split_file(p, role)
+        if hit is None: raise FileNotFoundError(f"{p}: folder holds no X_{role}.npy for the {role} split")
+        p = hit
+    info = {"path": str(p)}
+    meta = p.with_name("meta.json")
+    if meta.exists():
+        try: info["sample_rate"] = float(__import__("json").loads(meta.read_text())["sample_rate"])
+        except (KeyError, ValueError, TypeError): pass
+    suf = p.suffix.lower()
+    if suf == ".npy": return _load_npy(p, mmap=True), info
+    if suf == ".npz":
+        with np.load(p, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    elif suf == ".mat": d = _read_mat(p)
+    else: d = {k: _h5_array(v) for k, v in _h5_datasets(p).items()}
+    if "sample_rate" in d: info["sample_rate"] = float(np.asarray(d["sample_rate"]).ravel()[0])
+    return d[_pick_key(d.keys(), X_KEYS, role, "signal array", p)], info
+
+
+# %% ../nbs/15_realism.ipynb #c5b6c7d8
+def plot_curves(a: dict, b: dict, names=("synthetic", "real"), title: str = ""):
+    """The two curves of `a` (median) over `b`'s 10-90 % band (and median), at the lower of their rates
+    (`curves_at`), with the counts inside in the titles; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    lo = min(float(a["sample_rate"]), float(b["sample_rate"]))
+    a, b = curves_at(a, lo), curves_at(b, lo)
+    cc = compare_curves(a, b)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, key, xk, cnt in ((ax1, "spectrum_db", "centre_mhz", "spectrum"), (ax2, "envelope_acf", "lag_ns", "acf")):
+        A, B = a[key], b[key]
+        ax.fill_between(B[xk], B["p10"], B["p90"], color="C1", alpha=0.3, step="mid" if key == "spectrum_db" else None,
+                        label=f"{names[1]} p10-p90")
+        ax.plot(B[xk], B["median"], color="C1", lw=1, label=f"{names[1]} median")
+        ax.plot(A[xk], A["median"], color="C0", lw=1.3, marker=".", ms=3, label=f"{names[0]} median")
+        out = cc[cnt]["inside"] == 0
+        ax.plot(A[xk][out], A["median"][out], "x", color="C3", ms=6, label="outside")
+        ax.set_title(f"{title}{' ' if title else ''}{'spectrum' if cnt == 'spectrum' else 'envelope ACF'}: "
+                     f"{cc[cnt + '_inside']} of {cc[cnt + '_of']} inside", fontsize=10)
+        ax.legend(fontsize=7, loc="lower center" if cnt == "spectrum" else "upper right")
+    ax1.set_xlabel("frequency from the carrier (MHz)"); ax1.set_ylabel("share of the frame's power per 0.521 MHz (dB)")
+    ax2.set_xlabel("lag (ns)"); ax2.set_ylabel("envelope autocorrelation")
+    fig.tight_layout()
+    return fig
+
+
+# %% ../nbs/15_realism.ipynb #f1a1b1c1
+PRESET_SUFFIXES = (".yaml", ".yml")
+
+def read_synth_preset(path) -> dict:
+    """The data.synth keys of a preset file: a YAML mapping of `SynthConfig` fields (as `ltsei realism --fit`
+    writes it) as {key: value} with the fields' types, checked with `check_synth_config` over the paper
+    defaults. Anything else is one error naming the file and what was expected."""
+    import yaml
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"synth preset {p}: not found: expected a YAML file of data.synth keys")
+    try: d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e: raise ValueError(f"synth preset {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or not d:
+        raise ValueError(f"synth preset {p}: expected a mapping of data.synth keys (key: value per line), got {type(d).__name__}")
+    names = {f.name: f for f in fields(SynthConfig)}
+    bad = sorted(str(k) for k in d if k not in names)
+    if bad: raise ValueError(f"synth preset {p}: {', '.join(bad)}: not data.synth keys of this generator; expected some of {', '.join(names)}")
+    out = {}
+    for k, v in d.items():
+        t = _field_type(names[k])
+        if t in (int, float) and isinstance(v, str):      # YAML 1.1 reads 1e6 (no dot) as a string
+            try: v = float(v)
+            except ValueError: pass
+        ok = isinstance(v, bool) if t is bool else isinstance(v, str) if t is str else \
+             (isinstance(v, (int, float)) and not isinstance(v, bool) and (t is float or float(v) == int(v)))
+        if not ok: raise ValueError(f"synth preset {p}: {k}={v!r}: expected a {t.__name__}")
+        out[k] = t(v)
+    try: check_synth_config(replace(SynthConfig(), **out))
+    except ValueError as e: raise ValueError(f"synth preset {p}: {e}") from None
+    return out
+
+def synth_preset(name, base: str = "paper") -> SynthConfig:
+    "A named preset (`SYNTH_PRESETS`) or a preset file's keys over the `base` preset."
+    if str(name) in SYNTH_PRESETS: return SYNTH_PRESETS[str(name)]
+    if Path(str(name)).suffix.lower() in PRESET_SUFFIXES: return replace(SYNTH_PRESETS[base], **read_synth_preset(name))
+    raise ValueError(f"synth preset {name!r}: expected one of {', '.join(sorted(SYNTH_PRESETS))} or a .yaml file of data.synth keys")
+
+def _cli_value(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
+
+def preset_overrides(path) -> list[str]:
+    "A preset file as `python main.py` overrides: `data.synth.KEY=VALUE`, one per key."
+    return [f"data.synth.{k}={_cli_value(v)}" for k, v in read_synth_preset(path).items()]
+
+def preset_flags(path) -> list[str]:
+    "A preset file as `ltsei synth` / `ltsei realism` flags: `--key value` (`--key` / `--no-key` for booleans)."
+    out = []
+    for k, v in read_synth_preset(path).items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, _cli_value(v)]
+    return out
+
+def expand_preset_overrides(argv: list[str]) -> list[str]:
+    """`python main.py` arguments with each `data.synth.preset=FILE.yaml` replaced in place by the file's keys as
+    `data.synth.KEY=VALUE` overrides (later arguments still override them)."""
+    out = []
+    for a in argv:
+        if a.startswith("data.synth.preset="):
+            v = a.split("=", 1)[1]
+            if "," in v: raise ValueError(f"{a}: one preset file per run (a sweep over preset files is not supported)")
+            out += preset_overrides(v)
+        else: out.append(a)
+    return out
+
 
 # %% ../nbs/15_realism.ipynb #a5454430
 def _realism_parser() -> argparse.ArgumentParser:
@@ -467,10 +833,18 @@ def _realism_parser() -> argparse.ArgumentParser:
     p.add_argument("--files-sample-rate", type=float, default=None,
                    help="the files' sample rate in Hz (default: from meta.json or the .npz, else 50e6)")
     p.add_argument("--keep-duplicates", action="store_true", help="measure frames that occur more than once each time")
-    p.add_argument("--preset", choices=sorted(SYNTH_PRESETS), default="paper", help="synthetic starting settings (default: paper)")
+    p.add_argument("--preset", default="paper", help=f"synthetic starting settings: {', '.join(sorted(SYNTH_PRESETS))} or a "
+                   ".yaml preset file (default: paper); with --fit, the named preset the fit starts from")
+    p.add_argument("--fit", nargs="+", metavar="FILE", default=None, help="fit a generator to these capture files (any layout "
+                   "the loader reads, any sample rate, with or without labels) and write it to --out")
+    p.add_argument("--out", default=None, help="with --fit: the preset file to write (.yaml)")
+    p.add_argument("--labels", action=argparse.BooleanOptionalAction, default=None,
+                   help="use the files' labels (default: where they have them); --no-labels ignores them")
+    p.add_argument("--sim-frames", type=int, default=120, help="with --fit: simulated frames per step of the fit (default: 120)")
     p.add_argument("--frames-per-emitter", type=int, default=10, help="synthetic frames measured per emitter (default: 10)")
     p.add_argument("--emitters", type=int, default=None, help="measure only the first N synthetic emitters (default: all)")
     p.add_argument("--time-units", action="store_true", help="rise, fall and alignment in ns (automatic when the rates differ)")
+    p.add_argument("--curves", action="store_true", help="also print the spectrum and envelope-ACF curves point by point")
     for f in fields(SynthConfig):
         flag, t = "--" + f.name.replace("_", "-"), _field_type(f)
         if t is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"SynthConfig.{f.name}")
@@ -483,11 +857,12 @@ def realism_main(argv: list[str]) -> int:
     comparison's p10-p90. Returns 0."""
     a = _realism_parser().parse_args(argv)
     over = {f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None}
-    cfg = replace(SYNTH_PRESETS[a.preset], **over)
+    if a.fit or a.out: return _fit_main(a, over)
+    cfg = replace(synth_preset(a.preset), **over)
     check_synth_config(cfg)
     fs = float(cfg.sample_rate)
     if a.files:
-        xf, yf, fsf, desc = load_frames(a.files, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates)
+        xf, yf, fsf, desc = load_frames(a.files, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
         other_name = "files"
     else:
         fsf, desc, other_name = REF_SAMPLE_RATE, f"the reference: {REAL_ADSB_REFERENCE['frames']} real frames of " \
@@ -495,8 +870,7 @@ def realism_main(argv: list[str]) -> int:
     time_units = a.time_units or fsf != fs
     x, y = synth_sample(cfg, a.frames_per_emitter, a.emitters)
     rs = realism_report(x, y, fs, time_units)
-    ro = realism_report(xf, yf, fsf, time_units) if a.files else \
-        {**reference_report(), "summary": reference_summary(fs, time_units)}
+    ro = realism_report(xf, yf, fsf, time_units) if a.files else reference_report(fs, time_units)
     if fsf != fs:   # a lag of one sample is another time at another rate: not comparable
         for r in (rs, ro): r["summary"].loc["noise_acf1", ["median", "p10", "p90"]] = np.nan
     table = compare(rs["summary"], ro["summary"], ("synthetic", other_name))
@@ -511,5 +885,296 @@ def realism_main(argv: list[str]) -> int:
     print(table.drop(columns="unit").assign(statistic=[f"{s} ({u})" if u else s for s, u in zip(table.statistic, table.unit)])
           .to_string(index=False))
     print(f"\n{inside} of {(table['inside'] != 'n/a').sum()} synthetic medians inside the {other_name} p10-p90\n")
+    lo = min(fs, fsf)       # the curves compared at the lower of the two rates (`curves_at`)
+    cc = compare_curves(curves_at(rs["curves"], lo), curves_at(ro["curves"], lo))
+    print(_curve_lines(cc, other_name, lo, a.curves))
     print(compare_spread(rs, ro, ("synthetic", other_name)).to_string())
+    if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
     return 0
+
+def _curve_lines(cc: dict, other_name: str, sample_rate: float, full: bool = False) -> str:
+    "The curve counts (and with `full` both curves point by point) as printed by `ltsei realism`."
+    sp, ac = cc["spectrum"], cc["acf"]
+    out = sp[sp["inside"] == 0]
+    d = np.where(out["a median"] > out["b p90"], out["a median"] - out["b p90"], out["a median"] - out["b p10"])
+    where = ", ".join(f"{c:+.2f} MHz {v:+.1f} dB" for c, v in zip(out["centre_mhz"], d))
+    s = [f"spectrum bins inside the {other_name} p10-p90: {cc['spectrum_inside']} of {cc['spectrum_of']} "
+         f"(0.521 MHz bins within +-{min(sample_rate, REF_SAMPLE_RATE) / 2e6:g} MHz)" + (f"; outside (median beyond the band): {where}" if where else ""),
+         f"envelope-ACF lags inside the {other_name} p10-p90: {cc['acf_inside']} of {cc['acf_of']} "
+         f"(lags of {1e9 / sample_rate:g} ns up to {ac.loc[ac['inside'].notna(), 'lag_ns'].max() if cc['acf_of'] else 0:g} ns)"]
+    if full:
+        with pd.option_context("display.max_rows", 200, "display.float_format", "{:.3f}".format):
+            s += ["", sp.dropna(subset=["inside"]).rename(columns={"a median": "synthetic median", "b median": f"{other_name} median",
+                  "b p10": f"{other_name} p10", "b p90": f"{other_name} p90"}).to_string(), "",
+                  ac.dropna(subset=["inside"]).rename(columns={"a median": "synthetic median", "b median": f"{other_name} median",
+                  "b p10": f"{other_name} p10", "b p90": f"{other_name} p90"}).to_string()]
+    return "\n".join(s) + "\n"
+def _fit_main(a, over: dict) -> int:
+    "`ltsei realism --fit FILES... --out PRESET.yaml`: fit, write the preset, print what was estimated and how it fits."
+    if not a.fit or not a.out: raise ValueError("ltsei realism: --fit FILES... and --out PRESET.yaml go together")
+    if a.files: raise ValueError(f"ltsei realism --fit: the capture files go after --fit (got {a.files} before it)")
+    if Path(a.out).suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {a.out}: expected a .yaml file for the fitted preset")
+    if a.preset not in SYNTH_PRESETS: raise ValueError(f"--preset {a.preset!r}: with --fit, expected one of {', '.join(sorted(SYNTH_PRESETS))}")
+    base = replace(SYNTH_PRESETS[a.preset], **over)
+    x, y, fs, desc = load_frames(a.fit, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
+    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed))
+    print(f"fitted to {desc}\n\nestimated (median [p10 .. p90]):")
+    for r in fit["estimates"].index: print(f"  {r:15s} {_fmt_est(fit['estimates'].loc[r])}")
+    if fit["preset"] is None:
+        print(f"\nerror: no preset written: {fit['reason']}", file=sys.stderr)
+        return 2
+    out = write_preset(a.out, preset_text(fit, desc))
+    print(f"\nwrote {out}: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fit["preset"].items()))
+    if fit["unused"]: print(f"not data.synth keys of {SYNTH_VERSION} (in the file as comments): {', '.join(fit['unused'])}")
+    t = fit["table"]
+    print(f"\nthe fitted preset's frames against the captures ({fit['fitted']['frames']} frames):\n")
+    print(t.drop(columns="unit").to_string(index=False))
+    print(f"\n{(t['inside'] == 'yes').sum()} of {(t['inside'] != 'n/a').sum()} fitted medians inside the files p10-p90")
+    print(_curve_lines(fit["curves"], "files", fs))
+    print(f"use it: ltsei synth --preset {out} --out DIR | ltsei realism --preset {out} FILES | python main.py data.synth.preset={out}")
+    return 0
+
+# %% ../nbs/15_realism.ipynb #f2a2b2c2
+def _uniform_from_quantiles(p10: float, p90: float) -> tuple[float, float]:
+    "The range (a, b) of the uniform distribution whose 10 % and 90 % points are p10 and p90."
+    w = (p90 - p10) / 0.8
+    return p10 - 0.1 * w, p90 + 0.1 * w
+
+def snr_from_noise_floor(nf_db) -> np.ndarray:
+    """Per-frame SNR (pulse power over noise power, dB) from the noise floor statistic: with noise N in both and
+    pulse power P on the chips, nf = N / (P + N), so P / N = 1 / nf - 1 (nan where nf >= 0 dB)."""
+    r = 10 ** (-np.asarray(nf_db, np.float64) / 10) - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(r > 0, 10 * np.log10(np.where(r > 0, r, 1.0)), np.nan)
+
+def _q(v) -> tuple[float, float, float]:
+    v = np.asarray(v, np.float64); v = v[np.isfinite(v)]
+    return tuple(float(t) for t in np.quantile(v, [0.5, 0.1, 0.9])) if v.size else (np.nan,) * 3
+
+def adc_bits_estimate(x, headroom_db: float = 3.0) -> np.ndarray:
+    """Per frame, the resolution of the ADC that made it (0 where its I and Q values lie on no grid: unquantised or
+    rescaled): with q the smallest step between its distinct values and every step a whole multiple of q (within
+    5 %), bits = log2(2 FS / q), full scale FS taken `headroom_db` above the frame's peak |I| or |Q| (an AGC that
+    leaves that much headroom)."""
+    z = as_complex(x)
+    out = np.zeros(len(z))
+    for i, f in enumerate(z):
+        u = np.unique(np.concatenate([f.real, f.imag]).astype(np.float32))
+        d = np.diff(u)
+        d = d[d > 1e-6 * max(np.abs(u).max(), 1e-30)]
+        if u.size < 3 or not d.size: continue
+        q = d.min()
+        if np.abs(d / q - np.round(d / q)).max() > 0.05: continue   # no grid
+        out[i] = np.log2(2 * np.abs(u).max() * 10 ** (headroom_db / 20) / q)
+    return out
+
+def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float, x=None) -> pd.DataFrame:
+    """What the captures show of the emitters and the receiver, in physical units (rows: estimate; columns
+    median, p10, p90, unit, how; with the frames `x` also the ADC resolution). With labels (at least 2 classes of 2 frames), the emitter-mean CFO's spread
+    across emitters and the per-frame CFO jitter within them, and the spread ratios of rise, fall, droop."""
+    fs, y = float(sample_rate), np.asarray(y)
+    rows = {}
+    def add(name, vals, unit, how):
+        m, lo, hi = _q(vals); rows[name] = {"median": m, "p10": lo, "p90": hi, "unit": unit, "how": how}
+    add("snr_db", snr_from_noise_floor(stats["noise_floor"]), "dB", "10 log10(1 / noise floor - 1), per frame")
+    add("cfo_hz", stats["cfo"], "Hz", "the cfo statistic, per frame")
+    add("rise_time_s", stats["rise"] / fs, "s", "the rise statistic / sample rate (receiver filter included)")
+    add("fall_time_s", stats["fall"] / fs, "s", "the fall statistic / sample rate (receiver filter included)")
+    add("align_s", stats["align"] / fs, "s", "the first pulse's 50 % crossing from sample 0")
+    add("droop", stats["droop"] / 100, "", "the droop statistic / 100 (amplitude lost over 96 us)")
+    add("dc_db", stats["dc_gap"], "dB", "the DC in the gaps vs the pulse level")
+    add("rms", stats["rms"], "", "the RMS amplitude")
+    if x is not None:
+        b = adc_bits_estimate(x)
+        rows["adc_bits"] = {"median": float(np.round(np.median(b[b > 0]))) if (b > 0).mean() > 0.5 else 0.0, "p10": np.nan, "p90": np.nan, "unit": "bits",
+                            "how": "the grid of the I/Q values: log2(2 x full scale / step), full scale 3 dB over the peak; 0: none in most frames"}
+    cls = [c for c in np.unique(y) if (y == c).sum() >= 2]
+    if len(cls) >= 2:
+        cfo = stats["cfo"].to_numpy()
+        means = np.array([np.nanmean(cfo[y == c]) for c in cls])
+        add("cfo_emitter_hz", means, "Hz", "per-emitter mean CFO, over emitters")
+        add("cfo_jitter_hz", [np.nanstd(cfo[y == c], ddof=1) for c in cls], "Hz", "per-emitter CFO std, over emitters")
+        for k in ("rise", "fall", "droop"):
+            r = spread_ratio(stats[k], y)
+            rows[f"spread_{k}"] = {"median": r, "p10": np.nan, "p90": np.nan, "unit": "", "how": "spread ratio (between / within emitters)"}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# %% ../nbs/15_realism.ipynb #f3a3b3c3
+# data.synth key -> the estimate that sets it, used for the keys this generator has (an estimate that no key
+# takes is reported and written into the preset file as a comment): (estimate row, column, scale), or a function
+# of the estimates table returning (value, the rows it used), e.g. for the two ends of a uniform range
+FIT_KEY_MAP = {"adc_bits": ("adc_bits", "median", 1)}
+
+def _mapped(est: pd.DataFrame) -> tuple[dict, set]:
+    "The data.synth values `FIT_KEY_MAP` gives for this generator's keys, and the estimate rows they use."
+    types = {f.name: _field_type(f) for f in fields(SynthConfig)}
+    out, used = {}, set()
+    for k, m in FIT_KEY_MAP.items():
+        if k not in types: continue
+        if callable(m): v, rows = m(est)
+        else: v, rows = (est.loc[m[0], m[1]] * m[2] if m[0] in est.index else np.nan), {m[0]}
+        if np.isfinite(v): out[k], used = types[k](v), used | set(rows)
+    return out, used
+
+def fit_spectrum_db(x, sample_rate: float, cfo) -> np.ndarray:
+    """The median over frames of the spectrum the fit matches: as `spectrum_db` (unit power, derotated by `cfo`,
+    |Z|^2 / L^2 summed per bin, dB) but on bins of min(0.521 MHz, sample_rate / 32) across +-sample_rate/2, so that
+    a low rate still has 32 points to fit (at 2 MS/s the reference's grid has only 2 whole bins)."""
+    z = as_complex(x)
+    N, L = z.shape
+    fs = float(sample_rate)
+    w = min(SPECTRUM_BIN_HZ, fs / 32)
+    p = np.sqrt(np.mean(np.abs(z) ** 2, axis=1, keepdims=True))
+    z = z / np.where(p > 0, p, 1.0) * np.exp(-2j * np.pi * np.nan_to_num(np.asarray(cfo, np.float64))[:, None] * np.arange(L) / fs)
+    P = np.abs(np.fft.fft(z, axis=1)) ** 2 / L ** 2
+    k = np.floor((np.fft.fftfreq(L, 1 / fs) + fs / 2) / w + 1e-6).astype(np.int64)
+    nb = int(np.floor(fs / w + 1e-6))
+    ok = (k >= 0) & (k < nb)
+    M = np.zeros((L, nb)); M[np.flatnonzero(ok), k[ok]] = 1.0
+    with np.errstate(divide="ignore"):
+        return np.median(10 * np.log10(P @ M), axis=0)
+
+def _golden(f, a: float, b: float, n: int) -> float:
+    "The best of `n` evaluations of a golden-section search for the minimum of f over [a, b]."
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    seen = [(fc, c), (fd, d)]
+    for _ in range(n - 2):
+        if fc < fd: b, d, fd = d, c, fc; c = b - g * (b - a); fc = f(c); seen.append((fc, c))
+        else: a, c, fc = c, d, fd; d = a + g * (b - a); fd = f(d); seen.append((fd, d))
+    return min(seen)[1]
+
+def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
+    """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean squared dB distance between
+    the simulated and the captured median spectrum (`fit_spectrum_db`; golden section on log B from 1 MHz to
+    0.75 x the rate frames are made at, at most 1.5 x the sample rate; common random numbers), then for a `fir` filter its edge width `rx_transition` (0.2 MHz .. B) the same way, then the SNR range moves by the gap between the simulated and the captured median SNR
+    (from the noise floor; `sim(c, 3)`: 3x the frames). Its width stays the captures' 10-90 % spread: that spread
+    also holds the emitters' other differences, which the simulated emitters need not share. A second, narrower
+    round refines both."""
+    fs = float(cfg.sample_rate)
+    target = files["fit_spectrum"]
+    ok = np.isfinite(target)
+    s_files = _q(snr_from_noise_floor(files["stats"]["noise_floor"]))
+    def dist(logb, key="rx_bandwidth"):
+        S = sim(replace(cfg, **{key: float(np.exp(logb))}))[1]
+        return float(np.mean((S[ok] - target[ok]) ** 2))
+    top = np.log(min(0.75 * max(fs, float(getattr(cfg, "analog_rate", fs))), 1.5 * fs))   # made faster and resampled: B may pass fs
+    span = (np.log(1e6), top)
+    for r in range(rounds):
+        b = float(np.exp(_golden(dist, *span, 9 if r == 0 else 6)))
+        cfg = replace(cfg, rx_bandwidth=float(round(b, -3)))
+        if getattr(cfg, "rx_filter", None) == "fir":    # the channel edge's width, 0.2 MHz .. B (then around the first)
+            tspan = (np.log(0.2e6), np.log(b)) if r == 0 else (np.log(cfg.rx_transition) - 0.4, min(np.log(cfg.rx_transition) + 0.4, np.log(b)))
+            t = float(np.exp(_golden(lambda v: dist(v, "rx_transition"), *tspan, 6 if r == 0 else 5)))
+            cfg = replace(cfg, rx_transition=float(round(t, -3)))
+        for _ in range(1 + r):
+            s_sim = _q(snr_from_noise_floor(sim(cfg, 3)[0]["noise_floor"]))
+            d = s_sim[0] - s_files[0]
+            cfg = replace(cfg, snr_db_min=round(cfg.snr_db_min - d, 2), snr_db_max=round(cfg.snr_db_max - d, 2))
+        span = (np.log(b) - 0.2, min(np.log(b) + 0.2, top))
+    return cfg
+
+def _calibrate_cfo(est: pd.DataFrame, cfg, n: int = 8, frames: int = 6) -> pd.DataFrame:
+    """The CFO rows of `est` as generator settings: the cfo statistic depends on the receiver (a narrow filter
+    bends the phase along each pulse), so a line `statistic = a x setting + b` is fitted to `n` simulated emitters
+    of the fitted receiver, all with the nominal fingerprint (`FINGERPRINT_SPREAD`) and no per-frame jitter, their
+    known offsets spread over the captures' range (their mean statistic against their offset), and inverted."""
+    lo, hi = est.loc["cfo_hz", "p10"], est.loc["cfo_hz", "p90"]
+    if not np.isfinite([lo, hi]).all(): return est
+    mid, half = (lo + hi) / 2, max((hi - lo) * 0.75, 100e3)
+    cfo_set = np.linspace(mid - half, mid + half, n)
+    nominal = {**make_fingerprints(cfg).loc[0].to_dict(), **{k: v[0] for k, v in FINGERPRINT_SPREAD.items()}, "cfo_jitter_hz": 0.0}
+    cfo_stat = [measure_frames(synth_frames(cfg, {**nominal, "cfo_hz": cfo_set[e]}, frames,
+                np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(98, e))))[0], cfg.sample_rate, edges=False)["cfo"]
+                for e in range(n)]
+    m = np.array([np.nanmean(c) for c in cfo_stat])
+    ok = np.isfinite(m)
+    if ok.sum() < 3 or np.ptp(cfo_set[ok]) <= 0: return est
+    a, b = np.polyfit(cfo_set[ok], m[ok], 1)
+    if not a > 0.2: return est                        # no usable relation: leave the statistic as it is
+    est = est.copy()
+    for r in ("cfo_hz", "cfo_emitter_hz"):
+        if r in est.index: est.loc[r, ["median", "p10", "p90"]] = (est.loc[r, ["median", "p10", "p90"]].astype(float) - b) / a
+    if "cfo_jitter_hz" in est.index: est.loc["cfo_jitter_hz", ["median", "p10", "p90"]] = est.loc["cfo_jitter_hz", ["median", "p10", "p90"]].astype(float) / a
+    cal = f"; as a setting: statistic = {a:.3f} x setting {b / 1e3:+.1f} kHz on the fitted receiver's simulated emitters"
+    est.loc[[r for r in ("cfo_hz", "cfo_emitter_hz", "cfo_jitter_hz") if r in est.index], "how"] += cal
+    return est
+
+def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
+    """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
+    `preset` (the data.synth keys: sample_rate, length, num_emitters with labels, rx_bandwidth, snr_db_min/max and
+    whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
+    generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
+    (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
+    the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
+    fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
+    files = realism_report(x, y, fs)
+    est = fingerprint_estimates(files["stats"], y, fs, x)
+    classes = len(np.unique(y))
+    preset = {"sample_rate": fs, "length": int(x.shape[-1])}
+    if classes >= 2: preset["num_emitters"] = int(classes)
+    lo, hi = _uniform_from_quantiles(est.loc["snr_db", "p10"], est.loc["snr_db", "p90"])
+    if not np.isfinite([lo, hi]).all(): raise ValueError("realism --fit: no frame with a measurable noise floor: cannot estimate the SNR")
+    base = SYNTH_PRESETS[base] if isinstance(base, str) else base
+    cfg = replace(base, **preset, snr_db_min=round(lo, 2), snr_db_max=round(hi, 2), seed=int(seed))
+    mapped, used = _mapped(est)
+    cfg = replace(cfg, **mapped)
+    try: check_synth_config(cfg)
+    except ValueError as e:       # what the captures show is still worth reporting
+        return {"preset": None, "reason": f"the generator cannot make frames like these captures: {e}", "estimates": est, "files": files}
+    E = min(int(cfg.num_emitters), 10)
+    fpe = max(2, int(np.ceil(int(sim_frames) / E)))
+    def sim(c, k=1):
+        xs, _ = synth_sample(c, k * fpe, E)
+        st = measure_frames(xs, fs, edges=False)        # the search needs the cfo, the noise floor and the spectrum
+        return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy())
+    files["fit_spectrum"] = fit_spectrum_db(x, fs, files["stats"]["cfo"].to_numpy())
+    cfg = _fit_chain(cfg, files, sim)
+    chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
+    preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
+    xs, ys = synth_sample(cfg, fpe, E)
+    fitted = realism_report(xs, ys, fs)
+    est = _calibrate_cfo(est, cfg, frames=10)
+    used |= {"snr_db"}
+    return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
+            "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
+            "curves": compare_curves(fitted["curves"], files["curves"])}
+
+
+# %% ../nbs/15_realism.ipynb #f4a4b4c4
+def _fmt_est(r) -> str:
+    v = [r["median"], r["p10"], r["p90"]]
+    f = (lambda t: f"{t * 1e9:.1f} ns") if r["unit"] == "s" else (lambda t: f"{t / 1e3:.1f} kHz") if r["unit"] == "Hz" else \
+        (lambda t: f"{t:.2f}{' ' + r['unit'] if r['unit'] else ''}")
+    return f(v[0]) + (f" [{f(v[1])} .. {f(v[2])}]" if np.isfinite(v[1:]).all() else "") if np.isfinite(v[0]) else "n/a"
+
+def preset_text(fit: dict, source: str) -> str:
+    """The preset file `ltsei realism --fit` writes: a header saying where it comes from and how to use it, the
+    data.synth keys (YAML), and as comments the estimates that no key of this generator takes."""
+    import yaml
+    body = yaml.safe_dump({k: (float(v) if isinstance(v, (float, np.floating)) else int(v) if isinstance(v, (int, np.integer)) else v)
+                           for k, v in fit["preset"].items()}, sort_keys=False, default_flow_style=False).rstrip()
+    est = fit["estimates"]
+    lines = [f"# ltsei realism --fit: a synthetic receiver and emitter population fitted to {source}",
+             f"# generator {SYNTH_VERSION}. Keys: data.synth keys, applied over a preset (ltsei synth --preset THIS.yaml:",
+             "# over paper) or over the profile's data.synth (python main.py data.synth.preset=THIS.yaml).", body,
+             "# estimated from the captures but not a data.synth key of this generator: median [p10 .. p90]"]
+    lines += [f"#   {r}: {_fmt_est(est.loc[r])}  ({est.loc[r, 'how']})" for r in fit["unused"]]
+    return "\n".join(lines) + "\n"
+
+def write_preset(path, text: str) -> Path:
+    "Write the preset file whole (a temporary file beside it, then renamed), after checking it reads back."
+    p = Path(path)
+    if p.suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {p}: expected a .yaml file for the fitted preset")
+    if not p.parent.is_dir(): raise FileNotFoundError(f"--out {p}: the folder {p.parent} does not exist")
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        read_synth_preset(tmp)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return p
+

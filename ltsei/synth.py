@@ -14,8 +14,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import scipy
-from scipy.ndimage import convolve1d
-from scipy.signal import lfilter
+from fractions import Fraction
+from scipy import fft as sfft
+from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
 from .cache import (CacheEntry, StorageError, pid_alive, replace_dir, reserve_space, sha256_file,
@@ -23,13 +24,14 @@ from .cache import (CacheEntry, StorageError, pid_alive, replace_dir, reserve_sp
 
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD', 'CFO_SHIFT_HZ',
-           'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'DROOP_JITTER', 'RX_DC_DB', 'RMS_RANGE', 'SPLITS', 'CHUNK',
-           'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config',
-           'make_fingerprints', 'rx_filter_taps', 'synth_frames', 'estimate_cfo', 'split_sizes', 'synth_nbytes',
-           'synth_numerics', 'synth_key', 'generate_split', 'SynthWorkerError', 'generate_synth', 'SynthSet',
-           'synth_entry', 'load_synth', 'synth_main']
+           'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'EDGE_JITTER', 'DROOP_JITTER', 'RX_DC_DB', 'RMS_RANGE',
+           'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB', 'AGC_HEADROOM_DB', 'SPLITS', 'CHUNK', 'STORE_DTYPE',
+           'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config', 'make_fingerprints',
+           'gen_rate', 'rx_response', 'synth_frames', 'estimate_cfo', 'split_sizes', 'synth_nbytes', 'synth_numerics',
+           'synth_key', 'generate_split', 'SynthWorkerError', 'generate_synth', 'SynthSet', 'synth_entry', 'load_synth',
+           'synth_main']
 
-# %% ../nbs/01_synth.ipynb #bffd2cf0
+# %% ../nbs/01_synth.ipynb #a76224b8
 @dataclass
 class SynthConfig:
     num_emitters: int = 60
@@ -40,17 +42,24 @@ class SynthConfig:
     test_per_class: int = 100
     snr_db_min: float = 6.5     # pulse power over the receiver's in-band noise power (= minus the noise floor), dB
     snr_db_max: float = 17.0
-    rx_bandwidth: float = 8.5e6 # receiver filter, two-sided 6 dB (half-amplitude) bandwidth in Hz (at most 0.75 x sample_rate is used)
+    rx_filter: str = "fir"      # receiver channel filter: fir (flat band, raised-cosine edge) | gaussian (ltsei-synth-2)
+    rx_bandwidth: float = 10.0e6  # its two-sided 6 dB (half-amplitude) bandwidth in Hz (at most 0.75 x analog_rate)
+    rx_transition: float = 2.0e6  # fir: width of its raised-cosine edge in Hz (from 1 to 0 in amplitude)
+    analog_rate: float = 50e6   # frames are made and filtered at max(sample_rate, analog_rate), then resampled to sample_rate
+    clock_ppm: float = 0.0      # sample-clock offset, std in ppm per frame (plus a drift of the same size over the frame)
+    adc_bits: int = 0           # ADC resolution after an AGC (0: no quantisation)
+    cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
+    multipath: bool = False     # one weak delayed ray (and sometimes a second)
+    overlap_prob: float = 0.0   # share of frames overlapped by another aircraft's weaker reply
     difficulty: float = 1.0     # fingerprint spreads are divided by this: 2 = twice as close (harder)
     icao_mode: str = "random"   # random | per_emitter
-    multipath: bool = False
     seed: int = 0
 
 SYNTH_PRESETS = {
     "paper": SynthConfig(),
-    # CPU scale: 8 MS/s (96 us = 768 samples; the receiver band shrinks to 0.75 x 8 = 6 MHz), fingerprints
-    # 5x further apart and 6 dB less noise, so that the quick profile's short training (15 stage-1 epochs)
-    # learns a usable representation (balanced CE about 80 %; see the calibration below)
+    # CPU scale: 8 MS/s (96 us = 768 samples), made at the paper's 50 MS/s through the paper's receiver chain and
+    # resampled (so its frames are the paper's frames at a lower rate), fingerprints 5x further apart and 6 dB
+    # less noise, so that the quick profile's short training (15 stage-1 epochs) learns a usable representation
     "quick": SynthConfig(num_emitters=20, sample_rate=8e6, length=768, pool_per_class=300, val_per_class=30,
                          test_per_class=60, snr_db_min=12.5, snr_db_max=23.0, difficulty=0.2),
     # seconds-long pipeline check that still learns: 6 clean (25-35 dB), far-apart emitters (difficulty 0.1;
@@ -60,8 +69,9 @@ SYNTH_PRESETS = {
     "smoke": SynthConfig(num_emitters=6, sample_rate=8e6, length=384, pool_per_class=700, val_per_class=10,
                          test_per_class=20, snr_db_min=25.0, snr_db_max=35.0, difficulty=0.1, seed=148),
 }
-SYNTH_VERSION = "ltsei-synth-2"   # bump when the generator's output changes: it is part of the cache key
+SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key
 
+# %% ../nbs/01_synth.ipynb #0fe4fe3c
 _FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 def _field_type(f) -> type:
@@ -85,35 +95,49 @@ def check_synth_config(cfg) -> None:
     if not float(cfg.snr_db_min) <= float(cfg.snr_db_max): bad("snr_db_max", f">= snr_db_min={cfg.snr_db_min}")
     if not np.isfinite(float(cfg.snr_db_min)) or not np.isfinite(float(cfg.snr_db_max)): bad("snr_db_min", "finite dB values")
     if not 1e6 <= float(cfg.rx_bandwidth) < float("inf"): bad("rx_bandwidth", "a bandwidth in Hz of at least 1e6 (a 0.5 us chip needs about 1 MHz)")
+    if cfg.rx_filter not in ("fir", "gaussian"): bad("rx_filter", "'fir' or 'gaussian'")
+    if not 0 < float(cfg.rx_transition) < float("inf"): bad("rx_transition", "a positive width in Hz")
+    if not 4e6 <= float(cfg.analog_rate) < float("inf"): bad("analog_rate", "at least 4e6 samples/s")
+    if not 0 <= float(cfg.clock_ppm) <= 1000: bad("clock_ppm", "0 (off) to 1000 ppm")
+    if not (int(cfg.adc_bits) == 0 or 2 <= int(cfg.adc_bits) <= 24): bad("adc_bits", "0 (no quantisation) or 2..24 bits")
+    if not 0 <= float(cfg.cfo_drift_hz) < float("inf"): bad("cfo_drift_hz", "0 (off) or a drift in Hz")
+    if not 0 <= float(cfg.overlap_prob) <= 1: bad("overlap_prob", "a probability in [0, 1]")
     if not float(cfg.difficulty) > 0: bad("difficulty", "a positive number")
     if cfg.icao_mode not in ("random", "per_emitter"): bad("icao_mode", "'random' or 'per_emitter'")
 
-# %% ../nbs/01_synth.ipynb #d83a652f
+# %% ../nbs/01_synth.ipynb #68d92241
 # Fingerprint distribution: (nominal, spread at difficulty 1, lower, upper). The spread is divided by
 # `difficulty`; the carrier offset is drawn apart from these (its statistics are those measured on the
 # public data set, and it does not depend on difficulty). Times in s, frequencies in Hz, phases in rad.
 FINGERPRINT_SPREAD = {
-    "rise_time":    (50e-9, 6e-9, 25e-9, 100e-9),      # modulator pulse edge, 10-90 %
-    "fall_time":    (80e-9, 15e-9, 40e-9, 150e-9),     # 90-10 %
+    "rise_time":    (50e-9, 6e-9, 25e-9, 100e-9),      # modulator pulse edge, 10-90 % (times the edge scale)
+    "fall_time":    (80e-9, 15e-9, 40e-9, 150e-9),     # 90-10 % (times the edge scale)
     "width_offset": (0.0, 10e-9, -40e-9, 40e-9),       # added to the 0.5 us pulse width
-    "ring_freq":    (4e6, 0.7e6, 2e6, 8e6),            # modulator transient: resonance of a second-order response
+    "ring_freq":    (4e6, 0.7e6, 2e6, 8e6),            # modulator transient: resonance of a second-order response (/ edge scale)
     "ring_zeta":    (0.55, 0.08, 0.25, 0.9),           # ... and its damping (0.55: 12 % overshoot)
+    "log_edge_scale": (0.55, 0.35, -0.3, 1.4),         # ln of how much slower than nominal the edges and transient are
     "rapp_p":       (2.5, 1.0, 1.0, 6.0),              # PA AM/AM: Rapp smoothness
     "pa_drive":     (0.9, 0.25, 0.4, 1.6),             # input drive relative to PA saturation
     "ampm":         (0.0, 0.3, -0.8, 0.8),             # PA AM/PM: phase at saturation
     "iq_gain":      (0.0, 0.04, -0.15, 0.15),          # epsilon: I gain 1 + eps, Q gain 1 - eps
     "iq_phase":     (0.0, np.deg2rad(4.0), -0.2, 0.2), # IQ phase imbalance
-    "droop":        (0.02, 0.015, -0.05, 0.1),         # amplitude lost over 96 us (mean; frames scatter by DROOP_JITTER)
+    "droop":        (0.025, 0.045, -0.1, 0.2),         # amplitude lost over 96 us (mean; frames scatter by DROOP_JITTER)
     "pulse_var_db": (0.15, 0.08, 0.02, 0.4),           # pulse-to-pulse amplitude std, dB
     "log10_linewidth": (2.7, 0.5, 1.5, 4.0),           # oscillator phase noise (Wiener) linewidth, log10 Hz
+    "pull_hz":      (7e3, 8e3, -30e3, 80e3),           # oscillator pulled up by this while a pulse is on, Hz
 }
 CFO_MEDIAN_HZ, CFO_LOG_SPREAD, CFO_SHIFT_HZ = 0.4e6, 0.75, -0.1e6   # emitter mean offset: shift + median * exp(spread * N(0,1))
 CFO_CLIP_HZ = (-0.35e6, 1.4e6)
 CFO_JITTER_HZ = (20e3, 150e3)        # per-emitter std of the per-frame carrier offset, uniform
-ALIGN_S = (-240e-9, -70e-9)          # modulator start before sample 0, uniform: the capture starts inside the first pulse
-DROOP_JITTER = 0.05                  # per-frame std of the droop over 96 us
+ALIGN_S = (-300e-9, -130e-9)         # modulator start before sample 0, uniform: the capture starts inside the first pulse
+EDGE_JITTER = 0.3                    # per-frame std of ln(edge scale) around the emitter's
+DROOP_JITTER = 0.04                  # per-frame std of the droop over 96 us
 RX_DC_DB = (-45.0, -30.0)            # receiver DC offset vs the pulse amplitude, uniform in dB
 RMS_RANGE = (0.55, 1.25)             # per-frame RMS amplitude, log-uniform (like the public files)
+MULTIPATH_DB = (-20.0, -10.0)        # `multipath`: the delayed ray's power vs the direct one, uniform in dB
+MULTIPATH_DELAY_S = (0.1e-6, 1e-6)   # ... and its delay, uniform
+OVERLAP_DB = (-20.0, -10.0)          # `overlap_prob`: the other reply's power vs this one, uniform in dB
+AGC_HEADROOM_DB = 3.0                # `adc_bits`: the AGC puts the frame's peak this far (+-3 dB) below full scale
 
 def make_fingerprints(cfg) -> pd.DataFrame:
     """One row of hardware parameters per emitter, deterministic from `cfg.seed` (emitter e's row
@@ -129,43 +153,44 @@ def make_fingerprints(cfg) -> pd.DataFrame:
         rows.append(r)
     return pd.DataFrame(rows).set_index("emitter")
 
-# %% ../nbs/01_synth.ipynb #92667dfd
-def rx_filter_taps(cfg) -> np.ndarray:
-    """The receiver filter: a Gaussian FIR (float32, odd length, unit DC gain) whose amplitude response
-    exp(-ln 2 (2f/B)^2) is half (6 dB down) at +-B/2, B = min(rx_bandwidth, 0.75 sample_rate); designed by
-    frequency sampling, so that the response holds at low sample rates too (where a sampled Gaussian aliases)."""
-    fs = float(cfg.sample_rate)
-    bw = min(float(cfg.rx_bandwidth), 0.75 * fs)
-    n = int(np.ceil(4 * fs * np.sqrt(2 * np.log(2)) / (np.pi * bw))) + 2    # 4 impulse-response stds and 2 taps
-    N = 4096
-    H = np.exp(-np.log(2) * (2 * np.fft.fftfreq(N, 1 / fs) / bw) ** 2)
-    h = np.fft.fftshift(np.fft.ifft(H).real)[N // 2 - n:N // 2 + n + 1]
-    return (h / h.sum()).astype(np.float32)
+# %% ../nbs/01_synth.ipynb #8b860908
+def gen_rate(cfg) -> float:
+    """The rate at which frames are made and the receiver filter runs: `analog_rate` when it is above `sample_rate`
+    and the two are in a ratio of small integers (denominator <= 1000, for `resample_poly`), else `sample_rate`."""
+    fa, fo = float(cfg.analog_rate), float(cfg.sample_rate)
+    if fo >= fa: return fo
+    r = Fraction(fo / fa).limit_denominator(1000)
+    return fa if abs(float(r) * fa - fo) <= 1e-9 * fo else fo
 
-def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
-    """`n` captures of one emitter with fingerprint `fp` (a row of `make_fingerprints`): returns
-    x (n, 2, L) float32 (I and Q channels) and the frames' bits (n, 112) uint8. Every capture gets
-    fresh DF17 content, alignment, droop, carrier phase and offset jitter, phase noise, SNR, receiver DC
-    offset, received amplitude and (if `cfg.multipath`) echoes; signal and noise pass the receiver filter."""
-    B, L, fs = int(n), int(cfg.length), float(cfg.sample_rate)
-    f32 = np.float32
-    h = rx_filter_taps(cfg)
-    P = len(h) // 2 + int(np.ceil(0.3e-6 * fs))      # margin on both sides for the filters' transients
-    Lx = L + 2 * P
-    bits = make_df17(rng, B, icao=None if cfg.icao_mode == "random" else int(fp["icao"]))
-    # modulator: chips with pulse-to-pulse amplitude variation, pulse edges, alignment, droop
-    chips = ppm_chips(bits)
-    chips *= 10 ** (f32(fp["pulse_var_db"] / 20) * rng.standard_normal(chips.shape, f32))
-    t0 = rng.uniform(*ALIGN_S, B)                     # the first pulse starts before sample 0
-    env = pulse_envelope(chips, fs, Lx, fp["rise_time"], fp["fall_time"], fp["width_offset"], t0 + P / fs)
+def rx_response(cfg, f) -> np.ndarray:
+    """The receiver channel filter's amplitude response at frequencies `f` (Hz): half (6 dB down) at +-B/2,
+    B = min(rx_bandwidth, 0.75 gen_rate). `fir`: flat, then a raised-cosine edge of width `rx_transition`
+    centred on B/2, then a stopband 70 dB down; `gaussian`: exp(-ln 2 (2f/B)^2)."""
+    bw = min(float(cfg.rx_bandwidth), 0.75 * gen_rate(cfg))
+    a = np.abs(np.asarray(f, np.float64))
+    if cfg.rx_filter == "gaussian": return np.exp(-np.log(2) * (2 * a / bw) ** 2)
+    T = min(float(cfg.rx_transition), bw)
+    u = np.clip((a - (bw - T) / 2) / T, 0, 1)
+    return np.maximum(0.5 + 0.5 * np.cos(np.pi * u), 10 ** (-70 / 20))
+
+# %% ../nbs/01_synth.ipynb #26e41013
+def _modulator(fp, chips, fs, Lx, P, t0, rng):
+    """The transmitter's baseband before the carrier (B, Lx) float32 pair (I, Q) and its envelope: PPM pulses
+    with the emitter's edges (per frame scaled by EDGE_JITTER), droop, a second-order transient, Rapp PA, IQ imbalance."""
+    f32, B = np.float32, len(chips)
+    s = np.exp(fp["log_edge_scale"] + EDGE_JITTER * rng.standard_normal(B))    # the frame's edge slowness
+    w = fp["width_offset"]
+    env = pulse_envelope(chips, fs, Lx, np.minimum(fp["rise_time"] * s, 0.25e-6),
+                         np.minimum(fp["fall_time"] * s, 0.28e-6 - 1.2 * abs(w)), w, t0 + P / fs)
     t = (np.arange(Lx, dtype=f32) - f32(P)) / f32(fs)
     droop = fp["droop"] + DROOP_JITTER * rng.standard_normal(B)
     env *= 1 - (droop / 96e-6).astype(f32)[:, None] * (t[None, :] - t0[:, None].astype(f32))
     # modulator transient: a second-order response (poles by impulse invariance, unit DC gain): overshoot, ringing
-    wn = 2 * np.pi * min(fp["ring_freq"], 0.4 * fs)
-    r, th = np.exp(-fp["ring_zeta"] * wn / fs), wn * np.sqrt(1 - fp["ring_zeta"] ** 2) / fs
-    a = np.array([1.0, -2 * r * np.cos(th), r * r])
-    env = lfilter([a.sum()], a, env, axis=1).astype(f32)
+    for i in range(B):
+        wn = 2 * np.pi * min(fp["ring_freq"] / s[i], 0.4 * fs)
+        r, th = np.exp(-fp["ring_zeta"] * wn / fs), wn * np.sqrt(1 - fp["ring_zeta"] ** 2) / fs
+        a = np.array([1.0, -2 * r * np.cos(th), r * r])
+        env[i] = lfilter([a.sum()], a, env[i])
     # power amplifier: Rapp AM/AM and AM/PM, normalised so that a nominal pulse has amplitude 1
     drive, pr = fp["pa_drive"], fp["rapp_p"]
     u = np.abs(env) * f32(drive)
@@ -178,44 +203,127 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
     g, hp = fp["iq_gain"], fp["iq_phase"] / 2
     I2 = f32((1 + g) * np.cos(hp)) * I - f32((1 + g) * np.sin(hp)) * Q
     Q2 = f32((1 - g) * np.cos(hp)) * Q - f32((1 - g) * np.sin(hp)) * I
-    # carrier: offset (emitter mean + per-frame jitter), random phase, Wiener phase noise
-    cfo = fp["cfo_hz"] + fp["cfo_jitter_hz"] * rng.standard_normal(B)
+    return I2, Q2, env
+
+def _carrier(I, Q, cfo, linewidth, drift, fs, P, rng, pull=None, pull_env=None):
+    """(I + jQ) on the carrier: offset `cfo` (B,) Hz drifting linearly by `drift` (B,) Hz over 96 us, a random
+    phase, Wiener phase noise of `linewidth` Hz, and (given `pull`, Hz) the oscillator pulled up by `pull` x
+    `pull_env` (the envelope: while a pulse is on); returns (re, im) float32."""
+    f32 = np.float32
+    B, Lx = I.shape
+    t = (np.arange(Lx) - P) / fs
     theta = rng.uniform(0, 2 * np.pi, B)
     rot = rng.standard_normal((B, Lx), f32)
-    rot *= f32(np.sqrt(2 * np.pi * 10 ** fp["log10_linewidth"] / fs))
+    rot *= f32(np.sqrt(2 * np.pi * linewidth / fs))
+    if pull is not None: rot += f32(2 * np.pi * pull / fs) * pull_env
     np.cumsum(rot, axis=1, out=rot)
-    rot += (2 * np.pi * cfo[:, None] * t[None, :].astype(np.float64) + theta[:, None]).astype(f32)
+    rot += (2 * np.pi * (cfo[:, None] + 0.5 * (drift / 96e-6)[:, None] * t[None, :]) * t[None, :] + theta[:, None]).astype(f32)
     c, s_ = np.cos(rot), np.sin(rot)
-    re, im = I2 * c - Q2 * s_, I2 * s_ + Q2 * c
-    if cfg.multipath:  # one or two echoes, 50-300 ns late, -20 to -8 dB, random phase
+    return I * c - Q * s_, I * s_ + Q * c
+
+# %% ../nbs/01_synth.ipynb #1bbc8346
+def _complex(re, im) -> np.ndarray:
+    "complex64 re + j im (without a complex128 temporary)."
+    z = np.empty(re.shape, np.complex64); z.real, z.imag = re, im
+    return z
+
+def _cnoise(rng, shape) -> np.ndarray:
+    "Complex white Gaussian noise, complex64, variance 1 per component."
+    return rng.standard_normal((*shape[:-1], 2 * shape[-1]), np.float32).view(np.complex64)
+
+def _delayed(z, d):
+    "Complex rows `z` (B, Lx) delayed by `d` (B,) whole samples (zeros before)."
+    Lx = z.shape[1]
+    idx = np.arange(Lx)[None, :] - d[:, None]
+    return np.take_along_axis(z, np.clip(idx, 0, Lx - 1), 1) * (idx >= 0)
+
+def _warp(z, pos):
+    "Complex rows `z` (B, Lx) linearly interpolated at fractional sample positions `pos` (B, Lx)."
+    Lx = z.shape[1]
+    i = np.clip(np.floor(pos).astype(np.int64), 0, Lx - 2)
+    f = np.clip(pos - i, 0, 1).astype(np.float32)
+    return np.take_along_axis(z, i, 1) * (1 - f) + np.take_along_axis(z, i + 1, 1) * f
+
+def _channel(cfg, z, fs, P, t0, rng):
+    """The air between the aircraft and the antenna: (if `multipath`) a weak delayed ray, (with probability
+    `overlap_prob`) another aircraft's weaker reply somewhere in the frame. Returns z (B, Lx) complex64."""
+    f32, (B, Lx) = np.float32, z.shape
+    if cfg.multipath:   # one ray MULTIPATH_DELAY_S late, MULTIPATH_DB below, random phase; a second one in a quarter of the frames
+        out = z.copy()
         for k in range(2):
-            d = np.clip(np.round(rng.uniform(50e-9, 300e-9, B) * fs).astype(np.int64), 1, Lx - 1)
-            gain = 10 ** (rng.uniform(-20, -8, B) / 20) * (rng.random(B) < (1.0 if k == 0 else 0.5))
-            ph = rng.uniform(0, 2 * np.pi, B)
-            gr, gi = (gain * np.cos(ph)).astype(f32)[:, None], (gain * np.sin(ph)).astype(f32)[:, None]
-            idx = np.arange(Lx)[None, :] - d[:, None]
-            valid = idx >= 0
-            er = np.take_along_axis(re, np.clip(idx, 0, Lx - 1), 1) * valid
-            ei = np.take_along_axis(im, np.clip(idx, 0, Lx - 1), 1) * valid
-            re, im = re + gr * er - gi * ei, im + gr * ei + gi * er
-    # channel noise, white before the receiver filter, at the frame's SNR after it (pulse power / in-band noise)
+            d = np.round(rng.uniform(*MULTIPATH_DELAY_S, B) * fs).astype(np.int64)
+            g = 10 ** (rng.uniform(*MULTIPATH_DB, B) / 20) * (rng.random(B) < (1.0 if k == 0 else 0.25))
+            out += (g * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None] * _delayed(z, d)
+        z = out
+    hit = np.flatnonzero(rng.random(B) < float(cfg.overlap_prob))
+    if hit.size:        # a nominal transmitter's DF17 reply, OVERLAP_DB below, starting anywhere from 100 us before to 90 us after
+        k = hit.size
+        chips = ppm_chips(make_df17(rng, k))
+        e2 = pulse_envelope(chips, fs, Lx, 60e-9, 90e-9, 0.0, t0[hit] + P / fs + rng.uniform(-100e-6, 90e-6, k))
+        cfo = np.clip(CFO_SHIFT_HZ + CFO_MEDIAN_HZ * np.exp(CFO_LOG_SPREAD * rng.standard_normal(k)), *CFO_CLIP_HZ)
+        re, im = _carrier(e2, np.zeros_like(e2), cfo, 300.0, np.zeros(k), fs, P, rng)
+        g = 10 ** (rng.uniform(*OVERLAP_DB, k) / 20)
+        z[hit] += g.astype(f32)[:, None] * _complex(re, im)
+    return z
+
+# %% ../nbs/01_synth.ipynb #3ed1d095
+def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
+    """The receiver: thermal noise at the frame's SNR, the channel filter (FFT, circular over the margins), the
+    sample clock (offset and drift), a DC offset; then resampling to `sample_rate`. Returns (B, L) complex64."""
+    B, Lx = z.shape
+    H = rx_response(cfg, np.fft.fftfreq(Lx, 1 / fs))
+    snr = 10 ** (rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B) / 10)
+    nstd = np.sqrt(p_sig / snr / 2 / np.mean(H ** 2)).astype(np.float32)[:, None]   # in-band noise = p_sig / snr
+    z = z + _cnoise(rng, (B, Lx)) * nstd
+    z = sfft.ifft(sfft.fft(z, axis=1, overwrite_x=True) * H.astype(np.float32), axis=1, overwrite_x=True)
+    if float(cfg.clock_ppm) > 0:   # sample n taken at n (1 + eps + drift n / Lx)
+        eps, dr = float(cfg.clock_ppm) * 1e-6 * rng.standard_normal((2, B))
+        n = np.arange(Lx, dtype=np.float64) - P
+        z = _warp(z, P + n[None, :] * (1 + eps[:, None] + dr[:, None] * n[None, :] / Lx))
+    dc = np.sqrt(p_sig) * 10 ** (rng.uniform(*RX_DC_DB, B) / 20)
+    z += (dc * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None]
+    if r != 1:
+        z = resample_poly(z, r.numerator, r.denominator, axis=1)
+        P = P * r.numerator // r.denominator
+    return z[:, P:P + L].astype(np.complex64)
+
+def _adc(cfg, z, rng):
+    "AGC then an `adc_bits` ADC: the frame scaled so its peak lies AGC_HEADROOM_DB (+-3 dB) below full scale, quantised, clipped."
+    b = int(cfg.adc_bits)
+    if b <= 0: return z
+    peak = np.abs(np.concatenate([z.real, z.imag], 1)).max(1)
+    fsc = peak * 10 ** ((AGC_HEADROOM_DB + rng.uniform(-3, 3, len(z))) / 20)
+    q = (2 * fsc / 2 ** b)[:, None]
+    lim = 2 ** (b - 1) - 1
+    return _complex(np.clip(np.round(z.real / q), -lim - 1, lim) * q, np.clip(np.round(z.imag / q), -lim - 1, lim) * q)
+
+# %% ../nbs/01_synth.ipynb #975a7478
+def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
+    """`n` captures of one emitter with fingerprint `fp` (a row of `make_fingerprints`): returns
+    x (n, 2, L) float32 (I and Q channels) and the frames' bits (n, 112) uint8. Every capture gets fresh DF17
+    content, alignment, edge and droop jitter, carrier phase, offset jitter and drift, phase noise, SNR, DC
+    offset and received amplitude; the channel and receiver effects of `cfg`. Frames are made at `gen_rate`
+    and resampled to `sample_rate`."""
+    B, L, fs, fo = int(n), int(cfg.length), gen_rate(cfg), float(cfg.sample_rate)
+    r = Fraction(fo / fs).limit_denominator(1000)     # resampling ratio up / down
+    Po = int(np.ceil(2e-6 * fo / r.numerator)) * r.numerator    # margins of about 2 us on both sides for the filters
+    P, Lx = Po * r.denominator // r.numerator, int(np.ceil(L * r.denominator / r.numerator)) + 2 * Po * r.denominator // r.numerator
+    bits = make_df17(rng, B, icao=None if cfg.icao_mode == "random" else int(fp["icao"]))
+    chips = ppm_chips(bits)
+    chips *= 10 ** (np.float32(fp["pulse_var_db"] / 20) * rng.standard_normal(chips.shape, np.float32))
+    t0 = rng.uniform(*ALIGN_S, B)                     # the first pulse starts before sample 0
+    I, Q, env = _modulator(fp, chips, fs, Lx, P, t0, rng)
+    cfo = fp["cfo_hz"] + fp["cfo_jitter_hz"] * rng.standard_normal(B)
+    drift = float(cfg.cfo_drift_hz) * rng.standard_normal(B)
+    re, im = _carrier(I, Q, cfo, 10 ** fp["log10_linewidth"], drift, fs, P, rng, fp["pull_hz"], np.minimum(env, 1.2))
+    z = _complex(re, im)
     on = env > 0.5
     p_sig = ((re * re + im * im) * on).sum(1) / np.maximum(on.sum(1), 1)
-    snr = 10 ** (rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B) / 10)
-    nstd = np.sqrt(p_sig / snr / 2 / float((h.astype(np.float64) ** 2).sum())).astype(f32)[:, None]
-    re += nstd * rng.standard_normal((B, Lx), f32)
-    im += nstd * rng.standard_normal((B, Lx), f32)
-    # receiver: band-limiting filter on signal and noise together, the capture window, a DC offset, the gain
-    x = np.empty((B, 2, L), f32)
-    x[:, 0] = convolve1d(re, h, axis=1, mode="constant")[:, P:P + L]
-    x[:, 1] = convolve1d(im, h, axis=1, mode="constant")[:, P:P + L]
-    dc = np.sqrt(p_sig) * 10 ** (rng.uniform(*RX_DC_DB, B) / 20)
-    ph = rng.uniform(0, 2 * np.pi, B)
-    x[:, 0] += (dc * np.cos(ph)).astype(f32)[:, None]
-    x[:, 1] += (dc * np.sin(ph)).astype(f32)[:, None]
-    rms = np.sqrt((x * x).sum(1).mean(1))
-    x *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(f32)[:, None, None]
-    return x, bits
+    z = _channel(cfg, z, fs, P, t0, rng)
+    z = _adc(cfg, _receiver(cfg, z, p_sig, fs, P, L, r, rng), rng)
+    rms = np.sqrt(np.mean(np.abs(z) ** 2, 1))
+    z *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(np.float32)[:, None]
+    return np.stack([z.real, z.imag], 1).astype(np.float32), bits
 
 # %% ../nbs/01_synth.ipynb #b2987e5d
 def estimate_cfo(x, sample_rate: float) -> np.ndarray:

@@ -28,7 +28,10 @@ def test_presets_and_checks():
                        (dict(sample_rate=1e6), "sample_rate"), (dict(pool_per_class=0), "pool_per_class"),
                        (dict(snr_db_min=30, snr_db_max=10), "snr_db_max"), (dict(difficulty=0), "difficulty"),
                        (dict(icao_mode="fixed"), "icao_mode"), (dict(length=50), "length"),
-                       (dict(rx_bandwidth=0.5e6), "rx_bandwidth"), (dict(rx_bandwidth=float("nan")), "rx_bandwidth")]:
+                       (dict(rx_bandwidth=0.5e6), "rx_bandwidth"), (dict(rx_bandwidth=float("nan")), "rx_bandwidth"),
+                       (dict(rx_filter="sinc"), "rx_filter"), (dict(rx_transition=0.0), "rx_transition"),
+                       (dict(analog_rate=1e6), "analog_rate"), (dict(clock_ppm=-1.0), "clock_ppm"), (dict(adc_bits=1), "adc_bits"),
+                       (dict(cfo_drift_hz=float("nan")), "cfo_drift_hz"), (dict(overlap_prob=1.5), "overlap_prob")]:
         with pytest.raises(ValueError, match=f"synth.{field}"):
             check_synth_config(replace(SMOKE, **bad))
 
@@ -172,19 +175,63 @@ def test_synth_main_writes_public_layout(tmp_path, fmt):
 
 
 def test_receiver_chain():
-    "The receiver filter: unit DC gain, half amplitude (6 dB down) at +-rx_bandwidth/2, never wider than 0.75 x the sample rate."
-    assert synth.SYNTH_VERSION != "ltsei-synth-1"          # the model changed: no old cache is reused
-    for cfg, bw in [(SynthConfig(), 8.5e6), (SYNTH_PRESETS["quick"], 6e6), (replace(SynthConfig(), rx_bandwidth=4e6), 4e6)]:
-        h = synth.rx_filter_taps(cfg).astype(np.float64)
-        assert len(h) % 2 == 1 and abs(h.sum() - 1) < 1e-6 and np.allclose(h, h[::-1])
-        k = np.arange(len(h)) - len(h) // 2
-        gain = abs((h * np.exp(-2j * np.pi * (bw / 2) / cfg.sample_rate * k)).sum())
-        assert abs(gain - 0.5) < 0.01, (cfg.sample_rate, gain)
+    """The receiver filter: flat, half amplitude (6 dB down) at +-rx_bandwidth/2, 70 dB down past its edge, never
+    wider than 0.75 x the generation rate; the frames' power stays inside it."""
+    assert synth.SYNTH_VERSION not in ("ltsei-synth-1", "ltsei-synth-2")    # the model changed: no old cache is reused
+    f = np.linspace(0, 25e6, 2001)
+    for cfg, bw in [(SynthConfig(), 10e6), (SYNTH_PRESETS["quick"], 10e6), (replace(SynthConfig(), rx_bandwidth=4e6), 4e6),
+                    (replace(SynthConfig(), rx_bandwidth=60e6), 37.5e6), (replace(SynthConfig(), rx_filter="gaussian"), 10e6)]:
+        H = synth.rx_response(cfg, f)
+        assert abs(synth.rx_response(cfg, [bw / 2, -bw / 2]) - 0.5).max() < 1e-9 and H[0] == 1 and (np.diff(H) <= 1e-12).all()
+        if cfg.rx_filter == "fir":
+            assert (H[f <= (bw - cfg.rx_transition) / 2] == 1).all() and (H[f >= (bw + cfg.rx_transition) / 2] <= 10 ** (-70 / 20) + 1e-12).all()
+    assert synth.gen_rate(SYNTH_PRESETS["quick"]) == 50e6 and synth.gen_rate(SynthConfig(sample_rate=100e6)) == 100e6
+    assert synth.gen_rate(SynthConfig(sample_rate=2e8 / 3 / 8.0001)) == 2e8 / 3 / 8.0001     # no small-integer ratio: made at its own rate
+    # at high SNR nearly all of a frame's power lies within the filter's band, in the receiver's frame (before derotation)
+    cfg = replace(SynthConfig(), snr_db_min=30, snr_db_max=30)
+    x, _ = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 20, np.random.default_rng(0))
+    z = (x[:, 0] + 1j * x[:, 1]) * np.hanning(x.shape[2])
+    S = np.abs(np.fft.fft(z, axis=1)) ** 2
+    fr = np.abs(np.fft.fftfreq(x.shape[2], 1 / cfg.sample_rate))
+    assert (S[:, fr > 6.5e6].sum(1) / S.sum(1)).max() < 1e-4
     # the SNR is the pulse power over the in-band noise: the off-pulse power of a frame is about 1/SNR of the pulses
     cfg = replace(SynthConfig(), snr_db_min=12, snr_db_max=12)
     x, _ = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 40, np.random.default_rng(0))
     from ltsei.realism import measure_frames
     assert abs(measure_frames(x, cfg.sample_rate).noise_floor.median() + 12) < 1.5
+
+
+def test_quick_is_paper_resampled():
+    "The quick preset's frames are the paper-rate frames of the same chain, resampled to 8 MS/s (away from the ends)."
+    from scipy.signal import resample_poly
+    q = replace(SYNTH_PRESETS["quick"], num_emitters=2)
+    p = replace(q, sample_rate=50e6, length=4800)
+    fp = make_fingerprints(q).loc[1].to_dict()
+    x8, b8 = synth_frames(q, fp, 6, np.random.default_rng(3))
+    x50, b50 = synth_frames(p, fp, 6, np.random.default_rng(3))
+    assert np.array_equal(b8, b50)
+    a = (x8[:, 0] + 1j * x8[:, 1])[:, 40:-40]
+    b = resample_poly(x50[:, 0] + 1j * x50[:, 1], 4, 25, axis=1)[:, 40:-40]
+    corr = np.abs((a * b.conj()).sum(1)) / np.sqrt((np.abs(a) ** 2).sum(1) * (np.abs(b) ** 2).sum(1))
+    assert corr.min() > 0.999, corr
+
+
+def test_capture_effects():
+    """Each capture effect changes the frames, and the frames still decode (high SNR); the ADC leaves at most
+    2^adc_bits levels per channel; the defaults leave every effect that does not bring the frames closer to the
+    real ones off."""
+    base = SynthConfig(num_emitters=2, snr_db_min=30, snr_db_max=30)
+    assert (base.clock_ppm, base.adc_bits, base.cfo_drift_hz, base.multipath, base.overlap_prob) == (0.0, 0, 0.0, False, 0.0)
+    fp = make_fingerprints(base).loc[0].to_dict()
+    x0, bits = synth_frames(base, fp, 8, np.random.default_rng(1))
+    for over in (dict(clock_ppm=50.0), dict(adc_bits=6), dict(cfo_drift_hz=50e3), dict(multipath=True), dict(overlap_prob=1.0),
+                 dict(rx_filter="gaussian")):
+        x, b = synth_frames(replace(base, **over), fp, 8, np.random.default_rng(1))
+        assert np.array_equal(b, bits) and not np.allclose(x, x0, atol=1e-3), over
+        got, _, n = demodulate(envelope(x), base.sample_rate)
+        assert n == 88 and (got == bits[:, :n]).all(), over      # the 88 bits that fit in 96 us
+        if "adc_bits" in over:
+            assert max(len(np.unique(x[i, c])) for i in range(8) for c in range(2)) <= 2 ** 6
 
 
 def test_smoke_profile_learns(tmp_path):

@@ -18,13 +18,13 @@ from ltsei.synth import (SPLITS, SYNTH_PRESETS, SynthWorkerError, load_synth, sy
 SMOKE = SYNTH_PRESETS["smoke"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
-# sha256 of the smoke preset's arrays as ltsei-synth-2 writes them (measured before the cache work, which
-# must not change a byte: a reproduction runs on them). If the generator's output changes on purpose,
-# bump SYNTH_VERSION (it is part of the cache key) and update these.
+# sha256 of the smoke preset's arrays as ltsei-synth-3 writes them (the cache work must not change a byte: a
+# reproduction runs on them; labels and bits are those of ltsei-synth-2, only the frames changed). If the
+# generator's output changes on purpose, bump SYNTH_VERSION (it is part of the cache key) and update these.
 SMOKE_SHA256 = {
-    "X_pool.npy": "64e350b8e09bd2559d50f1cad184920f7408deb2e94007565af2ad86550416b0",
-    "X_val.npy": "b2d6b40d70e5ba329d84b93b078e11539ff0dd7de224f6a056f381c04bf02787",
-    "X_test.npy": "18e2279b92d20fb1c50f045ce6ae6f1770abecb9a5c90542140c1ddc11df4616",
+    "X_pool.npy": "0f8164e2061f5c875721895e3615912485ba09f4d2f70dce1720ca45f0d1265a",
+    "X_val.npy": "b0d5590be154166e1d80fc6066b88c9369d4329e3bf19cff4c79bd8657f04fbb",
+    "X_test.npy": "a9a3371e7a93cea359e367902191b09205c3e8dd0378ca5f58ddb5db13ca05f5",
     "Y_pool.npy": "305a1d9264757405c323e249e74d9502ea393c7a6fe35766f9fb7b60b0d0f989",
     "Y_val.npy": "ea8910d2c14df9744ae9f4d4b251bbdf768d9de9efa62b4593cef34a1b36c948",
     "Y_test.npy": "50535e29c490ae62b19936298f1768592e29f09619a3f1b7fe55929741743f8c",
