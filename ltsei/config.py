@@ -43,6 +43,12 @@ class LossConfig:
     ldam_drw_start: int = 0
     ldam_reweight_power: float = 0.0
     logit_tau: float = 1.0
+    ride_diversity_factor: float = -0.2       # RIDELoss: alpha of the KL term (< 0: the experts are pushed apart)
+    ride_diversity_temperature: float = 1.0   # RIDELoss: T_0 of the KL term
+    ride_reweight_factor: float = 0.05        # RIDELoss: r of the per-class temperatures after loss.ldam_drw_start
+    sade_tau: float = 2.0                     # SADELoss: tau of the backward expert
+    balpoe_tau_min: float = 0.0               # BalPoELoss: tau_k evenly spaced from tau_min ...
+    balpoe_tau_max: float = 2.0               # ... to tau_max (mean 1: a balanced product)
 
 @dataclass
 class SamplingConfig:
@@ -119,7 +125,11 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     "Post-hoc correction (`stage3.*`)."
-    mode: str = "none"                 # none | tau_norm | logit_adjust
+    mode: str = "none"                 # none | tau_norm | logit_adjust | sade_aggregation
+    tta_epochs: int = 5                # sade_aggregation: passes over the split's unlabeled frames (SADE: 5)
+    tta_lr: float = 0.1                # sade_aggregation: SGD learning rate of the aggregation weights (SADE CIFAR: 0.1)
+    tta_batch_size: int = 128          # sade_aggregation: frames per step (SADE: 128)
+    tta_noise: float = 0.1             # sade_aggregation: the two views add white noise of this std (relative to the frame's RMS)
     tau_norm: float = 1.0
     logit_tau: float = 1.0
 
@@ -226,7 +236,7 @@ def check_overrides(overrides: list[str]):
 
 # %% ../nbs/03_config.ipynb #ee712d81
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
-STAGE3_MODES = ("none", "tau_norm", "logit_adjust")
+STAGE3_MODES = ("none", "tau_norm", "logit_adjust", "sade_aggregation")
 
 def _choice(key, value, valid):
     if value not in valid:
@@ -258,6 +268,36 @@ def check_num_classes(cfg, num_classes: int) -> None:
         raise ConfigError(f"stage2.moe.num_experts={s2.moe.num_experts} is more than the {num_classes} classes of the "
                           f"data: each expert needs a frequency group of at least one class")
 
+def _check_experts(cfg) -> None:
+    "The multi-expert rivals (RIDE, SADE, BalPoE): their losses, stage 3 and keys need `model.name=ConvNetADSBExperts`."
+    from ltsei.losses import EXPERT_LOSSES
+    from ltsei.models import CONVNET_ADSB_STAGES
+    experts = cfg.model.name == "ConvNetADSBExperts"
+    if cfg.loss.name in EXPERT_LOSSES and not experts:
+        raise ConfigError(f"loss.name={cfg.loss.name} trains several experts: it needs model.name=ConvNetADSBExperts, not {cfg.model.name}")
+    if cfg.stage3.mode == "sade_aggregation" and (not experts or cfg.stage2.enabled):
+        raise ConfigError("stage3.mode=sade_aggregation weighs the experts of model.name=ConvNetADSBExperts trained in "
+                          f"stage 1 (stage2.enabled=false); got model.name={cfg.model.name}, stage2.enabled={cfg.stage2.enabled}")
+    if not experts: return
+    if cfg.stage2.enabled:
+        raise ConfigError("model.name=ConvNetADSBExperts is a single-stage multi-expert network (RIDE, SADE, BalPoE): "
+                          "expected stage2.enabled=false")
+    if cfg.stage3.mode == "tau_norm":
+        raise ConfigError("stage3.mode=tau_norm needs one linear classifier; model.name=ConvNetADSBExperts has one cosine "
+                          "classifier per expert (use stage3.mode=none, logit_adjust or sade_aggregation)")
+    if cfg.loss.name == "SADELoss" and cfg.model.num_experts != 3:
+        raise ConfigError(f"loss.name=SADELoss trains exactly three experts (forward, uniform, backward): expected "
+                          f"model.num_experts=3, got {cfg.model.num_experts}")
+    blocks = sum(len(s) for s in CONVNET_ADSB_STAGES)
+    if not 1 <= cfg.model.expert_blocks <= blocks:
+        raise ConfigError(f"model.expert_blocks={cfg.model.expert_blocks}: expected 1 to {blocks} (ConvNetADSB's conv blocks)")
+    for k in ("model.num_experts", "model.expert_scale", "loss.ride_diversity_temperature", "stage3.tta_epochs",
+              "stage3.tta_lr", "stage3.tta_batch_size"):
+        _positive(k, OmegaConf.select(cfg, k))
+    _positive("stage3.tta_noise", cfg.stage3.tta_noise, allow_zero=True)
+    if not 0 <= cfg.loss.ride_reweight_factor < 1:
+        raise ConfigError(f"loss.ride_reweight_factor={cfg.loss.ride_reweight_factor!r} must be in [0, 1)")
+
 def validate(cfg) -> None:
     "Check every name and number of a composed config; raise `ConfigError` naming the key."
     from ltsei.data import check_data_config
@@ -288,6 +328,7 @@ def validate(cfg) -> None:
     _choice("stage2.moe_loss.gate_weighting", cfg.stage2.moe_loss.gate_weighting, getattr(ltsei.moe_ltsei, "GATE_WEIGHTINGS", ("none",)))
     if cfg.stage2.enabled:   # stage 3 needs one linear classifier: refuse LWS / MoE heads before any work
         check_stage3(cfg.stage3.mode, f"the {cfg.stage2.mode} head", STAGE2_MODES[cfg.stage2.mode].linear_classifier)
+    _check_experts(cfg)
     if cfg.stage2.batch_size is not None: _positive("stage2.batch_size", cfg.stage2.batch_size)
     for k in ("training.lr", "stage2.lr", "training.epochs", "stage2.epochs", "training.num_threads",
               "training.eval_batch_size", "stage2.moe.num_experts", "stage2.moe.gate_hidden", "stage2.moe_loss.scale"):

@@ -19,7 +19,7 @@ from .samplers import create_sampler
 from .cache import (CacheEntry, make_dir, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load,
                          to_plain, UnsafeCheckpoint, DamagedCheckpoint)
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
-from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn
+from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation
 from .moe_ltsei import routing_metrics, frequency_groups
 
 # %% auto #0
@@ -36,7 +36,11 @@ def config_loss_params(name: str, cfg, stage: int) -> dict:
         table = {"CrossEntropy": dict(label_smoothing=cfg.training.label_smoothing),
                  "FocalLoss": dict(gamma=l.focal_gamma, alpha=OmegaConf.to_container(l.focal_alpha) if OmegaConf.is_config(l.focal_alpha) else l.focal_alpha),
                  "ClassBalancedLoss": dict(beta=l.cb_beta), "LDAMLoss": ldam,
-                 "BalancedSoftmaxLoss": {}, "LogitAdjustmentLoss": dict(tau=l.logit_tau)}
+                 "BalancedSoftmaxLoss": {}, "LogitAdjustmentLoss": dict(tau=l.logit_tau),
+                 "RIDELoss": dict(max_margin=l.ldam_max_margin, scale=float(cfg.model.expert_scale), drw_start=l.ldam_drw_start,
+                                  cb_beta=l.cb_beta, diversity_factor=l.ride_diversity_factor,
+                                  diversity_temperature=l.ride_diversity_temperature, reweight_factor=l.ride_reweight_factor),
+                 "SADELoss": dict(tau=l.sade_tau), "BalPoELoss": dict(tau_min=l.balpoe_tau_min, tau_max=l.balpoe_tau_max)}
     else:
         table = {"CrossEntropy": dict(label_smoothing=s2.label_smoothing), "FocalLoss": dict(gamma=s2.focal_gamma, alpha=None),
                  "ClassBalancedLoss": dict(beta=s2.cb_beta), "BalancedSoftmaxLoss": {},
@@ -279,7 +283,9 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
         best_epoch, epochs_run = s1.get("best_epoch"), s1.get("epochs_run")
 
     s3 = cfg.stage3
-    if s3.mode != "none":                     # post-hoc, through the same evaluator (stage 2's cached features if any)
+    if s3.mode == "sade_aggregation":         # SADE: expert weights learnt on each split's unlabeled frames (stage 2 is off)
+        evaluate_split = test_time_aggregation(model, data, cfg, rt, evaluate_split)
+    elif s3.mode != "none":                     # post-hoc, through the same evaluator (stage 2's cached features if any)
         if s3.mode == "tau_norm":
             host = res2.model.head if cfg.stage2.enabled else model.classifier
             post = {"head": tau_normalize(host, s3.tau_norm)}

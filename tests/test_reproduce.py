@@ -45,10 +45,11 @@ def test_lws_row_runs_lws_and_says_why():
 
 def test_extra_rows_run_their_own_overrides_and_say_why():
     extra = [r for r in ROWS if not r.guide]
-    assert [r.id for r in extra] == ["x5_routed_gate"]
+    assert [r.id for r in extra] == ["x2_ride", "x2_sade", "x2_balpoe", "x5_routed_gate"]
     for r in extra:
         assert r.run and r.note and all("=" in a for a in r.run_args)
-        assert "stage2.moe.detach_gate=true" in r.run_args and "stage2.moe_loss.gate_weighting=balanced" in r.run_args
+    gate = ROWS_BY_ID["x5_routed_gate"].run_args
+    assert "stage2.moe.detach_gate=true" in gate and "stage2.moe_loss.gate_weighting=balanced" in gate
 
 
 def test_guide_commands_are_the_guides_arguments():
@@ -90,9 +91,9 @@ def test_select_rows(spec, ids):
 
 
 def test_select_rows_groups():
-    assert len(select_rows(None)) == len(select_rows("all")) == len(ROWS) == 38   # 37 guide rows + 1 extra
-    assert {r.section[0] for r in select_rows("2")} == {"2"} and len(select_rows("2")) == 9
-    assert {r.section for r in select_rows("main")} == {"1.1", "2.1", "2.2", "2.3", "3.1", "3.2", "3.3", "5.1", "5.2"}
+    assert len(select_rows(None)) == len(select_rows("all")) == len(ROWS) == 41   # 37 guide rows + 4 extra
+    assert {r.section[0] for r in select_rows("2")} == {"2"} and len(select_rows("2")) == 12   # 9 guide rows + 3 rivals
+    assert {r.section for r in select_rows("main")} == {"1.1", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2"}
     with pytest.raises(ValueError, match="'7.7' matches no row"):
         select_rows("1.1,7.7")
 
