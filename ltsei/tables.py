@@ -344,7 +344,7 @@ def fig_confusions(results: pd.DataFrame, row_ids=CONFUSION_ROWS):
 
 # %% ../nbs/13_tables.ipynb #244a32b0
 PAIR_METRICS = ("balanced_acc", "few_acc")
-PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt")     # CE (the baseline) and cRT (the classic two-stage method)
+PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt", "s5_1_full")   # CE (the baseline), cRT (the classic two-stage method), MoE-LTSEI (ours)
 NOISE_LEVEL = 0.05                            # two-sided level of the paired t-test that calls a gap "beyond noise"
 
 def paired_differences(results: pd.DataFrame, reference: str, row_ids=None, metrics=PAIR_METRICS) -> pd.DataFrame:
