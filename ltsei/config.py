@@ -22,9 +22,9 @@ from .models import ModelConfig
 __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
            'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig',
            'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
-           'ScaleConfig', 'Config', 'profile_node', 'register_configs', 'all_keys', 'check_overrides',
-           'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
-           'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'register_configs', 'all_keys',
+           'check_overrides', 'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize',
+           'compose_config', 'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/03_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -147,6 +147,20 @@ class ScaleConfig:
     epoch_scale: float = 1.0
 
 @dataclass
+class OpenSetConfig:
+    "Unknown emitters (`openset.*`; see [open-set scoring](10b_openset.ipynb))."
+    enabled: bool = False              # hold out emitters from training; their test frames are the unknowns
+    unknown_fraction: float = 0.2      # share of the emitters held out (drawn across head, medium, tail; seeded by data.split_seed)
+    odin_temperature: float = 1000.0   # ODIN's softmax temperature T
+    odin_epsilon: float = 0.002        # ODIN's input step, relative to the frame's RMS amplitude
+    tpr: float = 0.95                  # the false-positive rate is reported at this true-positive rate
+
+@dataclass
+class EvaluationConfig:
+    "What a run measures besides the test metrics (`evaluation.*`)."
+    snr_bin_db: float = 2.0            # width of the SNR bins of the accuracy against SNR (edges on multiples of it)
+
+@dataclass
 class Config:
     "The whole tree. `python main.py key=value ...` overrides any leaf."
     seed: int = 0
@@ -160,6 +174,8 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
+    openset: OpenSetConfig = field(default_factory=OpenSetConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 # %% ../nbs/03_config.ipynb #5fa411a2
 EPOCH_SCALES = {"paper": 1.0, "quick": 0.05, "smoke": 0.007}
@@ -298,6 +314,18 @@ def _check_experts(cfg) -> None:
     if not 0 <= cfg.loss.ride_reweight_factor < 1:
         raise ConfigError(f"loss.ride_reweight_factor={cfg.loss.ride_reweight_factor!r} must be in [0, 1)")
 
+def _check_openset(cfg) -> None:
+    "The `openset.*` values; with synthetic data also that some emitters stay known and at least one is held out."
+    o = cfg.openset
+    if not 0 < o.unknown_fraction < 1:
+        raise ConfigError(f"openset.unknown_fraction={o.unknown_fraction!r}: expected a share of the emitters in (0, 1)")
+    for k in ("odin_temperature", "odin_epsilon"): _positive(f"openset.{k}", o[k], allow_zero=k == "odin_epsilon")
+    if not 0 < o.tpr < 1: raise ConfigError(f"openset.tpr={o.tpr!r}: expected a true-positive rate in (0, 1)")
+    if cfg.data.source == "synthetic":
+        from ltsei.data import unknown_count
+        try: unknown_count(int(cfg.data.synth.num_emitters), o.unknown_fraction)
+        except ValueError as e: raise ConfigError(str(e)) from None
+
 def validate(cfg) -> None:
     "Check every name and number of a composed config; raise `ConfigError` naming the key."
     from ltsei.data import check_data_config
@@ -349,6 +377,8 @@ def validate(cfg) -> None:
               "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
         v = OmegaConf.select(cfg, k)
         if not 0 <= v < 1: raise ConfigError(f"{k}={v!r} must be in [0, 1)")
+    _positive("evaluation.snr_bin_db", cfg.evaluation.snr_bin_db)
+    if cfg.openset.enabled: _check_openset(cfg)
     for prefix in ("sampling", "stage2"):
         name = cfg[prefix].name if prefix == "sampling" else cfg.stage2.sampler
         if name == "power" and cfg[prefix].alpha is None:
@@ -434,6 +464,8 @@ def stage1_settings(cfg) -> dict:
         d[sec].pop(leaf, None)
     d["data_identity"] = data_identity(cfg.data)
     d["numerics"] = numerics(cfg)
+    if OmegaConf.select(cfg, "openset.enabled", default=False):   # held-out emitters change the training data
+        d["openset"] = {"unknown_fraction": float(cfg.openset.unknown_fraction)}
     return d
 
 def _hash(obj) -> str:
@@ -449,6 +481,9 @@ def stage2_key(cfg) -> str:
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)
+    d.pop("evaluation", None)                        # measured after training
+    o = d.pop("openset", None) or {}
+    if o.get("enabled"): d["openset"] = {"unknown_fraction": o["unknown_fraction"]}   # only the held-out share trains differently
     ck = cfg.stage1.checkpoint
     d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg)
     d["data_identity"] = data_identity(cfg.data)     # the data by content, also when stage 1 comes from a checkpoint

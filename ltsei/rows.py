@@ -25,13 +25,14 @@ from .train import atomic_write_text
 # %% auto #0
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
            'RIDE_NOTE', 'SADE_NOTE', 'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS',
-           'METRIC_KEYS', 'split_command', 'Row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir',
-           'write_json_atomic', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'repo_dir',
-           'resolve_runs_dir', 'cache_overrides', 'RunLock', 'pid_alive', 'temp_beside', 'remove_dead_temps', 'swap_in',
-           'parse_overrides', 'stage1_group']
+           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row',
+           'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'write_json_atomic',
+           'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'repo_dir', 'resolve_runs_dir',
+           'cache_overrides', 'RunLock', 'pid_alive', 'temp_beside', 'remove_dead_temps', 'swap_in', 'parse_overrides',
+           'stage1_group']
 
 # %% ../nbs/12_rows.ipynb #c6ddaa80
-KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours"}
+KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
 
 def split_command(cmd: str) -> list[str]:
     "The `key=value` overrides of a command line: `python main.py` and line continuations removed."
@@ -208,6 +209,21 @@ ROWS: list[Row] = [
 ROWS_BY_ID: dict[str, Row] = {r.id: r for r in ROWS}
 MAIN_SECTIONS = ("1.1", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2")   # 2.4: the rivals beyond the guide (extra table)
 ABLATION_SECTIONS = ("4.1", "4.2", "4.3", "4.4", "4.5")
+
+# %% ../nbs/12_rows.ipynb #0b5e7a02
+OPENSET_RUN = "openset.enabled=true openset.unknown_fraction=0.2"
+OPENSET_BASES = ("s1_1_ce", "s3_1_crt", "s5_1_full")
+RIVAL_PREFIXES = ("RIDE", "SADE", "BalPoE")        # the multi-expert rivals beyond the guide, by method name
+
+def openset_row(base: Row) -> Row:
+    "The open-set twin `os_<id>` of `base` (section `os`): its overrides plus `OPENSET_RUN`."
+    return Row(f"os_{base.id}", "os", base.method, "", run=shlex.join(base.run_args + OPENSET_RUN.split()),
+               note=f"{base.method} with unknown emitters: {OPENSET_RUN}")
+
+OPENSET_ROWS: list[Row] = [openset_row(ROWS_BY_ID[i]) for i in OPENSET_BASES] + \
+    [openset_row(r) for r in ROWS if not r.guide and r.method.startswith(RIVAL_PREFIXES)]
+ROWS += OPENSET_ROWS
+ROWS_BY_ID.update({r.id: r for r in OPENSET_ROWS})
 
 # %% ../nbs/12_rows.ipynb #837dd000
 def guide_commands() -> list[tuple[str, list[str]]]:

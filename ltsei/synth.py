@@ -142,11 +142,12 @@ def rx_filter_taps(cfg) -> np.ndarray:
     h = np.fft.fftshift(np.fft.ifft(H).real)[N // 2 - n:N // 2 + n + 1]
     return (h / h.sum()).astype(np.float32)
 
-def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
+def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator, return_snr: bool = False):
     """`n` captures of one emitter with fingerprint `fp` (a row of `make_fingerprints`): returns
     x (n, 2, L) float32 (I and Q channels) and the frames' bits (n, 112) uint8. Every capture gets
     fresh DF17 content, alignment, droop, carrier phase and offset jitter, phase noise, SNR, receiver DC
-    offset, received amplitude and (if `cfg.multipath`) echoes; signal and noise pass the receiver filter."""
+    offset, received amplitude and (if `cfg.multipath`) echoes; signal and noise pass the receiver filter.
+    With `return_snr`, also each frame's SNR in dB (n,) float64 (the same draws: the frames do not change)."""
     B, L, fs = int(n), int(cfg.length), float(cfg.sample_rate)
     f32 = np.float32
     h = rx_filter_taps(cfg)
@@ -201,7 +202,8 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
     # channel noise, white before the receiver filter, at the frame's SNR after it (pulse power / in-band noise)
     on = env > 0.5
     p_sig = ((re * re + im * im) * on).sum(1) / np.maximum(on.sum(1), 1)
-    snr = 10 ** (rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B) / 10)
+    snr_db = rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B)
+    snr = 10 ** (snr_db / 10)
     nstd = np.sqrt(p_sig / snr / 2 / float((h.astype(np.float64) ** 2).sum())).astype(f32)[:, None]
     re += nstd * rng.standard_normal((B, Lx), f32)
     im += nstd * rng.standard_normal((B, Lx), f32)
@@ -215,7 +217,7 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
     x[:, 1] += (dc * np.sin(ph)).astype(f32)[:, None]
     rms = np.sqrt((x * x).sum(1).mean(1))
     x *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(f32)[:, None, None]
-    return x, bits
+    return (x, bits, snr_db) if return_snr else (x, bits)
 
 # %% ../nbs/01_synth.ipynb #b2987e5d
 def estimate_cfo(x, sample_rate: float) -> np.ndarray:
@@ -299,20 +301,21 @@ def _run_item(item):
     Bm[row:row + n] = np.packbits(bits, axis=1)
     return n
 
-def generate_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One split of the data set in memory, float32: x (N, 2, L), y (N,), bits (N, 112); the same frames
-    that `generate_synth` stores (before the cast to STORE_DTYPE)."""
+def generate_split(cfg, split: str, with_snr: bool = False) -> tuple:
+    """One split of the data set in memory, float32: x (N, 2, L), y (N,), bits (N, 112), and with `with_snr`
+    each frame's SNR in dB (N,); the same frames that `generate_synth` stores (before the cast to STORE_DTYPE)."""
     cfg = as_synth_config(cfg)
     check_synth_config(cfg)
     if split not in SPLITS: raise ValueError(f"generate_split: split={split!r}: expected one of {SPLITS}")
     fpdf = make_fingerprints(cfg)
-    xs, bs = [], []
+    xs, bs, ss = [], [], []
     for si, e, ci, row, n in _work_items(cfg):
         if SPLITS[si] != split: continue
-        x, b = synth_frames(cfg, fpdf.loc[e].to_dict(), n, _chunk_rng(cfg, si, e, ci))
-        xs.append(x); bs.append(b)
+        x, b, s = synth_frames(cfg, fpdf.loc[e].to_dict(), n, _chunk_rng(cfg, si, e, ci), return_snr=True)
+        xs.append(x); bs.append(b); ss.append(s)
     y = np.repeat(np.arange(cfg.num_emitters, dtype=np.int64), split_sizes(cfg)[split])
-    return np.concatenate(xs), y, np.concatenate(bs)
+    out = np.concatenate(xs), y, np.concatenate(bs)
+    return (*out, np.concatenate(ss)) if with_snr else out
 
 # %% ../nbs/01_synth.ipynb #419949f3
 class SynthWorkerError(RuntimeError, ValueError):

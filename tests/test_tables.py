@@ -84,7 +84,7 @@ def test_text_columns_left_aligned(runs):
     assert '<th style="text-align:left">Method</th>' in h and '<td style="text-align:left">2 experts</td>' in h
     assert '<td style="text-align:right">52.0 ± 2.0</td>' in h and '<th style="text-align:right">Bal. acc</th>' in h
     assert "|:--|--:|--:|" in table_markdown(t)
-    assert r"\begin{tabular}{lcrrrrrrr}" in table_latex(t)
+    assert r"\begin{tabular}{lcrrrrrrrr}" in table_latex(t)   # + H-mean
 
 
 def test_single_seed_shows_the_mean_only(tmp_path):
