@@ -150,3 +150,16 @@ def test_rival_row_runs_at_smoke(in_scratch, rid):
         assert len(a) == 3 and abs(sum(a) - 1) < 1e-4 and len(m["val"]["aggregation_weights"]) == 3
     else:
         assert a is None
+
+
+def test_five_seeds_plan_the_main_and_extra_rows(tmp_path, capsys):
+    """`ltsei reproduce --seeds 5` plans every main and extra row (rivals included) for seeds 0..4 (dry run: nothing runs;
+    `--demo` composes the configs the fast way, the plan is the same)."""
+    from ltsei.running import reproduce_main
+    for spec, n_rows in (("main", 22), ("x*", 4)):
+        assert reproduce_main(["--profile", "quick", "--rows", spec, "--seeds", "5", "--runs-dir", str(tmp_path), "--dry-run", "--demo"]) == 0
+        out = capsys.readouterr().out
+        assert f"{n_rows} rows x 5 seed(s) = {5 * n_rows} runs" in out
+        for rid in RIVALS:
+            assert all(f"{rid}/seed{k}" in out for k in range(5)), rid
+    assert not any((tmp_path / "quick").glob("*/*/seed*/metrics.json"))
