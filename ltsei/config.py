@@ -22,9 +22,9 @@ from .models import ModelConfig
 __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
            'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig',
            'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
-           'ScaleConfig', 'Config', 'profile_node', 'register_configs', 'all_keys', 'check_overrides',
-           'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
-           'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'register_configs', 'all_keys',
+           'check_overrides', 'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize',
+           'compose_config', 'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/03_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -43,6 +43,12 @@ class LossConfig:
     ldam_drw_start: int = 0
     ldam_reweight_power: float = 0.0
     logit_tau: float = 1.0
+    ride_diversity_factor: float = -0.2       # RIDELoss: alpha of the KL term (< 0: the experts are pushed apart)
+    ride_diversity_temperature: float = 1.0   # RIDELoss: T_0 of the KL term
+    ride_reweight_factor: float = 0.05        # RIDELoss: r of the per-class temperatures after loss.ldam_drw_start
+    sade_tau: float = 2.0                     # SADELoss: tau of the backward expert
+    balpoe_tau_min: float = 0.0               # BalPoELoss: tau_k evenly spaced from tau_min ...
+    balpoe_tau_max: float = 2.0               # ... to tau_max (mean 1: a balanced product)
 
 @dataclass
 class SamplingConfig:
@@ -119,7 +125,11 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     "Post-hoc correction (`stage3.*`)."
-    mode: str = "none"                 # none | tau_norm | logit_adjust
+    mode: str = "none"                 # none | tau_norm | logit_adjust | sade_aggregation
+    tta_epochs: int = 5                # sade_aggregation: passes over the split's unlabeled frames (SADE: 5)
+    tta_lr: float = 0.1                # sade_aggregation: SGD learning rate of the aggregation weights (SADE CIFAR: 0.1)
+    tta_batch_size: int = 128          # sade_aggregation: frames per step (SADE: 128)
+    tta_noise: float = 0.1             # sade_aggregation: the two views add white noise of this std (relative to the frame's RMS)
     tau_norm: float = 1.0
     logit_tau: float = 1.0
 
@@ -137,6 +147,20 @@ class ScaleConfig:
     epoch_scale: float = 1.0
 
 @dataclass
+class OpenSetConfig:
+    "Unknown emitters (`openset.*`; see [open-set scoring](10b_openset.ipynb))."
+    enabled: bool = False              # hold out emitters from training; their test frames are the unknowns
+    unknown_fraction: float = 0.2      # share of the emitters held out (drawn across head, medium, tail; seeded by data.split_seed)
+    odin_temperature: float = 1000.0   # ODIN's softmax temperature T
+    odin_epsilon: float = 0.002        # ODIN's input step, relative to the frame's RMS amplitude
+    tpr: float = 0.95                  # the false-positive rate is reported at this true-positive rate
+
+@dataclass
+class EvaluationConfig:
+    "What a run measures besides the test metrics (`evaluation.*`)."
+    snr_bin_db: float = 2.0            # width of the SNR bins of the accuracy against SNR (edges on multiples of it)
+
+@dataclass
 class Config:
     "The whole tree. `python main.py key=value ...` overrides any leaf."
     seed: int = 0
@@ -150,6 +174,8 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
+    openset: OpenSetConfig = field(default_factory=OpenSetConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 # %% ../nbs/03_config.ipynb #5fa411a2
 EPOCH_SCALES = {"paper": 1.0, "quick": 0.05, "smoke": 0.007}
@@ -226,7 +252,7 @@ def check_overrides(overrides: list[str]):
 
 # %% ../nbs/03_config.ipynb #ee712d81
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
-STAGE3_MODES = ("none", "tau_norm", "logit_adjust")
+STAGE3_MODES = ("none", "tau_norm", "logit_adjust", "sade_aggregation")
 
 def _choice(key, value, valid):
     if value not in valid:
@@ -258,6 +284,48 @@ def check_num_classes(cfg, num_classes: int) -> None:
         raise ConfigError(f"stage2.moe.num_experts={s2.moe.num_experts} is more than the {num_classes} classes of the "
                           f"data: each expert needs a frequency group of at least one class")
 
+def _check_experts(cfg) -> None:
+    "The multi-expert rivals (RIDE, SADE, BalPoE): their losses, stage 3 and keys need `model.name=ConvNetADSBExperts`."
+    from ltsei.losses import EXPERT_LOSSES
+    from ltsei.models import CONVNET_ADSB_STAGES
+    experts = cfg.model.name == "ConvNetADSBExperts"
+    if cfg.loss.name in EXPERT_LOSSES and not experts:
+        raise ConfigError(f"loss.name={cfg.loss.name} trains several experts: it needs model.name=ConvNetADSBExperts, not {cfg.model.name}")
+    if cfg.stage3.mode == "sade_aggregation" and (not experts or cfg.stage2.enabled):
+        raise ConfigError("stage3.mode=sade_aggregation weighs the experts of model.name=ConvNetADSBExperts trained in "
+                          f"stage 1 (stage2.enabled=false); got model.name={cfg.model.name}, stage2.enabled={cfg.stage2.enabled}")
+    if not experts: return
+    if cfg.stage2.enabled:
+        raise ConfigError("model.name=ConvNetADSBExperts is a single-stage multi-expert network (RIDE, SADE, BalPoE): "
+                          "expected stage2.enabled=false")
+    if cfg.stage3.mode == "tau_norm":
+        raise ConfigError("stage3.mode=tau_norm needs one linear classifier; model.name=ConvNetADSBExperts has one cosine "
+                          "classifier per expert (use stage3.mode=none, logit_adjust or sade_aggregation)")
+    if cfg.loss.name == "SADELoss" and cfg.model.num_experts != 3:
+        raise ConfigError(f"loss.name=SADELoss trains exactly three experts (forward, uniform, backward): expected "
+                          f"model.num_experts=3, got {cfg.model.num_experts}")
+    blocks = sum(len(s) for s in CONVNET_ADSB_STAGES)
+    if not 1 <= cfg.model.expert_blocks <= blocks:
+        raise ConfigError(f"model.expert_blocks={cfg.model.expert_blocks}: expected 1 to {blocks} (ConvNetADSB's conv blocks)")
+    for k in ("model.num_experts", "model.expert_scale", "loss.ride_diversity_temperature", "stage3.tta_epochs",
+              "stage3.tta_lr", "stage3.tta_batch_size"):
+        _positive(k, OmegaConf.select(cfg, k))
+    _positive("stage3.tta_noise", cfg.stage3.tta_noise, allow_zero=True)
+    if not 0 <= cfg.loss.ride_reweight_factor < 1:
+        raise ConfigError(f"loss.ride_reweight_factor={cfg.loss.ride_reweight_factor!r} must be in [0, 1)")
+
+def _check_openset(cfg) -> None:
+    "The `openset.*` values; with synthetic data also that some emitters stay known and at least one is held out."
+    o = cfg.openset
+    if not 0 < o.unknown_fraction < 1:
+        raise ConfigError(f"openset.unknown_fraction={o.unknown_fraction!r}: expected a share of the emitters in (0, 1)")
+    for k in ("odin_temperature", "odin_epsilon"): _positive(f"openset.{k}", o[k], allow_zero=k == "odin_epsilon")
+    if not 0 < o.tpr < 1: raise ConfigError(f"openset.tpr={o.tpr!r}: expected a true-positive rate in (0, 1)")
+    if cfg.data.source == "synthetic":
+        from ltsei.data import unknown_count
+        try: unknown_count(int(cfg.data.synth.num_emitters), o.unknown_fraction)
+        except ValueError as e: raise ConfigError(str(e)) from None
+
 def validate(cfg) -> None:
     "Check every name and number of a composed config; raise `ConfigError` naming the key."
     from ltsei.data import check_data_config
@@ -288,6 +356,7 @@ def validate(cfg) -> None:
     _choice("stage2.moe_loss.gate_weighting", cfg.stage2.moe_loss.gate_weighting, getattr(ltsei.moe_ltsei, "GATE_WEIGHTINGS", ("none",)))
     if cfg.stage2.enabled:   # stage 3 needs one linear classifier: refuse LWS / MoE heads before any work
         check_stage3(cfg.stage3.mode, f"the {cfg.stage2.mode} head", STAGE2_MODES[cfg.stage2.mode].linear_classifier)
+    _check_experts(cfg)
     if cfg.stage2.batch_size is not None: _positive("stage2.batch_size", cfg.stage2.batch_size)
     for k in ("training.lr", "stage2.lr", "training.epochs", "stage2.epochs", "training.num_threads",
               "training.eval_batch_size", "stage2.moe.num_experts", "stage2.moe.gate_hidden", "stage2.moe_loss.scale"):
@@ -308,6 +377,8 @@ def validate(cfg) -> None:
               "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
         v = OmegaConf.select(cfg, k)
         if not 0 <= v < 1: raise ConfigError(f"{k}={v!r} must be in [0, 1)")
+    _positive("evaluation.snr_bin_db", cfg.evaluation.snr_bin_db)
+    if cfg.openset.enabled: _check_openset(cfg)
     for prefix in ("sampling", "stage2"):
         name = cfg[prefix].name if prefix == "sampling" else cfg.stage2.sampler
         if name == "power" and cfg[prefix].alpha is None:
@@ -393,6 +464,8 @@ def stage1_settings(cfg) -> dict:
         d[sec].pop(leaf, None)
     d["data_identity"] = data_identity(cfg.data)
     d["numerics"] = numerics(cfg)
+    if OmegaConf.select(cfg, "openset.enabled", default=False):   # held-out emitters change the training data
+        d["openset"] = {"unknown_fraction": float(cfg.openset.unknown_fraction)}
     return d
 
 def _hash(obj) -> str:
@@ -408,6 +481,9 @@ def stage2_key(cfg) -> str:
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)
+    d.pop("evaluation", None)                        # measured after training
+    o = d.pop("openset", None) or {}
+    if o.get("enabled"): d["openset"] = {"unknown_fraction": o["unknown_fraction"]}   # only the held-out share trains differently
     ck = cfg.stage1.checkpoint
     d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg)
     d["data_identity"] = data_identity(cfg.data)     # the data by content, also when stage 1 comes from a checkpoint

@@ -5,6 +5,7 @@
 # %% ../nbs/02_data.ipynb #ec0de608
 from __future__ import annotations
 import hashlib
+import io
 import json
 import math
 import zipfile
@@ -13,15 +14,16 @@ from pathlib import Path
 from typing import Optional
 import numpy as np
 import torch
-from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth
+from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth, generate_split, synth_key
+from .cache import atomic_write_bytes
 
 # %% auto #0
 __all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'DATA_SOURCES', 'NORMALIZATIONS', 'LONG_TAIL_MODES',
-           'LEAKAGE_MODES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
+           'LEAKAGE_MODES', 'FRAME_TABLES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
            'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups', 'read_xy', 'to_ncl',
            'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames', 'shared_frames',
            'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'check_data_config', 'input_files',
-           'load_data']
+           'synth_snr', 'read_frame_snr', 'load_data', 'unknown_count', 'choose_unknown', 'hold_out_unknown']
 
 # %% ../nbs/02_data.ipynb #b6898907
 @dataclass
@@ -352,6 +354,10 @@ class DataBundle:
     length: int
     groups: dict               # shot_groups(class_counts)
     info: dict                 # source, cache key/path, files, notes, etc.
+    train_indices: Optional[np.ndarray] = None   # (n_train,) int64: the rows of the training source trained on (see `train_indices`)
+    test_snr: Optional[np.ndarray] = None        # (n_test,) float64: each test frame's SNR in dB (NaN: unknown); None: no SNR known
+    unknown: Optional[Split] = None              # open set: the test frames of the held-out emitters (labels: their original ids)
+    unknown_snr: Optional[np.ndarray] = None     # ... and their SNR in dB
 
     def summary(self) -> str:
         "Class counts per split, shot groups and shapes, as printed by the main job."
@@ -367,6 +373,9 @@ class DataBundle:
             s = getattr(self, name)
             cnt = np.bincount(s.y.numpy(), minlength=self.num_classes)
             lines.append(f"  {name:5s} x {tuple(s.x.shape)} | per class min {cnt.min()} max {cnt.max()} total {cnt.sum()}")
+        if self.unknown is not None:
+            o = i.get("openset", {})
+            lines.append(f"  unknown x {tuple(self.unknown.x.shape)} | test frames of the held-out emitters {o.get('unknown_classes')} (open set)")
         n = self.class_counts
         lines.append("  train counts by class: " + " ".join(str(int(v)) for v in n))
         g = self.groups
@@ -455,6 +464,37 @@ def input_files(d) -> dict:
         if p.with_name("meta.json").is_file(): out[f"{role}_meta"] = p.with_name("meta.json")
     return out
 
+# %% ../nbs/02_data.ipynb #b2c3d4e5
+def synth_snr(cfg, cache_dir, split: str = "test") -> np.ndarray:
+    "Each frame's SNR (dB, float64) of `split` of the synthetic data set `cfg`, cached in `cache_dir/snr/` (see above)."
+    path = Path(cache_dir) / "snr" / f"synth-{synth_key(cfg)}-{split}.npy"
+    if path.is_file():
+        try: return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError): pass            # damaged: made again below
+    snr = np.asarray(generate_split(cfg, split, with_snr=True)[3], dtype=np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO(); np.save(buf, snr)
+    atomic_write_bytes(path, buf.getvalue())
+    return snr
+
+FRAME_TABLES = ("frames_{role}.csv", "frames.csv")   # per-frame tables beside a data file (`ltsei frames`)
+
+def read_frame_snr(data_path, role: str, n: int) -> Optional[np.ndarray]:
+    "The `snr_db` column (n,) float64 of the frame table beside `data_path` for `role` (see above); None without one."
+    import pandas as pd
+    folder = Path(data_path) if Path(data_path).is_dir() else Path(data_path).parent
+    table = next((folder / t.format(role=role) for t in FRAME_TABLES if (folder / t.format(role=role)).is_file()), None)
+    if table is None: return None
+    try: df = pd.read_csv(table)
+    except (ValueError, OSError) as e: raise ValueError(f"{table}: not a readable CSV table ({e})") from None
+    if "snr_db" not in df.columns: return None
+    if len(df) != n and "split" in df.columns:
+        df = df[df["split"].astype(str).isin(ROLE_ALIASES[role])]
+    if len(df) != n:
+        raise ValueError(f"{table}: {len(df)} rows{' with split=' + role if 'split' in df.columns else ''}, "
+                         f"but the {role} file holds {n} frames: expected one row per frame, in the file's order")
+    return pd.to_numeric(df["snr_db"], errors="coerce").to_numpy(dtype=np.float64)
+
 # %% ../nbs/02_data.ipynb #7c046dc9
 PUBLIC_SAMPLE_RATE = 50e6   # the public ADS-B files: 4800 samples = 96 us; used when a file does not say
 
@@ -504,6 +544,7 @@ def _load_files(cfg):
             raise ValueError(f"{files[r]}: {r} frames have {x[r].shape[-1]} samples, the training frames {x['train'].shape[-1]}: set data.target_length")
     # 3. copies within a file; leakage into the test file
     h = {r: frame_hashes(x[r]) for r in x}
+    pos = np.arange(y["train"].size)          # the training file's rows, followed through the drops
     dup = {r: repeated_frames(h[r], y[r]) for r in x}
     for r, d in dup.items():
         if d["copies"]:
@@ -520,6 +561,7 @@ def _load_files(cfg):
         if cfg.leakage == "drop":
             keep = ~np.isin(h[r], h["test"])
             x[r], y[r], h[r] = x[r][keep], y[r][keep], h[r][keep]
+            if r == "train": pos = pos[keep]
             say(f"{what}: dropped those {s['in_a']} from the {r} data (data.leakage=drop)")
         else:
             say(f"{what}: kept (data.leakage=allow): the test accuracy counts frames seen in the {r} data", warn=True)
@@ -571,7 +613,8 @@ def _load_files(cfg):
             "val": val_text, "val_counts": np.bincount(yva, minlength=C).tolist(), "leakage": cfg.leakage, "duplicates": dup,
             "sample_rate_source": "file" if sr else f"assumed {PUBLIC_SAMPLE_RATE:g} (public ADS-B files)", "notes": notes}
     if cfg.long_tail == "as_given": info["imbalance_ratio"] = float(counts.max() / counts.min())
-    return (xtr[tidx], ytr[tidx]), (xva, yva), (x["test"], y["test"]), counts, C, float(sr or PUBLIC_SAMPLE_RATE), info
+    extra = {"train_indices": pos[tidx], "test_snr": read_frame_snr(raw["test"][2]["path"], "test", int(y["test"].size))}
+    return (xtr[tidx], ytr[tidx]), (xva, yva), (x["test"], y["test"]), counts, C, float(sr or PUBLIC_SAMPLE_RATE), info, extra
 
 def _load_synthetic(cfg):
     s = load_synth(cfg.synth, cfg.cache_dir)
@@ -586,7 +629,9 @@ def _load_synthetic(cfg):
         splits.append((np.asarray(fit_length(s.x(name), T), dtype=np.float32), s.y(name)))
     info = {"source": "synthetic", "cache_key": s.key, "cache_path": str(s.path), "n_max": P, "long_tail": "cut",
             "synth": asdict(sc)}
-    return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info
+    extra = {"train_indices": np.concatenate([c * P + np.arange(counts[c], dtype=np.int64) for c in range(C)]),
+             "test_snr": synth_snr(sc, cfg.cache_dir, "test")}
+    return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info, extra
 
 def load_data(cfg, seed: int) -> DataBundle:
     """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields), checked
@@ -595,11 +640,62 @@ def load_data(cfg, seed: int) -> DataBundle:
     above. The splits do not depend on `seed`: every run seed sees the same data, so the spread over seeds
     measures training randomness; `seed` is recorded in `info`."""
     check_data_config(cfg)
-    tr, va, te, counts, C, sr, info = (_load_synthetic if cfg.source == "synthetic" else _load_files)(cfg)
+    tr, va, te, counts, C, sr, info, extra = (_load_synthetic if cfg.source == "synthetic" else _load_files)(cfg)
     counts = np.asarray(counts, dtype=np.int64)
     info.setdefault("class_ranks", [int(r) for r in class_ranks(C, cfg.split_seed)])
     info.setdefault("imbalance_ratio", float(cfg.imbalance_ratio))
     info.update(seed=int(seed), split_seed=int(cfg.split_seed), normalize=cfg.normalize,
                 imbalance_ratio_trained=float(counts.max() / counts.min()))
     train, val, test = (to_split(x, y, cfg.normalize) for x, y in (tr, va, te))
-    return DataBundle(train, val, test, counts, int(C), float(sr), int(train.x.shape[-1]), shot_groups(counts), info)
+    return DataBundle(train, val, test, counts, int(C), float(sr), int(train.x.shape[-1]), shot_groups(counts), info,
+                      train_indices=np.asarray(extra["train_indices"], dtype=np.int64), test_snr=extra["test_snr"])
+
+# %% ../nbs/02_data.ipynb #a7b8c9d0
+def unknown_count(num_classes: int, fraction: float) -> int:
+    "Emitters held out for `openset.unknown_fraction`: round(F C) (halves up), at least 1, leaving at least 2 known."
+    C, F = int(num_classes), float(fraction)
+    if not 0 < F < 1: raise ValueError(f"openset.unknown_fraction={fraction!r}: expected a share of the emitters in (0, 1)")
+    u = max(1, int(math.floor(F * C + 0.5)))
+    if C - u < 2:
+        raise ValueError(f"openset.unknown_fraction={fraction!r} holds out {u} of the {C} emitters: expected at least 2 "
+                         "to stay known (a smaller fraction, or more emitters)")
+    return u
+
+def choose_unknown(class_counts, fraction: float, split_seed: int) -> np.ndarray:
+    "The held-out emitters (sorted ids): `unknown_count` of them, drawn across the head, medium and tail thirds (see above)."
+    n = np.asarray(class_counts).ravel()
+    u = unknown_count(n.size, fraction)
+    thirds = rank_groups(n, 3)
+    size = np.array([len(g) for g in thirds], dtype=np.float64)
+    quota = u * size / size.sum()
+    k = np.floor(quota).astype(np.int64)
+    for j in np.argsort(-(quota - k), kind="stable")[: u - int(k.sum())]: k[j] += 1
+    rng = np.random.default_rng(np.random.SeedSequence(int(split_seed), spawn_key=(17,)))
+    return np.sort(np.concatenate([rng.permutation(g)[:kg] for g, kg in zip(thirds, k)])).astype(np.int64)
+
+# %% ../nbs/02_data.ipynb #b8c9d0e1
+def _keep_classes(s: Split, known: np.ndarray, new_id: np.ndarray) -> tuple[Split, np.ndarray]:
+    y = s.y.numpy()
+    m = np.isin(y, known)
+    return Split(s.x[torch.from_numpy(m)].contiguous(), torch.from_numpy(new_id[y[m]])), m
+
+def hold_out_unknown(b: DataBundle, unknown) -> DataBundle:
+    "The bundle without the emitters `unknown` in training and validation; their test frames become `unknown` (see above)."
+    C = b.num_classes
+    unk = np.unique(np.asarray(unknown, dtype=np.int64))
+    if unk.size == 0 or unk.min() < 0 or unk.max() >= C or C - unk.size < 2:
+        raise ValueError(f"hold_out_unknown: unknown={unk.tolist()}: expected distinct ids in 0..{C - 1}, leaving at least 2 known")
+    known = np.setdiff1d(np.arange(C), unk)
+    new_id = np.full(C, -1, dtype=np.int64); new_id[known] = np.arange(known.size)
+    (train, mtr), (val, _), (test, mte) = (_keep_classes(s, known, new_id) for s in (b.train, b.val, b.test))
+    if mte.all():
+        raise ValueError(f"openset: the test split holds no frames of the held-out emitters {unk.tolist()}: nothing to score as unknown")
+    counts = np.asarray(b.class_counts)[known]
+    info = dict(b.info, imbalance_ratio_trained=float(counts.max() / counts.min()),
+                openset={"unknown_classes": unk.tolist(), "known_classes": known.tolist(), "n_unknown_test": int((~mte).sum())})
+    if b.info.get("class_ranks") is not None: info["class_ranks"] = [int(b.info["class_ranks"][c]) for c in known]
+    pick = lambda a, m: None if a is None else np.asarray(a)[m]
+    return DataBundle(train, val, test, counts, int(known.size), b.sample_rate, b.length, shot_groups(counts), info,
+                      train_indices=pick(b.train_indices, mtr), test_snr=pick(b.test_snr, mte),
+                      unknown=Split(b.test.x[torch.from_numpy(~mte)].contiguous(), b.test.y[torch.from_numpy(~mte)]),
+                      unknown_snr=pick(b.test_snr, ~mte))

@@ -11,13 +11,13 @@ import re
 import numpy as np
 import pandas as pd
 
-from .rows import ROWS_BY_ID, read_metrics
+from .rows import ROWS, ROWS_BY_ID, read_metrics
 from .tables import PAIR_METRICS, all_paired, paired_differences, table_rows, verdict
 
 # %% auto #0
-__all__ = ['PROFILE_NOTES', 'COLLAPSED_SHARE', 'MECHANISMS', 'OFFLINE_TEMPLATE', 'profile_facts', 'profile_header',
-           'compare_sentence', 'best_sentence', 'gate_facts', 'discussion', 'mechanisms', 'tex_to_mathml',
-           'offline_math', 'report_exporter', 'report_html']
+__all__ = ['PROFILE_NOTES', 'RIVAL_REFERENCES', 'COLLAPSED_SHARE', 'MECHANISMS', 'OFFLINE_TEMPLATE', 'profile_facts',
+           'profile_header', 'compare_sentence', 'best_sentence', 'gate_facts', 'rival_rows', 'discussion',
+           'mechanisms', 'tex_to_mathml', 'offline_math', 'report_exporter', 'report_html']
 
 # %% ../nbs/13b_discussion.ipynb #d5feb702
 PROFILE_NOTES = {
@@ -119,6 +119,12 @@ def gate_facts(results: pd.DataFrame, row_id: str = "s5_1_full") -> dict | None:
     return dict(method=ROWS_BY_ID[row_id].method, routing_acc=float(r.routing_acc.mean()), experts=len(use),
                 busiest=int(use.argmax()), busiest_share=float(use.max()))
 
+RIVAL_REFERENCES = ("s5_1_full", "s3_1_crt")   # the rivals are compared with MoE-LTSEI (ours) and cRT
+
+def rival_rows() -> list[str]:
+    "The ids of the multi-expert rivals beyond the guide (section 2.4: RIDE, SADE, BalPoE)."
+    return [r.id for r in ROWS if r.section == "2.4"]
+
 COLLAPSED_SHARE = 0.8     # a gate whose busiest expert takes more of the weight than this is called collapsed
 
 def discussion(results: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame | None = None,
@@ -138,6 +144,10 @@ def discussion(results: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame
     for ref in ("s1_1_ce", "s3_1_crt"):
         for m in PAIR_METRICS:
             if (s := compare_sentence(pairs, ref, m)): out.append(s)
+    rivals = pairs[pairs.row_id.isin(rival_rows())]          # the multi-expert rivals against MoE-LTSEI and cRT
+    for ref in RIVAL_REFERENCES:
+        for m in PAIR_METRICS:
+            if (s := compare_sentence(rivals, ref, m)): out.append("Multi-expert rivals (RIDE, SADE, BalPoE): " + s)
     if (s := best_sentence(summary, table_rows("main") + table_rows("extra"))): out.append(s)
     if (gf := gate_facts(results)) is not None:
         state = (f"collapsed: expert {gf['busiest']} takes {100 * gf['busiest_share']:.0f} % of the gate weight"

@@ -17,10 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LOSSES', 'STAGE1_LOSSES', 'STAGE2_LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'logits_of', 'as_class_counts',
-           'register_loss', 'loss_params', 'create_loss', 'LongTailLoss', 'CrossEntropy', 'FocalLoss',
-           'effective_number', 'class_balanced_weights', 'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss',
-           'log_prior', 'BalancedSoftmaxLoss', 'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS']
+__all__ = ['LOSSES', 'STAGE1_LOSSES', 'EXPERT_LOSSES', 'STAGE2_LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'ExpertsOutput',
+           'logits_of', 'as_class_counts', 'register_loss', 'loss_params', 'create_loss', 'LongTailLoss',
+           'CrossEntropy', 'FocalLoss', 'effective_number', 'class_balanced_weights', 'ClassBalancedLoss',
+           'ldam_margins', 'drw_weights', 'LDAMLoss', 'log_prior', 'BalancedSoftmaxLoss', 'LogitAdjustmentLoss',
+           'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss', 'ride_diversity_weights', 'RIDELoss',
+           'reversed_prior', 'SADELoss', 'balpoe_taus', 'BalPoELoss']
 
 # %% ../nbs/05_losses.ipynb #794e3242
 class MoEOutput(NamedTuple):
@@ -31,9 +33,15 @@ class MoEOutput(NamedTuple):
     gate_probs: torch.Tensor   # (B, K) gate probabilities g
 
 
+class ExpertsOutput(NamedTuple):
+    "What a multi-expert network (RIDE, SADE, BalPoE) returns; `logits` is what prediction (argmax) uses."
+    logits: torch.Tensor         # (B, C) the aggregate sum_k a_k z_k (a_k = 1/K unless SADE's test-time aggregation set them)
+    expert_logits: torch.Tensor  # (B, K, C) z_k, each expert's logits
+
+
 def logits_of(output) -> torch.Tensor:
-    "The (B, C) logits of a model output: the tensor itself, or `MoEOutput.logits`."
-    if isinstance(output, MoEOutput): return output.logits
+    "The (B, C) logits of a model output: the tensor itself, `MoEOutput.logits` or `ExpertsOutput.logits`."
+    if isinstance(output, (MoEOutput, ExpertsOutput)): return output.logits
     if isinstance(output, torch.Tensor): return output
     raise ValueError(f"model output: expected a logits Tensor (B, C) or a MoEOutput, got {type(output).__name__}")
 
@@ -76,7 +84,8 @@ LOSSES: dict[str, type] = {}
 _LAZY_LOSS_MODULES = ("ltsei.moe_ltsei",)  # modules that register further losses when imported
 
 STAGE1_LOSSES = ("CrossEntropy", "FocalLoss", "ClassBalancedLoss", "LDAMLoss", "BalancedSoftmaxLoss",
-                 "LogitAdjustmentLoss")  # `loss.name` (nbs/methods.ipynb, stage-1 losses)
+                 "LogitAdjustmentLoss", "RIDELoss", "SADELoss", "BalPoELoss")  # `loss.name` (nbs/methods.ipynb, stage-1 losses)
+EXPERT_LOSSES = ("RIDELoss", "SADELoss", "BalPoELoss")  # need a multi-expert network (`model.name=ConvNetADSBExperts`)
 STAGE2_LOSSES = ("CrossEntropy", "FocalLoss", "ClassBalancedLoss", "BalancedSoftmaxLoss", "LogitAdjustmentLoss",
                  "CostSensitiveCE", "LOS", "MoELTSEILoss")  # `stage2.loss` (nbs/methods.ipynb, stage 2)
 
@@ -316,3 +325,112 @@ class LOS(LongTailLoss):
         eps, C = self.smoothing, self.num_classes
         target = (1 - eps) * F.one_hot(y, C).to(z.dtype) + eps / C
         return -(target * F.log_softmax(z, dim=1)).sum(1).mean()
+
+# %% ../nbs/05_losses.ipynb #aedb3e70
+class ExpertsLoss(LongTailLoss):
+    "Base of the multi-expert losses: checks that the output is an `ExpertsOutput` of this many classes."
+    num_experts_required: int | None = None
+
+    def _expert_inputs(self, output, y):
+        if not isinstance(output, ExpertsOutput):
+            raise ValueError(f"{type(self).__name__} needs a multi-expert network (model.name=ConvNetADSBExperts); "
+                             f"got a {type(output).__name__} output")
+        z, y = self._inputs(output, y)
+        ze = output.expert_logits
+        if ze.ndim != 3 or ze.shape[0] != z.shape[0] or ze.shape[2] != self.num_classes:
+            raise ValueError(f"{type(self).__name__}: expected expert logits of shape (B, K, {self.num_classes}), got {tuple(ze.shape)}")
+        if self.num_experts_required is not None and ze.shape[1] != self.num_experts_required:
+            raise ValueError(f"{type(self).__name__} needs exactly {self.num_experts_required} experts "
+                             f"(model.num_experts={self.num_experts_required}), got {ze.shape[1]}")
+        return z, ze, y
+
+
+def ride_diversity_weights(class_counts, reweight_factor: float) -> np.ndarray:
+    "RIDE's per-class diversity temperatures t_c = C pi_c r + 1 - r, divided by their maximum."
+    n = as_class_counts(class_counts).astype(np.float64)
+    r = _check_number("reweight_factor", reweight_factor, 0, 1, hi_open=True)
+    t = len(n) * (n / n.sum()) * r + 1 - r
+    return t / t.max()
+
+
+@register_loss
+class RIDELoss(ExpertsLoss):
+    "RIDE: per expert LDAM(-DRW) on s * cosine logits plus alpha * T^2 * KL(sg(mean) || expert) (alpha < 0: diversity)."
+    def __init__(self, class_counts, max_margin: float, scale: float, drw_start: int, cb_beta: float,
+                 diversity_factor: float, diversity_temperature: float, reweight_factor: float):
+        super().__init__(class_counts)
+        self.scale = _check_number("scale", scale, 0, lo_open=True)
+        self.drw_start = _check_int("drw_start", drw_start, 0)
+        self.diversity_factor = _check_number("diversity_factor", diversity_factor)
+        self.diversity_temperature = _check_number("diversity_temperature", diversity_temperature, 0, lo_open=True)
+        self._buffer("margins", ldam_margins(self.counts, max_margin))
+        self._buffer("cb_weight", class_balanced_weights(self.counts, cb_beta))
+        self._buffer("div_weight", ride_diversity_weights(self.counts, reweight_factor))
+
+    @property
+    def reweighted(self) -> bool: return self.epoch >= self.drw_start
+
+    def forward(self, output, y):
+        zbar, ze, y = self._expert_inputs(output, y)
+        onehot = F.one_hot(y, self.num_classes).to(ze.dtype)
+        weight = self.cb_weight.to(ze.dtype) if self.reweighted else None
+        T = self.diversity_temperature * (self.div_weight.to(ze.dtype)[None] if self.reweighted else torch.ones_like(self.div_weight)[None])
+        T_mean = T.mean()
+        target = F.softmax(zbar.detach() / T, dim=1)
+        loss = ze.new_zeros(())
+        for k in range(ze.shape[1]):
+            zk = ze[:, k] if self.diversity_factor != 0 else zbar
+            loss = loss + F.cross_entropy(zk - self.scale * self.margins.to(ze.dtype)[y][:, None] * onehot, y, weight=weight)
+            kl = F.kl_div(F.log_softmax(ze[:, k] / T, dim=1), target, reduction="batchmean")
+            loss = loss + self.diversity_factor * T_mean ** 2 * kl
+        return loss
+
+# %% ../nbs/05_losses.ipynb #27400b3e
+def reversed_prior(class_counts) -> np.ndarray:
+    "SADE's backward prior: the class of rank r (by n_c, largest first, ties by label) gets the prior of rank C + 1 - r."
+    n = as_class_counts(class_counts).astype(np.float64)
+    order = np.lexsort((np.arange(len(n)), -n))          # classes by rank, largest n_c first
+    rank = np.empty(len(n), dtype=np.int64); rank[order] = np.arange(len(n))
+    pi_sorted = n[order] / n.sum()
+    return pi_sorted[len(n) - 1 - rank]
+
+
+@register_loss
+class SADELoss(ExpertsLoss):
+    "SADE: CE(z1) + CE(z2 + log pi) + CE(z3 + log pi - tau log pi_reversed), three experts."
+    num_experts_required = 3
+
+    def __init__(self, class_counts, tau: float):
+        super().__init__(class_counts)
+        self.tau = _check_number("tau", tau)
+        self._buffer("log_prior", log_prior(self.counts))
+        self._buffer("log_reversed", np.log(reversed_prior(self.counts)))
+
+    def forward(self, output, y):
+        _, ze, y = self._expert_inputs(output, y)
+        lp, lr = self.log_prior.to(ze.dtype), self.log_reversed.to(ze.dtype)
+        return (F.cross_entropy(ze[:, 0], y) + F.cross_entropy(ze[:, 1] + lp, y)
+                + F.cross_entropy(ze[:, 2] + lp - self.tau * lr, y))
+
+
+def balpoe_taus(num_experts: int, tau_min: float, tau_max: float) -> np.ndarray:
+    "BalPoE's logit-adjustment strengths tau_k, evenly spaced from tau_min to tau_max (their mean for one expert)."
+    K = _check_int("num_experts", num_experts, 1)
+    lo, hi = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
+    return np.array([(lo + hi) / 2]) if K == 1 else np.linspace(lo, hi, K)
+
+
+@register_loss
+class BalPoELoss(ExpertsLoss):
+    "BalPoE: (1/K) sum_k CE(z_k + tau_k log pi, y); the mean logit is balanced when mean(tau) = 1."
+    def __init__(self, class_counts, tau_min: float, tau_max: float):
+        super().__init__(class_counts)
+        self.tau_min, self.tau_max = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
+        self._buffer("log_prior", log_prior(self.counts))
+
+    def forward(self, output, y):
+        _, ze, y = self._expert_inputs(output, y)
+        K = ze.shape[1]
+        taus = torch.as_tensor(balpoe_taus(K, self.tau_min, self.tau_max), dtype=ze.dtype, device=ze.device)
+        lp = self.log_prior.to(ze.dtype)
+        return sum(F.cross_entropy(ze[:, k] + taus[k] * lp, y) for k in range(K)) / K

@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import ExpertsOutput, logits_of
+
 # %% auto #0
 __all__ = ['CONV_IMPLS', 'CONVNET_ADSB_STAGES', 'CONVNET_ADSB_POOLS', 'CONVNET_ADSB_MIN_LENGTH', 'MODELS', 'ModelConfig',
            'check_conv_impl', 'make_conv', 'make_bn', 'make_maxpool', 'to_layout', 'global_max_pool', 'global_avg_pool',
            'convert_conv_state_dict', 'ChannelAttention', 'ConvBNReLU', 'ConvNetADSBBody', 'BasicBlock', 'ResNet1DBody',
            'TCNBlock', 'DilatedTCNBody', 'log_spectrum', 'SpectrumBody', 'register_model', 'Backbone', 'check_iq',
            'ConvNetADSB', 'ResNet1D', 'DilatedTCN', 'FrequencyDomainExpert', 'load_balance_loss', 'SignalGate',
-           'MixtureOfExpertsConvNet', 'create_model', 'copy_between_impls']
+           'MixtureOfExpertsConvNet', 'NormedLinear', 'expert_split', 'ConvNetADSBExperts', 'create_model',
+           'copy_between_impls']
 
 # %% ../nbs/04_models.ipynb #2720446e
 @dataclass
@@ -30,6 +33,9 @@ class ModelConfig:
     moe_lb_weight: float = 0.01
     moe_feature_dim: int = 256      # MixtureOfExpertsConvNet: experts projected to this width
     conv_impl: str = "conv2d"       # conv2d: Conv2d(1,k) over (B,C,1,L) (fastest on CPU with channels_last) | conv1d
+    num_experts: int = 3            # ConvNetADSBExperts (RIDE / SADE / BalPoE): number of expert branches
+    expert_blocks: int = 4          # ConvNetADSBExperts: the last conv blocks each expert has its own copy of
+    expert_scale: float = 30.0      # ConvNetADSBExperts: s of the experts' cosine classifiers, z_k = s * cos
 
 # %% ../nbs/04_models.ipynb #51638afb
 CONV_IMPLS = ("conv2d", "conv1d")
@@ -375,6 +381,71 @@ class MixtureOfExpertsConvNet(nn.Module):
     def aux_loss(self) -> torch.Tensor:
         "`moe_lb_weight` * load-balance term of the last forward pass (zero before the first)."
         return self._aux if self._aux is not None else self.classifier.weight.new_zeros(())
+
+# %% ../nbs/04_models.ipynb #c7e0d7fd
+class NormedLinear(nn.Module):
+    "A bias-free cosine classifier (B, d) -> (B, C): cos(f, w_c) (RIDE's / SADE's / BalPoE's `NormedLinear`)."
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(F.normalize(torch.randn(out_features, in_features), dim=1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+def expert_split(convs: nn.Sequential, expert_blocks: int) -> int:
+    "The index in a ConvNetADSB `convs` where the last `expert_blocks` conv blocks begin (earlier pools stay shared)."
+    blocks = [i for i, m in enumerate(convs) if isinstance(m, ConvBNReLU)]
+    if isinstance(expert_blocks, bool) or not isinstance(expert_blocks, int) or not 1 <= expert_blocks <= len(blocks):
+        raise ValueError(f"model.expert_blocks={expert_blocks!r}: expected an integer from 1 to {len(blocks)} (ConvNetADSB's conv blocks)")
+    return blocks[len(blocks) - expert_blocks]
+
+@register_model
+class ConvNetADSBExperts(nn.Module):
+    "ConvNetADSB with shared early blocks and K expert branches (late blocks, attention, cosine classifier x s)."
+    min_length = CONVNET_ADSB_MIN_LENGTH
+
+    def __init__(self, num_classes: int, dropout: float, use_attention: bool, conv_impl: str, num_experts: int,
+                 expert_blocks: int, expert_scale: float):
+        super().__init__()
+        if num_classes < 2: raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+            raise ValueError(f"model.num_experts={num_experts!r}: expected an integer >= 1")
+        if not expert_scale > 0: raise ValueError(f"model.expert_scale={expert_scale!r} must be > 0")
+        trunk = ConvNetADSBBody(2, use_attention, conv_impl)
+        cut = expert_split(trunk.convs, expert_blocks)
+        self.conv_impl, self.num_experts, self.scale = conv_impl, num_experts, float(expert_scale)
+        self.shared = nn.Sequential(*list(trunk.convs)[:cut])
+        bodies = [trunk] + [ConvNetADSBBody(2, use_attention, conv_impl) for _ in range(num_experts - 1)]
+        self.branches = nn.ModuleList([nn.Sequential(*list(b.convs)[cut:]) for b in bodies])
+        self.attentions = nn.ModuleList([b.attention for b in bodies])
+        self.feature_dim: int = trunk.out_dim
+        self.dropout = nn.Dropout(dropout)
+        self.classifiers = nn.ModuleList([NormedLinear(self.feature_dim, num_classes) for _ in range(num_experts)])
+        self.register_buffer("aggregation", torch.full((num_experts,), 1.0 / num_experts), persistent=False)
+
+    @classmethod
+    def from_config(cls, num_classes: int, cfg) -> "ConvNetADSBExperts":
+        return cls(num_classes, cfg.dropout, cfg.use_attention, cfg.conv_impl, int(cfg.num_experts),
+                   int(cfg.expert_blocks), float(cfg.expert_scale))
+
+    def expert_features(self, x: torch.Tensor) -> torch.Tensor:
+        "(B, 2, L) -> (B, K, feature_dim): each expert's pooled feature (after dropout)."
+        check_iq(x)
+        h = self.shared(to_layout(x, self.conv_impl))
+        return torch.stack([self.dropout(global_max_pool(a(b(h)))) for b, a in zip(self.branches, self.attentions)], 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        "(B, 2, L) -> (B, feature_dim): the mean of the experts' features (for feature-based scores such as Mahalanobis)."
+        return self.expert_features(x).mean(1)
+
+    def forward(self, x: torch.Tensor) -> ExpertsOutput:
+        f = self.expert_features(x)
+        z = self.scale * torch.stack([c(f[:, k]) for k, c in enumerate(self.classifiers)], 1)   # (B, K, C)
+        return ExpertsOutput(logits=torch.einsum("k,bkc->bc", self.aggregation.to(z.dtype), z), expert_logits=z)
+
+    def aux_loss(self) -> torch.Tensor:
+        "No auxiliary loss: a zero scalar."
+        return self.aggregation.new_zeros(())
 
 # %% ../nbs/04_models.ipynb #1a135815
 def create_model(name: str, num_classes: int, length: int, cfg) -> nn.Module:

@@ -23,14 +23,16 @@ from pathlib import Path
 from .train import atomic_write_text
 
 # %% auto #0
-__all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS',
-           'ABLATION_SECTIONS', 'METRIC_KEYS', 'split_command', 'Row', 'guide_commands', 'parse_guide', 'select_rows',
-           'run_dir', 'write_json_atomic', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record',
-           'repo_dir', 'resolve_runs_dir', 'cache_overrides', 'RunLock', 'pid_alive', 'temp_beside',
-           'remove_dead_temps', 'swap_in', 'parse_overrides', 'stage1_group']
+__all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
+           'RIDE_NOTE', 'SADE_NOTE', 'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS',
+           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row',
+           'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'write_json_atomic',
+           'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'repo_dir', 'resolve_runs_dir',
+           'cache_overrides', 'RunLock', 'pid_alive', 'temp_beside', 'remove_dead_temps', 'swap_in', 'parse_overrides',
+           'stage1_group']
 
 # %% ../nbs/12_rows.ipynb #c6ddaa80
-KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours"}
+KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
 
 def split_command(cmd: str) -> list[str]:
     "The `key=value` overrides of a command line: `python main.py` and line continuations removed."
@@ -71,6 +73,21 @@ ROUTED_GATE_RUN = ("loss.name=CrossEntropy sampling.name=none stage2.enabled=tru
 ROUTED_GATE_NOTE = ("Not a command of the guide: the short form of MoE-LTSEI with instance-balanced stage-2 batches "
                     "(`stage2.sampler=none`), a group-balanced gate loss (`stage2.moe_loss.gate_weighting=balanced`) and a "
                     "gate trained by the gate loss only (`stage2.moe.detach_gate=true`); why, in the MoE-LTSEI notebook's gate study.")
+
+_RIVAL = "model.name=ConvNetADSBExperts model.num_experts=3 sampling.name=none stage2.enabled=false"
+RIDE_RUN = (f"{_RIVAL} loss.name=RIDELoss loss.ldam_max_margin=0.5 loss.ldam_drw_start=160 loss.cb_beta=0.9999 "
+            "loss.ride_diversity_factor=-0.2 loss.ride_diversity_temperature=1.0 loss.ride_reweight_factor=0.05")
+SADE_RUN = f"{_RIVAL} loss.name=SADELoss loss.sade_tau=2.0 stage3.mode=sade_aggregation"
+BALPOE_RUN = f"{_RIVAL} loss.name=BalPoELoss loss.balpoe_tau_min=0.0 loss.balpoe_tau_max=2.0"
+_RIVAL_NOTE = ("Not a command of the guide: a multi-expert rival from the long-tail literature on the guide's backbone "
+               "(ConvNetADSB with its last 4 conv blocks, attention and a cosine classifier per expert), data, epochs and seeds; ")
+RIDE_NOTE = _RIVAL_NOTE + ("RIDE (Wang et al., ICLR 2021): LDAM-DRW per expert (DRW from epoch 160, as the guide's LDAM-DRW row) "
+                           "and the distribution-aware diversity loss; no expert router (every expert runs).")
+SADE_NOTE = _RIVAL_NOTE + ("SADE (Zhang et al., NeurIPS 2022): forward / uniform / backward logit-adjusted experts and the "
+                           "test-time self-supervised aggregation on each split's unlabeled frames (views: white noise, "
+                           "not image augmentations).")
+BALPOE_NOTE = _RIVAL_NOTE + ("BalPoE (Sanchez Aimar et al., CVPR 2023): experts logit-adjusted with tau = 0, 1, 2, whose "
+                             "product (the mean logit) is balanced; without the paper's mixup (no augmentation here).")
 
 ROWS: list[Row] = [
     Row('s1_1_ce', '1.1', 'CE',
@@ -181,13 +198,32 @@ ROWS: list[Row] = [
   data.imbalance_ratio=100"""),
     Row('s5_2_short', '5.2', 'MoE-LTSEI (short form)',
         'python main.py loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=moe_ltsei stage2.epochs=100 stage2.lr=0.1 stage2.loss=MoELTSEILoss stage2.moe.num_experts=3 stage2.moe_loss.scale=30.0 stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.lambda_gate=1.0 stage2.freeze_bn=true'),
-    # Beyond the guide (the 'extra' table): the gate study of nbs/10_moe_ltsei.ipynb
+    # Beyond the guide (the 'extra' table): three multi-expert rivals (nbs/05_losses.ipynb) ...
+    Row('x2_ride', '2.4', 'RIDE (3 experts)', '', run=RIDE_RUN, note=RIDE_NOTE),
+    Row('x2_sade', '2.4', 'SADE (3 experts, test-time aggregation)', '', run=SADE_RUN, note=SADE_NOTE),
+    Row('x2_balpoe', '2.4', 'BalPoE (3 experts)', '', run=BALPOE_RUN, note=BALPOE_NOTE),
+    # ... and the gate study of nbs/10_moe_ltsei.ipynb
     Row('x5_routed_gate', '5.1', 'MoE-LTSEI + routed gate', '',
         run=ROUTED_GATE_RUN, note=ROUTED_GATE_NOTE),
 ]
 ROWS_BY_ID: dict[str, Row] = {r.id: r for r in ROWS}
-MAIN_SECTIONS = ("1.1", "2.1", "2.2", "2.3", "3.1", "3.2", "3.3", "5.1", "5.2")
+MAIN_SECTIONS = ("1.1", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2")   # 2.4: the rivals beyond the guide (extra table)
 ABLATION_SECTIONS = ("4.1", "4.2", "4.3", "4.4", "4.5")
+
+# %% ../nbs/12_rows.ipynb #0b5e7a02
+OPENSET_RUN = "openset.enabled=true openset.unknown_fraction=0.2"
+OPENSET_BASES = ("s1_1_ce", "s3_1_crt", "s5_1_full")
+RIVAL_PREFIXES = ("RIDE", "SADE", "BalPoE")        # the multi-expert rivals beyond the guide, by method name
+
+def openset_row(base: Row) -> Row:
+    "The open-set twin `os_<id>` of `base` (section `os`): its overrides plus `OPENSET_RUN`."
+    return Row(f"os_{base.id}", "os", base.method, "", run=shlex.join(base.run_args + OPENSET_RUN.split()),
+               note=f"{base.method} with unknown emitters: {OPENSET_RUN}")
+
+OPENSET_ROWS: list[Row] = [openset_row(ROWS_BY_ID[i]) for i in OPENSET_BASES] + \
+    [openset_row(r) for r in ROWS if not r.guide and r.method.startswith(RIVAL_PREFIXES)]
+ROWS += OPENSET_ROWS
+ROWS_BY_ID.update({r.id: r for r in OPENSET_ROWS})
 
 # %% ../nbs/12_rows.ipynb #837dd000
 def guide_commands() -> list[tuple[str, list[str]]]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_run.ipynb #fb9fffcd
 from __future__ import annotations
-import csv, io, json, shutil, time
+import contextlib, csv, hashlib, io, json, shutil, time
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +12,22 @@ import torch
 from omegaconf import OmegaConf
 
 from .config import stage1_key, stage1_settings, stage2_key, print_config, check_num_classes
-from .data import load_data, save_class_counts
+from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
+from .metrics import accuracy_by_snr
+from .openset import ScoringModel, score_openset
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
 from .cache import (CacheEntry, make_dir, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load,
                          to_plain, UnsafeCheckpoint, DamagedCheckpoint)
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
-from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn
+from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
 from .moe_ltsei import routing_metrics, frequency_groups
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'config_loss_params', 'build_sampler', 'CheckpointError', 'stage1_payload', 'load_stage1_checkpoint',
-           'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard', 'train_stage2_resumable',
-           'run_experiment']
+           'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard', 'save_train_indices',
+           'scoring_model', 'run_extras', 'train_stage2_resumable', 'run_experiment']
 
 # %% ../nbs/11_run.ipynb #03d8cd3f
 def config_loss_params(name: str, cfg, stage: int) -> dict:
@@ -36,7 +38,11 @@ def config_loss_params(name: str, cfg, stage: int) -> dict:
         table = {"CrossEntropy": dict(label_smoothing=cfg.training.label_smoothing),
                  "FocalLoss": dict(gamma=l.focal_gamma, alpha=OmegaConf.to_container(l.focal_alpha) if OmegaConf.is_config(l.focal_alpha) else l.focal_alpha),
                  "ClassBalancedLoss": dict(beta=l.cb_beta), "LDAMLoss": ldam,
-                 "BalancedSoftmaxLoss": {}, "LogitAdjustmentLoss": dict(tau=l.logit_tau)}
+                 "BalancedSoftmaxLoss": {}, "LogitAdjustmentLoss": dict(tau=l.logit_tau),
+                 "RIDELoss": dict(max_margin=l.ldam_max_margin, scale=float(cfg.model.expert_scale), drw_start=l.ldam_drw_start,
+                                  cb_beta=l.cb_beta, diversity_factor=l.ride_diversity_factor,
+                                  diversity_temperature=l.ride_diversity_temperature, reweight_factor=l.ride_reweight_factor),
+                 "SADELoss": dict(tau=l.sade_tau), "BalPoELoss": dict(tau_min=l.balpoe_tau_min, tau_max=l.balpoe_tau_max)}
     else:
         table = {"CrossEntropy": dict(label_smoothing=s2.label_smoothing), "FocalLoss": dict(gamma=s2.focal_gamma, alpha=None),
                  "ClassBalancedLoss": dict(beta=s2.cb_beta), "BalancedSoftmaxLoss": {},
@@ -197,6 +203,36 @@ def write_tensorboard(folder, histories: dict, final: dict) -> bool:
         w.close()
     return True
 
+# %% ../nbs/11_run.ipynb #b1c2d3e4
+def save_train_indices(data, path) -> dict:
+    "Write `data.train_indices` to `path` (.npy, int64, atomically); returns its record for `metrics.json` (see above)."
+    idx = np.ascontiguousarray(np.asarray(data.train_indices, dtype="<i8"))
+    buf = io.BytesIO(); np.save(buf, idx)
+    atomic_write_bytes(path, buf.getvalue())
+    of = ("rows of the synthetic training pool (X_pool.npy in the data cache; X_train.npy of ltsei synth)"
+          if data.info.get("source") == "synthetic" else "rows of the training file")
+    return {"file": Path(path).name, "count": int(idx.size), "of": of, "sha256": hashlib.sha256(idx.tobytes()).hexdigest()}
+
+def scoring_model(model, res2=None, post: dict | None = None) -> ScoringModel:
+    "The run's final classifier for the open-set scores: stage 1 `model`, the stage-2 result `res2`, stage 3's `post`."
+    backbone, head = (res2.model.backbone, res2.model.head) if res2 is not None else (model, None)
+    post = post or {}
+    return ScoringModel(backbone, post.get("head", head), post.get("logit_transform"))
+
+def run_extras(cfg, data, test: dict, scoring, rt: Runtime, out_dir: Path) -> dict:
+    "The `snr` and `openset` sections of `metrics.json` (see above); `scoring()` builds the `ScoringModel`."
+    out = {}
+    if data.test_snr is not None:
+        out["snr"] = accuracy_by_snr(data.test.y.numpy(), test["_pred"].numpy(), data.test_snr,
+                                     float(cfg.evaluation.snr_bin_db), data.num_classes)
+    if data.unknown is not None:
+        sm, agg = scoring(), test.get("aggregation_weights")       # SADE: the weights its test-time step learnt on the test split
+        with aggregation_weights(sm.backbone, torch.tensor(agg)) if agg is not None else contextlib.nullcontext():
+            out["openset"], arrays = score_openset(sm, data, cfg.openset, cfg.training.eval_batch_size, rt)
+        buf = io.BytesIO(); np.savez(buf, **arrays)
+        atomic_write_bytes(out_dir / "openset_scores.npz", buf.getvalue())
+    return out
+
 # %% ../nbs/11_run.ipynb #ff766310
 def _public(m: dict) -> dict:
     return {k: v for k, v in m.items() if not k.startswith("_")}
@@ -243,7 +279,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     make_dir(out_dir)
     for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
     # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
-    for old in ("metrics.json", "predictions.npz", "log.csv", "log_stage1.csv", "log_stage2.csv",
+    for old in ("metrics.json", "predictions.npz", "train_indices.npy", "openset_scores.npz", "log.csv", "log_stage1.csv", "log_stage2.csv",
                 "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt", "checkpoints/stage2_best.pt", "checkpoints/stage2_last.pt"):
         (out_dir / old).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
@@ -252,10 +288,13 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
     data = load_data(cfg.data, cfg.seed)
+    if OmegaConf.select(cfg, "openset.enabled", default=False):      # unknown emitters: held out of training
+        data = hold_out_unknown(data, choose_unknown(data.class_counts, cfg.openset.unknown_fraction, cfg.data.split_seed))
     check_num_classes(cfg, data.num_classes)                 # known only now for data files; before stage 1 trains
     print(data.summary())
     counts = [int(c) for c in data.class_counts]
     save_class_counts(data, out_dir / "class_counts.json")
+    indices = save_train_indices(data, out_dir / "train_indices.npy")
     print(f"[ltsei] runtime: {rt.describe()}; output: {out_dir}")
 
     model, s1 = get_stage1(cfg, data, rt, out_dir, progress)
@@ -278,8 +317,11 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
                 return ev(model, split, logit_transform=logit_transform)
         best_epoch, epochs_run = s1.get("best_epoch"), s1.get("epochs_run")
 
+    post = None
     s3 = cfg.stage3
-    if s3.mode != "none":                     # post-hoc, through the same evaluator (stage 2's cached features if any)
+    if s3.mode == "sade_aggregation":         # SADE: expert weights learnt on each split's unlabeled frames (stage 2 is off)
+        evaluate_split = test_time_aggregation(model, data, cfg, rt, evaluate_split)
+    elif s3.mode != "none":                     # post-hoc, through the same evaluator (stage 2's cached features if any)
         if s3.mode == "tau_norm":
             host = res2.model.head if cfg.stage2.enabled else model.classifier
             post = {"head": tau_normalize(host, s3.tau_norm)}
@@ -300,6 +342,8 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
                           "seconds": res2.seconds, "feature_seconds": res2.feature_seconds, "best_epoch": res2.fit.best_epoch,
                           "resume_saves": resume2.saves, "resume_seconds": round(resume2.save_seconds, 4)},
                "profile": cfg.scale.profile, "runtime": rt.describe(), "data": data.info}
+    metrics["train_indices"] = indices
+    metrics.update(run_extras(cfg, data, test, lambda: scoring_model(model, res2 if cfg.stage2.enabled else None, post), rt, out_dir))
     if "_gate_probs" in test:
         K = cfg.stage2.moe.num_experts
         metrics["routing"] = routing_metrics(test["_gate_probs"], data.test.y, frequency_groups(data.class_counts, K), K)

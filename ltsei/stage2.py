@@ -4,21 +4,24 @@
 
 # %% ../nbs/09_stage2.ipynb #dcd7e4a6
 from __future__ import annotations
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state, Resume
-from .losses import log_prior
+from .losses import log_prior, ExpertsOutput
 from .moe_ltsei import MoEHead, frequency_groups, routing_metrics
 
 # %% auto #0
 __all__ = ['STAGE2_MODES', 'LWSHead', 'Stage2Model', 'Stage2Mode', 'register_stage2_mode', 'get_stage2_mode', 'compute_features',
            'Stage2Result', 'gate_usage', 'uses_cached_features', 'train_stage2', 'Stage3Error', 'tau_normalize',
-           'logit_adjust_fn', 'check_stage3']
+           'logit_adjust_fn', 'check_stage3', 'sade_agreement_loss', 'noisy_view', 'sade_aggregation_weights',
+           'aggregation_weights', 'test_time_aggregation']
 
 # %% ../nbs/09_stage2.ipynb #9abef730
 class LWSHead(nn.Module):
@@ -184,3 +187,55 @@ def check_stage3(stage3_mode: str, head_kind: str, linear_classifier: bool):
         raise Stage3Error(f"stage3.mode={stage3_mode} needs one linear classifier, but the final head is "
                           f"{head_kind} (stage2.mode=lws and moe_ltsei have none); use stage2.mode=crt or "
                           f"finetune, or stage2.enabled=false, or stage3.mode=none")
+
+# %% ../nbs/09_stage2.ipynb #328ec7de
+def sade_agreement_loss(w: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor) -> torch.Tensor:
+    "-mean_i cos(softmax(sum_k a_k e0_ik), softmax(sum_k a_k e1_ik)), a = softmax(w); e0, e1: (B, K, C) expert logits of two views."
+    a = w.softmax(0)
+    p0 = torch.einsum("k,bkc->bc", a, e0).softmax(1)
+    p1 = torch.einsum("k,bkc->bc", a, e1).softmax(1)
+    return -F.cosine_similarity(p0, p1, dim=1, eps=1e-6).mean()
+
+def noisy_view(x: torch.Tensor, noise: float, g: torch.Generator) -> torch.Tensor:
+    "x + noise * rms(x) * N(0, 1) per frame (rms over both I/Q channels and time)."
+    rms = x.float().pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+    return x + noise * rms * torch.randn(x.shape, generator=g).to(x.dtype)
+
+def sade_aggregation_weights(model: nn.Module, x: torch.Tensor, *, epochs: int, lr: float, batch_size: int, noise: float,
+                             momentum: float, weight_decay: float, seed: int, rt: Runtime, min_weight: float = 0.05) -> torch.Tensor:
+    "SADE's aggregation weights a (K,) learnt on the unlabeled frames `x` (see above); `model` stays in eval mode and unchanged."
+    g = torch.Generator().manual_seed(seed)
+    K = int(model.num_experts)
+    w = torch.full((K,), 1.0 / K, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    experts = lambda xb: eval_batches(model, lambda b: model(b).expert_logits.float().cpu(), xb, len(xb), rt)[0]
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            xb = x[perm[i:i + batch_size]]
+            e0, e1 = experts(noisy_view(xb, noise, g)), experts(noisy_view(xb, noise, g))
+            loss = sade_agreement_loss(w, e0, e1)
+            opt.zero_grad(); loss.backward(); opt.step()
+        if w.detach().softmax(0).min() < min_weight: break
+    return w.detach().softmax(0)
+
+@contextlib.contextmanager
+def aggregation_weights(model: nn.Module, a: torch.Tensor):
+    "Predict with the aggregate sum_k a_k z_k for the duration of a `with` block (the weights restored after)."
+    keep = model.aggregation.clone()
+    model.aggregation.copy_(a.to(model.aggregation.device))
+    try: yield model
+    finally: model.aggregation.copy_(keep)
+
+def test_time_aggregation(model: nn.Module, data, cfg, rt: Runtime, base: Callable) -> Callable:
+    "Wrap the evaluator `base(split, state)`: learn SADE's aggregation weights on the split's unlabeled frames, then evaluate."
+    s3 = cfg.stage3
+    def evaluate_split(split, state="best"):
+        a = sade_aggregation_weights(model, getattr(data, split).x, epochs=int(s3.tta_epochs), lr=float(s3.tta_lr),
+                                     batch_size=int(s3.tta_batch_size), noise=float(s3.tta_noise),
+                                     momentum=cfg.training.momentum, weight_decay=cfg.training.weight_decay,
+                                     seed=int(cfg.seed), rt=rt)
+        with aggregation_weights(model, a): m = base(split, state)
+        m["aggregation_weights"] = [round(float(v), 6) for v in a]
+        return m
+    return evaluate_split

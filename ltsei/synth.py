@@ -269,11 +269,12 @@ def _channel(cfg, z, fs, P, t0, rng):
 # %% ../nbs/01_synth.ipynb #3ed1d095
 def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
     """The receiver: thermal noise at the frame's SNR, the channel filter (FFT, circular over the margins), the
-    sample clock (offset and drift), a DC offset; then resampling to `sample_rate`. Returns (B, L) complex64."""
+    sample clock (offset and drift), a DC offset; then resampling to `sample_rate`. Returns (B, L) complex64 and
+    each frame's SNR in dB (B,)."""
     B, Lx = z.shape
     H = rx_response(cfg, np.fft.fftfreq(Lx, 1 / fs))
-    snr = 10 ** (rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B) / 10)
-    nstd = np.sqrt(p_sig / snr / 2 / np.mean(H ** 2)).astype(np.float32)[:, None]   # in-band noise = p_sig / snr
+    snr_db = rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B)
+    nstd = np.sqrt(p_sig / 10 ** (snr_db / 10) / 2 / np.mean(H ** 2)).astype(np.float32)[:, None]   # in-band noise = p_sig / snr
     z = z + _cnoise(rng, (B, Lx)) * nstd
     z = sfft.ifft(sfft.fft(z, axis=1, overwrite_x=True) * H.astype(np.float32), axis=1, overwrite_x=True)
     if float(cfg.clock_ppm) > 0:   # sample n taken at n (1 + eps + drift n / Lx)
@@ -285,7 +286,7 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
     if r != 1:
         z = resample_poly(z, r.numerator, r.denominator, axis=1)
         P = P * r.numerator // r.denominator
-    return z[:, P:P + L].astype(np.complex64)
+    return z[:, P:P + L].astype(np.complex64), snr_db
 
 def _adc(cfg, z, rng):
     "AGC then an `adc_bits` ADC: the frame scaled so its peak lies AGC_HEADROOM_DB (+-3 dB) below full scale, quantised, clipped."
@@ -298,12 +299,13 @@ def _adc(cfg, z, rng):
     return _complex(np.clip(np.round(z.real / q), -lim - 1, lim) * q, np.clip(np.round(z.imag / q), -lim - 1, lim) * q)
 
 # %% ../nbs/01_synth.ipynb #975a7478
-def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
+def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator, return_snr: bool = False):
     """`n` captures of one emitter with fingerprint `fp` (a row of `make_fingerprints`): returns
     x (n, 2, L) float32 (I and Q channels) and the frames' bits (n, 112) uint8. Every capture gets fresh DF17
     content, alignment, edge and droop jitter, carrier phase, offset jitter and drift, phase noise, SNR, DC
     offset and received amplitude; the channel and receiver effects of `cfg`. Frames are made at `gen_rate`
-    and resampled to `sample_rate`."""
+    and resampled to `sample_rate`. With `return_snr`, also each frame's SNR in dB (n,) float64 (the same draws:
+    the frames do not change)."""
     B, L, fs, fo = int(n), int(cfg.length), gen_rate(cfg), float(cfg.sample_rate)
     r = Fraction(fo / fs).limit_denominator(1000)     # resampling ratio up / down
     Po = int(np.ceil(2e-6 * fo / r.numerator)) * r.numerator    # margins of about 2 us on both sides for the filters
@@ -320,10 +322,12 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator):
     on = env > 0.5
     p_sig = ((re * re + im * im) * on).sum(1) / np.maximum(on.sum(1), 1)
     z = _channel(cfg, z, fs, P, t0, rng)
-    z = _adc(cfg, _receiver(cfg, z, p_sig, fs, P, L, r, rng), rng)
+    z, snr_db = _receiver(cfg, z, p_sig, fs, P, L, r, rng)
+    z = _adc(cfg, z, rng)
     rms = np.sqrt(np.mean(np.abs(z) ** 2, 1))
     z *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(np.float32)[:, None]
-    return np.stack([z.real, z.imag], 1).astype(np.float32), bits
+    x = np.stack([z.real, z.imag], 1).astype(np.float32)
+    return (x, bits, snr_db) if return_snr else (x, bits)
 
 # %% ../nbs/01_synth.ipynb #b2987e5d
 def estimate_cfo(x, sample_rate: float) -> np.ndarray:
@@ -407,20 +411,21 @@ def _run_item(item):
     Bm[row:row + n] = np.packbits(bits, axis=1)
     return n
 
-def generate_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One split of the data set in memory, float32: x (N, 2, L), y (N,), bits (N, 112); the same frames
-    that `generate_synth` stores (before the cast to STORE_DTYPE)."""
+def generate_split(cfg, split: str, with_snr: bool = False) -> tuple:
+    """One split of the data set in memory, float32: x (N, 2, L), y (N,), bits (N, 112), and with `with_snr`
+    each frame's SNR in dB (N,); the same frames that `generate_synth` stores (before the cast to STORE_DTYPE)."""
     cfg = as_synth_config(cfg)
     check_synth_config(cfg)
     if split not in SPLITS: raise ValueError(f"generate_split: split={split!r}: expected one of {SPLITS}")
     fpdf = make_fingerprints(cfg)
-    xs, bs = [], []
+    xs, bs, ss = [], [], []
     for si, e, ci, row, n in _work_items(cfg):
         if SPLITS[si] != split: continue
-        x, b = synth_frames(cfg, fpdf.loc[e].to_dict(), n, _chunk_rng(cfg, si, e, ci))
-        xs.append(x); bs.append(b)
+        x, b, s = synth_frames(cfg, fpdf.loc[e].to_dict(), n, _chunk_rng(cfg, si, e, ci), return_snr=True)
+        xs.append(x); bs.append(b); ss.append(s)
     y = np.repeat(np.arange(cfg.num_emitters, dtype=np.int64), split_sizes(cfg)[split])
-    return np.concatenate(xs), y, np.concatenate(bs)
+    out = np.concatenate(xs), y, np.concatenate(bs)
+    return (*out, np.concatenate(ss)) if with_snr else out
 
 # %% ../nbs/01_synth.ipynb #419949f3
 class SynthWorkerError(RuntimeError, ValueError):

@@ -21,17 +21,25 @@ from .rows import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, RunLock, parse_overrides, ra
 
 # %% auto #0
 __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
-           'PAIR_REFERENCES', 'NOISE_LEVEL', 'EXPECT_ABOVE_CE', 'FIGURES', 'routing_info', 'collect_results',
-           'summarize', 'outside_guide', 'table_rows', 'fmt_pm', 'Table', 'make_table', 'frame_markdown',
-           'table_markdown', 'tex_escape', 'table_latex', 'table_csv', 'frame_html', 'table_html', 'write_table',
-           'fig_vs_param', 'fig_group_accuracy', 'fig_per_class_recall', 'run_summary', 'plot_run_recall',
-           'plot_confusion', 'plot_expert_usage', 'fig_confusions', 'paired_differences', 'noise_threshold',
-           'paired_summary', 'all_paired', 'paired_table', 'paired_markdown', 'verdict', 'expectations', 'build_tables']
+           'PAIR_REFERENCES', 'NOISE_LEVEL', 'EXPECT_ABOVE_CE', 'OPENSET_MEASURES', 'SCORE_LABELS', 'SNR_ROWS',
+           'FIGURES', 'routing_info', 'collect_results', 'summarize', 'outside_guide', 'table_rows', 'fmt_pm', 'Table',
+           'make_table', 'frame_markdown', 'table_markdown', 'tex_escape', 'table_latex', 'table_csv', 'frame_html',
+           'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy', 'fig_per_class_recall', 'run_summary',
+           'plot_run_recall', 'plot_confusion', 'plot_expert_usage', 'fig_confusions', 'paired_differences',
+           'noise_threshold', 'paired_summary', 'all_paired', 'paired_table', 'paired_markdown', 'verdict',
+           'expectations', 'collect_openset', 'collect_snr', 'openset_tables', 'fig_openset', 'fig_acc_vs_snr',
+           'build_tables']
 
 # %% ../nbs/13_tables.ipynb #4d5d1277
-RESULT_METRICS = ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "routing_acc")
+RESULT_METRICS = ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "hmean", "routing_acc")
 
 def _num(x) -> float: return float("nan") if x is None else float(x)
+
+def _hmean(t: dict) -> float:
+    "The run's `hmean`; for runs written before it existed, the harmonic mean of its group accuracies."
+    if "hmean" in t: return _num(t["hmean"])
+    from ltsei.metrics import harmonic_mean
+    return _num(harmonic_mean([t.get(f"{g}_acc") for g in ("many", "medium", "few")]))
 
 def routing_info(metrics: dict) -> tuple[float, np.ndarray | None]:
     """The gate's routing accuracy and its expert usage per frequency group (groups x experts; NaN rows for empty
@@ -54,7 +62,7 @@ def collect_results(runs_dir, profile: str, rows=None) -> tuple[pd.DataFrame, pd
             if m is None or ran_other_overrides(sd, r): continue      # incomplete, or stale
             t, groups = m["test"], m["groups"]
             recs.append(dict(row_id=r.id, section=r.section, kind=r.kind, method=r.method, seed=seed,
-                             **{k: _num(t.get(k)) for k in RESULT_METRICS if k != "routing_acc"},
+                             **{k: _num(t.get(k)) for k in RESULT_METRICS if k not in ("routing_acc", "hmean")}, hmean=_hmean(t),
                              routing_acc=routing_info(m)[0],
                              val_balanced_acc=_num((m.get("val") or {}).get("balanced_acc")),
                              best_epoch=m.get("best_epoch"), epochs_run=m.get("epochs_run"), seconds=_num(m.get("seconds")),
@@ -88,7 +96,7 @@ TABLES = {
     "extra": ("Beyond the guide: options that are not commands of the experiment guide", ()),
 }
 COLUMNS = {"acc": "Acc", "balanced_acc": "Bal. acc", "macro_f1": "Macro-F1", "many_acc": "Many",
-           "medium_acc": "Medium", "few_acc": "Few", "routing_acc": "Routing acc"}
+           "medium_acc": "Medium", "few_acc": "Few", "hmean": "H-mean", "routing_acc": "Routing acc"}
 TEXT_COLUMNS = ("Type", "Method")     # left-aligned in every format; the others are numbers, right-aligned
 
 def outside_guide(row) -> bool:
@@ -98,7 +106,7 @@ def outside_guide(row) -> bool:
 def table_rows(name: str) -> list[str]:
     "The ids of the registry rows that table `name` holds, in registry order."
     if name not in TABLES: raise ValueError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
-    if name == "extra": return [r.id for r in ROWS if outside_guide(r)]
+    if name == "extra": return [r.id for r in ROWS if outside_guide(r) and r.section != "os"]   # open-set runs: their own tables
     return [r.id for r in ROWS if r.section in TABLES[name][1] and not outside_guide(r)]
 
 def fmt_pm(mean: float, std: float, digits: int = 1) -> str:
@@ -282,7 +290,7 @@ def fig_per_class_recall(per_class: pd.DataFrame, row_ids=RECALL_ROWS):
 # %% ../nbs/13_tables.ipynb #3ae77404
 def run_summary(metrics: dict) -> pd.DataFrame:
     "A run's validation and test metrics in percent (one row each)."
-    keys = ["acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc"]
+    keys = ["acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "hmean"]
     rows = {s: {COLUMNS.get(k, "G-mean"): 100 * _num(metrics[s].get(k)) for k in keys} for s in ("val", "test") if isinstance(metrics.get(s), dict)}
     return pd.DataFrame(rows).T.round(2)
 
@@ -344,7 +352,7 @@ def fig_confusions(results: pd.DataFrame, row_ids=CONFUSION_ROWS):
 
 # %% ../nbs/13_tables.ipynb #244a32b0
 PAIR_METRICS = ("balanced_acc", "few_acc")
-PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt")     # CE (the baseline) and cRT (the classic two-stage method)
+PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt", "s5_1_full")   # CE (the baseline), cRT (the classic two-stage method), MoE-LTSEI (ours)
 NOISE_LEVEL = 0.05                            # two-sided level of the paired t-test that calls a gap "beyond noise"
 
 def paired_differences(results: pd.DataFrame, reference: str, row_ids=None, metrics=PAIR_METRICS) -> pd.DataFrame:
@@ -457,6 +465,95 @@ def expectations(summary: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd
                         holds=None if math.isnan(b) or math.isnan(r) else bool(b > r), verdict=verdict(pairs, i, ref)))
     return pd.DataFrame(out)
 
+# %% ../nbs/13_tables.ipynb #5e0a0002
+OPENSET_MEASURES = {"auroc": ("AUROC", True), "fpr_at_tpr": ("FPR at 95 % TPR", False), "oscr": ("OSCR", True)}   # (title, higher is better)
+SCORE_LABELS = {"msp": "MSP", "max_logit": "Max logit", "energy": "Energy", "mahalanobis": "Mahalanobis", "odin": "ODIN"}
+SNR_ROWS = ("s1_1_ce", "s2_1_ldam_drw", "s2_2_bs", "s2_2_la", "s3_1_crt", "s5_1_full")
+
+def _runs(runs_dir, profile: str, rows):
+    "(row, seed, metrics) of every complete, current run of `rows`."
+    for r in rows:
+        d = run_dir(runs_dir, profile, r, 0).parent
+        for sd in sorted(d.glob("seed*")) if d.is_dir() else []:
+            if not sd.name[4:].isdigit(): continue
+            m = read_metrics(sd)
+            if m is not None and not ran_other_overrides(sd, r): yield r, int(sd.name[4:]), m
+
+def collect_openset(runs_dir, profile: str) -> pd.DataFrame:
+    "One row per open-set run and score: row id, method, seed, score, AUROC, FPR at TPR, OSCR, closed-set balanced accuracy."
+    recs = [dict(row_id=r.id, method=r.method, seed=seed, score=s, **v, balanced_acc=_num(m["test"].get("balanced_acc")))
+            for r, seed, m in _runs(runs_dir, profile, [r for r in ROWS if r.section == "os"]) if m.get("openset")
+            for s, v in m["openset"]["scores"].items()]
+    return pd.DataFrame(recs, columns=["row_id", "method", "seed", "score", *OPENSET_MEASURES, "balanced_acc"])
+
+def collect_snr(runs_dir, profile: str, rows=None) -> pd.DataFrame:
+    "One row per run and SNR bin that holds frames: row id, method, seed, bin centre (dB), accuracy, frames."
+    recs = [dict(row_id=r.id, method=r.method, seed=seed, snr_db=c, acc=_num(a), count=n)
+            for r, seed, m in _runs(runs_dir, profile, rows or [r for r in ROWS if r.section != "os"]) if m.get("snr")
+            for c, a, n in zip(m["snr"]["center"], m["snr"]["acc"], m["snr"]["count"]) if n]
+    return pd.DataFrame(recs, columns=["row_id", "method", "seed", "snr_db", "acc", "count"])
+
+# %% ../nbs/13_tables.ipynb #5e0a0003
+def _rival(r) -> bool:
+    "An open-set twin of a row beyond the guide (a rival), not of a guide row (`s...`)."
+    return r.section == "os" and not r.id.startswith("os_s")
+
+def openset_tables(os_runs: pd.DataFrame, digits: int = 1) -> dict[str, Table]:
+    "`openset_<measure>` tables (see above) from `collect_openset`'s output; empty without open-set runs."
+    if os_runs.empty: return {}
+    rivals = [i for i in dict.fromkeys(os_runs.row_id) if _rival(ROWS_BY_ID[i])]
+    bacc = os_runs.groupby("row_id").balanced_acc.mean()
+    best = max(rivals, key=lambda i: bacc[i]) if rivals else None
+    ids = [r.id for r in ROWS if r.section == "os" and (not _rival(r) or r.id == best) and r.id in set(os_runs.row_id)]
+    scores = [s for s in SCORE_LABELS if s in set(os_runs.score)]
+    out = {}
+    for key, (title, higher) in OPENSET_MEASURES.items():
+        g = os_runs[os_runs.row_id.isin(ids)].groupby(["row_id", "score"])[key]
+        mean, std, n = 100 * g.mean(), 100 * g.std(ddof=1), os_runs[os_runs.row_id.isin(ids)].groupby("row_id").seed.nunique()
+        cells = pd.DataFrame({"Method": [ROWS_BY_ID[i].method for i in ids], "Seeds": [str(int(n[i])) for i in ids]})
+        numbers = pd.DataFrame(dict(row_id=ids, method=cells.Method, n_seeds=[int(n[i]) for i in ids]))
+        marks = pd.DataFrame(False, index=range(len(ids)), columns=[SCORE_LABELS[s] for s in scores])
+        for s in scores:
+            mu = [mean.get((i, s), float("nan")) for i in ids]; sd = [std.get((i, s), float("nan")) for i in ids]
+            cells[SCORE_LABELS[s]] = [fmt_pm(a, b, digits) for a, b in zip(mu, sd)]
+            numbers[f"{s}_mean"], numbers[f"{s}_std"] = np.round(mu, 4), np.round(sd, 4)
+            shown = pd.Series(mu).round(digits)
+            if shown.notna().sum() >= 2 and shown.nunique() > 1:
+                marks[SCORE_LABELS[s]] = (shown == (shown.max() if higher else shown.min())).to_numpy()
+        notes = [f"Unknown emitters (open set), percent; {'higher' if higher else 'lower'} is better; mean ± sample std over seeds; "
+                 "known test frames are the positives. Scores and measures: nbs/10b_openset.ipynb."]
+        if best: notes.append(f"Best rival by closed-set balanced accuracy on the known emitters: {ROWS_BY_ID[best].method}"
+                              + (f" (also run: {', '.join(ROWS_BY_ID[i].method for i in rivals if i != best)})." if len(rivals) > 1 else "."))
+        out[f"openset_{key}"] = Table(f"openset_{key}", f"Unknown emitters: {title} per score", cells, marks, notes, numbers)
+    return out
+
+# %% ../nbs/13_tables.ipynb #5e0a0004
+def fig_openset(os_runs: pd.DataFrame, measure: str = "auroc"):
+    "Bars: `measure` of every score per open-set method (± std over seeds); None without open-set runs."
+    if os_runs.empty: return None
+    df = os_runs.assign(value=100 * os_runs[measure], score=os_runs.score.map(SCORE_LABELS))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * df.method.nunique() + 3), 3.8))
+    sns.barplot(data=df, x="method", y="value", hue="score", hue_order=[v for v in SCORE_LABELS.values() if v in set(df.score)],
+                order=list(dict.fromkeys(df.method)), errorbar="sd", ax=ax)
+    if measure == "auroc": ax.axhline(50, color="0.5", ls="--", lw=1)
+    ax.set(xlabel=None, ylabel=f"{OPENSET_MEASURES[measure][0]} (%)", title=f"Unknown emitters: {OPENSET_MEASURES[measure][0]} per score")
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title=None, fontsize=8); fig.tight_layout()
+    return fig
+
+def fig_acc_vs_snr(snr: pd.DataFrame, row_ids=None):
+    "Test accuracy against SNR, one curve per method (mean over seeds ± std); None without SNR data."
+    row_ids = row_ids or list(SNR_ROWS) + [r.id for r in ROWS if r.section == "2.4"]
+    df = snr[snr.row_id.isin(row_ids)]
+    if df.empty: return None
+    df = df.assign(acc=100 * df.acc)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=df, x="snr_db", y="acc", hue="method", style="method", markers=True, errorbar="sd", ax=ax,
+                 hue_order=[ROWS_BY_ID[i].method for i in row_ids if i in set(df.row_id)])
+    ax.set(xlabel="SNR of the test frame (dB, bin centre)", ylabel="test accuracy (%)", title="Accuracy against SNR")
+    ax.legend(title=None, fontsize=8); fig.tight_layout()
+    return fig
+
 # %% ../nbs/13_tables.ipynb #428dc3e3
 FIGURES = {
     "bacc_vs_imbalance_ratio": lambda r, pc: fig_vs_param(r, "4.5", "data.imbalance_ratio", "imbalance ratio", log=True),
@@ -473,7 +570,7 @@ def build_tables(runs_dir, profile: str) -> dict:
     base = Path(runs_dir) / profile
     results, per_class = collect_results(runs_dir, profile)
     out = dict(n_runs=len(results), demo=bool(results.demo.any()), results=results, per_class=per_class,
-               summary=None, pairs=None, tables={}, figures={}, expectations=None)
+               summary=None, pairs=None, tables={}, figures={}, expectations=None, openset=None)
     if results.empty: return out
     base.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(base)
@@ -489,6 +586,13 @@ def build_tables(runs_dir, profile: str) -> dict:
                 out["tables"][name] = dict(table=t, **{k: final["tables"] / p.name for k, p in write_table(t, tdir).items()})
         for name, make in FIGURES.items():
             fig = make(results, per_class)
+            if fig is None: continue
+            fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
+            out["figures"][name] = final["figures"] / f"{name}.png"
+        out["openset"] = os_runs = collect_openset(runs_dir, profile)
+        for name, t in openset_tables(os_runs).items():
+            out["tables"][name] = dict(table=t, **{k: final["tables"] / p.name for k, p in write_table(t, tdir).items()})
+        for name, fig in (("openset_auroc", fig_openset(os_runs)), ("accuracy_vs_snr", fig_acc_vs_snr(collect_snr(runs_dir, profile)))):
             if fig is None: continue
             fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
             out["figures"][name] = final["figures"] / f"{name}.png"

@@ -22,7 +22,7 @@ def _threads():
 
 
 def test_registry_and_defaults():
-    assert sorted(MODELS) == sorted(NAMES)
+    assert sorted(MODELS) == sorted(NAMES + ["ConvNetADSBExperts"])   # the rivals' multi-expert network: tests/test_rivals.py
     cfg = ModelConfig()
     assert (cfg.name, cfg.dropout, cfg.use_attention, cfg.moe_lb_weight, cfg.moe_feature_dim, cfg.conv_impl) == \
         ("ConvNetADSB", 0.1, True, 0.01, 256, "conv2d")

@@ -10,7 +10,7 @@ import pytest
 
 import ltsei.running as rp
 from ltsei.demo import demo_compose_config, demo_run_experiment, fake_metrics
-from ltsei.rows import (ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, read_metrics, run_dir, run_status, select_rows,
+from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, read_metrics, run_dir, run_status, select_rows,
                         split_command, write_json_atomic)
 from ltsei.running import Task, plan_runs, prepare_run_dir, reproduce_main, run_tasks
 
@@ -44,11 +44,20 @@ def test_lws_row_runs_lws_and_says_why():
 
 
 def test_extra_rows_run_their_own_overrides_and_say_why():
-    extra = [r for r in ROWS if not r.guide]
-    assert [r.id for r in extra] == ["x5_routed_gate"]
+    extra = [r for r in ROWS if not r.guide and r.section != "os"]   # the open-set twins: test_openset_rows
+    assert [r.id for r in extra] == ["x2_ride", "x2_sade", "x2_balpoe", "x5_routed_gate"]
     for r in extra:
         assert r.run and r.note and all("=" in a for a in r.run_args)
-        assert "stage2.moe.detach_gate=true" in r.run_args and "stage2.moe_loss.gate_weighting=balanced" in r.run_args
+    gate = ROWS_BY_ID["x5_routed_gate"].run_args
+    assert "stage2.moe.detach_gate=true" in gate and "stage2.moe_loss.gate_weighting=balanced" in gate
+
+
+def test_openset_rows():
+    assert [r.id for r in select_rows("os")] == [r.id for r in OPENSET_ROWS]
+    rivals = [r for r in ROWS if not r.guide and r.section != "os" and r.method.startswith(RIVAL_PREFIXES)]
+    assert [r.id for r in OPENSET_ROWS] == ["os_s1_1_ce", "os_s3_1_crt", "os_s5_1_full"] + [f"os_{r.id}" for r in rivals]
+    for r in OPENSET_ROWS:
+        assert r.kind == "Open set" and r.run_args[-2:] == ["openset.enabled=true", "openset.unknown_fraction=0.2"]
 
 
 def test_guide_commands_are_the_guides_arguments():
@@ -90,9 +99,9 @@ def test_select_rows(spec, ids):
 
 
 def test_select_rows_groups():
-    assert len(select_rows(None)) == len(select_rows("all")) == len(ROWS) == 38   # 37 guide rows + 1 extra
-    assert {r.section[0] for r in select_rows("2")} == {"2"} and len(select_rows("2")) == 9
-    assert {r.section for r in select_rows("main")} == {"1.1", "2.1", "2.2", "2.3", "3.1", "3.2", "3.3", "5.1", "5.2"}
+    assert len(select_rows(None)) == len(select_rows("all")) == len(ROWS) == 41 + len(OPENSET_ROWS)   # 37 guide rows + 4 extra
+    assert {r.section[0] for r in select_rows("2")} == {"2"} and len(select_rows("2")) == 12   # 9 guide rows + 3 rivals
+    assert {r.section for r in select_rows("main")} == {"1.1", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2"}
     with pytest.raises(ValueError, match="'7.7' matches no row"):
         select_rows("1.1,7.7")
 

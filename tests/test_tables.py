@@ -84,7 +84,7 @@ def test_text_columns_left_aligned(runs):
     assert '<th style="text-align:left">Method</th>' in h and '<td style="text-align:left">2 experts</td>' in h
     assert '<td style="text-align:right">52.0 ± 2.0</td>' in h and '<th style="text-align:right">Bal. acc</th>' in h
     assert "|:--|--:|--:|" in table_markdown(t)
-    assert r"\begin{tabular}{lcrrrrrrr}" in table_latex(t)
+    assert r"\begin{tabular}{lcrrrrrrrr}" in table_latex(t)   # + H-mean
 
 
 def test_single_seed_shows_the_mean_only(tmp_path):
@@ -157,7 +157,8 @@ def test_build_tables_writes_everything(tmp_path):
     assert main.count("\n| ") == 1 + 18                              # header + the 18 rows of 1.1, 2.x, 3.x, 5.x
     assert len(b["expectations"]) == 6
     paired = pd.read_csv(runs / "quick" / "tables" / "paired.csv")
-    assert set(paired.reference) == {"s1_1_ce", "s3_1_crt"} and set(paired.metric) == {"balanced_acc", "few_acc"}
+    assert set(paired.reference) == {"s1_1_ce", "s3_1_crt", "s5_1_full"} and set(paired.metric) == {"balanced_acc", "few_acc"}
+    assert {"x2_ride", "x2_sade", "x2_balpoe"} <= set(paired[paired.reference == "s5_1_full"].row_id)   # the rivals against MoE-LTSEI
     assert all(pd.api.types.is_numeric_dtype(paired[c]) for c in ("n_pairs", "mean", "std", "min", "max", "threshold"))
     for f in (runs / "quick" / "tables").glob("*.csv"):                # no display strings in any CSV
         assert "±" not in f.read_text(encoding="utf-8"), f.name
@@ -181,7 +182,7 @@ def test_paired_differences_on_fake_seeds(tmp_path):
                     seeds=(0, 1, 2, 3))
     res, _ = collect_results(runs, "quick")
     pairs = all_paired(res)
-    assert set(pairs.reference) == {"s1_1_ce", "s3_1_crt"}
+    assert set(pairs.reference) == {"s1_1_ce", "s3_1_crt", "s5_1_full"}
     read = lambda i, k, m: json.loads((run_dir(runs, "quick", ROWS_BY_ID[i], k) / "metrics.json").read_text())["test"][m]
     for ref in ("s1_1_ce", "s3_1_crt"):
         for i in ("s1_1_ce", "s2_1_focal", "s2_2_bs", "s3_1_crt", "s5_1_full"):
