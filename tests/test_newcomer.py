@@ -55,6 +55,12 @@ def test_one_results_root(monkeypatch, tmp_path):
     from ltsei.cli import root_overrides
     assert root_overrides(CE) == [f"data.cache_dir={tmp_path}/elsewhere/cache", f"stage1.cache_dir={tmp_path}/elsewhere/cache/stage1"]
     assert root_overrides([*CE, "data.cache_dir=/x"]) == [f"stage1.cache_dir={tmp_path}/elsewhere/cache/stage1"]
+    seen = []
+    monkeypatch.setattr(ltsei.run, "run_experiment", lambda cfg, out, progress=True: seen.append((Path(out), cfg)))
+    monkeypatch.chdir(tmp_path)                       # any working directory: the same root
+    assert guide_main([*CE, "profile=smoke"]) == 0
+    out, cfg = seen[0]
+    assert out.parent == tmp_path / "elsewhere" / "smoke" / "adhoc" and cfg.data.cache_dir == f"{tmp_path}/elsewhere/cache"
     monkeypatch.delenv("LTSEI_RUNS")
     assert resolve_runs_dir(None) == Path(ltsei.__file__).resolve().parents[1] / "runs"
 
