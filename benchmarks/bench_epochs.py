@@ -7,10 +7,12 @@ With one CPU thread (a run's default `training.num_threads=1`) and the run's own
 profiles (384, 768, 4800 samples): a training step (forward, backward, SGD) per frame, and an
 evaluation pass per frame; then the synthetic generator per sample, one MoE-LTSEI head step on
 cached features, and this CPU's fp32 matrix-multiply rate (`ltsei.estimate.gemm_rate`, measured
-before every measurement and averaged, so that the load of the machine while measuring is in it too)
-to scale the costs by on another machine, or on this one under another load. The file records the CPU,
+before and after every measurement: each cost is stored as if measured at the mean rate, so that a
+busy moment while measuring does not inflate it) to scale the costs by on another machine, or on this
+one under another load. The file records the CPU,
 torch and the date. A fixed per-run overhead (kernel, imports, data loading, writing results) is
-kept from the last file (`--overhead` to set it): it is measured from a whole `ltsei reproduce`.
+kept from the last file (`--overhead` to set it), and so is the time of the tables and the report
+(`report_s`): both come from whole `ltsei reproduce` runs, not from this script.
 """
 import argparse, datetime, json, time
 from pathlib import Path
@@ -89,20 +91,27 @@ def main():
     train, evals = {}, {}
     for name in sorted(MODELS):
         for L, batch in LENGTHS.items():
-            rates.append(gemm_rate(1))
+            r0 = gemm_rate(1)
             tr, ev = train_cost(name, L, batch, a.steps if L < 4800 else max(1, a.steps - 1))
-            train.setdefault(name, {})[str(L)] = tr; evals.setdefault(name, {})[str(L)] = ev
-            print(f"{name:26s} L={L:5d}  train {tr * 1e3:8.3f} ms/frame  eval {ev * 1e3:7.3f} ms/frame", flush=True)
-    rates.append(gemm_rate(1))
+            rates.append((r0 + gemm_rate(1)) / 2)           # the machine's rate while this was measured
+            train.setdefault(name, {})[str(L)] = (tr, rates[-1]); evals.setdefault(name, {})[str(L)] = (ev, rates[-1])
+            print(f"{name:26s} L={L:5d}  train {tr * 1e3:8.3f} ms/frame  eval {ev * 1e3:7.3f} ms/frame  (GEMM {rates[-1]:.1f} GF/s)", flush=True)
+    r0 = gemm_rate(1)
     synth = {p: synth_cost(p) for p in ("paper", "quick")}
     head = head_cost()
-    rates.append(gemm_rate(1))
+    rates.append((r0 + gemm_rate(1)) / 2); r_last = rates[-1]
+    ref = float(np.mean(rates))
+    # every cost as if measured at the mean rate: a cost measured while the machine was busier (a lower rate) shrinks
+    norm = lambda table: {m: {L: c * r / ref for L, (c, r) in per.items()} for m, per in table.items()}
+    train, evals = norm(train), norm(evals)
+    synth = {p: c * r_last / ref for p, c in synth.items()}; head *= r_last / ref
     out = dict(cpu=cpu_name(), threads=1, torch=torch.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability(),
-               measured=datetime.date.today().isoformat(), gemm_gflops=round(float(np.mean(rates)), 2),
+               measured=datetime.date.today().isoformat(), gemm_gflops=round(ref, 2),
                note="measured by benchmarks/bench_epochs.py; seconds per frame (train: one training step's share; eval: forward only)",
                train_s_per_frame=train, eval_s_per_frame=evals,
                synth_s_per_sample=float(np.mean(list(synth.values()))), stage2_s_per_step=head,
-               run_overhead_s=a.overhead if a.overhead is not None else old.get("run_overhead_s", 5.0))
+               run_overhead_s=a.overhead if a.overhead is not None else old.get("run_overhead_s", 5.0),
+               report_s=old.get("report_s", 20.0))
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"GEMM {min(rates):.1f}-{max(rates):.1f} GF/s (mean {np.mean(rates):.1f}); synth {synth}; MoE head step {head * 1e3:.2f} ms; written {a.out}")
 

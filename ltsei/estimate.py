@@ -176,7 +176,7 @@ def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None) -> float 
         groups[key] = groups.get(key, 0.0) + r["total"]
         work += r["total"]
     par = max(1, min(int(jobs), os.cpu_count() or 1))
-    return max(work / par, max(groups.values(), default=0.0))
+    return max(work / par, max(groups.values(), default=0.0)) + (float(costs.get("report_s", 0.0)) if cfgs else 0.0)
 
 def reproduce_estimate_line(profiles: dict, jobs: int) -> str:
     "One line: the estimated time of each profile's plan (`profiles`: {profile: [configs of the runs to do]}) on this machine."
