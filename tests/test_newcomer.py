@@ -113,3 +113,14 @@ def test_papermill_by_hand_is_recorded_and_kept_out_of_the_tables(tmp_path):
     assert collect_results(tmp_path / "runs", "smoke")[0].empty
     last = json.loads(out_nb.read_text())["cells"][-1]["outputs"][-1]["text"]
     assert "".join(last).startswith(f"[ltsei] files: {d}")
+
+
+def test_figures_name_their_profile():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ltsei.tables import stamp_profile
+    for profile, words in (("smoke", "these numbers mean nothing"), ("quick", "CPU scale"), ("paper", "profile paper")):
+        fig = stamp_profile(plt.figure(), profile)
+        assert words in fig.texts[-1].get_text() and profile in fig.texts[-1].get_text()
+        plt.close(fig)

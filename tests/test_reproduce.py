@@ -455,7 +455,7 @@ def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "ltsei", repo / "ltsei", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "nbs").mkdir(); shutil.copy(ROOT / "nbs" / "experiment.ipynb", repo / "nbs")
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1").items() if k != "LTSEI_RUNS"}
     for seed, cwd in enumerate([repo / "nbs", tmp_path / "elsewhere"]):
         cwd.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "papermill", str(repo / "nbs" / "experiment.ipynb"), str(tmp_path / f"out{seed}.ipynb"),
@@ -463,7 +463,7 @@ def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
                "-p", "runner", "ltsei.demo:demo_run_experiment", "-k", "python3"]
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
-        d = repo / "runs" / "smoke" / "3.1" / "s3_1_crt" / f"seed{seed}"
+        d = repo / "runs" / "smoke" / "by-hand" / "3.1" / "s3_1_crt" / f"seed{seed}"     # a run by hand: out of the tables
         assert read_metrics(d) is not None, (cwd, p.stderr[-2000:])
         assert f"data.cache_dir={repo / 'runs' / 'cache'}\n" in (d / "config.yaml").read_text()
     assert not (repo / "nbs" / "runs").exists() and not (tmp_path / "elsewhere" / "runs").exists()
