@@ -131,12 +131,21 @@ def root_overrides(overrides: list[str]) -> list[str]:
 
 RUN_KEYS = ("profile", "seed", "gpus", "data.cache_dir", "stage1.cache_dir", "training.num_threads")   # not part of a row
 
+_ROW_SETTINGS = {}
+
+def _settings(overrides: list[str]) -> dict:
+    "{key: value} of the overrides that make a row (values read as YAML: `false` = `False`, `1` = `1.0`), without RUN_KEYS."
+    from ltsei.estimate import plain_overrides
+    return {k: v for k, v in plain_overrides(overrides) if not k.startswith("hydra") and k not in RUN_KEYS}
+
 def row_of(overrides: list[str]) -> str:
-    "The registry row whose command (the guide's or the table's) these overrides are, whatever their order; else 'ad hoc'."
+    "The registry row whose command (the guide's or the table's) these overrides are, in any order and spelling; else 'ad hoc'."
     from ltsei.rows import ROWS
-    mine = sorted(o for o in overrides if not o.startswith("hydra") and o.split("=", 1)[0] not in RUN_KEYS)
+    if ROWS[0].id not in _ROW_SETTINGS:
+        for r in ROWS: _ROW_SETTINGS[r.id] = [_settings(a) for a in (r.guide_args, r.run_args)]
+    mine = _settings(overrides)
     for r in ROWS:
-        if mine in (sorted(r.guide_args), sorted(r.run_args)): return f"{r.id} ({r.section} {r.method})"
+        if mine in _ROW_SETTINGS[r.id]: return f"{r.id} ({r.section} {r.method})"
     return "ad hoc (no row of the guide)"
 
 def run_header(cfg, out, overrides: list[str] = ()) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['COSTS_FILE', 'cpu_name', 'gemm_rate', 'load_costs', 'per_frame', 'frame_counts', 'run_seconds', 'speed_factor',
-           'fmt_duration', 'has_gpu', 'guide_estimate_line', 'estimate_config', 'plan_configs', 'plan_seconds',
-           'reproduce_estimate_line']
+           'fmt_duration', 'has_gpu', 'guide_estimate_line', 'plain_overrides', 'estimate_config', 'plan_configs',
+           'plan_seconds', 'reproduce_estimate_line']
 
 # %% ../nbs/14b_estimate.ipynb #d7b5e871
 COSTS_FILE = "benchmarks/epoch_costs.json"   # measured by benchmarks/bench_epochs.py, relative to the repository
@@ -127,21 +127,28 @@ def guide_estimate_line(overrides: list[str], cfg) -> str | None:
             f"add profile=quick for the CPU scale (about {fmt_duration(quick['total'])})")
 
 # %% ../nbs/14b_estimate.ipynb #77c50c2a
-_PARSER = None
+def plain_overrides(overrides: list[str]) -> list[tuple]:
+    """(key, value) of simple `key=value` overrides, the value read as YAML (`false`, `0.1`, `null`, names), as
+    Hydra reads them; Hydra's own parser takes about a second per override on a busy 2-core machine."""
+    import yaml
+    out = []
+    for o in overrides:
+        k, _, v = o.partition("=")
+        try: val = yaml.safe_load(v)
+        except yaml.YAMLError: val = v
+        out.append((k.lstrip("+~"), 1.0 * val if isinstance(val, int) and not isinstance(val, bool) and "." in v else val))
+    return out
 
 def estimate_config(overrides: list[str]):
     """The finalized config of `overrides` for an estimate, composed without Hydra: the tree's defaults, then the
-    profile (`profile_node`), then the overrides, as Hydra composes them (about 5x faster; the overrides must have
-    passed `compose_config`'s checks, as the runs of a plan have)."""
-    global _PARSER
+    profile (`profile_node`), then the overrides, as Hydra composes them (much faster; the overrides must have
+    passed `compose_config`'s checks, as the runs of a plan have, and be plain `key=value`)."""
     from omegaconf import OmegaConf
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from ltsei.config import Config, finalize, profile_node
-    _PARSER = _PARSER or OverridesParser.create()
     profile, rest = "paper", []
-    for o in _PARSER.parse_overrides(list(overrides)):
-        if o.key_or_group == "profile": profile = o.value()
-        elif not o.key_or_group.startswith("hydra"): rest.append((o.key_or_group, o.value()))
+    for k, v in plain_overrides(overrides):
+        if k == "profile": profile = str(v)
+        elif not k.startswith("hydra"): rest.append((k, v))
     cfg = OmegaConf.merge(OmegaConf.structured(Config), profile_node(profile))
     for k, v in rest: OmegaConf.update(cfg, k, v, merge=True)
     return finalize(cfg)

@@ -74,6 +74,7 @@ def test_help_explains_the_app_and_profiles(capsys):
 
 def test_row_of_and_sweep_summary(tmp_path):
     assert row_of(list(reversed(CE)) + ["profile=quick", "seed=2"]) == "s1_1_ce (1.1 CE)"
+    assert row_of(["stage2.enabled=False", "sampling.name=none", "loss.name=CrossEntropy", "data.cache_dir=/x"]) == "s1_1_ce (1.1 CE)"
     assert row_of(["loss.name=FocalLoss"]).startswith("ad hoc")
     (tmp_path / "0").mkdir(); (tmp_path / "1").mkdir()
     t = {"acc": 0.5, "balanced_acc": 0.25, "macro_f1": 0.2, "few_acc": 0.0, "per_class_recall": [0.5]}
