@@ -99,23 +99,6 @@ def test_fmt_duration():
     assert [fmt_duration(s) for s in (7, 40, 600, 5 * 3600, 30 * 3600, 5 * 86400)] == ["7 s", "40 s", "10 min", "5.0 h", "30 h", "5 days"]
 
 
-def test_papermill_by_hand_is_recorded_and_kept_out_of_the_tables(tmp_path):
-    "The notebook's own example, by hand: its folder has row.json (and metrics), under by-hand/, and the tables ignore it."
-    import papermill as pm
-    from ltsei.running import DEMO_FUNCS, kernel_env, load_notebook
-    from ltsei.tables import collect_results
-    kernel_env()
-    out_nb = tmp_path / "out.ipynb"
-    pm.execute_notebook(load_notebook("experiment.ipynb"), str(out_nb), kernel_name="python3", progress_bar=False,
-                        parameters=dict(row_id="s2_2_bs", profile="smoke", seed=1, runs_dir=str(tmp_path / "runs"), **DEMO_FUNCS))
-    d = tmp_path / "runs" / "smoke" / "by-hand" / "2.2" / "s2_2_bs" / "seed1"
-    rec = json.loads((d / "row.json").read_text())
-    assert rec["by_hand"] is True and rec["row_id"] == "s2_2_bs" and rec["seed"] == 1 and (d / "metrics.json").exists()
-    assert collect_results(tmp_path / "runs", "smoke")[0].empty
-    last = json.loads(out_nb.read_text())["cells"][-1]["outputs"][-1]["text"]
-    assert "".join(last).startswith(f"[ltsei] files: {d}")
-
-
 def test_figures_name_their_profile():
     import matplotlib
     matplotlib.use("Agg")

@@ -450,8 +450,11 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, mode):
 
 def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
     """`papermill nbs/experiment.ipynb ...` from nbs/ and from outside the repository: results and caches go to the
-    repository's runs/ (here a copy of the repository, so that the real runs/ is left alone)."""
+    repository's runs/ (here a copy of the repository, so that the real runs/ is left alone), under by-hand/ with its
+    row.json, out of the tables."""
     import shutil
+    import nbformat
+    from ltsei.tables import collect_results
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "ltsei", repo / "ltsei", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "nbs").mkdir(); shutil.copy(ROOT / "nbs" / "experiment.ipynb", repo / "nbs")
@@ -466,5 +469,9 @@ def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
         d = repo / "runs" / "smoke" / "by-hand" / "3.1" / "s3_1_crt" / f"seed{seed}"     # a run by hand: out of the tables
         assert read_metrics(d) is not None, (cwd, p.stderr[-2000:])
         assert f"data.cache_dir={repo / 'runs' / 'cache'}\n" in (d / "config.yaml").read_text()
+        assert json.loads((d / "row.json").read_text())["by_hand"] is True          # recorded like any run
+        last = nbformat.read(tmp_path / f"out{seed}.ipynb", as_version=4).cells[-1].outputs[-1]["text"]
+        assert last.startswith(f"[ltsei] files: {d}")                                # it ends naming its folder
+    assert collect_results(repo / "runs", "smoke")[0].empty                                 # kept out of the tables
     assert not (repo / "nbs" / "runs").exists() and not (tmp_path / "elsewhere" / "runs").exists()
     assert not (tmp_path / "runs").exists()
