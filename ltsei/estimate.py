@@ -8,9 +8,9 @@ import json, math, os, platform, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COSTS_FILE', 'cpu_name', 'gemm_rate', 'load_costs', 'per_frame', 'frame_counts', 'run_seconds', 'speed_factor',
-           'fmt_duration', 'has_gpu', 'guide_estimate_line', 'plain_overrides', 'estimate_config', 'plan_configs',
-           'plan_seconds', 'reproduce_estimate_line']
+__all__ = ['COSTS_FILE', 'cpu_name', 'gemm_rate', 'load_costs', 'per_frame', 'frame_counts', 'run_seconds', 'cached',
+           'speed_factor', 'fmt_duration', 'has_gpu', 'guide_estimate_line', 'plain_overrides', 'estimate_config',
+           'plan_configs', 'plan_seconds', 'reproduce_estimate_line']
 
 # %% ../nbs/14b_estimate.ipynb #d7b5e871
 COSTS_FILE = "benchmarks/epoch_costs.json"   # measured by benchmarks/bench_epochs.py, relative to the repository
@@ -91,6 +91,14 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
     out["total"] = out["stage1"] + out["stage2"] + out["data"] + out["overhead"]
     return out
 
+def cached(cfg) -> tuple[bool, bool]:
+    "(stage 1 needs no training: a given checkpoint or a complete cache entry, the data need no generation: cached), from the files alone."
+    from ltsei.config import stage1_key
+    from ltsei.synth import synth_key
+    s1 = bool(cfg.stage1.checkpoint) or (bool(cfg.stage1.reuse) and (Path(cfg.stage1.cache_dir) / stage1_key(cfg) / "manifest.json").is_file())
+    data = cfg.data.source != "synthetic" or (Path(cfg.data.cache_dir) / f"synth-{synth_key(cfg.data.synth)}" / "meta.json").is_file()
+    return s1, data
+
 _FACTORS: dict = {}
 
 def speed_factor(costs: dict, threads: int = 1) -> float:
@@ -116,9 +124,13 @@ def guide_estimate_line(overrides: list[str], cfg) -> str | None:
     time of this run here and how to run it at CPU scale (`profile=quick`); None with a GPU or an explicit profile."""
     if any(o.split("=", 1)[0].lstrip("+~") == "profile" for o in overrides) or has_gpu(): return None
     costs = load_costs()
-    here = run_seconds(cfg, costs)
-    quick = run_seconds(estimate_config([*overrides, "profile=quick"]), costs)
+    s1, data = cached(cfg)
+    here = run_seconds(cfg, costs, stage1=not s1, data=not data)
+    qcfg = estimate_config([*overrides, "profile=quick", f"data.cache_dir={cfg.data.cache_dir}", f"stage1.cache_dir={cfg.stage1.cache_dir}"])
+    qs1, qdata = cached(qcfg)
+    quick = run_seconds(qcfg, costs, stage1=not qs1, data=not qdata)
     what = (f"the paper profile's {int(cfg.training.epochs)} stage-1 epochs" if cfg.scale.profile == "paper" else f"profile {cfg.scale.profile}")
+    if s1: what += ", stage 1 from the cache"
     if here is None:
         return (f"[ltsei] no profile= given: {what} on the CPU, on your files (no estimate before reading them); "
                 f"add profile=quick for the CPU scale")
@@ -177,7 +189,8 @@ def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None) -> float 
         f = speed_factor(costs, int(cfg.training.num_threads))
         key = stage1_key(cfg)
         ds = synth_key(cfg.data.synth) if cfg.data.source == "synthetic" else None
-        r = run_seconds(cfg, costs, f, stage1=key not in groups, data=ds not in datasets)
+        s1, dc = cached(cfg)
+        r = run_seconds(cfg, costs, f, stage1=key not in groups and not s1, data=ds not in datasets and not dc)
         if r is None: return None
         datasets.add(ds)
         groups[key] = groups.get(key, 0.0) + r["total"]

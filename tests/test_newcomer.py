@@ -108,3 +108,16 @@ def test_figures_name_their_profile():
         fig = stamp_profile(plt.figure(), profile)
         assert words in fig.texts[-1].get_text() and profile in fig.texts[-1].get_text()
         plt.close(fig)
+
+
+def test_estimate_leaves_out_what_is_cached(tmp_path):
+    from ltsei.config import stage1_key
+    from ltsei.estimate import cached
+    from ltsei.synth import synth_key
+    cfg = compose_config([*CE, "profile=quick", f"data.cache_dir={tmp_path}", f"stage1.cache_dir={tmp_path}/s1"])
+    assert cached(cfg) == (False, False)
+    (tmp_path / "s1" / stage1_key(cfg)).mkdir(parents=True); (tmp_path / "s1" / stage1_key(cfg) / "manifest.json").write_text("{}")
+    (tmp_path / f"synth-{synth_key(cfg.data.synth)}").mkdir(); (tmp_path / f"synth-{synth_key(cfg.data.synth)}" / "meta.json").write_text("{}")
+    assert cached(cfg) == (True, True)
+    c = load_costs()
+    assert run_seconds(cfg, c, 1.0, stage1=False, data=False)["total"] < run_seconds(cfg, c, 1.0)["total"] / 5
