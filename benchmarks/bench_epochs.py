@@ -83,7 +83,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / COSTS_FILE))
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--overhead", type=float, default=None, help="seconds per run outside training (default: keep the file's)")
+    ap.add_argument("--overhead", type=float, default=None, help="seconds per run outside training at this rate (default: keep the file's)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     old = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
@@ -91,15 +91,15 @@ def main():
     train, evals = {}, {}
     for name in sorted(MODELS):
         for L, batch in LENGTHS.items():
-            r0 = gemm_rate(1)
+            r0 = gemm_rate(1, seconds=0.3)
             tr, ev = train_cost(name, L, batch, a.steps if L < 4800 else max(1, a.steps - 1))
-            rates.append((r0 + gemm_rate(1)) / 2)           # the machine's rate while this was measured
+            rates.append((r0 + gemm_rate(1, seconds=0.3)) / 2)           # the machine's rate while this was measured
             train.setdefault(name, {})[str(L)] = (tr, rates[-1]); evals.setdefault(name, {})[str(L)] = (ev, rates[-1])
             print(f"{name:26s} L={L:5d}  train {tr * 1e3:8.3f} ms/frame  eval {ev * 1e3:7.3f} ms/frame  (GEMM {rates[-1]:.1f} GF/s)", flush=True)
-    r0 = gemm_rate(1)
+    r0 = gemm_rate(1, seconds=0.3)
     synth = {p: synth_cost(p) for p in ("paper", "quick")}
     head = head_cost()
-    rates.append((r0 + gemm_rate(1)) / 2); r_last = rates[-1]
+    rates.append((r0 + gemm_rate(1, seconds=0.3)) / 2); r_last = rates[-1]
     ref = float(np.mean(rates))
     # every cost as if measured at the mean rate: a cost measured while the machine was busier (a lower rate) shrinks
     norm = lambda table: {m: {L: c * r / ref for L, (c, r) in per.items()} for m, per in table.items()}

@@ -23,7 +23,7 @@ def cpu_name() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
-def gemm_rate(threads: int = 1, n: int = 256, seconds: float = 0.3) -> float:
+def gemm_rate(threads: int = 1, n: int = 256, seconds: float = 1.0) -> float:
     """The fp32 rate (GFLOP/s) of `n` x `n` matrix multiplies on `threads` CPU threads, all of them over `seconds` of
     wall time: this machine's speed now, including the share of the cores other processes leave it."""
     import torch
@@ -87,7 +87,7 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
             s2 = (n["train"] + n["val"] + n["test"]) * ev + int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
         else: s2 = int(cfg.stage2.epochs) * epoch
     gen = n["generated"] * L * costs["synth_s_per_sample"] if data else 0.0
-    out = dict(stage1=f * s1, stage2=f * s2, data=f * gen, overhead=float(costs["run_overhead_s"]), epoch=f * epoch)
+    out = dict(stage1=f * s1, stage2=f * s2, data=f * gen, overhead=f * float(costs["run_overhead_s"]), epoch=f * epoch)
     out["total"] = out["stage1"] + out["stage2"] + out["data"] + out["overhead"]
     return out
 
