@@ -62,3 +62,16 @@ def test_reference_pages_link_to_existing_files():
         assert text.startswith("---\ntitle: "), page.name
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_site_command_says_how_to_get_quarto_where_it_is_missing(tmp_path):
+    "./site without Quarto on the PATH: one line naming where to get it, exit status 1, nothing built."
+    import shutil
+    import subprocess
+    bindir = tmp_path / "bin"; bindir.mkdir()
+    for tool in ("bash", "dirname"):                     # a PATH with what the script needs and no quarto
+        (bindir / tool).symlink_to(shutil.which(tool))
+    p = subprocess.run([str(ROOT / "site")], env={"PATH": str(bindir)}, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Quarto is not installed" in lines[0] and "https://quarto.org" in lines[0]
