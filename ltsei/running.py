@@ -373,19 +373,6 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     print(f"[reproduce] files: {runs_dir / a.profile} (report.html, tables/, figures/, one folder per run)", flush=True)
     return 1 if failures else 0
 
-def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
-    """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
-    the command (an installation without measured costs prints nothing)."""
-    from ltsei.config import PROFILES
-    if demo: return
-    try:
-        from ltsei.estimate import plan_configs, reproduce_estimate_line
-        plans = {}
-        for p in ([profile] if profile else PROFILES):
-            ts = todo if p == profile else [t for t in plan_runs(rows, list(range(seeds)), p, runs_dir) if t.todo]
-            plans[p] = plan_configs([task_overrides(t, p, runs_dir) for t in ts if t.status != "failed"])
-        print(reproduce_estimate_line(plans, jobs), flush=True)
-    except Exception: return
 
 def _tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tuple[str, str]]:
     "Render the report (it builds the tables and figures), or build them here; the failures."
@@ -402,3 +389,18 @@ def _tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tu
             print(f"[reproduce] {where} ({n_runs} complete runs)" if n_runs else f"[reproduce] no complete runs in {base}: no tables or figures")
         except Exception as e: failures.append(("tables", f"{type(e).__name__}: {e}"))
     return failures
+
+# %% ../nbs/14_running.ipynb #fe010d2c
+def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
+    """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
+    the command (an installation without measured costs prints nothing)."""
+    from ltsei.config import PROFILES
+    if demo: return
+    try:
+        from ltsei.estimate import plan_configs, reproduce_estimate_line
+        plans = {}
+        for p in ([profile] if profile else PROFILES):
+            ts = todo if p == profile else [t for t in plan_runs(rows, list(range(seeds)), p, runs_dir) if t.todo]
+            plans[p] = plan_configs([task_overrides(t, p, runs_dir) for t in ts if t.status != "failed"])
+        print(reproduce_estimate_line(plans, jobs), flush=True)
+    except Exception: return
