@@ -67,28 +67,35 @@ def _guide_main(argv: list[str]) -> int:
     try: argv = expand_synth_preset(argv)
     except USER_ERRORS as e: return _fail(e)
     args = split_hydra_args(argv)
-    if args.help or args.hydra_help or args.shell_completion or args.info is not None: jobs = []   # Hydra answers
+    if args.help:
+        print(guide_help()); return 0
+    if args.hydra_help or args.shell_completion or args.info is not None: jobs = []   # Hydra answers
     else:
+        argv = [*argv, *root_overrides(args.overrides)]        # caches under the one results root (LTSEI_RUNS)
         try:
             jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+            jobs = [[*ov, *root_overrides(ov)] for ov in jobs]
             cfgs = [compose_config(ov) for ov in jobs]         # every check, before any work or any folder
         except USER_ERRORS as e: return _fail(e)
         if args.cfg == "job" and not args.multirun and args.package is None:
             print(print_config(cfgs[0]), end="")
             return 0
+        if args.cfg is None: print_estimate(args.overrides, cfgs[0], len(jobs))
     register_configs()
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    status = {"rc": 0}
+    status, done = {"rc": 0}, []
 
     @hydra.main(version_base="1.3", config_path=None, config_name="config")
     def _task(cfg):
         try:
             cfg = finalize(cfg)
             out = HydraConfig.get().runtime.output_dir
-            print(print_config(cfg))
+            done.append(out)
+            print(run_header(cfg, out, list(HydraConfig.get().overrides.task)), flush=True)
             from ltsei.run import run_experiment
             run_experiment(cfg, out)
+            if not args.multirun: print(f"[ltsei] files: {out}")
         except USER_ERRORS as e:
             status["rc"] = _fail(e)
 
@@ -96,6 +103,7 @@ def _guide_main(argv: list[str]) -> int:
     sys.argv = [old[0] if old else "main.py"] + argv
     try: _task()
     finally: sys.argv = old
+    if args.multirun and done and args.cfg is None: print(sweep_summary(jobs, done))
     return status["rc"]
 
 COMMANDS = {"run": "train and evaluate one config (same as python main.py)",
@@ -136,5 +144,98 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'guide_main', 'expand_synth_preset', 'synth_preset_flags',
-           'main']
+__all__ = ['USER_ERRORS', 'COMMANDS', 'RUN_KEYS', 'split_hydra_args', 'sweep_jobs', 'guide_main', 'expand_synth_preset',
+           'synth_preset_flags', 'main', 'root_overrides', 'row_of', 'run_header', 'print_estimate', 'sweep_summary',
+           'guide_help']
+
+# %% ../nbs/17_cli.ipynb #d86d3683
+def root_overrides(overrides: list[str]) -> list[str]:
+    """The caches of `python main.py` under the one results root (`ltsei.rows.resolve_runs_dir`: `$LTSEI_RUNS`, else the
+    repository's `runs/`), as `ltsei reproduce` and the experiment notebook keep them; keys the user set are kept."""
+    from ltsei.rows import cache_overrides, resolve_runs_dir
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [o for o in cache_overrides(resolve_runs_dir(None)) if o.split("=", 1)[0] not in given]
+
+RUN_KEYS = ("profile", "seed", "gpus", "data.cache_dir", "stage1.cache_dir", "training.num_threads")   # not part of a row
+
+_ROW_SETTINGS = {}
+
+def _settings(overrides: list[str]) -> dict:
+    "{key: value} of the overrides that make a row (values read as YAML: `false` = `False`, `1` = `1.0`), without RUN_KEYS."
+    from ltsei.estimate import plain_overrides
+    return {k: v for k, v in plain_overrides(overrides) if not k.startswith("hydra") and k not in RUN_KEYS}
+
+def row_of(overrides: list[str]) -> str:
+    "The registry row whose command (the guide's or the table's) these overrides are, in any order and spelling; else 'ad hoc'."
+    from ltsei.rows import ROWS
+    if ROWS[0].id not in _ROW_SETTINGS:
+        for r in ROWS: _ROW_SETTINGS[r.id] = [_settings(a) for a in (r.guide_args, r.run_args)]
+    mine = _settings(overrides)
+    for r in ROWS:
+        if mine in _ROW_SETTINGS[r.id]: return f"{r.id} ({r.section} {r.method})"
+    return "ad hoc (no row of the guide)"
+
+def run_header(cfg, out, overrides: list[str] = ()) -> str:
+    "What `python main.py` prints before a run: the row, the profile, the data, and where the files go (the whole config is in config.yaml)."
+    d = cfg.data
+    data = (f"synthetic {d.synth.num_emitters} emitters x {d.synth.length} samples, IR {d.imbalance_ratio:g}" if d.source == "synthetic"
+            else f"files {d.train_path} / {d.test_path}")
+    s2 = f"stage 2 {cfg.stage2.mode} {cfg.stage2.epochs} epochs" if cfg.stage2.enabled else "no stage 2"
+    return (f"[ltsei] row {row_of(overrides)} | profile {cfg.scale.profile} | seed {cfg.seed} | {cfg.model.name}, stage 1 "
+            f"{cfg.training.epochs} epochs, {s2} | data: {data}\n[ltsei] files: {out} (the whole config: config.yaml there, or --cfg job)")
+
+def print_estimate(overrides: list[str], cfg, n_jobs: int = 1) -> None:
+    "Print `ltsei.estimate.guide_estimate_line` (only without `profile=` on a machine without a GPU); never stops the run."
+    try:
+        from ltsei.estimate import guide_estimate_line
+        line = guide_estimate_line(overrides, cfg)
+    except Exception: return      # no measured costs in this installation: no estimate
+    if line: print(line + (f" [per job; {n_jobs} jobs]" if n_jobs > 1 else ""), flush=True)
+
+# %% ../nbs/17_cli.ipynb #df136736
+def sweep_summary(jobs: list[list[str]], outs: list[str]) -> str:
+    "The table a sweep ends with: each job's swept values, its main test metrics (percent) and folder; then where the sweep's files are."
+    from pathlib import Path
+    from ltsei.rows import read_metrics
+    keys = [k for k in dict.fromkeys(o.split("=", 1)[0] for ov in jobs for o in ov)
+            if len({o for ov in jobs for o in ov if o.split("=", 1)[0] == k}) > 1]
+    val = lambda ov, k: next((o.split("=", 1)[1] for o in ov if o.split("=", 1)[0] == k), "")
+    head = ["job", *keys, "acc", "bal.acc", "macro-F1", "few", "folder"]
+    rows = []
+    for i, (ov, out) in enumerate(zip(jobs, outs)):
+        m = read_metrics(out)
+        f = lambda k: "failed" if m is None else "n/a" if m["test"].get(k) is None else f"{100 * m['test'][k]:.1f}"
+        rows.append([str(i), *(val(ov, k) for k in keys), f("acc"), f("balanced_acc"), f("macro_f1"), f("few_acc"), Path(out).name])
+    w = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w[j]) for j, c in enumerate(r)).rstrip()
+    root = Path(outs[0]).parent
+    return "\n".join([f"[ltsei] sweep: {len(outs)} job(s), test split, percent", line(head), *map(line, rows), f"[ltsei] files: {root}"])
+
+def guide_help() -> str:
+    "`python main.py --help`: what the app does, its profiles, where results go."
+    from ltsei.config import BATCH_SIZES, EPOCH_SCALES
+    from ltsei.synth import SYNTH_PRESETS
+    prof = "\n".join(f"  profile={p:6s} stage-1 epochs x {EPOCH_SCALES[p]:<5g} {s.num_emitters} emitters, {s.length} samples, batch {BATCH_SIZES[p]}"
+                     + {"paper": "  (the default: paper scale, for a GPU)", "quick": "  (CPU scale)", "smoke": "  (tiny: a pipeline check)"}[p]
+                     for p, s in SYNTH_PRESETS.items() if p in EPOCH_SCALES)
+    return f"""python main.py [key=value ...]    one run of ltsei (long-tailed specific emitter identification on ADS-B)
+
+Every command of the experiment guide (nbs/experiment-guide.md) runs verbatim: stage 1 trains a backbone on
+the long-tailed training set, stage 2 (optional) a new head on its features, stage 3 (optional) a post-hoc
+correction; the run ends with test metrics in metrics.json.
+
+Profiles (scale; add one, e.g. profile=quick):
+{prof}
+  Without profile= on a machine without a GPU, the run first prints its estimated time here.
+
+Results: RUNS/<profile>/adhoc/<time>/ (a sweep: RUNS/<profile>/multirun/<time>/<job>/), caches in RUNS/cache;
+RUNS is $LTSEI_RUNS if set, else the repository's runs/ (the same root as ltsei reproduce and the notebooks).
+hydra.run.dir=DIR puts one run elsewhere. The run prints its files' folder first and last.
+
+Examples:
+  python main.py profile=quick loss.name=CrossEntropy sampling.name=none stage2.enabled=false
+  python main.py --cfg job profile=quick          print the whole resolved config, run nothing
+  python main.py -m seed=0,1,2 profile=quick      a sweep; it ends with a table of its jobs
+
+Keys: every leaf of the config tree (--cfg job lists them); a wrong key or value fails at once and names the
+valid ones. Tables of the paper: ltsei reproduce (./reproduce). Hydra's own options: --hydra-help."""

@@ -193,12 +193,14 @@ def profile_node(name: str) -> dict:
             "stage2": {"batch_size": STAGE2_BATCH_SIZES[name]}}
 
 # %% ../nbs/03_config.ipynb #0f3ae43f
-RUN_DIR = "runs/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"
-SWEEP_DIR = "runs/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
+RUN_DIR = "${ltsei_runs:}/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"   # under the one results root (LTSEI_RUNS)
+SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
 
 def register_configs():
-    "Store the config tree and the profiles in Hydra's ConfigStore (idempotent)."
+    "Store the config tree and the profiles in Hydra's ConfigStore (idempotent); `${ltsei_runs:}` is the results root."
     from hydra.core.config_store import ConfigStore
+    from ltsei.rows import resolve_runs_dir
+    OmegaConf.register_new_resolver("ltsei_runs", lambda: str(resolve_runs_dir(None)), replace=True)
     cs = ConfigStore.instance()
     base = OmegaConf.structured(Config)
     node = {k: base[k] for k in base}

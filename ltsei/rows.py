@@ -25,8 +25,8 @@ from .train import atomic_write_text
 # %% auto #0
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
            'RIDE_NOTE', 'SADE_NOTE', 'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS',
-           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row',
-           'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'write_json_atomic',
+           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'RUNS_ENV', 'split_command',
+           'Row', 'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'write_json_atomic',
            'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'repo_dir', 'resolve_runs_dir',
            'cache_overrides', 'RunLock', 'pid_alive', 'temp_beside', 'remove_dead_temps', 'swap_in', 'parse_overrides',
            'stage1_group']
@@ -310,10 +310,14 @@ def repo_dir() -> Path:
     import ltsei
     return Path(ltsei.__file__).resolve().parent.parent
 
+RUNS_ENV = "LTSEI_RUNS"   # the one setting of the results root: python main.py, the notebooks and ltsei reproduce
+
 def resolve_runs_dir(runs_dir=None) -> Path:
-    """The results directory, absolute: `runs_dir` if absolute, else relative to the repository; the repository's
-    `runs/` if None or empty. Never relative to the working directory of a notebook kernel."""
-    if runs_dir is None or str(runs_dir).strip() == "": return repo_dir() / "runs"
+    """The results directory, absolute: `runs_dir` if absolute, else relative to the repository; if None or empty,
+    `$LTSEI_RUNS` (the same rule), else the repository's `runs/`. Never relative to the working directory of a
+    notebook kernel."""
+    if runs_dir is None or str(runs_dir).strip() == "": runs_dir = os.environ.get(RUNS_ENV, "").strip()
+    if runs_dir == "": return repo_dir() / "runs"
     p = Path(runs_dir).expanduser()
     return p if p.is_absolute() else repo_dir() / p
 

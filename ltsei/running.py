@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import launchers
-from .rows import (Row, RunLock, cache_overrides, read_metrics, remove_dead_temps, repo_dir, row_record, run_dir,
+from .rows import (Row, RunLock, cache_overrides, read_metrics, remove_dead_temps, repo_dir, resolve_runs_dir, row_record, run_dir,
                         run_status, select_rows, stage1_group, temp_beside, write_json_atomic)
 
 # %% auto #0
 __all__ = ['RETRY_SECONDS', 'KERNEL_ARGS', 'REAL_FUNCS', 'DEMO_FUNCS', 'Task', 'plan_runs', 'run_overrides', 'task_overrides',
            'prepare_run_dir', 'RunFailed', 'run_tasks', 'notebook_path', 'load_notebook', 'kernel_env', 'load_callable',
            'kill_kernels', 'execute_run', 'render_report', 'RunsDirError', 'check_runs_dir', 'check_configs',
-           'default_jobs', 'reproduce_main']
+           'default_jobs', 'reproduce_main', 'say_estimate']
 
 # %% ../nbs/14_running.ipynb #1eedb850
 @dataclass
@@ -288,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="run seeds 0..K-1 (default: 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="runs at once (default: 1 with CUDA, else min(CPU cores, 4); each run uses its config's training.num_threads, default 1)")
-    p.add_argument("--runs-dir", default="runs", help="results directory (default: runs)")
+    p.add_argument("--runs-dir", default=None, help="results directory (default: $LTSEI_RUNS, else the repository's runs/)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="build the tables and figures but do not render the report")
     p.add_argument("--demo", action="store_true", help="made-up results instead of training, to try the pipeline")
@@ -327,7 +327,8 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     "`ltsei reproduce`: run the selected rows and seeds, then tables, figures and report. Returns the exit status."
     a = _parser().parse_args(argv)
     if a.seeds < 1: raise ValueError(f"--seeds must be at least 1, got {a.seeds}")
-    t_start, runs_dir = time.time(), Path(a.runs_dir).expanduser().resolve()
+    t_start = time.time()
+    runs_dir = Path(a.runs_dir).expanduser().resolve() if a.runs_dir else resolve_runs_dir(None)
     opts = launchers.options_from_args(a, runs_dir, a.profile)      # a bad launcher option: one message, before any work
     if a.jobs is None: a.jobs = opts.jobs = launchers.default_jobs(a.gpus_per_run) or default_jobs()
     if a.jobs < 1: raise ValueError(f"--jobs must be at least 1, got {a.jobs}")
@@ -342,11 +343,13 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     print(f"[reproduce] profile {a.profile}: {len(rows)} rows x {a.seeds} seed(s) = {len(tasks)} runs; "
           f"{n_done} complete (skipped), {len(todo)} to run with {n_groups} distinct stage-1 settings"
           + (" [demo: made-up results]" if a.demo else ""))
+    say_estimate(rows, a.seeds, a.profile if not a.dry_run else None, runs_dir, a.jobs, a.demo, todo)
     if a.dry_run:
         for t in tasks:
             print(f"  {t.status:8s} {t.name:28s} {t.out_dir}" + (f"  <- {t.error}" if t.error else ""))
             if t.todo or t.status == "failed":
                 print(f"           python main.py {' '.join(shlex.quote(o) for o in task_overrides(t, a.profile, runs_dir))}")
+        print(f"[reproduce] dry run: nothing written; the files would go to {runs_dir / a.profile}")
         return 1 if any(t.status == "failed" for t in tasks) else 0
     nb = load_notebook("experiment.ipynb")
     runnable = [t for t in tasks if t.status != "failed"]
@@ -367,8 +370,9 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"[reproduce] {len(failures)} failure(s):", file=sys.stderr)
         for n, err in failures: print(f"  {n}: {err}", file=sys.stderr)
-        return 1
-    return 0
+    print(f"[reproduce] files: {runs_dir / a.profile} (report.html, tables/, figures/, one folder per run)", flush=True)
+    return 1 if failures else 0
+
 
 def _tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tuple[str, str]]:
     "Render the report (it builds the tables and figures), or build them here; the failures."
@@ -385,3 +389,18 @@ def _tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tu
             print(f"[reproduce] {where} ({n_runs} complete runs)" if n_runs else f"[reproduce] no complete runs in {base}: no tables or figures")
         except Exception as e: failures.append(("tables", f"{type(e).__name__}: {e}"))
     return failures
+
+# %% ../nbs/14_running.ipynb #fe010d2c
+def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
+    """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
+    the command (an installation without measured costs prints nothing)."""
+    from ltsei.config import PROFILES
+    if demo: return
+    try:
+        from ltsei.estimate import plan_configs, reproduce_estimate_line
+        plans = {}
+        for p in ([profile] if profile else PROFILES):
+            ts = todo if p == profile else [t for t in plan_runs(rows, list(range(seeds)), p, runs_dir) if t.todo]
+            plans[p] = plan_configs([task_overrides(t, p, runs_dir) for t in ts if t.status != "failed"])
+        print(reproduce_estimate_line(plans, jobs), flush=True)
+    except Exception: return

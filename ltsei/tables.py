@@ -22,13 +22,13 @@ from .rows import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, RunLock, parse_overrides, ra
 # %% auto #0
 __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
            'PAIR_REFERENCES', 'NOISE_LEVEL', 'EXPECT_ABOVE_CE', 'OPENSET_MEASURES', 'SCORE_LABELS', 'SNR_ROWS',
-           'FIGURES', 'routing_info', 'collect_results', 'summarize', 'outside_guide', 'table_rows', 'fmt_pm', 'Table',
-           'make_table', 'frame_markdown', 'table_markdown', 'tex_escape', 'table_latex', 'table_csv', 'frame_html',
-           'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy', 'fig_per_class_recall', 'run_summary',
-           'plot_run_recall', 'plot_confusion', 'plot_expert_usage', 'fig_confusions', 'paired_differences',
-           'noise_threshold', 'paired_summary', 'all_paired', 'paired_table', 'paired_markdown', 'verdict',
-           'expectations', 'collect_openset', 'collect_snr', 'openset_tables', 'fig_openset', 'fig_acc_vs_snr',
-           'build_tables']
+           'FIGURES', 'PROFILE_STAMPS', 'routing_info', 'collect_results', 'summarize', 'outside_guide', 'table_rows',
+           'fmt_pm', 'Table', 'make_table', 'frame_markdown', 'table_markdown', 'tex_escape', 'table_latex',
+           'table_csv', 'frame_html', 'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy',
+           'fig_per_class_recall', 'run_summary', 'plot_run_recall', 'plot_confusion', 'plot_expert_usage',
+           'fig_confusions', 'paired_differences', 'noise_threshold', 'paired_summary', 'all_paired', 'paired_table',
+           'paired_markdown', 'verdict', 'expectations', 'collect_openset', 'collect_snr', 'openset_tables',
+           'fig_openset', 'fig_acc_vs_snr', 'stamp_profile', 'build_tables']
 
 # %% ../nbs/13_tables.ipynb #4d5d1277
 RESULT_METRICS = ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "hmean", "routing_acc")
@@ -563,6 +563,15 @@ FIGURES = {
     "confusion": lambda r, pc: fig_confusions(r),
 }
 
+PROFILE_STAMPS = {"smoke": "profile smoke: a pipeline check, these numbers mean nothing",
+                  "quick": "profile quick: CPU scale, not the paper's"}
+
+def stamp_profile(fig, profile: str):
+    "A footer naming the profile on `fig` (red for smoke), so that a figure copied out of a report still says what it is."
+    fig.text(0.995, 0.002, f"ltsei, {PROFILE_STAMPS.get(profile, f'profile {profile}')}", ha="right", va="bottom",
+             fontsize=8, color="#b00" if profile == "smoke" else "#555")
+    return fig
+
 def build_tables(runs_dir, profile: str) -> dict:
     """Tables (`runs_dir/profile/tables`) and figures (`.../figures`) from the profile's complete runs.
     Returns n_runs, demo, results, per_class, summary, pairs (`all_paired`), tables {name: {table, md, csv, tex}}, figures {name: path},
@@ -587,6 +596,7 @@ def build_tables(runs_dir, profile: str) -> dict:
         for name, make in FIGURES.items():
             fig = make(results, per_class)
             if fig is None: continue
+            stamp_profile(fig, profile)
             fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
             out["figures"][name] = final["figures"] / f"{name}.png"
         out["openset"] = os_runs = collect_openset(runs_dir, profile)

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Create or reuse the project's virtual environment in .venv and install what ltsei needs.
-# Sourced by ./reproduce and ./test. GPU users: install your own torch into .venv first
-# (e.g. `python -m venv .venv && .venv/bin/pip install torch`); it is kept as it is.
+# Sourced by ./reproduce, ./test and ./docs. One install and one stamp for all of them: the stamp
+# holds a hash of every requirement file (requirements.txt and requirements-extras.txt: Ray,
+# submitit and TensorBoard, optional at run time but tested), so running one command after the
+# other installs nothing.
+# torch: kept as it is when .venv already has one. GPU users: install the torch build for your CUDA
+# first (`python3 -m venv .venv && .venv/bin/pip install torch --index-url <the index pytorch.org names for
+# your CUDA>`). Otherwise the set-up installs the pinned version from the configured
+# package index: a CPU-only build only where that index serves one (the PyTorch CPU index, a CPU mirror,
+# macOS); on Linux x86-64 plain PyPI serves the CUDA build (several GB). LTSEI_TORCH_INDEX=URL picks the
+# index for torch alone, e.g. https://download.pytorch.org/whl/cpu.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.ltsei-installed"
-# LTSEI_EXTRAS=1 (set by ./test) also installs requirements-extras.txt: Ray, submitit, TensorBoard, tested but optional
-reqs=("$root/requirements.txt"); [ "${LTSEI_EXTRAS:-0}" = 1 ] && reqs+=("$root/requirements-extras.txt")
+reqs=("$root/requirements.txt" "$root/requirements-extras.txt")
 want="$(cat "${reqs[@]}" "$root/settings.ini" "$root/setup.py" | sha1sum | cut -c1-16)"
 if [ ! -x "$venv/bin/python" ]; then
   echo "[ltsei] creating virtual environment in .venv" >&2
@@ -17,8 +24,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[ltsei] installing dependencies into .venv (first run: about 1-2 minutes)" >&2
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
   if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-    # CPU build, pinned: an unpinned torch pulls a multi-GB CUDA build on a CPU machine.
-    "$venv/bin/python" -m pip install -q "torch==2.13.0"
+    "$venv/bin/python" -m pip install -q "torch==2.13.0" ${LTSEI_TORCH_INDEX:+--index-url "$LTSEI_TORCH_INDEX"}
   fi
   for r in "${reqs[@]}"; do "$venv/bin/python" -m pip install -q -r "$r"; done
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"

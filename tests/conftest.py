@@ -1,7 +1,10 @@
 """Shared fixtures: every test that runs experiments works inside one session-wide scratch folder,
 so the data cache and the stage-1 cache (relative paths under runs/cache) are shared by the tests
 and never touch the repository's own runs/."""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,16 @@ GUIDE = ROOT / "nbs" / "experiment-guide.md"   # the repository's copy of the ex
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# The one results root of python main.py, the notebooks and ltsei reproduce (LTSEI_RUNS) is the scratch folder's runs/,
+# set before any test module is imported so that subprocesses inherit it: no test writes into the repository's runs/.
+SCRATCH = Path(tempfile.mkdtemp(prefix="ltsei-tests-"))
+os.environ["LTSEI_RUNS"] = str(SCRATCH / "runs")
+atexit.register(shutil.rmtree, SCRATCH, True)
+
+
 @pytest.fixture(scope="session")
-def scratch(tmp_path_factory):
-    return tmp_path_factory.mktemp("ltsei")
+def scratch():
+    return SCRATCH
 
 
 @pytest.fixture()

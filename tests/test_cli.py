@@ -66,9 +66,9 @@ def test_ctrl_c_in_main_py_is_one_line(in_scratch):
     p = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *SMOKE, "training.epochs=2000", f"hydra.run.dir={out}"],
                          cwd=in_scratch, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
-    while time.time() - t0 < 300:                     # wait until the config is printed: the run has started
+    while time.time() - t0 < 300:                     # wait until the header is printed: the run has started
         line = p.stdout.readline()
-        if not line or line.startswith("seed:"): break
+        if not line or line.startswith("[ltsei] files:"): break
     time.sleep(1)
     assert p.poll() is None
     p.send_signal(signal.SIGINT)

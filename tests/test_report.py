@@ -116,6 +116,8 @@ def test_smoke_report_says_pipeline_check(tmp_path):
     assert _errors(tmp_path / "runs" / "smoke" / "report.ipynb") == []
     top = text.index("PIPELINE CHECK: these numbers mean nothing")
     assert top < text.index("Main comparison") and "Pipeline check: these numbers mean nothing" in text
+    assert top < text.index("About this report") and "2026-11-30" not in text          # it opens with the banner
+    assert f"-p profile smoke -p runs_dir {tmp_path / 'runs'}" in text                  # the render-again command is its own
     assert "One seed: no spread is available" in text
     assert "None: the smoke profile is a pipeline check" in text      # no mechanism explained from smoke numbers
 

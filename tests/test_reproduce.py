@@ -459,12 +459,15 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, mode):
 
 def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
     """`papermill nbs/experiment.ipynb ...` from nbs/ and from outside the repository: results and caches go to the
-    repository's runs/ (here a copy of the repository, so that the real runs/ is left alone)."""
+    repository's runs/ (here a copy of the repository, so that the real runs/ is left alone), under by-hand/ with its
+    row.json, out of the tables."""
     import shutil
+    import nbformat
+    from ltsei.tables import collect_results
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "ltsei", repo / "ltsei", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "nbs").mkdir(); shutil.copy(ROOT / "nbs" / "experiment.ipynb", repo / "nbs")
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1").items() if k != "LTSEI_RUNS"}
     for seed, cwd in enumerate([repo / "nbs", tmp_path / "elsewhere"]):
         cwd.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "papermill", str(repo / "nbs" / "experiment.ipynb"), str(tmp_path / f"out{seed}.ipynb"),
@@ -472,8 +475,12 @@ def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
                "-p", "runner", "ltsei.demo:demo_run_experiment", "-k", "python3"]
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
-        d = repo / "runs" / "smoke" / "3.1" / "s3_1_crt" / f"seed{seed}"
+        d = repo / "runs" / "smoke" / "by-hand" / "3.1" / "s3_1_crt" / f"seed{seed}"     # a run by hand: out of the tables
         assert read_metrics(d) is not None, (cwd, p.stderr[-2000:])
         assert f"data.cache_dir={repo / 'runs' / 'cache'}\n" in (d / "config.yaml").read_text()
+        assert json.loads((d / "row.json").read_text())["by_hand"] is True          # recorded like any run
+        last = nbformat.read(tmp_path / f"out{seed}.ipynb", as_version=4).cells[-1].outputs[-1]["text"]
+        assert last.startswith(f"[ltsei] files: {d}")                                # it ends naming its folder
+    assert collect_results(repo / "runs", "smoke")[0].empty                                 # kept out of the tables
     assert not (repo / "nbs" / "runs").exists() and not (tmp_path / "elsewhere" / "runs").exists()
     assert not (tmp_path / "runs").exists()
