@@ -36,6 +36,21 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
     return [list(job) for job in itertools.product(*axes)]
 
+def hydra_run_dir(overrides: list[str], cfg) -> str | None:
+    """The folder `hydra.run.dir=...` among `overrides` names, resolved against `cfg` (None when not given: the default
+    is a new folder stamped with the time). One `ConfigError` line when it cannot be resolved (a stray `${`)."""
+    from omegaconf import OmegaConf
+    from ltsei.config import ConfigError, _one_line
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if not given: return None
+    v = given[-1].strip().strip("'\"")
+    if "${" not in v: return v
+    import hydra.core.utils  # noqa: F401  (registers Hydra's `now` resolver)
+    try: return str(OmegaConf.create({"cfg": OmegaConf.to_container(cfg), "d": v.replace("${", "${cfg.").replace("${cfg.now:", "${now:")}).d)
+    except Exception as e:
+        raise ConfigError(f"hydra.run.dir={v!r}: cannot be resolved ({_one_line(e)}); expected a folder path "
+                          "(interpolations may name config keys, e.g. ${scale.profile}, or ${now:%Y-%m-%d})") from None
+
 def guide_main(argv: list[str] | None = None) -> int:
     "`python main.py [--cfg job] [-m] key=value ...`: check every job's config, then run it with Hydra (metrics.json)."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -43,13 +58,17 @@ def guide_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt: return _interrupted()
 
 def _guide_main(argv: list[str]) -> int:
-    from ltsei.config import compose_config, register_configs, finalize, print_config
+    from ltsei.cache import check_run_dir
+    from ltsei.config import check_machine, compose_config, register_configs, finalize, print_config
     args = split_hydra_args(argv)
     if args.help or args.hydra_help or args.shell_completion or args.info is not None: jobs = []   # Hydra answers
     else:
         try:
             jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
             cfgs = [compose_config(ov) for ov in jobs]         # every check, before any work or any folder
+            for c in cfgs: check_machine(c)
+            run_dir = None if args.multirun else hydra_run_dir(args.overrides, cfgs[0])
+            if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")        # a folder holding files ltsei did not write: refused before Hydra writes there
         except USER_ERRORS as e: return _fail(e)
         if args.cfg == "job" and not args.multirun and args.package is None:
             print(print_config(cfgs[0]), end="")
@@ -63,6 +82,7 @@ def _guide_main(argv: list[str]) -> int:
     def _task(cfg):
         try:
             cfg = finalize(cfg)
+            check_machine(cfg)
             out = HydraConfig.get().runtime.output_dir
             print(print_config(cfg))
             from ltsei.run import run_experiment
@@ -79,7 +99,8 @@ def _guide_main(argv: list[str]) -> int:
 COMMANDS = {"run": "train and evaluate one config (same as python main.py)",
             "synth": "write the synthetic data set in the public layout",
             "reproduce": "reproduce the paper's tables with papermill",
-            "realism": "compare the synthetic data with the real ADS-B reference"}
+            "realism": "compare the synthetic data with the real ADS-B reference",
+            "clean": "list / remove what the caches hold that no run needs (--runs-dir D, --dry-run)"}
 
 def _realism(argv: list[str]) -> int:
     try: from ltsei.realism import realism_main
@@ -102,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             from ltsei.synth import synth_main
             return synth_main(rest)
         if cmd == "realism": return _realism(rest)
+        if cmd == "clean":
+            from ltsei.cache import clean_main
+            return clean_main(rest)
         from ltsei.running import reproduce_main
         return reproduce_main(rest)
     except USER_ERRORS as e:
@@ -110,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'guide_main', 'main']
+__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'hydra_run_dir', 'guide_main', 'main']
