@@ -384,7 +384,7 @@ class CacheEntry:
     - `ready()`: the entry exists and matches its manifest; a damaged one (a file missing, truncated or
       changed, the manifest missing) is reported in one line naming it, moved to `root/quarantine/`, and
       `ready()` returns False, so the caller rebuilds it.
-    - `building()`: a fresh temporary folder `root/key.tmpPID`, removed if the block fails (any exception,
+    - `building()`: a fresh, marked temporary folder `root/.key.tmpPID-RAND`, removed if the block fails (any exception,
       Ctrl-C included); call `publish(folder)` inside it.
     - `work_dir`: `root/key.work`, a folder that survives an interrupted build (resume state); used under
       the lock only, published like a temporary folder when the build completes."""

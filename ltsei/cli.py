@@ -36,6 +36,23 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
     return [list(job) for job in itertools.product(*axes)]
 
+def check_hydra_overrides(overrides: list[str]) -> None:
+    "Compose the `hydra.*` overrides with Hydra's own config as Hydra will: its errors as one `ConfigError` line."
+    hyd = [o for o in overrides if o.lstrip("+~").startswith("hydra.")]
+    if not hyd: return
+    from hydra import compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+    from ltsei.config import ConfigError, _one_line, register_configs
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize(version_base="1.3", config_path=None):
+            compose(config_name="config", overrides=hyd, return_hydra_config=True)
+    except Exception as e:
+        raise ConfigError(f"could not apply {' '.join(hyd)}: {_one_line(e)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
 def hydra_run_dir(overrides: list[str], cfg) -> str | None:
     """The folder `hydra.run.dir=...` among `overrides` names, resolved against `cfg` (None when not given: the default
     is a new folder stamped with the time). One `ConfigError` line when it cannot be resolved (a stray `${`)."""
@@ -67,6 +84,7 @@ def _guide_main(argv: list[str]) -> int:
             jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
             cfgs = [compose_config(ov) for ov in jobs]         # every check, before any work or any folder
             for c in cfgs: check_machine(c)
+            check_hydra_overrides(args.overrides)   # Hydra's own settings (hydra.*): their errors as one line too
             run_dir = None if args.multirun else hydra_run_dir(args.overrides, cfgs[0])
             if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")        # a folder holding files ltsei did not write: refused before Hydra writes there
         except USER_ERRORS as e: return _fail(e)
@@ -134,4 +152,5 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'hydra_run_dir', 'guide_main', 'main']
+__all__ = ['USER_ERRORS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'check_hydra_overrides', 'hydra_run_dir', 'guide_main',
+           'main']

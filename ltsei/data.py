@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth
+from .cache import atomic_write_json
 
 # %% auto #0
 __all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'FLOAT32_MAX', 'DATA_SOURCES', 'NORMALIZATIONS',
@@ -379,8 +380,7 @@ def save_class_counts(bundle: DataBundle, path) -> None:
     d = {"class_counts": [int(v) for v in bundle.class_counts], "num_classes": int(bundle.num_classes),
          "imbalance_ratio": i.get("imbalance_ratio"), "imbalance_ratio_trained": i.get("imbalance_ratio_trained"),
          "long_tail": i.get("long_tail"), "class_ranks": i.get("class_ranks"), "groups": bundle.groups}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(d, indent=1))
+    atomic_write_json(path, d)
 
 # %% ../nbs/02_data.ipynb #d4c1b879
 def fit_length(x: np.ndarray, target_length) -> np.ndarray:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import launchers
-from .cache import RUN_FILES, claim_run_dir, clean_note
+from .cache import RUN_FILES, claim_run_dir, clean_note, storage_error
 from .rows import (Row, RunLock, cache_overrides, read_metrics, remove_dead_temps, repo_dir, row_record, run_dir,
                         run_status, select_rows, stage1_group, temp_beside, write_json_atomic)
 
@@ -288,6 +288,11 @@ def render_report(runs_dir, profile: str) -> Path:
         html = report_html(nb)
         (tmp / "report.html").write_text(html, encoding="utf-8")
         for name in ("report.ipynb", "report.html"): os.replace(tmp / name, out / name)
+    except OSError as e:                     # a full disk: one line naming the report, once its temporary folder is gone
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = storage_error(out / "report.html", e)
+        if err is e: raise
+        raise err from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "report.html"

@@ -546,7 +546,7 @@ def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
 def synth_main(argv: list[str]) -> int:
     """`ltsei synth ...`: generate a synthetic data set and write it to `--out` (see `--help`).
     The training arrays are the balanced per-class pool; the long tail is cut when the files are loaded.
-    The files are written into `OUT.tmpPID` beside `--out` and the folder is renamed into place when
+    The files are written into a marked temporary folder `.OUT.tmpPID-RAND` beside `--out` and the folder is renamed into place when
     complete (replacing an earlier output): a failure or Ctrl-C leaves `--out` as it was, and a full disk
     or a read-only folder is one `StorageError` naming `--out`."""
     a = _synth_parser().parse_args(argv)

@@ -19,6 +19,7 @@ import seaborn as sns
 
 from .rows import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, RunLock, parse_overrides, ran_other_overrides, read_metrics,
                         remove_dead_temps, run_dir, swap_in, temp_beside)
+from .cache import storage_error
 
 # %% auto #0
 __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
@@ -523,6 +524,11 @@ def build_tables(runs_dir, profile: str) -> dict:
         (tdir / "expectations.md").write_text(ex.to_markdown(index=False) + "\n", encoding="utf-8")
         with RunLock(final["tables"]):              # one swap at a time; each folder swapped in whole
             for k in ("tables", "figures"): swap_in(tmp.pop(k), final[k])
+    except OSError as e:                            # a full disk: one line naming the folder, once the temporaries are gone
+        for d in tmp.values(): shutil.rmtree(d, ignore_errors=True)
+        err = storage_error(final["tables"], e)
+        if err is e: raise
+        raise err from None
     finally:
         for d in tmp.values(): shutil.rmtree(d, ignore_errors=True)
     return out
