@@ -16,9 +16,10 @@ __all__ = ['TEMP_MARK', 'TEMP_KINDS', 'LOCK_MARK', 'DIGEST', 'MANIFEST', 'CACHE_
            'RUN_MARK', 'RUN_FILES', 'CLEAN_NOTE_BYTES', 'StorageError', 'storage_error', 'make_dir', 'host_name',
            'mark_temp', 'temp_marker', 'tmp_path', 'make_temp_dir', 'drop_temp', 'pid_alive', 'is_stale', 'clean_stale',
            'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'copy_file',
-           'reserve_space', 'free_space', 'check_free_space', 'replace_dir', 'file_lock', 'sha256_file', 'DigestStore',
-           'file_digest', 'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint', 'safe_load', 'CacheEntry', 'RunDirError',
-           'check_run_dir', 'claim_run_dir', 'tree_bytes', 'leftovers', 'remove_leftovers', 'clean_main', 'clean_note']
+           'reserve_space', 'free_space', 'check_free_space', 'check_writable', 'replace_dir', 'file_lock',
+           'sha256_file', 'DigestStore', 'file_digest', 'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint',
+           'safe_load', 'CacheEntry', 'RunDirError', 'check_run_dir', 'claim_run_dir', 'tree_bytes', 'leftovers',
+           'remove_leftovers', 'clean_main', 'clean_note']
 
 # %% ../nbs/16_cache.ipynb #3536b9f3
 class StorageError(OSError, ValueError):
@@ -207,6 +208,24 @@ def check_free_space(path, nbytes: int, what: str) -> None:
         mib = lambda n: f"{n / 2 ** 20:,.1f} MiB"
         raise StorageError(Path(path).expanduser().absolute(), OSError(errno.ENOSPC, ""),
                            f"write {what} ({mib(nbytes)} needed, {mib(free)} free) to")
+
+def check_writable(folder, nbytes: int = 1 << 20) -> Path:
+    """Write `nbytes` in a marked temporary folder at `folder` (or its nearest existing parent) and remove it again:
+    a full disk, a read-only file system or a missing permission is one `StorageError` naming `folder` before
+    anything else is written there (Hydra's own files included)."""
+    p = Path(folder).expanduser().absolute()
+    q, box = p, None
+    while not q.exists() and q != q.parent: q = q.parent
+    try:
+        box = make_temp_dir(q / ".ltsei-probe", name_in_errors=p)
+        with open(box / "probe", "wb") as f: f.write(bytes(nbytes))
+    except OSError as e:
+        err = storage_error(p, e)
+        if err is e: raise
+        raise err from None
+    finally:
+        if box is not None: drop_temp(box)
+    return p
 
 def replace_dir(src, dst) -> Path:
     """Rename the folder `src` to `dst`, replacing an existing `dst` (parked as `dst.oldPID` for the instant

@@ -75,8 +75,8 @@ def guide_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt: return _interrupted()
 
 def _guide_main(argv: list[str]) -> int:
-    from ltsei.cache import check_run_dir
-    from ltsei.config import check_machine, compose_config, register_configs, finalize, print_config
+    from ltsei.cache import check_run_dir, check_writable
+    from ltsei.config import RUN_DIR, check_machine, compose_config, register_configs, finalize, print_config
     args = split_hydra_args(argv)
     if args.help or args.hydra_help or args.shell_completion or args.info is not None: jobs = []   # Hydra answers
     else:
@@ -86,7 +86,8 @@ def _guide_main(argv: list[str]) -> int:
             for c in cfgs: check_machine(c)
             check_hydra_overrides(args.overrides)   # Hydra's own settings (hydra.*): their errors as one line too
             run_dir = None if args.multirun else hydra_run_dir(args.overrides, cfgs[0])
-            if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")        # a folder holding files ltsei did not write: refused before Hydra writes there
+            if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")
+            if not args.multirun and args.cfg is None: check_writable(run_dir or RUN_DIR.split("${")[0] or ".")   # a full disk: one line, before Hydra writes        # a folder holding files ltsei did not write: refused before Hydra writes there
         except USER_ERRORS as e: return _fail(e)
         if args.cfg == "job" and not args.multirun and args.package is None:
             print(print_config(cfgs[0]), end="")

@@ -103,9 +103,11 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
         if t.status == "complete": t.status = "skipped"
     running_groups, seen_groups, leaders = set(), set(), set()
     stop = threading.Event()              # set on Ctrl-C: a run that has not started its execution never starts it
+    handed, entered, left = [], set(), set()   # tasks given to the pool; those whose `one` began / ended
     def ready(t, now): return t.retry_at <= now and (t.group is None or t.group not in running_groups)
     def one(t):
         t0, lock = time.time(), RunLock(t.out_dir) if locks else None
+        entered.add(id(t))
         try:
             if lock is not None:
                 if not lock.acquire(blocking=False):
@@ -120,6 +122,7 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
         finally:
             if lock is not None: lock.release()
             t.seconds = time.time() - t0
+            left.add(id(t))
         return t
     bar = tqdm(total=len(pending), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
     say = lambda msg: bar.write(msg) if progress else print(msg)
@@ -133,6 +136,7 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
                 pending.remove(t)
                 if t.group is not None and t.group not in seen_groups:  # the group's first run trains its stage 1
                     seen_groups.add(t.group); running_groups.add(t.group); leaders.add(id(t))
+                handed.append(t)                   # before the pool has it: a Ctrl-C inside submit still knows it
                 running[pool.submit(one, t)] = t
             if running: done, _ = wait(running, timeout=RETRY_SECONDS, return_when=FIRST_COMPLETED)
             else: time.sleep(max(0.05, min(RETRY_SECONDS, min(t.retry_at for t in pending) - time.time()))); done = ()
@@ -150,13 +154,15 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
     except KeyboardInterrupt:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        stopped, deadline = list(running.values()), time.time() + 30
-        while running and time.time() < deadline:    # stop again what started meanwhile (a kernel that was starting)
+        t_int = time.time()
+        while time.time() < t_int + 30:              # stop again what started meanwhile (a kernel that was starting)
             if interrupt is not None: interrupt()
-            done, _ = wait(running, timeout=0.5)
-            for f in done: running.pop(f)
-        for t in stopped:
-            if t.status != "done": t.status, t.error = "interrupted", "interrupted (Ctrl-C)"
+            live = [t for t in handed if id(t) in entered and id(t) not in left]
+            if not live and time.time() > t_int + 0.3: break   # one taken from the queue just now sees `stop` and returns
+            time.sleep(0.1)
+        for t in handed:
+            if t.status in ("missing", "partial", "stale", "failed", "busy"):
+                t.status, t.error = "interrupted", "interrupted (Ctrl-C)"
         raise
     finally:
         bar.close()

@@ -85,7 +85,7 @@ def ext4(path: Path, mb: int):
         img.unlink(missing_ok=True)
 
 
-def test_2_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch):
+def test_2_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch, capsys):
     import ltsei.synth as S
     from ltsei.synth import SYNTH_PRESETS, load_synth
     with ext4(tmp_path / "mnt", 12) as mnt:
@@ -107,6 +107,10 @@ def test_2_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch):
         with pytest.raises(StorageError) as e:
             with S._storage(mnt / "Y.npy"): np.save(mnt / "Y.npy", np.zeros(100_000))
         assert e.value.errno == errno.ENOSPC and f"could not write {mnt / 'Y.npy'}: no space left" in str(e.value)
+        rc = guide_main(["profile=smoke", f"hydra.run.dir={mnt / 'run'}"])       # a run folder on the full disk: one line
+        err = errors(capsys)
+        assert rc == 2 and len(err) == 1 and f"could not write {mnt / 'run'}: no space left" in err[0], err
+        assert not (mnt / "run").exists()
     short = storage_error("/x/Y_pool.npy", OSError("4200 requested and 2032 written"))
     assert isinstance(short, StorageError) and short.errno == errno.ENOSPC and "/x/Y_pool.npy" in str(short)
 
@@ -250,20 +254,23 @@ def test_8a_ctrl_c_starts_no_further_row(tmp_path, monkeypatch):
     import ltsei.running as rp
     from ltsei.running import Task, run_tasks
     tasks = [Task(ROWS_BY_ID[i], 0, tmp_path / i) for i in ("s1_1_ce", "s2_1_focal")]
-    interrupted, started = threading.Event(), []
+    interrupted, second, started = threading.Event(), threading.Event(), []
     real = rp.run_status
     def run_status(d, row=None):                     # the second row reaches its start just after the Ctrl-C
-        if Path(d).name == "s2_1_focal" and row is not None: interrupted.wait(10)
+        if Path(d).name == "s2_1_focal" and row is not None: second.set(); interrupted.wait(10)
         return real(d, row)
     monkeypatch.setattr(rp, "run_status", run_status)
     def execute(t):
         started.append(t.name)
+        second.wait(10)                              # both rows handed over, then the Ctrl-C
         os.kill(os.getpid(), signal.SIGINT)
         interrupted.wait(10)
         raise RuntimeError("its kernel was killed")
+    t0 = time.time()
     with pytest.raises(KeyboardInterrupt):
         run_tasks(tasks, execute, jobs=2, progress=False, interrupt=interrupted.set, locks=True)
-    assert started == ["s1_1_ce/seed0"] and [t.status for t in tasks] == ["interrupted", "interrupted"]
+    assert started == ["s1_1_ce/seed0"] and time.time() - t0 < 8             # the second row never started, none waited for
+    assert [t.status for t in tasks] == ["interrupted", "interrupted"]
 
 
 def test_8b_slurm_unknown_state_ends(monkeypatch):
