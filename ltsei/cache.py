@@ -579,6 +579,7 @@ def _referenced(runs_dir: Path) -> set[str]:
         except (OSError, ValueError): continue
         if not isinstance(d, dict): continue
         if isinstance(p := (d.get("stage1") or {}).get("path"), str): refs.add(os.path.realpath(p))
+        if isinstance(k := (d.get("stage1") or {}).get("key"), str): refs.add(k)       # (a relative path of an older run)
         if isinstance(k := (d.get("data") or {}).get("cache_key"), str): refs.add(f"synth-{k}")
     return refs
 
