@@ -511,6 +511,16 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: holds files ltsei synth does not write ({', '.join(other[:3])}"
                          f"{', ...' if len(other) > 3 else ''}), and the folder is replaced whole: "
                          "expected a new or empty folder, or an earlier ltsei synth output")
+    if out.is_dir() and any(out.iterdir()) and not _synth_output(out):     # the same names, but not written by ltsei synth
+        raise ValueError(f"--out {out}: holds data files that ltsei synth did not write (its meta.json names no generator "
+                         "and key of ltsei), and the folder is replaced whole: expected a new or empty folder, or an "
+                         "earlier ltsei synth output")
+
+def _synth_output(out: Path) -> bool:
+    "Whether `out` is an earlier `ltsei synth` output: its meta.json records ltsei's generator and the data set's key."
+    try: m = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError): return False
+    return isinstance(m, dict) and isinstance(m.get("generator"), str) and isinstance(m.get("key"), str)
 
 def _clean_out_stale(out: Path) -> None:
     "Remove the temporary folders beside `out` that ltsei made (its marker) and whose process is gone (`clean_stale`)."

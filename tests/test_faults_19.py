@@ -62,6 +62,12 @@ def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match=r"holds files ltsei did not write \(notes.txt\)"):
         prepare_run_dir(Task(row, 0, out), "smoke")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    # ltsei synth --out: a folder of data files with the same names, not written by ltsei synth, is not replaced
+    from ltsei.synth import synth_main
+    data = tmp_path / "data"; data.mkdir(); np.save(data / "X_train.npy", np.arange(3))
+    with pytest.raises(ValueError, match="ltsei synth did not write"):
+        synth_main(["--out", str(data), "--preset", "smoke", "--quiet"])
+    assert np.load(data / "X_train.npy").tolist() == [0, 1, 2]
 
 
 # ---- 2: a real full disk -------------------------------------------------------------------------------
