@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_cache.ipynb #04d1fde1
 from __future__ import annotations
-import contextlib, errno, fcntl, hashlib, io, json, os, re, shutil, sys, time
+import contextlib, errno, fcntl, hashlib, io, json, os, re, secrets, shutil, socket, sys, time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -12,10 +12,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'StorageError', 'storage_error', 'make_dir', 'tmp_path', 'pid_alive',
-           'clean_stale', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save',
-           'copy_file', 'reserve_space', 'replace_dir', 'file_lock', 'sha256_file', 'DigestStore', 'file_digest',
-           'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint', 'safe_load', 'CacheEntry']
+__all__ = ['TEMP_MARK', 'TEMP_KINDS', 'LOCK_MARK', 'DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'QUARANTINE_MARK', 'WORK_FILES',
+           'RUN_MARK', 'RUN_FILES', 'CLEAN_NOTE_BYTES', 'StorageError', 'storage_error', 'make_dir', 'host_name',
+           'mark_temp', 'temp_marker', 'tmp_path', 'make_temp_dir', 'drop_temp', 'pid_alive', 'is_stale', 'clean_stale',
+           'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'copy_file',
+           'reserve_space', 'free_space', 'check_free_space', 'check_writable', 'replace_dir', 'file_lock',
+           'sha256_file', 'DigestStore', 'file_digest', 'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint',
+           'safe_load', 'CacheEntry', 'RunDirError', 'check_run_dir', 'claim_run_dir', 'tree_bytes', 'leftovers',
+           'remove_leftovers', 'clean_main', 'clean_note']
 
 # %% ../nbs/16_cache.ipynb #3536b9f3
 class StorageError(OSError, ValueError):
@@ -37,8 +41,13 @@ _REASONS = {errno.ENOSPC: ("no space left on the device", _MOVE), errno.EDQUOT: 
             errno.EACCES: ("permission denied", "choose a folder you can write"),
             errno.EPERM: ("operation not permitted", "choose a folder you can write")}
 
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")    # numpy's tofile / np.save on a full disk
+
 def storage_error(path, err: BaseException, action: str = "write"):
-    "`err` as a `StorageError` naming `path` when it is a disk-full / read-only / permission error; else `err` itself."
+    """`err` as a `StorageError` naming `path` when it is a disk-full / read-only / permission error; else `err` itself.
+    A short write without an errno (numpy's `OSError: 4200 requested and 2032 written`) is a full disk: ENOSPC."""
+    if isinstance(err, OSError) and not isinstance(err, StorageError) and err.errno is None and _SHORT_WRITE.search(str(err)):
+        err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if isinstance(err, OSError) and not isinstance(err, StorageError) and err.errno in _REASONS:
         return StorageError(path, err, action)
     return err
@@ -51,13 +60,50 @@ def make_dir(path) -> Path:
     return path
 
 # %% ../nbs/16_cache.ipynb #d1f7fe28
-_TMP_RE = re.compile(r"\.(tmp|old)(\d+)$")
-_OWN_TMP: set[str] = set()     # temporary paths this process is writing right now
+TEMP_MARK = ".ltsei-temp.json"   # inside every temporary / work folder ltsei makes: kind, host, pid
+TEMP_KINDS = ("tmp", "old", "work")
+_OWN_TMP: set[str] = set()     # temporary folders this process is using right now
+
+def host_name() -> str:
+    "This machine's name, as the markers record it."
+    return socket.gethostname() or "localhost"
+
+def mark_temp(folder, kind: str = "tmp") -> Path:
+    "Write ltsei's marker into `folder`: a temporary (`tmp`, `old`) or work folder made by this process on this host."
+    folder = Path(folder)
+    with open(folder / TEMP_MARK, "w") as f:
+        json.dump({"ltsei": kind, "host": host_name(), "pid": os.getpid(), "created": round(time.time(), 3)}, f)
+    return folder
+
+def temp_marker(folder) -> Optional[dict]:
+    "The marker of `folder` (kind, host, pid), or None when it carries none: then ltsei did not make it."
+    try: m = json.loads((Path(folder) / TEMP_MARK).read_text())
+    except (OSError, ValueError): return None
+    ok = isinstance(m, dict) and m.get("ltsei") in TEMP_KINDS and isinstance(m.get("pid"), int) and isinstance(m.get("host"), str)
+    return m if ok else None
 
 def tmp_path(path, kind: str = "tmp") -> Path:
-    "The temporary name beside `path` that this process writes before renaming: `.NAME.tmpPID` (a folder: `NAME.tmpPID`)."
+    "A new temporary name beside `path` for this process: `.NAME.tmpPID-RAND` (kind `old`: `.NAME.oldPID-RAND`)."
     path = Path(path)
-    return path.with_name(f"{'' if kind == 'dir' else '.'}{path.name}.{'tmp' if kind != 'old' else 'old'}{os.getpid()}")
+    return path.with_name(f".{path.name}.{'old' if kind == 'old' else 'tmp'}{os.getpid()}-{secrets.token_hex(3)}")
+
+def make_temp_dir(path, kind: str = "tmp", name_in_errors=None) -> Path:
+    """A new marked temporary folder beside `path` (its parents created), this process's own until `drop_temp`.
+    A disk-full / read-only / permission error is one `StorageError` naming `name_in_errors` (default: the folder)."""
+    d = tmp_path(path, kind)
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        d.mkdir()
+        _OWN_TMP.add(str(d))
+        mark_temp(d, kind)
+    except OSError as e:
+        drop_temp(d)
+        raise storage_error(name_in_errors or d, e, "write" if name_in_errors else "create") from None
+    return d
+
+def drop_temp(folder) -> None:
+    "Remove a temporary folder of this process (whatever it holds)."
+    shutil.rmtree(folder, ignore_errors=True); _OWN_TMP.discard(str(folder))
 
 def pid_alive(pid: int) -> bool:
     "Whether a process `pid` exists (on this machine)."
@@ -67,23 +113,21 @@ def pid_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-def _remove(p: Path):
-    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError): p.unlink()
+def is_stale(folder) -> bool:
+    "Whether `folder` is a temporary folder of ltsei (its marker) left on this host by a process that is gone."
+    m = temp_marker(folder)
+    if m is None or m["ltsei"] == "work" or m["host"] != host_name(): return False
+    mine = m["pid"] == os.getpid()
+    return not ((mine and str(folder) in _OWN_TMP) or (not mine and pid_alive(m["pid"])))
 
 def clean_stale(folder) -> list[Path]:
-    """Remove the temporary files and folders in `folder` (`*.tmpPID`, `*.oldPID`) left by processes that
-    are gone (killed, or out of space); returns what was removed."""
+    """Remove the temporary folders in `folder` that carry ltsei's marker and were left on this host by processes
+    that are gone (killed, or out of space); returns what was removed. Nothing without the marker is touched."""
     folder, gone = Path(folder), []
     if not folder.is_dir(): return gone
     for p in folder.iterdir():
-        m = _TMP_RE.search(p.name)
-        if not m: continue
-        pid = int(m[2])
-        mine = pid == os.getpid()
-        if (mine and str(p) in _OWN_TMP) or (not mine and pid_alive(pid)): continue
-        _remove(p); gone.append(p)
+        if p.is_dir() and not p.is_symlink() and is_stale(p):
+            shutil.rmtree(p, ignore_errors=True); gone.append(p)
     return gone
 
 # %% ../nbs/16_cache.ipynb #cbc277a1
@@ -91,20 +135,19 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Write `path` atomically: `write(tmp)` fills a temporary file beside it, which is renamed over `path`.
     On any failure the temporary file is removed and `path` is left as it was; a full disk, a read-only
     file system or a missing permission raise one `StorageError` naming `path`."""
-    path = Path(path)
-    tmp = tmp_path(path)
-    _OWN_TMP.add(str(tmp))
+    path, box = Path(path), None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        box = make_temp_dir(path, name_in_errors=path)       # a marked folder: the only thing a kill can leave
+        tmp = box / f".{path.name}.tmp{os.getpid()}"
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError): tmp.unlink()
+        if box is not None: drop_temp(box); box = None       # the space is given back before the error is raised
         err = storage_error(path, e)
         if err is not e: raise err from None
         raise
     finally:
-        _OWN_TMP.discard(str(tmp))
+        if box is not None: drop_temp(box)
     return path
 
 def _write_bytes(tmp: Path, data) -> None:
@@ -151,6 +194,39 @@ def reserve_space(path, nbytes: Optional[int] = None) -> None:
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS): return    # no fallocate here: nothing to reserve
         raise storage_error(path, e) from None
+def free_space(path) -> int:
+    "Bytes free for this user on the file system that holds `path` (or would: its nearest existing parent)."
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent: p = p.parent
+    return shutil.disk_usage(p).free
+
+def check_free_space(path, nbytes: int, what: str) -> None:
+    """Refuse, before anything is written, to write `nbytes` of `what` under `path` when its file system has less
+    free (with 1% and 1 MiB to spare): one `StorageError` (ENOSPC) with the size needed and the size free."""
+    free = free_space(path)
+    if nbytes * 1.01 + (1 << 20) > free:
+        mib = lambda n: f"{n / 2 ** 20:,.1f} MiB"
+        raise StorageError(Path(path).expanduser().absolute(), OSError(errno.ENOSPC, ""),
+                           f"write {what} ({mib(nbytes)} needed, {mib(free)} free) to")
+
+def check_writable(folder, nbytes: int = 1 << 20) -> Path:
+    """Write `nbytes` in a marked temporary folder at `folder` (or its nearest existing parent) and remove it again:
+    a full disk, a read-only file system or a missing permission is one `StorageError` naming `folder` before
+    anything else is written there (Hydra's own files included)."""
+    p = Path(folder).expanduser().absolute()
+    q, box = p, None
+    while not q.exists() and q != q.parent: q = q.parent
+    try:
+        box = make_temp_dir(q / ".ltsei-probe", name_in_errors=p)
+        with open(box / "probe", "wb") as f: f.write(bytes(nbytes))
+    except OSError as e:
+        err = storage_error(p, e)
+        if err is e: raise
+        raise err from None
+    finally:
+        if box is not None: drop_temp(box)
+    return p
+
 def replace_dir(src, dst) -> Path:
     """Rename the folder `src` to `dst`, replacing an existing `dst` (parked as `dst.oldPID` for the instant
     of the swap, then removed): readers see the old folder or the new one, never a mix or a gap longer
@@ -161,29 +237,50 @@ def replace_dir(src, dst) -> Path:
             old = tmp_path(dst, "old")
             _OWN_TMP.add(str(old))
             os.replace(dst, old)
+            with contextlib.suppress(OSError): mark_temp(old, "old")
         os.replace(src, dst)
     except OSError as e:
-        if old is not None and old.exists() and not dst.exists(): os.replace(old, dst)   # put the old one back
+        if old is not None and old.exists() and not dst.exists():                          # put the old one back
+            with contextlib.suppress(OSError): (old / TEMP_MARK).unlink()
+            os.replace(old, dst)
         raise storage_error(dst, e, "replace") from None
     finally:
-        if old is not None: shutil.rmtree(old, ignore_errors=True); _OWN_TMP.discard(str(old))
+        if old is not None: drop_temp(old)
     return dst
 
 # %% ../nbs/16_cache.ipynb #2334ee1e
+LOCK_MARK = b"ltsei-lock\n"      # the content of every lock file ltsei makes (so `ltsei clean` knows its own)
+
+def _open_locked(path: Path):
+    "Open the lock file `path` (created with ltsei's mark) and flock it; retried when `ltsei clean` removed it meanwhile."
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+b")
+        except OSError as e:
+            raise storage_error(path, e, "create the lock file") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try: same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError: same = False
+            if same:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    with contextlib.suppress(OSError): fh.write(LOCK_MARK); fh.flush()
+                return fh
+        except BaseException:
+            fh.close(); raise
+        fh.close()                       # removed (or replaced) while we waited: lock the file that is there now
+
 @contextlib.contextmanager
 def file_lock(path) -> Iterator[None]:
-    """An exclusive lock on the file `path` (created if missing), held until the block ends. The system
-    releases it when the process dies, so a killed run never leaves a lock behind."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a")
-    except OSError as e:
-        raise storage_error(path, e, "create the lock file") from None
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(fh, fcntl.LOCK_UN)
+    """An exclusive lock on the file `path` (created if missing, holding ltsei's mark), held until the block ends.
+    The system releases it when the process dies, so a killed run never leaves a lock held; a lock file removed
+    while someone waited for it (`ltsei clean`) is noticed, and the file now at `path` is locked instead."""
+    fh = _open_locked(Path(path))
+    try: yield
+    finally:
+        with contextlib.suppress(OSError): fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 # %% ../nbs/16_cache.ipynb #a301caf1
 DIGEST = "sha256"
@@ -293,6 +390,8 @@ def _first_line(e: BaseException) -> str:
 # %% ../nbs/16_cache.ipynb #c2dbb084
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "ltsei-cache-v1"
+QUARANTINE_MARK = ".ltsei-quarantine.json"     # in every entry `quarantine()` set aside
+WORK_FILES = ("resume.pt", "log.csv", "best.pt", "last.pt", "meta.json", MANIFEST)   # what a stage build writes in KEY.work
 
 def _say(msg: str): print(f"[ltsei] {msg}", flush=True)
 
@@ -304,12 +403,13 @@ class CacheEntry:
     - `ready()`: the entry exists and matches its manifest; a damaged one (a file missing, truncated or
       changed, the manifest missing) is reported in one line naming it, moved to `root/quarantine/`, and
       `ready()` returns False, so the caller rebuilds it.
-    - `building()`: a fresh temporary folder `root/key.tmpPID`, removed if the block fails (any exception,
+    - `building()`: a fresh, marked temporary folder `root/.key.tmpPID-RAND`, removed if the block fails (any exception,
       Ctrl-C included); call `publish(folder)` inside it.
     - `work_dir`: `root/key.work`, a folder that survives an interrupted build (resume state); used under
       the lock only, published like a temporary folder when the build completes."""
     def __init__(self, root, key: str, what: str = "cache entry"):
-        self.root, self.key, self.what = Path(root), str(key), what
+        if not str(root).strip(): raise ValueError(f"the folder of the {what} is empty: expected a cache folder")
+        self.root, self.key, self.what = Path(root).expanduser().absolute(), str(key), what   # messages name absolute paths
         self.path = self.root / self.key
         self.work_dir = self.root / f"{self.key}.work"
         self.digests = DigestStore(self.root / "digests.json")
@@ -359,6 +459,7 @@ class CacheEntry:
         try:
             q.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, q)
+            with contextlib.suppress(OSError): (q / QUARANTINE_MARK).write_text(json.dumps({"ltsei": "quarantine", "key": self.key}))
             return q
         except OSError:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -367,17 +468,9 @@ class CacheEntry:
     @contextlib.contextmanager
     def building(self):
         "A fresh temporary folder beside the entry, removed if the block does not complete."
-        tmp = self.root / f"{self.key}.tmp{os.getpid()}"
-        _OWN_TMP.add(str(tmp))
-        try:
-            try:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            except OSError as e: raise storage_error(tmp, e, "create") from None
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            _OWN_TMP.discard(str(tmp))
+        tmp = make_temp_dir(self.path)
+        try: yield tmp
+        finally: drop_temp(tmp)
 
     def publish(self, folder) -> Path:
         """Write the manifest of `folder` (every file below it), then rename it to the entry's path,
@@ -385,16 +478,183 @@ class CacheEntry:
         folder = Path(folder)
         files = {}
         for p in sorted(folder.rglob("*")):
-            if p.is_file() and p.name != MANIFEST:
+            if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() != TEMP_MARK:
                 files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
         if not files: raise ValueError(f"publish {self.path}: {folder} holds no files")
         atomic_write_json(folder / MANIFEST, {"format": CACHE_FORMAT, "key": self.key, "files": files,
                                                "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        replace_dir(folder, self.path)
+        kind = (temp_marker(folder) or {}).get("ltsei")
+        with contextlib.suppress(FileNotFoundError): (folder / TEMP_MARK).unlink()   # a published entry is marked by its manifest
+        try: replace_dir(folder, self.path)
+        except BaseException:
+            if kind and folder.is_dir(): mark_temp(folder, kind)        # still ours: a work folder keeps its resume state
+            raise
         for name, rec in files.items():       # remember the digests just computed: the first use costs no re-hash
             self.digests.remember(self.path / name, rec["sha256"])
         return self.path
 
+    def make_work(self) -> Path:
+        """Create the resumable work folder with ltsei's marker (kind `work`); an existing one is used only when it
+        carries the marker, or holds nothing but what a stage build writes there (resume state of an older ltsei)."""
+        w = self.work_dir
+        if w.is_dir() and temp_marker(w) is None:
+            other = sorted(p.name for p in w.iterdir() if p.name not in WORK_FILES and not p.name.startswith("."))
+            if other: raise ValueError(f"{w} holds files ltsei did not write ({', '.join(other[:3])}): move them away or "
+                                       f"choose another cache folder; ltsei removes only folders it made")
+        try:
+            w.mkdir(parents=True, exist_ok=True)
+            if temp_marker(w) is None: mark_temp(w, "work")
+        except OSError as e: raise storage_error(w, e, "create") from None
+        return w
+
     def discard_work(self):
-        "Remove the resumable work folder (a finished or abandoned build)."
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        "Remove the resumable work folder (a finished or abandoned build): only when it carries ltsei's marker."
+        if temp_marker(self.work_dir) is not None: shutil.rmtree(self.work_dir, ignore_errors=True)
+
+# %% ../nbs/16_cache.ipynb #9d4cd3d3
+RUN_MARK = ".ltsei-run.json"
+RUN_FILES = ("metrics.json", "predictions.npz", "log.csv", "log_stage1.csv", "log_stage2.csv", "config.yaml", "class_counts.json",
+             "row.json", "experiment.ipynb", "tensorboard", "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt",
+             "checkpoints/stage2_best.pt", "checkpoints/stage2_last.pt")   # what a run writes in its folder
+
+class RunDirError(ValueError):
+    "A run folder that holds files ltsei did not write (refused, never emptied)."
+
+def _foreign(folder: Path, hydra_ok: bool, known: tuple = ()) -> list[str]:
+    if not folder.is_dir() or (folder / RUN_MARK).is_file(): return []
+    out = []
+    for p in folder.iterdir():
+        if (hydra_ok and (p.name == ".hydra" or p.suffix == ".log")) or p.name in known: continue
+        inner = [q for q in p.iterdir() if f"{p.name}/{q.name}" not in known] if p.is_dir() and not p.is_symlink() else [p]
+        out += [q.relative_to(folder).as_posix() for q in inner]
+        if len(out) > 4: break
+    return sorted(out)
+
+def check_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or empty folder", known: tuple = ()) -> Path:
+    """Raise `RunDirError` when `out_dir` exists and is not ltsei's (see `claim_run_dir`); create nothing. `known`: names
+    (relative paths) an unmarked folder may hold and still be taken as ltsei's (a run folder of `ltsei reproduce`, whose
+    path ltsei chose, written by an older version)."""
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirError(f"the run folder {out_dir} exists and is not a folder: {hint}")
+    other = _foreign(out_dir, hydra_ok, known)
+    if other:
+        raise RunDirError(f"the run folder {out_dir} holds files ltsei did not write ({', '.join(other[:4])}"
+                          f"{', ...' if len(other) > 4 else ''}); ltsei writes only into a new or empty folder or one of its "
+                          f"own earlier runs, and never empties a folder: {hint}")
+    return out_dir
+
+def claim_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or empty folder", known: tuple = ()) -> Path:
+    "Make `out_dir` a run folder of ltsei (created, with the marker `RUN_MARK`), or raise `RunDirError` when it is not ltsei's."
+    out_dir = check_run_dir(out_dir, hydra_ok, hint, known)
+    make_dir(out_dir)
+    if not (out_dir / RUN_MARK).is_file():
+        atomic_write_json(out_dir / RUN_MARK, {"ltsei": "run", "host": host_name(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return out_dir
+
+# %% ../nbs/16_cache.ipynb #e3240cb4
+CLEAN_NOTE_BYTES = 1 << 30     # `ltsei reproduce` mentions `ltsei clean` when the leftovers exceed this
+
+def tree_bytes(path) -> int:
+    "Bytes of the files below `path` (or of the file)."
+    p = Path(path)
+    if p.is_file() or p.is_symlink(): return p.lstat().st_size
+    return sum(f.lstat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+
+@contextlib.contextmanager
+def _try_lock(path: Path):
+    "Yield True holding the lock file `path` (if it exists), False when another process holds it; never waits."
+    if not path.is_file(): yield True; return
+    with open(path, "rb") as fh:
+        try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: yield False; return
+        try: yield True
+        finally: fcntl.flock(fh, fcntl.LOCK_UN)
+
+def _referenced(runs_dir: Path) -> set[str]:
+    "Cache entries the complete runs below `runs_dir` refer to: stage-1 entry paths and synthetic data keys."
+    refs = set()
+    for m in runs_dir.rglob("metrics.json"):
+        try: d = json.loads(m.read_text())
+        except (OSError, ValueError): continue
+        if not isinstance(d, dict): continue
+        if isinstance(p := (d.get("stage1") or {}).get("path"), str): refs.add(os.path.realpath(p))
+        if isinstance(k := (d.get("stage1") or {}).get("key"), str): refs.add(k)       # (a relative path of an older run)
+        if isinstance(k := (d.get("data") or {}).get("cache_key"), str): refs.add(f"synth-{k}")
+    return refs
+
+def _is_lock(p: Path) -> bool:
+    try: return p.is_file() and p.read_bytes()[:len(LOCK_MARK)] == LOCK_MARK
+    except OSError: return False
+
+def leftovers(runs_dir) -> list[dict]:
+    "What ltsei left under the caches of `runs_dir` that no run needs: dicts (kind, path, bytes, lock) (see above)."
+    runs_dir = Path(runs_dir).expanduser().absolute()
+    roots = [r for r in (runs_dir / "cache", runs_dir / "cache" / "stage1", runs_dir / "cache" / "stage2") if r.is_dir()]
+    refs, out = _referenced(runs_dir), []
+    add = lambda kind, p, lock=None: out.append(dict(kind=kind, path=p, bytes=tree_bytes(p), lock=lock))
+    for root in roots:
+        q = root / "quarantine"
+        for p in sorted(q.iterdir()) if q.is_dir() else []:
+            if (p / QUARANTINE_MARK).is_file(): add("quarantined", p)
+        for p in sorted(root.iterdir()):
+            if p.is_dir() and not p.is_symlink():
+                m = temp_marker(p)
+                if m is not None and m["ltsei"] == "work": add("work folder", p, root / f"{p.name[:-len('.work')]}.lock")
+                elif m is not None and is_stale(p): add("temporary", p)
+                elif (p / MANIFEST).is_file() and os.path.realpath(p) not in refs and p.name not in refs:
+                    try: fmt = json.loads((p / MANIFEST).read_text()).get("format")
+                    except (OSError, ValueError, AttributeError): fmt = None
+                    if fmt == CACHE_FORMAT: add("unreferenced", p, root / f"{p.name}.lock")
+            elif p.suffix == ".lock" and _is_lock(p) and not (root / p.stem).exists() and not (root / f"{p.stem}.work").exists():
+                add("stale lock", p, p)
+    return out
+
+def remove_leftovers(items: list[dict]) -> list[dict]:
+    "Remove each of `leftovers`' items under its lock (skipped when a process holds it); the items removed."
+    gone = []
+    for it in items:
+        lock = it.get("lock")
+        with _try_lock(lock) if lock is not None else contextlib.nullcontext(True) as free:
+            if not free: continue
+            p = it["path"]
+            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+            else: p.unlink(missing_ok=True)
+            if lock is not None and lock != p and _is_lock(lock):       # its lock, once neither entry nor work folder is left
+                key = lock.with_suffix("")
+                if not key.exists() and not key.with_name(key.name + ".work").exists(): lock.unlink(missing_ok=True)
+            gone.append(it)
+    return gone
+
+def _mib(n: int) -> str: return f"{n / 2 ** 20:,.1f} MiB"
+
+def clean_main(argv: list[str] | None = None) -> int:
+    "`ltsei clean [--runs-dir D] [--dry-run]`: list, and remove, what `leftovers` finds."
+    import argparse
+    p = argparse.ArgumentParser(prog="ltsei clean", description="List and remove what ltsei's caches hold that no run "
+                                "needs: quarantined entries, abandoned work folders, temporary folders of dead processes, "
+                                "stale locks, cache entries no complete run refers to. Only files ltsei marked as its own.")
+    p.add_argument("--runs-dir", default="runs", help="results folder whose caches (RUNS_DIR/cache) are cleaned (default: runs)")
+    p.add_argument("--dry-run", action="store_true", help="list only, remove nothing")
+    a = p.parse_args(argv)
+    runs_dir = Path(a.runs_dir).expanduser().resolve()
+    if not runs_dir.is_dir(): raise ValueError(f"--runs-dir {runs_dir}: no such folder")
+    items = leftovers(runs_dir)
+    for it in items: print(f"  {it['kind']:13s} {_mib(it['bytes']):>14s}  {it['path']}")
+    total = sum(it["bytes"] for it in items)
+    if a.dry_run or not items:
+        print(f"[clean] {len(items)} item(s), {_mib(total)} under {runs_dir / 'cache'}" + (" (dry run: nothing removed)" if items else ""))
+        return 0
+    gone = remove_leftovers(items)
+    kept = len(items) - len(gone)
+    print(f"[clean] removed {len(gone)} item(s), {_mib(sum(it['bytes'] for it in gone))}"
+          + (f"; {kept} in use by a running build, kept" if kept else ""))
+    return 0
+
+def clean_note(runs_dir, limit: int = None) -> Optional[str]:
+    "One line when the leftovers under `runs_dir` exceed `limit` bytes (default `CLEAN_NOTE_BYTES`), else None."
+    limit = CLEAN_NOTE_BYTES if limit is None else limit
+    total = sum(it["bytes"] for it in leftovers(runs_dir))
+    if total <= limit: return None
+    return (f"note: {_mib(total)} of leftovers under {Path(runs_dir) / 'cache'} (quarantined entries, abandoned work "
+            f"folders, stale locks, unreferenced caches): `ltsei clean --runs-dir {runs_dir} --dry-run` lists them")

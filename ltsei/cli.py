@@ -36,6 +36,40 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
     return [list(job) for job in itertools.product(*axes)]
 
+def check_hydra_overrides(overrides: list[str]) -> None:
+    "Compose the `hydra.*` overrides with Hydra's own config as Hydra will: its errors as one `ConfigError` line."
+    hyd = [o for o in overrides if o.lstrip("+~").startswith("hydra.")]
+    if not hyd: return
+    from hydra import compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+    from ltsei.config import ConfigError, _one_line, register_configs
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize(version_base="1.3", config_path=None):
+            compose(config_name="config", overrides=hyd, return_hydra_config=True)
+    except Exception as e:
+        raise ConfigError(f"could not apply {' '.join(hyd)}: {_one_line(e)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+def hydra_run_dir(overrides: list[str], cfg) -> str | None:
+    """The folder `hydra.run.dir=...` among `overrides` names, resolved against `cfg` (None when not given: the default
+    is a new folder stamped with the time). One `ConfigError` line when it cannot be resolved (a stray `${`)."""
+    from omegaconf import OmegaConf
+    from ltsei.config import ConfigError, _one_line
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if not given: return None
+    v = given[-1].strip().strip("'\"")
+    if "${" not in v: return v
+    import hydra.core.utils  # noqa: F401  (registers Hydra's `now` resolver)
+    try: return str(OmegaConf.create({"cfg": OmegaConf.to_container(cfg), "d": v.replace("${", "${cfg.").replace("${cfg.now:", "${now:")}).d)
+    except Exception as e:
+        if "${hydra" in v.replace(" ", ""): return None          # Hydra's own values (${hydra.job.name}): Hydra resolves them
+        why = _one_line(e).replace("'cfg.", "'")
+        raise ConfigError(f"hydra.run.dir={v!r}: cannot be resolved ({why}); expected a folder path "
+                          "(interpolations may name config keys, e.g. ${scale.profile}, or ${now:%Y-%m-%d})") from None
+
 def guide_main(argv: list[str] | None = None) -> int:
     "`python main.py [--cfg job] [-m] key=value ...`: check every job's config, then run it with Hydra (metrics.json)."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -63,7 +97,9 @@ def synth_preset_flags(argv: list[str]) -> list[str]:
     return pre + out
 
 def _guide_main(argv: list[str]) -> int:
-    from ltsei.config import compose_config, register_configs, finalize, print_config
+    from ltsei.cache import check_run_dir, check_writable
+    from ltsei.rows import resolve_runs_dir
+    from ltsei.config import check_machine, compose_config, register_configs, finalize, print_config
     try: argv = expand_synth_preset(argv)
     except USER_ERRORS as e: return _fail(e)
     args = split_hydra_args(argv)
@@ -76,6 +112,11 @@ def _guide_main(argv: list[str]) -> int:
             jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
             jobs = [[*ov, *root_overrides(ov)] for ov in jobs]
             cfgs = [compose_config(ov) for ov in jobs]         # every check, before any work or any folder
+            for c in cfgs: check_machine(c)
+            check_hydra_overrides(args.overrides)   # Hydra's own settings (hydra.*): their errors as one line too
+            run_dir = None if args.multirun else hydra_run_dir(args.overrides, cfgs[0])
+            if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")
+            if not args.multirun and args.cfg is None: check_writable(run_dir or str(resolve_runs_dir(None)))   # a full disk: one line, before Hydra writes
         except USER_ERRORS as e: return _fail(e)
         if args.cfg == "job" and not args.multirun and args.package is None:
             print(print_config(cfgs[0]), end="")
@@ -90,6 +131,7 @@ def _guide_main(argv: list[str]) -> int:
     def _task(cfg):
         try:
             cfg = finalize(cfg)
+            check_machine(cfg)
             out = HydraConfig.get().runtime.output_dir
             done.append(out)
             print(run_header(cfg, out, list(HydraConfig.get().overrides.task)), flush=True)
@@ -110,7 +152,8 @@ COMMANDS = {"run": "train and evaluate one config (same as python main.py)",
             "synth": "write the synthetic data set in the public layout",
             "reproduce": "reproduce the paper's tables with papermill",
             "realism": "compare the synthetic data with the real ADS-B reference",
-            "frames": "a data set labelled by ICAO address from an SDR recording"}
+            "frames": "a data set labelled by ICAO address from an SDR recording",
+            "clean": "list / remove what the caches hold that no run needs (--runs-dir D, --dry-run)"}
 
 def _realism(argv: list[str]) -> int:
     try: from ltsei.realism import realism_main
@@ -136,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "frames":
             from ltsei.frames import frames_main
             return frames_main(rest)
+        if cmd == "clean":
+            from ltsei.cache import clean_main
+            return clean_main(rest)
         from ltsei.running import reproduce_main
         return reproduce_main(rest)
     except USER_ERRORS as e:
@@ -144,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'COMMANDS', 'RUN_KEYS', 'split_hydra_args', 'sweep_jobs', 'guide_main', 'expand_synth_preset',
-           'synth_preset_flags', 'main', 'root_overrides', 'row_of', 'run_header', 'print_estimate', 'sweep_summary',
-           'guide_help']
+__all__ = ['USER_ERRORS', 'COMMANDS', 'RUN_KEYS', 'split_hydra_args', 'sweep_jobs', 'check_hydra_overrides', 'hydra_run_dir',
+           'guide_main', 'expand_synth_preset', 'synth_preset_flags', 'main', 'root_overrides', 'row_of', 'run_header',
+           'print_estimate', 'sweep_summary', 'guide_help']
 
 # %% ../nbs/17_cli.ipynb #d86d3683
 def root_overrides(overrides: list[str]) -> list[str]:

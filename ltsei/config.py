@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_config.ipynb #274d7991
 from __future__ import annotations
-import difflib, hashlib, json, math
+import difflib, hashlib, json, math, os
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -24,7 +24,8 @@ __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN
            'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
            'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'register_configs', 'all_keys',
            'check_overrides', 'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize',
-           'compose_config', 'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'compose_config', 'check_machine', 'print_config', 'data_identity', 'numerics', 'stage1_settings',
+           'stage1_key', 'stage2_key']
 
 # %% ../nbs/03_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -235,7 +236,9 @@ def check_overrides(overrides: list[str]):
     base = OmegaConf.structured(Config)
     for o in _parse_overrides(overrides):
         key = o.key_or_group
-        if key.startswith("hydra") or o.is_delete() or o.is_add(): continue
+        if key.startswith("hydra") or o.is_delete(): continue
+        if o.is_add() and key in keys:
+            raise ConfigError(f"+{key}: the key exists already; set it without '+' ({key}=...)")
         if key == "profile":
             if o.value() not in PROFILES:
                 raise ConfigError(f"profile={o.value()!r} is not a profile; expected one of {', '.join(PROFILES)}")
@@ -336,6 +339,15 @@ def validate(cfg) -> None:
     from ltsei.samplers import SAMPLERS
     from ltsei.stage2 import STAGE2_MODES, check_stage3
     _check_finite(cfg)
+    if not (isinstance(cfg.seed, int) and 0 <= cfg.seed < 2 ** 32):
+        raise ConfigError(f"seed={cfg.seed!r}: expected an integer in [0, 2**32 - 1] (what numpy's and torch's generators take)")
+    for k in ("data.cache_dir", "stage1.cache_dir"):
+        if not str(OmegaConf.select(cfg, k) or "").strip():
+            raise ConfigError(f"{k}={OmegaConf.select(cfg, k)!r} is empty: expected a cache folder (an empty path would write the cache into the current folder)")
+    ck = cfg.stage1.checkpoint
+    if ck is not None and not (Path(ck).is_file() and os.access(ck, os.R_OK)):
+        raise ConfigError(f"stage1.checkpoint={ck!r}: {'no such file' if not Path(ck).exists() else 'not a readable file'}; "
+                          "expected a stage-1 checkpoint written by ltsei (checkpoints/stage1_best.pt of a run)")
     _choice("scale.profile", cfg.scale.profile, PROFILES)
     _choice("model.name", cfg.model.name, sorted(MODELS))
     _choice("model.conv_impl", cfg.model.conv_impl, CONV_IMPLS)
@@ -375,6 +387,11 @@ def validate(cfg) -> None:
             raise ConfigError(f"{sec}.warmup_epochs={cfg[sec].warmup_epochs} is longer than {sec}.epochs={cfg[sec].epochs}: "
                               f"expected a warm-up of at most the whole stage")
     if cfg.data.source == "synthetic": check_num_classes(cfg, int(cfg.data.synth.num_emitters))
+    length = cfg.data.target_length or (cfg.data.synth.length if cfg.data.source == "synthetic" else None)
+    need = getattr(MODELS[cfg.model.name], "min_length", 1)
+    if length is not None and length < need:
+        key = "data.target_length" if cfg.data.target_length else "data.synth.length"
+        raise ConfigError(f"{key}={length}: {cfg.model.name} needs frames of at least {need} samples (its pools shrink time by that factor)")
     for k in ("loss.cb_beta", "stage2.cb_beta", "stage2.moe_loss.beta", "stage2.los_smoothing", "training.label_smoothing",
               "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
         v = OmegaConf.select(cfg, k)
@@ -426,9 +443,39 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
     check_overrides(overrides)
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize(version_base="1.3", config_path=None):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    try:
+        with initialize(version_base="1.3", config_path=None):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except Exception as e:          # Hydra's own errors (an override it cannot apply): one line
+        raise ConfigError(f"could not compose the config from {list(overrides)}: {_one_line(e)}") from None
     return finalize(cfg)
+
+def _one_line(e: BaseException) -> str:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return lines[0] if lines else type(e).__name__
+
+def check_machine(cfg) -> None:
+    """The checks of a config that depend on this machine, before any folder exists: `training.num_threads` within
+    its CPUs, GPU ids that exist, and the synthetic data set (when it is not cached yet) within the free disk."""
+    n = os.cpu_count() or 1
+    if cfg.training.num_threads > n:
+        raise ConfigError(f"training.num_threads={cfg.training.num_threads} is more than the {n} CPUs of this machine: "
+                          f"expected 1..{n}")
+    g = cfg.gpus
+    if g is not None and str(g).strip() not in ("", "cpu"):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        try: ids = [int(i) for i in str(g).replace(" ", "").split(",") if i != ""]
+        except ValueError: ids = [-1]
+        if not ids or min(ids) < 0 or max(ids) >= have:
+            raise ConfigError(f"gpus={g!r}: " + (f"expected CUDA device ids below {have}" if have else
+                              "this machine has no CUDA device; expected gpus=null (or cpu) to run on the CPU"))
+    if cfg.data.source == "synthetic":
+        from ltsei.cache import check_free_space
+        from ltsei.synth import synth_nbytes
+        root = Path(cfg.data.cache_dir).expanduser().absolute()
+        if not (root / f"synth-{synth_key(cfg.data.synth)}" / "manifest.json").is_file():
+            try: check_free_space(root, synth_nbytes(cfg.data.synth), "the synthetic data set of data.synth")
+            except OSError as e: raise ConfigError(str(e)) from None
 
 def print_config(cfg) -> str:
     "The whole config as YAML."

@@ -15,15 +15,16 @@ from typing import Optional
 import numpy as np
 import torch
 from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth, generate_split, synth_key
-from .cache import atomic_write_bytes
+from .cache import atomic_write_bytes, atomic_write_json
 
 # %% auto #0
-__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'DATA_SOURCES', 'NORMALIZATIONS', 'LONG_TAIL_MODES',
-           'LEAKAGE_MODES', 'FRAME_TABLES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks',
-           'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups', 'read_xy', 'to_ncl',
-           'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames', 'shared_frames',
-           'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'to_split', 'check_data_config', 'input_files',
-           'synth_snr', 'read_frame_snr', 'load_data', 'unknown_count', 'choose_unknown', 'hold_out_unknown']
+__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'FLOAT32_MAX', 'DATA_SOURCES', 'NORMALIZATIONS',
+           'LONG_TAIL_MODES', 'LEAKAGE_MODES', 'FRAME_TABLES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts',
+           'class_ranks', 'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups',
+           'read_xy', 'to_ncl', 'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames',
+           'shared_frames', 'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'frame_power', 'check_scale',
+           'to_split', 'check_data_config', 'input_files', 'synth_snr', 'read_frame_snr', 'load_data', 'unknown_count',
+           'choose_unknown', 'hold_out_unknown']
 
 # %% ../nbs/02_data.ipynb #b6898907
 @dataclass
@@ -388,8 +389,7 @@ def save_class_counts(bundle: DataBundle, path) -> None:
     d = {"class_counts": [int(v) for v in bundle.class_counts], "num_classes": int(bundle.num_classes),
          "imbalance_ratio": i.get("imbalance_ratio"), "imbalance_ratio_trained": i.get("imbalance_ratio_trained"),
          "long_tail": i.get("long_tail"), "class_ranks": i.get("class_ranks"), "groups": bundle.groups}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(d, indent=1))
+    atomic_write_json(path, d)
 
 # %% ../nbs/02_data.ipynb #d4c1b879
 def fit_length(x: np.ndarray, target_length) -> np.ndarray:
@@ -401,14 +401,42 @@ def fit_length(x: np.ndarray, target_length) -> np.ndarray:
     if T <= L: return x[..., :T]
     return np.concatenate([x, np.zeros(x.shape[:-1] + (T - L,), x.dtype)], axis=-1)
 
-def to_split(x: np.ndarray, y: np.ndarray, normalize: str) -> Split:
-    "float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2."
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+def frame_power(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    "Mean power |I|^2 + |Q|^2 of every frame of `x` (N, 2, L), computed in float64 (no overflow for float32 inputs)."
+    return np.concatenate([np.square(x[i:i + chunk], dtype=np.float64).sum(1).mean(1) for i in range(0, len(x), chunk)]
+                          or [np.zeros(0)])
+
+def check_scale(p: np.ndarray, normalize: str, where: str) -> None:
+    """Refuse frames whose scale makes the input meaningless: power normalisation of an all-zero frame or of a frame
+    whose power is not finite; without normalisation, a frame whose power overflows float32 (the network's arithmetic)."""
+    first = lambda bad: f"{int(bad.sum())} frame{'s' if bad.sum() > 1 else ''}, the first is frame {int(np.argmax(bad))}"
     if normalize == "power":
-        p = xt.pow(2).sum(1, keepdim=True).mean(2, keepdim=True)
-        xt.div_(p.sqrt().clamp_min(1e-12))
-    elif normalize != "none":
+        for bad, what in ((p == 0, "are all zero"), (~np.isfinite(p), "have a power beyond float64 (overflow)")):
+            if bad.any():
+                raise ValueError(f"{where}: {first(bad)}: frames that {what} cannot be scaled to unit power "
+                                 "(data.normalize=power); remove them from the data")
+    elif (bad := ~(p <= FLOAT32_MAX)).any():
+        raise ValueError(f"{where}: {first(bad)}: a power above float32's range (the data's scale is wrong, e.g. "
+                         "multiplied by 1e30); training would overflow: set data.normalize=power or rescale the file")
+
+def to_split(x: np.ndarray, y: np.ndarray, normalize: str, where: str = "the data") -> Split:
+    """float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2 (in
+    float64, so a file at any finite scale gives the same frames). Frames that cannot be normalised are refused
+    (`check_scale`), naming `where`."""
+    if normalize not in ("power", "none"):
         raise ValueError(f"data.normalize={normalize!r}: expected 'power' or 'none'")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    p = frame_power(x)
+    check_scale(p, normalize, where)
+    xt = torch.from_numpy(x)
+    if normalize == "power":
+        p32 = xt.pow(2).sum(1, keepdim=True).mean(2, keepdim=True)
+        idx = np.flatnonzero(~torch.isfinite(p32.view(-1)).numpy())      # float32 overflows: those frames in float64
+        raw = torch.from_numpy(x[idx].astype(np.float64))
+        xt.div_(p32.sqrt().clamp_min(1e-12))                              # (the float32 arithmetic of earlier versions)
+        if len(idx): xt[torch.from_numpy(idx)] = (raw / torch.from_numpy(np.sqrt(p[idx])).view(-1, 1, 1)).float()
     return Split(xt.contiguous(), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
 
 # %% ../nbs/02_data.ipynb #9de318a1
@@ -646,7 +674,9 @@ def load_data(cfg, seed: int) -> DataBundle:
     info.setdefault("imbalance_ratio", float(cfg.imbalance_ratio))
     info.update(seed=int(seed), split_seed=int(cfg.split_seed), normalize=cfg.normalize,
                 imbalance_ratio_trained=float(counts.max() / counts.min()))
-    train, val, test = (to_split(x, y, cfg.normalize) for x, y in (tr, va, te))
+    where = {s: (f"{info['files'][s]} ({s} split)" if s in info.get("files", {}) else f"the {s} split")
+             for s in ("train", "val", "test")}
+    train, val, test = (to_split(x, y, cfg.normalize, where[s]) for s, (x, y) in zip(("train", "val", "test"), (tr, va, te)))
     return DataBundle(train, val, test, counts, int(C), float(sr), int(train.x.shape[-1]), shot_groups(counts), info,
                       train_indices=np.asarray(extra["train_indices"], dtype=np.int64), test_snr=extra["test_snr"])
 

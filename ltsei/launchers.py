@@ -26,12 +26,13 @@ from typing import Any, Callable
 from .rows import RunLock, run_status, write_json_atomic
 
 # %% auto #0
-__all__ = ['LOCAL_ONLY_DIRS', 'NETWORK_FS', 'WARM_IMPORTS', 'LAUNCHERS', 'ACTIVE_SLURM_STATES', 'LaunchOptions', 'add_arguments',
-           'options_from_args', 'check_options', 'slurm_minutes', 'visible_gpus', 'runs_per_gpu', 'assign_devices',
-           'default_jobs', 'SharedStorageError', 'filesystem_of', 'storage_warnings', 'storage_token', 'check_token',
-           'run_one', 'apply_outcome', 'outcome_line', 'stage1_waves', 'release_kernel', 'WarmKernels', 'warm_kernels',
-           'RowExecutor', 'accepts_env', 'register_launcher', 'Launcher', 'run', 'LocalLauncher', 'check_ray_storage',
-           'RayLauncher', 'slurm_parameters', 'slurm_dependency', 'read_ledger', 'SlurmLauncher']
+__all__ = ['LOCAL_ONLY_DIRS', 'NETWORK_FS', 'WARM_IMPORTS', 'LAUNCHERS', 'ACTIVE_SLURM_STATES', 'UNKNOWN_GRACE_S',
+           'LaunchOptions', 'add_arguments', 'options_from_args', 'check_options', 'slurm_minutes', 'visible_gpus',
+           'runs_per_gpu', 'assign_devices', 'default_jobs', 'SharedStorageError', 'filesystem_of', 'storage_warnings',
+           'storage_token', 'check_token', 'run_one', 'apply_outcome', 'outcome_line', 'stage1_waves', 'release_kernel',
+           'WarmKernels', 'warm_kernels', 'RowExecutor', 'accepts_env', 'register_launcher', 'Launcher', 'run',
+           'LocalLauncher', 'check_ray_storage', 'RayLauncher', 'slurm_parameters', 'slurm_dependency', 'read_ledger',
+           'update_ledger', 'poll_job', 'SlurmLauncher']
 
 # %% ../nbs/18_launchers.ipynb #c4cb1161
 @dataclass
@@ -445,6 +446,9 @@ class Launcher:
             raise ValueError(f"--launcher {self.name} needs the optional package {self.package!r}: install it with "
                              f"`pip install -e .[{self.extra}]` (or `pip install {self.package}`)") from None
 
+    def check(self, opts: LaunchOptions) -> None:
+        "Raise `ValueError` (one line) when this machine cannot use the launcher: before any work."
+
     def launch(self, tasks: list, execute: Callable, opts: LaunchOptions) -> list: raise NotImplementedError
 
 def run(name: str, tasks: list, execute: Callable, opts: LaunchOptions | None = None) -> list:
@@ -453,6 +457,7 @@ def run(name: str, tasks: list, execute: Callable, opts: LaunchOptions | None = 
     for SLURM jobs left running) and returns `tasks`. Ctrl-C: marks the stopped runs 'interrupted' and re-raises."""
     opts = check_options(dataclasses.replace(opts or LaunchOptions(), launcher=name))
     launcher = LAUNCHERS[name]()
+    launcher.check(opts)
     launcher.require()
     for t in tasks:
         if t.status == "complete": t.status = "skipped"
@@ -566,7 +571,8 @@ class RayLauncher(Launcher):
         return tasks
 
 # %% ../nbs/18_launchers.ipynb #7c61e6d6
-ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "UNKNOWN")
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+UNKNOWN_GRACE_S = 120.0   # a job SLURM reports as UNKNOWN this long is given up (sacct no longer knows it)
 
 def slurm_parameters(opts: LaunchOptions, name: str = "ltsei") -> dict:
     "submitit `SlurmExecutor` parameters of the options: partition, GPUs, CPUs, time, memory."
@@ -589,6 +595,31 @@ def read_ledger(opts) -> dict:
     except (OSError, ValueError): return {}
     return d if isinstance(d, dict) else {}
 
+def update_ledger(opts, entries: dict) -> dict:
+    "Add `entries` (run name -> dict(job_id, folder)) to the ledger under its lock: two commands never lose each other's jobs."
+    from ltsei.cache import file_lock
+    p = _ledger_path(opts)
+    with file_lock(p.with_name(p.name + ".lock")):
+        d = read_ledger(opts); d.update(entries)
+        write_json_atomic(p, d)
+    return d
+
+def poll_job(job, unknown_since: dict, now: float | None = None, grace: float = UNKNOWN_GRACE_S):
+    """The outcome of a submitted job once it has ended (`run_one`'s dict), else None. A job whose state stays UNKNOWN
+    (SLURM's accounting no longer knows it) for `grace` seconds ends as failed, so that waiting never hangs on it."""
+    now = time.time() if now is None else now
+    state = str(getattr(job, "state", "") or "").split(" ")[0].upper()
+    if state == "UNKNOWN":
+        t0 = unknown_since.setdefault(str(job.job_id), now)
+        if now - t0 >= grace:
+            return dict(status="failed", error=f"slurm job {job.job_id}: state UNKNOWN for {now - t0:.0f} s (SLURM no longer "
+                        "knows it); run ltsei reproduce again to submit the run anew")
+        return None
+    unknown_since.pop(str(job.job_id), None)
+    if not (type(job).__name__ == "DebugJob" or job.done()): return None
+    try: return job.result()
+    except Exception as e: return dict(status="failed", error=f"slurm job {job.job_id}: {type(e).__name__}: {e}".strip())
+
 def _slurm_executor(opts, folder):
     import submitit
     if opts.slurm_executor == "debug": return submitit.DebugExecutor(folder)
@@ -606,6 +637,13 @@ class SlurmLauncher(Launcher):
     or, with `--slurm-no-wait`, returns at once. A later `ltsei reproduce` skips complete runs, waits for those still
     queued or running and submits the rest."""
     package, extra = "submitit", "slurm"
+
+    def check(self, opts):
+        import shutil
+        if opts.slurm_executor == "slurm" and not (shutil.which("sbatch") and shutil.which("squeue")):
+            raise ValueError("--launcher slurm: SLURM's sbatch / squeue are not on this machine's PATH; run ltsei reproduce "
+                             "on a SLURM login node (where `sbatch --version` works), or choose --launcher local (this "
+                             "machine) or --launcher ray")
 
     def launch(self, tasks, execute, opts):
         import submitit
@@ -642,9 +680,8 @@ class SlurmLauncher(Launcher):
         earlier = [j for j, _ in jobs.values()]      # still queued or running: a stage 1 may be among them
         waves = submit(first)
         submit(rest, waves + earlier)
-        for n, (j, t) in jobs.items(): ledger[n] = dict(job_id=str(j.job_id), folder=str(j.paths.folder))
         if pending:
-            write_json_atomic(_ledger_path(opts), ledger)
+            update_ledger(opts, {n: dict(job_id=str(j.job_id), folder=str(j.paths.folder)) for n, (j, t) in jobs.items()})
             ids = sorted({str(j.job_id).split("_")[0] for j, _ in jobs.values()})
             print(f"[reproduce] slurm: submitted {len(pending)} run(s) as job(s) {', '.join(ids)}; logs in {base / '.launchers' / 'slurm'}")
         if not opts.slurm_wait:
@@ -652,12 +689,12 @@ class SlurmLauncher(Launcher):
             return tasks
         bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not opts.progress, dynamic_ncols=True)
         say = _say(opts, bar)
+        unknown = {}
         try:
             while jobs:
                 for n, (j, t) in list(jobs.items()):
-                    if not (isinstance(j, submitit.DebugJob) or j.done()): continue
-                    try: out = j.result()
-                    except Exception as e: out = dict(status="failed", error=f"slurm job {j.job_id}: {type(e).__name__}: {e}".strip())
+                    out = poll_job(j, unknown)
+                    if out is None: continue
                     apply_outcome(t, out); jobs.pop(n); bar.update(1); say(outcome_line(t))
                 if jobs: time.sleep(1.0)
         except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .train import atomic_write_text
+from .cache import TEMP_MARK, clean_stale, drop_temp, make_temp_dir, mark_temp, tmp_path
 
 # %% auto #0
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
@@ -368,28 +369,13 @@ def pid_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+$")
-
-def _temp_name(path, kind: str) -> Path:
-    path = Path(path)
-    return path.with_name(f".{path.name}.{kind}-{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
-
 def temp_beside(path) -> Path:
-    "A new empty directory beside `path` to build its replacement in: `.<name>.tmp-<host>-<pid>-<random>`."
-    d = _temp_name(path, "tmp")
-    d.mkdir(parents=True)
-    return d
+    "A new directory beside `path` to build its replacement in, with ltsei's marker (`ltsei.cache.make_temp_dir`)."
+    return make_temp_dir(path)
 
 def remove_dead_temps(parent) -> list[Path]:
-    "Remove what `temp_beside` / `swap_in` left in `parent` for processes of this machine that no longer exist."
-    out = []
-    for p in sorted(Path(parent).glob(".*")) if Path(parent).is_dir() else []:
-        m = _TEMP.match(p.name)
-        if m and m["host"] == _host() and not pid_alive(int(m["pid"])):
-            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
-            else: p.unlink(missing_ok=True)
-            out.append(p)
-    return out
+    "Remove what `temp_beside` / `swap_in` left in `parent` for gone processes of this host (`ltsei.cache.clean_stale`: marked ones only)."
+    return clean_stale(parent)
 
 def _exchange(a, b) -> bool:
     "Exchange the paths `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`); False where the OS cannot."
@@ -405,17 +391,18 @@ def swap_in(new, final) -> Path:
     """Put the directory `new` in the place of `final`: a reader sees the old content or the new, never a mix and
     (where the OS can exchange two paths) never nothing. The old content is removed afterwards."""
     new, final = Path(new), Path(final)
+    (new / TEMP_MARK).unlink(missing_ok=True)          # it becomes the real folder: no longer a temporary one
     try:
         os.rename(new, final)                           # nothing (or an empty folder) there yet
         return final
     except OSError as e:
         if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR): raise
     if _exchange(new, final):
-        shutil.rmtree(new, ignore_errors=True)          # `new` holds the old content now
+        drop_temp(new)                                  # `new` holds the old content now
         return final
-    old = _temp_name(final, "old")
-    os.rename(final, old); os.rename(new, final)
-    shutil.rmtree(old, ignore_errors=True)
+    old = tmp_path(final, "old")
+    os.rename(final, old); mark_temp(old, "old"); os.rename(new, final)
+    drop_temp(old)
     return final
 
 # %% ../nbs/12_rows.ipynb #9803db2f

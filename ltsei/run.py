@@ -11,15 +11,15 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .config import stage1_key, stage1_settings, stage2_key, print_config, check_num_classes
+from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes
 from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
 from .metrics import accuracy_by_snr
 from .openset import ScoringModel, score_openset
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
-from .cache import (CacheEntry, make_dir, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load,
-                         to_plain, UnsafeCheckpoint, DamagedCheckpoint)
+from .cache import (CacheEntry, claim_run_dir, make_dir, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file,
+                         safe_load, to_plain, UnsafeCheckpoint, DamagedCheckpoint)
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
 from .moe_ltsei import routing_metrics, frequency_groups
@@ -102,8 +102,14 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     and the manifest, published whole."""
     key, work = entry.key, entry.work_dir
     if not cfg.stage1.reuse: entry.discard_work()          # a fresh training was asked for
-    make_dir(work)
+    entry.make_work()
     clean_stale(work)                     # a save cut short by a kill
+    if cfg.stage1.reuse and _finished_work(work, key):   # trained, then publishing failed (a full disk): publish it now
+        print(f"[ltsei] stage 1: publishing the finished training left in {work}", flush=True)
+        entry.publish(work)
+        model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
+        load_stage1_checkpoint(entry.path / "best.pt", model, what=f"the stage-1 cache entry {entry.path}")
+        return model, json.loads((entry.path / "meta.json").read_text())
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
@@ -127,10 +133,16 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
         resume.clear()
         entry.publish(work)              # the entry appears whole or not at all
     except Exception as e:               # bad settings or data: nothing to resume; a full disk keeps a resume state
-        if not (isinstance(e, OSError) and resume.path.is_file()): entry.discard_work()
+        if not (isinstance(e, OSError) and (resume.path.is_file() or _finished_work(work, key))): entry.discard_work()
         raise
     model.load_state_dict(res.best_state)
     return model, meta
+
+def _finished_work(work: Path, key: str) -> bool:
+    "Whether the work folder holds a finished stage-1 training (meta.json complete, checkpoints and log there)."
+    try: meta = json.loads((work / "meta.json").read_text())
+    except (OSError, ValueError): return False
+    return meta.get("key") == key and meta.get("complete") is True and all((work / f).is_file() for f in ("best.pt", "last.pt", "log.csv"))
 
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from an intact cache entry, or trained (or resumed) now."
@@ -255,7 +267,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
     slot = CacheEntry(Path(cfg.data.cache_dir) / "stage2", key, "stage-2 resume state")
     with slot.lock():
         if not cfg.stage1.reuse: slot.discard_work()
-        make_dir(slot.work_dir)
+        slot.make_work()
         clean_stale(slot.work_dir)
         resume = Resume(slot.work_dir / "resume.pt", tag=key)
         loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
@@ -275,8 +287,8 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
 def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     "Run one finalized config (see `config.compose_config`) into `out_dir`; returns the metrics dict."
     t0 = time.time()
-    out_dir = Path(out_dir)
-    make_dir(out_dir)
+    check_machine(cfg)                                   # threads, GPUs, free disk: before any folder
+    out_dir = claim_run_dir(out_dir, hydra_ok=True)      # ltsei's own folder, or refused before anything is written
     for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
     # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
     for old in ("metrics.json", "predictions.npz", "train_indices.npy", "openset_scores.npz", "log.csv", "log_stage1.csv", "log_stage2.csv",

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
+import json
 import os
 import shlex
 import shutil
@@ -20,14 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import launchers
+from .cache import RUN_FILES, claim_run_dir, clean_note, storage_error
 from .rows import (Row, RunLock, cache_overrides, read_metrics, remove_dead_temps, repo_dir, resolve_runs_dir, row_record, run_dir,
                         run_status, select_rows, stage1_group, temp_beside, write_json_atomic)
 
 # %% auto #0
-__all__ = ['RETRY_SECONDS', 'KERNEL_ARGS', 'REAL_FUNCS', 'DEMO_FUNCS', 'Task', 'plan_runs', 'run_overrides', 'task_overrides',
-           'prepare_run_dir', 'RunFailed', 'run_tasks', 'notebook_path', 'load_notebook', 'kernel_env', 'load_callable',
-           'kill_kernels', 'execute_run', 'render_report', 'RunsDirError', 'check_runs_dir', 'check_configs',
-           'default_jobs', 'reproduce_main', 'say_estimate']
+__all__ = ['RETRY_SECONDS', 'KERNEL_ARGS', 'REAL_FUNCS', 'DEMO_FUNCS', 'REQUEST', 'Task', 'plan_runs', 'run_overrides',
+           'task_overrides', 'prepare_run_dir', 'RunFailed', 'run_tasks', 'notebook_path', 'load_notebook',
+           'kernel_env', 'load_callable', 'kill_kernels', 'execute_run', 'render_report', 'RunsDirError',
+           'check_runs_dir', 'check_configs', 'default_jobs', 'read_request', 'resolve_request', 'reproduce_main',
+           'say_estimate']
 
 # %% ../nbs/14_running.ipynb #1eedb850
 @dataclass
@@ -69,10 +73,17 @@ def task_overrides(task: Task, profile: str, runs_dir=None) -> list[str]:
 
 def prepare_run_dir(task: Task, profile: str) -> Path:
     """Clear what an earlier, incomplete attempt left, and record what this run runs (`row.json`). Call it only while
-    holding the run's `RunLock`: it deletes the folder."""
-    if task.out_dir.exists(): shutil.rmtree(task.out_dir)
-    task.out_dir.mkdir(parents=True)
-    write_json_atomic(task.out_dir / "row.json", row_record(task.row, task.seed, profile))
+    holding the run's `RunLock`. Only ltsei's own outputs are removed (`ltsei.cache.RUN_FILES`), in a folder carrying
+    ltsei's marker (or, written by an older version, holding nothing else); a folder holding other files is refused
+    with one line (`RunDirError`), never emptied."""
+    out = claim_run_dir(task.out_dir, hydra_ok=False, known=RUN_FILES,
+                        hint=f"move them away; ltsei reproduce writes the run {task.name} there")
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        else: p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError): (out / "checkpoints").rmdir()   # when empty
+    write_json_atomic(out / "row.json", row_record(task.row, task.seed, profile))
     return task.out_dir
 
 # %% ../nbs/14_running.ipynb #cb7ddac4
@@ -92,21 +103,27 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
     for t in tasks:
         if t.status == "complete": t.status = "skipped"
     running_groups, seen_groups, leaders = set(), set(), set()
+    stop = threading.Event()              # set on Ctrl-C: a run that has not started its execution never starts it
+    handed, entered, left = [], set(), set()   # tasks given to the pool; those whose `one` began / ended
     def ready(t, now): return t.retry_at <= now and (t.group is None or t.group not in running_groups)
     def one(t):
         t0, lock = time.time(), RunLock(t.out_dir) if locks else None
+        entered.add(id(t))
         try:
             if lock is not None:
                 if not lock.acquire(blocking=False):
                     t.status = "busy"; return t
                 if run_status(t.out_dir, t.row) == "complete":    # the other process finished it
                     t.status = "shared"; return t
+            if stop.is_set():
+                t.status, t.error = "interrupted", "interrupted (Ctrl-C) before it started"; return t
             execute(t); t.status = "done"
         except Exception as e:  # reported, and the other runs go on
             t.status, t.error = "failed", str(e) if isinstance(e, RunFailed) else f"{type(e).__name__}: {e}".strip()
         finally:
             if lock is not None: lock.release()
             t.seconds = time.time() - t0
+            left.add(id(t))
         return t
     bar = tqdm(total=len(pending), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
     say = lambda msg: bar.write(msg) if progress else print(msg)
@@ -120,6 +137,7 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
                 pending.remove(t)
                 if t.group is not None and t.group not in seen_groups:  # the group's first run trains its stage 1
                     seen_groups.add(t.group); running_groups.add(t.group); leaders.add(id(t))
+                handed.append(t)                   # before the pool has it: a Ctrl-C inside submit still knows it
                 running[pool.submit(one, t)] = t
             if running: done, _ = wait(running, timeout=RETRY_SECONDS, return_when=FIRST_COMPLETED)
             else: time.sleep(max(0.05, min(RETRY_SECONDS, min(t.retry_at for t in pending) - time.time()))); done = ()
@@ -135,10 +153,17 @@ def run_tasks(tasks: list[Task], execute, jobs: int = 1, progress: bool = True, 
                 say({"done": f"done   {t.name} ({t.seconds:.0f} s)", "shared": f"shared {t.name}: completed by another process"}
                     .get(t.status, f"FAILED {t.name}: {t.error}"))
     except KeyboardInterrupt:
-        if interrupt is not None: interrupt()
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        wait(running, timeout=30)
-        for t in running.values(): t.status, t.error = "interrupted", "interrupted (Ctrl-C)"
+        t_int = time.time()
+        while time.time() < t_int + 30:              # stop again what started meanwhile (a kernel that was starting)
+            if interrupt is not None: interrupt()
+            live = [t for t in handed if id(t) in entered and id(t) not in left]
+            if not live and time.time() > t_int + 0.3: break   # one taken from the queue just now sees `stop` and returns
+            time.sleep(0.1)
+        for t in handed:
+            if t.status in ("missing", "partial", "stale", "failed", "busy"):
+                t.status, t.error = "interrupted", "interrupted (Ctrl-C)"
         raise
     finally:
         bar.close()
@@ -270,6 +295,11 @@ def render_report(runs_dir, profile: str) -> Path:
         html = report_html(nb)
         (tmp / "report.html").write_text(html, encoding="utf-8")
         for name in ("report.ipynb", "report.html"): os.replace(tmp / name, out / name)
+    except OSError as e:                     # a full disk: one line naming the report, once its temporary folder is gone
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = storage_error(out / "report.html", e)
+        if err is e: raise
+        raise err from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "report.html"
@@ -284,8 +314,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=PROFILES,
                    help="paper: paper scale (GPU); quick: CPU scale; smoke: tiny, for tests (default: quick)")
     p.add_argument("--rows", default=None, help="comma-separated row ids, sections (4.5), parts (4), id globs (s4_*), "
-                   "'main' or 'all' (default: all)")
-    p.add_argument("--seeds", type=int, default=1, metavar="K", help="run seeds 0..K-1 (default: 1)")
+                   "'main' or 'all' (default: the rows the results folder was last asked for; else all)")
+    p.add_argument("--seeds", type=int, default=None, metavar="K", help="run seeds 0..K-1 (default: the seeds the results "
+                   "folder was last asked for, recorded in RUNS_DIR/PROFILE/request.json; else 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="runs at once (default: 1 with CUDA, else min(CPU cores, 4); each run uses its config's training.num_threads, default 1)")
     p.add_argument("--runs-dir", default=None, help="results directory (default: $LTSEI_RUNS, else the repository's runs/)")
@@ -323,17 +354,46 @@ def default_jobs() -> int:
     import torch
     return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 4))
 
+REQUEST = "request.json"     # RUNS_DIR/PROFILE/request.json: the rows and seeds the results folder was asked for
+
+def read_request(runs_dir, profile: str) -> dict:
+    "The rows and seeds recorded for `runs_dir/profile` (`{'rows': spec, 'seeds': K}`), or {} when none is."
+    try: d = json.loads((Path(runs_dir) / profile / REQUEST).read_text())
+    except (OSError, ValueError): return {}
+    ok = isinstance(d, dict) and isinstance(d.get("seeds"), int) and d["seeds"] >= 1
+    return {"rows": d.get("rows") if isinstance(d.get("rows"), str) else None, "seeds": d["seeds"]} if ok else {}
+
+def resolve_request(a, runs_dir) -> tuple[dict, str | None]:
+    """The rows and seeds to run: the ones given, the others from the recorded request (a rerun without --seeds
+    continues the same request); and a line saying what was taken from the record (None when nothing was)."""
+    rec = read_request(runs_dir, a.profile)
+    req = {"rows": a.rows if a.rows is not None else rec.get("rows"), "seeds": a.seeds if a.seeds is not None else rec.get("seeds", 1)}
+    taken = [f"{k} {req[k] if k == 'rows' else f'0..{req[k] - 1}'}" for k in ("rows", "seeds")
+             if getattr(a, k) is None and rec.get(k) is not None]
+    note = (f"[reproduce] continuing the request recorded in {Path(runs_dir) / a.profile / REQUEST}: {', '.join(taken)} "
+            f"(give --rows / --seeds to change it)") if taken else None
+    return req, note
+
 def reproduce_main(argv: list[str] | None = None) -> int:
     "`ltsei reproduce`: run the selected rows and seeds, then tables, figures and report. Returns the exit status."
     a = _parser().parse_args(argv)
-    if a.seeds < 1: raise ValueError(f"--seeds must be at least 1, got {a.seeds}")
+    if a.seeds is not None and a.seeds < 1: raise ValueError(f"--seeds must be at least 1, got {a.seeds}")
+    if "${" in str(a.runs_dir):
+        raise ValueError(f"--runs-dir {a.runs_dir!r}: holds '${{', which the config would read as an interpolation; "
+                         "expected a plain folder path")
     t_start = time.time()
     runs_dir = Path(a.runs_dir).expanduser().resolve() if a.runs_dir else resolve_runs_dir(None)
     opts = launchers.options_from_args(a, runs_dir, a.profile)      # a bad launcher option: one message, before any work
+    launchers.LAUNCHERS[opts.launcher]().check(opts)                 # e.g. SLURM asked for where there is none
+    req, note = resolve_request(a, runs_dir)
+    a.rows, a.seeds = req["rows"], req["seeds"]
+    if note: print(note)
     if a.jobs is None: a.jobs = opts.jobs = launchers.default_jobs(a.gpus_per_run) or default_jobs()
     if a.jobs < 1: raise ValueError(f"--jobs must be at least 1, got {a.jobs}")
     rows = select_rows(a.rows)
-    if not a.dry_run: check_runs_dir(runs_dir, a.profile)     # a dry run writes nothing
+    if not a.dry_run:                                          # a dry run writes nothing
+        check_runs_dir(runs_dir, a.profile)
+        write_json_atomic(runs_dir / a.profile / REQUEST, {"rows": a.rows, "seeds": a.seeds})
     tasks = plan_runs(rows, list(range(a.seeds)), a.profile, runs_dir)
     funcs = DEMO_FUNCS if a.demo else REAL_FUNCS
     composer = load_callable(funcs["composer"])
@@ -367,6 +427,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
         print("\n[reproduce] interrupted while building the tables / report; the previous ones are kept", file=sys.stderr)
         return 130
     print(f"[reproduce] finished in {time.time() - t_start:.0f} s")
+    if (note := clean_note(runs_dir)) is not None: print(f"[reproduce] {note}")
     if failures:
         print(f"[reproduce] {len(failures)} failure(s):", file=sys.stderr)
         for n, err in failures: print(f"  {n}: {err}", file=sys.stderr)

@@ -19,8 +19,8 @@ from scipy import fft as sfft
 from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
-from .cache import (CacheEntry, StorageError, pid_alive, replace_dir, reserve_space, sha256_file,
-                         storage_error, tmp_path)
+from .cache import (CacheEntry, StorageError, TEMP_MARK, check_free_space, clean_stale, drop_temp, make_temp_dir,
+                         replace_dir, reserve_space, sha256_file, storage_error)
 
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD', 'CFO_SHIFT_HZ',
@@ -447,8 +447,18 @@ def _new_array(path: Path, dtype, shape) -> np.memmap:
     a full disk fails here with one StorageError naming the file, not later with a bus error in the
     process that writes into a sparse memory map."""
     with _storage(path): a = np.lib.format.open_memmap(path, "w+", dtype, shape)
-    reserve_space(path)
+    try: reserve_space(path)
+    except BaseException:
+        _release(a, path)        # the blocks fallocate took are given back now, not when the traceback dies
+        del a
+        raise
     return a
+
+def _release(a: np.memmap, path: Path) -> None:
+    "Unmap `a` and empty and remove its file `path`: the space is free at once, whatever still refers to `a`."
+    with contextlib.suppress(Exception): a._mmap.close()
+    with contextlib.suppress(OSError): os.truncate(path, 0)
+    with contextlib.suppress(OSError): os.unlink(path)
 
 @contextlib.contextmanager
 def _sigint_held():
@@ -550,12 +560,6 @@ def synth_entry(cfg, cache_dir) -> CacheEntry:
     entry.digests = _FullHash()
     return entry
 
-def _clean_legacy(cache_dir: Path):
-    "Remove the temporary folders `.tmp-synth-KEY-PID-*` of earlier versions whose process is gone."
-    for d in cache_dir.glob(".tmp-synth-*-*-*"):
-        pid = d.name.split("-")[3]
-        if not (pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid)))): shutil.rmtree(d, ignore_errors=True)
-
 def _read_only(folder: Path) -> bool:
     return folder.is_dir() and not os.access(folder, os.W_OK)
 
@@ -579,8 +583,8 @@ def load_synth(cfg, cache_dir, workers: Optional[int] = None, progress: bool = T
                                f"generate the synthetic data set {entry.path.name} ({why}) in")
         return SynthSet(entry.path, json.loads((entry.path / "meta.json").read_text()))
     with entry.lock():
-        _clean_legacy(cache_dir)
         if not entry.ready():
+            check_free_space(entry.root, synth_nbytes(cfg), f"the synthetic data set {entry.path.name}")   # before any block is taken
             with entry.building() as tmp, _storage(entry.path, f"write the synthetic data set ({synth_nbytes(cfg) / 2 ** 20:,.1f} MiB) to"):
                 generate_synth(cfg, tmp, workers=workers, progress=progress)
                 entry.publish(tmp)
@@ -620,14 +624,20 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: holds files ltsei synth does not write ({', '.join(other[:3])}"
                          f"{', ...' if len(other) > 3 else ''}), and the folder is replaced whole: "
                          "expected a new or empty folder, or an earlier ltsei synth output")
+    if out.is_dir() and any(out.iterdir()) and not _synth_output(out):     # the same names, but not written by ltsei synth
+        raise ValueError(f"--out {out}: holds data files that ltsei synth did not write (its meta.json names no generator "
+                         "and key of ltsei), and the folder is replaced whole: expected a new or empty folder, or an "
+                         "earlier ltsei synth output")
+
+def _synth_output(out: Path) -> bool:
+    "Whether `out` is an earlier `ltsei synth` output: its meta.json records ltsei's generator and the data set's key."
+    try: m = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError): return False
+    return isinstance(m, dict) and isinstance(m.get("generator"), str) and isinstance(m.get("key"), str)
 
 def _clean_out_stale(out: Path) -> None:
-    "Remove `OUT.tmpPID` / `.OUT.oldPID` folders beside `out` left by `ltsei synth` processes that are gone."
-    pat = re.compile(rf"\.?{re.escape(out.name)}\.(tmp|old)(\d+)")
-    if not out.parent.is_dir(): return
-    for p in out.parent.iterdir():
-        m = pat.fullmatch(p.name)
-        if m and int(m[2]) != os.getpid() and not pid_alive(int(m[2])): shutil.rmtree(p, ignore_errors=True)
+    "Remove the temporary folders beside `out` that ltsei made (its marker) and whose process is gone (`clean_stale`)."
+    clean_stale(out.parent)
 
 def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
     "The data set `s` in the public files' layout into `folder` (see `synth_main`)."
@@ -635,9 +645,14 @@ def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
     for split, name in PUBLIC_SPLITS.items():
         X, hexes = s.x(split), s.hex(split)
         if fmt == "npy":
-            dst = _new_array(folder / f"X_{name}.npy", np.float32, (X.shape[0], X.shape[2], 2))
-            for i in range(0, X.shape[0], 2000): dst[i:i + 2000] = np.asarray(X[i:i + 2000], np.float32).transpose(0, 2, 1)
-            dst.flush(); del dst
+            px = folder / f"X_{name}.npy"
+            dst = _new_array(px, np.float32, (X.shape[0], X.shape[2], 2))
+            try:
+                for i in range(0, X.shape[0], 2000): dst[i:i + 2000] = np.asarray(X[i:i + 2000], np.float32).transpose(0, 2, 1)
+                dst.flush()
+            except BaseException:
+                _release(dst, px); raise
+            del dst
             np.save(folder / f"Y_{name}.npy", s.y(split))
         else:
             arrays[f"X_{name}"] = np.asarray(X, np.float32).transpose(0, 2, 1)
@@ -654,7 +669,7 @@ def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
 def synth_main(argv: list[str]) -> int:
     """`ltsei synth ...`: generate a synthetic data set and write it to `--out` (see `--help`).
     The training arrays are the balanced per-class pool; the long tail is cut when the files are loaded.
-    The files are written into `OUT.tmpPID` beside `--out` and the folder is renamed into place when
+    The files are written into a marked temporary folder `.OUT.tmpPID-RAND` beside `--out` and the folder is renamed into place when
     complete (replacing an earlier output): a failure or Ctrl-C leaves `--out` as it was, and a full disk
     or a read-only folder is one `StorageError` naming `--out`."""
     a = _synth_parser().parse_args(argv)
@@ -664,20 +679,21 @@ def synth_main(argv: list[str]) -> int:
     out = Path(a.out).absolute()
     _check_out(out)
     _clean_out_stale(out)
-    stage = tmp_path(out, "dir")
+    stage = None
     try:
         s = load_synth(cfg, a.cache_dir, workers=a.workers, progress=not a.quiet) if a.cache_dir else None
         mib = synth_nbytes(cfg) * (2 if s else 3) / 2 ** 20     # the float32 files (and the float16 arrays they come from)
         with _storage(out, f"write the data set (about {mib:,.0f} MiB) to"):
-            stage.mkdir(parents=True)
+            stage = make_temp_dir(out)
             if s is None:
                 (gen := stage / ".generate").mkdir()
                 s = SynthSet(gen, generate_synth(cfg, gen, workers=a.workers, progress=not a.quiet))
             _write_public(s, stage, a.format, cfg)
             if s.path.parent == stage: shutil.rmtree(s.path)
+            (stage / TEMP_MARK).unlink()
             replace_dir(stage, out)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None: drop_temp(stage)
     print(f"wrote {out} ({a.format}): train/val/test = "
           f"{cfg.num_emitters} x {cfg.pool_per_class}/{cfg.val_per_class}/{cfg.test_per_class} frames of {cfg.length} samples at {cfg.sample_rate / 1e6:g} MS/s")
     return 0

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ import seaborn as sns
 
 from .rows import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, RunLock, parse_overrides, ran_other_overrides, read_metrics,
                         remove_dead_temps, run_dir, swap_in, temp_beside)
+from .cache import storage_error
 
 # %% auto #0
 __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
            'PAIR_REFERENCES', 'NOISE_LEVEL', 'EXPECT_ABOVE_CE', 'OPENSET_MEASURES', 'SCORE_LABELS', 'SNR_ROWS',
            'FIGURES', 'PROFILE_STAMPS', 'routing_info', 'collect_results', 'summarize', 'outside_guide', 'table_rows',
-           'fmt_pm', 'Table', 'make_table', 'frame_markdown', 'table_markdown', 'tex_escape', 'table_latex',
-           'table_csv', 'frame_html', 'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy',
+           'fmt_pm', 'Table', 'seed_cells', 'make_table', 'frame_markdown', 'table_markdown', 'tex_escape',
+           'table_latex', 'table_csv', 'frame_html', 'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy',
            'fig_per_class_recall', 'run_summary', 'plot_run_recall', 'plot_confusion', 'plot_expert_usage',
            'fig_confusions', 'paired_differences', 'noise_threshold', 'paired_summary', 'all_paired', 'paired_table',
            'paired_markdown', 'verdict', 'expectations', 'collect_openset', 'collect_snr', 'openset_tables',
@@ -125,8 +127,23 @@ class Table:
     notes: list[str] = field(default_factory=list)
     numbers: pd.DataFrame | None = None
 
-def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = None, digits: int = 1) -> Table | None:
-    "The table `name` (a key of `TABLES`) from `summarize`'s output; None if none of its rows has results."
+def seed_cells(results: pd.DataFrame | None, ids, n_seeds, requested: int | None) -> tuple[list[str], list[str]]:
+    """The Seeds cell of each row (`2`, or `1 of 2` when seeds the folder was asked for are missing) and a note per row
+    naming its missing seeds (`requested`: seeds 0..K-1 were asked for; None: unknown, only the count is shown)."""
+    cells, notes = [], []
+    for i, n in zip(ids, n_seeds):
+        have = sorted(int(s) for s in results[results.row_id == i].seed) if results is not None else []
+        want = set(range(requested)) if requested else set()
+        miss = sorted(want - set(have))
+        cells.append(f"{int(n)} of {len(want | set(have))}" if miss else str(int(n)))
+        if miss: notes.append(f"{ROWS_BY_ID[i].method}: seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))} "
+                              f"run, seed{'s' if len(miss) > 1 else ''} {', '.join(map(str, miss))} missing")
+    return cells, notes
+
+def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = None, digits: int = 1,
+               requested: int | None = None) -> Table | None:
+    """The table `name` (a key of `TABLES`) from `summarize`'s output; None if none of its rows has results.
+    `requested`: the folder was asked for seeds 0..requested-1; rows missing some say which."""
     ids = table_rows(name)
     title = TABLES[name][0]
     s = summary[summary.index.isin(ids)]
@@ -137,7 +154,7 @@ def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = 
     cells = pd.DataFrame(index=s.index)
     if name == "main": cells["Type"] = s.kind
     cells["Method"] = [r.method + ("†" if dagger(r) else "") for r in rows]
-    cells["Seeds"] = s.n_seeds.astype(int).astype(str)
+    cells["Seeds"], seed_notes = seed_cells(results, list(s.index), s.n_seeds, requested)
     numbers = pd.DataFrame(dict(row_id=s.index, method=[r.method for r in rows], n_seeds=s.n_seeds.astype(int).to_numpy()))
     if name == "main": numbers.insert(1, "type", s.kind.to_numpy())
     best = pd.DataFrame(False, index=s.index, columns=[COLUMNS[m] for m in metrics])
@@ -155,8 +172,10 @@ def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = 
         notes.append("Many / medium / few: " + "; ".join(rules) + " (training samples per class).")
     notes += [f"† {r.method}: {r.note}" for r in rows if dagger(r)]
     notes += [f"{r.method}: {r.note}" for r in rows if outside_guide(r) and r.note]
+    if seed_notes: notes.append(f"Seeds missing (asked for seeds 0..{requested - 1}; the mean is over the seeds run): "
+                                + "; ".join(seed_notes) + ".")
     missing = [i for i in ids if i not in s.index]
-    if missing: notes.append("Not run yet: " + ", ".join(missing) + ".")
+    if missing: notes.append("Not run yet: " + ", ".join(missing) + (f" (seeds 0..{requested - 1})" if requested else "") + ".")
     if results is not None and results[results.row_id.isin(s.index)].demo.any():
         notes.insert(0, "DEMO: made-up results (ltsei reproduce --demo), not from training.")
     return Table(name, title, cells.reset_index(drop=True), best.reset_index(drop=True), notes, numbers)
@@ -572,6 +591,12 @@ def stamp_profile(fig, profile: str):
              fontsize=8, color="#b00" if profile == "smoke" else "#555")
     return fig
 
+def _requested_seeds(base: Path) -> int | None:
+    "The seeds `ltsei reproduce` recorded for the folder (its request.json), or None."
+    try: k = json.loads((base / "request.json").read_text()).get("seeds")
+    except (OSError, ValueError, AttributeError): return None
+    return k if isinstance(k, int) and k >= 1 else None
+
 def build_tables(runs_dir, profile: str) -> dict:
     """Tables (`runs_dir/profile/tables`) and figures (`.../figures`) from the profile's complete runs.
     Returns n_runs, demo, results, per_class, summary, pairs (`all_paired`), tables {name: {table, md, csv, tex}}, figures {name: path},
@@ -591,7 +616,7 @@ def build_tables(runs_dir, profile: str) -> dict:
         results.to_csv(tdir / "all_runs.csv", index=False)
         summary.to_csv(tdir / "summary.csv")
         for name in TABLES:
-            if (t := make_table(summary, name, results)) is not None:
+            if (t := make_table(summary, name, results, requested=_requested_seeds(base))) is not None:
                 out["tables"][name] = dict(table=t, **{k: final["tables"] / p.name for k, p in write_table(t, tdir).items()})
         for name, make in FIGURES.items():
             fig = make(results, per_class)
@@ -613,6 +638,11 @@ def build_tables(runs_dir, profile: str) -> dict:
         (tdir / "expectations.md").write_text(ex.to_markdown(index=False) + "\n", encoding="utf-8")
         with RunLock(final["tables"]):              # one swap at a time; each folder swapped in whole
             for k in ("tables", "figures"): swap_in(tmp.pop(k), final[k])
+    except OSError as e:                            # a full disk: one line naming the folder, once the temporaries are gone
+        for d in tmp.values(): shutil.rmtree(d, ignore_errors=True)
+        err = storage_error(final["tables"], e)
+        if err is e: raise
+        raise err from None
     finally:
         for d in tmp.values(): shutil.rmtree(d, ignore_errors=True)
     return out

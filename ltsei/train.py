@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .losses import logits_of, MoEOutput
 from .metrics import compute_metrics
-from .cache import atomic_save, atomic_write_text, safe_load, to_plain, UnsafeCheckpoint, DamagedCheckpoint
+from .cache import atomic_save, atomic_write_text, safe_load, storage_error, to_plain, UnsafeCheckpoint, DamagedCheckpoint
 
 # %% auto #0
 __all__ = ['RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at', 'eval_batches',
@@ -246,10 +246,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
     log = None
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "w", newline="")
-        writer = csv.writer(log)
-        writer.writerow(LOG_COLUMNS)
-        for row in history: _log_row(writer, row)
+        try:
+            log = open(log_path, "w", newline="")
+            writer = csv.writer(log)
+            writer.writerow(LOG_COLUMNS)
+            for row in history: _log_row(writer, row)
+        except OSError as e: raise storage_error(log_path, e) from None
     t0 = time.time() - (history[-1]["seconds"] if history else 0.0)
     step = start * steps_per_epoch
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not progress, mininterval=2, dynamic_ncols=True)
@@ -289,7 +291,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
             if epoch_extras is not None: row["extra"] = to_plain(epoch_extras(val))
             history.append(row)
             if log is not None:
-                _log_row(writer, row); log.flush()
+                try: _log_row(writer, row); log.flush()
+                except OSError as e: raise storage_error(log_path, e) from None   # a full disk: one line naming the log
             if best is None or val["balanced_acc"] > best[1]["balanced_acc"]:
                 best = (epoch, val, state_copy(model))
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_bacc=f"{val['balanced_acc']:.3f}", refresh=False)

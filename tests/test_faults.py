@@ -253,19 +253,26 @@ def test_7_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
 
 # ---- 8: leftovers of killed processes are cleaned by the next run ---------------------------------------
 
+def marked(folder: Path, pid: int, host=None, kind="tmp") -> Path:
+    "A temporary folder as ltsei makes them: its marker names the host and the process."
+    from ltsei.cache import TEMP_MARK, host_name
+    folder.mkdir(parents=True); (folder / "best.pt").write_bytes(b"half")
+    (folder / TEMP_MARK).write_text(json.dumps({"ltsei": kind, "host": host or host_name(), "pid": pid}))
+    return folder
+
+
 def test_8_stale_temporary_files_removed(in_scratch, clean):
+    from ltsei.cache import claim_run_dir
     ref, cache = clean
     dead = 2**22 + 12345                                 # above pid_max's default: no such process
-    stale = [cache / f"{ref['stage1']['key']}.tmp{dead}", cache / f"other.old{dead}"]
-    for d in stale: d.mkdir(); (d / "best.pt").write_bytes(b"half")
-    out = in_scratch / "f8"; (out / "checkpoints").mkdir(parents=True)
-    junk = [out / f".metrics.json.tmp{dead}", out / "checkpoints" / f".stage1_best.pt.tmp{dead}"]
-    for f in junk: f.write_bytes(b"half")
-    live = cache / f"x.tmp{os.getppid()}"; live.mkdir()  # a live process's work is left alone
+    stale = [marked(cache / f".{ref['stage1']['key']}.tmp{dead}-ab", dead), marked(cache / f".other.old{dead}-cd", dead, kind="old")]
+    out = claim_run_dir(in_scratch / "f8")
+    junk = [marked(out / f".metrics.json.tmp{dead}-ef", dead), marked(out / "checkpoints" / f".stage1_best.pt.tmp{dead}-01", dead)]
+    live = marked(cache / f".x.tmp{os.getppid()}-02", os.getppid())   # a live process's work is left alone
     m = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], out)
     assert not any(p.exists() for p in stale + junk) and live.exists()
     same_result(m, ref)
-    live.rmdir()
+    shutil.rmtree(live)
 
 
 # ---- 9: checks before any work -----------------------------------------------------------------------

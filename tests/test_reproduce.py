@@ -156,7 +156,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
     _complete(d_ce, ce, 0, "old-complete")
     before = (d_ce / "metrics.json").read_bytes()
     d_bs.mkdir(parents=True)                                   # interrupted half-way: a log and a checkpoint, no metrics
-    (d_bs / "log.csv").write_text("epoch\n0\n"); (d_bs / "checkpoints").mkdir(); (d_bs / "checkpoints" / "x.pt").write_text("x")
+    (d_bs / "log.csv").write_text("epoch\n0\n"); (d_bs / "checkpoints").mkdir(); (d_bs / "checkpoints" / "stage1_best.pt").write_text("x")
     _complete(d_la, la, 0, "stale")
     write_json_atomic(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
 
@@ -164,7 +164,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
     def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
         ran.append(task.name)
         prepare_run_dir(task, profile)
-        assert sorted(p.name for p in task.out_dir.iterdir()) == ["row.json"]   # stale partial outputs are gone
+        assert sorted(p.name for p in task.out_dir.iterdir()) == [".ltsei-run.json", "row.json"]   # stale partial outputs are gone
         demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
     monkeypatch.setattr(rp, "execute_run", fake_execute_run)
     monkeypatch.setattr(rp, "load_notebook", lambda name: None)
@@ -389,8 +389,10 @@ def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch)
     tb.build_tables(runs, "smoke")
     before = {p.name: p.read_bytes() for p in (runs / "smoke" / "tables").iterdir()}
     dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
-    left = runs / "smoke" / f".tables.tmp-{_host()}-{dead.pid}-0bad"     # a build killed half-way
+    left = runs / "smoke" / f".tables.tmp{dead.pid}-0bad"                # a build killed half-way (ltsei's marker in it)
     left.mkdir(); (left / "main.md").write_text("half")
+    from ltsei.cache import TEMP_MARK, host_name
+    (left / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": dead.pid}))
     write_fake_runs(runs, "smoke", rows=select_rows("2.1"))
     def interrupted(r, pc): raise KeyboardInterrupt
     monkeypatch.setitem(tb.FIGURES, "zzz", interrupted)                   # Ctrl-C in the middle of the build

@@ -64,8 +64,9 @@ def test_given_checkpoint_checked(in_scratch):
     ck = in_scratch / "ck_a" / "checkpoints" / "stage1_best.pt"
     b = run(["stage2.enabled=false", f"stage1.checkpoint={ck}"], in_scratch / "ck_b")
     assert b["stage1"]["source"] == "checkpoint" and b["test"] == a["test"]
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):                 # refused with the config, before any folder
         run([f"stage1.checkpoint={in_scratch / 'nope.pt'}"], in_scratch / "ck_c")
+    assert not (in_scratch / "ck_c").exists()
     bad = in_scratch / "half.pt"
     payload = torch.load(ck, weights_only=True); payload["complete"] = False; torch.save(payload, bad)
     with pytest.raises(CheckpointError, match="not a complete"):

@@ -3,6 +3,7 @@
 aside and rebuilt with the clean bytes; a full disk / read-only folder (injected, and a real small tmpfs
 when the tests run as root) and a killed worker end within seconds with one message and no leftovers;
 `ltsei synth --out` writes its folder whole. Ctrl-C is tests/test_cli.py::test_ctrl_c_in_ltsei_synth_is_one_line."""
+import json
 import errno, hashlib, os, shutil, signal, subprocess, time
 from dataclasses import replace
 from pathlib import Path
@@ -281,7 +282,9 @@ def test_synth_out_is_written_whole(tmp_path, monkeypatch, capsys):
         synth_main(["--out", str(tmp_path / "mine"), "--preset", "smoke", "--quiet"])
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     # the temporary folder of a killed earlier run beside --out is removed
-    stale = tmp_path / "out.tmp999999999"; stale.mkdir(); (stale / "X_train.npy").write_bytes(b"x")
+    stale = tmp_path / ".out.tmp4194311-ab"; stale.mkdir(); (stale / "X_train.npy").write_bytes(b"x")
+    from ltsei.cache import TEMP_MARK, host_name
+    (stale / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": 4194311}))
     assert synth_main(args) == 0 and not stale.exists()
 
 
