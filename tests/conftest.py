@@ -13,7 +13,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "nbs" / "experiment-guide.md"   # the repository's copy of the experiment guide
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per pytest-xdist worker (./test runs one worker per core), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 # The one results root of python main.py, the notebooks and ltsei reproduce (LTSEI_RUNS) is the scratch folder's runs/,
