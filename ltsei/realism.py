@@ -835,8 +835,9 @@ def expand_preset_overrides(argv: list[str]) -> list[str]:
 # %% ../nbs/15_realism.ipynb #a5454430
 def _realism_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei realism", description="Measure the reference's 13 per-frame statistics, "
-        "spread ratios and CFO-only 1-NN accuracy on the synthetic emitters and print them beside your own captures "
-        "(or, by default, beside the real frames of the public data set).")
+        "its two curves (spectrum, envelope autocorrelation), spread ratios and CFO-only 1-NN accuracy on the synthetic "
+        "emitters and print them beside your own captures (or, by default, beside the real frames of the public data "
+        "set); or, with --fit, fit a generator to your captures and write it as a preset file.")
     p.add_argument("files", nargs="*", help="capture files or folders in any layout the data loader reads "
                    "(.npy with its Y sibling, .npz, .mat, .h5, a folder with X_<role>.npy); none: the reference's real frames")
     p.add_argument("--role", default="train", help="the split to read from a folder or a multi-array file (default: train)")
