@@ -1126,10 +1126,30 @@ def _calibrate_cfo(est: pd.DataFrame, cfg, n: int = 8, frames: int = 6) -> pd.Da
 
 
 # %% ../nbs/15_realism.ipynb #f3a3b3c6
+def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
+    """`difficulty` (the fingerprint spreads are divided by it) from labelled captures: the geometric mean of the
+    rise, fall and droop spread ratios of the fitted receiver's simulated emitters (as many as the captures have,
+    at most 20, `frames` each) is brought to the captures' by d <- d x simulated / captured (a spread ratio falls
+    about as 1 / difficulty), `rounds` times, within 0.05-20. `cfg` unchanged without 3 classes of 3 frames."""
+    def gm(stats, yy):
+        r = [spread_ratio(stats[k], yy) for k in ("rise", "fall", "droop")]
+        r = [v for v in r if np.isfinite(v) and v > 0]
+        return float(np.exp(np.mean(np.log(r)))) if r else np.nan
+    y = np.asarray(y)
+    cls = [c for c in np.unique(y) if (y == c).sum() >= 3]
+    target = gm(files["stats"], y)
+    if len(cls) < 3 or not np.isfinite(target) or not hasattr(cfg, "difficulty"): return cfg
+    for _ in range(rounds):
+        xs, ys = synth_sample(cfg, int(frames), min(len(cls), 20))
+        g = gm(measure_frames(xs, cfg.sample_rate), ys)
+        if not np.isfinite(g): break
+        cfg = replace(cfg, difficulty=float(np.clip(round(cfg.difficulty * g / target, 3), 0.05, 20)))
+    return cfg
+
 def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
-    `preset` (the data.synth keys: sample_rate, length, num_emitters with labels, rx_bandwidth, snr_db_min/max and
-    whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
+    `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
+    snr_db_min/max and whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
     generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
     (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
@@ -1156,8 +1176,11 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
         return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy())
     files["fit_spectrum"] = fit_spectrum_db(x, fs, files["stats"]["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
+    d0 = cfg.difficulty
+    cfg = _fit_difficulty(cfg, files, y, max(6, fpe))
     chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
     preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
+    if cfg.difficulty != d0: preset["difficulty"], used = cfg.difficulty, used | {"spread_rise", "spread_fall", "spread_droop"}
     xs, ys = synth_sample(cfg, fpe, E)
     fitted = realism_report(xs, ys, fs)
     est = _calibrate_cfo(est, cfg, frames=10)
