@@ -366,6 +366,8 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS, e
     r["obw99"] = float(fsh[min(np.searchsorted(cs, 0.995), L - 1)] - fsh[np.searchsorted(cs, 0.005)]) / 1e6
     return {**{k: float(r[k]) for k in STATS}, "bits": n_bits, "start": int(start)}
 
+
+# %% ../nbs/15_realism.ipynb #7470d3aa
 def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS, edges: bool = True) -> pd.DataFrame:
     """One row of statistics per frame of `x` (complex (N, L) or real (N, 2, L)), in the reference's definitions
     (`edges=False`: without the edge times, see `measure_frame`)."""
@@ -528,6 +530,8 @@ def cfo_1nn_accuracy(cfo, y, classes_per_group: int | None = 10, seed: int = 0) 
         accs.append(float((p == y[m]).mean()))
     return float(np.mean(accs)) if accs else float("nan")
 
+
+# %% ../nbs/15_realism.ipynb #8cf47fc0
 def _to_units(summary: pd.DataFrame, sample_rate: float, time_units: bool) -> pd.DataFrame:
     "Sample-valued statistics in ns (time_units) or left in samples at `sample_rate`; noise_5mhz n/a at <= 10 MS/s."
     s = summary.copy()
@@ -568,6 +572,8 @@ def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = F
         if float(sample_rate) / 2 < reference_band_edge(): s.loc["obw99", ["median", "p10", "p90"]] = np.nan
     return s
 
+
+# %% ../nbs/15_realism.ipynb #8cf47fc1
 def realism_report(x, y, sample_rate: float, time_units: bool = False) -> dict:
     """Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, the two curves
     (`summarize_curves`), spread ratios, CFO-only 1-NN."""
@@ -707,6 +713,9 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
     desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} {cls} "
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")
     return x, y, fs, desc
+
+
+# %% ../nbs/15_realism.ipynb #9e14d998
 def _read_x(path, role: str):
     "The signal array (no labels) and info of one capture file or folder, as `ltsei.data.read_xy` finds it."
     from ltsei.data import X_KEYS, _h5_array, _h5_datasets, _load_npy, _pick_key, _read_mat, _split_file
@@ -793,6 +802,8 @@ def synth_preset(name, base: str = "paper") -> SynthConfig:
     if Path(str(name)).suffix.lower() in PRESET_SUFFIXES: return replace(SYNTH_PRESETS[base], **read_synth_preset(name))
     raise ValueError(f"synth preset {name!r}: expected one of {', '.join(sorted(SYNTH_PRESETS))} or a .yaml file of data.synth keys")
 
+
+# %% ../nbs/15_realism.ipynb #f1a1b1c2
 def _cli_value(v) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
 
@@ -824,8 +835,9 @@ def expand_preset_overrides(argv: list[str]) -> list[str]:
 # %% ../nbs/15_realism.ipynb #a5454430
 def _realism_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei realism", description="Measure the reference's 13 per-frame statistics, "
-        "spread ratios and CFO-only 1-NN accuracy on the synthetic emitters and print them beside your own captures "
-        "(or, by default, beside the real frames of the public data set).")
+        "its two curves (spectrum, envelope autocorrelation), spread ratios and CFO-only 1-NN accuracy on the synthetic "
+        "emitters and print them beside your own captures (or, by default, beside the real frames of the public data "
+        "set); or, with --fit, fit a generator to your captures and write it as a preset file.")
     p.add_argument("files", nargs="*", help="capture files or folders in any layout the data loader reads "
                    "(.npy with its Y sibling, .npz, .mat, .h5, a folder with X_<role>.npy); none: the reference's real frames")
     p.add_argument("--role", default="train", help="the split to read from a folder or a multi-array file (default: train)")
@@ -851,6 +863,8 @@ def _realism_parser() -> argparse.ArgumentParser:
         else: p.add_argument(flag, type=t, default=None, help=f"SynthConfig.{f.name}")
     return p
 
+
+# %% ../nbs/15_realism.ipynb #a5454432
 def realism_main(argv: list[str]) -> int:
     """`ltsei realism [FILES ...] [--preset quick] [--rx-bandwidth 8e6 ...]`: the synthetic set against capture
     files (or the reference's real frames) side by side; `inside` marks the synthetic medians within the
@@ -892,6 +906,8 @@ def realism_main(argv: list[str]) -> int:
     if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
     return 0
 
+
+# %% ../nbs/15_realism.ipynb #a5454431
 def _curve_lines(cc: dict, other_name: str, sample_rate: float, full: bool = False) -> str:
     "The curve counts (and with `full` both curves point by point) as printed by `ltsei realism`."
     sp, ac = cc["spectrum"], cc["acf"]
@@ -951,6 +967,8 @@ def _q(v) -> tuple[float, float, float]:
     v = np.asarray(v, np.float64); v = v[np.isfinite(v)]
     return tuple(float(t) for t in np.quantile(v, [0.5, 0.1, 0.9])) if v.size else (np.nan,) * 3
 
+
+# %% ../nbs/15_realism.ipynb #f2a2b2c3
 def adc_bits_estimate(x, headroom_db: float = 3.0) -> np.ndarray:
     """Per frame, the resolution of the ADC that made it (0 where its I and Q values lie on no grid: unquantised or
     rescaled): with q the smallest step between its distinct values and every step a whole multiple of q (within
@@ -1017,6 +1035,8 @@ def _mapped(est: pd.DataFrame) -> tuple[dict, set]:
         if np.isfinite(v): out[k], used = types[k](v), used | set(rows)
     return out, used
 
+
+# %% ../nbs/15_realism.ipynb #f3a3b3c4
 def fit_spectrum_db(x, sample_rate: float, cfo) -> np.ndarray:
     """The median over frames of the spectrum the fit matches: as `spectrum_db` (unit power, derotated by `cfo`,
     |Z|^2 / L^2 summed per bin, dB) but on bins of min(0.521 MHz, sample_rate / 32) across +-sample_rate/2, so that
@@ -1046,6 +1066,8 @@ def _golden(f, a: float, b: float, n: int) -> float:
         else: a, c, fc = c, d, fd; d = a + g * (b - a); fd = f(d); seen.append((fd, d))
     return min(seen)[1]
 
+
+# %% ../nbs/15_realism.ipynb #f3a3b3c5
 def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean squared dB distance between
     the simulated and the captured median spectrum (`fit_spectrum_db`; golden section on log B from 1 MHz to
@@ -1102,10 +1124,32 @@ def _calibrate_cfo(est: pd.DataFrame, cfg, n: int = 8, frames: int = 6) -> pd.Da
     est.loc[[r for r in ("cfo_hz", "cfo_emitter_hz", "cfo_jitter_hz") if r in est.index], "how"] += cal
     return est
 
+
+# %% ../nbs/15_realism.ipynb #f3a3b3c6
+def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
+    """`difficulty` (the fingerprint spreads are divided by it) from labelled captures: the geometric mean of the
+    rise, fall and droop spread ratios of the fitted receiver's simulated emitters (as many as the captures have,
+    at most 20, `frames` each) is brought to the captures' by d <- d x simulated / captured (a spread ratio falls
+    about as 1 / difficulty), `rounds` times, within 0.05-20. `cfg` unchanged without 3 classes of 3 frames."""
+    def gm(stats, yy):
+        r = [spread_ratio(stats[k], yy) for k in ("rise", "fall", "droop")]
+        r = [v for v in r if np.isfinite(v) and v > 0]
+        return float(np.exp(np.mean(np.log(r)))) if r else np.nan
+    y = np.asarray(y)
+    cls = [c for c in np.unique(y) if (y == c).sum() >= 3]
+    target = gm(files["stats"], y)
+    if len(cls) < 3 or not np.isfinite(target) or not hasattr(cfg, "difficulty"): return cfg
+    for _ in range(rounds):
+        xs, ys = synth_sample(cfg, int(frames), min(len(cls), 20))
+        g = gm(measure_frames(xs, cfg.sample_rate), ys)
+        if not np.isfinite(g): break
+        cfg = replace(cfg, difficulty=float(np.clip(round(cfg.difficulty * g / target, 3), 0.05, 20)))
+    return cfg
+
 def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
-    `preset` (the data.synth keys: sample_rate, length, num_emitters with labels, rx_bandwidth, snr_db_min/max and
-    whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
+    `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
+    snr_db_min/max and whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
     generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
     (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
@@ -1132,8 +1176,11 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
         return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy())
     files["fit_spectrum"] = fit_spectrum_db(x, fs, files["stats"]["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
+    d0 = cfg.difficulty
+    cfg = _fit_difficulty(cfg, files, y, max(6, fpe))
     chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
     preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
+    if cfg.difficulty != d0: preset["difficulty"], used = cfg.difficulty, used | {"spread_rise", "spread_fall", "spread_droop"}
     xs, ys = synth_sample(cfg, fpe, E)
     fitted = realism_report(xs, ys, fs)
     est = _calibrate_cfo(est, cfg, frames=10)
