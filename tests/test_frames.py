@@ -108,9 +108,9 @@ def recall(fs, seconds, frames, seed):
     return truth
 
 
-@pytest.mark.parametrize("fs,seconds,frames,snr", [(2e6, 0.3, 150, 16.0), (8e6, 0.1, 120, 10.0), (50e6, 0.03, 50, 10.0)])
+@pytest.mark.parametrize("fs,seconds,frames,snr", [(2e6, 0.3, 150, 18.0), (8e6, 0.1, 120, 10.0), (50e6, 0.03, 50, 10.0)])
 def test_synthetic_recording_recall(fs, seconds, frames, snr):
-    """>= 99 % of the frames above `snr` dB come back with the right address (2 MS/s: from 16 dB, see the notebook:
+    """>= 99 % of the frames above `snr` dB come back with the right address (2 MS/s: from 18 dB, see the notebook:
     one sample per chip loses about a third of the frames at 10 dB by noise alone), the stronger frame of each
     overlapping pair too, and no frame carries a wrong address."""
     t = recall(fs, seconds, frames, seed=int(fs) % 97)
