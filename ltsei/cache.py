@@ -12,14 +12,31 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['TEMP_MARK', 'TEMP_KINDS', 'LOCK_MARK', 'DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'QUARANTINE_MARK', 'WORK_FILES',
-           'RUN_MARK', 'RUN_FILES', 'CLEAN_NOTE_BYTES', 'StorageError', 'storage_error', 'make_dir', 'host_name',
-           'mark_temp', 'temp_marker', 'tmp_path', 'make_temp_dir', 'drop_temp', 'pid_alive', 'is_stale', 'clean_stale',
-           'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'copy_file',
-           'reserve_space', 'free_space', 'check_free_space', 'check_writable', 'replace_dir', 'file_lock',
-           'sha256_file', 'DigestStore', 'file_digest', 'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint',
-           'safe_load', 'CacheEntry', 'RunDirError', 'check_run_dir', 'claim_run_dir', 'tree_bytes', 'leftovers',
-           'remove_leftovers', 'clean_main', 'clean_note']
+__all__ = ['RUNS_ENV', 'TEMP_MARK', 'TEMP_KINDS', 'LOCK_MARK', 'DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'QUARANTINE_MARK',
+           'WORK_FILES', 'RUN_MARK', 'RUN_FILES', 'CLEAN_NOTE_BYTES', 'repo_dir', 'resolve_runs_dir', 'StorageError',
+           'storage_error', 'make_dir', 'host_name', 'mark_temp', 'temp_marker', 'tmp_path', 'make_temp_dir',
+           'drop_temp', 'pid_alive', 'is_stale', 'clean_stale', 'atomic_write', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'atomic_save', 'copy_file', 'reserve_space', 'free_space',
+           'check_free_space', 'check_writable', 'replace_dir', 'file_lock', 'sha256_file', 'DigestStore',
+           'file_digest', 'to_plain', 'UnsafeCheckpoint', 'DamagedCheckpoint', 'safe_load', 'CacheEntry', 'RunDirError',
+           'check_run_dir', 'claim_run_dir', 'tree_bytes', 'leftovers', 'remove_leftovers', 'clean_main', 'clean_note']
+
+# %% ../nbs/16_cache.ipynb #ab5b293e
+def repo_dir() -> Path:
+    "The repository this `ltsei` is installed from (`pip install -e .`): the folder holding `ltsei/` and `nbs/`."
+    import ltsei
+    return Path(ltsei.__file__).resolve().parent.parent
+
+RUNS_ENV = "LTSEI_RUNS"   # the one setting of the results root: python main.py, the notebooks and ltsei reproduce
+
+def resolve_runs_dir(runs_dir=None) -> Path:
+    """The results directory, absolute: `runs_dir` if absolute, else relative to the repository; if None or empty,
+    `$LTSEI_RUNS` (the same rule), else the repository's `runs/`. Never relative to the working directory of a
+    notebook kernel."""
+    if runs_dir is None or str(runs_dir).strip() == "": runs_dir = os.environ.get(RUNS_ENV, "").strip()
+    if runs_dir == "": return repo_dir() / "runs"
+    p = Path(runs_dir).expanduser()
+    return p if p.is_absolute() else repo_dir() / p
 
 # %% ../nbs/16_cache.ipynb #3536b9f3
 class StorageError(OSError, ValueError):

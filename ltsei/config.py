@@ -200,7 +200,7 @@ SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}" 
 def register_configs():
     "Store the config tree and the profiles in Hydra's ConfigStore (idempotent); `${ltsei_runs:}` is the results root."
     from hydra.core.config_store import ConfigStore
-    from ltsei.rows import resolve_runs_dir
+    from ltsei.cache import resolve_runs_dir
     OmegaConf.register_new_resolver("ltsei_runs", lambda: str(resolve_runs_dir(None)), replace=True)
     cs = ConfigStore.instance()
     base = OmegaConf.structured(Config)

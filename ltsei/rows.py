@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .train import atomic_write_text
-from .cache import TEMP_MARK, clean_stale, drop_temp, make_temp_dir, mark_temp, tmp_path
+from .cache import RUNS_ENV, repo_dir, resolve_runs_dir, TEMP_MARK, clean_stale, drop_temp, make_temp_dir, mark_temp, tmp_path
 
 # %% auto #0
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
            'RIDE_NOTE', 'SADE_NOTE', 'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS',
-           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'RUNS_ENV', 'split_command',
-           'Row', 'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'write_json_atomic',
-           'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'repo_dir', 'resolve_runs_dir',
-           'cache_overrides', 'RunLock', 'pid_alive', 'temp_beside', 'remove_dead_temps', 'swap_in', 'parse_overrides',
-           'stage1_group']
+           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row',
+           'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'write_json_atomic',
+           'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'cache_overrides', 'RunLock', 'pid_alive',
+           'temp_beside', 'remove_dead_temps', 'swap_in', 'parse_overrides', 'stage1_group']
 
 # %% ../nbs/12_rows.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
@@ -305,23 +304,7 @@ def row_record(row: Row, seed: int, profile: str) -> dict:
     return dict(row_id=row.id, section=row.section, method=row.method, seed=seed, profile=profile,
                 overrides=row.run_args, guide=row.guide, note=row.note)
 
-# %% ../nbs/12_rows.ipynb #ab5b293e
-def repo_dir() -> Path:
-    "The repository this `ltsei` is installed from (`pip install -e .`): the folder holding `ltsei/` and `nbs/`."
-    import ltsei
-    return Path(ltsei.__file__).resolve().parent.parent
-
-RUNS_ENV = "LTSEI_RUNS"   # the one setting of the results root: python main.py, the notebooks and ltsei reproduce
-
-def resolve_runs_dir(runs_dir=None) -> Path:
-    """The results directory, absolute: `runs_dir` if absolute, else relative to the repository; if None or empty,
-    `$LTSEI_RUNS` (the same rule), else the repository's `runs/`. Never relative to the working directory of a
-    notebook kernel."""
-    if runs_dir is None or str(runs_dir).strip() == "": runs_dir = os.environ.get(RUNS_ENV, "").strip()
-    if runs_dir == "": return repo_dir() / "runs"
-    p = Path(runs_dir).expanduser()
-    return p if p.is_absolute() else repo_dir() / p
-
+# %% ../nbs/12_rows.ipynb #cb4c67c4
 def _override_value(v) -> str:
     "A path as a Hydra override value (quoted where it has characters Hydra's grammar would read otherwise)."
     s = str(v)
