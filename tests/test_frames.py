@@ -1,4 +1,4 @@
-"""`ltsei frames`: from an SDR recording to a data set labelled by ICAO address (nbs/19_frames.ipynb)."""
+"""`ltsei frames`: from an SDR recording to a data set labelled by ICAO address (nbs/07_frames.ipynb)."""
 import json
 from pathlib import Path
 
