@@ -3,7 +3,7 @@ hour one device runs with 1, 2 or 4 runs on it at once.
 
     .venv/bin/python benchmarks/bench_rows.py [--rows s1_1_ce,s3_1_crt] [--repeat 2] [--pack 1 2 4] [--pack-rows 4]
 
-**Overhead.** Each row runs through the real path (`ltsei.launchers.RowExecutor` -> `ltsei.running.execute_run`:
+**Overhead.** Each row runs through the real path (`ltsei.orchestration.kernels.RowExecutor` -> `execute_row_notebook`:
 the experiment notebook executed by papermill, the real composer and runner) at the `smoke` profile, whose
 epochs are near zero. The run's wall time minus the seconds its training reports in `metrics.json` (stage 1 when
 trained here, stage 2) is its overhead; papermill's per-cell timings split it into kernel start (everything
@@ -17,7 +17,7 @@ gives them; with CUDA: all on one GPU at `--gpus-per-run` 1, 1/2, 1/4); rows per
 
 The machine's load (uptime) is printed before and after each part: the numbers are only as quiet as it was.
 """
-import argparse, inspect, json, os, shutil, tempfile, threading, time
+import argparse, json, os, shutil, tempfile, time
 from pathlib import Path
 
 TARGET = 3.0
@@ -30,38 +30,16 @@ def load() -> str:
 
 
 def executor(runs, threads, warm=0):
-    from ltsei.launchers import RowExecutor
-    from ltsei.running import REAL_FUNCS, load_notebook
+    from ltsei.orchestration.kernels import RowExecutor, load_notebook
+    from ltsei.orchestration.row_runs import REAL_FUNCS
     return RowExecutor(PROFILE, threads, REAL_FUNCS, str(runs), load_notebook("experiment.ipynb"), warm=warm)
-
-
-def km_shim() -> bool:
-    """Until `ltsei.running.execute_run` takes `km` (a started kernel to run the notebook in, shut down after: the
-    edit proposed with ltsei.launchers), give it that argument here by handing the kernel to papermill directly.
-    Benchmark only; False where execute_run takes `km` already."""
-    import papermill
-    import ltsei.running as rn
-    from ltsei.launchers import release_kernel
-    if "km" in inspect.signature(rn.execute_run).parameters: return False
-    run0, pm0, local = rn.execute_run, papermill.execute_notebook, threading.local()
-    def execute_run(task, profile, km=None, **kw):
-        local.km = km
-        try: return run0(task, profile, **kw)
-        finally:
-            local.km = None
-            if km is not None: release_kernel(km)
-    def execute_notebook(*a, **k):
-        if getattr(local, "km", None) is not None: k["km"] = local.km
-        return pm0(*a, **k)
-    rn.execute_run, papermill.execute_notebook = execute_run, execute_notebook
-    return True
 
 
 def plan(rows, runs):
     from ltsei.config import compose_config
     from ltsei.rows import select_rows
-    from ltsei.running import check_configs, plan_runs
-    tasks = plan_runs(select_rows(rows), [0], PROFILE, runs)
+    from ltsei.orchestration.row_runs import check_configs, plan_row_runs
+    tasks = plan_row_runs(select_rows(rows), [0], PROFILE, runs)
     check_configs(tasks, PROFILE, compose_config, runs)
     return tasks
 
@@ -92,7 +70,7 @@ KEYS = ["wall", "training", "overhead", "kernel start, papermill", "imports", "c
 
 
 def bench_overhead(rows, repeat, runs, warm):
-    from ltsei.launchers import warm_kernels
+    from ltsei.orchestration.kernels import warm_kernels
     from ltsei.rows import RunLock
     label = f"warm kernels ({warm} kept ready)" if warm else "cold kernels (a kernel started per row)"
     print(f"\n== row overhead, {label}: rows {rows} x {repeat}, profile {PROFILE}, back to back ({load()})")
@@ -123,7 +101,8 @@ def bench_overhead(rows, repeat, runs, warm):
 
 def bench_packing(rows, levels, runs, launcher, warm):
     import torch
-    from ltsei.launchers import LaunchOptions, run
+    from ltsei.orchestration import reproduce  # noqa: F401  (every launcher registered)
+    from ltsei.orchestration.launchers import LaunchOptions, launch_row_runs
     cores, cuda = os.cpu_count() or 1, torch.cuda.is_available()
     print(f"\n== rows per hour, {len(rows.split(','))} smoke rows, {'one GPU' if cuda else 'the CPU'} "
           f"({cores} cores), launcher {launcher}, {'warm' if warm else 'cold'} kernels ({load()})")
@@ -136,7 +115,7 @@ def bench_packing(rows, levels, runs, launcher, warm):
         opts = LaunchOptions(jobs=c, gpus_per_run=(1 / c if cuda else None), runs_dir=runs, profile=PROFILE,
                              progress=False, ray_address=None)
         t0 = time.time()
-        run(launcher, tasks, executor(runs, threads, max(2, c) if warm else 0), opts)
+        launch_row_runs(launcher, tasks, executor(runs, threads, max(2, c) if warm else 0), opts)
         wall = time.time() - t0
         bad = [(t.name, t.error) for t in tasks if t.status != "done"]
         if bad: print(f"  {c} per device: failures {bad}")
@@ -160,8 +139,6 @@ def main(argv=None):
                     help="measure with a kernel started per row (cold, today) and/or warm kernels (default: both)")
     a = ap.parse_args(argv)
     runs = Path(a.runs_dir) if a.runs_dir else Path(tempfile.mkdtemp(prefix="bench_rows-"))
-    if "warm" in a.kernels and km_shim():
-        print("[bench] execute_run takes no `km` yet: the warm runs hand the kernel to papermill through a shim here")
     try:
         for kind in a.kernels:
             if not a.no_overhead: bench_overhead(a.rows, a.repeat, runs, warm=a.warm if kind == "warm" else 0)

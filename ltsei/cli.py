@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "clean":
             from ltsei.cache import clean_main
             return clean_main(rest)
-        from ltsei.running import reproduce_main
+        from ltsei.orchestration.reproduce import reproduce_main
         return reproduce_main(rest)
     except USER_ERRORS as e:
         return _fail(e)

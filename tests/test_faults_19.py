@@ -56,7 +56,7 @@ def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
     assert guide_main(["profile=smoke", "stage1.cache_dir="]) == 2                   # empty: refused
     assert "stage1.cache_dir='' is empty" in errors(capsys)[0]
     # ltsei reproduce's run folder holding a user's file: refused with one line, never emptied
-    from ltsei.running import Task, prepare_run_dir
+    from ltsei.orchestration.row_runs import RowRun as Task, prepare_row_run_dir as prepare_run_dir
     row = ROWS_BY_ID["s1_1_ce"]
     out = run_dir(tmp_path / "runs", "smoke", row, 0); out.mkdir(parents=True); (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"holds files ltsei did not write \(notes.txt\)"):
@@ -182,14 +182,14 @@ def test_4_frame_scale_is_checked(tmp_path):
 
 def test_5_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch, capsys):
     import ltsei.cache as C
-    import ltsei.running as rp
+    import ltsei.orchestration.reproduce as rp
     from ltsei.demo import demo_compose_config, demo_run_experiment
-    def execute(task, profile, nb=None, funcs=None, runs_dir=None):
+    from ltsei.orchestration.row_runs import prepare_row_run_dir, row_run_overrides
+    def execute(task, env=None, profile="smoke"):
         if task.name == "s3_1_crt/seed1": raise KeyboardInterrupt          # interrupted before cRT's second seed
-        rp.prepare_run_dir(task, profile)
-        demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
-    monkeypatch.setattr(rp, "execute_run", execute)
-    monkeypatch.setattr(rp, "load_notebook", lambda name: None)
+        prepare_row_run_dir(task, profile)
+        demo_run_experiment(demo_compose_config(row_run_overrides(task, profile)), task.out_dir)
+    monkeypatch.setattr(rp, "row_executor", lambda *a, **k: execute)      # each row: `execute`, no notebook
     runs = tmp_path / "runs"
     base = ["--profile", "smoke", "--runs-dir", str(runs), "--no-report", "--demo", "--jobs", "1"]
     assert reproduce(base + ["--rows", "s1_1_ce,s3_1_crt", "--seeds", "2"]) == 130
@@ -202,13 +202,13 @@ def test_5_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatc
     t = build_tables(runs, "smoke")["tables"]["main"]["table"]
     assert list(t.cells.Seeds) == ["2", "1 of 2"]
     assert any("cRT: seed 0 run, seed 1 missing" in n for n in t.notes)
-    monkeypatch.setattr(rp, "execute_run", lambda *a, **k: None)
+    monkeypatch.setattr(rp, "row_executor", lambda *a, **k: (lambda *a, **k: None))
     reproduce(base)
     assert "ltsei clean --runs-dir" in capsys.readouterr().out
 
 
 def reproduce(argv):
-    from ltsei.running import reproduce_main
+    from ltsei.orchestration.reproduce import reproduce_main
     return reproduce_main(argv)
 
 
@@ -257,8 +257,9 @@ def test_7_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatc
 # ---- 8: the open items -------------------------------------------------------------------------------------
 
 def test_8a_ctrl_c_starts_no_further_row(tmp_path, monkeypatch):
-    import ltsei.running as rp
-    from ltsei.running import Task, run_tasks
+    import ltsei.orchestration.row_runs as rp
+    from ltsei.orchestration.local_launcher import run_local_pool as run_tasks
+    from ltsei.orchestration.row_runs import RowRun as Task
     tasks = [Task(ROWS_BY_ID[i], 0, tmp_path / i) for i in ("s1_1_ce", "s2_1_focal")]
     interrupted, second, started = threading.Event(), threading.Event(), []
     real = rp.run_status
@@ -280,7 +281,7 @@ def test_8a_ctrl_c_starts_no_further_row(tmp_path, monkeypatch):
 
 
 def test_8b_slurm_unknown_state_ends(monkeypatch):
-    from ltsei.launchers import ACTIVE_SLURM_STATES, poll_job
+    from ltsei.orchestration.slurm_launcher import ACTIVE_SLURM_STATES, poll_job
     class Job:
         job_id, state = "77_0", "UNKNOWN"
         def done(self): return False
@@ -291,7 +292,8 @@ def test_8b_slurm_unknown_state_ends(monkeypatch):
 
 
 def test_8c_job_ledger_is_updated_under_a_lock(tmp_path):
-    from ltsei.launchers import LaunchOptions, read_ledger, update_ledger
+    from ltsei.orchestration.launchers import LaunchOptions
+    from ltsei.orchestration.slurm_launcher import read_ledger, update_ledger
     opts = LaunchOptions(runs_dir=tmp_path, profile="smoke")
     ts = [threading.Thread(target=update_ledger, args=(opts, {f"r{i}/seed0": {"job_id": str(i), "folder": "f"}})) for i in range(16)]
     for t in ts: t.start()

@@ -1,4 +1,4 @@
-"""The launchers of `ltsei reproduce` (ltsei.launchers): GPU slots with made-up devices, options, the storage checks,
+"""The launchers of `ltsei reproduce` (ltsei.orchestration.launchers and the launcher modules): GPU slots with made-up devices, options, the storage checks,
 and a smoke subset (three rows sharing one stage 1, plus one of another) through the local pool, Ray on this CPU and
 submitit's local executor, which must give the same run folders and the same tables."""
 import argparse
@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from ltsei import launchers as L
+from functools import partial
+
+from ltsei.orchestration import launchers as L
+from ltsei.orchestration import local_launcher as LL
+from ltsei.orchestration import reproduce  # noqa: F401  (imports every launcher: they register)
+from ltsei.orchestration import slurm_launcher as S
+from ltsei.orchestration.kernels import WarmKernels, release_kernel
 from ltsei.demo import demo_compose_config, demo_run_experiment
 from ltsei.rows import RunLock, select_rows
-from ltsei.running import DEMO_FUNCS, Task, check_configs, load_callable, plan_runs, prepare_run_dir, task_overrides
+from ltsei.orchestration.row_runs import (DEMO_FUNCS, RowRun, check_configs, load_callable, plan_row_runs, prepare_row_run_dir,
+                                          row_run_overrides, run_row_protocol)
 
 PROFILE = "smoke"
 SUBSET = "s1_1_ce,s3_1_crt,s3_1_tau_norm,s2_2_bs"     # the first three share one stage 1
@@ -49,7 +56,9 @@ def test_assign_devices_refuses_what_the_gpus_cannot_hold(n, gpus, f, msg):
 def test_default_jobs_fill_the_gpus():
     assert L.runs_per_gpu(0.3) == 3 and L.runs_per_gpu(1 / 3) == 3 and L.runs_per_gpu(None) is None
     assert L.default_jobs(0.25, ["0", "1"]) == 8
-    assert L.default_jobs(None, ["0", "1"]) is None and L.default_jobs(0.5, []) is None
+    assert L.default_jobs(None, ["0", "1"]) == 1                          # a GPU, no share asked: one run at once
+    import os
+    assert L.default_jobs(0.5, []) == L.default_jobs(None, []) == max(1, min(os.cpu_count() or 1, 4))   # no GPU: per core
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
@@ -66,12 +75,12 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
 
 def fake_tasks(tmp_path, groups):
     rows = select_rows("2")[:len(groups)]
-    return [Task(r, 0, tmp_path / r.id, group=g) for r, g in zip(rows, groups)]
+    return [RowRun(r, 0, tmp_path / r.id, group=g) for r, g in zip(rows, groups)]
 
 
 def test_local_launcher_packs_runs_per_gpu(tmp_path, monkeypatch):
     "Four runs at once on two made-up GPUs at half a GPU each: both GPUs used, never more than two runs on one."
-    monkeypatch.setattr(L, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(LL, "visible_gpus", lambda: ["0", "1"])
     lock, now, peak, seen = threading.Lock(), {}, {}, []
     def execute(task, env=None):
         dev = env["CUDA_VISIBLE_DEVICES"]
@@ -80,15 +89,15 @@ def test_local_launcher_packs_runs_per_gpu(tmp_path, monkeypatch):
         time.sleep(0.15)
         with lock: now[dev] -= 1
     tasks = fake_tasks(tmp_path, [None] * 8)
-    L.run("local", tasks, execute, L.LaunchOptions(jobs=4, gpus_per_run=0.5, progress=False))
+    L.launch_row_runs("local", tasks, execute, L.LaunchOptions(jobs=4, gpus_per_run=0.5, progress=False))
     assert all(t.status == "done" for t in tasks)
     assert set(seen) == {"0", "1"} and len(seen) == 8 and max(peak.values()) <= 2
 
 
 def test_local_launcher_too_many_jobs_for_the_gpus(tmp_path, monkeypatch):
-    monkeypatch.setattr(L, "visible_gpus", lambda: ["0"])
+    monkeypatch.setattr(LL, "visible_gpus", lambda: ["0"])
     with pytest.raises(ValueError, match="--jobs 3"):
-        L.run("local", fake_tasks(tmp_path, [None]), lambda t, env=None: None, L.LaunchOptions(jobs=3, gpus_per_run=0.5))
+        L.launch_row_runs("local", fake_tasks(tmp_path, [None]), lambda t, env=None: None, L.LaunchOptions(jobs=3, gpus_per_run=0.5))
 
 
 # ---------------------------------------------------------------- options, storage, one run on a worker
@@ -110,7 +119,7 @@ def test_options_from_the_command_line():
 def test_missing_optional_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)         # import ray -> ImportError
     with pytest.raises(ValueError, match=r"pip install -e \.\[ray\]"):
-        L.run("ray", [], lambda t: None, L.LaunchOptions())
+        L.launch_row_runs("ray", [], lambda t: None, L.LaunchOptions())
 
 
 def test_storage_checks(tmp_path):
@@ -123,27 +132,28 @@ def test_storage_checks(tmp_path):
         L.check_token(str(tmp_path / "elsewhere" / "storage-token"), value)
 
 
-def test_run_one_reports_instead_of_raising(tmp_path):
+def test_row_protocol_reports_instead_of_raising(tmp_path):
     t = fake_tasks(tmp_path, [None])[0]
-    out = L.run_one(t, lambda task: 1 / 0)
+    out = run_row_protocol(t, lambda task: 1 / 0)
     assert out["status"] == "failed" and "ZeroDivisionError" in out["error"]
     held = RunLock(t.out_dir); held.acquire()
-    try: assert L.run_one(t, lambda task: None)["status"] == "busy"    # another process runs it
+    try: assert run_row_protocol(t, lambda task: None)["status"] == "busy"    # another process runs it
     finally: held.release()
     token = L.storage_token(tmp_path)
-    assert L.run_one(t, lambda task: None, True, (token[0], "f" * 32))["status"] == "failed"
+    out = run_row_protocol(t, lambda task: None, True, partial(L.check_token, token[0], "f" * 32))
+    assert out["status"] == "failed" and out["error"].startswith("worker ")      # the storage error as it is
 
 
 def test_sbatch_script_carries_the_options():
     pytest.importorskip("submitit")
     from submitit.slurm.slurm import _make_sbatch_string
     o = L.LaunchOptions(slurm_partition="gpu", slurm_gpus=2, slurm_cpus=8, slurm_time="1-00:00:00", slurm_mem="32g")
-    s = _make_sbatch_string(command="python -m x", folder="/shared/runs/.launchers/slurm/%j", **L.slurm_parameters(o),
-                            dependency=L.slurm_dependency(["41_0", "41_1"]), map_count=3)
+    s = _make_sbatch_string(command="python -m x", folder="/shared/runs/.launchers/slurm/%j", **S.slurm_parameters(o),
+                            dependency=S.slurm_dependency(["41_0", "41_1"]), map_count=3)
     for line in ["--partition=gpu", "--gpus-per-node=2", "--cpus-per-task=8", "--time=1440", "--mem=32G",
                  "--dependency=afterany:41", "--array=0-2%3"]:
         assert f"#SBATCH {line}\n" in s, line
-    assert L.slurm_dependency([]) is None and L.slurm_dependency(["7", "8_3"]) == "afterany:7:8"
+    assert S.slurm_dependency([]) is None and S.slurm_dependency(["7", "8_3"]) == "afterany:7:8"
 
 
 # ---------------------------------------------------------------- the same tables from every launcher
@@ -157,11 +167,11 @@ class DemoExecute:
     def __call__(self, task, env=None):
         log = Path(self.runs) / "events.log"
         with open(log, "a") as f: f.write(f"start {task.row.id} {time.time():.6f}\n")
-        prepare_run_dir(task, PROFILE)
+        prepare_row_run_dir(task, PROFILE)
         if task.row.id == self.fail: raise RuntimeError("made-up failure")
         time.sleep(0.3)
         # the made-up metrics hash the overrides: leave out the caches' paths, which differ between the launchers' folders
-        demo_run_experiment(demo_compose_config(task_overrides(task, PROFILE)), task.out_dir, progress=False)
+        demo_run_experiment(demo_compose_config(row_run_overrides(task, PROFILE)), task.out_dir, progress=False)
         with open(log, "a") as f: f.write(f"end {task.row.id} {time.time():.6f}\n")
 
 
@@ -173,7 +183,7 @@ def by_value():
 
 
 def plan(runs):
-    tasks = plan_runs(select_rows(SUBSET), [0], PROFILE, runs)
+    tasks = plan_row_runs(select_rows(SUBSET), [0], PROFILE, runs)
     check_configs(tasks, PROFILE, load_callable(DEMO_FUNCS["composer"]), runs)
     return tasks
 
@@ -182,7 +192,7 @@ def launch(name, runs, fail=None, **opts):
     tasks = plan(runs)
     g = {t.row.id: t.group for t in tasks}           # one stage 1 for three rows, another for the fourth
     assert g["s1_1_ce"] == g["s3_1_crt"] == g["s3_1_tau_norm"] != g["s2_2_bs"]
-    L.run(name, tasks, DemoExecute(runs, fail), L.LaunchOptions(runs_dir=runs, profile=PROFILE, progress=False, **opts))
+    L.launch_row_runs(name, tasks, DemoExecute(runs, fail), L.LaunchOptions(runs_dir=runs, profile=PROFILE, progress=False, **opts))
     return tasks
 
 
@@ -252,7 +262,7 @@ def test_submitit_local_gives_the_local_tables(tmp_path, reference):
     runs = tmp_path / "runs"
     tasks = launch("slurm", runs, slurm_executor="local")
     check_same(runs, tasks, reference)
-    ledger = L.read_ledger(L.LaunchOptions(runs_dir=runs, profile=PROFILE))
+    ledger = S.read_ledger(L.LaunchOptions(runs_dir=runs, profile=PROFILE))
     assert sorted(ledger) == sorted(t.name for t in tasks)
 
 
@@ -272,7 +282,7 @@ def test_failed_row_is_reported_and_the_others_go_on(tmp_path):
 
 def test_warm_kernels_hand_out_started_kernels_that_ran_only_imports():
     from jupyter_client import BlockingKernelClient
-    pool = L.WarmKernels(size=1, code="def _w():\n    import colorsys\n_w(); del _w\n")
+    pool = WarmKernels(size=1, code="def _w():\n    import colorsys\n_w(); del _w\n")
     km = pool.take()
     assert km is not None and km.has_kernel and km.provisioner.process.poll() is None
     try:
@@ -289,6 +299,6 @@ def test_warm_kernels_hand_out_started_kernels_that_ran_only_imports():
         with pool._cond: assert len(pool._ready.get((), [])) + pool._starting.get((), 0) == 1   # its replacement
     finally:
         proc = km.provisioner.process
-        L.release_kernel(km)
+        release_kernel(km)
         pool.close(wait=120)
     assert proc.poll() is not None and not km.has_kernel and pool.take() is None   # shut down; a closed pool gives none

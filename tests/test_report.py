@@ -13,7 +13,7 @@ import pytest
 from ltsei.demo import fake_metrics, write_fake_runs
 from ltsei.discussion import discussion, mechanisms, profile_header, report_html
 from ltsei.rows import ROWS_BY_ID, run_dir, write_json_atomic
-from ltsei.running import render_report
+from ltsei.orchestration.reproduce import render_report
 from ltsei.tables import TABLES, all_paired, collect_results, expectations, summarize
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

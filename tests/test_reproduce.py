@@ -1,4 +1,4 @@
-"""The table registry and row selection (ltsei.rows), resume and scheduling of `ltsei reproduce` (ltsei.running)."""
+"""The table registry and row selection (ltsei.rows), resume and scheduling of `ltsei reproduce` (ltsei.orchestration)."""
 import json
 import os
 import subprocess
@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
-import ltsei.running as rp
+import ltsei.orchestration.reproduce as rp
 from ltsei.demo import demo_compose_config, demo_run_experiment, fake_metrics
 from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, read_metrics, run_dir, run_status, select_rows,
                         split_command, write_json_atomic)
-from ltsei.running import Task, plan_runs, prepare_run_dir, reproduce_main, run_tasks
+from ltsei.orchestration.local_launcher import run_local_pool
+from ltsei.orchestration.reproduce import reproduce_main
+from ltsei.orchestration.row_runs import RowRun, RowRunFailed, plan_row_runs, prepare_row_run_dir, row_run_overrides
+
+def use_executor(monkeypatch, execute):
+    "Run each row with `execute(rr, profile)` instead of its notebook (the command's `row_executor`: no kernel starts)."
+    monkeypatch.setattr(rp, "row_executor", lambda profile, funcs, runs_dir, jobs: (lambda rr, env=None: execute(rr, profile)))
+
 
 GUIDE = Path(__file__).resolve().parents[1] / "nbs" / "experiment-guide.md"   # the repository's copy of the guide
 
@@ -161,13 +168,12 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
     write_json_atomic(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
 
     ran = []
-    def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
+    def fake_execute(task, profile):
         ran.append(task.name)
-        prepare_run_dir(task, profile)
+        prepare_row_run_dir(task, profile)
         assert sorted(p.name for p in task.out_dir.iterdir()) == [".ltsei-run.json", "row.json"]   # stale partial outputs are gone
-        demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
-    monkeypatch.setattr(rp, "execute_run", fake_execute_run)
-    monkeypatch.setattr(rp, "load_notebook", lambda name: None)
+        demo_run_experiment(demo_compose_config(row_run_overrides(task, profile)), task.out_dir)
+    use_executor(monkeypatch, fake_execute)
     assert reproduce_main(["--profile", "smoke", "--rows", "s1_1_ce,2.2", "--runs-dir", str(runs), "--no-report", "--demo"]) == 0
     assert sorted(ran) == ["s2_2_bs/seed0", "s2_2_la/seed0"]
     assert (d_ce / "metrics.json").read_bytes() == before
@@ -184,12 +190,11 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
 
 
 def test_failed_row_is_reported_others_go_on(tmp_path, monkeypatch, capsys):
-    def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
-        prepare_run_dir(task, profile)
-        if task.row.id == "s2_1_cb": raise rp.RunFailed("ValueError: boom (traceback in somewhere)")
-        demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
-    monkeypatch.setattr(rp, "execute_run", fake_execute_run)
-    monkeypatch.setattr(rp, "load_notebook", lambda name: None)
+    def fake_execute(task, profile):
+        prepare_row_run_dir(task, profile)
+        if task.row.id == "s2_1_cb": raise RowRunFailed("ValueError: boom (traceback in somewhere)")
+        demo_run_experiment(demo_compose_config(row_run_overrides(task, profile)), task.out_dir)
+    use_executor(monkeypatch, fake_execute)
     rc = reproduce_main(["--profile", "smoke", "--rows", "2.1", "--runs-dir", str(tmp_path), "--no-report", "--demo", "--jobs", "2"])
     assert rc == 1
     err = capsys.readouterr().err
@@ -212,8 +217,8 @@ def test_stage1_leader_runs_before_its_followers():
     log, t0 = [], time.time()
     def execute(t):
         log.append((t.row.id, "start", time.time() - t0)); time.sleep(0.2); log.append((t.row.id, "end", time.time() - t0))
-    mk = lambda i, g: Task(Row(i, "9.9", i, "python main.py"), 0, Path("/nonexistent") / i, "missing", g)
-    tasks = run_tasks([mk("a1", "A"), mk("a2", "A"), mk("a3", "A"), mk("b1", "B"), mk("c1", None)], execute, jobs=3, progress=False)
+    mk = lambda i, g: RowRun(Row(i, "9.9", i, "python main.py"), 0, Path("/nonexistent") / i, "missing", g)
+    tasks = run_local_pool([mk("a1", "A"), mk("a2", "A"), mk("a3", "A"), mk("b1", "B"), mk("c1", None)], execute, jobs=3, progress=False)
     assert all(t.status == "done" for t in tasks)
     start = {i: s for i, e, s in log if e == "start"}
     end = {i: s for i, e, s in log if e == "end"}
@@ -225,11 +230,11 @@ def test_stage1_leader_runs_before_its_followers():
 def test_plan_is_seed_major_and_complete_runs_are_skipped(tmp_path):
     rows = select_rows("4.4")
     _complete(run_dir(tmp_path, "quick", rows[1], 1), rows[1], 1, "x")
-    tasks = plan_runs(rows, [0, 1], "quick", tmp_path)
+    tasks = plan_row_runs(rows, [0, 1], "quick", tmp_path)
     assert [t.name for t in tasks] == [f"{r.id}/seed{k}" for k in (0, 1) for r in rows]
     assert [t.status for t in tasks] == ["missing"] * 4 + ["complete", "missing"]
     ran = []
-    run_tasks(tasks, lambda t: ran.append(t.name), jobs=1, progress=False)
+    run_local_pool(tasks, lambda t: ran.append(t.name), jobs=1, progress=False)
     assert len(ran) == 5 and "s4_4_e3/seed1" not in ran
     assert tasks[4].status == "skipped"
 
@@ -272,7 +277,7 @@ def test_reproduce_end_to_end_with_papermill(tmp_path, capfd):
 
 
 def test_ctrl_c_stops_running_runs_at_once():
-    """On Ctrl-C, run_tasks calls `interrupt` (ltsei reproduce: kill the running kernels), marks the running runs
+    """On Ctrl-C, run_local_pool calls `interrupt` (ltsei reproduce: kill the running kernels), marks the running runs
     'interrupted', starts nothing more and re-raises."""
     import os, signal, threading
     stop, started = threading.Event(), []
@@ -283,16 +288,12 @@ def test_ctrl_c_stops_running_runs_at_once():
     def ctrl_c():
         time.sleep(0.5); os.kill(os.getpid(), signal.SIGINT)
     threading.Thread(target=ctrl_c, daemon=True).start()
-    mk = lambda i: Task(Row(i, "9.9", i, "python main.py"), 0, Path("/nonexistent") / i, "missing")
+    mk = lambda i: RowRun(Row(i, "9.9", i, "python main.py"), 0, Path("/nonexistent") / i, "missing")
     tasks, t0 = [mk("a"), mk("b"), mk("c")], time.time()
     with pytest.raises(KeyboardInterrupt):
-        run_tasks(tasks, execute, jobs=2, progress=False, interrupt=stop.set)
+        run_local_pool(tasks, execute, jobs=2, progress=False, interrupt=stop.set)
     assert time.time() - t0 < 5
     assert started == ["a", "b"] and [t.status for t in tasks] == ["interrupted", "interrupted", "missing"]
-
-
-def test_kill_kernels_with_none_running():
-    assert rp.kill_kernels() == 0
 
 
 def test_real_run_through_the_experiment_notebook(in_scratch):
@@ -317,17 +318,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DRIVER = r'''
 import os, sys, threading, time
-import ltsei.running as rp
+import ltsei.orchestration.local_launcher as ll
+import ltsei.orchestration.reproduce as rp
+from ltsei.orchestration.row_runs import RowRunFailed, prepare_row_run_dir, row_run_overrides
 from ltsei.demo import demo_compose_config, demo_run_experiment
 log, delay, mode, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 stop = threading.Event()
-def fake_execute_run(task, profile, nb=None, funcs=None, runs_dir=None):
-    "A demo run without papermill: prepare the folder (under the run's lock), log who runs it, wait, write metrics."
-    rp.prepare_run_dir(task, profile)
-    with open(log, "a") as f: f.write(f"{os.getpid()} run {task.name}\n")
-    if stop.wait(delay): raise rp.RunFailed("killed")
-    demo_run_experiment(demo_compose_config(rp.task_overrides(task, profile)), task.out_dir)
-rp.execute_run, rp.load_notebook, rp.kill_kernels = fake_execute_run, (lambda name: None), stop.set
+def row_executor(profile, funcs, runs_dir, jobs):
+    def execute(task, env=None):
+        "A demo run without papermill: prepare the folder (under the run's lock), log who runs it, wait, write metrics."
+        prepare_row_run_dir(task, profile)
+        with open(log, "a") as f: f.write(f"{os.getpid()} run {task.name}\n")
+        if stop.wait(delay): raise RowRunFailed("killed")
+        demo_run_experiment(demo_compose_config(row_run_overrides(task, profile)), task.out_dir)
+    return execute
+rp.row_executor, ll.kill_kernels = row_executor, stop.set
 if mode == "slow-tables":
     import ltsei.tables
     def slow_build(runs_dir, profile):
@@ -409,7 +414,7 @@ def test_read_only_runs_dir_is_one_message_before_any_row(tmp_path, monkeypatch,
     import errno
     from ltsei.cli import main
     ran = []
-    monkeypatch.setattr(rp, "execute_run", lambda *a, **k: ran.append(a))
+    use_executor(monkeypatch, lambda *a: ran.append(a))
     def read_only(*a, **k): raise OSError(errno.EROFS, "Read-only file system")
     monkeypatch.setattr(rp.tempfile, "mkstemp", read_only)                # we run as root: inject what EROFS does
     rc = main(["reproduce", "--profile", "smoke", "--rows", "2.2", "--runs-dir", str(tmp_path / "runs"), "--demo"])
@@ -421,7 +426,7 @@ def test_read_only_runs_dir_is_one_message_before_any_row(tmp_path, monkeypatch,
 def test_uncreatable_runs_dir_fails_once(tmp_path, monkeypatch, capsys):
     from ltsei.cli import main
     ran = []
-    monkeypatch.setattr(rp, "execute_run", lambda *a, **k: ran.append(a))
+    use_executor(monkeypatch, lambda *a: ran.append(a))
     (tmp_path / "file").write_text("")
     rc = main(["reproduce", "--profile", "smoke", "--rows", "2", "--runs-dir", str(tmp_path / "file" / "runs"), "--demo"])
     assert rc == 2 and ran == []
