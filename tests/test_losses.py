@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltsei.losses import (LOSSES, STAGE1_LOSSES, STAGE2_LOSSES, MoEOutput, as_class_counts, class_balanced_weights,
-                          cost_weights, create_loss, drw_weights, ldam_margins, logits_of, loss_params)
+from ltsei.losses import (LOSSES, MoEOutput, as_class_counts, class_balanced_weights,
+                          cost_weights, create_loss, drw_weights, ldam_margins, logits_of, loss_names,
+                          loss_params)
 
 # all parameters of every stage-1/2 loss but MoE-LTSEI (tested in test_moe_ltsei.py)
 PARAMS = {
@@ -52,8 +53,14 @@ COUNTS = [500, 120, 30, 8, 2]
 # ----- registry -----
 
 def test_registry_names():
-    for name in set(STAGE1_LOSSES) | set(STAGE2_LOSSES):
-        assert name in LOSSES or name == "MoELTSEILoss"
+    # the lists the config checks are derived from the registration metadata (stages, experts)
+    assert loss_names(stage=1) == tuple(sorted(["CrossEntropy", "FocalLoss", "ClassBalancedLoss", "LDAMLoss",
+                                                "BalancedSoftmaxLoss", "LogitAdjustmentLoss", "RIDELoss", "SADELoss",
+                                                "BalPoELoss"]))
+    assert loss_names(stage=2) == tuple(sorted(["CrossEntropy", "FocalLoss", "ClassBalancedLoss", "BalancedSoftmaxLoss",
+                                                "LogitAdjustmentLoss", "CostSensitiveCE", "LOS", "MoELTSEILoss"]))
+    assert loss_names(experts=True) == ("BalPoELoss", "RIDELoss", "SADELoss")
+    assert loss_names() == LOSSES.names() and len(LOSSES) == 12
     for name in PARAMS:
         assert sorted(loss_params(name)) == sorted(PARAMS[name])
 
@@ -72,7 +79,7 @@ def test_moe_loss_available_after_importing_only_losses():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown loss 'Focal'.*valid names:.*FocalLoss.*MoELTSEILoss"):
+    with pytest.raises(ValueError, match="^loss 'Focal': no loss of that name; expected one of .*FocalLoss.*MoELTSEILoss.*did you mean 'FocalLoss'"):
         create_loss("Focal", COUNTS, gamma=2.0, alpha=None)
 
 
