@@ -21,8 +21,8 @@ from .registry import Registry
 __all__ = ['LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'ExpertsOutput', 'logits_of', 'as_class_counts', 'loss_names', 'loss_params',
            'create_loss', 'LongTailLoss', 'CrossEntropy', 'FocalLoss', 'effective_number', 'class_balanced_weights',
            'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss', 'log_prior', 'BalancedSoftmaxLoss',
-           'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss', 'ride_diversity_weights',
-           'RIDELoss', 'reversed_prior', 'SADELoss', 'balpoe_taus', 'BalPoELoss']
+           'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss', 'reversed_prior', 'SADELoss',
+           'balpoe_taus', 'BalPoELoss', 'ride_diversity_weights', 'RIDELoss']
 
 # %% ../nbs/08_losses.ipynb #794e3242
 class MoEOutput(NamedTuple):
@@ -327,47 +327,6 @@ class ExpertsLoss(LongTailLoss):
                              f"(model.num_experts={self.num_experts_required}), got {ze.shape[1]}")
         return z, ze, y
 
-
-def ride_diversity_weights(class_counts, reweight_factor: float) -> np.ndarray:
-    "RIDE's per-class diversity temperatures t_c = C pi_c r + 1 - r, divided by their maximum."
-    n = as_class_counts(class_counts).astype(np.float64)
-    r = _check_number("reweight_factor", reweight_factor, 0, 1, hi_open=True)
-    t = len(n) * (n / n.sum()) * r + 1 - r
-    return t / t.max()
-
-
-@LOSSES.register(stages=(1,), experts=True)
-class RIDELoss(ExpertsLoss):
-    "RIDE: per expert LDAM(-DRW) on s * cosine logits plus alpha * T^2 * KL(sg(mean) || expert) (alpha < 0: diversity)."
-    def __init__(self, class_counts, max_margin: float, scale: float, drw_start: int, cb_beta: float,
-                 diversity_factor: float, diversity_temperature: float, reweight_factor: float):
-        super().__init__(class_counts)
-        self.scale = _check_number("scale", scale, 0, lo_open=True)
-        self.drw_start = _check_int("drw_start", drw_start, 0)
-        self.diversity_factor = _check_number("diversity_factor", diversity_factor)
-        self.diversity_temperature = _check_number("diversity_temperature", diversity_temperature, 0, lo_open=True)
-        self._buffer("margins", ldam_margins(self.counts, max_margin))
-        self._buffer("cb_weight", class_balanced_weights(self.counts, cb_beta))
-        self._buffer("div_weight", ride_diversity_weights(self.counts, reweight_factor))
-
-    @property
-    def reweighted(self) -> bool: return self.epoch >= self.drw_start
-
-    def forward(self, output, y):
-        zbar, ze, y = self._expert_inputs(output, y)
-        onehot = F.one_hot(y, self.num_classes).to(ze.dtype)
-        weight = self.cb_weight.to(ze.dtype) if self.reweighted else None
-        T = self.diversity_temperature * (self.div_weight.to(ze.dtype)[None] if self.reweighted else torch.ones_like(self.div_weight)[None])
-        T_mean = T.mean()
-        target = F.softmax(zbar.detach() / T, dim=1)
-        loss = ze.new_zeros(())
-        for k in range(ze.shape[1]):
-            zk = ze[:, k] if self.diversity_factor != 0 else zbar
-            loss = loss + F.cross_entropy(zk - self.scale * self.margins.to(ze.dtype)[y][:, None] * onehot, y, weight=weight)
-            kl = F.kl_div(F.log_softmax(ze[:, k] / T, dim=1), target, reduction="batchmean")
-            loss = loss + self.diversity_factor * T_mean ** 2 * kl
-        return loss
-
 # %% ../nbs/08_losses.ipynb #27400b3e
 def reversed_prior(class_counts) -> np.ndarray:
     "SADE's backward prior: the class of rank r (by n_c, largest first, ties by label) gets the prior of rank C + 1 - r."
@@ -417,3 +376,44 @@ class BalPoELoss(ExpertsLoss):
         taus = torch.as_tensor(balpoe_taus(K, self.tau_min, self.tau_max), dtype=ze.dtype, device=ze.device)
         lp = self.log_prior.to(ze.dtype)
         return sum(F.cross_entropy(ze[:, k] + taus[k] * lp, y) for k in range(K)) / K
+
+# %% ../nbs/08_losses.ipynb #77380cf8
+def ride_diversity_weights(class_counts, reweight_factor: float) -> np.ndarray:
+    "RIDE's per-class diversity temperatures t_c = C pi_c r + 1 - r, divided by their maximum."
+    n = as_class_counts(class_counts).astype(np.float64)
+    r = _check_number("reweight_factor", reweight_factor, 0, 1, hi_open=True)
+    t = len(n) * (n / n.sum()) * r + 1 - r
+    return t / t.max()
+
+
+@LOSSES.register(stages=(1,), experts=True)
+class RIDELoss(ExpertsLoss):
+    "RIDE: per expert LDAM(-DRW) on s * cosine logits plus alpha * T^2 * KL(sg(mean) || expert) (alpha < 0: diversity)."
+    def __init__(self, class_counts, max_margin: float, scale: float, drw_start: int, cb_beta: float,
+                 diversity_factor: float, diversity_temperature: float, reweight_factor: float):
+        super().__init__(class_counts)
+        self.scale = _check_number("scale", scale, 0, lo_open=True)
+        self.drw_start = _check_int("drw_start", drw_start, 0)
+        self.diversity_factor = _check_number("diversity_factor", diversity_factor)
+        self.diversity_temperature = _check_number("diversity_temperature", diversity_temperature, 0, lo_open=True)
+        self._buffer("margins", ldam_margins(self.counts, max_margin))
+        self._buffer("cb_weight", class_balanced_weights(self.counts, cb_beta))
+        self._buffer("div_weight", ride_diversity_weights(self.counts, reweight_factor))
+
+    @property
+    def reweighted(self) -> bool: return self.epoch >= self.drw_start
+
+    def forward(self, output, y):
+        zbar, ze, y = self._expert_inputs(output, y)
+        onehot = F.one_hot(y, self.num_classes).to(ze.dtype)
+        weight = self.cb_weight.to(ze.dtype) if self.reweighted else None
+        T = self.diversity_temperature * (self.div_weight.to(ze.dtype)[None] if self.reweighted else torch.ones_like(self.div_weight)[None])
+        T_mean = T.mean()
+        target = F.softmax(zbar.detach() / T, dim=1)
+        loss = ze.new_zeros(())
+        for k in range(ze.shape[1]):
+            zk = ze[:, k] if self.diversity_factor != 0 else zbar
+            loss = loss + F.cross_entropy(zk - self.scale * self.margins.to(ze.dtype)[y][:, None] * onehot, y, weight=weight)
+            kl = F.kl_div(F.log_softmax(ze[:, k] / T, dim=1), target, reduction="batchmean")
+            loss = loss + self.diversity_factor * T_mean ** 2 * kl
+        return loss
