@@ -15,8 +15,12 @@ from omegaconf.errors import OmegaConfBaseException
 import torch
 
 from .synth import SYNTH_PRESETS, synth_key
-from .data import DataConfig
-from .models import ModelConfig
+from .data import DataConfig, check_data_config, unknown_count
+from .losses import COST_STRATEGIES, loss_names
+from .models import CONV_IMPLS, CONVNET_ADSB_STAGES, MODELS, ModelConfig
+from .samplers import SAMPLERS
+from .moe_ltsei import GATE_WEIGHTINGS
+from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_features
 
 # %% auto #0
 __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
@@ -74,6 +78,7 @@ class TrainingConfig:
     eval_batch_size: int = 1024
     num_threads: int = 1               # CPU threads for torch: part of the run (results depend on it), not of the machine
 
+# %% ../nbs/16_config.ipynb #cbeadfdd
 @dataclass
 class MoEHeadConfig:
     "The MoE-LTSEI head (`stage2.moe.*`)."
@@ -123,6 +128,7 @@ class Stage2Config:
     moe: MoEHeadConfig = field(default_factory=MoEHeadConfig)
     moe_loss: MoELossConfig = field(default_factory=MoELossConfig)
 
+# %% ../nbs/16_config.ipynb #bbb8e583
 @dataclass
 class Stage3Config:
     "Post-hoc correction (`stage3.*`)."
@@ -282,6 +288,7 @@ def _check_finite(cfg):
             if isinstance(x, float) and not math.isfinite(x):
                 raise ConfigError(f"{key}={x!r} must be a finite number")
 
+# %% ../nbs/16_config.ipynb #c06cd01e
 def check_num_classes(cfg, num_classes: int) -> None:
     "MoE-LTSEI needs at least one class per expert (`stage2.moe.num_experts` <= classes)."
     s2 = cfg.stage2
@@ -291,10 +298,8 @@ def check_num_classes(cfg, num_classes: int) -> None:
 
 def _check_experts(cfg) -> None:
     "The multi-expert rivals (RIDE, SADE, BalPoE): their losses, stage 3 and keys need `model.name=ConvNetADSBExperts`."
-    from ltsei.losses import EXPERT_LOSSES
-    from ltsei.models import CONVNET_ADSB_STAGES
     experts = cfg.model.name == "ConvNetADSBExperts"
-    if cfg.loss.name in EXPERT_LOSSES and not experts:
+    if cfg.loss.name in loss_names(experts=True) and not experts:
         raise ConfigError(f"loss.name={cfg.loss.name} trains several experts: it needs model.name=ConvNetADSBExperts, not {cfg.model.name}")
     if cfg.stage3.mode == "sade_aggregation" and (not experts or cfg.stage2.enabled):
         raise ConfigError("stage3.mode=sade_aggregation weighs the experts of model.name=ConvNetADSBExperts trained in "
@@ -319,6 +324,7 @@ def _check_experts(cfg) -> None:
     if not 0 <= cfg.loss.ride_reweight_factor < 1:
         raise ConfigError(f"loss.ride_reweight_factor={cfg.loss.ride_reweight_factor!r} must be in [0, 1)")
 
+# %% ../nbs/16_config.ipynb #59639a9a
 def _check_openset(cfg) -> None:
     "The `openset.*` values; with synthetic data also that some emitters stay known and at least one is held out."
     o = cfg.openset
@@ -327,18 +333,12 @@ def _check_openset(cfg) -> None:
     for k in ("odin_temperature", "odin_epsilon"): _positive(f"openset.{k}", o[k], allow_zero=k == "odin_epsilon")
     if not 0 < o.tpr < 1: raise ConfigError(f"openset.tpr={o.tpr!r}: expected a true-positive rate in (0, 1)")
     if cfg.data.source == "synthetic":
-        from ltsei.data import unknown_count
         try: unknown_count(int(cfg.data.synth.num_emitters), o.unknown_fraction)
         except ValueError as e: raise ConfigError(str(e)) from None
 
-def validate(cfg) -> None:
-    "Check every name and number of a composed config; raise `ConfigError` naming the key."
-    from ltsei.data import check_data_config
-    from ltsei.models import CONV_IMPLS, MODELS
-    from ltsei.losses import COST_STRATEGIES, STAGE1_LOSSES, STAGE2_LOSSES
-    from ltsei.samplers import SAMPLERS
-    from ltsei.stage2 import STAGE2_MODES, check_stage3
-    _check_finite(cfg)
+# %% ../nbs/16_config.ipynb #a32ecf80
+def _check_paths(cfg) -> None:
+    "The seed, the cache folders and a given stage-1 checkpoint."
     if not (isinstance(cfg.seed, int) and 0 <= cfg.seed < 2 ** 32):
         raise ConfigError(f"seed={cfg.seed!r}: expected an integer in [0, 2**32 - 1] (what numpy's and torch's generators take)")
     for k in ("data.cache_dir", "stage1.cache_dir"):
@@ -348,29 +348,34 @@ def validate(cfg) -> None:
     if ck is not None and not (Path(ck).is_file() and os.access(ck, os.R_OK)):
         raise ConfigError(f"stage1.checkpoint={ck!r}: {'no such file' if not Path(ck).exists() else 'not a readable file'}; "
                           "expected a stage-1 checkpoint written by ltsei (checkpoints/stage1_best.pt of a run)")
+
+def _check_names(cfg) -> None:
+    "Every name: against its family's registry (backbones, losses, samplers, stage-2 modes) or its fixed list."
     _choice("scale.profile", cfg.scale.profile, PROFILES)
-    _choice("model.name", cfg.model.name, sorted(MODELS))
+    _choice("model.name", cfg.model.name, MODELS.names())
     _choice("model.conv_impl", cfg.model.conv_impl, CONV_IMPLS)
-    _choice("loss.name", cfg.loss.name, STAGE1_LOSSES)
-    _choice("sampling.name", cfg.sampling.name, sorted(SAMPLERS))
+    _choice("loss.name", cfg.loss.name, loss_names(stage=1))
+    _choice("sampling.name", cfg.sampling.name, SAMPLERS.names())
     _choice("training.optimizer", cfg.training.optimizer, OPTIMIZERS)
     _choice("training.precision", cfg.training.precision, ("auto", "fp32", "bf16", "fp16"))
     _choice("training.channels_last", str(cfg.training.channels_last).lower(), ("auto", "true", "false"))
     try: check_data_config(cfg.data)              # the data section's own checks (data.synth included; no file read)
     except ValueError as e: raise ConfigError(str(e)) from None
-    _choice("stage2.mode", cfg.stage2.mode, sorted(STAGE2_MODES))
-    _choice("stage2.loss", cfg.stage2.loss, STAGE2_LOSSES)
+    _choice("stage2.mode", cfg.stage2.mode, STAGE2_MODES.names())
+    _choice("stage2.loss", cfg.stage2.loss, loss_names(stage=2))
     if cfg.stage2.enabled and cfg.stage2.loss == "MoELTSEILoss" and cfg.stage2.mode != "moe_ltsei":
         raise ConfigError(f"stage2.loss=MoELTSEILoss needs the MoE-LTSEI head (stage2.mode=moe_ltsei), not stage2.mode={cfg.stage2.mode}")
-    _choice("stage2.sampler", cfg.stage2.sampler, sorted(SAMPLERS))
+    _choice("stage2.sampler", cfg.stage2.sampler, SAMPLERS.names())
     _choice("stage2.optimizer", cfg.stage2.optimizer, OPTIMIZERS)
     _choice("stage2.cost_strategy", cfg.stage2.cost_strategy, COST_STRATEGIES)
     _choice("stage3.mode", cfg.stage3.mode, STAGE3_MODES)
-    import ltsei.moe_ltsei
-    _choice("stage2.moe_loss.gate_weighting", cfg.stage2.moe_loss.gate_weighting, getattr(ltsei.moe_ltsei, "GATE_WEIGHTINGS", ("none",)))
+    _choice("stage2.moe_loss.gate_weighting", cfg.stage2.moe_loss.gate_weighting, GATE_WEIGHTINGS)
     if cfg.stage2.enabled:   # stage 3 needs one linear classifier: refuse LWS / MoE heads before any work
-        check_stage3(cfg.stage3.mode, f"the {cfg.stage2.mode} head", STAGE2_MODES[cfg.stage2.mode].linear_classifier)
-    _check_experts(cfg)
+        check_stage3(cfg.stage3.mode, f"the {cfg.stage2.mode} head", STAGE2_MODES.meta(cfg.stage2.mode)["linear_classifier"])
+
+# %% ../nbs/16_config.ipynb #cf9c47a9
+def _check_numbers(cfg) -> None:
+    "The ranges of the numbers (each finite already) and the frame length each backbone needs."
     if cfg.stage2.batch_size is not None: _positive("stage2.batch_size", cfg.stage2.batch_size)
     for k in ("training.lr", "stage2.lr", "training.epochs", "stage2.epochs", "training.num_threads",
               "training.eval_batch_size", "stage2.moe.num_experts", "stage2.moe.gate_hidden", "stage2.moe_loss.scale"):
@@ -397,6 +402,15 @@ def validate(cfg) -> None:
         v = OmegaConf.select(cfg, k)
         if not 0 <= v < 1: raise ConfigError(f"{k}={v!r} must be in [0, 1)")
     _positive("evaluation.snr_bin_db", cfg.evaluation.snr_bin_db)
+
+# %% ../nbs/16_config.ipynb #59ab867f
+def validate(cfg) -> None:
+    "Check every name and number of a composed config; raise `ConfigError` naming the key."
+    _check_finite(cfg)
+    _check_paths(cfg)
+    _check_names(cfg)
+    _check_experts(cfg)
+    _check_numbers(cfg)
     if cfg.openset.enabled: _check_openset(cfg)
     for prefix in ("sampling", "stage2"):
         name = cfg[prefix].name if prefix == "sampling" else cfg.stage2.sampler
@@ -411,7 +425,6 @@ def scale_epochs(n: int, s: float, at_least: int) -> int:
 
 def stage2_on_cached_features(cfg) -> bool:
     "Stage 2 trains only a head on features computed once (its epochs cost milliseconds: never scaled)."
-    from ltsei.stage2 import get_stage2_mode, uses_cached_features
     return bool(cfg.stage2.enabled) and uses_cached_features(get_stage2_mode(cfg.stage2.mode), cfg.stage2)
 
 def finalize(cfg) -> DictConfig:

@@ -5,7 +5,6 @@
 # %% ../nbs/08_losses.ipynb #eba4811e
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from numbers import Real
@@ -16,13 +15,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .registry import Registry
+
 # %% auto #0
-__all__ = ['LOSSES', 'STAGE1_LOSSES', 'EXPERT_LOSSES', 'STAGE2_LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'ExpertsOutput',
-           'logits_of', 'as_class_counts', 'register_loss', 'loss_params', 'create_loss', 'LongTailLoss',
-           'CrossEntropy', 'FocalLoss', 'effective_number', 'class_balanced_weights', 'ClassBalancedLoss',
-           'ldam_margins', 'drw_weights', 'LDAMLoss', 'log_prior', 'BalancedSoftmaxLoss', 'LogitAdjustmentLoss',
-           'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss', 'ride_diversity_weights', 'RIDELoss',
-           'reversed_prior', 'SADELoss', 'balpoe_taus', 'BalPoELoss']
+__all__ = ['LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'ExpertsOutput', 'logits_of', 'as_class_counts', 'loss_names', 'loss_params',
+           'create_loss', 'LongTailLoss', 'CrossEntropy', 'FocalLoss', 'effective_number', 'class_balanced_weights',
+           'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss', 'log_prior', 'BalancedSoftmaxLoss',
+           'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss', 'reversed_prior', 'SADELoss',
+           'balpoe_taus', 'BalPoELoss', 'ride_diversity_weights', 'RIDELoss']
 
 # %% ../nbs/08_losses.ipynb #794e3242
 class MoEOutput(NamedTuple):
@@ -80,37 +80,20 @@ def _check_int(name: str, value, lo: int) -> int:
     return int(value)
 
 # %% ../nbs/08_losses.ipynb #81bdadb3
-LOSSES: dict[str, type] = {}
-_LAZY_LOSS_MODULES = ("ltsei.moe_ltsei",)  # modules that register further losses when imported
-
-STAGE1_LOSSES = ("CrossEntropy", "FocalLoss", "ClassBalancedLoss", "LDAMLoss", "BalancedSoftmaxLoss",
-                 "LogitAdjustmentLoss", "RIDELoss", "SADELoss", "BalPoELoss")  # `loss.name` (nbs/methods.ipynb, stage-1 losses)
-EXPERT_LOSSES = ("RIDELoss", "SADELoss", "BalPoELoss")  # need a multi-expert network (`model.name=ConvNetADSBExperts`)
-STAGE2_LOSSES = ("CrossEntropy", "FocalLoss", "ClassBalancedLoss", "BalancedSoftmaxLoss", "LogitAdjustmentLoss",
-                 "CostSensitiveCE", "LOS", "MoELTSEILoss")  # `stage2.loss` (nbs/methods.ipynb, stage 2)
+LOSSES = Registry("loss", lazy_modules=("ltsei.moe_ltsei",))   # ltsei.moe_ltsei registers MoELTSEILoss when imported
 
 
-def register_loss(cls):
-    "Class decorator: register `cls` in `LOSSES` under its class name (a re-definition of the same class replaces it)."
-    old = LOSSES.get(cls.__name__)
-    if old is not None and old.__qualname__ != cls.__qualname__:
-        raise ValueError(f"loss name {cls.__name__!r} is already registered by {old.__module__}.{old.__qualname__}")
-    LOSSES[cls.__name__] = cls
-    return cls
-
-
-def _load_lazy_losses():
-    for mod in _LAZY_LOSS_MODULES:
-        try: importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod: raise
+def loss_names(stage: int | None = None, experts: bool | None = None) -> tuple[str, ...]:
+    """The registered loss names (sorted) that `stage` may use (1: `loss.name`, 2: `stage2.loss`; None: any), and
+    of those the ones that need (`experts=True`) or do not need (`False`) a multi-expert network."""
+    def fits(n):
+        m = LOSSES.meta(n)
+        return (stage is None or stage in m["stages"]) and (experts is None or m.get("experts", False) == experts)
+    return tuple(n for n in LOSSES.names() if fits(n))
 
 
 def loss_params(name: str) -> list[str]:
     "The parameter names `create_loss(name, class_counts, ...)` requires (besides `class_counts`)."
-    if name not in LOSSES: _load_lazy_losses()
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
     ps = list(inspect.signature(LOSSES[name].__init__).parameters.values())[1:]
     return [p.name for p in ps if p.name != "class_counts" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
@@ -155,7 +138,7 @@ class LongTailLoss(nn.Module):
         self.register_buffer(name, torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32))
 
 # %% ../nbs/08_losses.ipynb #5d72cdae
-@register_loss
+@LOSSES.register(stages=(1, 2))
 class CrossEntropy(LongTailLoss):
     "Softmax cross-entropy, optionally with label smoothing."
     def __init__(self, class_counts, label_smoothing: float):
@@ -167,7 +150,7 @@ class CrossEntropy(LongTailLoss):
         return F.cross_entropy(z, y, label_smoothing=self.label_smoothing)
 
 # %% ../nbs/08_losses.ipynb #658905c6
-@register_loss
+@LOSSES.register(stages=(1, 2))
 class FocalLoss(LongTailLoss):
     "alpha_t * (1 - p_t)^gamma * CE with p_t from the unweighted CE; plain mean."
     def __init__(self, class_counts, gamma: float, alpha):
@@ -206,7 +189,7 @@ def class_balanced_weights(class_counts, beta: float) -> np.ndarray:
     return w / w.mean()
 
 
-@register_loss
+@LOSSES.register(stages=(1, 2))
 class ClassBalancedLoss(LongTailLoss):
     "CE weighted by the inverse effective number (weights sum to C); weighted mean."
     def __init__(self, class_counts, beta: float):
@@ -233,7 +216,7 @@ def drw_weights(class_counts, power: float) -> np.ndarray:
     return w / w.mean()
 
 
-@register_loss
+@LOSSES.register(stages=(1,))
 class LDAMLoss(LongTailLoss):
     "CE(s * (z - D_y onehot), y, weight=w(epoch)); margins rescaled to `max_margin`; DRW from `drw_start`."
     def __init__(self, class_counts, max_margin: float, scale: float, drw_start: int, reweight_power: float):
@@ -262,7 +245,7 @@ def log_prior(class_counts) -> np.ndarray:
     return np.log(n / n.sum())
 
 
-@register_loss
+@LOSSES.register(stages=(1, 2))
 class BalancedSoftmaxLoss(LongTailLoss):
     "CE(z + log pi, y); prediction uses z."
     def __init__(self, class_counts):
@@ -274,7 +257,7 @@ class BalancedSoftmaxLoss(LongTailLoss):
         return F.cross_entropy(z + self.log_prior.to(z.dtype), y)
 
 
-@register_loss
+@LOSSES.register(stages=(1, 2))
 class LogitAdjustmentLoss(LongTailLoss):
     "CE(z + tau * log pi, y); prediction uses z."
     def __init__(self, class_counts, tau: float):
@@ -300,7 +283,7 @@ def cost_weights(class_counts, strategy: str) -> np.ndarray:
     return w / w.mean()
 
 
-@register_loss
+@LOSSES.register(stages=(2,))
 class CostSensitiveCE(LongTailLoss):
     "CE weighted by cost weights (auto / sqrt / log, mean 1); weighted mean."
     def __init__(self, class_counts, strategy: str):
@@ -313,7 +296,7 @@ class CostSensitiveCE(LongTailLoss):
         return F.cross_entropy(z, y, weight=self.weight.to(z.dtype))
 
 # %% ../nbs/08_losses.ipynb #1fc92686
-@register_loss
+@LOSSES.register(stages=(2,))
 class LOS(LongTailLoss):
     "Label over-smoothing: CE against (1 - eps) * onehot + eps / C."
     def __init__(self, class_counts, smoothing: float):
@@ -344,7 +327,57 @@ class ExpertsLoss(LongTailLoss):
                              f"(model.num_experts={self.num_experts_required}), got {ze.shape[1]}")
         return z, ze, y
 
+# %% ../nbs/08_losses.ipynb #27400b3e
+def reversed_prior(class_counts) -> np.ndarray:
+    "SADE's backward prior: the class of rank r (by n_c, largest first, ties by label) gets the prior of rank C + 1 - r."
+    n = as_class_counts(class_counts).astype(np.float64)
+    order = np.lexsort((np.arange(len(n)), -n))          # classes by rank, largest n_c first
+    rank = np.empty(len(n), dtype=np.int64); rank[order] = np.arange(len(n))
+    pi_sorted = n[order] / n.sum()
+    return pi_sorted[len(n) - 1 - rank]
 
+
+@LOSSES.register(stages=(1,), experts=True)
+class SADELoss(ExpertsLoss):
+    "SADE: CE(z1) + CE(z2 + log pi) + CE(z3 + log pi - tau log pi_reversed), three experts."
+    num_experts_required = 3
+
+    def __init__(self, class_counts, tau: float):
+        super().__init__(class_counts)
+        self.tau = _check_number("tau", tau)
+        self._buffer("log_prior", log_prior(self.counts))
+        self._buffer("log_reversed", np.log(reversed_prior(self.counts)))
+
+    def forward(self, output, y):
+        _, ze, y = self._expert_inputs(output, y)
+        lp, lr = self.log_prior.to(ze.dtype), self.log_reversed.to(ze.dtype)
+        return (F.cross_entropy(ze[:, 0], y) + F.cross_entropy(ze[:, 1] + lp, y)
+                + F.cross_entropy(ze[:, 2] + lp - self.tau * lr, y))
+
+
+def balpoe_taus(num_experts: int, tau_min: float, tau_max: float) -> np.ndarray:
+    "BalPoE's logit-adjustment strengths tau_k, evenly spaced from tau_min to tau_max (their mean for one expert)."
+    K = _check_int("num_experts", num_experts, 1)
+    lo, hi = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
+    return np.array([(lo + hi) / 2]) if K == 1 else np.linspace(lo, hi, K)
+
+
+@LOSSES.register(stages=(1,), experts=True)
+class BalPoELoss(ExpertsLoss):
+    "BalPoE: (1/K) sum_k CE(z_k + tau_k log pi, y); the mean logit is balanced when mean(tau) = 1."
+    def __init__(self, class_counts, tau_min: float, tau_max: float):
+        super().__init__(class_counts)
+        self.tau_min, self.tau_max = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
+        self._buffer("log_prior", log_prior(self.counts))
+
+    def forward(self, output, y):
+        _, ze, y = self._expert_inputs(output, y)
+        K = ze.shape[1]
+        taus = torch.as_tensor(balpoe_taus(K, self.tau_min, self.tau_max), dtype=ze.dtype, device=ze.device)
+        lp = self.log_prior.to(ze.dtype)
+        return sum(F.cross_entropy(ze[:, k] + taus[k] * lp, y) for k in range(K)) / K
+
+# %% ../nbs/08_losses.ipynb #77380cf8
 def ride_diversity_weights(class_counts, reweight_factor: float) -> np.ndarray:
     "RIDE's per-class diversity temperatures t_c = C pi_c r + 1 - r, divided by their maximum."
     n = as_class_counts(class_counts).astype(np.float64)
@@ -353,7 +386,7 @@ def ride_diversity_weights(class_counts, reweight_factor: float) -> np.ndarray:
     return t / t.max()
 
 
-@register_loss
+@LOSSES.register(stages=(1,), experts=True)
 class RIDELoss(ExpertsLoss):
     "RIDE: per expert LDAM(-DRW) on s * cosine logits plus alpha * T^2 * KL(sg(mean) || expert) (alpha < 0: diversity)."
     def __init__(self, class_counts, max_margin: float, scale: float, drw_start: int, cb_beta: float,
@@ -384,53 +417,3 @@ class RIDELoss(ExpertsLoss):
             kl = F.kl_div(F.log_softmax(ze[:, k] / T, dim=1), target, reduction="batchmean")
             loss = loss + self.diversity_factor * T_mean ** 2 * kl
         return loss
-
-# %% ../nbs/08_losses.ipynb #27400b3e
-def reversed_prior(class_counts) -> np.ndarray:
-    "SADE's backward prior: the class of rank r (by n_c, largest first, ties by label) gets the prior of rank C + 1 - r."
-    n = as_class_counts(class_counts).astype(np.float64)
-    order = np.lexsort((np.arange(len(n)), -n))          # classes by rank, largest n_c first
-    rank = np.empty(len(n), dtype=np.int64); rank[order] = np.arange(len(n))
-    pi_sorted = n[order] / n.sum()
-    return pi_sorted[len(n) - 1 - rank]
-
-
-@register_loss
-class SADELoss(ExpertsLoss):
-    "SADE: CE(z1) + CE(z2 + log pi) + CE(z3 + log pi - tau log pi_reversed), three experts."
-    num_experts_required = 3
-
-    def __init__(self, class_counts, tau: float):
-        super().__init__(class_counts)
-        self.tau = _check_number("tau", tau)
-        self._buffer("log_prior", log_prior(self.counts))
-        self._buffer("log_reversed", np.log(reversed_prior(self.counts)))
-
-    def forward(self, output, y):
-        _, ze, y = self._expert_inputs(output, y)
-        lp, lr = self.log_prior.to(ze.dtype), self.log_reversed.to(ze.dtype)
-        return (F.cross_entropy(ze[:, 0], y) + F.cross_entropy(ze[:, 1] + lp, y)
-                + F.cross_entropy(ze[:, 2] + lp - self.tau * lr, y))
-
-
-def balpoe_taus(num_experts: int, tau_min: float, tau_max: float) -> np.ndarray:
-    "BalPoE's logit-adjustment strengths tau_k, evenly spaced from tau_min to tau_max (their mean for one expert)."
-    K = _check_int("num_experts", num_experts, 1)
-    lo, hi = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
-    return np.array([(lo + hi) / 2]) if K == 1 else np.linspace(lo, hi, K)
-
-
-@register_loss
-class BalPoELoss(ExpertsLoss):
-    "BalPoE: (1/K) sum_k CE(z_k + tau_k log pi, y); the mean logit is balanced when mean(tau) = 1."
-    def __init__(self, class_counts, tau_min: float, tau_max: float):
-        super().__init__(class_counts)
-        self.tau_min, self.tau_max = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
-        self._buffer("log_prior", log_prior(self.counts))
-
-    def forward(self, output, y):
-        _, ze, y = self._expert_inputs(output, y)
-        K = ze.shape[1]
-        taus = torch.as_tensor(balpoe_taus(K, self.tau_min, self.tau_max), dtype=ze.dtype, device=ze.device)
-        lp = self.log_prior.to(ze.dtype)
-        return sum(F.cross_entropy(ze[:, k] + taus[k] * lp, y) for k in range(K)) / K

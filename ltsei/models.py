@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import ExpertsOutput, logits_of
+from .registry import Registry
 
 # %% auto #0
 __all__ = ['CONV_IMPLS', 'CONVNET_ADSB_STAGES', 'CONVNET_ADSB_POOLS', 'CONVNET_ADSB_MIN_LENGTH', 'MODELS', 'ModelConfig',
            'check_conv_impl', 'make_conv', 'make_bn', 'make_maxpool', 'to_layout', 'global_max_pool', 'global_avg_pool',
            'convert_conv_state_dict', 'ChannelAttention', 'ConvBNReLU', 'ConvNetADSBBody', 'BasicBlock', 'ResNet1DBody',
-           'TCNBlock', 'DilatedTCNBody', 'log_spectrum', 'SpectrumBody', 'register_model', 'Backbone', 'check_iq',
-           'ConvNetADSB', 'ResNet1D', 'DilatedTCN', 'FrequencyDomainExpert', 'load_balance_loss', 'SignalGate',
+           'TCNBlock', 'DilatedTCNBody', 'log_spectrum', 'SpectrumBody', 'Backbone', 'check_iq', 'ConvNetADSB',
+           'ResNet1D', 'DilatedTCN', 'FrequencyDomainExpert', 'load_balance_loss', 'SignalGate',
            'MixtureOfExpertsConvNet', 'NormedLinear', 'expert_split', 'ConvNetADSBExperts', 'create_model',
            'copy_between_impls']
 
@@ -178,6 +179,7 @@ class ResNet1DBody(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return global_avg_pool(self.blocks(self.stem(to_layout(x, self.conv_impl))))
 
+# %% ../nbs/09_models.ipynb #0f70fe28
 class TCNBlock(nn.Module):
     "Residual block of two dilated 3-tap convolutions with BN."
     def __init__(self, conv_impl: str, channels: int, dilation: int):
@@ -231,12 +233,7 @@ class SpectrumBody(nn.Module):
         return self.trunk(log_spectrum(x))
 
 # %% ../nbs/09_models.ipynb #c2a8ccfb
-MODELS: dict[str, type] = {}
-
-def register_model(cls: type) -> type:
-    "Class decorator: register a backbone under its class name in `MODELS`."
-    MODELS[cls.__name__] = cls
-    return cls
+MODELS = Registry("backbone", key="model.name")   # `@MODELS.register()`: a backbone class under its class name
 
 class Backbone(nn.Module):
     """A body (B, 2, L) -> (B, d), dropout, and a linear classifier.
@@ -270,7 +267,8 @@ def check_iq(x: torch.Tensor) -> None:
     if x.ndim != 3 or x.shape[1] != 2:
         raise ValueError(f"expected an I/Q batch of shape (B, 2, L), got shape {tuple(x.shape)}")
 
-@register_model
+# %% ../nbs/09_models.ipynb #6a0d1487
+@MODELS.register()
 class ConvNetADSB(Backbone):
     "Thirteen conv-BN-ReLU blocks, channel attention, global max pool; feature dim 350."
     min_length = CONVNET_ADSB_MIN_LENGTH
@@ -282,7 +280,7 @@ class ConvNetADSB(Backbone):
     def from_config(cls, num_classes: int, cfg) -> "ConvNetADSB":
         return cls(num_classes, cfg.dropout, cfg.use_attention, cfg.conv_impl)
 
-@register_model
+@MODELS.register()
 class ResNet1D(Backbone):
     "1-D ResNet-18-style network (32/64/128/256 channels); feature dim 256."
     def __init__(self, num_classes: int, dropout: float, conv_impl: str):
@@ -292,7 +290,7 @@ class ResNet1D(Backbone):
     def from_config(cls, num_classes: int, cfg) -> "ResNet1D":
         return cls(num_classes, cfg.dropout, cfg.conv_impl)
 
-@register_model
+@MODELS.register()
 class DilatedTCN(Backbone):
     "64-channel residual TCN with dilations 1, 2, 4, 8; feature dim 64."
     def __init__(self, num_classes: int, dropout: float, conv_impl: str):
@@ -302,7 +300,7 @@ class DilatedTCN(Backbone):
     def from_config(cls, num_classes: int, cfg) -> "DilatedTCN":
         return cls(num_classes, cfg.dropout, cfg.conv_impl)
 
-@register_model
+@MODELS.register()
 class FrequencyDomainExpert(Backbone):
     "ConvNetADSB trunk on the log power spectrum (at +f and -f); feature dim 350."
     min_length = CONVNET_ADSB_MIN_LENGTH
@@ -337,7 +335,8 @@ class SignalGate(nn.Module):
         logits = self.out(global_avg_pool(self.net(to_layout(x, self.conv_impl))))
         return torch.softmax(logits.float(), dim=-1)
 
-@register_model
+# %% ../nbs/09_models.ipynb #6635be69
+@MODELS.register()
 class MixtureOfExpertsConvNet(nn.Module):
     "ConvNetADSB, DilatedTCN and FrequencyDomainExpert trunks, projected and mixed by a signal gate."
     min_length = CONVNET_ADSB_MIN_LENGTH
@@ -399,7 +398,8 @@ def expert_split(convs: nn.Sequential, expert_blocks: int) -> int:
         raise ValueError(f"model.expert_blocks={expert_blocks!r}: expected an integer from 1 to {len(blocks)} (ConvNetADSB's conv blocks)")
     return blocks[len(blocks) - expert_blocks]
 
-@register_model
+# %% ../nbs/09_models.ipynb #3c79a9bf
+@MODELS.register()
 class ConvNetADSBExperts(nn.Module):
     "ConvNetADSB with shared early blocks and K expert branches (late blocks, attention, cosine classifier x s)."
     min_length = CONVNET_ADSB_MIN_LENGTH
@@ -452,9 +452,7 @@ def create_model(name: str, num_classes: int, length: int, cfg) -> nn.Module:
     """Build the backbone `name` from `MODELS` for `num_classes` classes and inputs of `length` samples.
 
     `cfg` is a `ModelConfig` or anything with the same attributes (an OmegaConf `model` node)."""
-    if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is not a registered backbone; choose one of {sorted(MODELS)}")
-    cls = MODELS[name]
+    cls = MODELS[name]   # an unknown name: one line with the valid names
     if length < cls.min_length:
         raise ValueError(f"{name} needs inputs of at least {cls.min_length} samples (its pools shrink time "
                          f"by that factor), got length={length}")

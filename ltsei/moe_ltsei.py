@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import rank_groups
-from .losses import (MoEOutput, LongTailLoss, register_loss, as_class_counts, _check_number, _check_int,
-                     effective_number, class_balanced_weights)
+from .losses import (LOSSES, MoEOutput, LongTailLoss, as_class_counts, _check_number, _check_int,
+                          effective_number, class_balanced_weights)
 from .models import load_balance_loss
 
 # %% auto #0
@@ -92,8 +92,8 @@ def gate_group_weights(class_counts, K: int, weighting: str) -> np.ndarray:
     N_r = np.bincount(frequency_groups(n, K), weights=n, minlength=K)
     return n.sum() / (K * N_r)
 
-
-@register_loss
+# %% ../nbs/13_moe_ltsei.ipynb #ebf78c6b
+@LOSSES.register(stages=(2,))
 class MoELTSEILoss(LongTailLoss):
     "MoE-LTSEI loss: weighted, margin-adjusted, difficulty-weighted CE on the mixed cosine + gate supervision + load balance."
     def __init__(self, class_counts, num_experts: int, scale: float, beta: float, margin_m0: float, margin_m1: float,

@@ -62,6 +62,7 @@ def logit_scores(logits: torch.Tensor) -> dict:
     z = logits.detach().double().cpu()
     return {"msp": z.softmax(1).amax(1).numpy(), "max_logit": z.amax(1).numpy(), "energy": torch.logsumexp(z, 1).numpy()}
 
+# %% ../nbs/15_openset.ipynb #82dc9a88
 def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     "Class means (K, d) and the inverse of the shared within-class covariance (d, d) (ridge: see above), float64."
     f, y = features.detach().double().cpu(), labels.cpu().long()

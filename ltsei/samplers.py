@@ -5,13 +5,14 @@
 # %% ../nbs/10_samplers.ipynb #b767664c
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 
+from .registry import Registry
+
 # %% auto #0
 __all__ = ['SAMPLERS', 'class_counts', 'power_probabilities', 'EpochSampler', 'ShuffleSampler', 'ClassPowerSampler',
-           'register_sampler', 'create_sampler']
+           'create_sampler']
 
 # %% ../nbs/10_samplers.ipynb #e0b74af2
 def class_counts(labels: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.num_samples
 
+# %% ../nbs/10_samplers.ipynb #af77520d
 class ShuffleSampler(EpochSampler):
     "`none`: an ordinary shuffled epoch, every index exactly once."
     def exponent(self, epoch: int) -> None:
@@ -114,35 +116,28 @@ class ClassPowerSampler(EpochSampler):
         return self._order[self._starts[cls] + within]
 
 # %% ../nbs/10_samplers.ipynb #deb77835
-SAMPLERS: dict[str, Callable[..., EpochSampler]] = {}
-
-def register_sampler(name: str):
-    "Decorator: register a sampler builder under `name`."
-    def deco(fn):
-        SAMPLERS[name] = fn
-        return fn
-    return deco
+SAMPLERS = Registry("sampler")   # name -> builder(labels, num_epochs, alpha, alpha_start, alpha_end, generator)
 
 def _fixed(a: float):
     def build(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
         return ClassPowerSampler(labels, a, a, num_epochs, generator)
     return build
 
-register_sampler("sqrt")(_fixed(0.5))
-register_sampler("class_uniform")(_fixed(0.0))
-register_sampler("inv_freq")(_fixed(-1.0))
+SAMPLERS.register("sqrt")(_fixed(0.5))
+SAMPLERS.register("class_uniform")(_fixed(0.0))
+SAMPLERS.register("inv_freq")(_fixed(-1.0))
 
-@register_sampler("none")
+@SAMPLERS.register("none")
 def _none(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
     return ShuffleSampler(labels, num_epochs, generator)
 
-@register_sampler("power")
+@SAMPLERS.register("power")
 def _power(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
     if alpha is None:
         raise ValueError("sampler 'power' needs the exponent alpha (sampling.alpha / stage2.alpha), got None")
     return ClassPowerSampler(labels, alpha, alpha, num_epochs, generator)
 
-@register_sampler("progressive_power")
+@SAMPLERS.register("progressive_power")
 def _progressive(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
     missing = [k for k, v in (("alpha_start", alpha_start), ("alpha_end", alpha_end)) if v is None]
     if missing:
@@ -153,6 +148,4 @@ def _progressive(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
 def create_sampler(name: str, labels: torch.Tensor, num_epochs: int, alpha: float | None,
                    alpha_start: float | None, alpha_end: float | None, generator: torch.Generator) -> EpochSampler:
     "The sampler `name` over training `labels` for a stage of `num_epochs` epochs."
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler {name!r} is unknown; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](labels, num_epochs, alpha, alpha_start, alpha_end, generator)

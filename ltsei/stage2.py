@@ -16,12 +16,13 @@ from torch import nn
 from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state, Resume
 from .losses import log_prior, ExpertsOutput
 from .moe_ltsei import MoEHead, frequency_groups, routing_metrics
+from .registry import Registry
 
 # %% auto #0
-__all__ = ['STAGE2_MODES', 'LWSHead', 'Stage2Model', 'Stage2Mode', 'register_stage2_mode', 'get_stage2_mode', 'compute_features',
-           'Stage2Result', 'gate_usage', 'uses_cached_features', 'train_stage2', 'Stage3Error', 'tau_normalize',
-           'logit_adjust_fn', 'check_stage3', 'sade_agreement_loss', 'noisy_view', 'sade_aggregation_weights',
-           'aggregation_weights', 'test_time_aggregation']
+__all__ = ['STAGE2_MODES', 'LWSHead', 'Stage2Model', 'Stage2Mode', 'get_stage2_mode', 'compute_features', 'Stage2Result',
+           'gate_usage', 'uses_cached_features', 'train_stage2', 'Stage3Error', 'tau_normalize', 'logit_adjust_fn',
+           'check_stage3', 'sade_agreement_loss', 'noisy_view', 'sade_aggregation_weights', 'aggregation_weights',
+           'test_time_aggregation']
 
 # %% ../nbs/14_stage2.ipynb #9abef730
 class LWSHead(nn.Module):
@@ -56,32 +57,27 @@ class Stage2Model(nn.Module):
 # %% ../nbs/14_stage2.ipynb #fdead99e
 @dataclass
 class Stage2Mode:
+    "A registered stage-2 mode: its name, its head builder and its metadata."
     name: str
     train_backbone: bool
     build_head: Callable   # (model, num_classes, cfg_stage2) -> nn.Module
     linear_classifier: bool  # the final head is one nn.Linear (stage 3 can act on it)
 
-STAGE2_MODES: dict[str, Stage2Mode] = {}
+STAGE2_MODES = Registry("stage-2 mode", key="stage2.mode")   # name -> head builder; meta: train_backbone, linear_classifier
 
-def register_stage2_mode(name, train_backbone, linear_classifier):
-    def deco(fn):
-        STAGE2_MODES[name] = Stage2Mode(name, train_backbone, fn, linear_classifier)
-        return fn
-    return deco
-
-@register_stage2_mode("crt", train_backbone=False, linear_classifier=True)
+@STAGE2_MODES.register("crt", train_backbone=False, linear_classifier=True)
 def _crt_head(model, num_classes, s2):
     return nn.Linear(model.feature_dim, num_classes)
 
-@register_stage2_mode("lws", train_backbone=False, linear_classifier=False)
+@STAGE2_MODES.register("lws", train_backbone=False, linear_classifier=False)
 def _lws_head(model, num_classes, s2):
     return LWSHead(model.classifier)
 
-@register_stage2_mode("finetune", train_backbone=True, linear_classifier=True)
+@STAGE2_MODES.register("finetune", train_backbone=True, linear_classifier=True)
 def _finetune_head(model, num_classes, s2):
     return model.classifier
 
-@register_stage2_mode("moe_ltsei", train_backbone=False, linear_classifier=False)
+@STAGE2_MODES.register("moe_ltsei", train_backbone=False, linear_classifier=False)
 def _moe_head(model, num_classes, s2):
     return MoEHead(feature_dim=model.feature_dim, num_classes=num_classes, num_experts=s2.moe.num_experts,
                    gate_hidden=s2.moe.gate_hidden, gate_dropout=s2.moe.gate_dropout,
@@ -89,9 +85,8 @@ def _moe_head(model, num_classes, s2):
                    detach_gate=bool(s2.moe.detach_gate))
 
 def get_stage2_mode(name: str) -> Stage2Mode:
-    if name not in STAGE2_MODES:
-        raise ValueError(f"stage2.mode={name!r}: expected one of {', '.join(sorted(STAGE2_MODES))}")
-    return STAGE2_MODES[name]
+    "The registered mode `name` (an unknown name: one line with the valid names)."
+    return Stage2Mode(name, build_head=STAGE2_MODES[name], **STAGE2_MODES.meta(name))
 
 # %% ../nbs/14_stage2.ipynb #54d20f9c
 def compute_features(backbone: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> torch.Tensor:
@@ -123,6 +118,7 @@ def uses_cached_features(mode: Stage2Mode, s2) -> bool:
     "Cached features are exact when the backbone is frozen and in eval mode."
     return (not mode.train_backbone) and bool(s2.freeze_bn) and bool(s2.cache_features)
 
+# %% ../nbs/14_stage2.ipynb #5ccdbfb5
 def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, batch_size: int, eval_batch_size: int,
                  momentum: float, weight_decay: float, log_path=None, progress: bool = True,
                  seed: int, resume: Resume | None = None) -> Stage2Result:
