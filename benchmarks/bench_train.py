@@ -13,7 +13,8 @@ Target on the 2-core CPU: the project's path at least 2.5x the plain loop at bot
 First the instruction set: the CPU model (lscpu), the flags that decide the precision (AVX-512, its
 bf16 dot products, AMX tiles), torch's CPU capability, and what `auto` resolves to. Then the roofline:
 the best square-matrix-multiply rate in fp32 and in bf16, measured in the same run with the same
-thread count as the training steps, and the convolution and linear arithmetic of one training step
+thread count as the training steps (timed in CPU seconds of this process by default, so that other
+jobs on a shared machine do not count; `--clock wall` for elapsed time), and the convolution and linear arithmetic of one training step
 (forward multiply-adds x 2 flops x 3 for forward + backward). ltsei's stage-1 step is timed in each
 precision and given as a fraction of the GEMM peak of that precision: the precision `auto` uses is
 marked. A path cannot run the same arithmetic faster than that GEMM rate, so `GEMM peak / plain loop
@@ -33,6 +34,7 @@ from ltsei.train import (PRECISIONS, cpu_flags, cpu_has_amx, fit, make_optimizer
                          resolve_precision, torch_cpu_flags)
 
 TARGET = 2.5
+CLOCK = time.process_time   # CPU seconds of this process: other jobs on a shared machine do not count (--clock wall)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
 
 
@@ -91,7 +93,7 @@ def gemm_peak(dtype, n=2048, reps=5):
     a @ b
     best = float("inf")
     for _ in range(reps):
-        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+        t = CLOCK(); a @ b; best = min(best, CLOCK() - t)
     return 2 * n ** 3 / best
 
 
@@ -104,12 +106,12 @@ def plain_loop(x, y, steps, batch, classes):
     done, t0 = 0, None
     while done < steps + 2:
         for xb, yb in dl:
-            if done == 2: t0 = time.perf_counter()     # two warm-up steps
+            if done == 2: t0 = CLOCK()     # two warm-up steps
             loss = lossf(model(xb), yb)
             opt.zero_grad(); loss.backward(); opt.step()
             done += 1
             if done == steps + 2: break
-    return steps * batch / (time.perf_counter() - t0)
+    return steps * batch / (CLOCK() - t0)
 
 
 def project_path(x, y, steps, batch, classes, precision="auto"):
@@ -126,7 +128,7 @@ def project_path(x, y, steps, batch, classes, precision="auto"):
     loss = create_loss("CrossEntropy", counts, label_smoothing=0.0)
     orig = loss.forward
     def timed(out, yb):
-        marks.append(time.perf_counter()); return orig(out, yb)
+        marks.append(CLOCK()); return orig(out, yb)
     loss.forward = timed
     fit(model, xs, ys, loss_fn=loss, sampler=sampler, optimizer=opt, epochs=1, lr=0.01, warmup_epochs=0,
         batch_size=batch, rt=rt, validate=lambda m: {"acc": 0.0, "balanced_acc": 0.0}, progress=False)
@@ -144,14 +146,19 @@ def main():
     ap.add_argument("--threads", type=int, default=TrainingConfig().num_threads,
                     help="torch threads for the GEMM peaks and the steps (default: training.num_threads)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain DataLoader loop")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: CPU seconds of this process (default; other jobs on the machine do not count), wall: elapsed")
     a = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     torch.set_num_threads(a.threads)
     isa = detect_isa()
     offered = cpu_precisions(isa)
     print(f"CPU: {isa['model']}; flags: {' '.join(isa['flags']) or 'none of ' + ', '.join(ISA_FLAGS)}; "
           f"torch capability {isa['torch_capability']}; AMX: {'yes' if isa['amx'] else 'no'}")
     print(f"training.precision=auto -> {isa['auto']} ({isa['reason']})")
-    print(f"torch {torch.__version__}, {a.threads} thread(s); ConvNetADSB, batch {a.batch}, {a.steps} timed steps")
+    print(f"torch {torch.__version__}, {a.threads} thread(s); ConvNetADSB, batch {a.batch}, {a.steps} timed steps; "
+          f"{'rates per CPU second of this process' if a.clock == 'cpu' else 'rates per elapsed second'}")
     peaks = {p: gemm_peak(PRECISIONS[p] or torch.float32) for p in offered}
     print("roofline (GEMM peak, 2048^3, best of 5):")
     for p, how in offered.items():

@@ -1,5 +1,6 @@
 """End-to-end runs at the smoke scale: files of a run, reuse of stage 1, checkpoints, stage 2
-with and without cached features, stage 3, determinism and bad input."""
+with and without cached features, stage 3, determinism and bad input, and the precision a run trains in
+(forced bf16 on the CPU; `auto` following the CPU's AMX into metrics.json and the stage-1 key)."""
 import json
 from pathlib import Path
 
