@@ -25,9 +25,9 @@ from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, t
 from .moe_ltsei import routing_metrics, frequency_groups
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'config_loss_params', 'build_sampler', 'CheckpointError', 'stage1_payload', 'load_stage1_checkpoint',
-           'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard', 'save_train_indices',
-           'scoring_model', 'run_extras', 'train_stage2_resumable', 'run_experiment']
+__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'config_loss_params', 'build_sampler', 'CheckpointError', 'stage1_payload',
+           'load_stage1_checkpoint', 'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard',
+           'save_train_indices', 'scoring_model', 'run_extras', 'train_stage2_resumable', 'run_experiment']
 
 # %% ../nbs/17_run.ipynb #03d8cd3f
 def config_loss_params(name: str, cfg, stage: int) -> dict:
@@ -144,6 +144,7 @@ def _finished_work(work: Path, key: str) -> bool:
     except (OSError, ValueError): return False
     return meta.get("key") == key and meta.get("complete") is True and all((work / f).is_file() for f in ("best.pt", "last.pt", "log.csv"))
 
+# %% ../nbs/17_run.ipynb #125b83cd
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from an intact cache entry, or trained (or resumed) now."
     key = stage1_key(cfg)
@@ -245,7 +246,7 @@ def run_extras(cfg, data, test: dict, scoring, rt: Runtime, out_dir: Path) -> di
         atomic_write_bytes(out_dir / "openset_scores.npz", buf.getvalue())
     return out
 
-# %% ../nbs/17_run.ipynb #ff766310
+# %% ../nbs/17_run.ipynb #e8a3b2ac
 def _public(m: dict) -> dict:
     return {k: v for k, v in m.items() if not k.startswith("_")}
 
@@ -259,6 +260,29 @@ def _combined_log(out_dir: Path):
             rows += [f"{stage},{l}" for l in lines[1:]]
     if rows: atomic_write_text(out_dir / "log.csv", "\n".join(rows) + "\n")
 
+def _json_default(o):
+    if isinstance(o, (np.integer,)): return int(o)
+    if isinstance(o, (np.floating,)): return float(o)
+    if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
+    if isinstance(o, Path): return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+OLD_RESULTS = ("metrics.json", "predictions.npz", "train_indices.npy", "openset_scores.npz", "log.csv", "log_stage1.csv",
+               "log_stage2.csv", "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt", "checkpoints/stage2_best.pt",
+               "checkpoints/stage2_last.pt")
+
+def _fresh_run_dir(cfg, out_dir) -> Path:
+    "Claim `out_dir` and clear what an earlier run left there; write config.yaml."
+    check_machine(cfg)                                   # threads, GPUs, free disk: before any folder
+    out_dir = claim_run_dir(out_dir, hydra_ok=True)      # ltsei's own folder, or refused before anything is written
+    for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
+    # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
+    for old in OLD_RESULTS: (out_dir / old).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    atomic_write_text(out_dir / "config.yaml", print_config(cfg))
+    return out_dir
+
+# %% ../nbs/17_run.ipynb #c7672734
 def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progress: bool):
     """`train_stage2` with its resume state in `data.cache_dir/stage2/<stage2_key>.work/` (under a lock):
     a restarted run with the same config continues where an interrupted one stopped."""
@@ -284,18 +308,50 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
         slot.discard_work()
     return res2, resume
 
+def _stage1_evaluator(model, ev, out_dir: Path):
+    "`evaluate_split(split, state, head, logit_transform)` of a run without stage 2: stage 1's best or last state, or a head on it."
+    def evaluate_split(split, state="best", head=None, logit_transform=None):
+        if head is not None: return ev(Stage2Model(model, head, False, True), split, logit_transform=logit_transform)
+        if state == "best": return ev(model, split, logit_transform=logit_transform)
+        last = out_dir / "checkpoints" / "stage1_last.pt"
+        if not last.is_file(): return None          # started from a given checkpoint: no last state
+        with using_state(model, safe_load(last)["state_dict"]):
+            return ev(model, split, logit_transform=logit_transform)
+    return evaluate_split
+
+def _with_stage3(cfg, model, data, rt: Runtime, res2, evaluate_split):
+    "Stage 3 over `evaluate_split`: (the evaluator, `post`: stage 3's head or logit transform, None without one)."
+    s3 = cfg.stage3
+    if s3.mode == "sade_aggregation":         # SADE: expert weights learnt on each split's unlabeled frames (stage 2 is off)
+        return test_time_aggregation(model, data, cfg, rt, evaluate_split), None
+    if s3.mode == "none": return evaluate_split, None
+    if s3.mode == "tau_norm":                 # post-hoc, through the same evaluator (stage 2's cached features if any)
+        host = res2.model.head if cfg.stage2.enabled else model.classifier
+        post = {"head": tau_normalize(host, s3.tau_norm)}
+    else:
+        post = {"logit_transform": logit_adjust_fn(data.class_counts, s3.logit_tau)}
+    return (lambda split, state="best": evaluate_split(split, **post)), post
+
+def _stage_records(cfg, s1: dict, res2, resume2) -> dict:
+    "The `stage1` and `stage2` sections of `metrics.json`."
+    return {"stage1": {"key": s1["key"], "reused": s1["reused"], "source": s1["source"], "path": s1["path"],
+                       "best_epoch": s1.get("best_epoch"), "seconds": s1.get("seconds"),
+                       "resume_saves": s1.get("resume_saves"), "resume_seconds": s1.get("resume_seconds")},
+            "stage2": None if not cfg.stage2.enabled else {"mode": cfg.stage2.mode, "cached_features": res2.cached,
+                       "seconds": res2.seconds, "feature_seconds": res2.feature_seconds, "best_epoch": res2.fit.best_epoch,
+                       "resume_saves": resume2.saves, "resume_seconds": round(resume2.save_seconds, 4)}}
+
+# %% ../nbs/17_run.ipynb #ff766310
+def _print_summary(metrics: dict, out_dir: Path) -> None:
+    t = metrics["test"]
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+    print(f"[ltsei] done in {metrics['seconds']:.0f}s: test acc {fmt(t['acc'])}  balanced {fmt(t['balanced_acc'])}  "
+          f"macro-F1 {fmt(t['macro_f1'])}  many/medium/few {fmt(t['many_acc'])}/{fmt(t['medium_acc'])}/{fmt(t['few_acc'])}  -> {out_dir / 'metrics.json'}")
+
 def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     "Run one finalized config (see `config.compose_config`) into `out_dir`; returns the metrics dict."
     t0 = time.time()
-    check_machine(cfg)                                   # threads, GPUs, free disk: before any folder
-    out_dir = claim_run_dir(out_dir, hydra_ok=True)      # ltsei's own folder, or refused before anything is written
-    for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
-    # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
-    for old in ("metrics.json", "predictions.npz", "train_indices.npy", "openset_scores.npz", "log.csv", "log_stage1.csv", "log_stage2.csv",
-                "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt", "checkpoints/stage2_best.pt", "checkpoints/stage2_last.pt"):
-        (out_dir / old).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
-    atomic_write_text(out_dir / "config.yaml", print_config(cfg))
+    out_dir = _fresh_run_dir(cfg, out_dir)
     torch.set_num_threads(int(cfg.training.num_threads))     # part of the run: the numbers depend on it
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
@@ -308,54 +364,34 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     save_class_counts(data, out_dir / "class_counts.json")
     indices = save_train_indices(data, out_dir / "train_indices.npy")
     print(f"[ltsei] runtime: {rt.describe()}; output: {out_dir}")
+    print(f"[ltsei] precision: {rt.precision} (training.precision={rt.requested}: {rt.reason})")
 
     model, s1 = get_stage1(cfg, data, rt, out_dir, progress)
     ev = lambda m, split, **kw: evaluate(m, getattr(data, split).x, getattr(data, split).y,
                                          cfg.training.eval_batch_size, rt, data.num_classes, data.groups, **kw)
+    res2 = resume2 = None
     if cfg.stage2.enabled:                    # (stage 3 on this head was checked by config.validate)
-        s2 = cfg.stage2
         res2, resume2 = train_stage2_resumable(cfg, model, data, rt, out_dir, progress)
         for which, state in (("best", res2.fit.best_state), ("last", res2.fit.last_state)):
-            atomic_save({"format": "ltsei-stage2-v1", "mode": s2.mode, "state_dict": state}, out_dir / "checkpoints" / f"stage2_{which}.pt")
+            atomic_save({"format": "ltsei-stage2-v1", "mode": cfg.stage2.mode, "state_dict": state}, out_dir / "checkpoints" / f"stage2_{which}.pt")
         evaluate_split = res2.evaluate
         best_epoch, epochs_run = res2.fit.best_epoch, res2.fit.epochs_run
     else:
-        def evaluate_split(split, state="best", head=None, logit_transform=None):
-            if head is not None: return ev(Stage2Model(model, head, False, True), split, logit_transform=logit_transform)
-            if state == "best": return ev(model, split, logit_transform=logit_transform)
-            last = out_dir / "checkpoints" / "stage1_last.pt"
-            if not last.is_file(): return None          # started from a given checkpoint: no last state
-            with using_state(model, safe_load(last)["state_dict"]):
-                return ev(model, split, logit_transform=logit_transform)
+        evaluate_split = _stage1_evaluator(model, ev, out_dir)
         best_epoch, epochs_run = s1.get("best_epoch"), s1.get("epochs_run")
+    evaluate_split, post = _with_stage3(cfg, model, data, rt, res2, evaluate_split)
 
-    post = None
-    s3 = cfg.stage3
-    if s3.mode == "sade_aggregation":         # SADE: expert weights learnt on each split's unlabeled frames (stage 2 is off)
-        evaluate_split = test_time_aggregation(model, data, cfg, rt, evaluate_split)
-    elif s3.mode != "none":                     # post-hoc, through the same evaluator (stage 2's cached features if any)
-        if s3.mode == "tau_norm":
-            host = res2.model.head if cfg.stage2.enabled else model.classifier
-            post = {"head": tau_normalize(host, s3.tau_norm)}
-        else:
-            post = {"logit_transform": logit_adjust_fn(data.class_counts, s3.logit_tau)}
-        evaluate_split = (lambda base: lambda split, state="best": base(split, **post))(evaluate_split)
-
-    test, val, test_last = evaluate_split("test"), evaluate_split("val"), evaluate_split("test", "last") if s3.mode == "none" else None
+    test, val = evaluate_split("test"), evaluate_split("val")
+    test_last = evaluate_split("test", "last") if cfg.stage3.mode == "none" else None
     from ltsei.metrics import confusion_matrix
     metrics = {"test": _public(test), "val": _public(val), "class_counts": counts, "groups": data.groups,
                "best_epoch": best_epoch, "epochs_run": epochs_run, "seconds": None,
                "test_last": _public(test_last) if test_last else None,
                "confusion_test": confusion_matrix(data.test.y.numpy(), test["_pred"].numpy(), data.num_classes).tolist(),
-               "stage1": {"key": s1["key"], "reused": s1["reused"], "source": s1["source"], "path": s1["path"],
-                          "best_epoch": s1.get("best_epoch"), "seconds": s1.get("seconds"),
-                          "resume_saves": s1.get("resume_saves"), "resume_seconds": s1.get("resume_seconds")},
-               "stage2": None if not cfg.stage2.enabled else {"mode": cfg.stage2.mode, "cached_features": res2.cached,
-                          "seconds": res2.seconds, "feature_seconds": res2.feature_seconds, "best_epoch": res2.fit.best_epoch,
-                          "resume_saves": resume2.saves, "resume_seconds": round(resume2.save_seconds, 4)},
-               "profile": cfg.scale.profile, "runtime": rt.describe(), "data": data.info}
+               **_stage_records(cfg, s1, res2, resume2),
+               "profile": cfg.scale.profile, "runtime": rt.describe(), "precision": rt.precision_record(), "data": data.info}
     metrics["train_indices"] = indices
-    metrics.update(run_extras(cfg, data, test, lambda: scoring_model(model, res2 if cfg.stage2.enabled else None, post), rt, out_dir))
+    metrics.update(run_extras(cfg, data, test, lambda: scoring_model(model, res2, post), rt, out_dir))
     if "_gate_probs" in test:
         K = cfg.stage2.moe.num_experts
         metrics["routing"] = routing_metrics(test["_gate_probs"], data.test.y, frequency_groups(data.class_counts, K), K)
@@ -365,15 +401,5 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
                                                **({"stage2": res2.fit.history} if cfg.stage2.enabled else {})}, metrics["test"])
     metrics["seconds"] = time.time() - t0
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=_json_default))
-    t = metrics["test"]
-    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
-    print(f"[ltsei] done in {metrics['seconds']:.0f}s: test acc {fmt(t['acc'])}  balanced {fmt(t['balanced_acc'])}  "
-          f"macro-F1 {fmt(t['macro_f1'])}  many/medium/few {fmt(t['many_acc'])}/{fmt(t['medium_acc'])}/{fmt(t['few_acc'])}  -> {out_dir / 'metrics.json'}")
+    _print_summary(metrics, out_dir)
     return metrics
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
-    if isinstance(o, Path): return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

@@ -19,26 +19,81 @@ from .metrics import compute_metrics
 from .cache import atomic_save, atomic_write_text, safe_load, storage_error, to_plain, UnsafeCheckpoint, DamagedCheckpoint
 
 # %% auto #0
-__all__ = ['RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at', 'eval_batches',
-           'predict', 'evaluate', 'state_copy', 'using_state', 'rng_state', 'set_rng_state', 'Resume', 'NonFiniteLoss',
-           'FitResult', 'fit']
+__all__ = ['PRECISIONS', 'AMX_FLAGS', 'RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'cpu_flags', 'torch_cpu_flags', 'cpu_has_amx',
+           'auto_precision', 'resolve_precision', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at',
+           'eval_batches', 'predict', 'evaluate', 'state_copy', 'using_state', 'rng_state', 'set_rng_state', 'Resume',
+           'NonFiniteLoss', 'FitResult', 'fit']
 
 # %% ../nbs/12_train.ipynb #cc420e46
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # training.precision -> autocast dtype
+
 @dataclass
 class Runtime:
-    "Where and how tensors are computed."
+    "Where and how tensors are computed, and why in this precision."
     device: torch.device
     amp_dtype: Optional[torch.dtype]   # None = fp32
     channels_last: bool
+    requested: str = "fp32"            # training.precision as asked: auto | fp32 | bf16 | fp16
+    reason: str = "asked for"          # why `precision` is the one used
+
+    @property
+    def precision(self) -> str:
+        return {v: k for k, v in PRECISIONS.items()}[self.amp_dtype]
 
     def autocast(self):
         if self.amp_dtype is None: return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def describe(self) -> str:
-        prec = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-        return f"{self.device} {prec}{' channels_last' if self.channels_last else ''}"
+        return f"{self.device} {self.precision}{' channels_last' if self.channels_last else ''}"
 
+    def precision_record(self) -> dict:
+        "What `metrics.json` keeps under `precision`."
+        return {"requested": self.requested, "resolved": self.precision, "reason": self.reason}
+
+# %% ../nbs/12_train.ipynb #31ea4313
+AMX_FLAGS = ("amx_bf16", "amx_tile")   # both: the tile unit and its bf16 multiply
+
+def cpu_flags(path="/proc/cpuinfo") -> frozenset:
+    "The feature flags of the first CPU in `path` (`flags` on x86, `Features` on ARM); empty where there is no such file."
+    try: text = Path(path).read_text(errors="replace")
+    except OSError: return frozenset()
+    for line in text.splitlines():
+        key, sep, val = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"): return frozenset(val.split())
+    return frozenset()
+
+def torch_cpu_flags() -> frozenset:
+    "The CPU features torch's own kernels found (`torch.cpu.get_capabilities()`, where this torch has it)."
+    get = getattr(torch.cpu, "get_capabilities", None)
+    try: caps = get() if get is not None else {}
+    except Exception: caps = {}                 # an older or unusual build: /proc/cpuinfo decides
+    return frozenset(k for k, v in caps.items() if v is True)
+
+def cpu_has_amx(flags=None) -> bool:
+    "Whether the CPU multiplies bf16 on AMX tiles: both AMX_FLAGS in `flags` (default: /proc/cpuinfo's and torch's)."
+    flags = (cpu_flags() | torch_cpu_flags()) if flags is None else frozenset(flags)
+    return all(f in flags for f in AMX_FLAGS)
+
+def auto_precision(device: torch.device, flags=None) -> tuple[str, str]:
+    "What `training.precision=auto` means on `device`: (precision, reason), from the table above."
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(): return "bf16", "CUDA GPU with bf16"
+        return "fp16", "CUDA GPU without bf16 (fp16 with a gradient scaler)"
+    if device.type == "cpu":
+        return ("bf16", "CPU with AMX (amx_bf16, amx_tile)") if cpu_has_amx(flags) else ("fp32", "CPU without AMX")
+    return "fp32", f"{device.type} device"
+
+def resolve_precision(precision: str, device: torch.device, flags=None) -> tuple[str, str]:
+    "`training.precision` on `device`: (fp32 | bf16 | fp16, reason); `auto` as `auto_precision` says, the others as asked."
+    if precision == "auto": return auto_precision(device, flags)
+    if precision not in PRECISIONS:
+        raise ValueError(f"training.precision={precision!r}: expected auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("training.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision, "asked for (training.precision)"
+
+# %% ../nbs/12_train.ipynb #ccf71b98
 def select_device(gpus) -> torch.device:
     "The device for `gpus` (null: CUDA 0 if available, else CPU)."
     if not torch.cuda.is_available():
@@ -55,16 +110,10 @@ def select_device(gpus) -> torch.device:
 def make_runtime(gpus, precision: str, channels_last) -> Runtime:
     "Device, autocast dtype and memory format from `training.precision` / `training.channels_last`."
     device = select_device(gpus)
-    if precision == "auto":
-        if device.type == "cuda": amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else: amp = None     # measured: bf16 autocast is not faster on the development CPU (see above)
-    else:
-        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        if amp is torch.float16 and device.type != "cuda":
-            raise ValueError("training.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    resolved, reason = resolve_precision(precision, device)
     cl = str(channels_last).lower()
-    cl = True if cl == "auto" else cl == "true"     # channels-last Conv2d(1, k): faster on CPU and GPU
-    return Runtime(device, amp, cl)
+    cl = True if cl == "auto" else cl == "true"     # channels-last Conv2d(1, k): the faster layout wherever measured (above)
+    return Runtime(device, PRECISIONS[resolved], cl, requested=precision, reason=reason)
 
 # %% ../nbs/12_train.ipynb #4af92664
 def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
@@ -194,7 +243,7 @@ def _fits(model: nn.Module, sd) -> bool:
     return isinstance(sd, dict) and sd.keys() == own.keys() and all(
         isinstance(v, torch.Tensor) and v.shape == own[k].shape for k, v in sd.items())
 
-# %% ../nbs/12_train.ipynb #13c1957e
+# %% ../nbs/12_train.ipynb #fd67f39f
 class NonFiniteLoss(FloatingPointError):
     "The training loss became NaN or infinite."
 
@@ -214,6 +263,70 @@ LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "val_balance
 def _log_row(writer, row: dict):
     writer.writerow([row[k] if not isinstance(row[k], float) else f"{row[k]:.6g}" for k in LOG_COLUMNS])
 
+def _open_log(log_path, history):
+    "The epoch log at `log_path` with its header and the rows of `history`: (file, csv writer), or (None, None)."
+    if log_path is None: return None, None
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log = open(log_path, "w", newline="")
+        writer = csv.writer(log)
+        writer.writerow(LOG_COLUMNS)
+        for row in history: _log_row(writer, row)
+    except OSError as e: raise storage_error(log_path, e) from None
+    return log, writer
+
+def _restore(resume, model, optimizer, scaler, sampler, epochs: int, lr: float, desc: str):
+    "Where to continue: (history, first epoch, last val, best, lr), from `resume`'s state when one fits, else a fresh start."
+    st = resume.load() if resume is not None else None
+    if st is not None and not (_fits(model, st["model"]) and st["epoch"] < epochs):
+        st = resume._drop("it does not fit this model or schedule")
+    if st is None: return [], 0, None, None, lr
+    optimizer.load_state_dict(st["optimizer"])          # checks the parameter groups before changing anything
+    model.load_state_dict(st["model"])
+    if scaler is not None and st.get("scaler"): scaler.load_state_dict(st["scaler"])
+    if st.get("sampler_seed") is not None and hasattr(sampler, "_seed"): sampler._seed = st["sampler_seed"]
+    best = (st["best_epoch"], st["best_val"], st["best_state"] if st["best_state"] is not None else state_copy(model))
+    history = st["history"]
+    set_rng_state(st["rng"])
+    print(f"[ltsei] {desc}: resuming after epoch {st['epoch']} of {epochs} ({resume.path})", flush=True)
+    return history, st["epoch"] + 1, st["last_val"], best, history[-1]["lr"] if history else lr
+
+# %% ../nbs/12_train.ipynb #9cb0cb0d
+def _train_epoch(model, x_dev, y_dev, idx_all, *, loss_fn, optimizer, scaler, rt: Runtime, batch_size: int,
+                 step: int, total: int, warm: int, lr: float, cur_lr: float, bar):
+    "The steps of one epoch over the sample indices `idx_all`: (loss sum, correct, samples seen, next step, last lr)."
+    loss_sum = torch.zeros((), device=rt.device); correct = torch.zeros((), device=rt.device)
+    seen = 0
+    for b in range(0, len(idx_all), batch_size):
+        idx = idx_all[b:b + batch_size]
+        xb, yb = x_dev.index_select(0, idx), y_dev.index_select(0, idx)
+        cur_lr = lr_at(step, total, warm, lr)
+        for g in optimizer.param_groups: g["lr"] = cur_lr
+        with rt.autocast():
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            if hasattr(model, "aux_loss"): loss = loss + model.aux_loss()
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
+        else:
+            loss.backward(); optimizer.step()
+        loss_sum += loss.detach().float() * len(idx)
+        correct += (logits_of(out).detach().argmax(1) == yb).sum()
+        seen += len(idx); step += 1
+        bar.update(1)
+    return loss_sum, correct, seen, step, cur_lr
+
+def _save_resume(resume, epoch, model, optimizer, scaler, sampler, history, val, best) -> None:
+    "Everything `_restore` reads, at the end of `epoch`."
+    public = lambda m: to_plain({k: v for k, v in m.items() if not k.startswith("_")})
+    resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None,
+                 "sampler_seed": getattr(sampler, "_seed", None), "rng": rng_state(),
+                 "history": to_plain(history), "last_val": public(val), "best_epoch": best[0],
+                 "best_val": public(best[1]), "best_state": None if best[0] == epoch else best[2]})
+
+# %% ../nbs/12_train.ipynb #13c1957e
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler, optimizer,
         epochs: int, lr: float, warmup_epochs: int, batch_size: int, rt: Runtime,
         validate: Callable[[nn.Module], dict], log_path=None, desc: str = "train",
@@ -229,29 +342,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None
     x_dev, y_dev = x.to(rt.device), y.to(rt.device)
     if isinstance(loss_fn, nn.Module): loss_fn.to(rt.device)     # class weights, priors, groups
-    best, history, start, val, cur_lr = None, [], 0, None, lr
-    st = resume.load() if resume is not None else None
-    if st is not None and not (_fits(model, st["model"]) and st["epoch"] < epochs):
-        st = resume._drop("it does not fit this model or schedule")
-    if st is not None:
-        optimizer.load_state_dict(st["optimizer"])          # checks the parameter groups before changing anything
-        model.load_state_dict(st["model"])
-        if scaler is not None and st.get("scaler"): scaler.load_state_dict(st["scaler"])
-        if st.get("sampler_seed") is not None and hasattr(sampler, "_seed"): sampler._seed = st["sampler_seed"]
-        history, start, val = st["history"], st["epoch"] + 1, st["last_val"]
-        best = (st["best_epoch"], st["best_val"], st["best_state"] if st["best_state"] is not None else state_copy(model))
-        cur_lr = history[-1]["lr"] if history else lr
-        set_rng_state(st["rng"])
-        print(f"[ltsei] {desc}: resuming after epoch {st['epoch']} of {epochs} ({resume.path})", flush=True)
-    log = None
-    if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            log = open(log_path, "w", newline="")
-            writer = csv.writer(log)
-            writer.writerow(LOG_COLUMNS)
-            for row in history: _log_row(writer, row)
-        except OSError as e: raise storage_error(log_path, e) from None
+    history, start, val, best, cur_lr = _restore(resume, model, optimizer, scaler, sampler, epochs, lr, desc)
+    log, writer = _open_log(log_path, history)
     t0 = time.time() - (history[-1]["seconds"] if history else 0.0)
     step = start * steps_per_epoch
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not progress, mininterval=2, dynamic_ncols=True)
@@ -259,27 +351,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
         for epoch in range(start, epochs):
             model.train()
             loss_fn.set_epoch(epoch)
-            idx_all = sampler.epoch_indices(epoch).to(rt.device)
-            loss_sum = torch.zeros((), device=rt.device); correct = torch.zeros((), device=rt.device)
-            seen = 0
-            for b in range(0, len(idx_all), batch_size):
-                idx = idx_all[b:b + batch_size]
-                xb, yb = x_dev.index_select(0, idx), y_dev.index_select(0, idx)
-                cur_lr = lr_at(step, total, warm, lr)
-                for g in optimizer.param_groups: g["lr"] = cur_lr
-                with rt.autocast():
-                    out = model(xb)
-                    loss = loss_fn(out, yb)
-                    if hasattr(model, "aux_loss"): loss = loss + model.aux_loss()
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
-                else:
-                    loss.backward(); optimizer.step()
-                loss_sum += loss.detach().float() * len(idx)
-                correct += (logits_of(out).detach().argmax(1) == yb).sum()
-                seen += len(idx); step += 1
-                bar.update(1)
+            loss_sum, correct, seen, step, cur_lr = _train_epoch(
+                model, x_dev, y_dev, sampler.epoch_indices(epoch).to(rt.device), loss_fn=loss_fn, optimizer=optimizer,
+                scaler=scaler, rt=rt, batch_size=batch_size, step=step, total=total, warm=warm, lr=lr, cur_lr=cur_lr, bar=bar)
             train_loss = (loss_sum / max(seen, 1)).item()
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"{desc}: the training loss became {train_loss} in epoch {epoch} "
@@ -297,12 +371,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
                 best = (epoch, val, state_copy(model))
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_bacc=f"{val['balanced_acc']:.3f}", refresh=False)
             if resume is not None and epoch < epochs - 1 and resume.due():
-                public = lambda m: to_plain({k: v for k, v in m.items() if not k.startswith("_")})
-                resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict() if scaler is not None else None,
-                             "sampler_seed": getattr(sampler, "_seed", None), "rng": rng_state(),
-                             "history": to_plain(history), "last_val": public(val), "best_epoch": best[0],
-                             "best_val": public(best[1]), "best_state": None if best[0] == epoch else best[2]})
+                _save_resume(resume, epoch, model, optimizer, scaler, sampler, history, val, best)
     finally:
         bar.close()
         if log is not None: log.close()

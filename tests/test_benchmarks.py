@@ -1,4 +1,5 @@
-"""The roofline in benchmarks/bench_train.py: its multiply-add count must be exact, or its ceiling is wrong."""
+"""The roofline in benchmarks/bench_train.py: its multiply-add count must be exact, or its ceiling is wrong; the
+instruction set it reports decides which precisions it measures."""
 import importlib.util
 from pathlib import Path
 
@@ -46,3 +47,17 @@ def test_roofline_counts_every_useful_multiply_add():
 def test_roofline_skips_padding_taps():
     "At L=768 the last layers run on 4 and 2 samples with 7 taps, so the nominal count is larger."
     assert bench_train.train_flops_per_sample(768, 20) < 2 * 3 * sum_over_layers(768, nominal_macs)
+
+
+def test_isa_detection_names_the_precision_auto_uses():
+    isa = bench_train.detect_isa()
+    assert isa["model"] and isa["torch_capability"] and set(isa["flags"]) <= set(bench_train.ISA_FLAGS)
+    assert isa["auto"] == ("bf16" if isa["amx"] else "fp32")
+    assert set(bench_train.cpu_precisions(isa)) == {"fp32", "bf16"}
+
+
+def test_bf16_is_labelled_by_the_unit_that_runs_it():
+    how = lambda flags, amx: bench_train.cpu_precisions({"flags": flags, "amx": amx})["bf16"]
+    assert how(["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], True) == "AMX tiles"
+    assert how(["avx512f", "avx512_bf16"], False) == "AVX-512-BF16 dot products"
+    assert how(["avx2"], False).startswith("emulated")

@@ -1,5 +1,6 @@
 """End-to-end runs at the smoke scale: files of a run, reuse of stage 1, checkpoints, stage 2
-with and without cached features, stage 3, determinism and bad input."""
+with and without cached features, stage 3, determinism and bad input, and the precision a run trains in
+(forced bf16 on the CPU; `auto` following the CPU's AMX into metrics.json and the stage-1 key)."""
 import json
 from pathlib import Path
 
@@ -196,3 +197,37 @@ def test_predictions_and_tensorboard_agree_with_metrics(in_scratch):
             "stage2/gate_group2_expert0", "test/balanced_acc"} <= tags
     assert len(ea.Scalars("stage2/train_loss")) == 8 and len(ea.Scalars("stage2/gate_group0_expert1")) == 8
     assert ea.Scalars("test/balanced_acc")[0].value == pytest.approx(m["test"]["balanced_acc"])
+
+
+def test_forced_bf16_takes_the_bf16_path(in_scratch, capsys):
+    "training.precision=bf16 on any CPU: the convolutions run under bf16 autocast, the loss stays finite, metrics.json says bf16."
+    seen = []
+    def spy(mod, inp, out):
+        if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d)) and mod.training:
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), out.dtype))
+    h = torch.nn.modules.module.register_module_forward_hook(spy)
+    try:
+        m = run(["stage2.enabled=false", "training.precision=bf16", "stage1.reuse=false", "seed=11"], in_scratch / "bf16")
+    finally:
+        h.remove()
+    assert seen and all(s == (True, torch.bfloat16, torch.bfloat16) for s in seen)
+    assert m["precision"] == {"requested": "bf16", "resolved": "bf16", "reason": "asked for (training.precision)"}
+    assert "bf16" in m["runtime"] and "[ltsei] precision: bf16" in capsys.readouterr().out
+    losses = [float(r.split(",")[2]) for r in (in_scratch / "bf16" / "log_stage1.csv").read_text().splitlines()[1:]]
+    assert losses and all(np.isfinite(losses))
+    check_metrics(in_scratch / "bf16" / "metrics.json")
+
+
+def test_auto_precision_follows_the_cpu_and_keys_stage1(monkeypatch):
+    "auto: fp32 on a CPU without AMX, bf16 on one with AMX (mocked), and the resolved precision is in the stage-1 key."
+    import ltsei.train as T
+    from ltsei.config import stage1_key, stage1_settings
+    cfg = compose_config(["profile=smoke", "gpus=cpu"])
+    monkeypatch.setattr(T, "cpu_has_amx", lambda flags=None: False)
+    rt, key32 = T.make_runtime("cpu", "auto", "auto"), stage1_key(cfg)
+    assert (rt.precision, rt.reason, stage1_settings(cfg)["numerics"]["precision"]) == ("fp32", "CPU without AMX", "fp32")
+    monkeypatch.setattr(T, "cpu_has_amx", lambda flags=None: True)
+    rt, key16 = T.make_runtime("cpu", "auto", "auto"), stage1_key(cfg)
+    assert rt.amp_dtype is torch.bfloat16 and rt.precision_record() == {
+        "requested": "auto", "resolved": "bf16", "reason": "CPU with AMX (amx_bf16, amx_tile)"}
+    assert stage1_settings(cfg)["numerics"]["precision"] == "bf16" and key16 != key32
