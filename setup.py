@@ -12,8 +12,9 @@ setup(
     author=cfg["author"],
     license=cfg["license"],
     python_requires=">=" + cfg["min_python"],
-    packages=find_packages(include=["ltsei", "ltsei.*"]),
+    packages=find_packages(include=["ltsei", "ltsei.*"]) + ["ltsei.assets"],   # assets: data files only
     include_package_data=True,
+    package_data={"ltsei.assets": ["*.json"]},   # the real ADS-B reference numbers (06_realism)
     install_requires=cfg["requirements"].split(),
     extras_require={"ray": ["ray>=2.9"], "slurm": ["submitit>=1.5"], "tensorboard": ["tensorboard>=2.14"]},
     entry_points={"console_scripts": cfg["console_scripts"].split()},

@@ -73,6 +73,7 @@ def _callsign_codes(rng, n):
     digits = np.where(np.arange(4)[None, :] < ndig[:, None], digits, 32)
     return np.concatenate([letters, digits, np.full((n, 1), 32)], axis=1)
 
+# %% ../nbs/00_adsb.ipynb #05e73f07
 def random_me(rng: np.random.Generator, n: int) -> np.ndarray:
     """`n` plausible DF17 ME fields (n, 56): identification (TC 1-4), airborne position with
     barometric altitude (TC 9-18) or airborne velocity (TC 19), about a third each."""
@@ -105,6 +106,7 @@ def random_me(rng: np.random.Generator, n: int) -> np.ndarray:
         me[idx] = m
     return me
 
+# %% ../nbs/00_adsb.ipynb #8637f617
 def make_df17(rng: np.random.Generator, n: int, icao=None, ca: int = 5) -> np.ndarray:
     """`n` valid DF17 frames as bit rows (n, 112): DF=17, capability `ca`, ICAO address `icao`
     (an int or (n,) ints; random when None), a random plausible ME field and correct parity."""
@@ -176,6 +178,7 @@ def envelope(x) -> np.ndarray:
         raise ValueError(f"envelope: expected complex (B, L) or real (B, 2, L), got {x.dtype} {x.shape}")
     return np.hypot(x[..., 0, :], x[..., 1, :]).astype(np.float32)
 
+# %% ../nbs/00_adsb.ipynb #7459adec
 def _window_integrals(C, q):
     "Integral of a piecewise-constant row signal up to fractional sample positions q (B, ...) from its padded cumsum C (B, L+1)."
     B, L1 = C.shape
@@ -203,6 +206,7 @@ def find_preamble(env, sample_rate: float, search=(-0.3e-6, 1.0e-6)) -> np.ndarr
     score = chip_e @ sign
     return cands[np.argmax(score, axis=1)]
 
+# %% ../nbs/00_adsb.ipynb #3769e495
 def demodulate(env, sample_rate: float, n_bits: int = 112, t0=None) -> tuple[np.ndarray, np.ndarray, int]:
     """PPM demodulation of envelopes (B, L): returns (bits, t0, n) with bits (B, n) uint8, the frame starts
     t0 (B,) in seconds (found with `find_preamble` when not given) and n the number of bits demodulated: the

@@ -125,6 +125,7 @@ def _pick_key(keys, templates, role, what, path):
         if c.lower() in low: return low[c.lower()]
     raise ValueError(f"{path}: found no {what} for the {role} split: tried keys {cands}; the file holds keys {sorted(keys)}")
 
+# %% ../nbs/05_data.ipynb #221d8a43
 def _read_mat(path):
     "dict of arrays from a MATLAB file: v5 through scipy, v7.3 (HDF5) through h5py, transposed back to MATLAB's axis order."
     import scipy.io
@@ -150,6 +151,7 @@ def _h5_array(v):
         return v["real"] + 1j * v["imag"]
     return v
 
+# %% ../nbs/05_data.ipynb #b39fef64
 def _sibling_labels(path: Path):
     "The label file of a .npy signal file: X_train_10Class.npy -> Y_train_10Class.npy (also x->y)."
     name = path.name
@@ -161,6 +163,7 @@ def _sibling_labels(path: Path):
         if c.exists(): return c
     raise FileNotFoundError(f"{path}: found no label file beside it: tried {[str(c) for c in cands]}")
 
+# %% ../nbs/05_data.ipynb #01e436b9
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     """One .npy array; an error naming the file when it is empty, not a .npy file, truncated (its header
     promises more bytes than it holds) or holds pickled Python objects (never loaded)."""
@@ -187,6 +190,7 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
                          f"the file holds {size} bytes (an interrupted copy or download?)")
     return np.load(path, mmap_mode="r" if mmap and math.prod(shape) else None, allow_pickle=False)
 
+# %% ../nbs/05_data.ipynb #35a467f3
 def _split_file(folder: Path, role: str) -> Optional[Path]:
     "The `X_<role>.npy` (or an alias's, e.g. `X_valid.npy`) that `folder` holds for `role`, or None."
     return next((folder / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (folder / f"X_{r}.npy").exists()), None)
@@ -539,19 +543,31 @@ def _read_split(path, role, cfg):
     info["where"] = where
     return fit_length(x, cfg.target_length), y, info
 
+# %% ../nbs/05_data.ipynb #aa394cd4
 def _n(k: int, one: str, many: str) -> str: return f"{k} {one if k == 1 else many}"
 
-def _load_files(cfg):
-    notes = []
+def _say_into(notes: list):
+    "A `say(msg, warn=False)` that prints one `[ltsei] data: ...` (or `warning: ...`) line and keeps it in `notes`."
     def say(msg, warn=False):
         notes.append(("warning: " if warn else "") + msg)
         print(f"[ltsei] {'warning' if warn else 'data'}: {msg}")
+    return say
+
+# %% ../nbs/05_data.ipynb #740df208
+def _read_files(cfg) -> tuple[dict, dict, dict, dict]:
+    "Step 1: each file split of `cfg` read and checked (`_read_split`), by role: (raw, x, where, file path)."
     roles = {"train": cfg.train_path, "test": cfg.test_path, **({"val": cfg.val_path} if cfg.val_path else {})}
     raw = {r: _read_split(p, r, cfg) for r, p in roles.items()}
     x = {r: v[0] for r, v in raw.items()}
     where = {r: v[2]["where"] for r, v in raw.items()}
     files = {r: v[2]["path"] for r, v in raw.items()}
-    # 2. label base, classes
+    return raw, x, where, files
+
+# %% ../nbs/05_data.ipynb #3225bad6
+def _labels_from_base(cfg, raw: dict, x: dict, where: dict, files: dict, say) -> tuple[dict, int, int, str]:
+    """Step 2: the label base chosen from all the files' labels (`choose_label_base`), labels from 0 by role, and
+    the number of classes C: every class 0..C-1 of the training file has frames, the other files hold no other
+    classes and frames of the training file's length. Returns (y, C, base, why)."""
     base, why = choose_label_base(cfg.label_base, {r: v[1] for r, v in raw.items()}, files["train"])
     say(f"label base {base}: {why}")
     y = {}
@@ -570,7 +586,13 @@ def _load_files(cfg):
             raise ValueError(f"{files[r]}: {r} labels reach {int(y[r].max()) + base}, beyond the training file's classes 0..{C - 1} (+ base {base})")
         if x[r].shape[-1] != x["train"].shape[-1]:
             raise ValueError(f"{files[r]}: {r} frames have {x[r].shape[-1]} samples, the training frames {x['train'].shape[-1]}: set data.target_length")
-    # 3. copies within a file; leakage into the test file
+    return y, C, base, why
+
+# %% ../nbs/05_data.ipynb #218fcd6e
+def _apply_leakage(cfg, x: dict, y: dict, files: dict, C: int, say) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+    """Step 3: copies within a file reported (kept); frames the training or validation file shares with the test
+    file handled as `data.leakage` says (`x` and `y` updated in place on `drop`). Returns the frame hashes by role,
+    the training file's rows left (`pos`), the duplicate report and the training counts."""
     h = {r: frame_hashes(x[r]) for r in x}
     pos = np.arange(y["train"].size)          # the training file's rows, followed through the drops
     dup = {r: repeated_frames(h[r], y[r]) for r in x}
@@ -597,23 +619,32 @@ def _load_files(cfg):
     if (cnt == 0).any():
         raise ValueError(f"{files['train']}: classes {np.flatnonzero(cnt == 0).tolist()} have no training frames left after "
                          "dropping the frames the test file shares (data.leakage=drop)")
-    # 4. validation: the file, or a stratified hold-out (a seeded order within each class)
-    xtr, ytr, htr = x["train"], y["train"], h["train"]
+    return h, pos, dup, cnt
+
+# %% ../nbs/05_data.ipynb #dc45deef
+def _hold_out_val(cfg, x: dict, y: dict, h: dict, files: dict, cnt: np.ndarray, C: int, say):
+    """Step 4: the validation frames: the validation file, or a stratified hold-out of `data.val_fraction` of each
+    class (a seeded order within each class; its first frames). Returns ((x, y, hashes) of validation, the
+    training file's remaining rows of each class in that order, the rule as text)."""
+    ytr, htr = y["train"], h["train"]
     rng = np.random.default_rng(np.random.SeedSequence(int(cfg.split_seed), spawn_key=(13,)))
     order = [rng.permutation(np.flatnonzero(ytr == c)) for c in range(C)]
     if "val" in x:
-        xva, yva, hva = x["val"], y["val"], h["val"]
-        val_text = f"file {files['val']}"
-    else:
-        v = holdout_counts(cnt, cfg.val_fraction)
-        if (cnt == 1).any():
-            say(f"class{'es' if (cnt == 1).sum() > 1 else ''} {np.flatnonzero(cnt == 1).tolist()} {'have' if (cnt == 1).sum() > 1 else 'has'} "
-                "a single training frame: kept for training, none held out for validation")
-        vidx = np.concatenate([o[:k] for o, k in zip(order, v)])
-        xva, yva, hva = xtr[vidx], ytr[vidx], htr[vidx]
-        order = [o[k:] for o, k in zip(order, v)]
-        val_text = f"stratified hold-out of {float(cfg.val_fraction):g} of each class of the training file ({int(v.sum())} frames)"
-    # 5. the long tail
+        return (x["val"], y["val"], h["val"]), order, f"file {files['val']}"
+    v = holdout_counts(cnt, cfg.val_fraction)
+    if (cnt == 1).any():
+        say(f"class{'es' if (cnt == 1).sum() > 1 else ''} {np.flatnonzero(cnt == 1).tolist()} {'have' if (cnt == 1).sum() > 1 else 'has'} "
+            "a single training frame: kept for training, none held out for validation")
+    vidx = np.concatenate([o[:k] for o, k in zip(order, v)])
+    val = x["train"][vidx], ytr[vidx], htr[vidx]
+    order = [o[k:] for o, k in zip(order, v)]
+    return val, order, f"stratified hold-out of {float(cfg.val_fraction):g} of each class of the training file ({int(v.sum())} frames)"
+
+# %% ../nbs/05_data.ipynb #69ad9643
+def _tail_from(cfg, order: list, say) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, np.ndarray]:
+    """Step 5: the training counts from the `avail`able frames of each class: the cut of the long-tail profile
+    (`long_tail=cut`, warned when it keeps less than half) or all of them (`as_given`). Returns (counts, class
+    ranks, avail, the rule as text, the training file's rows trained on)."""
     avail = np.array([len(o) for o in order], dtype=np.int64)
     if cfg.long_tail == "cut":
         counts, ranks = cut_counts(avail, cfg.imbalance_ratio, cfg.split_seed)
@@ -626,8 +657,13 @@ def _load_files(cfg):
         counts, ranks = avail, count_ranks(avail, cfg.split_seed)
         train_rule = f"as given: {int(avail.sum())} frames"
     tidx = np.concatenate([np.sort(o[:n]) for o, n in zip(order, counts)])
-    # 6. validation measures frames not trained on
-    seen = np.isin(hva, htr[tidx])
+    return counts, ranks, avail, train_rule, tidx
+
+# %% ../nbs/05_data.ipynb #351f9158
+def _drop_trained_from_val(val: tuple, htr_trained: np.ndarray, dup: dict, files: dict, val_text: str, say):
+    "Step 6: validation measures frames not trained on: copies of training frames leave it. Returns (x, y) of validation."
+    xva, yva, hva = val
+    seen = np.isin(hva, htr_trained)
     dup["val_trained"] = int(seen.sum())
     if seen.any():
         say(f"{_n(int(seen.sum()), 'validation frame is a copy', 'validation frames are copies')} of frames trained on: dropped from validation")
@@ -635,6 +671,20 @@ def _load_files(cfg):
     if yva.size == 0:
         raise ValueError(f"{files.get('val', files['train'])}: no validation frames left ({val_text}): give data.val_path, "
                          "or a training file with at least two distinct frames in some class")
+    return xva, yva
+
+# %% ../nbs/05_data.ipynb #caddcbc9
+def _load_files(cfg):
+    "`data.source=files`: the six steps above, in order; every decision printed and kept in `info['notes']`."
+    notes = []
+    say = _say_into(notes)
+    raw, x, where, files = _read_files(cfg)
+    y, C, base, why = _labels_from_base(cfg, raw, x, where, files, say)
+    h, pos, dup, cnt = _apply_leakage(cfg, x, y, files, C, say)
+    val, order, val_text = _hold_out_val(cfg, x, y, h, files, cnt, C, say)
+    counts, ranks, avail, train_rule, tidx = _tail_from(cfg, order, say)
+    xtr, ytr, htr = x["train"], y["train"], h["train"]
+    xva, yva = _drop_trained_from_val(val, htr[tidx], dup, files, val_text, say)
     sr = raw["train"][2].get("sample_rate")
     info = {"source": "files", "files": files, "label_base": base, "label_base_reason": why, "long_tail": cfg.long_tail,
             "train_rule": train_rule, "n_max": int(avail.max()), "available": avail.tolist(), "class_ranks": ranks.tolist(),
@@ -644,6 +694,7 @@ def _load_files(cfg):
     extra = {"train_indices": pos[tidx], "test_snr": read_frame_snr(raw["test"][2]["path"], "test", int(y["test"].size))}
     return (xtr[tidx], ytr[tidx]), (xva, yva), (x["test"], y["test"]), counts, C, float(sr or PUBLIC_SAMPLE_RATE), info, extra
 
+# %% ../nbs/05_data.ipynb #8f089c47
 def _load_synthetic(cfg):
     s = load_synth(cfg.synth, cfg.cache_dir)
     sc = as_synth_config(cfg.synth)

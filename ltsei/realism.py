@@ -4,7 +4,8 @@
 
 # %% ../nbs/06_realism.ipynb #6c344861
 from __future__ import annotations
-import argparse, os, sys, warnings
+import argparse, json, os, sys, warnings
+from importlib import resources
 from pathlib import Path
 from dataclasses import fields, replace
 import numpy as np
@@ -14,213 +15,22 @@ from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, ch
 
 # %% auto #0
 __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
-           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'as_complex',
-           'frame_start', 'measure_frame', 'measure_frames', 'spectrum_bins_full', 'spectrum_db', 'envelope_acf',
-           'summarize_curves', 'curves_at', 'reference_curves', 'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy',
-           'summarize', 'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
-           'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames', 'plot_curves', 'read_synth_preset',
-           'synth_preset', 'preset_overrides', 'preset_flags', 'expand_preset_overrides', 'realism_main',
-           'snr_from_noise_floor', 'adc_bits_estimate', 'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth',
-           'preset_text', 'write_preset']
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP',
+           'read_reference', 'as_complex', 'frame_start', 'measure_frame', 'measure_frames', 'spectrum_bins_full',
+           'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves', 'compare_curves',
+           'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report', 'reference_report',
+           'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames',
+           'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides', 'preset_flags',
+           'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
+           'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'write_preset']
 
-# %% ../nbs/06_realism.ipynb #0e36f095
-# Summary statistics of real ADS-B captures (no frames): measured on 84 distinct frames of the public DIR-SEI
-# ADS-B files (github.com/BeechburgPieStar/DIR-SEI, commit c960982015cf); copied here verbatim so that this
-# package needs no outside file. `source` says exactly which files and frames.
-REAL_ADSB_REFERENCE = {'source': 'Public real ADS-B captures, github.com/BeechburgPieStar/DIR-SEI (commit c960982015cf): '
-           'dataset/ADS-B/3%data/x_train_3.npy, dataset/ADS-B/3%data/x_val_3.npy, '
-           'dataset/ADS-B/5%data/x_val_5.npy with their y_* labels; 84 distinct frames (deduplicated by content) '
-           'of 10 emitters, 50 MS/s, 4800 samples. Summary numbers only; no frames are stored here.',
- 'repository': 'github.com/BeechburgPieStar/DIR-SEI',
- 'commit': 'c960982015cf51a780be97ebafae92b441c487e2',
- 'files': ['dataset/ADS-B/3%data/x_train_3.npy: 49 frames, 49 not seen in the files before it',
-           'dataset/ADS-B/3%data/x_val_3.npy: 21 frames, 21 not seen in the files before it',
-           'dataset/ADS-B/5%data/x_val_5.npy: 35 frames, 14 not seen in the files before it'],
- 'frames': 84,
- 'frames_per_class': {'0': 11, '1': 1, '2': 8, '3': 10, '4': 11, '5': 15, '6': 3, '7': 1, '8': 9, '9': 15},
- 'sample_rate_hz': 50000000.0,
- 'length': 4800,
- 'measured_by': 'a self-contained numpy measurement with its own preamble search, PPM bit slicing and CFO '
-                'estimate; the definitions below and per statistic',
- 'definitions': {'frame start': "integer offset in -3..+5 us maximising the envelope's correlation with the ideal "
-                                '8 us preamble (0.5 us chips, pulses at 0, 1, 3.5, 4.5 us; weight +1/4 per pulse '
-                                'chip, -1/12 per gap chip; trapezoidal chip integrals; samples before sample 0 '
-                                'count as 0)',
-                 'bits': 'PPM: bit k (1 us from 8 us after the frame start) is 1 when the envelope integral over '
-                         'its first half exceeds that over its second half; as many bits as fit in the frame (88 '
-                         'at most here)',
-                 'chip levels': 'mean envelope over the centre of each 0.5 us chip (5 samples dropped at each '
-                                'edge); pulse level = median of the on-chip levels',
-                 'spread ratio': 'std of the class means (ddof 1) / mean of the within-class stds (ddof 1), over '
-                                 'classes with at least 2 frames',
-                 'cfo 1-NN': '1-nearest-neighbour on the CFO alone, stratified 5-fold CV (shuffled, random_state '
-                             '0) over all frames used; accuracy over all frames'},
- 'statistics': {'rms': {'label': 'RMS amplitude',
-                        'unit': '',
-                        'median': 0.7862,
-                        'p10': 0.5972,
-                        'p90': 1.17,
-                        'frames': 84,
-                        'definition': 'sqrt(mean |z|^2) over the frame'},
-                'align': {'label': 'alignment: first-pulse 50% crossing',
-                          'unit': 'samples',
-                          'median': -5.931,
-                          'p10': -8.847,
-                          'p90': -1.333,
-                          'frames': 84,
-                          'definition': "first preamble pulse's 50 % rising crossing in samples from sample 0, as "
-                                        'the median of the 50 % rising crossings of preamble pulses 2-4 minus '
-                                        'their nominal 50, 175, 225 samples'},
-                'env0': {'label': 'envelope at sample 0 / pulse level',
-                         'unit': '',
-                         'median': 0.8806,
-                         'p10': 0.6114,
-                         'p90': 1.223,
-                         'frames': 84,
-                         'definition': '|z[0]| / pulse level'},
-                'rise': {'label': 'rise time 10-90%',
-                         'unit': 'samples',
-                         'median': 5.686,
-                         'p10': 4.063,
-                         'p90': 10.31,
-                         'frames': 84,
-                         'definition': 'per frame, median over rising chip edges (contrast >= 50 %) of the 10-90 '
-                                       '% time between the local chip levels, linear interpolation, samples'},
-                'fall': {'label': 'fall time 90-10%',
-                         'unit': 'samples',
-                         'median': 6.225,
-                         'p10': 4.286,
-                         'p90': 11.2,
-                         'frames': 84,
-                         'definition': 'as rise, for falling edges (90-10 %)'},
-                'noise_floor': {'label': 'noise floor: off-chip / on-chip power',
-                                'unit': 'dB',
-                                'median': -11.33,
-                                'p10': -18.34,
-                                'p90': -7.476,
-                                'frames': 84,
-                                'definition': '10 log10(mean |z|^2 over off-chip centres / mean |z|^2 over '
-                                              'on-chip centres)'},
-                'cfo': {'label': 'carrier offset (CFO)',
-                        'unit': 'Hz',
-                        'median': 315100.0,
-                        'p10': 65680.0,
-                        'p90': 980700.0,
-                        'frames': 84,
-                        'definition': 'angle(sum z[n+8] conj z[n] over pairs inside on-chip centres) * fs / (2 pi '
-                                      '8), Hz'},
-                'droop': {'label': 'droop over the frame',
-                          'unit': '%',
-                          'median': 1.637,
-                          'p10': -6.115,
-                          'p90': 11.99,
-                          'frames': 84,
-                          'definition': 'linear fit of on-chip levels against time; -slope * 96 us / fit at '
-                                        'sample 0, percent'},
-                'ripple': {'label': 'pulse-to-pulse ripple',
-                           'unit': 'dB',
-                           'median': 0.9253,
-                           'p10': 0.3751,
-                           'p90': 1.532,
-                           'frames': 84,
-                           'definition': 'std of 20 log10(on-chip level / that linear fit), dB'},
-                'dc_gap': {'label': 'DC offset in the gaps vs pulse',
-                           'unit': 'dB',
-                           'median': -32.86,
-                           'p10': -42.28,
-                           'p90': -24.14,
-                           'frames': 84,
-                           'definition': '20 log10(|mean z over off-chip centres| / pulse level)'},
-                'noise_acf1': {'label': 'noise lag-1 autocorrelation',
-                               'unit': '',
-                               'median': 0.9448,
-                               'p10': 0.9228,
-                               'p90': 0.9729,
-                               'frames': 84,
-                               'definition': 'off-chip samples minus their mean: |mean n[k+1] conj n[k]| over '
-                                             'adjacent off-chip pairs / mean |n|^2'},
-                'noise_5mhz': {'label': 'share of noise power within +-5 MHz',
-                               'unit': '',
-                               'median': 0.8752,
-                               'p10': 0.8499,
-                               'p90': 0.9172,
-                               'frames': 84,
-                               'definition': 'off-chip samples minus their mean, zero elsewhere: share of the FFT '
-                                             'power within +-5 MHz (white noise: about 0.2)'},
-                'obw99': {'label': '99% occupied bandwidth',
-                          'unit': 'MHz',
-                          'median': 8.604,
-                          'p10': 6.097,
-                          'p90': 9.556,
-                          'frames': 84,
-                          'definition': 'frame derotated by its CFO: width between the 0.5 % and 99.5 % points of '
-                                        'the cumulative power spectrum, MHz'}},
- 'spread_ratios': {'rise': 0.8197, 'fall': 0.9151, 'droop': 0.7947, 'cfo': 3.431},
- 'cfo_1nn_accuracy': 0.5357}
+# %% ../nbs/06_realism.ipynb #65520d0d
+def read_reference(name: str = "real_adsb_reference.json") -> dict:
+    "A reference file shipped in `ltsei/assets/` (part of the package: no download, no outside file)."
+    return json.loads((resources.files("ltsei") / "assets" / name).read_text(encoding="utf-8"))
 
-# %% ../nbs/06_realism.ipynb #c0a1b2c3
-# The reference's two curves (median, p10, p90 per point over its 84 frames), copied verbatim like the statistics above
-REAL_ADSB_CURVES = {'spectrum_db': {'definition': 'frame normalised to unit mean power, carrier offset removed (the cfo statistic), '
-                               '4800-point FFT, fftshifted; |Z|^2 / L^2 summed over 96 consecutive bins of 50 FFT '
-                               "points (0.521 MHz each); 10 log10 of that share of the frame's power; p10 / median / "
-                               'p90 over frames, per bin',
-                 'bin_centre_mhz': [-24.74, -24.22, -23.7, -23.18, -22.66, -22.14, -21.61, -21.09, -20.57, -20.05,
-                                    -19.53, -19.01, -18.49, -17.97, -17.45, -16.93, -16.41, -15.89, -15.36, -14.84,
-                                    -14.32, -13.8, -13.28, -12.76, -12.24, -11.72, -11.2, -10.68, -10.16, -9.635,
-                                    -9.115, -8.594, -8.073, -7.552, -7.031, -6.51, -5.99, -5.469, -4.948, -4.427,
-                                    -3.906, -3.385, -2.865, -2.344, -1.823, -1.302, -0.7812, -0.2604, 0.2604, 0.7812,
-                                    1.302, 1.823, 2.344, 2.865, 3.385, 3.906, 4.427, 4.948, 5.469, 5.99, 6.51, 7.031,
-                                    7.552, 8.073, 8.594, 9.115, 9.635, 10.16, 10.68, 11.2, 11.72, 12.24, 12.76, 13.28,
-                                    13.8, 14.32, 14.84, 15.36, 15.89, 16.41, 16.93, 17.45, 17.97, 18.49, 19.01, 19.53,
-                                    20.05, 20.57, 21.09, 21.61, 22.14, 22.66, 23.18, 23.7, 24.22, 24.74],
-                 'p10': [-63.54, -63.48, -63.52, -63.45, -63.39, -63.33, -63.24, -63.19, -63.05, -62.93, -62.84,
-                         -62.66, -62.51, -62.38, -62.16, -61.97, -61.8, -61.52, -61.32, -61.07, -60.83, -60.61,
-                         -60.23, -60.03, -59.8, -59.34, -59.12, -58.84, -58.3, -57.98, -57.59, -56.83, -56.01, -54.4,
-                         -52.79, -50.03, -44.49, -38.54, -34.3, -30.94, -30.7, -28.32, -26.22, -26.69, -26.08, -18.97,
-                         -12.91, -6.239, -9.479, -11.64, -17.95, -23.6, -24.37, -24.55, -27.6, -31.68, -35.72, -41.86,
-                         -48.14, -51.18, -54.81, -55.71, -56.26, -57.16, -57.68, -58.29, -58.74, -59.19, -59.62,
-                         -59.97, -60.32, -60.68, -60.94, -61.22, -61.52, -61.73, -61.95, -62.21, -62.35, -62.41,
-                         -62.69, -62.68, -62.73, -62.97, -63.01, -63.07, -63.27, -63.29, -63.31, -63.48, -63.47,
-                         -63.46, -63.61, -63.56, -63.52, -63.63],
-                 'median': [-58.52, -58.4, -58.44, -58.47, -58.34, -58.36, -58.36, -58.19, -58.18, -58.14, -57.95,
-                            -57.88, -57.83, -57.6, -57.5, -57.43, -57.13, -56.99, -56.88, -56.54, -56.34, -56.2,
-                            -55.79, -55.55, -55.33, -54.88, -54.58, -54.26, -53.8, -53.31, -52.8, -52.35, -51.65,
-                            -50.55, -47.99, -43.25, -35.51, -30.66, -26.38, -24.36, -22.79, -21.95, -21.27, -21.26,
-                            -20.6, -14.78, -11.03, -4.669, -5.894, -8.721, -15.16, -19.73, -20.79, -19.64, -21.91,
-                            -24.28, -27.63, -31.25, -39.55, -46.31, -49.53, -50.6, -51.32, -51.94, -52.43, -52.96,
-                            -53.44, -53.76, -54.19, -54.55, -54.83, -55.2, -55.46, -55.71, -56.02, -56.18, -56.43,
-                            -56.69, -56.79, -57.02, -57.26, -57.36, -57.48, -57.68, -57.82, -57.85, -58.0, -58.17,
-                            -58.12, -58.23, -58.38, -58.3, -58.39, -58.49, -58.39, -58.45],
-                 'p90': [-55.45, -55.66, -55.49, -55.39, -55.53, -55.37, -55.24, -55.31, -55.15, -55.01, -54.99,
-                         -54.83, -54.67, -54.59, -54.41, -54.23, -54.1, -53.88, -53.67, -53.49, -53.23, -52.98,
-                         -52.71, -52.42, -52.11, -51.74, -51.43, -51.07, -50.62, -50.24, -49.86, -49.11, -48.68,
-                         -47.67, -42.57, -34.6, -28.65, -24.22, -21.46, -19.62, -18.74, -17.84, -17.59, -17.75,
-                         -17.29, -12.48, -9.24, -3.264, -3.759, -6.682, -12.73, -17.02, -17.25, -16.74, -18.56,
-                         -19.34, -21.94, -25.22, -30.84, -38.7, -45.81, -47.82, -48.57, -49.13, -49.64, -50.22,
-                         -50.64, -51.12, -51.49, -51.79, -52.16, -52.47, -52.69, -53.0, -53.24, -53.42, -53.66, -53.9,
-                         -54.01, -54.22, -54.42, -54.48, -54.7, -54.86, -54.85, -55.05, -55.17, -55.16, -55.31,
-                         -55.38, -55.36, -55.52, -55.49, -55.45, -55.64, -55.53]},
- 'envelope_acf': {'definition': 'envelope |z| of the power-normalised frame minus its mean; autocorrelation at lags '
-                                '1..50 samples divided by its lag-0 value; p10 / median / p90 over frames',
-                  'lags': [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-                           26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
-                           49, 50],
-                  'p10': [0.9643, 0.8732, 0.7582, 0.6476, 0.5451, 0.4605, 0.401, 0.3539, 0.3187, 0.2876, 0.2584,
-                          0.2174, 0.1554, 0.0969, 0.04671, -0.002516, -0.05853, -0.1209, -0.1868, -0.2356, -0.2806,
-                          -0.3383, -0.386, -0.4217, -0.4478, -0.4582, -0.4569, -0.4499, -0.4412, -0.4295, -0.4075,
-                          -0.3872, -0.3573, -0.3389, -0.3244, -0.3132, -0.3061, -0.2951, -0.275, -0.2593, -0.2444,
-                          -0.2192, -0.206, -0.1945, -0.1864, -0.1715, -0.1582, -0.1422, -0.1268, -0.1142],
-                  'median': [0.9835, 0.9393, 0.8787, 0.8095, 0.739, 0.6673, 0.5982, 0.5308, 0.4777, 0.4186, 0.3645,
-                             0.3047, 0.2494, 0.1922, 0.1338, 0.07347, 0.02148, -0.02744, -0.07701, -0.1284, -0.1788,
-                             -0.2116, -0.2461, -0.2726, -0.2926, -0.3117, -0.3227, -0.3301, -0.3338, -0.3305, -0.3262,
-                             -0.3151, -0.2993, -0.2879, -0.2691, -0.2521, -0.2359, -0.2097, -0.1855, -0.1632, -0.1461,
-                             -0.1314, -0.1136, -0.09445, -0.07173, -0.04751, -0.02803, -0.01577, -0.001985, 0.01137],
-                  'p90': [0.9915, 0.9671, 0.9289, 0.8795, 0.8255, 0.7666, 0.7077, 0.6506, 0.5908, 0.5328, 0.4722,
-                          0.4138, 0.351, 0.2925, 0.2354, 0.1759, 0.1182, 0.07038, 0.02905, -0.01469, -0.05292,
-                          -0.09776, -0.1385, -0.1595, -0.1746, -0.1838, -0.1893, -0.2122, -0.2174, -0.2157, -0.2244,
-                          -0.2001, -0.1895, -0.1796, -0.1561, -0.1324, -0.1193, -0.09841, -0.0735, -0.04553, -0.0207,
-                          -0.001475, 0.02034, 0.05005, 0.08308, 0.1149, 0.1444, 0.1747, 0.1952, 0.21]}}
-
+REAL_ADSB_REFERENCE = read_reference()["reference"]   # the 13 statistics, spread ratios and CFO 1-NN accuracy
+REAL_ADSB_CURVES = read_reference()["curves"]         # the two curves: median, p10, p90 per point
 
 # %% ../nbs/06_realism.ipynb #6fede4aa
 REF_SAMPLE_RATE = 50e6      # the rate at which the reference's sample-valued statistics are defined
@@ -282,6 +92,90 @@ def _edge_time(env, lo, hi, l_on, l_off, rising):
     if np.isnan(t10): return np.nan
     return t10 - _crossing(env, lo, int(np.floor(t10)), p90, False, first=False)
 
+# %% ../nbs/06_realism.ipynb #90ea89c0
+def _chip_states(env, fs: float, start: int, n_bits: int) -> np.ndarray:
+    """The states (16 + 2 n_bits,) bool of a frame's chips: the preamble's four pulses, then each bit's two chips.
+    PPM: a bit is 1 when the trapezoidal envelope integral over its first half exceeds that over its second half."""
+    L, chip = env.size, 0.5e-6 * fs
+    C = np.concatenate([[0.0], np.cumsum((env[1:] + env[:-1]) / 2)])
+    def integral(t):
+        t = np.clip(t, 0, L - 1); i = np.minimum(np.floor(t).astype(np.int64), L - 2)
+        return C[i] + (t - i) * (C[i + 1] - C[i])
+    tb = start + 8e-6 * fs + np.arange(n_bits) * 1e-6 * fs
+    bits = integral(tb + chip) - integral(tb) > integral(tb + 2 * chip) - integral(tb + chip)
+    chips = np.zeros(16 + 2 * n_bits, bool); chips[list(PREAMBLE_ON)] = True
+    chips[16::2], chips[17::2] = bits, ~bits
+    return chips
+
+def _chip_levels(env, fs: float, start: int, n_chips: int) -> tuple:
+    """Each chip's start `a` (samples), its centre `lo..hi` (0.1 us, 5 samples at 50 MS/s, dropped at each edge),
+    whether that centre lies inside the frame (`valid`) and its level: the mean envelope over it (nan outside)."""
+    L, chip = env.size, 0.5e-6 * fs
+    a = start + np.arange(n_chips) * chip                  # chip starts, samples
+    lo = np.ceil(a + 0.1e-6 * fs - 1e-9).astype(np.int64); hi = np.ceil(a + chip - 0.1e-6 * fs - 1e-9).astype(np.int64)
+    none = hi <= lo                  # below 4 MS/s the centre may hold no sample: the one at the chip's middle (rounded down)
+    lo[none] = np.floor(a[none] + chip / 2 + 1e-9).astype(np.int64); hi[none] = lo[none] + 1
+    valid = (lo >= 0) & (hi <= L) & (hi > lo)
+    lev = np.full(n_chips, np.nan)
+    vi = np.flatnonzero(valid)
+    Ce = np.concatenate([[0.0], np.cumsum(env)])
+    lev[vi] = (Ce[hi[vi]] - Ce[lo[vi]]) / (hi[vi] - lo[vi])
+    return a, lo, hi, valid, lev
+
+def _centre_mask(lo, hi, cs, L: int) -> np.ndarray:
+    "The samples (L,) bool of the chip centres `cs` (they never overlap)."
+    d = np.zeros(L + 1); np.add.at(d, lo[cs], 1); np.add.at(d, hi[cs], -1)
+    return np.cumsum(d)[:L] > 0.5
+
+# %% ../nbs/06_realism.ipynb #ce3f71f6
+def _edge_stats(env, fs: float, chips, valid, lev, a, edges: bool = True) -> dict:
+    """`rise` and `fall`: the median 10-90 % time of the edges with at least 50 % contrast, searched from the
+    previous chip's centre to the next chip's centre; `align`: the median 50 % rising crossing of preamble pulses
+    2-4 minus their nominal 1, 3.5, 4.5 us. In samples; nan with `edges=False`."""
+    L, chip = env.size, 0.5e-6 * fs
+    rise, fall = [], []
+    for c in range(1, chips.size if edges else 1):
+        if chips[c] == chips[c - 1] or not (valid[c] and valid[c - 1]): continue
+        l_on, l_off = (lev[c], lev[c - 1]) if chips[c] else (lev[c - 1], lev[c])
+        if l_on - l_off < 0.5 * l_on: continue
+        w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
+        (rise if chips[c] else fall).append(_edge_time(env, w0, w1, l_on, l_off, bool(chips[c])))
+    resolved = chip >= 2             # below 4 MS/s a chip is one sample: an edge's 10-90 % time is not resolved (n/a)
+    r = {"rise": float(np.nanmedian(rise)) if resolved and np.isfinite(rise).any() else np.nan,
+         "fall": float(np.nanmedian(fall)) if resolved and np.isfinite(fall).any() else np.nan}
+    al = []
+    for c, nominal in ((2, 1e-6), (7, 3.5e-6), (9, 4.5e-6)) if edges else ():
+        if not (valid[c] and valid[c - 1]): continue
+        w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
+        al.append(_crossing(env, w0, w1, (lev[c] + lev[c - 1]) / 2, True, first=True) - nominal * fs)
+    r["align"] = float(np.nanmedian(al)) if np.isfinite(al).any() else np.nan
+    return r
+
+# %% ../nbs/06_realism.ipynb #04aebd64
+def _noise_stats(z, fs: float, off_m) -> dict:
+    "`noise_acf1` and `noise_5mhz` of the noise: the off-chip samples minus their mean, zero elsewhere."
+    L = z.size
+    n = np.zeros(L, np.complex128); n[off_m] = z[off_m] - z[off_m].mean()
+    pairs = off_m[1:] & off_m[:-1]
+    r = {"noise_acf1": float(np.abs(np.mean((n[1:] * np.conj(n[:-1]))[pairs])) / np.mean(np.abs(n[off_m]) ** 2))}
+    f = np.fft.fftfreq(L, 1 / fs)
+    if fs / 2 > 5e6:     # at or below 10 MS/s the whole band lies within +-5 MHz: no information
+        S = np.abs(np.fft.fft(n)) ** 2
+        r["noise_5mhz"] = float(S[np.abs(f) <= 5e6].sum() / S.sum())
+    else:
+        r["noise_5mhz"] = np.nan
+    return r
+
+def _obw99(z, fs: float, cfo: float) -> float:
+    "99 % occupied bandwidth (MHz) of the frame derotated by its carrier offset `cfo` (none when nan)."
+    L = z.size
+    f = np.fft.fftfreq(L, 1 / fs)
+    zd = z * np.exp(-2j * np.pi * (0.0 if np.isnan(cfo) else cfo) * np.arange(L) / fs)
+    S = np.fft.fftshift(np.abs(np.fft.fft(zd)) ** 2); fsh = np.fft.fftshift(f)
+    cs = np.cumsum(S) / S.sum()
+    return float(fsh[min(np.searchsorted(cs, 0.995), L - 1)] - fsh[np.searchsorted(cs, 0.005)]) / 1e6
+
+# %% ../nbs/06_realism.ipynb #bc566a4b
 def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS, edges: bool = True) -> dict:
     """The 13 statistics of one complex frame `z` (L,) whose preamble starts at sample `start`
     (see the definitions above), plus `bits` (how many were sliced) and `start`. `edges=False` skips the
@@ -291,52 +185,15 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS, e
     env = np.abs(z)
     chip = 0.5e-6 * fs
     n_bits = int(min(max_bits, max(0, np.floor((L - start - 8e-6 * fs) / (1e-6 * fs) + 1e-9))))
-    # PPM bits: compare the trapezoidal envelope integrals of the two halves of each bit period
-    C = np.concatenate([[0.0], np.cumsum((env[1:] + env[:-1]) / 2)])
-    def integral(t):
-        t = np.clip(t, 0, L - 1); i = np.minimum(np.floor(t).astype(np.int64), L - 2)
-        return C[i] + (t - i) * (C[i + 1] - C[i])
-    tb = start + 8e-6 * fs + np.arange(n_bits) * 1e-6 * fs
-    bits = integral(tb + chip) - integral(tb) > integral(tb + 2 * chip) - integral(tb + chip)
-    chips = np.zeros(16 + 2 * n_bits, bool); chips[list(PREAMBLE_ON)] = True
-    chips[16::2], chips[17::2] = bits, ~bits
-    # chip levels: the mean envelope over each chip's centre (0.1 us = 5 samples at 50 MS/s dropped at each edge)
-    a = start + np.arange(chips.size) * chip                  # chip starts, samples
-    lo = np.ceil(a + 0.1e-6 * fs - 1e-9).astype(np.int64); hi = np.ceil(a + chip - 0.1e-6 * fs - 1e-9).astype(np.int64)
-    none = hi <= lo                  # below 4 MS/s the centre may hold no sample: the one at the chip's middle (rounded down)
-    lo[none] = np.floor(a[none] + chip / 2 + 1e-9).astype(np.int64); hi[none] = lo[none] + 1
-    valid = (lo >= 0) & (hi <= L) & (hi > lo)
-    lev = np.full(chips.size, np.nan)
+    chips = _chip_states(env, fs, start, n_bits)
+    a, lo, hi, valid, lev = _chip_levels(env, fs, start, chips.size)
     vi = np.flatnonzero(valid)
-    Ce = np.concatenate([[0.0], np.cumsum(env)])
-    lev[vi] = (Ce[hi[vi]] - Ce[lo[vi]]) / (hi[vi] - lo[vi])
-    def mask(cs):                    # the samples of the chip centres `cs` (they never overlap)
-        d = np.zeros(L + 1); np.add.at(d, lo[cs], 1); np.add.at(d, hi[cs], -1)
-        return np.cumsum(d)[:L] > 0.5
-    on_m, off_m = mask(vi[chips[vi]]), mask(vi[~chips[vi]])
+    on_m, off_m = _centre_mask(lo, hi, vi[chips[vi]], L), _centre_mask(lo, hi, vi[~chips[vi]], L)
     on = valid & chips
     nan = dict.fromkeys(STATS, np.nan)
     if on.sum() < 2 or not off_m.any(): return {**nan, "rms": float(np.sqrt(np.mean(env ** 2))), "bits": n_bits, "start": int(start)}
     P = float(np.median(lev[on]))
-    r = {"rms": float(np.sqrt(np.mean(env ** 2))), "env0": env[0] / P}
-    # edges with at least 50 % contrast, searched from the previous chip's centre to the next chip's centre
-    rise, fall = [], []
-    for c in range(1, chips.size if edges else 1):
-        if chips[c] == chips[c - 1] or not (valid[c] and valid[c - 1]): continue
-        l_on, l_off = (lev[c], lev[c - 1]) if chips[c] else (lev[c - 1], lev[c])
-        if l_on - l_off < 0.5 * l_on: continue
-        w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
-        (rise if chips[c] else fall).append(_edge_time(env, w0, w1, l_on, l_off, bool(chips[c])))
-    resolved = chip >= 2             # below 4 MS/s a chip is one sample: an edge's 10-90 % time is not resolved (n/a)
-    r["rise"] = float(np.nanmedian(rise)) if resolved and np.isfinite(rise).any() else np.nan
-    r["fall"] = float(np.nanmedian(fall)) if resolved and np.isfinite(fall).any() else np.nan
-    # alignment: 50 % rising crossings of preamble pulses 2-4 minus their nominal 1, 3.5, 4.5 us
-    al = []
-    for c, nominal in ((2, 1e-6), (7, 3.5e-6), (9, 4.5e-6)) if edges else ():
-        if not (valid[c] and valid[c - 1]): continue
-        w0, w1 = max(int(np.ceil(a[c] - chip / 2)), 0), min(int(np.floor(a[c] + chip / 2)), L - 1)
-        al.append(_crossing(env, w0, w1, (lev[c] + lev[c - 1]) / 2, True, first=True) - nominal * fs)
-    r["align"] = float(np.nanmedian(al)) if np.isfinite(al).any() else np.nan
+    r = {"rms": float(np.sqrt(np.mean(env ** 2))), "env0": env[0] / P, **_edge_stats(env, fs, chips, valid, lev, a, edges)}
     r["noise_floor"] = 10 * np.log10(np.mean(env[off_m] ** 2) / np.mean(env[on_m] ** 2))
     # carrier offset: phase advance over a lag of 0.16 us (8 samples at 50 MS/s) inside on-chip centres
     D = max(1, int(round(0.16e-6 * fs)))
@@ -349,23 +206,8 @@ def measure_frame(z, sample_rate: float, start: int, max_bits: int = MAX_BITS, e
     fit = icpt + slope * tc
     r["ripple"] = float(np.std(20 * np.log10(np.maximum(lv, 1e-30) / np.abs(fit))))
     r["dc_gap"] = float(20 * np.log10(np.abs(z[off_m].mean()) / P))
-    # the noise: off-chip samples minus their mean
-    n = np.zeros(L, np.complex128); n[off_m] = z[off_m] - z[off_m].mean()
-    pairs = off_m[1:] & off_m[:-1]
-    r["noise_acf1"] = float(np.abs(np.mean((n[1:] * np.conj(n[:-1]))[pairs])) / np.mean(np.abs(n[off_m]) ** 2))
-    f = np.fft.fftfreq(L, 1 / fs)
-    if fs / 2 > 5e6:     # at or below 10 MS/s the whole band lies within +-5 MHz: no information
-        S = np.abs(np.fft.fft(n)) ** 2
-        r["noise_5mhz"] = float(S[np.abs(f) <= 5e6].sum() / S.sum())
-    else:
-        r["noise_5mhz"] = np.nan
-    # 99 % occupied bandwidth of the frame derotated by its carrier offset
-    zd = z * np.exp(-2j * np.pi * (0.0 if np.isnan(r["cfo"]) else r["cfo"]) * np.arange(L) / fs)
-    S = np.fft.fftshift(np.abs(np.fft.fft(zd)) ** 2); fsh = np.fft.fftshift(f)
-    cs = np.cumsum(S) / S.sum()
-    r["obw99"] = float(fsh[min(np.searchsorted(cs, 0.995), L - 1)] - fsh[np.searchsorted(cs, 0.005)]) / 1e6
+    r.update(_noise_stats(z, fs, off_m), obw99=_obw99(z, fs, r["cfo"]))
     return {**{k: float(r[k]) for k in STATS}, "bits": n_bits, "start": int(start)}
-
 
 # %% ../nbs/06_realism.ipynb #7470d3aa
 def measure_frames(x, sample_rate: float, max_bits: int = MAX_BITS, edges: bool = True) -> pd.DataFrame:
@@ -1146,6 +988,7 @@ def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
         cfg = replace(cfg, difficulty=float(np.clip(round(cfg.difficulty * g / target, 3), 0.05, 20)))
     return cfg
 
+# %% ../nbs/06_realism.ipynb #9e3d7411
 def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
     `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
@@ -1188,7 +1031,6 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
             "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
             "curves": compare_curves(fitted["curves"], files["curves"])}
-
 
 # %% ../nbs/06_realism.ipynb #f4a4b4c4
 def _fmt_est(r) -> str:

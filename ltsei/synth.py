@@ -356,6 +356,7 @@ def synth_nbytes(cfg) -> int:
     C, L = int(cfg.num_emitters), int(cfg.length)
     return sum(C * n * (2 * L * np.dtype(STORE_DTYPE).itemsize + 8 + 14) for n in split_sizes(cfg).values())
 
+# %% ../nbs/04_synth.ipynb #3e0b7ff0
 @functools.lru_cache(maxsize=None)
 def synth_numerics() -> dict:
     """What besides the code and the settings can change the generator's bytes: numpy's and scipy's versions
@@ -375,6 +376,7 @@ def synth_key(cfg) -> str:
                        "numerics": synth_numerics(), "config": d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+# %% ../nbs/04_synth.ipynb #c4972877
 def _work_items(cfg):
     "(split index, emitter, chunk index, first row, rows) for every chunk, in a fixed order."
     items = []
@@ -388,6 +390,7 @@ def _work_items(cfg):
 def _chunk_rng(cfg, si, e, ci):
     return np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(si, e, ci)))
 
+# %% ../nbs/04_synth.ipynb #8a7080db
 _WORKER = {}
 def _worker_init(cfg, fp, paths):
     _WORKER.update(cfg=cfg, fp=fp, paths=paths, mm={})
@@ -411,6 +414,7 @@ def _run_item(item):
     Bm[row:row + n] = np.packbits(bits, axis=1)
     return n
 
+# %% ../nbs/04_synth.ipynb #8c1b7195
 def generate_split(cfg, split: str, with_snr: bool = False) -> tuple:
     """One split of the data set in memory, float32: x (N, 2, L), y (N,), bits (N, 112), and with `with_snr`
     each frame's SNR in dB (N,); the same frames that `generate_synth` stores (before the cast to STORE_DTYPE)."""
@@ -442,6 +446,7 @@ def _storage(path, action: str = "write"):
         if err is e: raise
         raise err from None
 
+# %% ../nbs/04_synth.ipynb #f2895a9e
 def _new_array(path: Path, dtype, shape) -> np.memmap:
     """A new .npy of `shape` opened as a writable memory map, its blocks allocated now (`reserve_space`):
     a full disk fails here with one StorageError naming the file, not later with a bus error in the
@@ -460,6 +465,7 @@ def _release(a: np.memmap, path: Path) -> None:
     with contextlib.suppress(OSError): os.truncate(path, 0)
     with contextlib.suppress(OSError): os.unlink(path)
 
+# %% ../nbs/04_synth.ipynb #e15a645c
 @contextlib.contextmanager
 def _sigint_held():
     "SIGINT blocked in this thread for the block (a Ctrl-C meanwhile is delivered when it ends, not lost)."
@@ -490,6 +496,7 @@ def _run_pool(items, workers: int, initargs, update, where) -> None:
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
+# %% ../nbs/04_synth.ipynb #929dc94c
 def generate_synth(cfg, out_dir, workers: Optional[int] = None, progress: bool = True) -> dict:
     """Generate the data set of `cfg` into the existing folder `out_dir`: for each split in SPLITS,
     X_{split}.npy (N, 2, L) STORE_DTYPE, Y_{split}.npy (N,) int64 (emitter ids, class-major),
@@ -549,6 +556,7 @@ class SynthSet:
     @property
     def fingerprints(self) -> pd.DataFrame: return pd.DataFrame(self.meta["fingerprints"]).set_index("emitter")
 
+# %% ../nbs/04_synth.ipynb #95949ffd
 class _FullHash:
     "Checksums computed from every byte at each use (a `CacheEntry`'s default remembers them by file stamp)."
     def digest(self, path) -> str: return sha256_file(path)
@@ -611,6 +619,7 @@ def _synth_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, type=t, default=None, help=f"SynthConfig.{f.name}")
     return p
 
+# %% ../nbs/04_synth.ipynb #536b41a2
 PUBLIC_SPLITS = {"pool": "train", "val": "val", "test": "test"}
 PUBLIC_FILES = frozenset({"meta.json", "data.npz"} | {f"hex_{n}.txt" for n in PUBLIC_SPLITS.values()}
                          | {f"{k}_{n}.npy" for k in "XY" for n in PUBLIC_SPLITS.values()})
@@ -639,6 +648,7 @@ def _clean_out_stale(out: Path) -> None:
     "Remove the temporary folders beside `out` that ltsei made (its marker) and whose process is gone (`clean_stale`)."
     clean_stale(out.parent)
 
+# %% ../nbs/04_synth.ipynb #c218a4ef
 def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
     "The data set `s` in the public files' layout into `folder` (see `synth_main`)."
     arrays = {}
@@ -666,6 +676,7 @@ def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
             "config": asdict(cfg), "train": "balanced pool of pool_per_class frames per emitter"}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
+# %% ../nbs/04_synth.ipynb #325d89ac
 def synth_main(argv: list[str]) -> int:
     """`ltsei synth ...`: generate a synthetic data set and write it to `--out` (see `--help`).
     The training arrays are the balanced per-class pool; the long tail is cut when the files are loaded.
