@@ -4,15 +4,14 @@ import pyModeS
 import pytest
 
 from ltsei.adsb import (bits_to_hex, crc24, demodulate, envelope, find_preamble, hex_to_bits, make_df17,
-                        parity24, ppm_chips, pulse_envelope)
+                        ppm_chips, pulse_envelope)
 
 KNOWN = ["8D4840D6202CC371C32CE0576098", "8D40621D58C382D690C8AC2863A7", "8D485020994409940838175B284F"]
 
 
-def test_crc_of_known_frames():
+def test_crc_detects_every_single_bit_error():
+    "(A known frame's CRC and parity, and one flipped bit: the notebook 00_adsb.)"
     b = hex_to_bits(KNOWN)
-    assert (crc24(b) == 0).all()
-    assert (parity24(b[:, :88]) == b[:, 88:]).all()
     for i in range(112):  # every single-bit error is detected
         c = b[:1].copy(); c[0, i] ^= 1
         assert crc24(c).any()
@@ -21,10 +20,7 @@ def test_crc_of_known_frames():
 def test_hex_round_trip_and_errors():
     rng = np.random.default_rng(0)
     bits = rng.integers(0, 2, (50, 112)).astype(np.uint8)
-    assert (hex_to_bits(bits_to_hex(bits)) == bits).all()
-    assert bits_to_hex(hex_to_bits(KNOWN)) == KNOWN
-    with pytest.raises(ValueError, match="same length"):
-        hex_to_bits(["8D", "8D48"])
+    assert (hex_to_bits(bits_to_hex(bits)) == bits).all()   # (a known frame and hexes of unequal length: the notebook)
     with pytest.raises(ValueError, match="multiple of 4"):
         bits_to_hex(np.zeros((1, 7), np.uint8))
     with pytest.raises(ValueError, match="at least 25 bits"):
@@ -32,6 +28,7 @@ def test_hex_round_trip_and_errors():
 
 
 def test_df17_frames_decode_with_pymodes():
+    "1000 frames cover the three message kinds (a fixed ICAO address: the notebook 00_adsb)."
     rng = np.random.default_rng(1)
     frames = make_df17(rng, 1000)
     tcs = set()
@@ -40,8 +37,6 @@ def test_df17_frames_decode_with_pymodes():
         assert d["df"] == 17 and d["crc_valid"] is True, (h, d)
         tcs.add(d["typecode"])
     assert tcs & {1, 2, 3, 4} and tcs & set(range(9, 19)) and 19 in tcs
-    fixed = make_df17(rng, 5, icao=0x4840D6)
-    assert {pyModeS.decode(h)["icao"] for h in bits_to_hex(fixed)} == {"4840D6"}
 
 
 def test_envelope_shape_and_timing():
@@ -56,9 +51,7 @@ def test_envelope_shape_and_timing():
         first = env[:, int((8.25e-6 + k * 1e-6) * fs)]
         second = env[:, int((8.75e-6 + k * 1e-6) * fs)]
         assert np.allclose(first, bits[:, k]) and np.allclose(second, 1 - bits[:, k])
-    assert env[:, t > 121e-6].max() == 0
-    with pytest.raises(ValueError, match="edges too slow"):
-        pulse_envelope(chips, fs, 100, fall_time=0.4e-6)
+    assert env[:, t > 121e-6].max() == 0      # (edges too slow for the chip: the notebook 00_adsb)
     with pytest.raises(ValueError, match="positive"):
         pulse_envelope(chips, fs, 0)
 
@@ -87,23 +80,14 @@ def test_modulate_demodulate_decode(fs):
 
 
 def test_demodulate_returns_the_bits_that_fit():
+    "(112 asked of a 96 us frame, a frame 0.3 us late, no bit after the preamble: the notebook 00_adsb.)"
     bits = make_df17(np.random.default_rng(0), 2)
     env = pulse_envelope(ppm_chips(bits), 10e6, 960)
-    got, _, n = demodulate(env, 10e6, 112)  # 96 us hold the preamble and 88 bits: 112 asked, 88 returned
-    assert n == 88 and got.shape == (2, 88) and (got == bits[:, :88]).all()
     got, _, n = demodulate(env, 10e6, 88)
     assert n == 88 and (got == bits[:, :88]).all()
     got, _, n = demodulate(env, 10e6, 40)
     assert n == 40 and (got == bits[:, :40]).all()
     assert np.allclose(find_preamble(env, 10e6), 0, atol=0.1e-6)
-    # a positive timing offset (the frame starts 0.3 us late): 87 whole bits fit in every frame
-    late = pulse_envelope(ppm_chips(bits), 10e6, 960, t0=np.array([0.3e-6, 0.0]))
-    got, t0, n = demodulate(late, 10e6, 88)
-    assert n == 87 and got.shape == (2, 87) and (got == bits[:, :87]).all()
-    assert abs(t0[0] - 0.3e-6) < 0.1e-6
-    # no bit after the preamble: a clear error
-    with pytest.raises(ValueError, match="hold no bit after the 8 us preamble"):
-        demodulate(env[:, :85], 10e6)
     with pytest.raises(ValueError, match="n_bits"):
         demodulate(env, 10e6, 0)
 
