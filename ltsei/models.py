@@ -74,6 +74,7 @@ def to_layout(x: torch.Tensor, conv_impl: str) -> torch.Tensor:
         raise ValueError(f"expected a signal of shape (B, C, L), got shape {tuple(x.shape)}")
     return x if check_conv_impl(conv_impl) == "conv1d" else x.unsqueeze(2)
 
+# %% ../nbs/09_models.ipynb #48159845
 def global_max_pool(x: torch.Tensor) -> torch.Tensor:
     "(B, C, L) or (B, C, 1, L) -> (B, C), the maximum over time."
     return x.flatten(2).amax(-1)

@@ -197,6 +197,7 @@ def noisy_view(x: torch.Tensor, noise: float, g: torch.Generator) -> torch.Tenso
     rms = x.float().pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
     return x + noise * rms * torch.randn(x.shape, generator=g).to(x.dtype)
 
+# %% ../nbs/14_stage2.ipynb #2d116dc1
 def sade_aggregation_weights(model: nn.Module, x: torch.Tensor, *, epochs: int, lr: float, batch_size: int, noise: float,
                              momentum: float, weight_decay: float, seed: int, rt: Runtime, min_weight: float = 0.05) -> torch.Tensor:
     "SADE's aggregation weights a (K,) learnt on the unlabeled frames `x` (see above); `model` stays in eval mode and unchanged."
