@@ -171,8 +171,10 @@ def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(
     names = list(GATE_VARIANTS) if variants is None else list(variants)
     for n in names:
         if n not in GATE_VARIANTS: raise ValueError(f"unknown gate-study variant {n!r}; expected one of {', '.join(GATE_VARIANTS)}")
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     with contextlib.ExitStack() as stack:
+        stack.callback(torch.set_num_threads, threads_before)
         if work is None: work = stack.enter_context(tempfile.TemporaryDirectory(prefix="ltsei-gate-"))
         rt = make_runtime(None, "fp32", "auto")
         base = study_config("", profile, work, stage2_epochs)
@@ -187,7 +189,7 @@ def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(
         probes = group_probes(feats["train"], data.train.y, feats["test"], data.test.y, fg, K)
         runs = [{"variant": n, "seed": s, **run_variant(study_config(GATE_VARIANTS[n], profile, work, stage2_epochs),
                                                         data, model, rt, s)} for n in names for s in seeds]
-    label = (f"profile {profile}, stage 2 {base.stage2.epochs} epochs, stage-2 seeds {', '.join(map(str, seeds))}; "
-             f"computed {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {time.time() - t0:.0f} s "
-             f"on {machine_label()}")
+        label = (f"profile {profile}, stage 2 {base.stage2.epochs} epochs, stage-2 seeds {', '.join(map(str, seeds))}; "
+                 f"computed {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {time.time() - t0:.0f} s "
+                 f"on {machine_label()}")
     return GateStudy(label, groups, probes, runs)
