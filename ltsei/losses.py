@@ -80,7 +80,7 @@ def _check_int(name: str, value, lo: int) -> int:
     return int(value)
 
 # %% ../nbs/08_losses.ipynb #81bdadb3
-LOSSES = Registry("loss", lazy_modules=("ltsei.moe_ltsei",))   # ltsei.moe_ltsei registers MoELTSEILoss when imported
+LOSSES = Registry("loss")   # MoELTSEILoss joins it when ltsei.moe_ltsei (a higher floor) is imported
 
 
 def loss_names(stage: int | None = None, experts: bool | None = None) -> tuple[str, ...]:

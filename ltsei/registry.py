@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -27,8 +26,8 @@ def _same_definition(a, b) -> bool:
 # %% ../nbs/01_registry.ipynb #26912589
 class Registry(Mapping):
     "Name -> implementation for one `family` (e.g. 'loss'); `key` is the config key that names it (for messages)."
-    def __init__(self, family: str, key: str | None = None, lazy_modules: tuple[str, ...] = ()):
-        self.family, self.key, self.lazy_modules = family, key, tuple(lazy_modules)
+    def __init__(self, family: str, key: str | None = None):
+        self.family, self.key = family, key
         self._items: dict[str, Any] = {}
         self._meta: dict[str, dict] = {}
 
@@ -45,7 +44,6 @@ class Registry(Mapping):
         return deco
 
     def __getitem__(self, name):
-        if name not in self._items: self._load_lazy()
         if name not in self._items: raise self._unknown(name)
         return self._items[name]
 
@@ -54,13 +52,6 @@ class Registry(Mapping):
     def __repr__(self) -> str: return f"Registry({self.family!r}: {', '.join(self.names())})"
 
 # %% ../nbs/01_registry.ipynb #abfaa6a5
-def _load_lazy(self: Registry) -> None:
-    "Import the modules that register more names on import (an optional one that is not installed is skipped)."
-    for mod in self.lazy_modules:
-        try: importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod: raise
-
 def _unknown(self: Registry, name) -> UnknownName:
     valid = self.names()
     close = difflib.get_close_matches(str(name), valid, n=1)
@@ -68,12 +59,11 @@ def _unknown(self: Registry, name) -> UnknownName:
     return UnknownName(f"{where}: no {self.family} of that name; expected one of {', '.join(valid)}"
                        + (f" (did you mean {close[0]!r}?)" if close else ""))
 
-Registry._load_lazy, Registry._unknown = _load_lazy, _unknown
+Registry._unknown = _unknown
 
 # %% ../nbs/01_registry.ipynb #bb9ffca7
 def _names(self: Registry) -> tuple[str, ...]:
-    "The registered names, sorted (the lazy modules imported first)."
-    self._load_lazy()
+    "The registered names, sorted."
     return tuple(sorted(self._items))
 
 def _meta(self: Registry, name: str) -> dict:

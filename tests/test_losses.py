@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ltsei.moe_ltsei  # noqa: F401  (registers MoELTSEILoss, listed by the stage-2 names below)
 from ltsei.losses import (LOSSES, MoEOutput, as_class_counts, class_balanced_weights,
                           cost_weights, create_loss, drw_weights, ldam_margins, logits_of, loss_names,
                           loss_params)
@@ -67,9 +68,11 @@ def test_registry_names():
         assert sorted(loss_params(name)) == sorted(PARAMS[name])
 
 
-def test_moe_loss_available_after_importing_only_losses():
+def test_moe_loss_joins_the_registry_from_its_own_module():
+    # ltsei.losses never imports upward: MoELTSEILoss is registered by ltsei.moe_ltsei when that module is imported
     code = ("import sys; from ltsei.losses import create_loss, LOSSES; "
-            "assert 'ltsei.moe_ltsei' not in sys.modules; "
+            "assert 'ltsei.moe_ltsei' not in sys.modules and 'MoELTSEILoss' not in LOSSES; "
+            "import ltsei.moe_ltsei; "
             "f = create_loss('MoELTSEILoss', [50, 20, 5, 1], num_experts=2, scale=30.0, beta=0.999, margin_m0=0.35, "
             "margin_m1=0.2, margin_gamma=0.5, diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0, gate_weighting='none'); "
             "print(type(f).__module__, type(f).__name__)")
