@@ -114,6 +114,30 @@ def conv_peak(dtype, reps=5, L=64, C=256, k=5, batch=128):
     return 2 * batch * C * C * taps / best
 
 
+def layer_rates(L, precision, batch=128, classes=20, reps=3):
+    """Each channels-last Conv2d(1, k) of ConvNetADSB alone, forward + backward on a batch: (in, out, k, length,
+    useful GFLOP/s, seconds), timed like the steps. Shows which layers hold a step below the peak."""
+    model = create_model("ConvNetADSB", classes, L, ModelConfig()).to(memory_format=torch.channels_last)
+    shapes = []
+    hs = [m.register_forward_hook(lambda m, i, o: shapes.append((m, i[0].shape))) for m in model.modules()
+          if isinstance(m, nn.Conv2d)]
+    with torch.no_grad(): model(torch.zeros(2, 2, L))
+    for h in hs: h.remove()
+    rows = []
+    for conv, shape in shapes:
+        x = torch.randn(batch, *shape[1:]).to(memory_format=torch.channels_last).requires_grad_()
+        (k,), (p,), n = conv.kernel_size[1:], conv.padding[1:], shape[-1]
+        taps = sum(min(n, t - p + k) - max(0, t - p) for t in range(n))
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"): y = conv(x)
+            y.float().sum().backward()
+        step(); best = float("inf")
+        for _ in range(reps):
+            t = CLOCK(); step(); best = min(best, CLOCK() - t)
+        rows.append((conv.in_channels, conv.out_channels, k, n, 2 * 3 * batch * conv.in_channels * conv.out_channels * taps / best, best))
+    return rows
+
+
 def plain_loop(x, y, steps, batch, classes):
     model = create_model("ConvNetADSB", classes, x.shape[-1], ModelConfig(conv_impl="conv1d"))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -163,6 +187,7 @@ def main():
     ap.add_argument("--threads", type=int, default=TrainingConfig().num_threads,
                     help="torch threads for the GEMM peaks and the steps (default: training.num_threads)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain DataLoader loop")
+    ap.add_argument("--layers", action="store_true", help="also time each convolution alone in the precision auto uses")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="cpu: CPU seconds of this process (default; other jobs on the machine do not count), wall: elapsed")
     a = ap.parse_args()
@@ -197,6 +222,12 @@ def main():
             gf = rates[p] * fl
             print(f"  ltsei stage-1 step ({rt.describe()}): {rates[p]:8.1f} samples/s = {gf / 1e9:5.0f} GF/s = "
                   f"{100 * gf / peaks[p]:3.0f} % of the {p} peak{'   <- auto' if p == isa['auto'] else ''}")
+        if a.layers:
+            rows = layer_rates(L, isa["auto"], a.batch, a.classes)
+            total = sum(r[-1] for r in rows)
+            for cin, cout, k, n, rate, sec in rows:
+                print(f"    conv {cin:3d}->{cout:3d} k={k:2d} on {n:4d} samples: {rate / 1e9:5.0f} GF/s "
+                      f"({100 * rate / peaks[isa['auto']]:3.0f} % of peak), {100 * sec / total:4.1f} % of the convolution time")
         if a.no_plain: continue
         plain = plain_loop(x, y, a.steps, a.batch, a.classes)
         ratio = rates[isa["auto"]] / plain

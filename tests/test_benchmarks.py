@@ -61,3 +61,10 @@ def test_bf16_is_labelled_by_the_unit_that_runs_it():
     assert how(["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], True) == "AMX tiles"
     assert how(["avx512f", "avx512_bf16"], False) == "AVX-512-BF16 dot products"
     assert how(["avx2"], False).startswith("emulated")
+
+
+def test_layer_rates_cover_every_convolution():
+    rows = bench_train.layer_rates(384, "fp32", batch=2, reps=1)
+    assert len(rows) == 13 and rows[0][:4] == (2, 50, 15, 384) and all(r[4] > 0 for r in rows)
+    conv_flops = sum(rate * sec for *_, rate, sec in rows) / 2           # per sample
+    assert 0.95 < conv_flops / bench_train.train_flops_per_sample(384, 20) <= 1.0   # the rest: the linear layers
