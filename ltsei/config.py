@@ -510,15 +510,16 @@ def data_identity(data) -> dict:
 def numerics(cfg) -> dict:
     """What changes the floating-point results besides the config: torch version, device type, the precision
     `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
-    and, on the CPU, the thread count and the vector instructions torch's kernels use (AVX2, AVX512, ...)."""
-    from ltsei.train import resolve_precision
+    and, on the CPU, the thread count the vector instructions torch's kernels use (AVX2, AVX512, ...) and AMX."""
+    from ltsei.train import cpu_has_amx, resolve_precision
     device = "cuda" if torch.cuda.is_available() and str(cfg.gpus or "") != "cpu" else "cpu"   # the device the run uses
     cpu = device == "cpu"
     try: precision = resolve_precision(str(cfg.training.precision), torch.device(device))[0]
     except ValueError: precision = str(cfg.training.precision)    # refused when the run starts (make_runtime)
     return {"torch": torch.__version__, "device": device, "precision": precision,
             "num_threads": int(cfg.training.num_threads) if cpu else None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None,
+            "cpu_amx": cpu_has_amx() if cpu else None}   # torch says AVX512 with and without AMX; the fp32 kernels differ
 
 def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
