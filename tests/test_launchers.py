@@ -11,7 +11,8 @@ import pytest
 
 from ltsei import launchers as L
 from ltsei.demo import demo_compose_config, demo_run_experiment
-from ltsei.rows import RunLock, select_rows
+from ltsei.rows import select_rows
+from ltsei.storage import lock_beside
 from ltsei.running import DEMO_FUNCS, Task, check_configs, load_callable, plan_runs, prepare_run_dir, task_overrides
 
 PROFILE = "smoke"
@@ -127,7 +128,7 @@ def test_run_one_reports_instead_of_raising(tmp_path):
     t = fake_tasks(tmp_path, [None])[0]
     out = L.run_one(t, lambda task: 1 / 0)
     assert out["status"] == "failed" and "ZeroDivisionError" in out["error"]
-    held = RunLock(t.out_dir); held.acquire()
+    held = lock_beside(t.out_dir); held.acquire()
     try: assert L.run_one(t, lambda task: None)["status"] == "busy"    # another process runs it
     finally: held.release()
     token = L.storage_token(tmp_path)
