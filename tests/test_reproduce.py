@@ -371,7 +371,7 @@ def test_a_killed_lock_holder_releases_the_run(tmp_path):
     from ltsei.storage import lock_beside
     d = tmp_path / "seed0"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltsei.storage import lock_beside\n"
-                               f"lock_beside({str(d)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                               f"held = lock_beside({str(d)!r}); held.acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     mine = lock_beside(d)
