@@ -22,7 +22,7 @@ __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE'
 
 # %% ../nbs/19_rows.ipynb #ccb96144
 # The run machinery (`ltsei.running`, `ltsei.launchers`) still takes these names from here; once it is rewritten as
-# `ltsei.orchestration` (issue 18) it imports them from `ltsei.storage` (new names on the right) and this cell goes.
+# `ltsei.orchestration` (issue 18) it imports them from `ltsei.storage` under their names there (before `as`), and this cell goes.
 from .storage import (atomic_write_json as write_json_atomic, clean_stale as remove_dead_temps,
                            lock_beside as RunLock, make_temp_dir as temp_beside, repo_dir, resolve_runs_dir)
 

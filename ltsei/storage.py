@@ -304,7 +304,8 @@ LOCK_MARK = b"ltsei-lock\n"      # the content of every lock file ltsei makes (s
 class FileLock:
     """An exclusive lock on the lock file `path` (created if missing, with `LOCK_MARK`), for one holder at a time:
     `with FileLock(path):` waits for it; `acquire(blocking=False)` returns False when another holder has it. The
-    operating system releases it when its holder ends, however it ends."""
+    operating system releases it when its holder ends, however it ends; keep the object while you hold it (its open
+    file is the lock: an unreferenced `FileLock` is closed, and so released, by the garbage collector)."""
     def __init__(self, path):
         self.path, self._fh = Path(path), None
 
