@@ -71,21 +71,21 @@ KEYS = ["wall", "training", "overhead", "kernel start, papermill", "imports", "c
 
 def bench_overhead(rows, repeat, runs, warm):
     from ltsei.orchestration.kernels import warm_kernels
-    from ltsei.rows import RunLock
+    from ltsei.storage import lock_beside
     label = f"warm kernels ({warm} kept ready)" if warm else "cold kernels (a kernel started per row)"
     print(f"\n== row overhead, {label}: rows {rows} x {repeat}, profile {PROFILE}, back to back ({load()})")
     ex = executor(runs, 0, warm)
     first = plan(rows.split(",")[0], runs)[0]
     if warm: warm_kernels(warm).fill()
     t0 = time.time()
-    with RunLock(first.out_dir): ex(first)
+    with lock_beside(first.out_dir): ex(first)
     p = phases(first, time.time() - t0)
     print(f"first row (fills the data cache): {p['wall']:.1f} s, training {p['training']:.1f} s, overhead {p['overhead']:.1f} s")
     results, t_all = [], time.time()
     for k in range(repeat):
         for t in plan(rows, runs):
             t0 = time.time()
-            with RunLock(t.out_dir): ex(t)
+            with lock_beside(t.out_dir): ex(t)
             results.append((t.name, phases(t, time.time() - t0)))
     t_all = time.time() - t_all
     if warm: warm_kernels(warm).close()

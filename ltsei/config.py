@@ -206,7 +206,7 @@ SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}" 
 def register_configs():
     "Store the config tree and the profiles in Hydra's ConfigStore (idempotent); `${ltsei_runs:}` is the results root."
     from hydra.core.config_store import ConfigStore
-    from ltsei.cache import resolve_runs_dir
+    from ltsei.storage import resolve_runs_dir
     OmegaConf.register_new_resolver("ltsei_runs", lambda: str(resolve_runs_dir(None)), replace=True)
     cs = ConfigStore.instance()
     base = OmegaConf.structured(Config)
@@ -483,7 +483,7 @@ def check_machine(cfg) -> None:
             raise ConfigError(f"gpus={g!r}: " + (f"expected CUDA device ids below {have}" if have else
                               "this machine has no CUDA device; expected gpus=null (or cpu) to run on the CPU"))
     if cfg.data.source == "synthetic":
-        from ltsei.cache import check_free_space
+        from ltsei.storage import check_free_space
         from ltsei.synth import synth_nbytes
         root = Path(cfg.data.cache_dir).expanduser().absolute()
         if not (root / f"synth-{synth_key(cfg.data.synth)}" / "manifest.json").is_file():
@@ -500,7 +500,7 @@ STAGE1_IGNORE = ("data.cache_dir", "training.num_threads", "data.train_path", "d
 
 def data_identity(data) -> dict:
     "What the data is, by content: the input files' sha256 (files), or the synthetic data set's key."
-    from ltsei.cache import file_digest
+    from ltsei.storage import file_digest
     from ltsei.data import input_files
     if data.source == "files":
         return {role: (file_digest(p, data.cache_dir) if Path(p).is_file() else "missing")
@@ -545,7 +545,7 @@ def stage1_key(cfg) -> str:
 
 def stage2_key(cfg) -> str:
     "A short hash of everything that determines stage 2: stage 1 (its key, or the given checkpoint's content) and the rest of the config."
-    from ltsei.cache import file_digest
+    from ltsei.storage import file_digest
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)

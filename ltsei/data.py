@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth, generate_split, synth_key
-from .cache import atomic_write_bytes, atomic_write_json
+from .storage import atomic_write_bytes, atomic_write_json
 
 # %% auto #0
 __all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'FLOAT32_MAX', 'DATA_SOURCES', 'NORMALIZATIONS',

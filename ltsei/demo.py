@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from .data import long_tail_counts, shot_groups   # the runs' long tail and many / medium / few
 from .metrics import compute_metrics
-from .rows import ROWS, parse_overrides, row_record, run_dir, stage1_group, write_json_atomic
+from .rows import ROWS, parse_overrides, row_record, run_dir, stage1_group
+from .storage import atomic_write_json
 
 # %% auto #0
 __all__ = ['metrics_from_confusion', 'fake_metrics', 'demo_compose_config', 'demo_run_experiment', 'write_fake_runs']
@@ -82,7 +83,7 @@ def demo_run_experiment(cfg: dict, out_dir, progress: bool = True) -> dict:
     (out_dir / "config.yaml").write_text("".join(f"# {o}\n" for o in cfg["overrides"]) + "demo: true\n")
     m = fake_metrics(cfg["overrides"], seed)
     (out_dir / "log.csv").write_text("epoch,val_balanced_acc\n" + "".join(f"{e},{m['val']['balanced_acc'] * (e + 1) / 10:.4f}\n" for e in range(10)))
-    write_json_atomic(out_dir / "metrics.json", m)
+    atomic_write_json(out_dir / "metrics.json", m)
     return m
 
 # %% ../nbs/20_demo.ipynb #a5c34b9a
@@ -94,7 +95,7 @@ def write_fake_runs(runs_dir, profile: str, rows=None, seeds=(0,)) -> list[Path]
             d = run_dir(runs_dir, profile, r, seed)
             if d.exists(): shutil.rmtree(d)
             d.mkdir(parents=True)
-            write_json_atomic(d / "row.json", row_record(r, seed, profile))
-            write_json_atomic(d / "metrics.json", fake_metrics(r.run_args, seed))
+            atomic_write_json(d / "row.json", row_record(r, seed, profile))
+            atomic_write_json(d / "metrics.json", fake_metrics(r.run_args, seed))
             out.append(d)
     return out

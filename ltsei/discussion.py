@@ -58,7 +58,7 @@ def profile_header(results: pd.DataFrame, profile: str) -> str:
     facts = profile_facts(results, profile) if len(results) else []
     return (f"**Profile `{profile}`: {head}** {text}" + (f" Scale: {'; '.join(facts)}." if facts else ""))
 
-# %% ../nbs/22_discussion.ipynb #bdcf0aee
+# %% ../nbs/22_discussion.ipynb #1bbcad44
 def _pm(mean: float, std: float, digits: int = 1) -> str:
     "`+12.3 ± 1.2` (the mean alone where the std is NaN: one seed), in points, with a true minus."
     s = f"{mean:+.{digits}f}".replace("-", "−")
@@ -95,6 +95,7 @@ def compare_sentence(pairs: pd.DataFrame, reference: str, metric: str) -> str | 
     if below: parts.append(f"below {ref} beyond noise: {_names(below)}")
     return f"**{lab.capitalize()} against {ref}** (paired differences, points, mean ± std over seeds): " + "; ".join(parts) + "."
 
+# %% ../nbs/22_discussion.ipynb #ef0de00b
 def best_sentence(summary: pd.DataFrame, ids) -> str | None:
     "Which row of `ids` has the highest mean balanced and few-shot accuracy, and CE's value for scale."
     s = summary[summary.index.isin(ids)]
@@ -127,6 +128,7 @@ def rival_rows() -> list[str]:
 
 COLLAPSED_SHARE = 0.8     # a gate whose busiest expert takes more of the weight than this is called collapsed
 
+# %% ../nbs/22_discussion.ipynb #0034df74
 def discussion(results: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame | None = None,
                expectations: pd.DataFrame | None = None) -> list[str]:
     """The report's discussion, generated from these numbers: the long tail under CE, what beats CE and cRT on balanced

@@ -40,7 +40,7 @@ def gemm_rate(threads: int = 1, n: int = 256, seconds: float = 1.0) -> float:
 
 def load_costs(path=None) -> dict:
     "The measured costs (`benchmarks/epoch_costs.json` of the repository, or `path`)."
-    from ltsei.rows import repo_dir
+    from ltsei.storage import repo_dir
     p = Path(path) if path else repo_dir() / COSTS_FILE
     try: return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e: raise FileNotFoundError(f"no measured costs at {p} ({e}); run benchmarks/bench_epochs.py") from None

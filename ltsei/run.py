@@ -18,8 +18,9 @@ from .openset import ScoringModel, score_openset
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
-from .cache import (CacheEntry, claim_run_dir, make_dir, atomic_save, atomic_write_bytes, atomic_write_text, clean_stale, copy_file,
-                         safe_load, to_plain, UnsafeCheckpoint, DamagedCheckpoint)
+from .storage import (make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
+                           DamagedCheckpoint)
+from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
 from .moe_ltsei import routing_metrics, frequency_groups

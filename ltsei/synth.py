@@ -19,8 +19,9 @@ from scipy import fft as sfft
 from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
-from .cache import (CacheEntry, StorageError, TEMP_MARK, check_free_space, clean_stale, drop_temp, make_temp_dir,
-                         replace_dir, reserve_space, sha256_file, storage_error)
+from .storage import (StorageError, TEMP_MARK, check_free_space, clean_stale, drop_temp, make_temp_dir, replace_dir,
+                           reserve_space, sha256_file, storage_error)
+from .cache import CacheEntry
 
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD', 'CFO_SHIFT_HZ',

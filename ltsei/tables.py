@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .rows import (MAIN_SECTIONS, ROWS, ROWS_BY_ID, RunLock, parse_overrides, ran_other_overrides, read_metrics,
-                        remove_dead_temps, run_dir, swap_in, temp_beside)
-from .cache import storage_error
+from .rows import MAIN_SECTIONS, ROWS, ROWS_BY_ID, parse_overrides, ran_other_overrides, read_metrics, run_dir
+from .storage import clean_stale, lock_beside, make_temp_dir, replace_dir, storage_error
 
 # %% auto #0
 __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
@@ -87,7 +86,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     meta = pd.DataFrame([dict(row_id=r.id, section=r.section, kind=r.kind, method=r.method) for r in ROWS]).set_index("row_id")
     return meta.join(out, how="inner")
 
-# %% ../nbs/21_tables.ipynb #18c5fc69
+# %% ../nbs/21_tables.ipynb #4ee2f125
 TABLES = {
     "main": ("Main comparison: baseline, single-stage and two-stage methods, MoE-LTSEI (ours)", MAIN_SECTIONS),
     "ablation_4_1": ("Ablation 4.1: backbones", ("4.1",)),
@@ -140,6 +139,7 @@ def seed_cells(results: pd.DataFrame | None, ids, n_seeds, requested: int | None
                               f"run, seed{'s' if len(miss) > 1 else ''} {', '.join(map(str, miss))} missing")
     return cells, notes
 
+# %% ../nbs/21_tables.ipynb #e86852bb
 def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = None, digits: int = 1,
                requested: int | None = None) -> Table | None:
     """The table `name` (a key of `TABLES`) from `summarize`'s output; None if none of its rows has results.
@@ -180,7 +180,7 @@ def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = 
         notes.insert(0, "DEMO: made-up results (ltsei reproduce --demo), not from training.")
     return Table(name, title, cells.reset_index(drop=True), best.reset_index(drop=True), notes, numbers)
 
-# %% ../nbs/21_tables.ipynb #beef4a93
+# %% ../nbs/21_tables.ipynb #cc0a8a77
 def _marked(t: Table, mark) -> pd.DataFrame:
     out = t.cells.copy()
     for c in t.best.columns: out[c] = [mark(v) if b else v for v, b in zip(out[c], t.best[c])]
@@ -225,6 +225,7 @@ def table_latex(t: Table) -> str:
     out += [r"\par\smallskip{\footnotesize " + " ".join(tex_escape(n) for n in t.notes) + "}", r"\end{table}"]
     return "\n".join(out) + "\n"
 
+# %% ../nbs/21_tables.ipynb #bfd5ced1
 def table_csv(t: Table) -> str:
     """The table as CSV of numbers: row id, (type,) method, seeds, and per metric its mean and sample std in percent as
     separate numeric columns (empty where not measured). No marks: the best value is marked in Markdown, LaTeX and HTML."""
@@ -369,7 +370,7 @@ def fig_confusions(results: pd.DataFrame, row_ids=CONFUSION_ROWS):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/21_tables.ipynb #244a32b0
+# %% ../nbs/21_tables.ipynb #bfc0fde8
 PAIR_METRICS = ("balanced_acc", "few_acc")
 PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt", "s5_1_full")   # CE (the baseline), cRT (the classic two-stage method), MoE-LTSEI (ours)
 NOISE_LEVEL = 0.05                            # two-sided level of the paired t-test that calls a gap "beyond noise"
@@ -417,6 +418,7 @@ def all_paired(results: pd.DataFrame, references=PAIR_REFERENCES, level: float =
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else paired_summary(pd.DataFrame())
 
+# %% ../nbs/21_tables.ipynb #37683810
 def _signed(x: float, digits: int = 1) -> str:
     "`x` with its sign (a true minus), no sign when it shows as zero; a dash for NaN."
     if math.isnan(x): return "–"
@@ -573,7 +575,7 @@ def fig_acc_vs_snr(snr: pd.DataFrame, row_ids=None):
     ax.legend(title=None, fontsize=8); fig.tight_layout()
     return fig
 
-# %% ../nbs/21_tables.ipynb #428dc3e3
+# %% ../nbs/21_tables.ipynb #aad8d951
 FIGURES = {
     "bacc_vs_imbalance_ratio": lambda r, pc: fig_vs_param(r, "4.5", "data.imbalance_ratio", "imbalance ratio", log=True),
     "bacc_vs_num_experts": lambda r, pc: fig_vs_param(r, "4.4", "stage2.moe.num_experts", "number of experts"),
@@ -597,6 +599,7 @@ def _requested_seeds(base: Path) -> int | None:
     except (OSError, ValueError, AttributeError): return None
     return k if isinstance(k, int) and k >= 1 else None
 
+# %% ../nbs/21_tables.ipynb #b1a22842
 def build_tables(runs_dir, profile: str) -> dict:
     """Tables (`runs_dir/profile/tables`) and figures (`.../figures`) from the profile's complete runs.
     Returns n_runs, demo, results, per_class, summary, pairs (`all_paired`), tables {name: {table, md, csv, tex}}, figures {name: path},
@@ -607,11 +610,11 @@ def build_tables(runs_dir, profile: str) -> dict:
                summary=None, pairs=None, tables={}, figures={}, expectations=None, openset=None)
     if results.empty: return out
     base.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(base)
+    clean_stale(base)
     final = dict(tables=base / "tables", figures=base / "figures")
     tmp = {}
     try:
-        tdir, fdir = tmp["tables"], tmp["figures"] = temp_beside(final["tables"]), temp_beside(final["figures"])
+        tdir, fdir = tmp["tables"], tmp["figures"] = make_temp_dir(final["tables"]), make_temp_dir(final["figures"])
         out["summary"] = summary = summarize(results)
         results.to_csv(tdir / "all_runs.csv", index=False)
         summary.to_csv(tdir / "summary.csv")
@@ -636,8 +639,8 @@ def build_tables(runs_dir, profile: str) -> dict:
         (tdir / "paired.md").write_text(paired_markdown(pairs), encoding="utf-8")
         out["expectations"] = ex = expectations(summary, pairs)
         (tdir / "expectations.md").write_text(ex.to_markdown(index=False) + "\n", encoding="utf-8")
-        with RunLock(final["tables"]):              # one swap at a time; each folder swapped in whole
-            for k in ("tables", "figures"): swap_in(tmp.pop(k), final[k])
+        with lock_beside(final["tables"]):              # one swap at a time; each folder swapped in whole
+            for k in ("tables", "figures"): replace_dir(tmp.pop(k), final[k])
     except OSError as e:                            # a full disk: one line naming the folder, once the temporaries are gone
         for d in tmp.values(): shutil.rmtree(d, ignore_errors=True)
         err = storage_error(final["tables"], e)

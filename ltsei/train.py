@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from .losses import logits_of, MoEOutput
 from .metrics import compute_metrics
-from .cache import atomic_save, atomic_write_text, safe_load, storage_error, to_plain, UnsafeCheckpoint, DamagedCheckpoint
+from .cache import atomic_save, to_plain
+from .storage import atomic_write_text, safe_load, storage_error, UnsafeCheckpoint, DamagedCheckpoint
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'AMX_FLAGS', 'RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'cpu_flags', 'torch_cpu_flags', 'cpu_has_amx',

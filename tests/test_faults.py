@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltsei.cache import StorageError
+from ltsei.storage import StorageError
 from ltsei.cli import guide_main
 from ltsei.config import ConfigError, compose_config, stage1_key
 from ltsei.run import CKPT_FORMAT, CheckpointError, run_experiment
@@ -194,7 +194,7 @@ def test_4_crafted_cache_entry_is_refused_and_rebuilt(in_scratch, clean, capsys)
                                          (errno.EROFS, "the file system is read-only (EROFS)"),
                                          (errno.EACCES, "permission denied (EACCES)")])
 def test_5_failed_save_is_one_message_and_leaves_no_temp_file(in_scratch, monkeypatch, code, needle):
-    import ltsei.cache as C
+    import ltsei.storage as C
     real = C._write_bytes
     def failing(tmp, data):
         if tmp.name.startswith(".best.pt"):            # half the checkpoint reaches the disk, then the error
@@ -255,7 +255,7 @@ def test_7_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
 
 def marked(folder: Path, pid: int, host=None, kind="tmp") -> Path:
     "A temporary folder as ltsei makes them: its marker names the host and the process."
-    from ltsei.cache import TEMP_MARK, host_name
+    from ltsei.storage import TEMP_MARK, host_name
     folder.mkdir(parents=True); (folder / "best.pt").write_bytes(b"half")
     (folder / TEMP_MARK).write_text(json.dumps({"ltsei": kind, "host": host or host_name(), "pid": pid}))
     return folder

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ltsei.cache import (TEMP_MARK, CacheEntry, StorageError, clean_stale, file_lock, host_name, leftovers,
+from ltsei.cache import CacheEntry, leftovers
+from ltsei.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, host_name,
                          storage_error)
 from ltsei.cli import guide_main, main
 from ltsei.config import compose_config
@@ -226,7 +227,7 @@ def test_6_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
     (runs / "smoke" / "1.1" / "s1_1_ce" / "seed0" / "metrics.json").write_text(json.dumps({"stage1": {"path": str(used.path)}}))
     w = CacheEntry(s1, "abandoned"); w.make_work(); (w.work_dir / "resume.pt").write_bytes(b"r" * 50_000)
     stale = marked(s1 / f".x.tmp{DEAD}-aa")
-    with file_lock(s1 / "gone.lock"): pass
+    with FileLock(s1 / "gone.lock"): pass
     (s1 / "notes.old2019").mkdir(); (s1 / "notes.old2019" / "f").write_text("mine"); (s1 / "mine.lock").write_text("x")
     assert main(["clean", "--runs-dir", str(runs), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -235,7 +236,7 @@ def test_6_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
         assert any(kind in l and p in l and "MiB" in l for l in out.splitlines()), (kind, out)
     assert "used.lock" not in out and "stage1/used " not in out and "notes" not in out and "mine.lock" not in out
     assert "dry run: nothing removed" in out and w.work_dir.exists()
-    with file_lock(s1 / "abandoned.lock"):                                         # a build resumes it right now: kept
+    with FileLock(s1 / "abandoned.lock"):                                         # a build resumes it right now: kept
         assert main(["clean", "--runs-dir", str(runs)]) == 0
     assert w.work_dir.exists() and "in use by a running build, kept" in capsys.readouterr().out
     assert main(["clean", "--runs-dir", str(runs)]) == 0

@@ -17,7 +17,8 @@ from ltsei.orchestration import reproduce  # noqa: F401  (imports every launcher
 from ltsei.orchestration import slurm_launcher as S
 from ltsei.orchestration.kernels import WarmKernels, release_kernel
 from ltsei.demo import demo_compose_config, demo_run_experiment
-from ltsei.rows import RunLock, select_rows
+from ltsei.rows import select_rows
+from ltsei.storage import lock_beside
 from ltsei.orchestration.row_runs import (DEMO_FUNCS, RowRun, check_configs, load_callable, plan_row_runs, prepare_row_run_dir,
                                           row_run_overrides, run_row_protocol)
 
@@ -136,7 +137,7 @@ def test_row_protocol_reports_instead_of_raising(tmp_path):
     t = fake_tasks(tmp_path, [None])[0]
     out = run_row_protocol(t, lambda task: 1 / 0)
     assert out["status"] == "failed" and "ZeroDivisionError" in out["error"]
-    held = RunLock(t.out_dir); held.acquire()
+    held = lock_beside(t.out_dir); held.acquire()
     try: assert run_row_protocol(t, lambda task: None)["status"] == "busy"    # another process runs it
     finally: held.release()
     token = L.storage_token(tmp_path)

@@ -12,7 +12,8 @@ import pytest
 
 from ltsei.demo import fake_metrics, write_fake_runs
 from ltsei.discussion import discussion, mechanisms, profile_header, report_html
-from ltsei.rows import ROWS_BY_ID, run_dir, write_json_atomic
+from ltsei.rows import ROWS_BY_ID, run_dir
+from ltsei.storage import atomic_write_json
 from ltsei.orchestration.reproduce import render_report
 from ltsei.tables import TABLES, all_paired, collect_results, expectations, summarize
 
@@ -151,8 +152,8 @@ def _runs(tmp: Path, bal: dict, few: dict | None = None, seeds=(0, 1, 2), usage=
             m["test"].update(balanced_acc=b + j, few_acc=(few or bal)[i] + j, many_acc=.9)
             m.pop("demo")
             if usage is not None and i == "s5_1_full": m["routing"] = dict(routing_acc=.35, usage_by_group=usage)
-            write_json_atomic(d / "metrics.json", m)
-            write_json_atomic(d / "row.json", dict(overrides=r.run_args))
+            atomic_write_json(d / "metrics.json", m)
+            atomic_write_json(d / "row.json", dict(overrides=r.run_args))
     res, _ = collect_results(tmp, "quick")
     s = summarize(res); p = all_paired(res)
     return res, s, p, expectations(s, p)

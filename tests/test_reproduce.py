@@ -11,7 +11,8 @@ import pytest
 import ltsei.orchestration.reproduce as rp
 from ltsei.demo import demo_compose_config, demo_run_experiment, fake_metrics
 from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, read_metrics, run_dir, run_status, select_rows,
-                        split_command, write_json_atomic)
+                        split_command)
+from ltsei.storage import atomic_write_json
 from ltsei.orchestration.local_launcher import run_local_pool
 from ltsei.orchestration.reproduce import reproduce_main
 from ltsei.orchestration.row_runs import RowRun, RowRunFailed, plan_row_runs, prepare_row_run_dir, row_run_overrides
@@ -129,8 +130,8 @@ def _complete(d: Path, row: Row, seed: int, marker: str):
     d.mkdir(parents=True, exist_ok=True)
     m = fake_metrics(row.run_args, seed)
     m["marker"] = marker
-    write_json_atomic(d / "metrics.json", m)
-    write_json_atomic(d / "row.json", dict(overrides=row.run_args))
+    atomic_write_json(d / "metrics.json", m)
+    atomic_write_json(d / "row.json", dict(overrides=row.run_args))
 
 
 def test_run_status(tmp_path):
@@ -145,12 +146,12 @@ def test_run_status(tmp_path):
     assert run_status(d, row) == "partial"
     _complete(d, row, 0, "x")
     assert run_status(d, row) == "complete"
-    write_json_atomic(d / "row.json", dict(overrides=["loss.name=FocalLoss"]))
+    atomic_write_json(d / "row.json", dict(overrides=["loss.name=FocalLoss"]))
     assert run_status(d, row) == "stale"
 
 
-def test_write_json_atomic_leaves_no_temporary(tmp_path):
-    write_json_atomic(tmp_path / "metrics.json", {"a": 1})
+def test_atomic_write_json_leaves_no_temporary(tmp_path):
+    atomic_write_json(tmp_path / "metrics.json", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1}
 
@@ -165,7 +166,7 @@ def test_resume_skips_complete_and_redoes_partial_and_stale(tmp_path, monkeypatc
     d_bs.mkdir(parents=True)                                   # interrupted half-way: a log and a checkpoint, no metrics
     (d_bs / "log.csv").write_text("epoch\n0\n"); (d_bs / "checkpoints").mkdir(); (d_bs / "checkpoints" / "stage1_best.pt").write_text("x")
     _complete(d_la, la, 0, "stale")
-    write_json_atomic(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
+    atomic_write_json(d_la / "row.json", dict(overrides=["loss.name=LogitAdjustmentLoss", "loss.logit_tau=2.0"]))
 
     ran = []
     def fake_execute(task, profile):
@@ -372,13 +373,13 @@ def test_two_processes_share_the_rows(tmp_path):
 
 def test_a_killed_lock_holder_releases_the_run(tmp_path):
     "A run's lock is held by one process; a holder killed with SIGKILL holds nothing."
-    from ltsei.rows import RunLock
+    from ltsei.storage import lock_beside
     d = tmp_path / "seed0"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltsei.rows import RunLock\n"
-                               f"RunLock({str(d)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltsei.storage import lock_beside\n"
+                               f"held = lock_beside({str(d)!r}); held.acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    mine = RunLock(d)
+    mine = lock_beside(d)
     assert not mine.acquire(blocking=False)
     holder.kill(); holder.wait()
     assert mine.acquire(blocking=False)
@@ -388,7 +389,6 @@ def test_a_killed_lock_holder_releases_the_run(tmp_path):
 def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch):
     import ltsei.tables as tb
     from ltsei.demo import write_fake_runs
-    from ltsei.rows import _host
     runs = tmp_path / "runs"
     write_fake_runs(runs, "smoke", rows=select_rows("2.2"))
     tb.build_tables(runs, "smoke")
@@ -396,7 +396,7 @@ def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch)
     dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
     left = runs / "smoke" / f".tables.tmp{dead.pid}-0bad"                # a build killed half-way (ltsei's marker in it)
     left.mkdir(); (left / "main.md").write_text("half")
-    from ltsei.cache import TEMP_MARK, host_name
+    from ltsei.storage import TEMP_MARK, host_name
     (left / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": dead.pid}))
     write_fake_runs(runs, "smoke", rows=select_rows("2.1"))
     def interrupted(r, pc): raise KeyboardInterrupt

@@ -122,7 +122,7 @@ def test_stale_temp_dir_is_ignored_and_cleaned(tmp_path):
     stale = tmp_path / f".synth-{key}.tmp{2**22 + 7}-abc"         # a killed build: ltsei's marker in it
     stale.mkdir(parents=True)
     (stale / "X_pool.npy").write_bytes(b"garbage")
-    from ltsei.cache import TEMP_MARK, host_name
+    from ltsei.storage import TEMP_MARK, host_name
     (stale / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": 2**22 + 7}))
     mine = tmp_path / f".tmp-synth-{key}-999999999-abc"; mine.mkdir()    # no marker: not ltsei's, never removed
     s = load_synth(SMOKE, tmp_path, workers=1, progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ltsei import synth
-from ltsei.cache import StorageError
+from ltsei.storage import StorageError
 from ltsei.cli import main
 from ltsei.synth import (SPLITS, SYNTH_PRESETS, SynthWorkerError, load_synth, synth_entry, synth_key, synth_main)
 
@@ -283,7 +283,7 @@ def test_synth_out_is_written_whole(tmp_path, monkeypatch, capsys):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     # the temporary folder of a killed earlier run beside --out is removed
     stale = tmp_path / ".out.tmp4194311-ab"; stale.mkdir(); (stale / "X_train.npy").write_bytes(b"x")
-    from ltsei.cache import TEMP_MARK, host_name
+    from ltsei.storage import TEMP_MARK, host_name
     (stale / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": 4194311}))
     assert synth_main(args) == 0 and not stale.exists()
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from ltsei.demo import fake_metrics, write_fake_runs
-from ltsei.rows import ROWS, ROWS_BY_ID, run_dir, write_json_atomic
+from ltsei.rows import ROWS, ROWS_BY_ID, run_dir
+from ltsei.storage import atomic_write_json
 import ltsei.tables as tables
 from ltsei.rows import Row
 from ltsei.tables import (COLUMNS, TABLES, all_paired, build_tables, collect_results, expectations, fmt_pm, make_table,
@@ -24,8 +25,8 @@ def _write(runs, row_id, seed, **test):
     m = fake_metrics(r.run_args, seed)
     m["test"].update(test)
     m.pop("demo")
-    write_json_atomic(d / "metrics.json", m)
-    write_json_atomic(d / "row.json", dict(overrides=r.run_args))
+    atomic_write_json(d / "metrics.json", m)
+    atomic_write_json(d / "row.json", dict(overrides=r.run_args))
     return d
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..rows import read_metrics, repo_dir
+from ..rows import read_metrics
+from ..storage import repo_dir
 from .row_runs import REAL_FUNCS, RowRun, RowRunFailed, prepare_row_run_dir
 
 # %% auto #0
@@ -220,7 +221,7 @@ def execute_row_notebook(rr: RowRun, profile: str, nb=None, funcs: dict | None =
                          env: dict | None = None, km=None) -> Path:
     """Execute the experiment notebook for `rr` into its folder (caches under `runs_dir`, by default the folder
     three levels above the run's); raise `RowRunFailed` if it fails or leaves no complete metrics. Hold the run's
-    `RunLock`. `env`: extra environment of the notebook's kernel; `km`: a started kernel to run it in (`WarmKernels.take`,
+    `lock_beside`. `env`: extra environment of the notebook's kernel; `km`: a started kernel to run it in (`WarmKernels.take`,
     started with `env`), shut down afterwards in any case."""
     try: return _execute_row_notebook(rr, profile, nb, funcs, runs_dir, env, km)
     finally:

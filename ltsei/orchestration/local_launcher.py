@@ -40,7 +40,7 @@ def _next_ready(pending, running_groups, now):
 # %% ../../nbs/27_local_launcher.ipynb #4c458cda
 def run_local_pool(rrs: list[RowRun], execute: Callable, jobs: int = 1, progress: bool = True, interrupt=None,
                    locks: bool = False) -> list[RowRun]:
-    """Run the todo row runs with `execute(rr)` through `run_row_protocol` (`locks=True`: under each run's `RunLock`),
+    """Run the todo row runs with `execute(rr)` through `run_row_protocol` (`locks=True`: under each run's `lock_beside`),
     `jobs` at once, stage-1 leaders first. Sets each run's status to 'done', 'failed' (with `error`), 'skipped' (it
     was complete) or 'shared'. On Ctrl-C it calls `interrupt()` (which should stop the running executions), marks the
     running runs 'interrupted' and re-raises."""

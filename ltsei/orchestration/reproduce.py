@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..cache import clean_note, storage_error
-from ..rows import remove_dead_temps, resolve_runs_dir, select_rows, temp_beside, write_json_atomic
+from ..cache import clean_note
+from ..rows import select_rows
+from ..storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
 from .row_runs import (DEMO_FUNCS, REAL_FUNCS, RowRun, check_configs, load_callable, plan_row_runs,
                                           row_run_overrides)
 from .kernels import KERNEL_ARGS, RowExecutor, kernel_env, load_notebook, tracked_kernel_manager
@@ -70,9 +71,9 @@ def render_report(runs_dir, profile: str) -> Path:
     from ltsei.discussion import report_html
     out = Path(runs_dir) / profile
     out.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(out)
+    clean_stale(out)
     kernel_env()
-    tmp = temp_beside(out / "report")
+    tmp = make_temp_dir(out / "report")
     try:
         nb = pm.execute_notebook(load_notebook("report.ipynb"), str(tmp / "report.ipynb"), kernel_name="python3",
                                  parameters=dict(profile=profile, runs_dir=str(Path(runs_dir).resolve())),
@@ -168,7 +169,7 @@ def _plan(a, runs_dir: Path) -> tuple[list[RowRun], dict]:
     rows = select_rows(a.rows)
     if not a.dry_run:                                          # a dry run writes nothing
         check_runs_dir(runs_dir, a.profile)
-        write_json_atomic(runs_dir / a.profile / REQUEST, {"rows": a.rows, "seeds": a.seeds})
+        atomic_write_json(runs_dir / a.profile / REQUEST, {"rows": a.rows, "seeds": a.seeds})
     rrs = plan_row_runs(rows, list(range(a.seeds)), a.profile, runs_dir)
     funcs = DEMO_FUNCS if a.demo else REAL_FUNCS
     composer = load_callable(funcs["composer"])

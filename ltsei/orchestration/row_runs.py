@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache import RUN_FILES, claim_run_dir
-from ..rows import Row, RunLock, cache_overrides, row_record, run_dir, run_status, stage1_group, write_json_atomic
+from ..rows import Row, cache_overrides, row_record, run_dir, run_status, stage1_group
+from ..storage import atomic_write_json, lock_beside
 
 # %% auto #0
 __all__ = ['REAL_FUNCS', 'DEMO_FUNCS', 'RowRun', 'plan_row_runs', 'load_callable', 'experiment_overrides', 'row_run_overrides',
@@ -84,7 +85,7 @@ class RowRunFailed(RowRunError):
 
 def prepare_row_run_dir(rr: RowRun, profile: str) -> Path:
     """Clear what an earlier, incomplete attempt left, and record what this run runs (`row.json`). Call it only while
-    holding the run's `RunLock`. Only ltsei's own outputs are removed (`ltsei.cache.RUN_FILES`), in a folder carrying
+    holding the run's `lock_beside`. Only ltsei's own outputs are removed (`ltsei.cache.RUN_FILES`), in a folder carrying
     ltsei's marker (or, written by an older version, holding nothing else); a folder holding other files is refused
     with one line (`RunDirError`), never emptied."""
     out = claim_run_dir(rr.out_dir, hydra_ok=False, known=RUN_FILES,
@@ -94,7 +95,7 @@ def prepare_row_run_dir(rr: RowRun, profile: str) -> Path:
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         else: p.unlink(missing_ok=True)
     with contextlib.suppress(OSError): (out / "checkpoints").rmdir()   # when empty
-    write_json_atomic(out / "row.json", row_record(rr.row, rr.seed, profile))
+    atomic_write_json(out / "row.json", row_record(rr.row, rr.seed, profile))
     return rr.out_dir
 
 # %% ../../nbs/24_row_runs.ipynb #372d472f
@@ -108,7 +109,7 @@ def run_row_protocol(rr: RowRun, execute: Callable, locks: bool = True, check: C
     try:
         if check is not None: check()
         if locks:
-            lock = RunLock(rr.out_dir)
+            lock = lock_beside(rr.out_dir)
             if not lock.acquire(blocking=False): out.update(status="busy")
             elif run_status(rr.out_dir, rr.row) == "complete": out.update(status="shared")   # the other process finished it
         if out["status"] == "done" and stop is not None and stop.is_set():

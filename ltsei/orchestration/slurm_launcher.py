@@ -12,8 +12,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from ..cache import file_lock
-from ..rows import write_json_atomic
+from ..storage import FileLock, atomic_write_json
 from .row_runs import apply_outcome, outcome_line, run_row_protocol, stage1_waves
 from .launchers import (LAUNCHERS, Launcher, LaunchOptions, check_token, executor_for_workers,
                                           say_to, slurm_minutes, storage_token, storage_warnings)
@@ -50,9 +49,9 @@ def read_ledger(opts) -> dict:
 def update_ledger(opts, entries: dict) -> dict:
     "Add `entries` (run name -> dict(job_id, folder)) to the ledger under its lock: two commands never lose each other's jobs."
     p = _ledger_path(opts)
-    with file_lock(p.with_name(p.name + ".lock")):
+    with FileLock(p.with_name(p.name + ".lock")):
         d = read_ledger(opts); d.update(entries)
-        write_json_atomic(p, d)
+        atomic_write_json(p, d)
     return d
 
 # %% ../../nbs/27_slurm_launcher.ipynb #a21dbe31
