@@ -1,0 +1,76 @@
+"""The package's floors (README, "Layout and architecture"): every module comes from one numbered notebook, and
+imports only modules of lower-numbered notebooks, also inside functions and by name (importlib): no import goes up,
+so there is no circle; the row registry and the command line's start load no torch."""
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "ltsei"
+
+
+def _module(p: Path) -> str:
+    return ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _notebooks() -> dict[str, str]:
+    "module -> the notebook it is exported from (the header nbdev writes)."
+    out = {}
+    for p in PKG.rglob("*.py"):
+        m = re.search(r"File to edit: (?:\.\./)+nbs/(\S+?\.ipynb)", p.read_text())
+        if m: out[_module(p)] = m.group(1)
+    return out
+
+
+def _imports(p: Path) -> set[str]:
+    "Every ltsei module `p` imports: at the top, inside functions, relative, absolute and by importlib name."
+    mod, found = _module(p), set()
+    pkg = mod if p.name == "__init__.py" else mod.rpartition(".")[0]
+    for node in ast.walk(ast.parse(p.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module" \
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            names = [node.args[0].value]
+        found |= {n for n in names if n.startswith("ltsei")}
+    return found
+
+
+def _number(nb: str) -> int: return int(nb.split("_")[0])
+
+
+def test_every_module_comes_from_a_numbered_notebook():
+    nbs = _notebooks()
+    mods = {_module(p) for p in PKG.rglob("*.py")} - {"ltsei", "ltsei._modidx", "ltsei.orchestration"}
+    assert mods <= set(nbs), f"modules without a notebook: {sorted(mods - set(nbs))}"
+    assert all(re.match(r"\d\d_", nb) for nb in nbs.values()), nbs
+
+
+def test_no_import_goes_up_a_floor():
+    nbs = _notebooks()
+    up = []
+    for p in PKG.rglob("*.py"):
+        me = _module(p)
+        if me not in nbs: continue
+        for other in _imports(p):
+            target = next((m for m in (other, other.rpartition(".")[0]) if m in nbs), None)
+            if target is None or target == me: continue
+            if _number(nbs[target]) >= _number(nbs[me]):
+                up.append(f"{me} ({nbs[me]}) imports {target} ({nbs[target]})")
+    assert not up, "imports that go up (or sideways) a floor:\n" + "\n".join(sorted(up))
+
+
+def test_row_registry_and_cli_start_load_no_torch():
+    code = "import sys, ltsei.rows, ltsei.cli, ltsei.storage, ltsei.registry; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
