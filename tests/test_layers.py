@@ -74,3 +74,11 @@ def test_row_registry_and_cli_start_load_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_the_index_lists_every_notebook_in_order():
+    import json
+    src = "".join("".join(c["source"]) for c in json.loads((ROOT / "nbs" / "index.ipynb").read_text())["cells"])
+    listed = re.findall(r"^\| `(\d\d_\w+)` \|", src, re.M)
+    numbered = sorted(p.stem for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    assert listed == numbered, f"nbs/index.ipynb lists {listed}, the notebooks are {numbered}"
