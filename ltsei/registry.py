@@ -19,9 +19,12 @@ class UnknownName(ValueError, KeyError):
 
 # %% ../nbs/01_registry.ipynb #6b934e06
 def _same_definition(a, b) -> bool:
-    "Re-running a cell re-creates a function or class: same module and qualified name counts as the same."
-    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == \
-           (getattr(b, "__module__", None), getattr(b, "__qualname__", None)) and getattr(a, "__qualname__", None) is not None
+    """Re-running a cell re-creates a function or class: the same qualified name from the same module counts as
+    the same definition, and so does a notebook's own copy (`__main__`, where a notebook cell defines what its module
+    exports) of the module's definition."""
+    qa, qb = getattr(a, "__qualname__", None), getattr(b, "__qualname__", None)
+    ma, mb = getattr(a, "__module__", None), getattr(b, "__module__", None)
+    return qa is not None and qa == qb and (ma == mb or "__main__" in (ma, mb))
 
 # %% ../nbs/01_registry.ipynb #26912589
 class Registry(Mapping):
