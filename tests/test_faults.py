@@ -328,7 +328,7 @@ def subprocess_run(workdir: Path, stage: str, kill_after: int, out: Path, overri
 
 
 @pytest.mark.parametrize("stage,kill_after,extra", [
-    ("stage1", 2, ["training.epochs=500", "stage2.enabled=false"]),   # 4 stage-1 epochs: killed after epoch 1
+    ("stage1", 2, ["training.epochs=430", "stage2.enabled=false"]),   # 3 stage-1 epochs: killed after epoch 1
     ("stage2", 5, ["training.epochs=300", "stage2.epochs=20"]),       # killed after stage-2 epoch 4 of 20
 ])
 def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, stage, kill_after, extra):
@@ -358,7 +358,7 @@ def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, mon
     import ltsei.train as T
     monkeypatch.setattr(T.Resume, "due", lambda self: True)
     cache = in_scratch / "fc_cache"
-    args = NO_S2 + ["training.epochs=500", "seed=31", f"stage1.cache_dir={cache}"]
+    args = NO_S2 + ["training.epochs=430", "seed=31", f"stage1.cache_dir={cache}"]      # 3 smoke epochs
     ref = run(args[:-1] + [f"stage1.cache_dir={in_scratch / 'fc_ref'}"], in_scratch / "fc_ref_run")
     real_save, n = T.Resume.save, [0]
     def interrupted(self, state):
@@ -371,6 +371,6 @@ def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, mon
     monkeypatch.setattr(T.Resume, "save", real_save)
     capsys.readouterr()
     m = run(args, in_scratch / "fc_run2")
-    assert "resuming after epoch 1 of 4" in capsys.readouterr().out
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
     same_result(m, ref)
     assert not list(cache.rglob("*.work"))
