@@ -19,6 +19,9 @@ from ltsei.run import CKPT_FORMAT, CheckpointError, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_S2 = ["stage2.enabled=false"]
+# the reference run of cases 2-8: stage 1 only, one smoke epoch (300 x 0.007 = 2 epochs, 150 x 0.007 = 1): what
+# those cases check (detection, quarantine, the rebuilt result bit for bit, the message) does not need two
+REF = NO_S2 + ["seed=11", "training.epochs=150"]
 
 
 def run(overrides, out, **kw):
@@ -48,7 +51,7 @@ def clean(scratch):
     "A clean smoke run (stage 1 only) with its own stage-1 cache: the reference every repaired run must equal."
     cache, cwd = scratch / "faults_cache", os.getcwd()
     os.chdir(scratch)                    # the data cache (runs/cache) of the scratch folder, as in_scratch's tests
-    try: m = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], scratch / "faults_clean")
+    try: m = run(REF + [f"stage1.cache_dir={cache}"], scratch / "faults_clean")
     finally: os.chdir(cwd)
     assert m["stage1"]["source"] == "trained"
     return m, cache
@@ -75,18 +78,18 @@ def files_args(p):
 def test_1_file_replaced_in_place_is_not_served_stale(in_scratch, capsys):
     p = write_files(in_scratch / "files1", seed=1)
     for f in (in_scratch / "files1").iterdir(): os.utime(f, ns=(f.stat().st_mtime_ns - 10**10,) * 2)  # digests remembered
-    a = run(NO_S2 + files_args(p), in_scratch / "f1_a")
+    a = run(NO_S2 + ["training.epochs=150"] + files_args(p), in_scratch / "f1_a")
     assert a["stage1"]["source"] == "trained"
-    assert run(NO_S2 + files_args(p), in_scratch / "f1_b")["stage1"]["source"] == "cache"      # same bytes: reused
+    assert run(NO_S2 + ["training.epochs=150"] + files_args(p), in_scratch / "f1_b")["stage1"]["source"] == "cache"      # same bytes: reused
     old = p["train"].stat()
     x = np.load(p["train"]); np.save(p["train"], -x)                                           # same path, same size
     os.utime(p["train"], ns=(old.st_atime_ns, old.st_mtime_ns))                                # even the mtime restored
     assert p["train"].stat().st_size == old.st_size
-    c = run(NO_S2 + files_args(p), in_scratch / "f1_c")
+    c = run(NO_S2 + ["training.epochs=150"] + files_args(p), in_scratch / "f1_c")
     assert c["stage1"]["source"] == "trained" and c["stage1"]["key"] != a["stage1"]["key"]
     # the labels beside the signal file are part of the content too
     y = np.load(p["train"].with_name("Y_train.npy")); np.save(p["train"].with_name("Y_train.npy"), y[::-1].copy())
-    assert run(NO_S2 + files_args(p), in_scratch / "f1_d")["stage1"]["key"] != c["stage1"]["key"]
+    assert run(NO_S2 + ["training.epochs=150"] + files_args(p), in_scratch / "f1_d")["stage1"]["key"] != c["stage1"]["key"]
 
 
 # ---- 2: run folders never share an inode with the cache ------------------------------------------------
@@ -100,7 +103,7 @@ def test_2_run_checkpoints_are_private_copies(in_scratch, clean):
     ck = torch.load(out / "checkpoints" / "stage1_best.pt", weights_only=True)       # a user "fine-tunes" their run
     ck["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
     torch.save(ck, out / "checkpoints" / "stage1_best.pt")
-    again = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / "f2_again")
+    again = run(REF + [f"stage1.cache_dir={cache}"], in_scratch / "f2_again")
     assert again["stage1"]["source"] == "cache"
     same_result(again, ref)
 
@@ -128,7 +131,7 @@ def test_3_damaged_entry_rebuilt_with_the_clean_result(in_scratch, clean, capsys
     entry = entry_of(ref)
     damage(entry)
     capsys.readouterr()
-    m = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / f"f3_{kind}")
+    m = run(REF + [f"stage1.cache_dir={cache}"], in_scratch / f"f3_{kind}")
     out = capsys.readouterr().out
     line = [l for l in out.splitlines() if "damaged" in l]
     assert len(line) == 1 and str(entry) in line[0] and needle in line[0] and "quarantine" in line[0], out
@@ -136,7 +139,7 @@ def test_3_damaged_entry_rebuilt_with_the_clean_result(in_scratch, clean, capsys
     assert m["stage1"]["source"] == "trained" and m["stage1"]["key"] == ref["stage1"]["key"]
     same_result(m, ref)                                             # bit for bit: same config, threads, machine
     assert (entry / "manifest.json").is_file() and not leftovers(cache)
-    assert run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / f"f3_{kind}_2")["stage1"]["source"] == "cache"
+    assert run(REF + [f"stage1.cache_dir={cache}"], in_scratch / f"f3_{kind}_2")["stage1"]["source"] == "cache"
 
 
 # ---- 4: a crafted pickle never runs ------------------------------------------------------------------
@@ -182,7 +185,7 @@ def test_4_crafted_cache_entry_is_refused_and_rebuilt(in_scratch, clean, capsys)
                                "sha256": hashlib.sha256((entry / "best.pt").read_bytes()).hexdigest()}
     (entry / "manifest.json").write_text(json.dumps(man))
     capsys.readouterr()
-    m = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / "f4_cache")
+    m = run(REF + [f"stage1.cache_dir={cache}"], in_scratch / "f4_cache")
     out = capsys.readouterr().out
     assert not marker.exists() and f"the stage-1 cache entry {entry}" in out and "stage1.checkpoint" not in out
     same_result(m, ref)
@@ -204,13 +207,13 @@ def test_5_failed_save_is_one_message_and_leaves_no_temp_file(in_scratch, monkey
     monkeypatch.setattr(C, "_write_bytes", failing)
     cache = in_scratch / f"f5_cache_{code}"
     with pytest.raises(StorageError) as e:
-        run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / f"f5_{code}")
+        run(REF + [f"stage1.cache_dir={cache}"], in_scratch / f"f5_{code}")
     msg = str(e.value)
     assert "\n" not in msg and needle in msg and "best.pt" in msg and e.value.errno == code
     assert isinstance(e.value, OSError) and isinstance(e.value, ValueError)
     assert not leftovers(cache) and not [p for p in cache.iterdir() if p.is_dir() and not p.name.endswith(".work")]
     monkeypatch.setattr(C, "_write_bytes", real)          # space again: the next run completes
-    assert run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / f"f5_{code}_ok")["stage1"]["source"] == "trained"
+    assert run(REF + [f"stage1.cache_dir={cache}"], in_scratch / f"f5_{code}_ok")["stage1"]["source"] == "trained"
 
 
 @contextlib.contextmanager
@@ -227,13 +230,13 @@ def test_5_real_disk_full_and_read_only(in_scratch, capsys, clean):
     ref, _ = clean
     with tmpfs(in_scratch / "f5_tmpfs", "30m") as small:           # a stage-1 entry needs ~50 MB
         out = in_scratch / "f5_real"
-        rc = guide_main([*NO_S2, "profile=smoke", "seed=11", f"stage1.cache_dir={small}/stage1", f"hydra.run.dir={out}"])
+        rc = guide_main([*REF, "profile=smoke", f"stage1.cache_dir={small}/stage1", f"hydra.run.dir={out}"])
         err = errors(capsys)
         assert rc == 2 and len(err) == 1 and f"{small}/stage1/" in err[0] and "no space left" in err[0], err
         assert not leftovers(small) and not (out / "metrics.json").exists()
         assert not [p for p in (small / "stage1").iterdir() if p.is_dir() and not p.name.endswith(".work")]
         subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
-        rc = guide_main([*NO_S2, "profile=smoke", "seed=11", f"stage1.cache_dir={small}/s1ro", f"hydra.run.dir={out}"])
+        rc = guide_main([*REF, "profile=smoke", f"stage1.cache_dir={small}/s1ro", f"hydra.run.dir={out}"])
         err = errors(capsys)
         assert rc == 2 and len(err) == 1 and "read-only" in err[0] and f"{small}/s1ro" in err[0], err
 
@@ -242,12 +245,12 @@ def test_5_real_disk_full_and_read_only(in_scratch, capsys, clean):
 
 def test_7_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
     ref, cache = clean
-    a = compose_config(["profile=smoke", *NO_S2, "seed=11"])
+    a = compose_config(["profile=smoke", *REF])
     assert a.training.num_threads == 1 and stage1_key(a) == ref["stage1"]["key"]
     if not torch.cuda.is_available():
-        assert stage1_key(compose_config(["profile=smoke", *NO_S2, "seed=11", "training.num_threads=2"])) != stage1_key(a)
+        assert stage1_key(compose_config(["profile=smoke", *REF, "training.num_threads=2"])) != stage1_key(a)
     torch.set_num_threads(2)
-    m = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], in_scratch / "f7")
+    m = run(REF + [f"stage1.cache_dir={cache}"], in_scratch / "f7")
     assert torch.get_num_threads() == 1 and m["stage1"]["source"] == "cache"
 
 
@@ -269,7 +272,7 @@ def test_8_stale_temporary_files_removed(in_scratch, clean):
     out = claim_run_dir(in_scratch / "f8")
     junk = [marked(out / f".metrics.json.tmp{dead}-ef", dead), marked(out / "checkpoints" / f".stage1_best.pt.tmp{dead}-01", dead)]
     live = marked(cache / f".x.tmp{os.getppid()}-02", os.getppid())   # a live process's work is left alone
-    m = run(NO_S2 + [f"stage1.cache_dir={cache}", "seed=11"], out)
+    m = run(REF + [f"stage1.cache_dir={cache}"], out)
     assert not any(p.exists() for p in stale + junk) and live.exists()
     same_result(m, ref)
     shutil.rmtree(live)
@@ -325,15 +328,15 @@ def subprocess_run(workdir: Path, stage: str, kill_after: int, out: Path, overri
 
 
 @pytest.mark.parametrize("stage,kill_after,extra", [
-    ("stage1", 2, ["training.epochs=500", "stage2.enabled=false"]),   # 4 stage-1 epochs: killed after epoch 1
+    ("stage1", 2, ["training.epochs=430", "stage2.enabled=false"]),   # 3 stage-1 epochs: killed after epoch 1
     ("stage2", 5, ["training.epochs=300", "stage2.epochs=20"]),       # killed after stage-2 epoch 4 of 20
 ])
-def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, stage, kill_after, extra):
+def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeypatch, stage, kill_after, extra):
     work = in_scratch / f"resume_{stage}"; work.mkdir()
     base = ["profile=smoke", "seed=21", *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
     own_stage1 = ["stage1.cache_dir=ref_cache"] if stage == "stage1" else []   # else: stage 1 trained once, shared
-    ref = subprocess_run(work, "none", 0, work / "ref", base + own_stage1)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    monkeypatch.chdir(work)                        # the uninterrupted reference runs in this process, from the same folder
+    run_experiment(compose_config(base + own_stage1), work / "ref", progress=False)
     killed = subprocess_run(work, stage, kill_after, work / "killed", base)
     assert killed.returncode == -signal.SIGKILL and not (work / "killed" / "metrics.json").exists()
     states = list(work.rglob("resume.pt")) + list((in_scratch / "runs" / "cache").rglob("resume.pt"))
@@ -355,7 +358,7 @@ def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, mon
     import ltsei.train as T
     monkeypatch.setattr(T.Resume, "due", lambda self: True)
     cache = in_scratch / "fc_cache"
-    args = NO_S2 + ["training.epochs=500", "seed=31", f"stage1.cache_dir={cache}"]
+    args = NO_S2 + ["training.epochs=430", "seed=31", f"stage1.cache_dir={cache}"]      # 3 smoke epochs
     ref = run(args[:-1] + [f"stage1.cache_dir={in_scratch / 'fc_ref'}"], in_scratch / "fc_ref_run")
     real_save, n = T.Resume.save, [0]
     def interrupted(self, state):
@@ -368,6 +371,6 @@ def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, mon
     monkeypatch.setattr(T.Resume, "save", real_save)
     capsys.readouterr()
     m = run(args, in_scratch / "fc_run2")
-    assert "resuming after epoch 1 of 4" in capsys.readouterr().out
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
     same_result(m, ref)
     assert not list(cache.rglob("*.work"))

@@ -4,7 +4,7 @@
 3 checks before any folder exists  4 frames whose scale makes normalisation meaningless  5 seeds remembered
 6 `ltsei clean`  7 `--launcher slurm` without SLURM  8 the open items: Ctrl-C starting one more row, SLURM UNKNOWN,
 the job ledger's lock, a failed publish of a finished stage 1, stale-temp cleaning on another host's marker.
-Only 8d trains (one smoke stage 1); the rest run in seconds."""
+Only 8d trains (one smoke stage 1 of one epoch); the rest run in seconds."""
 import contextlib, errno, json, os, shutil, signal, subprocess, threading, time
 from dataclasses import replace
 from pathlib import Path
@@ -307,7 +307,7 @@ def test_8d_failed_publish_keeps_the_finished_stage1(in_scratch, monkeypatch, ca
     import ltsei.run as R
     from ltsei.run import run_experiment
     cache = in_scratch / "f19_8d"
-    args = ["profile=smoke", "stage2.enabled=false", "seed=19", f"stage1.cache_dir={cache}"]
+    args = ["profile=smoke", "stage2.enabled=false", "seed=19", "training.epochs=150", f"stage1.cache_dir={cache}"]   # one epoch
     real = C.CacheEntry.publish
     def full(self, folder):                          # the stage-1 entry's publish meets a full disk (the data's does not)
         if self.root != cache: return real(self, folder)
