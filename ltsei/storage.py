@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 # %% auto #0
-__all__ = ['RUNS_ENV', 'TEMP_MARK', 'TEMP_KINDS', 'LEGACY_TEMP', 'LOCK_MARK', 'DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'repo_dir',
+__all__ = ['RUNS_ENV', 'TEMP_MARK', 'TEMP_KINDS', 'LOCK_MARK', 'DIGEST', 'MANIFEST', 'CACHE_FORMAT', 'repo_dir',
            'resolve_runs_dir', 'StorageError', 'storage_error', 'make_dir', 'host_name', 'mark_temp', 'temp_marker',
-           'tmp_path', 'make_temp_dir', 'drop_temp', 'pid_alive', 'is_stale', 'is_legacy_stale', 'clean_stale',
-           'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'copy_file', 'reserve_space',
-           'free_space', 'check_free_space', 'check_writable', 'replace_dir', 'FileLock', 'lock_beside', 'sha256_file',
-           'DigestStore', 'file_digest', 'checksums', 'write_manifest', 'manifest_problem', 'UnsafeCheckpoint',
-           'DamagedCheckpoint', 'safe_load']
+           'tmp_path', 'make_temp_dir', 'drop_temp', 'pid_alive', 'is_stale', 'clean_stale', 'atomic_write',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'copy_file', 'reserve_space', 'free_space',
+           'check_free_space', 'check_writable', 'replace_dir', 'FileLock', 'lock_beside', 'sha256_file', 'DigestStore',
+           'file_digest', 'checksums', 'write_manifest', 'manifest_problem', 'UnsafeCheckpoint', 'DamagedCheckpoint',
+           'safe_load']
 
 # %% ../nbs/02_storage.ipynb #af0dd76c
 def repo_dir() -> Path:
@@ -134,27 +134,14 @@ def is_stale(folder) -> bool:
     mine = m["pid"] == os.getpid()
     return not ((mine and str(folder) in _OWN_TMP) or (not mine and pid_alive(m["pid"])))
 
-LEGACY_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
-
-def is_legacy_stale(path) -> bool:
-    "Whether `path` is a temporary of the run machinery before the marker (`LEGACY_TEMP`) left on this host by a process that is gone."
-    m = LEGACY_TEMP.match(Path(path).name)
-    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:40] or "host"    # as those names wrote it
-    return bool(m) and m["host"] == host and not pid_alive(int(m["pid"]))
-
 def clean_stale(folder) -> list[Path]:
     """Remove the temporary folders in `folder` that carry ltsei's marker and were left on this host by processes
-    that are gone (killed, or out of space), and those of the same kind named by the scheme before the marker
-    (`LEGACY_TEMP`); returns what was removed. Nothing else is touched."""
+    that are gone (killed, or out of space); returns what was removed. Nothing else is touched, whatever its name."""
     folder, gone = Path(folder), []
     if not folder.is_dir(): return gone
     for p in sorted(folder.iterdir()):
         if p.is_symlink(): continue
         if p.is_dir() and is_stale(p): shutil.rmtree(p, ignore_errors=True); gone.append(p)
-        elif is_legacy_stale(p):
-            if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
-            else: p.unlink(missing_ok=True)
-            gone.append(p)
     return gone
 
 # %% ../nbs/02_storage.ipynb #6fb97369
