@@ -4,13 +4,14 @@
 
 # %% ../nbs/07_frames.ipynb #9ca1e0d1
 from __future__ import annotations
-import argparse, hashlib, json, math, os, re, shutil
+import argparse, hashlib, json, math, re
 from dataclasses import dataclass, asdict, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 import numpy as np
 import pandas as pd
+from .storage import clean_stale, drop_temp, make_temp_dir, replace_dir
 from .adsb import CHIP, DATA_START, PREAMBLE_CHIPS, crc24, bits_to_hex, find_preamble, demodulate
 
 # %% auto #0
@@ -711,49 +712,24 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: holds files ltsei frames does not write ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), "
                          "and the folder is replaced whole: expected a new or empty folder, or an earlier ltsei frames output")
 
-def _pid_alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
-def _stage(out: Path) -> Path:
-    "`.OUT.tmpPID` beside `out`, after removing those of `ltsei frames` processes that are gone."
-    pat = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)(\d+)")
-    if out.parent.is_dir():
-        for p in out.parent.iterdir():
-            m = pat.fullmatch(p.name)
-            if m and int(m[2]) != os.getpid() and not _pid_alive(int(m[2])): shutil.rmtree(p, ignore_errors=True)
-    return out.parent / f".{out.name}.tmp{os.getpid()}"
-
 # %% ../nbs/07_frames.ipynb #c41ede37
-def _swap_in(stage: Path, out: Path) -> None:
-    "Rename `stage` to `out`, replacing an earlier `out` (parked for the instant of the swap, then removed)."
-    old = out.parent / f".{out.name}.old{os.getpid()}"
-    if out.exists(): os.replace(out, old)
-    try: os.replace(stage, out)
-    except BaseException:
-        if old.exists() and not out.exists(): os.replace(old, out)
-        raise
-    finally: shutil.rmtree(old, ignore_errors=True)
-
 def frames_main(argv: list[str]) -> int:
     """`ltsei frames INPUT... --out DIR`: see `frames_parser`. Every input is checked before any work; the data set is
-    written into `.DIR.tmpPID` beside DIR and renamed into place when complete, so an error or Ctrl-C leaves DIR as it was."""
+    written into a marked temporary folder beside DIR (`ltsei.storage`) and put in its place when complete
+    (`replace_dir`), so an error or Ctrl-C leaves DIR as it was."""
     a = frames_parser().parse_args(argv)
     cfg = FramesConfig(**{f.name: getattr(a, f.name) for f in fields(FramesConfig)})
     check_frames_config(cfg)
     recs = [open_recording(p, cfg.fmt, cfg.sample_rate) for p in a.inputs]
     out = Path(a.out).absolute()
     _check_out(out)
-    stage = _stage(out)
+    clean_stale(out.parent)                      # what killed `ltsei frames` runs left here (marked folders only)
+    stage = make_temp_dir(out, name_in_errors=out)
     try:
-        try: stage.mkdir(parents=True)
-        except OSError as e: raise ValueError(f"--out {out}: cannot create the output folder ({e.strerror})") from None
         line = write_dataset(stage, recs, cfg)
-        _swap_in(stage, out)
+        replace_dir(stage, out)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        drop_temp(stage)
     print(f"{line} -> {out}")
     return 0
 

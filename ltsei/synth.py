@@ -19,7 +19,7 @@ from scipy import fft as sfft
 from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
-from .storage import (StorageError, TEMP_MARK, check_free_space, clean_stale, drop_temp, make_temp_dir, replace_dir,
+from .storage import (StorageError, check_free_space, clean_stale, drop_temp, make_temp_dir, replace_dir,
                            reserve_space, sha256_file, storage_error)
 from .cache import CacheEntry
 
@@ -645,10 +645,6 @@ def _synth_output(out: Path) -> bool:
     except (OSError, ValueError): return False
     return isinstance(m, dict) and isinstance(m.get("generator"), str) and isinstance(m.get("key"), str)
 
-def _clean_out_stale(out: Path) -> None:
-    "Remove the temporary folders beside `out` that ltsei made (its marker) and whose process is gone (`clean_stale`)."
-    clean_stale(out.parent)
-
 # %% ../nbs/04_synth.ipynb #c218a4ef
 def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
     "The data set `s` in the public files' layout into `folder` (see `synth_main`)."
@@ -690,7 +686,7 @@ def synth_main(argv: list[str]) -> int:
     check_synth_config(cfg)
     out = Path(a.out).absolute()
     _check_out(out)
-    _clean_out_stale(out)
+    clean_stale(out.parent)                      # what killed runs left beside it (marked folders only)
     stage = None
     try:
         s = load_synth(cfg, a.cache_dir, workers=a.workers, progress=not a.quiet) if a.cache_dir else None
@@ -702,7 +698,6 @@ def synth_main(argv: list[str]) -> int:
                 s = SynthSet(gen, generate_synth(cfg, gen, workers=a.workers, progress=not a.quiet))
             _write_public(s, stage, a.format, cfg)
             if s.path.parent == stage: shutil.rmtree(s.path)
-            (stage / TEMP_MARK).unlink()
             replace_dir(stage, out)
     finally:
         if stage is not None: drop_temp(stage)
