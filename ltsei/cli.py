@@ -37,15 +37,26 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'RUN_KEYS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'check_hydra_overrides', 'hydra_run_dir',
-           'expand_synth_preset', 'synth_preset_flags', 'root_overrides', 'row_of', 'run_header', 'print_estimate',
-           'sweep_summary', 'guide_help', 'guide_main', 'main']
+__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'check_hydra_overrides',
+           'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides', 'row_of', 'run_header',
+           'print_estimate', 'sweep_summary', 'guide_help', 'guide_main', 'main']
 
 # %% ../nbs/29_cli.ipynb #77f31dea
+HYDRA_FOLDERS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
+def _only_folders(hyd: list[str]) -> bool:
+    """True when every `hydra.*` override sets a run or sweep folder to a plain string: Hydra's config declares those
+    keys as strings, so composing cannot fail (and the compose, about 0.3 s, is skipped)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    try: parsed = OverridesParser.create().parse_overrides(list(hyd))
+    except Exception: return False                      # Hydra's own grammar error: composed below, and reported
+    return all(o.key_or_group in HYDRA_FOLDERS and not (o.is_add() or o.is_force_add() or o.is_delete())
+               and not o.is_sweep_override() and isinstance(o.value(), str) for o in parsed)
+
 def check_hydra_overrides(overrides: list[str]) -> None:
     "Compose the `hydra.*` overrides with Hydra's own config as Hydra will: its errors as one `ConfigError` line."
     hyd = [o for o in overrides if o.lstrip("+~").startswith("hydra.")]
-    if not hyd: return
+    if not hyd or _only_folders(hyd): return
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
     from ltsei.config import ConfigError, _one_line, register_configs

@@ -16,7 +16,6 @@ import pandas as pd
 import scipy
 from fractions import Fraction
 from scipy import fft as sfft
-from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
 from .storage import (StorageError, check_free_space, clean_stale, drop_temp, make_temp_dir, replace_dir,
@@ -186,6 +185,7 @@ def _modulator(fp, chips, fs, Lx, P, t0, rng):
     t = (np.arange(Lx, dtype=f32) - f32(P)) / f32(fs)
     droop = fp["droop"] + DROOP_JITTER * rng.standard_normal(B)
     env *= 1 - (droop / 96e-6).astype(f32)[:, None] * (t[None, :] - t0[:, None].astype(f32))
+    from scipy.signal import lfilter       # here, not at the top: scipy.signal takes ~0.5 s to import, and most runs load cached frames
     # modulator transient: a second-order response (poles by impulse invariance, unit DC gain): overshoot, ringing
     for i in range(B):
         wn = 2 * np.pi * min(fp["ring_freq"] / s[i], 0.4 * fs)
@@ -285,6 +285,7 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
     dc = np.sqrt(p_sig) * 10 ** (rng.uniform(*RX_DC_DB, B) / 20)
     z += (dc * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None]
     if r != 1:
+        from scipy.signal import resample_poly
         z = resample_poly(z, r.numerator, r.denominator, axis=1)
         P = P * r.numerator // r.denominator
     return z[:, P:P + L].astype(np.complex64), snr_db

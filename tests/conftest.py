@@ -24,6 +24,14 @@ os.environ["LTSEI_RUNS"] = str(SCRATCH / "runs")
 atexit.register(shutil.rmtree, SCRATCH, True)
 
 
+# The smoke profile's synthetic pool cut from 700 to 200 frames per emitter (stage-1 training set 1,156 -> 329 frames at
+# IR 100; 3 steps an epoch instead of 10): added by the tests that check what a run does (every guide command runs,
+# faults are detected, results repeat bit for bit), not how well it learns. The smoke profile itself, what learning it
+# shows (tests/test_synth.py) and its tables (ltsei reproduce --profile smoke in test_reproduce, test_launchers,
+# test_report) stay as they are.
+SMALL = ("data.synth.pool_per_class=200",)
+
+
 # The files that run the most training start first: ./test hands whole files to its two pytest-xdist workers
 # (--dist loadfile) in collection order, so a heavy file collected last would leave one core idle at the end.
 # Heaviest first (by CPU seconds measured on the 2-core machine, December 2026: guide ~185, faults ~85, run ~86,

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from ltsei.cli import guide_main, main, sweep_jobs
+from conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ["profile=smoke", "loss.name=CrossEntropy", "sampling.name=none", "stage2.enabled=false"]
+SMOKE = ["profile=smoke", *SMALL, "loss.name=CrossEntropy", "sampling.name=none", "stage2.enabled=false"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 

@@ -1,5 +1,5 @@
 """Fault injection inside one run (issue 10): every numbered case that lives in `run_experiment` /
-`python main.py`, reproduced and checked against the new behaviour. All at the smoke scale.
+`python main.py`, reproduced and checked against the new behaviour. All at the smoke scale, on the smaller pool of conftest.SMALL.
 
 1 stale stage 1 (a data file replaced in place)  2 shared inodes  3 damaged cache entries
 4 a crafted pickle as a checkpoint  5 disk full / read-only / no permission during a save
@@ -16,6 +16,7 @@ from ltsei.storage import StorageError
 from ltsei.cli import guide_main
 from ltsei.config import ConfigError, compose_config, stage1_key
 from ltsei.run import CKPT_FORMAT, CheckpointError, run_experiment
+from conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_S2 = ["stage2.enabled=false"]
@@ -25,7 +26,7 @@ REF = NO_S2 + ["seed=11", "training.epochs=150"]
 
 
 def run(overrides, out, **kw):
-    return run_experiment(compose_config(["profile=smoke", *overrides]), out, progress=False, **kw)
+    return run_experiment(compose_config(["profile=smoke", *SMALL, *overrides]), out, progress=False, **kw)
 
 
 def same_result(a, b):
@@ -230,13 +231,13 @@ def test_5_real_disk_full_and_read_only(in_scratch, capsys, clean):
     ref, _ = clean
     with tmpfs(in_scratch / "f5_tmpfs", "30m") as small:           # a stage-1 entry needs ~50 MB
         out = in_scratch / "f5_real"
-        rc = guide_main([*REF, "profile=smoke", f"stage1.cache_dir={small}/stage1", f"hydra.run.dir={out}"])
+        rc = guide_main([*REF, "profile=smoke", *SMALL, f"stage1.cache_dir={small}/stage1", f"hydra.run.dir={out}"])
         err = errors(capsys)
         assert rc == 2 and len(err) == 1 and f"{small}/stage1/" in err[0] and "no space left" in err[0], err
         assert not leftovers(small) and not (out / "metrics.json").exists()
         assert not [p for p in (small / "stage1").iterdir() if p.is_dir() and not p.name.endswith(".work")]
         subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
-        rc = guide_main([*REF, "profile=smoke", f"stage1.cache_dir={small}/s1ro", f"hydra.run.dir={out}"])
+        rc = guide_main([*REF, "profile=smoke", *SMALL, f"stage1.cache_dir={small}/s1ro", f"hydra.run.dir={out}"])
         err = errors(capsys)
         assert rc == 2 and len(err) == 1 and "read-only" in err[0] and f"{small}/s1ro" in err[0], err
 
@@ -245,10 +246,10 @@ def test_5_real_disk_full_and_read_only(in_scratch, capsys, clean):
 
 def test_7_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
     ref, cache = clean
-    a = compose_config(["profile=smoke", *REF])
+    a = compose_config(["profile=smoke", *SMALL, *REF])
     assert a.training.num_threads == 1 and stage1_key(a) == ref["stage1"]["key"]
     if not torch.cuda.is_available():
-        assert stage1_key(compose_config(["profile=smoke", *REF, "training.num_threads=2"])) != stage1_key(a)
+        assert stage1_key(compose_config(["profile=smoke", *SMALL, *REF, "training.num_threads=2"])) != stage1_key(a)
     torch.set_num_threads(2)
     m = run(REF + [f"stage1.cache_dir={cache}"], in_scratch / "f7")
     assert torch.get_num_threads() == 1 and m["stage1"]["source"] == "cache"
@@ -333,7 +334,7 @@ def subprocess_run(workdir: Path, stage: str, kill_after: int, out: Path, overri
 ])
 def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeypatch, stage, kill_after, extra):
     work = in_scratch / f"resume_{stage}"; work.mkdir()
-    base = ["profile=smoke", "seed=21", *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
+    base = ["profile=smoke", *SMALL, "seed=21", *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
     own_stage1 = ["stage1.cache_dir=ref_cache"] if stage == "stage1" else []   # else: stage 1 trained once, shared
     monkeypatch.chdir(work)                        # the uninterrupted reference runs in this process, from the same folder
     run_experiment(compose_config(base + own_stage1), work / "ref", progress=False)

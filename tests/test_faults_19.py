@@ -19,6 +19,7 @@ from ltsei.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, host_
 from ltsei.cli import guide_main, main
 from ltsei.config import compose_config
 from ltsei.rows import ROWS_BY_ID, run_dir
+from conftest import SMALL
 
 DEAD = 2**22 + 4321                          # above the default pid_max: no such process
 
@@ -307,7 +308,7 @@ def test_8d_failed_publish_keeps_the_finished_stage1(in_scratch, monkeypatch, ca
     import ltsei.run as R
     from ltsei.run import run_experiment
     cache = in_scratch / "f19_8d"
-    args = ["profile=smoke", "stage2.enabled=false", "seed=19", "training.epochs=150", f"stage1.cache_dir={cache}"]   # one epoch
+    args = ["profile=smoke", *SMALL, "stage2.enabled=false", "seed=19", "training.epochs=150", f"stage1.cache_dir={cache}"]   # one epoch
     real = C.CacheEntry.publish
     def full(self, folder):                          # the stage-1 entry's publish meets a full disk (the data's does not)
         if self.root != cache: return real(self, folder)

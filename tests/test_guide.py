@@ -1,5 +1,5 @@
 """Every command of the experiment guide runs verbatim (plus profile=smoke) and ends with a valid
-metrics.json. Issue 3 covers the single-stage commands (sections 1, 2 and 4.1), issue 4 the rest;
+metrics.json (on the smaller synthetic pool of conftest.SMALL). Issue 3 covers the single-stage commands (sections 1, 2 and 4.1), issue 4 the rest;
 together they are all 37 commands. Commands go through `guide_main`, the function behind
 `python main.py`, in this process (Hydra parses the same tokens); two of them also run as a real
 `python main.py` subprocess."""
@@ -14,6 +14,7 @@ import pytest
 
 from ltsei.cli import guide_main
 from ltsei.rows import guide_commands
+from conftest import SMALL
 from test_run import check_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def test_all_37_commands_are_covered():
 
 def _run(in_scratch, rid, args):
     out = in_scratch / "guide" / rid
-    assert guide_main([*args, "profile=smoke", f"hydra.run.dir={out}"]) == 0, rid
+    assert guide_main([*args, "profile=smoke", *SMALL, f"hydra.run.dir={out}"]) == 0, rid
     return check_metrics(out / "metrics.json")
 
 
@@ -55,7 +56,7 @@ def test_two_stage_command(in_scratch, rid, args):
 def test_main_py_subprocess(in_scratch, rid):
     args = dict(COMMANDS)[rid]
     out = in_scratch / "guide_sub" / rid
-    cmd = [sys.executable, str(ROOT / "main.py"), *args, "profile=smoke", f"hydra.run.dir={out}"]
+    cmd = [sys.executable, str(ROOT / "main.py"), *args, "profile=smoke", *SMALL, f"hydra.run.dir={out}"]
     p = subprocess.run(cmd, cwd=in_scratch, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     check_metrics(out / "metrics.json")

@@ -16,6 +16,7 @@ from ltsei.openset import ScoringModel, score_openset
 from ltsei.run import load_stage1_checkpoint, run_experiment
 from ltsei.synth import SYNTH_PRESETS, as_synth_config, generate_split, make_fingerprints, synth_frames, synth_main
 from ltsei.train import Runtime
+from conftest import SMALL
 
 CPU = Runtime(torch.device("cpu"), None, False)
 
@@ -33,10 +34,10 @@ def test_openset_settings_are_checked():
 
 
 def test_openset_smoke_run(in_scratch):
-    """One short training (smoke, IR 1, CE, 4 known emitters): metrics.json holds the open-set section, the SNR
+    """One short training (smoke on the smaller pool of conftest.SMALL, IR 1, CE, 4 known emitters): metrics.json holds the open-set section, the SNR
     curve, the harmonic mean and the training indices; the held-out emitters score well above 0.5, frames made
     with the known emitters' own fingerprints about 0.5."""
-    cfg = compose_config(["profile=smoke", "openset.enabled=true", "openset.unknown_fraction=0.34",
+    cfg = compose_config(["profile=smoke", *SMALL, "openset.enabled=true", "openset.unknown_fraction=0.34",
                           "stage2.enabled=false", "data.imbalance_ratio=1"])
     out = in_scratch / "r_openset"
     m = run_experiment(cfg, out, progress=False)

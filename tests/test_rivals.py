@@ -13,6 +13,7 @@ from ltsei.losses import ExpertsOutput, create_loss, reversed_prior
 from ltsei.rows import ROWS_BY_ID, select_rows
 from ltsei.stage2 import sade_agreement_loss
 from ltsei.tables import table_rows
+from conftest import SMALL
 from test_run import check_metrics
 
 RIVALS = ["x2_ride", "x2_sade", "x2_balpoe"]
@@ -131,7 +132,7 @@ def test_rival_rows_are_registered_in_the_extra_table():
 @pytest.mark.parametrize("rid", RIVALS)
 def test_rival_row_runs_at_smoke(in_scratch, rid):
     out = in_scratch / "rivals" / rid
-    assert guide_main([*ROWS_BY_ID[rid].run_args, "profile=smoke", f"hydra.run.dir={out}"]) == 0
+    assert guide_main([*ROWS_BY_ID[rid].run_args, "profile=smoke", *SMALL, f"hydra.run.dir={out}"]) == 0
     m = check_metrics(out / "metrics.json")
     assert m["stage2"] is None
     a = m["test"].get("aggregation_weights")

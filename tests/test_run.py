@@ -1,4 +1,4 @@
-"""End-to-end runs at the smoke scale: files of a run, reuse of stage 1, checkpoints, stage 2
+"""End-to-end runs at the smoke scale (on the smaller pool of conftest.SMALL): files of a run, reuse of stage 1, checkpoints, stage 2
 with and without cached features, stage 3, determinism and bad input, and the precision a run trains in
 (forced bf16 on the CPU; `auto` following the CPU's AMX into metrics.json and the stage-1 key)."""
 import json
@@ -12,6 +12,7 @@ from ltsei.cli import guide_main
 from ltsei.config import compose_config
 from ltsei.run import CheckpointError, run_experiment
 from ltsei.stage2 import Stage3Error
+from conftest import SMALL
 
 METRIC_KEYS = {"acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "per_class_recall"}
 
@@ -31,13 +32,13 @@ def check_metrics(path: Path) -> dict:
 
 
 def run(overrides, out):
-    return run_experiment(compose_config(["profile=smoke", *overrides]), out, progress=False)
+    return run_experiment(compose_config(["profile=smoke", *SMALL, *overrides]), out, progress=False)
 
 
 def test_main_writes_a_complete_run_dir(in_scratch):
     out = in_scratch / "r_ce"
     rc = guide_main(["loss.name=CrossEntropy", "sampling.name=none", "stage2.enabled=false", "profile=smoke",
-                     f"hydra.run.dir={out}"])
+                     *SMALL, f"hydra.run.dir={out}"])
     assert rc == 0
     m = check_metrics(out / "metrics.json")
     for f in ["config.yaml", "log.csv", "class_counts.json", "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt"]:
@@ -125,7 +126,7 @@ def test_stage3(in_scratch):
 def test_nan_loss_is_reported_and_leaves_no_metrics(in_scratch, capsys):
     out = in_scratch / "nan"
     rc = guide_main(["stage2.enabled=false", "training.lr=1e30", "training.warmup_epochs=0", "stage1.reuse=false",
-                     "training.precision=fp32", "profile=smoke", f"hydra.run.dir={out}"])
+                     "training.precision=fp32", "profile=smoke", *SMALL, f"hydra.run.dir={out}"])
     assert rc == 2 and not (out / "metrics.json").exists()
     err = capsys.readouterr().err
     assert "became" in err and "expected a finite loss" in err
@@ -156,7 +157,7 @@ def test_samplers_are_honoured_in_both_stages(in_scratch, monkeypatch):
     idx = used[0][1]
     # inv_freq draws the rarest class more often than its share of the data, the head class less
     from ltsei.data import load_data
-    data = load_data(compose_config(["profile=smoke"]).data, 0)
+    data = load_data(compose_config(["profile=smoke", *SMALL]).data, 0)
     drawn = np.bincount(data.train.y[idx].numpy(), minlength=len(counts))
     rare, head = counts.argmin(), counts.argmax()
     assert drawn[rare] / len(idx) > counts[rare] / counts.sum() and drawn[head] / len(idx) < counts[head] / counts.sum()
@@ -170,7 +171,7 @@ def test_ltsei_command(in_scratch, capsys):
     assert main(["synth", "--out", str(out), "--preset", "smoke", "--quiet"]) == 0
     x = np.load(out / "X_train.npy")
     assert x.ndim == 3 and x.shape[2] == 2
-    assert main(["run", "stage2.enabled=false", "profile=smoke", f"hydra.run.dir={in_scratch / 'cli_run'}"]) == 0
+    assert main(["run", "stage2.enabled=false", "profile=smoke", *SMALL, f"hydra.run.dir={in_scratch / 'cli_run'}"]) == 0
     check_metrics(in_scratch / "cli_run" / "metrics.json")
 
 
