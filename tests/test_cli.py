@@ -1,6 +1,7 @@
 """`python main.py` as a Hydra app (`--cfg job`, `-m` sweeps, checks before any folder, Ctrl-C) and the `ltsei`
 command's subcommands (ltsei.cli)."""
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -106,9 +107,16 @@ def test_ctrl_c_in_ltsei_synth_is_one_line(tmp_path):
                           "--preset", "quick", "--workers", "2", "--num-emitters", "60", "--pool-per-class", "4000"],
                          cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    time.sleep(8)
-    assert p.poll() is None
+    seen, t0 = "", time.time()
+    while "frame/s" not in seen and time.time() - t0 < 120:      # the progress bar is up: the workers are starting
+        if select.select([p.stderr], [], [], 1.0)[0]:
+            chunk = os.read(p.stderr.fileno(), 65536).decode(errors="replace")
+            if not chunk: break
+            seen += chunk
+    time.sleep(2)                                                  # and then generating
+    assert p.poll() is None, seen[-3000:]
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=120)
+    err = seen + err
     assert p.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.rstrip().endswith("interrupted (Ctrl-C)") and err.count("interrupted") == 1
