@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_config.ipynb #274d7991
 from __future__ import annotations
-import difflib, hashlib, json, math, os
+import copy, difflib, functools, hashlib, json, math, os
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -26,10 +26,10 @@ from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_fea
 __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
            'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig',
            'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
-           'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'register_configs', 'all_keys',
-           'check_overrides', 'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize',
-           'compose_config', 'check_machine', 'print_config', 'data_identity', 'numerics', 'stage1_settings',
-           'stage1_key', 'stage2_key']
+           'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'register_configs',
+           'config_template', 'all_keys', 'check_overrides', 'check_num_classes', 'validate', 'scale_epochs',
+           'stage2_on_cached_features', 'finalize', 'compose_config', 'check_machine', 'print_config', 'data_identity',
+           'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -203,19 +203,24 @@ def profile_node(name: str) -> dict:
 RUN_DIR = "${ltsei_runs:}/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"   # under the one results root (LTSEI_RUNS)
 SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
 
+_REGISTERED = []   # non-empty once this process has stored the tree
+
 def register_configs():
-    "Store the config tree and the profiles in Hydra's ConfigStore (idempotent); `${ltsei_runs:}` is the results root."
+    """Store the config tree and the profiles in Hydra's ConfigStore, once per process (a later call returns at once:
+    every command and `compose_config` calls it); `${ltsei_runs:}` is the results root, read when it is resolved."""
+    if _REGISTERED: return
     from hydra.core.config_store import ConfigStore
     from ltsei.storage import resolve_runs_dir
     OmegaConf.register_new_resolver("ltsei_runs", lambda: str(resolve_runs_dir(None)), replace=True)
     cs = ConfigStore.instance()
-    base = OmegaConf.structured(Config)
+    base = copy.deepcopy(config_template())
     node = {k: base[k] for k in base}
     node["defaults"] = ["_self_", {"profile": "paper"}]
     node["hydra"] = {"run": {"dir": RUN_DIR}, "sweep": {"dir": SWEEP_DIR, "subdir": "${hydra.job.num}"}, "job": {"chdir": False}}
     cs.store(name="config", node=node)
     for p in PROFILES:
         cs.store(group="profile", name=p, node=profile_node(p), package="_global_")
+    _REGISTERED.append(True)
 
 # %% ../nbs/16_config.ipynb #0134c0bb
 def _leaf_keys(node, prefix="") -> list[str]:
@@ -227,9 +232,19 @@ def _leaf_keys(node, prefix="") -> list[str]:
         else: out.append(key)
     return out
 
+@functools.lru_cache(maxsize=None)
+def config_template() -> DictConfig:
+    """The tree with its defaults (`OmegaConf.structured(Config)`, about 20 ms), built once per process. Never change it:
+    take a copy (`copy.deepcopy`, about 4 ms) or let `OmegaConf.merge` copy it."""
+    return OmegaConf.structured(Config)
+
+@functools.lru_cache(maxsize=None)
+def _all_keys() -> tuple[str, ...]:
+    return tuple(_leaf_keys(config_template())) + ("profile",)
+
 def all_keys() -> list[str]:
     "Every settable key of the tree, e.g. `stage2.moe_loss.margin_m0`."
-    return _leaf_keys(OmegaConf.structured(Config)) + ["profile"]
+    return list(_all_keys())
 
 def _parse_overrides(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -239,7 +254,7 @@ def _parse_overrides(overrides: list[str]):
 def check_overrides(overrides: list[str]):
     "Raise `ConfigError` for an unknown key or a value of the wrong type, naming what is valid."
     keys = all_keys()
-    base = OmegaConf.structured(Config)
+    base = copy.deepcopy(config_template())
     for o in _parse_overrides(overrides):
         key = o.key_or_group
         if key.startswith("hydra") or o.is_delete(): continue
@@ -431,7 +446,7 @@ def finalize(cfg) -> DictConfig:
     "Validate `cfg` and apply the profile's epoch scale; returns a new, resolved, read-only config."
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     cfg.pop("hydra", None); cfg.pop("defaults", None)
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    cfg = OmegaConf.merge(config_template(), cfg)   # merge copies the template
     validate(cfg)
     s = cfg.scale.epoch_scale
     if s != 1.0:

@@ -19,7 +19,7 @@ from ltsei.orchestration.row_runs import RowRun, RowRunFailed, plan_row_runs, pr
 
 def use_executor(monkeypatch, execute):
     "Run each row with `execute(rr, profile)` instead of its notebook (the command's `row_executor`: no kernel starts)."
-    monkeypatch.setattr(rp, "row_executor", lambda profile, funcs, runs_dir, jobs: (lambda rr, env=None: execute(rr, profile)))
+    monkeypatch.setattr(rp, "row_executor", lambda profile, funcs, runs_dir, jobs, runs=0: (lambda rr, env=None: execute(rr, profile)))
 
 
 GUIDE = Path(__file__).resolve().parents[1] / "nbs" / "experiment-guide.md"   # the repository's copy of the guide
@@ -325,7 +325,7 @@ from ltsei.orchestration.row_runs import RowRunFailed, prepare_row_run_dir, row_
 from ltsei.demo import demo_compose_config, demo_run_experiment
 log, delay, mode, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 stop = threading.Event()
-def row_executor(profile, funcs, runs_dir, jobs):
+def row_executor(profile, funcs, runs_dir, jobs, runs=0):
     def execute(task, env=None):
         "A demo run without papermill: prepare the folder (under the run's lock), log who runs it, wait, write metrics."
         prepare_row_run_dir(task, profile)

@@ -145,9 +145,11 @@ class WarmKernels:
     """Notebook kernels started ahead of the rows that will run in them, their imports (`WARM_IMPORTS`) already done.
     `take(env)` hands out a kernel for that environment (waiting for one that is starting: never slower than starting
     one) and starts its replacement at once, so `size` stay ready per environment (per GPU slot). The taker shuts it
-    down (`release_kernel`). A kernel that failed to start or died is not handed out: take returns None, start one."""
-    def __init__(self, size: int = 1, code: str = WARM_IMPORTS):
-        self.size, self.code = size, code
+    down (`release_kernel`). A kernel that failed to start or died is not handed out: take returns None, start one.
+    `left`: how many kernels this process will still take (None: not known); no more are started than that, so the
+    last rows leave no kernel started for nothing (each costs the CPU seconds of its imports)."""
+    def __init__(self, size: int = 1, code: str = WARM_IMPORTS, left: int | None = None):
+        self.size, self.code, self.left = size, code, left
         self._ready, self._starting, self._cond, self._closed = {}, {}, threading.Condition(), False
 
     @staticmethod
@@ -161,17 +163,21 @@ class WarmKernels:
             while not self._ready.get(k) and self._starting.get(k, 0) > 0 and not self._closed and time.time() < deadline:
                 self._cond.wait(max(0.01, deadline - time.time()))
             if self._ready.get(k): km = self._ready[k].pop(0)
-        self.fill(env)                                   # its replacement starts now
+            if self.left is not None: self.left = max(0, self.left - 1)
+        self.fill(env)                                   # its replacement starts now (if another will be taken)
         if km is not None and not (km.has_kernel and km.provisioner.process.poll() is None):
             release_kernel(km); km = None
         return km
 
     def fill(self, env: dict | None = None) -> None:
-        "Start kernels for `env` until `size` are ready or starting."
+        "Start kernels for `env` until `size` are ready or starting (and no more than `left` in all)."
         k = self._key(env)
         with self._cond:
             if self._closed: return
             need = max(0, self.size - len(self._ready.get(k, [])) - self._starting.get(k, 0))
+            if self.left is not None:
+                have = sum(map(len, self._ready.values())) + sum(self._starting.values())
+                need = min(need, max(0, self.left - have))
             self._starting[k] = self._starting.get(k, 0) + need
         for _ in range(need): threading.Thread(target=self._start, args=(env, k), daemon=True, name="warm-kernel").start()
 
@@ -257,8 +263,13 @@ class RowExecutor:
     runs_dir: str | None = None
     nb: Any = None              # the experiment notebook, loaded once (None: each call loads it)
     warm: int = 0               # warm kernels this process keeps ready (0: each row starts its kernel)
+    runs: int = 0               # rows it will run (0: not known): the warm kernels never outnumber the rows still to run
 
     def __call__(self, rr: RowRun, env: dict | None = None) -> Path:
-        km = warm_kernels(self.warm, grow=False).take(env) if self.warm > 0 else None
+        km = None
+        if self.warm > 0:
+            pool = warm_kernels(self.warm, grow=False)
+            if pool.left is None and self.runs > 0: pool.left = self.runs
+            km = pool.take(env)
         return execute_row_notebook(rr, self.profile, nb=self.nb, funcs=self.funcs, runs_dir=self.runs_dir,
                                     env=env or None, km=km)

@@ -129,9 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(p)
     return p
 
-def row_executor(profile: str, funcs: dict, runs_dir, jobs: int) -> RowExecutor:
-    "The per-row executor of one `ltsei reproduce`: the experiment notebook loaded once, warm kernels for `jobs` at once."
-    return RowExecutor(profile, funcs=funcs, runs_dir=str(runs_dir), nb=load_notebook("experiment.ipynb"), warm=max(2, jobs))
+def row_executor(profile: str, funcs: dict, runs_dir, jobs: int, runs: int = 0) -> RowExecutor:
+    """The per-row executor of one `ltsei reproduce`: the experiment notebook loaded once, warm kernels for `jobs` at
+    once, never more than the `runs` still to run (0: not known)."""
+    return RowExecutor(profile, funcs=funcs, runs_dir=str(runs_dir), nb=load_notebook("experiment.ipynb"),
+                       warm=max(2, jobs), runs=runs)
 
 def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
     """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
@@ -198,7 +200,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     runs_dir, opts = _check_arguments(a)
     rrs, funcs = _plan(a, runs_dir)
     if a.dry_run: return _print_dry_run(rrs, a, runs_dir)
-    execute = row_executor(a.profile, funcs, runs_dir, a.jobs)
+    execute = row_executor(a.profile, funcs, runs_dir, a.jobs, runs=sum(t.todo for t in rrs))
     try: launch_row_runs(a.launcher, [t for t in rrs if t.status != "failed"], execute, opts)
     except KeyboardInterrupt:
         stopped = [t.name for t in rrs if t.status == "interrupted"]
