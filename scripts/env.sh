@@ -30,10 +30,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"
   # pip byte-compiles what it installs on one core; compiled here on all cores instead (a file that does not compile
   # is skipped, as pip skips it). Where PYTHONDONTWRITEBYTECODE is set (as on the project's machines) nothing is cached
-  # later, so every process would compile what it imports. Left out: test suites and packages or parts no ltsei run
-  # imports (pip, sympy, JupyterLab's server, Ray's libraries, torch's compiler): 21 -> 13 s of the set-up on 2 cores.
-  skip='/tests?/|/site-packages/(pip|setuptools|pkg_resources|sympy|networkx|mpmath|jupyterlab|jupyterlab_server|notebook|jupyter_server)/'
-  skip+='|/ray/(rllib|data|train|tune|llm|serve|dashboard|autoscaler|air|workflow)/|/torch/(_inductor|onnx)/'
+  # later, so every process would compile what it imports. Left out: test suites and packages or parts no ltsei process
+  # imports (pip, JupyterLab's server, Ray's libraries). Not left out: sympy and parts of torch's compiler, which the
+  # first optimizer step imports.
+  skip='/tests?/|/site-packages/(pip|setuptools|pkg_resources|networkx|jupyterlab|jupyterlab_server|notebook|jupyter_server)/'
+  skip+='|/ray/(rllib|data|train|tune|llm|serve|air|workflow)/'
   "$venv/bin/python" -m compileall -q -j 0 -x "$skip" \
     "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
   "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
