@@ -263,13 +263,8 @@ class RowExecutor:
     runs_dir: str | None = None
     nb: Any = None              # the experiment notebook, loaded once (None: each call loads it)
     warm: int = 0               # warm kernels this process keeps ready (0: each row starts its kernel)
-    runs: int = 0               # rows it will run (0: not known): the warm kernels never outnumber the rows still to run
 
     def __call__(self, rr: RowRun, env: dict | None = None) -> Path:
-        km = None
-        if self.warm > 0:
-            pool = warm_kernels(self.warm, grow=False)
-            if pool.left is None and self.runs > 0: pool.left = self.runs
-            km = pool.take(env)
+        km = warm_kernels(self.warm, grow=False).take(env) if self.warm > 0 else None
         return execute_row_notebook(rr, self.profile, nb=self.nb, funcs=self.funcs, runs_dir=self.runs_dir,
                                     env=env or None, km=km)

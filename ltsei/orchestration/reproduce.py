@@ -20,7 +20,8 @@ from ..rows import select_rows
 from ..storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
 from .row_runs import (DEMO_FUNCS, REAL_FUNCS, RowRun, check_configs, load_callable, plan_row_runs,
                                           row_run_overrides)
-from .kernels import KERNEL_ARGS, RowExecutor, kernel_env, load_notebook, tracked_kernel_manager
+from .kernels import (KERNEL_ARGS, RowExecutor, kernel_env, load_notebook, tracked_kernel_manager,
+                                         warm_kernels)
 from .launchers import LAUNCHERS, add_arguments, default_jobs, launch_row_runs, options_from_args
 from . import local_launcher, ray_launcher, slurm_launcher   # every launcher registers itself
 
@@ -131,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def row_executor(profile: str, funcs: dict, runs_dir, jobs: int, runs: int = 0) -> RowExecutor:
     """The per-row executor of one `ltsei reproduce`: the experiment notebook loaded once, warm kernels for `jobs` at
-    once, never more than the `runs` still to run (0: not known)."""
-    return RowExecutor(profile, funcs=funcs, runs_dir=str(runs_dir), nb=load_notebook("experiment.ipynb"),
-                       warm=max(2, jobs), runs=runs)
+    once in this process, and no more started than the `runs` still to run (0: not known)."""
+    warm_kernels(max(2, jobs)).left = runs or None
+    return RowExecutor(profile, funcs=funcs, runs_dir=str(runs_dir), nb=load_notebook("experiment.ipynb"), warm=max(2, jobs))
 
 def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
     """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
