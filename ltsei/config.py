@@ -203,12 +203,10 @@ def profile_node(name: str) -> dict:
 RUN_DIR = "${ltsei_runs:}/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"   # under the one results root (LTSEI_RUNS)
 SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
 
-_REGISTERED = []   # non-empty once this process has stored the tree
-
+@functools.lru_cache(maxsize=None)
 def register_configs():
     """Store the config tree and the profiles in Hydra's ConfigStore, once per process (a later call returns at once:
     every command and `compose_config` calls it); `${ltsei_runs:}` is the results root, read when it is resolved."""
-    if _REGISTERED: return
     from hydra.core.config_store import ConfigStore
     from ltsei.storage import resolve_runs_dir
     OmegaConf.register_new_resolver("ltsei_runs", lambda: str(resolve_runs_dir(None)), replace=True)
@@ -220,7 +218,6 @@ def register_configs():
     cs.store(name="config", node=node)
     for p in PROFILES:
         cs.store(group="profile", name=p, node=profile_node(p), package="_global_")
-    _REGISTERED.append(True)
 
 # %% ../nbs/16_config.ipynb #0134c0bb
 def _leaf_keys(node, prefix="") -> list[str]:
@@ -239,12 +236,9 @@ def config_template() -> DictConfig:
     return OmegaConf.structured(Config)
 
 @functools.lru_cache(maxsize=None)
-def _all_keys() -> tuple[str, ...]:
+def all_keys() -> tuple[str, ...]:
+    "Every settable key of the tree, e.g. `stage2.moe_loss.margin_m0` (computed once per process)."
     return tuple(_leaf_keys(config_template())) + ("profile",)
-
-def all_keys() -> list[str]:
-    "Every settable key of the tree, e.g. `stage2.moe_loss.margin_m0`."
-    return list(_all_keys())
 
 def _parse_overrides(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser

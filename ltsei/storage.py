@@ -81,11 +81,13 @@ def host_name() -> str:
     "This machine's name, as the markers record it."
     return socket.gethostname() or "localhost"
 
-def mark_temp(folder, kind: str = "tmp") -> Path:
-    "Write ltsei's marker into `folder`: a temporary (`tmp`, `old`) or work folder made by this process on this host."
+def mark_temp(folder, kind: str = "tmp", pid: int | None = None) -> Path:
+    """Write ltsei's marker into `folder`: a temporary (`tmp`, `old`) or work folder made on this host by this process
+    (or by process `pid`, e.g. the shell script that will use it)."""
     folder = Path(folder)
     with open(folder / TEMP_MARK, "w") as f:
-        json.dump({"ltsei": kind, "host": host_name(), "pid": os.getpid(), "created": round(time.time(), 3)}, f)
+        json.dump({"ltsei": kind, "host": host_name(), "pid": os.getpid() if pid is None else int(pid),
+                   "created": round(time.time(), 3)}, f)
     return folder
 
 def temp_marker(folder) -> Optional[dict]:
