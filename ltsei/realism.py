@@ -10,6 +10,7 @@ from pathlib import Path
 from dataclasses import fields, replace
 import numpy as np
 import pandas as pd
+from .storage import atomic_write
 from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, check_synth_config,
                          make_fingerprints, synth_frames, SYNTH_VERSION, FINGERPRINT_SPREAD)
 
@@ -1054,16 +1055,12 @@ def preset_text(fit: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 def write_preset(path, text: str) -> Path:
-    "Write the preset file whole (a temporary file beside it, then renamed), after checking it reads back."
+    "Write the preset file whole (`storage.atomic_write`: a marked temporary beside it, then renamed), after checking it reads back."
     p = Path(path)
     if p.suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {p}: expected a .yaml file for the fitted preset")
     if not p.parent.is_dir(): raise FileNotFoundError(f"--out {p}: the folder {p.parent} does not exist")
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp):
         tmp.write_text(text)
         read_synth_preset(tmp)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return p
+    return atomic_write(p, write)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..registry import Registry
+from ..storage import atomic_write_text
 from .row_runs import RowRunError
 from .kernels import RowExecutor
 
@@ -231,8 +232,7 @@ def storage_token(base) -> tuple[str, str]:
     except OSError: v = ""
     if not re.fullmatch(r"[0-9a-f]{32}", v):
         v = secrets.token_hex(16)
-        tmp = d / f".storage-token.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.write_text(v); os.replace(tmp, p)
+        atomic_write_text(p, v)
     return str(p.resolve()), v
 
 def check_token(path: str, value: str) -> str:
