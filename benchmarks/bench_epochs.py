@@ -66,7 +66,7 @@ def synth_cost(preset, n=48):
 
 
 def head_cost(steps=200, dim=256, classes=60, batch=32):
-    head = MoEHead(dim, classes, 3, 128, 0.1, True, 30.0)
+    head = MoEHead(dim, classes, 3, 128, 0.1, True, 30.0, detach_gate=False, init="seed", gate_noise=0.0)
     opt = make_optimizer(head.parameters(), "SGD", 0.1, 0.9, 5e-4)
     f, y = torch.randn(batch, dim), torch.randint(0, classes, (batch,))
     def step():

@@ -19,17 +19,17 @@ from .data import DataConfig, check_data_config, unknown_count
 from .losses import COST_STRATEGIES, loss_names
 from .models import CONV_IMPLS, CONVNET_ADSB_STAGES, MODELS, ModelConfig
 from .samplers import SAMPLERS
-from .moe_ltsei import GATE_WEIGHTINGS
+from .moe_ltsei import DIFFICULTIES, GATE_WEIGHTINGS, GROUPINGS, HEAD_INITS, MARGIN_TYPES
 from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_features
 
 # %% auto #0
-__all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES',
-           'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig',
-           'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config',
-           'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'register_configs',
-           'config_template', 'all_keys', 'check_overrides', 'check_num_classes', 'validate', 'scale_epochs',
-           'stage2_on_cached_features', 'finalize', 'compose_config', 'check_machine', 'print_config', 'data_identity',
-           'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+__all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR',
+           'OPTIMIZERS', 'STAGE3_MODES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig',
+           'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config',
+           'Stage1Config', 'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'ExperimentConfig', 'Config',
+           'profile_node', 'register_configs', 'config_template', 'all_keys', 'check_overrides', 'check_num_classes',
+           'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config', 'check_machine',
+           'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -87,6 +87,8 @@ class MoEHeadConfig:
     gate_dropout: float = 0.1
     normalize_features: bool = True
     detach_gate: bool = False          # true: only L_gate / L_lb train the gate (the mixture uses sg(g)); false = the guide
+    init: str = "seed"                 # seed: Kaiming W1, N(0, 0.01) W2, Kaiming experts | small: ltsei's earlier start
+    gate_noise: float = 0.0            # > 0: noisy gate logits in training (the seed's key; off by default)
 
 @dataclass
 class MoELossConfig:
@@ -101,6 +103,11 @@ class MoELossConfig:
     lambda_gate: float = 1.0
     lambda_lb: float = 0.0
     gate_weighting: str = "none"       # none (the guide's gate loss) | see ltsei.moe_ltsei.GATE_WEIGHTINGS
+    margin_type: str = "effective"     # effective: m0 (E_max/E_c)^gamma | log: m0 + m1 (...)^gamma (the seed's two types)
+    margin_max: Optional[float] = None # caps every margin; null: no cap (the seed's default; 0.55 = ltsei's earlier cap)
+    label_smoothing: float = 0.0       # of the classification CE
+    gate_target_smoothing: float = 0.0 # of the gate's one-hot group target
+    difficulty: str = "seed"           # seed: (1-p_y)^gd min(e^min(a o, 5), 50), with gradient | additive: ltsei's earlier form
 
 @dataclass
 class Stage2Config:
@@ -168,6 +175,13 @@ class EvaluationConfig:
     snr_bin_db: float = 2.0            # width of the SNR bins of the accuracy against SNR (edges on multiples of it)
 
 @dataclass
+class ExperimentConfig:
+    "The frequency groups of MoE-LTSEI's gate (`experiment.*`, the seed's keys)."
+    grouping: str = "auto"             # auto | absolute | quantile (the seed's) | rank (ltsei's earlier K equal rank groups)
+    many_thresh: int = 100             # many: n_c >= many_thresh
+    few_thresh: int = 20               # few: n_c <= few_thresh
+
+@dataclass
 class Config:
     "The whole tree. `python main.py key=value ...` overrides any leaf."
     seed: int = 0
@@ -183,6 +197,12 @@ class Config:
     stage3: Stage3Config = field(default_factory=Stage3Config)
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+# ltsei's earlier MoE-LTSEI (before 2026-12-07), where it paraphrased the seed: capped margins, rank groups, small start,
+# additive detached difficulty weight; the gate study and the before/after rows run it
+EARLIER_MOE_LTSEI = ("experiment.grouping=rank stage2.moe.init=small stage2.moe_loss.difficulty=additive "
+                     "stage2.moe_loss.margin_max=0.55")
 
 # %% ../nbs/16_config.ipynb #5fa411a2
 EPOCH_SCALES = {"paper": 1.0, "quick": 0.05, "smoke": 0.007}
@@ -379,6 +399,9 @@ def _check_names(cfg) -> None:
     _choice("stage2.cost_strategy", cfg.stage2.cost_strategy, COST_STRATEGIES)
     _choice("stage3.mode", cfg.stage3.mode, STAGE3_MODES)
     _choice("stage2.moe_loss.gate_weighting", cfg.stage2.moe_loss.gate_weighting, GATE_WEIGHTINGS)
+    for k, names in (("stage2.moe_loss.margin_type", MARGIN_TYPES), ("stage2.moe_loss.difficulty", DIFFICULTIES),
+                     ("stage2.moe.init", HEAD_INITS), ("experiment.grouping", GROUPINGS)):
+        _choice(k, OmegaConf.select(cfg, k), names)
     if cfg.stage2.enabled:   # stage 3 needs one linear classifier: refuse LWS / MoE heads before any work
         check_stage3(cfg.stage3.mode, f"the {cfg.stage2.mode} head", STAGE2_MODES.meta(cfg.stage2.mode)["linear_classifier"])
 
@@ -392,8 +415,14 @@ def _check_numbers(cfg) -> None:
     for k in ("training.warmup_epochs", "stage2.warmup_epochs", "loss.ldam_drw_start", "training.weight_decay",
               "loss.focal_gamma", "loss.ldam_max_margin", "loss.ldam_reweight_power",
               "stage2.moe_loss.margin_m0", "stage2.moe_loss.margin_m1", "stage2.moe_loss.diff_gamma",
-              "stage2.moe_loss.lambda_gate", "stage2.moe_loss.lambda_lb"):
+              "stage2.moe_loss.lambda_gate", "stage2.moe_loss.lambda_lb", "stage2.moe_loss.diff_alpha",
+              "stage2.moe.gate_noise", "experiment.few_thresh"):
         _positive(k, OmegaConf.select(cfg, k), allow_zero=True)
+    _positive("experiment.many_thresh", cfg.experiment.many_thresh)
+    if cfg.experiment.few_thresh >= cfg.experiment.many_thresh:
+        raise ConfigError(f"experiment.few_thresh={cfg.experiment.few_thresh} must be below experiment.many_thresh="
+                          f"{cfg.experiment.many_thresh}")
+    if cfg.stage2.moe_loss.margin_max is not None: _positive("stage2.moe_loss.margin_max", cfg.stage2.moe_loss.margin_max, allow_zero=True)
     if not 0 <= cfg.training.momentum <= 1:
         raise ConfigError(f"training.momentum={cfg.training.momentum!r} must be in [0, 1]")
     for sec in ("training", "stage2"):
@@ -407,10 +436,12 @@ def _check_numbers(cfg) -> None:
         key = "data.target_length" if cfg.data.target_length else "data.synth.length"
         raise ConfigError(f"{key}={length}: {cfg.model.name} needs frames of at least {need} samples (its pools shrink time by that factor)")
     for k in ("loss.cb_beta", "stage2.cb_beta", "stage2.moe_loss.beta", "stage2.los_smoothing", "training.label_smoothing",
-              "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout"):
+              "stage2.label_smoothing", "model.dropout", "stage2.moe.gate_dropout", "stage2.moe_loss.label_smoothing"):
         v = OmegaConf.select(cfg, k)
         if not 0 <= v < 1: raise ConfigError(f"{k}={v!r} must be in [0, 1)")
     _positive("evaluation.snr_bin_db", cfg.evaluation.snr_bin_db)
+    if not 0 <= cfg.stage2.moe_loss.gate_target_smoothing <= 1:
+        raise ConfigError(f"stage2.moe_loss.gate_target_smoothing={cfg.stage2.moe_loss.gate_target_smoothing!r} must be in [0, 1]")
 
 # %% ../nbs/16_config.ipynb #59ab867f
 def validate(cfg) -> None:

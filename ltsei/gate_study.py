@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import compose_config, stage1_key
+from .config import EARLIER_MOE_LTSEI, compose_config, stage1_key
 from .data import load_data
 from .losses import create_loss
-from .moe_ltsei import frequency_groups, routing_metrics
+from .moe_ltsei import config_groups, frequency_groups, routing_metrics
 from .run import get_stage1, config_loss_params, build_sampler
 from .stage2 import compute_features, train_stage2
 from .train import make_runtime
@@ -28,7 +28,7 @@ __all__ = ['GUIDE_MOE', 'GATE_VARIANTS', 'study_config', 'fit_group_probe', 'gro
 # %% ../nbs/18_gate_study.ipynb #ce32de9f
 GUIDE_MOE = ("loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=moe_ltsei stage2.epochs=100 "
              "stage2.lr=0.1 stage2.loss=MoELTSEILoss stage2.moe.num_experts=3 stage2.moe_loss.scale=30.0 "
-             "stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.lambda_gate=1.0 stage2.freeze_bn=true")
+             "stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.lambda_gate=1.0 stage2.freeze_bn=true " + EARLIER_MOE_LTSEI)
 
 GATE_VARIANTS = {   # name -> stage-2 overrides on top of GUIDE_MOE
     "cRT (reference)": "stage2.mode=crt stage2.loss=CrossEntropy stage2.sampler=class_uniform",
@@ -115,12 +115,13 @@ def run_variant(cfg, data, model, rt, seed: int) -> dict:
     res = train_stage2(model, data, s2, loss_fn=loss_fn, sampler=sampler, rt=rt,
                        batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,
                        eval_batch_size=cfg.training.eval_batch_size, momentum=cfg.training.momentum,
-                       weight_decay=cfg.training.weight_decay, progress=False, seed=seed)
+                       weight_decay=cfg.training.weight_decay, progress=False, seed=seed, experiment=cfg.experiment)
     t = res.evaluate("test")
     row = {k: t[k] for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")}
     if "_gate_probs" in t:
         K = s2.moe.num_experts
-        r = routing_metrics(t["_gate_probs"], data.test.y, frequency_groups(data.class_counts, K), K)
+        fg, G = config_groups(data.class_counts, K, cfg.experiment)
+        r = routing_metrics(t["_gate_probs"], data.test.y, fg, K, G)
         row.update(routing_acc=r["routing_acc"], routing_per_group=r["routing_acc_per_group"])
     return row
 
@@ -180,7 +181,7 @@ def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(
         base = study_config("", profile, work, stage2_epochs)
         data, model = study_stage1(base, rt)
         K = base.stage2.moe.num_experts
-        fg = frequency_groups(data.class_counts, K)
+        fg, _ = config_groups(data.class_counts, K, base.experiment)   # the earlier rank groups: G = K
         counts = np.asarray(data.class_counts)
         groups = pd.DataFrame({"classes": [int((fg == k).sum()) for k in range(K)],
                                "training frames": [int(counts[fg == k].sum()) for k in range(K)]},

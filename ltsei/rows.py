@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
-           'RIDE_NOTE', 'SADE_NOTE', 'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS',
-           'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row',
-           'openset_row', 'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'read_metrics',
-           'ran_other_overrides', 'run_status', 'row_record', 'cache_overrides', 'parse_overrides', 'stage1_group']
+__all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'EARLIER_MOE_LTSEI', 'MOE_SHORT_RUN',
+           'EARLIER_POINTS', 'EARLIER_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN', 'RIDE_NOTE', 'SADE_NOTE',
+           'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS', 'OPENSET_RUN', 'OPENSET_BASES',
+           'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row', 'openset_row', 'guide_commands',
+           'parse_guide', 'select_rows', 'run_dir', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record',
+           'cache_overrides', 'parse_overrides', 'stage1_group']
 
 # %% ../nbs/19_rows.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
@@ -61,7 +62,20 @@ ROUTED_GATE_RUN = ("loss.name=CrossEntropy sampling.name=none stage2.enabled=tru
                    "stage2.sampler=none stage2.moe.detach_gate=true stage2.moe_loss.gate_weighting=balanced")
 ROUTED_GATE_NOTE = ("Not a command of the guide: the short form of MoE-LTSEI with instance-balanced stage-2 batches "
                     "(`stage2.sampler=none`), a group-balanced gate loss (`stage2.moe_loss.gate_weighting=balanced`) and a "
-                    "gate trained by the gate loss only (`stage2.moe.detach_gate=true`); why, in the MoE-LTSEI notebook's gate study.")
+                    "gate trained by the gate loss only (`stage2.moe.detach_gate=true`), on top of the seed-faithful default "
+                    "(uncapped margins, threshold groups, the seed's gate start and difficulty weight); why, in the gate study.")
+
+# ltsei's earlier MoE-LTSEI, where it paraphrased the seed (the same four overrides as ltsei.config.EARLIER_MOE_LTSEI,
+# which this torch-free registry cannot import; a test keeps the two equal), and each of its points alone on the 5.2 run
+EARLIER_MOE_LTSEI = ("experiment.grouping=rank stage2.moe.init=small stage2.moe_loss.difficulty=additive "
+                     "stage2.moe_loss.margin_max=0.55")
+MOE_SHORT_RUN = ("loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=moe_ltsei stage2.epochs=100 "
+                 "stage2.lr=0.1 stage2.loss=MoELTSEILoss stage2.moe.num_experts=3 stage2.moe_loss.scale=30.0 "
+                 "stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.lambda_gate=1.0 stage2.freeze_bn=true")
+EARLIER_POINTS = {"margins": "stage2.moe_loss.margin_max=0.55", "groups": "experiment.grouping=rank",
+                  "gate start": "stage2.moe.init=small", "difficulty weight": "stage2.moe_loss.difficulty=additive"}
+EARLIER_NOTE = ("Not a command of the guide: MoE-LTSEI's short form (5.2) with {what} as ltsei computed before it followed "
+                "the seed's code (`{ov}`); the before/after comparison of the README.")
 
 _RIVAL = "model.name=ConvNetADSBExperts model.num_experts=3 sampling.name=none stage2.enabled=false"
 RIDE_RUN = (f"{_RIVAL} loss.name=RIDELoss loss.ldam_max_margin=0.5 loss.ldam_drw_start=160 loss.cb_beta=0.9999 "
@@ -203,6 +217,10 @@ ROWS += [
     # ... and the gate study of nbs/13_moe_ltsei.ipynb
     Row('x5_routed_gate', '5.1', 'MoE-LTSEI + routed gate', '',
         run=ROUTED_GATE_RUN, note=ROUTED_GATE_NOTE),
+    Row('x5_earlier', '5.1', 'MoE-LTSEI, earlier form', '', run=f"{MOE_SHORT_RUN} {EARLIER_MOE_LTSEI}",
+        note=EARLIER_NOTE.format(what="all four points", ov=EARLIER_MOE_LTSEI)),
+    *[Row(f"x5_earlier_{k.split()[0]}", '5.1', f"MoE-LTSEI, earlier {k}", '', run=f"{MOE_SHORT_RUN} {ov}",
+          note=EARLIER_NOTE.format(what=f"the {k}", ov=ov)) for k, ov in EARLIER_POINTS.items()],
 ]
 ROWS_BY_ID: dict[str, Row] = {r.id: r for r in ROWS}
 MAIN_SECTIONS = ("1.1", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2")   # 2.4: the rivals beyond the guide (extra table)

@@ -23,7 +23,7 @@ from .storage import (make_dir, atomic_write_bytes, atomic_write_text, clean_sta
 from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
-from .moe_ltsei import routing_metrics, frequency_groups
+from .moe_ltsei import config_groups, moe_record, routing_metrics
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'config_loss_params', 'build_sampler', 'CheckpointError', 'stage1_payload',
@@ -49,7 +49,8 @@ def config_loss_params(name: str, cfg, stage: int) -> dict:
                  "ClassBalancedLoss": dict(beta=s2.cb_beta), "BalancedSoftmaxLoss": {},
                  "LogitAdjustmentLoss": dict(tau=s2.logit_tau), "CostSensitiveCE": dict(strategy=s2.cost_strategy),
                  "LOS": dict(smoothing=s2.los_smoothing),
-                 "MoELTSEILoss": dict(num_experts=s2.moe.num_experts, **OmegaConf.to_container(s2.moe_loss))}
+                 "MoELTSEILoss": dict(num_experts=s2.moe.num_experts, **OmegaConf.to_container(s2.moe_loss),
+                                      **OmegaConf.to_container(cfg.experiment))}
     if name not in table:
         raise ValueError(f"{'loss.name' if stage == 1 else 'stage2.loss'}={name!r} cannot be used in stage {stage}; "
                          f"expected one of {', '.join(table)}")
@@ -302,7 +303,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
                                 batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,
                                 eval_batch_size=cfg.training.eval_batch_size, momentum=cfg.training.momentum,
                                 weight_decay=cfg.training.weight_decay, log_path=out_dir / "log_stage2.csv",
-                                progress=progress, seed=cfg.seed, resume=resume)
+                                progress=progress, seed=cfg.seed, experiment=cfg.experiment, resume=resume)
         except Exception as e:
             if not (isinstance(e, OSError) and resume.path.is_file()): slot.discard_work()
             raise
@@ -395,7 +396,10 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     metrics.update(run_extras(cfg, data, test, lambda: scoring_model(model, res2, post), rt, out_dir))
     if "_gate_probs" in test:
         K = cfg.stage2.moe.num_experts
-        metrics["routing"] = routing_metrics(test["_gate_probs"], data.test.y, frequency_groups(data.class_counts, K), K)
+        fg, G = config_groups(data.class_counts, K, cfg.experiment)
+        metrics["routing"] = routing_metrics(test["_gate_probs"], data.test.y, fg, K, G)
+    if cfg.stage2.enabled and cfg.stage2.mode == "moe_ltsei":   # the margins, groups and gate start it used
+        metrics["moe_ltsei"] = moe_record(data.class_counts, cfg.stage2, cfg.experiment)
     _combined_log(out_dir)
     save_predictions(out_dir / "predictions.npz", {"test": (data.test.y, test), "val": (data.val.y, val)})
     write_tensorboard(out_dir / "tensorboard", {"stage1": read_log(out_dir / "log_stage1.csv"),

@@ -15,7 +15,7 @@ from torch import nn
 
 from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state, Resume
 from .losses import log_prior, ExpertsOutput
-from .moe_ltsei import MoEHead, frequency_groups, routing_metrics
+from .moe_ltsei import MoEHead, config_groups, routing_metrics
 from .registry import Registry
 
 # %% auto #0
@@ -82,7 +82,8 @@ def _moe_head(model, num_classes, s2):
     return MoEHead(feature_dim=model.feature_dim, num_classes=num_classes, num_experts=s2.moe.num_experts,
                    gate_hidden=s2.moe.gate_hidden, gate_dropout=s2.moe.gate_dropout,
                    normalize_features=s2.moe.normalize_features, scale=s2.moe_loss.scale,
-                   detach_gate=bool(s2.moe.detach_gate))
+                   detach_gate=bool(s2.moe.detach_gate), init=s2.moe.init,
+                   gate_noise=s2.moe.gate_noise)
 
 def get_stage2_mode(name: str) -> Stage2Mode:
     "The registered mode `name` (an unknown name: one line with the valid names)."
@@ -109,7 +110,7 @@ class Stage2Result:
 
 def gate_usage(routing: dict) -> dict:
     "Flat scalars of `routing_metrics`: routing accuracy and the mean gate probability of expert k on group g."
-    out = {"routing_acc": routing["routing_acc"]}
+    out = {} if routing["routing_acc"] is None else {"routing_acc": routing["routing_acc"]}   # None: no expert per group
     for g, probs in enumerate(routing["usage_by_group"]):
         for k, p in enumerate(probs or []): out[f"gate_group{g}_expert{k}"] = p
     return out
@@ -121,8 +122,8 @@ def uses_cached_features(mode: Stage2Mode, s2) -> bool:
 # %% ../nbs/14_stage2.ipynb #5ccdbfb5
 def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, batch_size: int, eval_batch_size: int,
                  momentum: float, weight_decay: float, log_path=None, progress: bool = True,
-                 seed: int, resume: Resume | None = None) -> Stage2Result:
-    "Train the stage-2 head of mode `s2.mode` on top of the stage-1 `model` (resumable: see `ltsei.train.Resume`)."
+                 seed: int, experiment, resume: Resume | None = None) -> Stage2Result:
+    "Train the stage-2 head of mode `s2.mode` on top of the stage-1 `model` (resumable: see `ltsei.train.Resume`); `experiment`: the gate's groups."
     t0 = time.time()
     mode = get_stage2_mode(s2.mode)
     torch.manual_seed(seed)
@@ -145,8 +146,9 @@ def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, b
     opt = make_optimizer(trainee.parameters(), s2.optimizer, s2.lr, momentum, weight_decay)
     extras = None
     if s2.mode == "moe_ltsei":                      # gate usage per frequency group, every epoch (for TensorBoard)
-        K, fg = s2.moe.num_experts, frequency_groups(data.class_counts, s2.moe.num_experts)
-        extras = lambda val: gate_usage(routing_metrics(val["_gate_probs"], data.val.y, fg, K))
+        K = s2.moe.num_experts
+        fg, G = config_groups(data.class_counts, K, experiment)
+        extras = lambda val: gate_usage(routing_metrics(val["_gate_probs"], data.val.y, fg, K, G))
     res = fit(trainee, x_train, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt, epochs=s2.epochs,
               lr=s2.lr, warmup_epochs=s2.warmup_epochs, batch_size=batch_size, rt=run_rt,
               validate=lambda m: ev(m, "val"), log_path=log_path, desc=f"stage2 {s2.mode}", progress=progress,

@@ -53,7 +53,8 @@ def test_lws_row_runs_lws_and_says_why():
 
 def test_extra_rows_run_their_own_overrides_and_say_why():
     extra = [r for r in ROWS if not r.guide and r.section != "os"]   # the open-set twins: test_openset_rows
-    assert [r.id for r in extra] == ["x2_ride", "x2_sade", "x2_balpoe", "x5_routed_gate"]
+    assert [r.id for r in extra] == ["x2_ride", "x2_sade", "x2_balpoe", "x5_routed_gate", "x5_earlier", "x5_earlier_margins",
+                                     "x5_earlier_groups", "x5_earlier_gate", "x5_earlier_difficulty"]
     for r in extra:
         assert r.run and r.note and all("=" in a for a in r.run_args)
     gate = ROWS_BY_ID["x5_routed_gate"].run_args
@@ -107,7 +108,7 @@ def test_select_rows(spec, ids):
 
 
 def test_select_rows_groups():
-    assert len(select_rows(None)) == len(select_rows("all")) == len(ROWS) == 41 + len(OPENSET_ROWS)   # 37 guide rows + 4 extra
+    assert len(select_rows(None)) == len(select_rows("all")) == len(ROWS) == 46 + len(OPENSET_ROWS)   # 37 guide rows + 9 extra
     assert {r.section[0] for r in select_rows("2")} == {"2"} and len(select_rows("2")) == 12   # 9 guide rows + 3 rivals
     assert {r.section for r in select_rows("main")} == {"1.1", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "5.1", "5.2"}
     with pytest.raises(ValueError, match="'7.7' matches no row"):

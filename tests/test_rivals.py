@@ -146,7 +146,7 @@ def test_five_seeds_plan_the_main_and_extra_rows(tmp_path, capsys):
     """`ltsei reproduce --seeds 5` plans every main and extra row (rivals included) for seeds 0..4 (dry run: nothing runs;
     `--demo` composes the configs the fast way, the plan is the same)."""
     from ltsei.orchestration.reproduce import reproduce_main
-    for spec, n_rows in (("main", 22), ("x*", 4)):
+    for spec, n_rows in (("main", 27), ("x*", 9)):
         assert reproduce_main(["--profile", "quick", "--rows", spec, "--seeds", "5", "--runs-dir", str(tmp_path), "--dry-run", "--demo"]) == 0
         out = capsys.readouterr().out
         assert f"{n_rows} rows x 5 seed(s) = {5 * n_rows} runs" in out

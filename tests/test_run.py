@@ -178,7 +178,7 @@ def test_ltsei_command(in_scratch, capsys):
 def test_predictions_and_tensorboard_agree_with_metrics(in_scratch):
     "predictions.npz holds what metrics.json was computed from; TensorBoard gets every epoch of both stages."
     from ltsei.metrics import compute_metrics
-    from ltsei.moe_ltsei import frequency_groups, routing_metrics
+    from ltsei.moe_ltsei import frequency_groups, routing_metrics, adaptive_margins
     out = in_scratch / "pred_moe"
     m = run(["stage2.epochs=8", "seed=5"], out)
     p = np.load(out / "predictions.npz")
@@ -188,8 +188,15 @@ def test_predictions_and_tensorboard_agree_with_metrics(in_scratch):
         assert json.loads(json.dumps(again)) == m[split]
         assert p[f"{split}_gate_probs"].shape == (len(p[f"{split}_labels"]), 3)
     K = 3
-    r = routing_metrics(p["test_gate_probs"], p["test_labels"], frequency_groups(m["class_counts"], K), K)
+    groups = frequency_groups(m["class_counts"], K, "auto", 100, 20)
+    r = routing_metrics(p["test_gate_probs"], p["test_labels"], groups, K, 3)
     assert r["routing_acc"] == pytest.approx(m["routing"]["routing_acc"])
+    # metrics.json records the margins, groups and gate start the run used (the seed's defaults)
+    rec = m["moe_ltsei"]
+    assert rec["groups"] == groups.tolist() and rec["grouping"] == "auto"
+    assert rec["grouping_rule"] == ("absolute" if max(m["class_counts"]) >= 100 else "quantile")
+    np.testing.assert_allclose(rec["margins"], adaptive_margins(m["class_counts"], 0.999, 0.35, 0.2, 0.5, "effective", None), atol=1e-6)
+    assert (rec["init"], rec["difficulty"], rec["margin_max"], rec["gate_supervised"]) == ("seed", "seed", None, True)
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ea = EventAccumulator(str(out / "tensorboard")); ea.Reload()
