@@ -46,6 +46,7 @@ def fake_cuda(monkeypatch):
         st["rng"][st["current"]] = s
     monkeypatch.setattr(c, "set_rng_state", set_rng_state)
     monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.version, "hip", None)              # a CUDA build, also when the tests run on ROCm
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, warn_only=False: st["deterministic"].append((on, warn_only)))
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
