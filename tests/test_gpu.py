@@ -1,7 +1,7 @@
 """The CUDA path on a machine without a GPU (issue 36): what the first GPU user would hit, checked by faking what
 it needs (the device count, names and compute capabilities, CUDA_VISIBLE_DEVICES, a Ray cluster with GPUs).
-Each test fakes every CUDA call it reaches, so it passes on a GPU box too; the tests that need a real GPU are in
-tests/test_gpu_device.py (skipped here). Seconds in all: no training."""
+Each test fakes every CUDA call it reaches, so that it passes on a GPU box too (not yet seen: no GPU has been lent);
+the tests that need a real GPU are in tests/test_gpu_device.py (skipped here). Seconds in all: no training."""
 import argparse
 import types
 
