@@ -510,16 +510,17 @@ def _one_line(e: BaseException) -> str:
 def check_machine(cfg) -> None:
     """The checks of a config that depend on this machine, before any folder exists: `training.num_threads` within
     its CPUs, GPU ids that exist, and the synthetic data set (when it is not cached yet) within the free disk."""
+    from ltsei.train import gpu_request
     n = os.cpu_count() or 1
     if cfg.training.num_threads > n:
         raise ConfigError(f"training.num_threads={cfg.training.num_threads} is more than the {n} CPUs of this machine: "
                           f"expected 1..{n}")
     g = cfg.gpus
-    if g is not None and str(g).strip() not in ("", "cpu"):
+    try: ids = gpu_request(g)
+    except ValueError as e: raise ConfigError(str(e)) from None
+    if isinstance(ids, list):
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        try: ids = [int(i) for i in str(g).replace(" ", "").split(",") if i != ""]
-        except ValueError: ids = [-1]
-        if not ids or min(ids) < 0 or max(ids) >= have:
+        if max(ids) >= have:
             raise ConfigError(f"gpus={g!r}: " + (f"expected CUDA device ids below {have}" if have else
                               "this machine has no CUDA device; expected gpus=null (or cpu) to run on the CPU"))
     if cfg.data.source == "synthetic":
@@ -551,15 +552,19 @@ def numerics(cfg) -> dict:
     """What changes the floating-point results besides the config: torch version, device type, the precision
     `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
     and, on the CPU, the thread count the vector instructions torch's kernels use (AVX2, AVX512, ...) and AMX."""
-    from ltsei.train import cpu_has_amx, resolve_precision
-    device = "cuda" if torch.cuda.is_available() and str(cfg.gpus or "") != "cpu" else "cpu"   # the device the run uses
-    cpu = device == "cpu"
-    try: precision = resolve_precision(str(cfg.training.precision), torch.device(device))[0]
+    from ltsei.train import cpu_has_amx, gpu_identity, gpu_request, resolve_precision
+    try: req = gpu_request(cfg.gpus)
+    except ValueError: req = None                  # refused by check_machine before any run
+    cuda = torch.cuda.is_available() and req != "cpu"
+    dev = torch.device("cuda", req[0] if isinstance(req, list) and req[0] < torch.cuda.device_count() else 0) if cuda else torch.device("cpu")
+    device, cpu = dev.type, not cuda                # the device the run uses (select_device)
+    try: precision = resolve_precision(str(cfg.training.precision), dev)[0]
     except ValueError: precision = str(cfg.training.precision)    # refused when the run starts (make_runtime)
     return {"torch": torch.__version__, "device": device, "precision": precision,
             "num_threads": int(cfg.training.num_threads) if cpu else None,
             "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None,
-            "cpu_amx": cpu_has_amx() if cpu else None}   # torch says AVX512 with and without AMX; the fp32 kernels differ
+            "cpu_amx": cpu_has_amx() if cpu else None,   # torch says AVX512 with and without AMX; the fp32 kernels differ
+            **({} if cpu else gpu_identity(dev))}        # GPU, capability, CUDA, cuDNN, determinism, TF32 (ltsei.train)
 
 def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
@@ -589,6 +594,7 @@ def stage2_key(cfg) -> str:
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)
+    d.pop("gpus", None); d["numerics"] = numerics(cfg)   # the device by what it computes, not by its id (0 or null: the same)
     d.pop("evaluation", None)                        # measured after training
     o = d.pop("openset", None) or {}
     if o.get("enabled"): d["openset"] = {"unknown_fraction": o["unknown_fraction"]}   # only the held-out share trains differently

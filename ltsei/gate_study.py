@@ -177,7 +177,7 @@ def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(
     with contextlib.ExitStack() as stack:
         stack.callback(torch.set_num_threads, threads_before)
         if work is None: work = stack.enter_context(tempfile.TemporaryDirectory(prefix="ltsei-gate-"))
-        rt = make_runtime(None, "fp32", "auto")
+        rt = make_runtime(None, "auto", "auto")     # training.precision=auto: the precision its stage-1 key records
         base = study_config("", profile, work, stage2_epochs)
         data, model = study_stage1(base, rt)
         K = base.stage2.moe.num_experts

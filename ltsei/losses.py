@@ -126,7 +126,7 @@ class LongTailLoss(nn.Module):
 
     def _inputs(self, output, y):
         "The logits and labels, with their shapes checked against the number of classes."
-        z = logits_of(output)
+        z = logits_of(output).float()      # autocast's bf16 / fp16 logits up to fp32: margins and priors stay exact
         if z.ndim != 2 or z.shape[1] != self.num_classes:
             raise ValueError(f"{type(self).__name__}: expected logits of shape (B, {self.num_classes}), got {tuple(z.shape)}")
         if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.shape[0] != z.shape[0] or y.is_floating_point():
@@ -319,7 +319,7 @@ class ExpertsLoss(LongTailLoss):
             raise ValueError(f"{type(self).__name__} needs a multi-expert network (model.name=ConvNetADSBExperts); "
                              f"got a {type(output).__name__} output")
         z, y = self._inputs(output, y)
-        ze = output.expert_logits
+        ze = output.expert_logits.float()
         if ze.ndim != 3 or ze.shape[0] != z.shape[0] or ze.shape[2] != self.num_classes:
             raise ValueError(f"{type(self).__name__}: expected expert logits of shape (B, K, {self.num_classes}), got {tuple(ze.shape)}")
         if self.num_experts_required is not None and ze.shape[1] != self.num_experts_required:

@@ -15,8 +15,8 @@ from .losses import logits_of
 from .train import Runtime, eval_batches
 
 # %% auto #0
-__all__ = ['SCORES', 'auroc', 'fpr_at_tpr', 'oscr', 'logit_scores', 'fit_mahalanobis', 'mahalanobis_score', 'odin_scores',
-           'ScoringModel', 'score_openset']
+__all__ = ['SCORES', 'ODIN_BATCH_SIZE', 'auroc', 'fpr_at_tpr', 'oscr', 'logit_scores', 'fit_mahalanobis', 'mahalanobis_score',
+           'odin_scores', 'ScoringModel', 'score_openset']
 
 # %% ../nbs/15_openset.ipynb #0a000007
 def _as_scores(s, name: str) -> np.ndarray:
@@ -81,10 +81,13 @@ def mahalanobis_score(features: torch.Tensor, means: torch.Tensor, precision: to
     return (-torch.einsum("nkd,de,nke->nk", d, precision, d).amin(1)).numpy()
 
 # %% ../nbs/15_openset.ipynb #0a00000c
+ODIN_BATCH_SIZE = 128   # frames per ODIN backward pass, whatever the evaluation batch (its activations: see above)
+
 def odin_scores(logits_fn, x: torch.Tensor, temperature: float, epsilon: float, batch_size: int, device) -> np.ndarray:
     """ODIN: the maximum softmax at temperature T of the frames moved by epsilon x (RMS amplitude) against the
-    gradient of the predicted class's log-probability (see above). `logits_fn` maps (B, 2, L) to logits, differentiably."""
-    out = []
+    gradient of the predicted class's log-probability (see above). `logits_fn` maps (B, 2, L) to logits, differentiably;
+    batches of at most `ODIN_BATCH_SIZE` frames."""
+    out, batch_size = [], max(1, min(int(batch_size), ODIN_BATCH_SIZE))
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device).float().requires_grad_(True)
         with torch.enable_grad():

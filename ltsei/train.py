@@ -20,10 +20,11 @@ from .cache import atomic_save, to_plain
 from .storage import atomic_write_text, safe_load, storage_error, UnsafeCheckpoint, DamagedCheckpoint
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'AMX_FLAGS', 'RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'cpu_flags', 'torch_cpu_flags', 'cpu_has_amx',
-           'auto_precision', 'resolve_precision', 'select_device', 'make_runtime', 'make_optimizer', 'lr_at',
-           'eval_batches', 'predict', 'evaluate', 'state_copy', 'using_state', 'rng_state', 'set_rng_state', 'Resume',
-           'NonFiniteLoss', 'FitResult', 'fit']
+__all__ = ['PRECISIONS', 'AMX_FLAGS', 'CUBLAS_WORKSPACE', 'CUDA_NUMERICS', 'RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'cpu_flags',
+           'torch_cpu_flags', 'cpu_has_amx', 'cuda_has_bf16', 'auto_precision', 'resolve_precision', 'gpu_request',
+           'select_device', 'set_tf32', 'cuda_numerics', 'gpu_identity', 'make_runtime', 'make_optimizer', 'lr_at',
+           'eval_batches', 'predict', 'evaluate', 'state_copy', 'using_state', 'rng_state', 'set_rng_state',
+           'restore_rng', 'Resume', 'NonFiniteLoss', 'FitResult', 'fit']
 
 # %% ../nbs/12_train.ipynb #cc420e46
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # training.precision -> autocast dtype
@@ -76,10 +77,15 @@ def cpu_has_amx(flags=None) -> bool:
     flags = (cpu_flags() | torch_cpu_flags()) if flags is None else frozenset(flags)
     return all(f in flags for f in AMX_FLAGS)
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    "Whether the CUDA `device` computes in bf16 natively: compute capability 8.0 (Ampere) or later; ROCm GPUs do."
+    if torch.version.hip: return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
 def auto_precision(device: torch.device, flags=None) -> tuple[str, str]:
     "What `training.precision=auto` means on `device`: (precision, reason), from the table above."
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(): return "bf16", "CUDA GPU with bf16"
+        if cuda_has_bf16(device): return "bf16", "CUDA GPU with bf16"
         return "fp16", "CUDA GPU without bf16 (fp16 with a gradient scaler)"
     if device.type == "cpu":
         return ("bf16", "CPU with AMX (amx_bf16, amx_tile)") if cpu_has_amx(flags) else ("fp32", "CPU without AMX")
@@ -95,22 +101,65 @@ def resolve_precision(precision: str, device: torch.device, flags=None) -> tuple
     return precision, "asked for (training.precision)"
 
 # %% ../nbs/12_train.ipynb #ccf71b98
+def gpu_request(gpus):
+    """What `gpus` asks for: 'cpu' (`cpu`), None (null or '': CUDA 0 where there is CUDA, else the CPU) or a list of
+    CUDA ids (`0`, `"1"`, `"0,1"`, `[0, 1]`); a `ValueError` naming `gpus` and what it expects otherwise."""
+    if gpus is None or (isinstance(gpus, str) and gpus.strip() == ""): return None
+    if isinstance(gpus, str) and gpus.strip().lower() == "cpu": return "cpu"
+    items = gpus.strip().strip("[]").split(",") if isinstance(gpus, str) else [gpus] if isinstance(gpus, int) else gpus
+    try: ids = [int(str(i).strip()) for i in items if str(i).strip() != "" and not isinstance(i, bool)]
+    except (TypeError, ValueError): ids = []
+    if isinstance(gpus, bool) or not ids or min(ids) < 0:
+        raise ValueError(f"gpus={gpus!r}: expected null, cpu, a CUDA device id (0) or ids (\"0,1\" or [0,1])")
+    return ids
+
 def select_device(gpus) -> torch.device:
-    "The device for `gpus` (null: CUDA 0 if available, else CPU)."
+    "The device for `gpus` (null: CUDA 0 if available, else CPU; cpu: the CPU; ids: the first, with a line on the rest)."
+    req = gpu_request(gpus)
+    if req == "cpu": return torch.device("cpu")
     if not torch.cuda.is_available():
-        if gpus not in (None, "", "cpu"):
-            print(f"[ltsei] gpus={gpus!r} asked for but CUDA is not available: using the CPU")
+        if req is not None: print(f"[ltsei] gpus={gpus!r} asked for but CUDA is not available: using the CPU")
         return torch.device("cpu")
-    if gpus in (None, ""): return torch.device("cuda:0")
-    ids = [int(i) for i in str(gpus).replace(" ", "").split(",") if i != ""]
-    if not ids or max(ids) >= torch.cuda.device_count():
+    if req is None: return torch.device("cuda", 0)
+    if max(req) >= torch.cuda.device_count():
         raise ValueError(f"gpus={gpus!r}: expected CUDA device ids below {torch.cuda.device_count()}")
-    if len(ids) > 1: print(f"[ltsei] gpus={gpus!r}: one run uses one device; using cuda:{ids[0]}")
-    return torch.device(f"cuda:{ids[0]}")
+    if len(req) > 1:
+        print(f"[ltsei] gpus={gpus!r}: one run uses one GPU, cuda:{req[0]}; the others stay idle. To use them all, pack "
+              f"runs one per GPU (ltsei reproduce --jobs {len(req)}; docs/scaling-out.md)", flush=True)
+    return torch.device("cuda", req[0])
+
+# %% ../nbs/12_train.ipynb #9b1d0c02
+CUBLAS_WORKSPACE = ":4096:8"     # cuBLAS's deterministic workspace (CUDA's documented setting)
+CUDA_NUMERICS = {"deterministic": True, "tf32": False}   # what cuda_numerics sets, as the stage-1 key records it
+
+def set_tf32(on: bool) -> None:
+    "TF32 for CUDA fp32 matrix multiplies and convolutions on or off (torch's fp32_precision where it has it)."
+    mode = "tf32" if on else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = mode; torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on; torch.backends.cudnn.allow_tf32 = on
+
+def cuda_numerics() -> dict:
+    "Deterministic CUDA kernels, TF32 off (see above); what it set, as the stage-1 key records it."
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_tf32(False)
+    return dict(CUDA_NUMERICS)
+
+def gpu_identity(device: torch.device) -> dict:
+    "What of CUDA `device` changes the numbers: its name, compute capability, the CUDA and cuDNN versions, `CUDA_NUMERICS`."
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"gpu": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}", "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), **CUDA_NUMERICS}
 
 def make_runtime(gpus, precision: str, channels_last) -> Runtime:
-    "Device, autocast dtype and memory format from `training.precision` / `training.channels_last`."
+    "Device (made current), autocast dtype and memory format from `gpus`, `training.precision` / `training.channels_last`."
     device = select_device(gpus)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)          # the run's device is the current one: its RNG, autocast, new tensors
+        cuda_numerics()
     resolved, reason = resolve_precision(precision, device)
     cl = str(channels_last).lower()
     cl = True if cl == "auto" else cl == "true"     # channels-last Conv2d(1, k): the faster layout wherever measured (above)
@@ -188,7 +237,7 @@ def rng_state() -> dict:
     py, npst = random.getstate(), np.random.get_state()
     d = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
          "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): d["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): d["cuda"] = torch.cuda.get_rng_state()   # the run's GPU (current)
     return d
 
 def set_rng_state(d: dict) -> None:
@@ -197,8 +246,20 @@ def set_rng_state(d: dict) -> None:
     n = d["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(d["torch"])
-    if "cuda" in d and torch.cuda.is_available(): torch.cuda.set_rng_state_all(d["cuda"])
+    s = d.get("cuda")
+    if isinstance(s, (list, tuple)):                   # an older state: one per GPU visible then
+        i = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        s = s[i] if i < len(s) else None
+    if s is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(s)
 
+def restore_rng(saved: dict) -> bool:
+    "`set_rng_state(saved)`; False, with every generator as it was, where `saved` does not fit the devices here."
+    before = {k: v for k, v in rng_state().items() if k != "cuda"}   # CUDA's is set last: unchanged when it fails
+    try: set_rng_state(saved); return True
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError):
+        set_rng_state(before); return False
+
+# %% ../nbs/12_train.ipynb #9b1d0c04
 @dataclass
 class Resume:
     """Where `fit` keeps the state that resumes an interrupted training, and whose it is (`tag`)."""
@@ -281,6 +342,8 @@ def _restore(resume, model, optimizer, scaler, sampler, epochs: int, lr: float, 
     st = resume.load() if resume is not None else None
     if st is not None and not (_fits(model, st["model"]) and st["epoch"] < epochs):
         st = resume._drop("it does not fit this model or schedule")
+    if st is not None and not restore_rng(st["rng"]):  # first: nothing is loaded yet when it does not fit
+        st = resume._drop("its random state does not fit the devices visible now")
     if st is None: return [], 0, None, None, lr
     optimizer.load_state_dict(st["optimizer"])          # checks the parameter groups before changing anything
     model.load_state_dict(st["model"])
@@ -288,7 +351,6 @@ def _restore(resume, model, optimizer, scaler, sampler, epochs: int, lr: float, 
     if st.get("sampler_seed") is not None and hasattr(sampler, "_seed"): sampler._seed = st["sampler_seed"]
     best = (st["best_epoch"], st["best_val"], st["best_state"] if st["best_state"] is not None else state_copy(model))
     history = st["history"]
-    set_rng_state(st["rng"])
     print(f"[ltsei] {desc}: resuming after epoch {st['epoch']} of {epochs} ({resume.path})", flush=True)
     return history, st["epoch"] + 1, st["last_val"], best, history[-1]["lr"] if history else lr
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_S2 = ["stage2.enabled=false"]
 # the reference run of cases 2-8: stage 1 only, one smoke epoch (300 x 0.007 = 2 epochs, 150 x 0.007 = 1): what
 # those cases check (detection, quarantine, the rebuilt result bit for bit, the message) does not need two
-REF = NO_S2 + ["seed=11", "training.epochs=150"]
+REF = NO_S2 + ["seed=11", "training.epochs=150", "gpus=cpu"]   # bit for bit below: on the CPU, on a GPU box too
 
 
 def run(overrides, out, **kw):

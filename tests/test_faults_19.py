@@ -137,7 +137,7 @@ def test_2_request_larger_than_the_disk_is_refused_before_it_starts(tmp_path, ca
 CHECKS = [("training.num_threads=100000", "CPUs of this machine"), ("seed=-1", "seed=-1: expected an integer in [0, 2**32 - 1]"),
           ("seed=5000000000", "[0, 2**32 - 1]"), ("data.target_length=10", "needs frames of at least 384 samples"),
           ("stage1.checkpoint=/nonexistent.pt", "'/nonexistent.pt': no such file"),
-          ("gpus=7", "gpus=7"), ("+training.foo=1", "unknown config key 'training.foo'"),
+          ("gpus=4096", "gpus=4096"), ("+training.foo=1", "unknown config key 'training.foo'"),
           ("hydra.run.dir=RUN/x${oops}", "hydra.run.dir='RUN/x${oops}': cannot be resolved")]
 
 

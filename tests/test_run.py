@@ -215,7 +215,8 @@ def test_forced_bf16_takes_the_bf16_path(in_scratch, capsys):
             seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), out.dtype))
     h = torch.nn.modules.module.register_module_forward_hook(spy)
     try:
-        m = run(["stage2.enabled=false", "training.precision=bf16", "stage1.reuse=false", "seed=11"], in_scratch / "bf16")
+        m = run(["stage2.enabled=false", "training.precision=bf16", "stage1.reuse=false", "seed=11", "gpus=cpu"],
+                in_scratch / "bf16")                            # gpus=cpu: the CPU's autocast on a GPU box too
     finally:
         h.remove()
     assert seen and all(s == (True, torch.bfloat16, torch.bfloat16) for s in seen)

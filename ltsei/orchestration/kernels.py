@@ -153,7 +153,9 @@ class WarmKernels:
         self._ready, self._starting, self._cond, self._closed = {}, {}, threading.Condition(), False
 
     @staticmethod
-    def _key(env): return tuple(sorted((env or {}).items()))
+    def _key(env):                          # the kernel's GPU too where it comes from os.environ (a Ray worker's task)
+        e = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), **(env or {})}
+        return tuple(sorted((k, v) for k, v in e.items() if v is not None))
 
     def take(self, env: dict | None = None, timeout: float = 600):
         k = self._key(env)

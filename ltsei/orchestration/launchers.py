@@ -79,7 +79,7 @@ class LaunchOptions:
                                          # with Ray / SLURM, and --jobs spread round-robin over the GPUs locally
     ray_address: str | None = None       # an existing Ray cluster ('auto', 'ray://host:10001'); None: start Ray here
     slurm_partition: str | None = None   # None: the cluster's default partition
-    slurm_gpus: int = 0                  # GPUs per SLURM job (--gpus-per-node)
+    slurm_gpus: int = 1                  # GPUs per SLURM job (--gres=gpu:N; one run uses one); 0: a CPU-only partition
     slurm_cpus: int = 2                  # CPUs per SLURM job; the run uses as many threads
     slurm_time: str = "60"               # time limit per job: minutes, or [D-]HH:MM[:SS]
     slurm_mem: str | None = None         # memory per job, e.g. 16G; None: the partition's default
@@ -102,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--ray-address", default=d.ray_address, metavar="ADDR",
                    help="existing Ray cluster to run on ('auto', 'ray://head:10001'); default: start Ray on this machine")
     g.add_argument("--slurm-partition", default=d.slurm_partition, metavar="P", help="SLURM partition (default: the cluster's)")
-    g.add_argument("--slurm-gpus", type=int, default=d.slurm_gpus, metavar="N", help=f"GPUs per job (default: {d.slurm_gpus})")
+    g.add_argument("--slurm-gpus", type=int, default=d.slurm_gpus, metavar="N", help=f"GPUs per job, as --gres=gpu:N (default: {d.slurm_gpus}: a run uses one GPU; 0 for a CPU-only partition)")
     g.add_argument("--slurm-cpus", type=int, default=d.slurm_cpus, metavar="N", help=f"CPUs per job (default: {d.slurm_cpus})")
     g.add_argument("--slurm-time", default=d.slurm_time, metavar="T",
                    help=f"time limit per job: minutes or [D-]HH:MM[:SS] (default: {d.slurm_time} minutes)")

@@ -37,8 +37,9 @@ def _submit_ray_tasks(ray, pending, execute, opts, threads) -> dict:
     gpus = (opts.gpus_per_run or 1.0) if n_gpu else 0
     if opts.gpus_per_run and not n_gpu:
         print(f"[reproduce] ray: --gpus-per-run {opts.gpus_per_run} but the cluster has no GPU: runs use CPUs only")
-    remote = ray.remote(run_row_protocol).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
-    ex_ref = ray.put(executor_for_workers(execute, threads, warm=1))    # a worker process runs one row at a time
+    remote = ray.remote(run_row_protocol).options(num_cpus=threads, num_gpus=gpus, max_retries=0,
+                                                  **({"max_calls": 1} if gpus else {}))   # GPU: a fresh worker per row
+    ex_ref = ray.put(executor_for_workers(execute, threads, warm=0 if gpus else 1))   # a worker runs one row at a time
     first, rest = stage1_waves(pending)
     refs, lead = {}, {}
     for t in first:

@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, metavar="K", help="run seeds 0..K-1 (default: the seeds the results "
                    "folder was last asked for, recorded in RUNS_DIR/PROFILE/request.json; else 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="runs at once (default: 1 with CUDA, else min(CPU cores, 4); each run uses its config's training.num_threads, default 1)")
+                   help="runs at once (default: one per visible GPU, else min(CPU cores, 4); each run uses its config's training.num_threads, default 1)")
     p.add_argument("--runs-dir", default=None, help="results directory (default: $LTSEI_RUNS, else the repository's runs/)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, run nothing")
     p.add_argument("--no-report", action="store_true", help="build the tables and figures but do not render the report")
@@ -163,7 +163,7 @@ def _check_arguments(a) -> tuple[Path, object]:
     req, note = resolve_request(a, runs_dir)
     a.rows, a.seeds = req["rows"], req["seeds"]
     if note: print(note)
-    if a.jobs is None: a.jobs = opts.jobs = default_jobs(a.gpus_per_run)
+    if a.jobs is None: a.jobs = opts.jobs = default_jobs(a.gpus_per_run or 1.0)   # packed: at least one run per GPU
     if a.jobs < 1: raise ValueError(f"--jobs must be at least 1, got {a.jobs}")
     return runs_dir, opts
 

@@ -29,7 +29,7 @@ def slurm_parameters(opts: LaunchOptions, name: str = "ltsei") -> dict:
     "submitit `SlurmExecutor` parameters of the options: partition, GPUs, CPUs, time, memory."
     p = dict(job_name=name, time=slurm_minutes(opts.slurm_time), cpus_per_task=opts.slurm_cpus, nodes=1, ntasks_per_node=1)
     if opts.slurm_partition: p["partition"] = opts.slurm_partition
-    if opts.slurm_gpus: p["gpus_per_node"] = opts.slurm_gpus
+    if opts.slurm_gpus: p["gres"] = f"gpu:{opts.slurm_gpus}"
     if opts.slurm_mem: p["mem"] = str(opts.slurm_mem).strip().upper()
     return p
 
@@ -155,6 +155,9 @@ class SlurmLauncher(Launcher):
         if opts.slurm_executor == "slurm":           # jobs of an earlier command still queued or running: wait for them
             _still_queued(pending, read_ledger(opts), jobs)
         if jobs: print(f"[reproduce] slurm: {len(jobs)} run(s) still queued or running from an earlier command")
+        if opts.slurm_gpus > 1:
+            print(f"[reproduce] slurm: --slurm-gpus {opts.slurm_gpus}: a run uses one GPU, the others of each job stay idle; "
+                  "one GPU per job packs the runs one per GPU", file=sys.stderr)
         threads = opts.slurm_cpus if opts.slurm_executor == "slurm" else getattr(execute, "threads", 0)
         _submit_arrays(_slurm_executor(opts, folder), pending, executor_for_workers(execute, threads, warm=0), opts, token, jobs)
         if pending:
