@@ -129,10 +129,11 @@ def test_stage1_key_covers_numerics_and_data():
     a = compose_config(["profile=smoke"])
     st = stage1_settings(a)
     cpu = not torch.cuda.is_available()
-    from ltsei.train import cpu_has_amx, resolve_precision
+    from ltsei.train import cpu_has_amx, gpu_identity, resolve_precision
     assert st["numerics"] == {"cpu_amx": cpu_has_amx() if cpu else None, "torch": torch.__version__, "device": "cpu" if cpu else "cuda", "num_threads": 1 if cpu else None,
                               "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None,
-                              "precision": resolve_precision("auto", torch.device("cpu" if cpu else "cuda"))[0]}
+                              "precision": resolve_precision("auto", torch.device("cpu" if cpu else "cuda"))[0],
+                              **({} if cpu else gpu_identity(torch.device("cuda", 0)))}
     assert "synth_key" in st["data_identity"] and "num_threads" not in st["training"]
     assert a.training.num_threads == 1
     if not torch.cuda.is_available():

@@ -17,7 +17,7 @@ def test_variant_at_seed_0_is_the_pipelines_stage2(in_scratch):
     routed = GATE_VARIANTS["sampler none + detach_gate + balanced gate loss"]
     cfg = study_config(routed, "smoke", "runs/cache", stage2_epochs=6)
     m = run_experiment(cfg, in_scratch / "gate_pipeline", progress=False)
-    rt = make_runtime(None, "fp32", "auto")
+    rt = make_runtime(None, "auto", "auto")   # the precision the gate study and the pipeline use (their stage-1 key)
     data, model = study_stage1(cfg, rt)
     row = run_variant(cfg, data, model, rt, seed=0)
     for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc"):

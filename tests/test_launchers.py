@@ -151,7 +151,7 @@ def test_sbatch_script_carries_the_options():
     o = L.LaunchOptions(slurm_partition="gpu", slurm_gpus=2, slurm_cpus=8, slurm_time="1-00:00:00", slurm_mem="32g")
     s = _make_sbatch_string(command="python -m x", folder="/shared/runs/.launchers/slurm/%j", **S.slurm_parameters(o),
                             dependency=S.slurm_dependency(["41_0", "41_1"]), map_count=3)
-    for line in ["--partition=gpu", "--gpus-per-node=2", "--cpus-per-task=8", "--time=1440", "--mem=32G",
+    for line in ["--partition=gpu", "--gres=gpu:2", "--cpus-per-task=8", "--time=1440", "--mem=32G",
                  "--dependency=afterany:41", "--array=0-2%3"]:
         assert f"#SBATCH {line}\n" in s, line
     assert S.slurm_dependency([]) is None and S.slurm_dependency(["7", "8_3"]) == "afterany:7:8"
