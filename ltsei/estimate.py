@@ -181,7 +181,7 @@ def guide_estimate_line(overrides: list[str], cfg) -> str | None:
             f"{fmt_duration(here['epoch'])} per epoch; an estimate from the per-frame costs measured in {COSTS_FILE}); "
             f"add profile=quick for the CPU scale (about {fmt_duration(quick['total'])})")
 
-# %% ../nbs/23_estimate.ipynb #a14ba9cd
+# %% ../nbs/23_estimate.ipynb #00957468
 BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")    # SLURM, PBS/Torque, LSF, Grid Engine
 
 def take_yes(argv: list[str]) -> tuple[list[str], bool]:
