@@ -99,8 +99,9 @@ def frame_counts(cfg) -> dict | None:
                 generated=E * (int(s.pool_per_class) + int(s.val_per_class) + int(s.test_per_class)), length=int(s.length))
 
 def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, stage1: bool = True, data: bool = True) -> dict | None:
-    """The estimated seconds of one run of `cfg` on this machine: stage1, stage2, data (generation), overhead, total,
-    and epoch (one stage-1 epoch). `factor`: the speed factor (`speed_factor`); `stage1` / `data`: False when cached."""
+    """The estimated seconds of one run of `cfg` on this machine: stage1, stage2, openset (the unknown-emitter scores),
+    data (generation), overhead (kernel start, imports, data loading, writing the results), total, and epoch (one
+    stage-1 epoch). `factor`: the speed factor (`speed_factor`); `stage1` / `data`: False when cached."""
     n = frame_counts(cfg)
     if n is None: return None
     costs = costs or load_costs()
@@ -117,8 +118,11 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
             s2 = (n["train"] + n["val"] + n["test"]) * ev + int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
         else: s2 = int(cfg.stage2.epochs) * epoch
     gen = n["generated"] * L * costs["synth_s_per_sample"] if data else 0.0
-    out = dict(stage1=f * s1, stage2=f * s2, data=f * gen, overhead=f * float(costs["run_overhead_s"]), epoch=f * epoch)
-    out["total"] = out["stage1"] + out["stage2"] + out["data"] + out["overhead"]
+    # open set: logits and features of the test frames, features of the training frames (Mahalanobis), and ODIN's
+    # forward, backward and second forward over the test frames (known and unknown)
+    os_ = (3 * n["test"] + n["train"]) * ev + n["test"] * tr if cfg.openset.enabled else 0.0
+    out = dict(stage1=f * s1, stage2=f * s2, openset=f * os_, data=f * gen, overhead=f * float(costs["run_overhead_s"]), epoch=f * epoch)
+    out["total"] = out["stage1"] + out["stage2"] + out["openset"] + out["data"] + out["overhead"]
     return out
 
 def cached(cfg) -> tuple[bool, bool]:
@@ -261,7 +265,7 @@ def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None, factor: f
     from ltsei.config import stage1_key
     from ltsei.synth import synth_key
     costs = costs or load_costs()
-    groups, datasets, work = {}, set(), 0.0
+    groups, datasets, work, f = {}, set(), 0.0, 1.0
     for cfg in cfgs:
         f = speed_factor(costs, int(cfg.training.num_threads), cfg.training.precision) if factor is None else factor
         key = stage1_key(cfg)
@@ -273,7 +277,11 @@ def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None, factor: f
         groups[key] = groups.get(key, 0.0) + r["total"]
         work += r["total"]
     par = max(1, min(int(jobs), os.cpu_count() or 1))
-    return max(work / par, max(groups.values(), default=0.0)) + (float(costs.get("report_s", 0.0)) if cfgs else 0.0)
+    if not cfgs: return 0.0
+    # each of the parallel jobs starts its first kernel at once (later ones start warm, beside a running row); then
+    # the tables and the report, all at this machine's speed
+    fixed = f * (float(costs.get("kernel_start_s", 0.0)) + float(costs.get("report_s", 0.0)))
+    return max(work / par, max(groups.values(), default=0.0)) + fixed
 
 def reproduce_estimate_line(profiles: dict, jobs: int) -> str:
     "One line: the estimated time of each profile's plan (`profiles`: {profile: [configs of the runs to do]}) on this machine."
@@ -283,4 +291,4 @@ def reproduce_estimate_line(profiles: dict, jobs: int) -> str:
         parts.append(f"{p} {'nothing to run' if not cfgs else 'no estimate (files)' if s is None else 'about ' + fmt_duration(s)}")
     where = "this machine" if not has_gpu() else "this machine's CPU (costs are measured for CPUs only; a GPU is much faster)"
     return (f"[reproduce] estimate on {where}, {jobs} run(s) at once: " + ", ".join(parts)
-            + f" (an estimate: per-frame costs measured on one CPU, {COSTS_FILE}, scaled by a matrix-multiply probe here)")
+            + f" (an estimate: per-frame costs measured on one CPU, {COSTS_FILE}, scaled by a training-step probe here in the runs' precision)")
