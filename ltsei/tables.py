@@ -279,7 +279,7 @@ def fig_vs_param(results: pd.DataFrame, section: str, key: str, xlabel: str, log
     df["x"] = [float(parse_overrides(ROWS_BY_ID[i].run_args)[key]) for i in df.row_id]
     long = df.melt(id_vars=["x", "seed"], value_vars=["balanced_acc", "many_acc", "few_acc"], var_name="metric").dropna()
     long["value"] *= 100; long["metric"] = long.metric.map(_GROUP_LABEL)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     sns.lineplot(data=long, x="x", y="value", hue="metric", style="metric", markers=True, errorbar="sd", ax=ax)
     if log: ax.set_xscale("log")
     xs = sorted(df.x.unique()); ax.set_xticks(xs); ax.set_xticklabels([f"{x:g}" for x in xs]); ax.minorticks_off()
@@ -307,7 +307,7 @@ def fig_per_class_recall(per_class: pd.DataFrame, row_ids=RECALL_ROWS):
     df = per_class[per_class.row_id.isin(row_ids)].copy()
     if df.empty: return None
     df["recall"] *= 100
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))   # wide: the legend stands right of the axes
     sns.lineplot(data=df, x="count", y="recall", hue="method", style="method", markers=True, errorbar=None, ax=ax,
                  hue_order=[ROWS_BY_ID[i].method for i in row_ids if i in set(df.row_id)])
     ax.set_xscale("log")
@@ -576,7 +576,7 @@ def fig_acc_vs_snr(snr: pd.DataFrame, row_ids=None):
     df = snr[snr.row_id.isin(row_ids)]
     if df.empty: return None
     df = df.assign(acc=100 * df.acc)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))   # wide: the legend stands right of the axes
     sns.lineplot(data=df, x="snr_db", y="acc", hue="method", style="method", markers=True, errorbar="sd", ax=ax,
                  hue_order=[ROWS_BY_ID[i].method for i in row_ids if i in set(df.row_id)])
     ax.set(xlabel="SNR of the test frame (dB, bin centre)", ylabel="test accuracy (%)", title="Accuracy against SNR")
