@@ -114,8 +114,12 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
     if cfg.stage2.enabled:
         from ltsei.config import stage2_on_cached_features
         if stage2_on_cached_features(cfg):
-            b2 = int(cfg.stage2.batch_size or cfg.data.batch_size)
-            s2 = (n["train"] + n["val"] + n["test"]) * ev + int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
+            head = costs.get("stage2_s_per_sample")     # fitted to whole runs, per head: {stage2.mode: seconds}
+            if head: steps = int(cfg.stage2.epochs) * n["train"] * float(head.get(cfg.stage2.mode, head["default"]))
+            else:                                       # a costs file from before: the benchmark's MoE head step
+                b2 = int(cfg.stage2.batch_size or cfg.data.batch_size)
+                steps = int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
+            s2 = (n["train"] + n["val"] + n["test"]) * ev + steps
         else: s2 = int(cfg.stage2.epochs) * epoch
     gen = n["generated"] * L * costs["synth_s_per_sample"] if data else 0.0
     # open set: logits and features of the test frames, features of the training frames (Mahalanobis), and ODIN's
