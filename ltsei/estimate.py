@@ -68,6 +68,8 @@ def step_probe(threads: int = 1, precision: str = "auto", seconds: float = 1.0) 
     finally: torch.set_num_threads(old)
     return dt / (16 * k)
 
+
+# %% ../nbs/23_estimate.ipynb #6b5c9eee
 def load_costs(path=None) -> dict:
     "The measured costs (`benchmarks/epoch_costs.json` of the repository, or `path`)."
     from ltsei.storage import repo_dir
@@ -137,6 +139,8 @@ def cached(cfg) -> tuple[bool, bool]:
     data = cfg.data.source != "synthetic" or (Path(cfg.data.cache_dir) / f"synth-{synth_key(cfg.data.synth)}" / "meta.json").is_file()
     return s1, data
 
+
+# %% ../nbs/23_estimate.ipynb #2570d47d
 _FACTORS: dict = {}
 
 def probe(threads: int = 1, precision: str = "auto") -> dict:
