@@ -219,7 +219,8 @@ def confirm_run(overrides: list[str], cfg, n_jobs: int = 1, yes: bool = False, a
     if not line: return True
     print(line + (f" [per job; {n_jobs} jobs]" if n_jobs > 1 else ""), flush=True)
     if yes or (ask is None and not can_ask()): return True
-    quick = " ".join(["python main.py", *overrides, "profile=quick"])
+    import shlex
+    quick = "python main.py " + shlex.join([*overrides, "profile=quick"])
     print(f"[ltsei] this is the paper's scale (profile=paper) on a CPU; the CPU scale is profile=quick:\n    {quick}", flush=True)
     try: answer = (ask or input)("[ltsei] Start the paper-scale run here? [y/N] ")
     except EOFError: answer = ""
