@@ -12,7 +12,9 @@ busy moment while measuring does not inflate it) to scale the costs by on anothe
 one under another load. The file records the CPU,
 torch and the date. A fixed per-run overhead (kernel, imports, data loading, writing results) is
 kept from the last file (`--overhead` to set it), and so is the time of the tables and the report
-(`report_s`): both come from whole `ltsei reproduce` runs, not from this script.
+(`report_s`), a kernel's start (`kernel_start_s`) and the stage-2 heads' cost per sample (`stage2_s_per_sample`):
+they come from whole `ltsei reproduce` runs (benchmarks/bench_estimate.py), not from this script. `probe_s_per_frame`:
+the estimates' training-step probe (`ltsei.estimate.step_probe`) at the costs' scale, what a machine is compared by.
 """
 import argparse, datetime, json, time
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltsei.estimate import COSTS_FILE, cpu_name, gemm_rate
+from ltsei.estimate import COSTS_FILE, cpu_name, gemm_rate, step_probe
 from ltsei.models import MODELS, ModelConfig, create_model
 from ltsei.moe_ltsei import MoEHead
 from ltsei.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
@@ -96,6 +98,7 @@ def main():
             rates.append((r0 + gemm_rate(1, seconds=0.3)) / 2)           # the machine's rate while this was measured
             train.setdefault(name, {})[str(L)] = (tr, rates[-1]); evals.setdefault(name, {})[str(L)] = (ev, rates[-1])
             print(f"{name:26s} L={L:5d}  train {tr * 1e3:8.3f} ms/frame  eval {ev * 1e3:7.3f} ms/frame  (GEMM {rates[-1]:.1f} GF/s)", flush=True)
+    probes = [(step_probe(1), (gemm_rate(1, seconds=0.3) + gemm_rate(1, seconds=0.3)) / 2) for _ in range(3)]   # the estimates' probe
     r0 = gemm_rate(1, seconds=0.3)
     synth = {p: synth_cost(p) for p in ("paper", "quick")}
     head = head_cost()
@@ -110,8 +113,11 @@ def main():
                note="measured by benchmarks/bench_epochs.py; seconds per frame (train: one training step's share; eval: forward only)",
                train_s_per_frame=train, eval_s_per_frame=evals,
                synth_s_per_sample=float(np.mean(list(synth.values()))), stage2_s_per_step=head,
+               probe_s_per_frame=float(np.mean([p * r / ref for p, r in probes])),   # the step probe at the costs' scale
                run_overhead_s=a.overhead if a.overhead is not None else old.get("run_overhead_s", 5.0),
                report_s=old.get("report_s", 20.0))
+    for k in ("kernel_start_s", "stage2_s_per_sample"):      # fitted to whole runs (benchmarks/bench_estimate.py): kept
+        if k in old: out[k] = old[k]
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"GEMM {min(rates):.1f}-{max(rates):.1f} GF/s (mean {np.mean(rates):.1f}); synth {synth}; MoE head step {head * 1e3:.2f} ms; written {a.out}")
 

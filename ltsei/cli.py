@@ -209,6 +209,8 @@ def guide_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt: return _interrupted()
 
 def _guide_main(argv: list[str]) -> int:
+    from ltsei.estimate import confirm_run, take_yes
+    argv, yes = take_yes(argv)   # --yes: a paper-scale run on a CPU starts without asking (Hydra would refuse the flag)
     from ltsei.cache import check_run_dir
     from ltsei.storage import check_writable, resolve_runs_dir
     from ltsei.config import check_machine, compose_config, register_configs, finalize, print_config
@@ -233,7 +235,7 @@ def _guide_main(argv: list[str]) -> int:
         if args.cfg == "job" and not args.multirun and args.package is None:
             print(print_config(cfgs[0]), end="")
             return 0
-        if args.cfg is None: print_estimate(args.overrides, cfgs[0], len(jobs))
+        if args.cfg is None and not confirm_run(args.overrides, cfgs[0], len(jobs), yes): return 1   # asks before paper scale on a CPU
     register_configs()
     import hydra
     from hydra.core.hydra_config import HydraConfig

@@ -384,7 +384,7 @@ class DataBundle:
         n = self.class_counts
         lines.append("  train counts by class: " + " ".join(str(int(v)) for v in n))
         g = self.groups
-        lines.append(f"  shot groups ({g['rule']}): many {len(g['many'])}, medium {len(g['medium'])}, few {len(g['few'])}")
+        lines.append(f"  shot groups ({g['rule']}), classes in each: many {len(g['many'])}, medium {len(g['medium'])}, few {len(g['few'])}")
         return "\n".join(lines)
 
 def save_class_counts(bundle: DataBundle, path) -> None:

@@ -96,8 +96,9 @@ def compare_sentence(pairs: pd.DataFrame, reference: str, metric: str) -> str | 
     return f"**{lab.capitalize()} against {ref}** (paired differences, points, mean ± std over seeds): " + "; ".join(parts) + "."
 
 # %% ../nbs/22_discussion.ipynb #ef0de00b
-def best_sentence(summary: pd.DataFrame, ids) -> str | None:
-    "Which row of `ids` has the highest mean balanced and few-shot accuracy, and CE's value for scale."
+def best_sentence(summary: pd.DataFrame, ids, table: str = "the main table") -> str | None:
+    """Which row of `ids` (the rows of `table`, and only those: the sentence names its table) has the highest mean
+    balanced and few-shot accuracy, and CE's value for scale."""
     s = summary[summary.index.isin(ids)]
     if s.empty: return None
     out = []
@@ -107,7 +108,7 @@ def best_sentence(summary: pd.DataFrame, ids) -> str | None:
         i = v.idxmax()
         ce = f" (CE: {100 * s.at['s1_1_ce', m + '_mean']:.1f} %)" if "s1_1_ce" in s.index and i != "s1_1_ce" else ""
         out.append(f"the highest {lab} is {ROWS_BY_ID[i].method}'s, {100 * v[i]:.1f} %{ce}")
-    return ("**Best of the main table**: " + "; ".join(out) + ".") if out else None
+    return (f"**Best of {table}**: " + "; ".join(out) + ".") if out else None
 
 def gate_facts(results: pd.DataFrame, row_id: str = "s5_1_full") -> dict | None:
     """The gate of `row_id`'s runs: routing accuracy (mean over seeds), the number of experts and the mean gate weight of
@@ -150,7 +151,8 @@ def discussion(results: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame
     for ref in RIVAL_REFERENCES:
         for m in PAIR_METRICS:
             if (s := compare_sentence(rivals, ref, m)): out.append("Multi-expert rivals (RIDE, SADE, BalPoE): " + s)
-    if (s := best_sentence(summary, table_rows("main") + table_rows("extra"))): out.append(s)
+    if (s := best_sentence(summary, table_rows("main"))): out.append(s)      # each table's best under its own name
+    if (s := best_sentence(summary, table_rows("extra"), "the rows beyond the guide")): out.append(s)
     if (gf := gate_facts(results)) is not None:
         state = (f"collapsed: expert {gf['busiest']} takes {100 * gf['busiest_share']:.0f} % of the gate weight"
                  if gf["busiest_share"] > COLLAPSED_SHARE else

@@ -8,8 +8,9 @@ import json, math, os, platform, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COSTS_FILE', 'cpu_name', 'gemm_rate', 'load_costs', 'per_frame', 'frame_counts', 'run_seconds', 'cached',
-           'speed_factor', 'fmt_duration', 'has_gpu', 'guide_estimate_line', 'plain_overrides', 'estimate_config',
+__all__ = ['COSTS_FILE', 'BATCH_JOB_VARS', 'cpu_name', 'gemm_rate', 'step_probe', 'load_costs', 'per_frame', 'frame_counts',
+           'run_seconds', 'cached', 'probe', 'factor_of', 'speed_factor', 'fmt_duration', 'has_gpu',
+           'guide_estimate_line', 'take_yes', 'can_ask', 'confirm_run', 'plain_overrides', 'estimate_config',
            'plan_configs', 'plan_seconds', 'reproduce_estimate_line']
 
 # %% ../nbs/23_estimate.ipynb #d7b5e871
@@ -38,6 +39,37 @@ def gemm_rate(threads: int = 1, n: int = 256, seconds: float = 1.0) -> float:
     finally: torch.set_num_threads(old)
     return 2 * n ** 3 * k / dt / 1e9
 
+def step_probe(threads: int = 1, precision: str = "auto", seconds: float = 1.0) -> float:
+    """Seconds per frame of a training step of ConvNetADSB (batch 16, 384 samples, SGD) in the precision that
+    `training.precision=precision` resolves to here, on `threads` CPU threads, over `seconds` of wall time: this
+    machine's speed now at what a run does (convolutions, autograd, the optimizer), in the run's precision."""
+    import torch
+    from torch import nn
+    from ltsei.models import ModelConfig, create_model
+    from ltsei.train import make_optimizer, make_runtime
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        rt = make_runtime(None, precision, "auto")
+        torch.manual_seed(0)
+        model = create_model("ConvNetADSB", 20, 384, ModelConfig())
+        if rt.channels_last: model = model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(model.parameters(), "SGD", 0.01, 0.9, 5e-4)
+        x, y = torch.randn(16, 2, 384), torch.randint(0, 20, (16,))
+        def step():
+            with rt.autocast():
+                out = model(x)
+                loss = nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else getattr(out, "logits", out), y)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        step()
+        k, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or k < 3: step(); k += 1
+        dt = time.perf_counter() - t0
+    finally: torch.set_num_threads(old)
+    return dt / (16 * k)
+
+
+# %% ../nbs/23_estimate.ipynb #6b5c9eee
 def load_costs(path=None) -> dict:
     "The measured costs (`benchmarks/epoch_costs.json` of the repository, or `path`)."
     from ltsei.storage import repo_dir
@@ -69,12 +101,13 @@ def frame_counts(cfg) -> dict | None:
                 generated=E * (int(s.pool_per_class) + int(s.val_per_class) + int(s.test_per_class)), length=int(s.length))
 
 def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, stage1: bool = True, data: bool = True) -> dict | None:
-    """The estimated seconds of one run of `cfg` on this machine: stage1, stage2, data (generation), overhead, total,
-    and epoch (one stage-1 epoch). `factor`: the speed factor (`speed_factor`); `stage1` / `data`: False when cached."""
+    """The estimated seconds of one run of `cfg` on this machine: stage1, stage2, openset (the unknown-emitter scores),
+    data (generation), overhead (kernel start, imports, data loading, writing the results), total, and epoch (one
+    stage-1 epoch). `factor`: the speed factor (`speed_factor`); `stage1` / `data`: False when cached."""
     n = frame_counts(cfg)
     if n is None: return None
     costs = costs or load_costs()
-    f = speed_factor(costs, int(cfg.training.num_threads)) if factor is None else factor
+    f = speed_factor(costs, int(cfg.training.num_threads), cfg.training.precision) if factor is None else factor
     m, L = cfg.model.name, n["length"]
     tr, ev = per_frame(costs["train_s_per_frame"], m, L), per_frame(costs["eval_s_per_frame"], m, L)
     epoch = n["train"] * tr + n["val"] * ev
@@ -83,12 +116,19 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
     if cfg.stage2.enabled:
         from ltsei.config import stage2_on_cached_features
         if stage2_on_cached_features(cfg):
-            b2 = int(cfg.stage2.batch_size or cfg.data.batch_size)
-            s2 = (n["train"] + n["val"] + n["test"]) * ev + int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
+            head = costs.get("stage2_s_per_sample")     # fitted to whole runs, per head: {stage2.mode: seconds}
+            if head: steps = int(cfg.stage2.epochs) * n["train"] * float(head.get(cfg.stage2.mode, head["default"]))
+            else:                                       # a costs file from before: the benchmark's MoE head step
+                b2 = int(cfg.stage2.batch_size or cfg.data.batch_size)
+                steps = int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
+            s2 = (n["train"] + n["val"] + n["test"]) * ev + steps
         else: s2 = int(cfg.stage2.epochs) * epoch
     gen = n["generated"] * L * costs["synth_s_per_sample"] if data else 0.0
-    out = dict(stage1=f * s1, stage2=f * s2, data=f * gen, overhead=f * float(costs["run_overhead_s"]), epoch=f * epoch)
-    out["total"] = out["stage1"] + out["stage2"] + out["data"] + out["overhead"]
+    # open set: logits and features of the test frames, features of the training frames (Mahalanobis), and ODIN's
+    # forward, backward and second forward over the test frames (known and unknown)
+    os_ = (3 * n["test"] + n["train"]) * ev + n["test"] * tr if cfg.openset.enabled else 0.0
+    out = dict(stage1=f * s1, stage2=f * s2, openset=f * os_, data=f * gen, overhead=f * float(costs["run_overhead_s"]), epoch=f * epoch)
+    out["total"] = out["stage1"] + out["stage2"] + out["openset"] + out["data"] + out["overhead"]
     return out
 
 def cached(cfg) -> tuple[bool, bool]:
@@ -99,13 +139,28 @@ def cached(cfg) -> tuple[bool, bool]:
     data = cfg.data.source != "synthetic" or (Path(cfg.data.cache_dir) / f"synth-{synth_key(cfg.data.synth)}" / "meta.json").is_file()
     return s1, data
 
+
+# %% ../nbs/23_estimate.ipynb #2570d47d
 _FACTORS: dict = {}
 
-def speed_factor(costs: dict, threads: int = 1) -> float:
-    "How much slower this machine is now than the one the costs were measured on (>1: slower), by the matrix-multiply rate; measured once per process."
-    key = (threads, costs["gemm_gflops"])
-    if key not in _FACTORS: _FACTORS[key] = costs["gemm_gflops"] / gemm_rate(threads)
+def probe(threads: int = 1, precision: str = "auto") -> dict:
+    "This machine's speed now: `step_probe` in the run's precision (seconds per frame) and the fp32 `gemm_rate` (GFLOP/s)."
+    return {"step_s_per_frame": step_probe(threads, precision), "gemm_gflops": gemm_rate(threads)}
+
+def factor_of(costs: dict, p: dict) -> float:
+    """How much slower the machine of probe `p` is than the costs' reference (>1: slower): the training-step probe
+    against the costs' `probe_s_per_frame`, or, for a costs file without one, the matrix-multiply rates."""
+    if costs.get("probe_s_per_frame") and p.get("step_s_per_frame"): return p["step_s_per_frame"] / costs["probe_s_per_frame"]
+    return costs["gemm_gflops"] / p["gemm_gflops"]
+
+def speed_factor(costs: dict, threads: int = 1, precision: str = "auto") -> float:
+    "`factor_of` this machine now, for runs on `threads` threads in `precision` (`training.precision`); probed once per process."
+    key = (int(threads), str(precision), costs.get("probe_s_per_frame"), costs["gemm_gflops"])
+    if key not in _FACTORS:
+        p = {"step_s_per_frame": step_probe(threads, precision)} if costs.get("probe_s_per_frame") else {"gemm_gflops": gemm_rate(threads)}
+        _FACTORS[key] = factor_of(costs, p)
     return _FACTORS[key]
+
 
 # %% ../nbs/23_estimate.ipynb #5bfdb875
 def fmt_duration(s: float) -> str:
@@ -137,6 +192,41 @@ def guide_estimate_line(overrides: list[str], cfg) -> str | None:
     return (f"[ltsei] estimate: about {fmt_duration(here['total'])} on this CPU ({what}, "
             f"{fmt_duration(here['epoch'])} per epoch; an estimate from the per-frame costs measured in {COSTS_FILE}); "
             f"add profile=quick for the CPU scale (about {fmt_duration(quick['total'])})")
+
+# %% ../nbs/23_estimate.ipynb #00957468
+BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")    # SLURM, PBS/Torque, LSF, Grid Engine
+
+def take_yes(argv: list[str]) -> tuple[list[str], bool]:
+    "`argv` without `--yes` / `-y` (Hydra would refuse them), and whether one was there."
+    rest = [a for a in argv if a not in ("--yes", "-y")]
+    return rest, len(rest) != len(argv)
+
+def can_ask(stdin=None, stdout=None, env=None) -> bool:
+    "True when a person can answer a question: stdin and stdout are terminals and this is not a batch job."
+    import sys
+    env = os.environ if env is None else env
+    tty = lambda s: bool(getattr(s, "isatty", lambda: False)())
+    return tty(stdin or sys.stdin) and tty(stdout or sys.stdout) and not any(env.get(v) for v in BATCH_JOB_VARS)
+
+def confirm_run(overrides: list[str], cfg, n_jobs: int = 1, yes: bool = False, ask=None, line: str | None = "auto") -> bool:
+    """Before a run of `cfg`: print `guide_estimate_line` (only without `profile=` on a machine without a GPU) and,
+    where `can_ask` and not `yes`, ask whether to start the paper-scale run (`ask`: the question's reader, `input` by
+    default). True: go on; False: the person said no (nothing was done). Never fails the run: without measured costs
+    it goes on silently."""
+    if line == "auto":
+        try: line = guide_estimate_line(overrides, cfg)
+        except Exception: line = None
+    if not line: return True
+    print(line + (f" [per job; {n_jobs} jobs]" if n_jobs > 1 else ""), flush=True)
+    if yes or (ask is None and not can_ask()): return True
+    import shlex
+    quick = "python main.py " + shlex.join([*overrides, "profile=quick"])
+    print(f"[ltsei] this is the paper's scale (profile=paper) on a CPU; the CPU scale is profile=quick:\n    {quick}", flush=True)
+    try: answer = (ask or input)("[ltsei] Start the paper-scale run here? [y/N] ")
+    except EOFError: answer = ""
+    if str(answer).strip().lower() in ("y", "yes"): return True
+    print("[ltsei] not started, nothing written (--yes starts it without asking)", flush=True)
+    return False
 
 # %% ../nbs/23_estimate.ipynb #77c50c2a
 def plain_overrides(overrides: list[str]) -> list[tuple]:
@@ -178,15 +268,15 @@ def plan_configs(overrides_of_runs: list[list[str]]) -> list:
     return out
 
 # %% ../nbs/23_estimate.ipynb #21b74dbf
-def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None) -> float | None:
+def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None, factor: float | None = None) -> float | None:
     """The estimated wall time of running the configs `cfgs` (the plan's runs still to do), `jobs` at once; None if
     any run's data are files."""
     from ltsei.config import stage1_key
     from ltsei.synth import synth_key
     costs = costs or load_costs()
-    groups, datasets, work = {}, set(), 0.0
+    groups, datasets, work, f = {}, set(), 0.0, 1.0
     for cfg in cfgs:
-        f = speed_factor(costs, int(cfg.training.num_threads))
+        f = speed_factor(costs, int(cfg.training.num_threads), cfg.training.precision) if factor is None else factor
         key = stage1_key(cfg)
         ds = synth_key(cfg.data.synth) if cfg.data.source == "synthetic" else None
         s1, dc = cached(cfg)
@@ -196,7 +286,11 @@ def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None) -> float 
         groups[key] = groups.get(key, 0.0) + r["total"]
         work += r["total"]
     par = max(1, min(int(jobs), os.cpu_count() or 1))
-    return max(work / par, max(groups.values(), default=0.0)) + (float(costs.get("report_s", 0.0)) if cfgs else 0.0)
+    if not cfgs: return 0.0
+    # each of the parallel jobs starts its first kernel at once (later ones start warm, beside a running row); then
+    # the tables and the report, all at this machine's speed
+    fixed = f * (float(costs.get("kernel_start_s", 0.0)) + float(costs.get("report_s", 0.0)))
+    return max(work / par, max(groups.values(), default=0.0)) + fixed
 
 def reproduce_estimate_line(profiles: dict, jobs: int) -> str:
     "One line: the estimated time of each profile's plan (`profiles`: {profile: [configs of the runs to do]}) on this machine."
@@ -206,4 +300,4 @@ def reproduce_estimate_line(profiles: dict, jobs: int) -> str:
         parts.append(f"{p} {'nothing to run' if not cfgs else 'no estimate (files)' if s is None else 'about ' + fmt_duration(s)}")
     where = "this machine" if not has_gpu() else "this machine's CPU (costs are measured for CPUs only; a GPU is much faster)"
     return (f"[reproduce] estimate on {where}, {jobs} run(s) at once: " + ", ".join(parts)
-            + f" (an estimate: per-frame costs measured on one CPU, {COSTS_FILE}, scaled by a matrix-multiply probe here)")
+            + f" (an estimate: per-frame costs measured on one CPU, {COSTS_FILE}, scaled by a training-step probe here in the runs' precision)")

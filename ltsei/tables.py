@@ -21,15 +21,15 @@ from .rows import MAIN_SECTIONS, ROWS, ROWS_BY_ID, parse_overrides, ran_other_ov
 from .storage import clean_stale, lock_beside, make_temp_dir, replace_dir, storage_error
 
 # %% auto #0
-__all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
+__all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'GROUP_RULES', 'RECALL_ROWS', 'CONFUSION_ROWS', 'PAIR_METRICS',
            'PAIR_REFERENCES', 'NOISE_LEVEL', 'EXPECT_ABOVE_CE', 'OPENSET_MEASURES', 'SCORE_LABELS', 'SNR_ROWS',
            'FIGURES', 'PROFILE_STAMPS', 'routing_info', 'collect_results', 'summarize', 'outside_guide', 'table_rows',
            'fmt_pm', 'Table', 'seed_cells', 'make_table', 'frame_markdown', 'table_markdown', 'tex_escape',
-           'table_latex', 'table_csv', 'frame_html', 'table_html', 'write_table', 'fig_vs_param', 'fig_group_accuracy',
-           'fig_per_class_recall', 'run_summary', 'plot_run_recall', 'plot_confusion', 'plot_expert_usage',
-           'fig_confusions', 'paired_differences', 'noise_threshold', 'paired_summary', 'all_paired', 'paired_table',
-           'paired_markdown', 'verdict', 'expectations', 'collect_openset', 'collect_snr', 'openset_tables',
-           'fig_openset', 'fig_acc_vs_snr', 'stamp_profile', 'build_tables']
+           'table_latex', 'table_csv', 'frame_html', 'table_html', 'write_table', 'legend_outside', 'fig_vs_param',
+           'fig_group_accuracy', 'fig_per_class_recall', 'run_summary', 'plot_run_recall', 'plot_confusion',
+           'plot_expert_usage', 'fig_confusions', 'paired_differences', 'noise_threshold', 'paired_summary',
+           'all_paired', 'paired_table', 'paired_markdown', 'verdict', 'expectations', 'collect_openset', 'collect_snr',
+           'openset_tables', 'fig_openset', 'fig_acc_vs_snr', 'stamp_profile', 'save_figure', 'build_tables']
 
 # %% ../nbs/21_tables.ipynb #4d5d1277
 RESULT_METRICS = ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "hmean", "routing_acc")
@@ -140,6 +140,10 @@ def seed_cells(results: pd.DataFrame | None, ids, n_seeds, requested: int | None
     return cells, notes
 
 # %% ../nbs/21_tables.ipynb #e86852bb
+GROUP_RULES = {      # data.shot_groups' rule -> what the table's note says: the groups are sets of classes
+    "thresholds": "groups of classes by their training samples (many: more than 100, medium: 20-100, few: fewer than 20)",
+    "tertiles": "groups of classes: the classes ranked by their training samples, cut into thirds (no class has more than 100)"}
+
 def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = None, digits: int = 1,
                requested: int | None = None) -> Table | None:
     """The table `name` (a key of `TABLES`) from `summarize`'s output; None if none of its rows has results.
@@ -169,7 +173,7 @@ def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = 
     notes = [f"Test split, percent; mean ± sample standard deviation over {'/'.join(map(str, seeds))} seed(s) "
              "(the mean alone where a row has one seed); the best value of each column is marked."]
     if results is not None and len(rules := results[results.row_id.isin(s.index)].group_rule.dropna().unique()):
-        notes.append("Many / medium / few: " + "; ".join(rules) + " (training samples per class).")
+        notes.append("Many / medium / few: " + "; ".join(GROUP_RULES.get(r, r) for r in rules) + ".")   # groups of classes, by their training samples
     notes += [f"† {r.method}: {r.note}" for r in rows if dagger(r)]
     notes += [f"{r.method}: {r.note}" for r in rows if outside_guide(r) and r.note]
     if seed_notes: notes.append(f"Seeds missing (asked for seeds 0..{requested - 1}; the mean is over the seeds run): "
@@ -264,6 +268,10 @@ def write_table(t: Table, out_dir) -> dict[str, Path]:
 _GROUP_LABEL = {"balanced_acc": "balanced accuracy", "many_acc": "many-shot", "medium_acc": "medium-shot", "few_acc": "few-shot"}
 RECALL_ROWS = ("s1_1_ce", "s2_1_ldam_drw", "s2_2_bs", "s2_2_la", "s3_1_crt", "s5_1_full")
 
+def legend_outside(ax, **kw):
+    "The legend right of the axes, never over the data (a figure saved with `bbox_inches='tight'` keeps it)."
+    ax.legend(title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, **kw)
+
 def fig_vs_param(results: pd.DataFrame, section: str, key: str, xlabel: str, log: bool = False):
     "Balanced, many- and few-shot accuracy of `section`'s rows against the override `key`; None without results."
     df = results[results.section == section].copy()
@@ -271,12 +279,12 @@ def fig_vs_param(results: pd.DataFrame, section: str, key: str, xlabel: str, log
     df["x"] = [float(parse_overrides(ROWS_BY_ID[i].run_args)[key]) for i in df.row_id]
     long = df.melt(id_vars=["x", "seed"], value_vars=["balanced_acc", "many_acc", "few_acc"], var_name="metric").dropna()
     long["value"] *= 100; long["metric"] = long.metric.map(_GROUP_LABEL)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     sns.lineplot(data=long, x="x", y="value", hue="metric", style="metric", markers=True, errorbar="sd", ax=ax)
     if log: ax.set_xscale("log")
     xs = sorted(df.x.unique()); ax.set_xticks(xs); ax.set_xticklabels([f"{x:g}" for x in xs]); ax.minorticks_off()
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"{section}: accuracy against {xlabel}")
-    ax.legend(title=None, fontsize=8); fig.tight_layout()
+    legend_outside(ax); fig.tight_layout()
     return fig
 
 def fig_group_accuracy(results: pd.DataFrame, sections=MAIN_SECTIONS):
@@ -299,12 +307,12 @@ def fig_per_class_recall(per_class: pd.DataFrame, row_ids=RECALL_ROWS):
     df = per_class[per_class.row_id.isin(row_ids)].copy()
     if df.empty: return None
     df["recall"] *= 100
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))   # wide: the legend stands right of the axes
     sns.lineplot(data=df, x="count", y="recall", hue="method", style="method", markers=True, errorbar=None, ax=ax,
                  hue_order=[ROWS_BY_ID[i].method for i in row_ids if i in set(df.row_id)])
     ax.set_xscale("log")
     ax.set(xlabel="training samples of the class, $n_c$", ylabel="test recall (%)", title="Per-class recall against training count")
-    ax.legend(title=None, fontsize=8); fig.tight_layout()
+    legend_outside(ax); fig.tight_layout()
     return fig
 
 # %% ../nbs/21_tables.ipynb #3ae77404
@@ -568,11 +576,11 @@ def fig_acc_vs_snr(snr: pd.DataFrame, row_ids=None):
     df = snr[snr.row_id.isin(row_ids)]
     if df.empty: return None
     df = df.assign(acc=100 * df.acc)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))   # wide: the legend stands right of the axes
     sns.lineplot(data=df, x="snr_db", y="acc", hue="method", style="method", markers=True, errorbar="sd", ax=ax,
                  hue_order=[ROWS_BY_ID[i].method for i in row_ids if i in set(df.row_id)])
     ax.set(xlabel="SNR of the test frame (dB, bin centre)", ylabel="test accuracy (%)", title="Accuracy against SNR")
-    ax.legend(title=None, fontsize=8); fig.tight_layout()
+    legend_outside(ax); fig.tight_layout()
     return fig
 
 # %% ../nbs/21_tables.ipynb #aad8d951
@@ -592,6 +600,13 @@ def stamp_profile(fig, profile: str):
     fig.text(0.995, 0.002, f"ltsei, {PROFILE_STAMPS.get(profile, f'profile {profile}')}", ha="right", va="bottom",
              fontsize=8, color="#b00" if profile == "smoke" else "#555")
     return fig
+
+def save_figure(fig, folder, name: str, profile: str) -> Path:
+    "`fig` stamped with its profile (`stamp_profile`) and written to `folder/name.png`: the one way a figure of the tables is saved."
+    stamp_profile(fig, profile)
+    path = Path(folder) / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight"); plt.close(fig)
+    return path
 
 def _requested_seeds(base: Path) -> int | None:
     "The seeds `ltsei reproduce` recorded for the folder (its request.json), or None."
@@ -624,16 +639,13 @@ def build_tables(runs_dir, profile: str) -> dict:
         for name, make in FIGURES.items():
             fig = make(results, per_class)
             if fig is None: continue
-            stamp_profile(fig, profile)
-            fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
-            out["figures"][name] = final["figures"] / f"{name}.png"
+            out["figures"][name] = final["figures"] / save_figure(fig, fdir, name, profile).name
         out["openset"] = os_runs = collect_openset(runs_dir, profile)
         for name, t in openset_tables(os_runs).items():
             out["tables"][name] = dict(table=t, **{k: final["tables"] / p.name for k, p in write_table(t, tdir).items()})
         for name, fig in (("openset_auroc", fig_openset(os_runs)), ("accuracy_vs_snr", fig_acc_vs_snr(collect_snr(runs_dir, profile)))):
             if fig is None: continue
-            fig.savefig(fdir / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
-            out["figures"][name] = final["figures"] / f"{name}.png"
+            out["figures"][name] = final["figures"] / save_figure(fig, fdir, name, profile).name   # stamped as every figure
         out["pairs"] = pairs = all_paired(results)
         pairs.to_csv(tdir / "paired.csv", index=False)
         (tdir / "paired.md").write_text(paired_markdown(pairs), encoding="utf-8")

@@ -1,6 +1,7 @@
 """The documentation site (_quarto.yml): every page it names exists, every notebook page it renders converts through
 nbconvert with its stored outputs (what Quarto does with `execute: enabled: false`), and the reference pages' links to
 files of the repository resolve."""
+import os
 import re
 from pathlib import Path
 
@@ -64,14 +65,27 @@ def test_reference_pages_link_to_existing_files():
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
-def test_site_command_says_how_to_get_quarto_where_it_is_missing(tmp_path):
-    "./site without Quarto on the PATH: one line naming where to get it, exit status 1, nothing built."
-    import shutil
-    import subprocess
-    bindir = tmp_path / "bin"; bindir.mkdir()
-    for tool in ("bash", "dirname"):                     # a PATH with what the script needs and no quarto
-        (bindir / tool).symlink_to(shutil.which(tool))
-    p = subprocess.run([str(ROOT / "site")], env={"PATH": str(bindir)}, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 1 and p.stdout == ""
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Quarto is not installed" in lines[0] and "https://quarto.org" in lines[0]
+
+def test_readme_first_screen_says_what_ltsei_is_what_it_costs_and_where_results_go():
+    "Issue 32, item 1: the first 40 lines: the two commands, their time on both measured CPUs, the results; no history."
+    top = "\n".join((ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:40])
+    assert "Long-tailed specific emitter identification" in top and "./reproduce" in top and "./test" in top
+    assert "Intel Xeon with AMX" in top and "AMD EPYC without AMX" in top and "GPU" in top
+    assert "runs/quick/report.html" in top and "docs/history.md" in top and (ROOT / "docs" / "history.md").is_file()
+    for old in ("before this version", "the version before", "earlier 38 rows", "38 rows", "527 tests", "32 notebooks"):
+        assert old not in top, f"the first screen times another version or counts tests: {old!r}"
+
+
+def test_readme_commands_exist_and_take_the_options_it_shows():
+    "Every ./command the README shows is a script here, and every --option it gives ./reproduce is one it takes."
+    import shlex
+    from ltsei.orchestration.reproduce import _parser
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for cmd in set(re.findall(r"(?<![\w/.])\./([a-z]+)\b", text)):
+        assert (ROOT / cmd).is_file() and os.access(ROOT / cmd, os.X_OK), f"./{cmd}"
+    options = {o for a in _parser()._actions for o in a.option_strings}
+    for line in re.findall(r"`\./reproduce ([^`]*)`", text) + re.findall(r"^\./reproduce ([^#\n]*)", text, flags=re.M):
+        for tok in shlex.split(line):
+            if tok.startswith("--"): assert tok.split("=")[0] in options, f"./reproduce {tok}: no such option"
+    for opt in re.findall(r"`(--[a-z-]+)[ `]", text.split("## One experiment")[0]):
+        assert opt in options, f"the README's {opt} is not an option of ./reproduce"

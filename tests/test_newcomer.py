@@ -122,3 +122,83 @@ def test_estimate_leaves_out_what_is_cached(tmp_path):
     assert cached(cfg) == (True, True)
     c = load_costs()
     assert run_seconds(cfg, c, 1.0, stage1=False, data=False)["total"] < run_seconds(cfg, c, 1.0)["total"] / 5
+
+
+def test_paper_scale_on_a_cpu_asks_first_where_someone_can_answer(monkeypatch, tmp_path, capsys):
+    "Issue 32, item 3: with a terminal, a guide command without profile= asks before paper scale; no answer: nothing done."
+    import ltsei.estimate
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    ran = []
+    monkeypatch.setattr(ltsei.run, "run_experiment", lambda cfg, out, progress=True: ran.append(out) or Path(out, "metrics.json").write_text("{}"))
+    monkeypatch.setattr(ltsei.estimate, "can_ask", lambda *a, **k: True)
+    answers = iter(["", "y"])
+    monkeypatch.setattr("builtins.input", lambda q: next(answers))
+    out = tmp_path / "run"
+    assert guide_main([*CE, f"hydra.run.dir={out}"]) == 1 and not ran and not out.exists()       # Enter: not started
+    said = capsys.readouterr().out
+    assert "[ltsei] estimate: about " in said and "profile=quick" in said and "not started, nothing written" in said
+    assert guide_main([*CE, f"hydra.run.dir={out}"]) == 0 and ran                                 # y: it runs
+    ran.clear(); monkeypatch.setattr("builtins.input", lambda q: pytest.fail("asked under --yes"))
+    assert guide_main(["--yes", *CE, f"hydra.run.dir={tmp_path / 'run2'}"]) == 0 and ran        # --yes: no question
+    monkeypatch.setattr(ltsei.estimate, "can_ask", lambda *a, **k: False)
+    assert guide_main([*CE, f"hydra.run.dir={tmp_path / 'run3'}"]) == 0                          # a batch job / no TTY: goes on
+    assert ltsei.estimate.can_ask(env={"SLURM_JOB_ID": "1"}) is False
+
+
+def test_every_smoke_figure_carries_the_footer_and_no_legend_covers_data(monkeypatch, tmp_path):
+    "Issue 32, item 4: the open-set and SNR figures are stamped like the others; legends sit beside the axes."
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    from matplotlib.figure import Figure
+    import ltsei.tables as T
+    from ltsei.demo import write_fake_runs
+    snr = pd.DataFrame([dict(row_id=i, method=ROWS_BY_ID[i].method, seed=s, snr_db=d, acc=.5 + .01 * d)
+                        for i in ("s1_1_ce", "s3_1_crt") for s in (0, 1) for d in (13, 15, 17, 19, 21, 23)])
+    os_runs = pd.DataFrame([dict(method=m, score=k, seed=s, auroc=.6, fpr_at_tpr=.5, oscr=.4)
+                            for m in ("CE", "cRT") for k in T.SCORE_LABELS for s in (0, 1)])
+    monkeypatch.setattr(T, "collect_snr", lambda *a: snr)
+    monkeypatch.setattr(T, "collect_openset", lambda *a: os_runs)
+    monkeypatch.setattr(T, "openset_tables", lambda *a: {})
+    saved = {}
+    real = Figure.savefig
+    def spy(fig, path, **kw):
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        legends = [lg for ax in fig.axes for lg in [ax.get_legend()] if lg is not None]
+        overlap = any(lg.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes for lg in legends)
+        saved[Path(path).stem] = ([t.get_text() for t in fig.texts], overlap)
+        return real(fig, path, **kw)
+    monkeypatch.setattr(Figure, "savefig", spy)
+    write_fake_runs(tmp_path / "runs", "smoke", rows=[ROWS_BY_ID[i] for i in ("s1_1_ce", "s3_1_crt", "s2_2_bs", "s4_4_e2", "s4_4_e3")])
+    T.build_tables(tmp_path / "runs", "smoke")
+    assert {"accuracy_vs_snr", "openset_auroc"} <= set(saved)
+    for name, (texts, overlap) in saved.items():
+        assert any("these numbers mean nothing" in t for t in texts), name
+        assert not overlap, f"{name}: the legend covers the axes"
+
+
+def test_labels_say_what_they_count():
+    "Issue 32, item 8: shot groups are class counts; 'Best of the main table' names a row of the main table."
+    import numpy as np
+    import pandas as pd
+    from ltsei.data import shot_groups
+    from ltsei.discussion import best_sentence
+    from ltsei.tables import GROUP_RULES, table_rows
+    assert shot_groups(np.array([300, 50, 5]))["rule"] in GROUP_RULES and "classes" in GROUP_RULES["thresholds"]
+    ids = table_rows("main") + table_rows("extra")
+    s = pd.DataFrame({"balanced_acc_mean": [.9 if i == "x5_routed_gate" else .5 for i in ids],
+                      "few_acc_mean": [.9 if i == "x2_balpoe" else .2 for i in ids]}, index=ids)
+    main = best_sentence(s, table_rows("main"))
+    assert main.startswith("**Best of the main table**")
+    assert ROWS_BY_ID["x5_routed_gate"].method not in main and ROWS_BY_ID["x2_balpoe"].method not in main
+    assert ROWS_BY_ID["x5_routed_gate"].method in best_sentence(s, table_rows("extra"), "the rows beyond the guide")
+
+
+@pytest.mark.parametrize("spec", ["", " , "])
+def test_empty_rows_is_refused(spec, tmp_path, capsys):
+    "Issue 32, item 8: `--rows ''` once selected all 47 rows silently; now one message, before any work."
+    from ltsei.orchestration.reproduce import reproduce_main
+    with pytest.raises(SystemExit) as e:
+        reproduce_main(["--rows", spec, "--dry-run", "--runs-dir", str(tmp_path / "r")])
+    assert e.value.code == 2 and "names no row" in capsys.readouterr().err and not (tmp_path / "r").exists()

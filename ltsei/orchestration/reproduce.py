@@ -27,7 +27,7 @@ from . import local_launcher, ray_launcher, slurm_launcher   # every launcher re
 
 # %% auto #0
 __all__ = ['REQUEST', 'read_request', 'resolve_request', 'RunsDirError', 'check_runs_dir', 'render_report',
-           'build_tables_and_report', 'row_executor', 'say_estimate', 'reproduce_main']
+           'build_tables_and_report', 'rows_arg', 'row_executor', 'say_estimate', 'reproduce_main']
 
 # %% ../../nbs/28_reproduce.ipynb #c994121b
 REQUEST = "request.json"     # RUNS_DIR/PROFILE/request.json: the rows and seeds the results folder was asked for
@@ -109,6 +109,13 @@ def build_tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> li
     return failures
 
 # %% ../../nbs/28_reproduce.ipynb #ecdea653
+def rows_arg(spec: str) -> str:
+    "`--rows`' value, refused when it names nothing (`''`, only commas or spaces): an empty selection never means every row."
+    if not spec.strip(" ,"):
+        raise argparse.ArgumentTypeError(f"{spec!r} names no row; give row ids (s2_1_focal), sections (4.5), parts (4), "
+                                         "id globs (s4_*), 'main' or 'all', or leave --rows out")
+    return spec
+
 def _parser() -> argparse.ArgumentParser:
     from ltsei.config import PROFILES
     p = argparse.ArgumentParser(prog="ltsei reproduce", description=(
@@ -117,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "are complete, then build the tables and figures (RUNS_DIR/PROFILE/tables, figures) and the report."))
     p.add_argument("--profile", default="quick", choices=PROFILES,
                    help="paper: paper scale (GPU); quick: CPU scale; smoke: tiny, for tests (default: quick)")
-    p.add_argument("--rows", default=None, help="comma-separated row ids, sections (4.5), parts (4), id globs (s4_*), "
+    p.add_argument("--rows", default=None, type=rows_arg, help="comma-separated row ids, sections (4.5), parts (4), id globs (s4_*), "
                    "'main' or 'all' (default: the rows the results folder was last asked for; else all)")
     p.add_argument("--seeds", type=int, default=None, metavar="K", help="run seeds 0..K-1 (default: the seeds the results "
                    "folder was last asked for, recorded in RUNS_DIR/PROFILE/request.json; else 1)")
