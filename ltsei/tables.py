@@ -361,7 +361,7 @@ def plot_expert_usage(metrics: dict, ax=None):
     ax = _ax(ax, (1.2 * use.shape[1] + 2.5, .8 * G + 1.5))
     sns.heatmap(use, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=ax,
                 xticklabels=[f"expert {k}" for k in range(use.shape[1])], yticklabels=ylab)
-    ax.set(title=f"Gate usage per frequency group (routing accuracy {100 * acc:.1f}%)")
+    ax.set(title="Gate usage per frequency group" + ("" if np.isnan(acc) else f" (routing accuracy {100 * acc:.1f}%)"))
     return ax
 
 CONFUSION_ROWS = ("s1_1_ce", "s3_1_crt", "s5_1_full")
