@@ -16,14 +16,15 @@ from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, ch
 
 # %% auto #0
 __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
-           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP',
-           'read_reference', 'as_complex', 'frame_start', 'measure_frame', 'measure_frames', 'spectrum_bins_full',
-           'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves', 'compare_curves',
-           'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report', 'reference_report',
-           'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames',
-           'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides', 'preset_flags',
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'FIT_HEADER',
+           'MIN_FIT_FRAMES', 'read_reference', 'as_complex', 'frame_start', 'measure_frame', 'measure_frames',
+           'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves',
+           'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report',
+           'reference_report', 'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample',
+           'load_frames', 'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides', 'preset_flags',
            'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
-           'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'write_preset']
+           'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'check_preset_out', 'write_preset',
+           'check_fit_frames']
 
 # %% ../nbs/06_realism.ipynb #65520d0d
 def read_reference(name: str = "real_adsb_reference.json") -> dict:
@@ -360,6 +361,7 @@ def cfo_1nn_accuracy(cfo, y, classes_per_group: int | None = 10, seed: int = 0) 
     ok = np.isfinite(cfo)
     cfo, y = cfo[ok], y[ok]
     cls = np.unique(y)
+    if len(cls) < 2: return float("nan")          # one class: every neighbour is right, which says nothing
     k = len(cls) if not classes_per_group or len(cls) < classes_per_group else int(classes_per_group)
     accs = []
     for g in range(0, len(cls) - k + 1, k):
@@ -631,8 +633,9 @@ def read_synth_preset(path) -> dict:
         if t in (int, float) and isinstance(v, str):      # YAML 1.1 reads 1e6 (no dot) as a string
             try: v = float(v)
             except ValueError: pass
-        ok = isinstance(v, bool) if t is bool else isinstance(v, str) if t is str else \
-             (isinstance(v, (int, float)) and not isinstance(v, bool) and (t is float or float(v) == int(v)))
+        num = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if num and not np.isfinite(float(v)): raise ValueError(f"synth preset {p}: {k}={v!r}: expected a finite {t.__name__}")
+        ok = isinstance(v, bool) if t is bool else isinstance(v, str) if t is str else (num and (t is float or float(v) == int(v)))
         if not ok: raise ValueError(f"synth preset {p}: {k}={v!r}: expected a {t.__name__}")
         out[k] = t(v)
     try: check_synth_config(replace(SynthConfig(), **out))
@@ -746,6 +749,8 @@ def realism_main(argv: list[str]) -> int:
     cc = compare_curves(curves_at(rs["curves"], lo), curves_at(ro["curves"], lo))
     print(_curve_lines(cc, other_name, lo, a.curves))
     print(compare_spread(rs, ro, ("synthetic", other_name)).to_string())
+    if a.files and len(np.unique(yf)) < 2:
+        print("CFO-only 1-NN accuracy of the files: n/a: they hold one emitter (with one class every neighbour is right)")
     if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
     return 0
 
@@ -772,10 +777,11 @@ def _fit_main(a, over: dict) -> int:
     "`ltsei realism --fit FILES... --out PRESET.yaml`: fit, write the preset, print what was estimated and how it fits."
     if not a.fit or not a.out: raise ValueError("ltsei realism: --fit FILES... and --out PRESET.yaml go together")
     if a.files: raise ValueError(f"ltsei realism --fit: the capture files go after --fit (got {a.files} before it)")
-    if Path(a.out).suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {a.out}: expected a .yaml file for the fitted preset")
+    check_preset_out(a.out)                   # before the fit: never a user's own file
     if a.preset not in SYNTH_PRESETS: raise ValueError(f"--preset {a.preset!r}: with --fit, expected one of {', '.join(sorted(SYNTH_PRESETS))}")
     base = replace(SYNTH_PRESETS[a.preset], **over)
     x, y, fs, desc = load_frames(a.fit, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
+    check_fit_frames(x, a.fit)
     fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed))
     print(f"fitted to {desc}\n\nestimated (median [p10 .. p90]):")
     for r in fit["estimates"].index: print(f"  {r:15s} {_fmt_est(fit['estimates'].loc[r])}")
@@ -1047,20 +1053,46 @@ def preset_text(fit: dict, source: str) -> str:
     body = yaml.safe_dump({k: (float(v) if isinstance(v, (float, np.floating)) else int(v) if isinstance(v, (int, np.integer)) else v)
                            for k, v in fit["preset"].items()}, sort_keys=False, default_flow_style=False).rstrip()
     est = fit["estimates"]
-    lines = [f"# ltsei realism --fit: a synthetic receiver and emitter population fitted to {source}",
+    lines = [f"{FIT_HEADER} a synthetic receiver and emitter population fitted to {source}",
              f"# generator {SYNTH_VERSION}. Keys: data.synth keys, applied over a preset (ltsei synth --preset THIS.yaml:",
              "# over paper) or over the profile's data.synth (python main.py data.synth.preset=THIS.yaml).", body,
              "# estimated from the captures but not a data.synth key of this generator: median [p10 .. p90]"]
     lines += [f"#   {r}: {_fmt_est(est.loc[r])}  ({est.loc[r, 'how']})" for r in fit["unused"]]
     return "\n".join(lines) + "\n"
 
-def write_preset(path, text: str) -> Path:
-    "Write the preset file whole (`storage.atomic_write`: a marked temporary beside it, then renamed), after checking it reads back."
+FIT_HEADER = "# ltsei realism --fit:"    # the first line of every preset the fit writes: the only files it replaces
+
+def check_preset_out(path) -> Path:
+    "Refuse an --out that is not a .yaml name in an existing folder, or an existing file the fit did not write (see above)."
     p = Path(path)
     if p.suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {p}: expected a .yaml file for the fitted preset")
     if not p.parent.is_dir(): raise FileNotFoundError(f"--out {p}: the folder {p.parent} does not exist")
+    if p.exists() or p.is_symlink():
+        try: first = p.read_text(errors="replace").split("\n", 1)[0] if p.is_file() and not p.is_symlink() else ""
+        except OSError: first = ""
+        if not first.startswith(FIT_HEADER):
+            raise ValueError(f"--out {p}: exists and was not written by ltsei realism --fit (its first line is not "
+                             f"{FIT_HEADER!r}): expected a new file name, or an earlier fitted preset to replace")
+    return p
+
+def write_preset(path, text: str) -> Path:
+    "Write the preset file whole (`storage.atomic_write`: a marked temporary beside it, then renamed), after checking it reads back."
+    p = check_preset_out(path)
     def write(tmp):
         tmp.write_text(text)
         read_synth_preset(tmp)
     return atomic_write(p, write)
 
+
+# %% ../nbs/06_realism.ipynb #cacf3147
+MIN_FIT_FRAMES = 20
+
+def check_fit_frames(x, paths) -> None:
+    "Raise ValueError when the capture frames `x` of `paths` cannot be fitted (see above)."
+    names = ", ".join(str(p) for p in paths)
+    bad = int((~np.isfinite(np.asarray(x, np.float64))).any(axis=tuple(range(1, np.ndim(x)))).sum()) if len(x) else 0
+    if bad: raise ValueError(f"realism --fit {names}: {bad} of {len(x)} frames hold samples that are not finite "
+                             "(NaN or inf): expected finite I/Q samples")
+    if len(x) < MIN_FIT_FRAMES:
+        raise ValueError(f"realism --fit {names}: {len(x)} frame{'s' * (len(x) != 1)}: a fit needs at least {MIN_FIT_FRAMES} "
+                         "(each statistic's p10-p90 band)")
