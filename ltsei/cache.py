@@ -15,10 +15,10 @@ from .storage import (CACHE_FORMAT, LOCK_MARK, MANIFEST, DigestStore, FileLock, 
                             manifest_problem, mark_temp, replace_dir, resolve_runs_dir, storage_error, temp_marker, write_manifest)
 
 # %% auto #0
-__all__ = ['QUARANTINE_MARK', 'WORK_FILES', 'CACHE_MARK', 'SYSTEM_TREES', 'SYSTEM_DIRS', 'RUN_MARK', 'RUN_FILES', 'ACTIVE_MARK',
-           'RECENT_S', 'CLEAN_NOTE_BYTES', 'RESUMABLE', 'to_plain', 'atomic_save', 'StoredEntry', 'CacheEntry',
-           'check_cache_dir', 'RunDirError', 'check_run_dir', 'claim_run_dir', 'active_run', 'live_runs',
-           'interrupted_runs', 'tree_bytes', 'leftovers', 'removable', 'remove_leftovers', 'clean_main', 'clean_note']
+__all__ = ['QUARANTINE_MARK', 'WORK_FILES', 'SYSTEM_TREES', 'SYSTEM_DIRS', 'RUN_MARK', 'RUN_FILES', 'ACTIVE_MARK', 'RECENT_S',
+           'CLEAN_NOTE_BYTES', 'RESUMABLE', 'to_plain', 'atomic_save', 'StoredEntry', 'CacheEntry', 'check_cache_dir',
+           'RunDirError', 'check_run_dir', 'claim_run_dir', 'active_run', 'live_runs', 'interrupted_runs', 'tree_bytes',
+           'leftovers', 'removable', 'remove_leftovers', 'clean_main', 'clean_note']
 
 # %% ../nbs/03_cache.ipynb #4b27090a
 def to_plain(obj):
@@ -71,7 +71,6 @@ class StoredEntry:
         "Hold the entry's lock; also clears temporary folders of dead processes in `root`."
         with FileLock(self.root / f"{self.key}.lock") as lk:
             with contextlib.suppress(OSError): os.utime(lk.path)      # when it was last used (`ltsei clean` keeps it a while)
-            if not (self.root / CACHE_MARK).is_file(): atomic_write_json(self.root / CACHE_MARK, {"ltsei": "cache"})
             clean_stale(self.root)
             yield self
 
@@ -155,7 +154,6 @@ class CacheEntry(StoredEntry):
         if temp_marker(self.work_dir) is not None: shutil.rmtree(self.work_dir, ignore_errors=True)
 
 # %% ../nbs/03_cache.ipynb #d40b0b73
-CACHE_MARK = ".ltsei-cache.json"     # in every cache folder ltsei has written into
 SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc", "/sys")
 SYSTEM_DIRS = ("/", "/dev", "/dev/shm", "/run", "/tmp", "/var", "/var/tmp", "/home", "/root", "/mnt", "/media", "/opt",
                "/srv", "/snap")
@@ -169,7 +167,7 @@ def check_cache_dir(path, key: str) -> Path:
                          "(the default: the results root's cache/)")
     if p.exists() and not p.is_dir():
         raise ValueError(f"{key}={str(path)!r} exists and is not a folder: expected a new, empty or ltsei cache folder")
-    if p.is_dir() and not (p / CACHE_MARK).is_file():
+    if p.is_dir():
         names = [q.name for q in p.iterdir()]
         if names and not any(_OURS.fullmatch(n) for n in names):
             raise ValueError(f"{key}={str(path)!r} holds files ltsei did not write ({', '.join(sorted(names)[:3])}"

@@ -580,7 +580,7 @@ def _labels_from_base(cfg, raw: dict, x: dict, where: dict, files: dict, say) ->
     if (cnt == 0).any():
         hint = "; if they count from 1, set data.label_base=1" if base == 0 and cnt[0] == 0 else ""
         empty, top = np.flatnonzero(cnt == 0), int(np.argmax(y["train"]))       # the frame of the largest label
-        few = ", ".join(map(str, empty[:5])) + (f", ... ({len(empty)} of {C})" if len(empty) > 5 else "")
+        few = "[" + ", ".join(map(str, empty[:5])) + (f", ...] ({len(empty)} of {C})" if len(empty) > 5 else "]")
         raise ValueError(f"{files['train']}: classes {few} have no samples in the training file: the largest label, "
                          f"{int(raw['train'][1][top])} (frame {top}), makes {C} classes; expected labels covering 0..{C - 1} "
                          f"after the label base {base}{hint}")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMALL
-from ltsei.cache import (ACTIVE_MARK, CACHE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, clean_main, leftovers,
+from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, clean_main, leftovers,
                          live_runs)
 from ltsei.cli import guide_main, main as ltsei_main
 from ltsei.storage import FileLock, atomic_write_json, host_name
@@ -133,7 +133,6 @@ def test_4_clean_never_removes_an_entry_a_live_or_recent_run_may_use(tmp_path, c
     e = CacheEntry(runs / "cache" / "stage1", "c" * 16)
     with e.lock(), e.building() as tmp:
         (tmp / "best.pt").write_bytes(b"x"); e.publish(tmp)
-    (runs / "cache" / "stage1" / CACHE_MARK).unlink(missing_ok=True)
     [it] = leftovers(runs)
     assert it["kind"] == "unreferenced" and "in the last hour" in it["keep"]             # just built: a reproduce may reuse it
     old = time.time() - 7200
