@@ -21,8 +21,8 @@ __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS'
            'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves',
            'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report',
            'reference_report', 'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample',
-           'load_frames', 'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides', 'preset_flags',
-           'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
+           'load_frames', 'frames_margin_s', 'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides',
+           'preset_flags', 'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
            'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'check_preset_out', 'write_preset',
            'check_fit_frames']
 
@@ -419,10 +419,12 @@ def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = F
 
 
 # %% ../nbs/06_realism.ipynb #8cf47fc1
-def realism_report(x, y, sample_rate: float, time_units: bool = False) -> dict:
+def realism_report(x, y, sample_rate: float, time_units: bool = False, align_offset: float = 0.0) -> dict:
     """Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, the two curves
-    (`summarize_curves`), spread ratios, CFO-only 1-NN."""
+    (`summarize_curves`), spread ratios, CFO-only 1-NN. `align_offset` (samples) is taken off `align`: windows that
+    start that long before the preamble (`ltsei frames`' margin, `frames_margin_s`) measured as the reference's."""
     stats = measure_frames(x, sample_rate)
+    if align_offset: stats["align"] = stats["align"] - float(align_offset)
     y = np.asarray(y)
     curves = summarize_curves(spectrum_db(x, sample_rate, stats["cfo"].to_numpy()), envelope_acf(x), sample_rate)
     return {"stats": stats, "summary": summarize(stats, sample_rate, time_units), "curves": curves,
@@ -559,6 +561,17 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")
     return x, y, fs, desc
 
+
+# %% ../nbs/06_realism.ipynb #24856163
+def frames_margin_s(paths, role: str = "train") -> float:
+    "The window margin before the preamble (s) of `ltsei frames` outputs among `paths` (one value for all, else 0)."
+    margins = set()
+    for p in map(Path, paths):
+        try: m = json.loads(((p if p.is_dir() else p.parent) / "meta.json").read_text())
+        except (OSError, ValueError): m = None
+        ok = isinstance(m, dict) and m.get("generator") == "ltsei frames" and isinstance(m.get("config"), dict)
+        margins.add(float(m["config"].get("margin_us", 0.0)) * 1e-6 if ok else 0.0)
+    return margins.pop() if len(margins) == 1 else 0.0
 
 # %% ../nbs/06_realism.ipynb #9e14d998
 def _read_x(path, role: str):
@@ -730,7 +743,8 @@ def realism_main(argv: list[str]) -> int:
     time_units = a.time_units or fsf != fs
     x, y = synth_sample(cfg, a.frames_per_emitter, a.emitters)
     rs = realism_report(x, y, fs, time_units)
-    ro = realism_report(xf, yf, fsf, time_units) if a.files else reference_report(fs, time_units)
+    off = frames_margin_s(a.files, a.role) if a.files else 0.0     # ltsei frames' windows: measured from the preamble
+    ro = realism_report(xf, yf, fsf, time_units, off * fsf) if a.files else reference_report(fs, time_units)
     if fsf != fs:   # a lag of one sample is another time at another rate: not comparable
         for r in (rs, ro): r["summary"].loc["noise_acf1", ["median", "p10", "p90"]] = np.nan
     table = compare(rs["summary"], ro["summary"], ("synthetic", other_name))
@@ -740,6 +754,8 @@ def realism_main(argv: list[str]) -> int:
     print(f"compared with {desc}")
     if time_units: print("rise, fall and alignment in ns" + (" (the sample rates differ)" if fsf != fs and not a.time_units else ""))
     if fsf != fs: print("noise lag-1 autocorrelation: n/a (one sample is another time lag at another rate)")
+    if off: print(f"alignment of the files from the preamble, the reference's convention (the {off * 1e6:g} us margin "
+                  "before the preamble of the ltsei frames windows taken off)")
     if fs / 2 <= 5e6 or fsf / 2 <= 5e6: print("noise within +-5 MHz: n/a at 10 MS/s or less (the whole band lies within +-5 MHz)")
     print()
     print(table.drop(columns="unit").assign(statistic=[f"{s} ({u})" if u else s for s, u in zip(table.statistic, table.unit)])
@@ -782,7 +798,7 @@ def _fit_main(a, over: dict) -> int:
     base = replace(SYNTH_PRESETS[a.preset], **over)
     x, y, fs, desc = load_frames(a.fit, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
     check_fit_frames(x, a.fit)
-    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed))
+    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed), align_offset=frames_margin_s(a.fit, a.role) * fs)
     print(f"fitted to {desc}\n\nestimated (median [p10 .. p90]):")
     for r in fit["estimates"].index: print(f"  {r:15s} {_fmt_est(fit['estimates'].loc[r])}")
     if fit["preset"] is None:
@@ -996,7 +1012,7 @@ def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
     return cfg
 
 # %% ../nbs/06_realism.ipynb #9e3d7411
-def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
+def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0, align_offset: float = 0.0) -> dict:
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
     `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
     snr_db_min/max and whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
@@ -1004,7 +1020,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
     fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
-    files = realism_report(x, y, fs)
+    files = realism_report(x, y, fs, align_offset=align_offset)      # (`align_offset`: see `realism_report`)
     est = fingerprint_estimates(files["stats"], y, fs, x)
     classes = len(np.unique(y))
     preset = {"sample_rate": fs, "length": int(x.shape[-1])}

@@ -47,6 +47,7 @@ def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for d in ("D/thesis.old2019", "D/tensorboard", "C2/photos.old1999"):
         (tmp_path / d).mkdir(parents=True); (tmp_path / d / "f.txt").write_text("mine")
+    (tmp_path / "C2" / "digests.json").write_text("{}")          # C2 is a cache folder of ltsei's (a user's folder is refused)
     before = listing(tmp_path)
     rc = guide_main(["profile=smoke", "hydra.run.dir=D", "stage1.cache_dir=C2"])   # the command
     err = errors(capsys)

@@ -289,5 +289,17 @@ def test_papermill_by_hand_on_the_real_notebook_writes_a_complete_run_twice(tmp_
     assert stamps[1] > stamps[0]
     before = sorted(os.listdir(runs.parent))
     r = papermill(tmp_path, "row_id", "s1_1_ce", "profile", "../../x")               # refused before any folder
-    assert r.returncode != 0 and "profile '../../x' is not a profile" in r.stderr
+    assert r.returncode != 0 and "profile '../../x': expected a profile name" in r.stderr
     assert sorted(os.listdir(runs.parent)) == before and not (runs / "x").exists() and not (runs.parent / "x").exists()
+
+
+def test_realism_measures_frames_alignment_in_the_references_convention(tmp_path, capsys):
+    from ltsei.frames import synth_recording, write_iq
+    sig, _ = synth_recording(8e6, 0.05, num_emitters=3, frames=30, snr_db=(20, 30), overlaps=0, seed=5)
+    write_iq(tmp_path / "r.cs16", sig * 0.01, "cs16")
+    assert ltsei_main(["frames", str(tmp_path / "r.cs16"), "--format", "cs16", "--sample-rate", "8e6", "--out", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    assert ltsei_main(["realism", str(tmp_path / "f" / "X.npy"), "--emitters", "10", "--frames-per-emitter", "3"]) == 0
+    [line] = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("alignment:")]
+    files_median = float(line.split()[-5])            # the files' median (ns): near the reference's -124 ns, not 3.9 us
+    assert -500 < files_median < 500, line
