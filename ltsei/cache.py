@@ -293,6 +293,7 @@ def _recent(entry: Path, lock: Path) -> bool:
     stamps = [p.stat().st_mtime for p in (entry / MANIFEST, lock) if p.is_file()]
     return bool(stamps) and time.time() - max(stamps) < RECENT_S
 
+# %% ../nbs/03_cache.ipynb #03387e2d
 def leftovers(runs_dir) -> list[dict]:
     """What ltsei left under `runs_dir` that no run needs: dicts (kind, path, bytes, lock, keep) (see above); `keep` says
     why an item stays (resumable work, a recent or live run's entry) and is None for what `ltsei clean` removes."""
@@ -349,6 +350,7 @@ def remove_leftovers(items: list[dict], include_resumable: bool = False) -> list
             gone.append(it)
     return gone
 
+# %% ../nbs/03_cache.ipynb #dfcaf02e
 def _mib(n: int) -> str: return f"{n / 2 ** 20:,.1f} MiB"
 
 def _clean_parser():
