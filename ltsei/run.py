@@ -18,7 +18,7 @@ from .openset import ScoringModel, score_openset
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
-from .storage import (make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
+from .storage import (resolve_runs_dir, make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
                            DamagedCheckpoint)
 from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain, active_run, RUN_MARK, ACTIVE_MARK
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
@@ -403,7 +403,10 @@ RESUME_NOTE = ("[ltsei] interrupted: run the same command again to resume from t
                "(its resume state stays in the caches; ltsei clean keeps it)")
 
 def _drop_fresh(out_dir: Path) -> None:
-    "Remove a run folder this run created when it holds only its config and Hydra's files; then its empty parents."
+    """Remove a run folder this run created in ltsei's own place for it (`adhoc/`, `multirun/` below the results root)
+    when it holds only its config and Hydra's files; then its empty parents. A folder the user named is left."""
+    root = resolve_runs_dir(None)
+    if not (out_dir.is_relative_to(root) and {"adhoc", "multirun"} & set(out_dir.relative_to(root).parts)): return
     if any(p.name not in (RUN_MARK, ACTIVE_MARK, "config.yaml", ".hydra") and p.suffix != ".log" for p in out_dir.iterdir()): return
     shutil.rmtree(out_dir, ignore_errors=True)
     for parent in list(out_dir.parents)[:2]:                 # adhoc/ and the profile's folder, when they are empty now
