@@ -399,7 +399,7 @@ def _run_experiment(cfg, out_dir: Path, rt: Runtime, data, progress: bool, t0: f
     return metrics
 
 # %% ../nbs/17_run.ipynb #004e348d
-RESUME_NOTE = ("[ltsei] interrupted: run the same command again to resume from the last completed epoch "
+RESUME_NOTE = ("[ltsei] to resume: run the same command again; it continues from the last completed epoch "
                "(its resume state stays in the caches; ltsei clean keeps it)")
 
 def _drop_fresh(out_dir: Path) -> None:

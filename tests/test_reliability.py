@@ -258,7 +258,7 @@ def test_ctrl_c_says_that_the_same_command_resumes(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(R, "get_stage1", stop)
     assert guide_main(["profile=smoke", *SMALL, "seed=34", f"hydra.run.dir={tmp_path / 'r'}"]) == 130
     err = capsys.readouterr().err
-    assert "run the same command again to resume" in err and "interrupted (Ctrl-C)" in err
+    assert "to resume: run the same command again" in err and err.rstrip().endswith("interrupted (Ctrl-C)")
     assert list((tmp_path / "r").glob(ACTIVE_MARK)) == []
 
 
