@@ -4,20 +4,21 @@
 
 # %% ../nbs/03_cache.ipynb #7f19c8ce
 from __future__ import annotations
-import contextlib, io, json, os, shutil, time
+import contextlib, io, json, os, re, shutil, time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from .storage import (CACHE_FORMAT, LOCK_MARK, MANIFEST, DigestStore, FileLock, atomic_write_bytes,
-                            atomic_write_json, checksums, clean_stale, drop_temp, host_name, is_stale, make_dir, make_temp_dir,
-                            manifest_problem, mark_temp, replace_dir, storage_error, temp_marker, write_manifest)
+                            atomic_write_json, checksums, clean_stale, drop_temp, host_name, is_stale, make_dir, make_temp_dir, pid_alive,
+                            manifest_problem, mark_temp, replace_dir, resolve_runs_dir, storage_error, temp_marker, write_manifest)
 
 # %% auto #0
-__all__ = ['QUARANTINE_MARK', 'WORK_FILES', 'RUN_MARK', 'RUN_FILES', 'CLEAN_NOTE_BYTES', 'to_plain', 'atomic_save', 'StoredEntry',
-           'CacheEntry', 'RunDirError', 'check_run_dir', 'claim_run_dir', 'tree_bytes', 'leftovers', 'remove_leftovers',
-           'clean_main', 'clean_note']
+__all__ = ['QUARANTINE_MARK', 'WORK_FILES', 'SYSTEM_TREES', 'SYSTEM_DIRS', 'RUN_MARK', 'RUN_FILES', 'ACTIVE_MARK', 'RECENT_S',
+           'CLEAN_NOTE_BYTES', 'RESUMABLE', 'to_plain', 'atomic_save', 'StoredEntry', 'CacheEntry', 'check_cache_dir',
+           'RunDirError', 'check_run_dir', 'claim_run_dir', 'active_run', 'live_runs', 'interrupted_runs', 'tree_bytes',
+           'leftovers', 'removable', 'remove_leftovers', 'clean_main', 'clean_note']
 
 # %% ../nbs/03_cache.ipynb #4b27090a
 def to_plain(obj):
@@ -68,7 +69,8 @@ class StoredEntry:
     @contextlib.contextmanager
     def lock(self):
         "Hold the entry's lock; also clears temporary folders of dead processes in `root`."
-        with FileLock(self.root / f"{self.key}.lock"):
+        with FileLock(self.root / f"{self.key}.lock") as lk:
+            with contextlib.suppress(OSError): os.utime(lk.path)      # when it was last used (`ltsei clean` keeps it a while)
             clean_stale(self.root)
             yield self
 
@@ -151,6 +153,27 @@ class CacheEntry(StoredEntry):
         "Remove the resumable work folder (a finished or abandoned build): only when it carries ltsei's marker."
         if temp_marker(self.work_dir) is not None: shutil.rmtree(self.work_dir, ignore_errors=True)
 
+# %% ../nbs/03_cache.ipynb #d40b0b73
+SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc", "/sys")
+SYSTEM_DIRS = ("/", "/dev", "/dev/shm", "/run", "/tmp", "/var", "/var/tmp", "/home", "/root", "/mnt", "/media", "/opt",
+               "/srv", "/snap")
+_OURS = re.compile(r"(synth-.*|stage[12]|snr|quarantine|digests\.json(\.lock)?|[0-9a-f]{8,}(\.work|\.lock)?|\..*\.(tmp|old)\d+-.*)")
+
+def check_cache_dir(path, key: str) -> Path:
+    """`path` as an absolute cache folder, or a `ValueError` naming `key` when ltsei must not fill it (see above)."""
+    p = Path(os.path.realpath(Path(str(path)).expanduser()))
+    if str(p) in SYSTEM_DIRS or str(p) == os.path.realpath(Path.home()) or any(str(p) == t or str(p).startswith(t + "/") for t in SYSTEM_TREES):
+        raise ValueError(f"{key}={str(path)!r} is a system folder: expected a folder of its own for ltsei's caches "
+                         "(the default: the results root's cache/)")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{key}={str(path)!r} exists and is not a folder: expected a new, empty or ltsei cache folder")
+    if p.is_dir():
+        names = [q.name for q in p.iterdir()]
+        if names and not any(_OURS.fullmatch(n) for n in names):
+            raise ValueError(f"{key}={str(path)!r} holds files ltsei did not write ({', '.join(sorted(names)[:3])}"
+                             f"{', ...' if len(names) > 3 else ''}): expected a new, empty or ltsei cache folder")
+    return p
+
 # %% ../nbs/03_cache.ipynb #250bfd94
 RUN_MARK = ".ltsei-run.json"
 RUN_FILES = ("metrics.json", "predictions.npz", "log.csv", "log_stage1.csv", "log_stage2.csv", "config.yaml", "class_counts.json",
@@ -192,6 +215,39 @@ def claim_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or 
         atomic_write_json(out_dir / RUN_MARK, {"ltsei": "run", "host": host_name(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return out_dir
 
+# %% ../nbs/03_cache.ipynb #50a4a186
+ACTIVE_MARK = ".ltsei-active.json"   # in a run folder while its run is working there: host, pid
+RECENT_S = 3600.0                    # an unmarked incomplete run folder, or a cache entry used, this recently: left alone
+
+@contextlib.contextmanager
+def active_run(out_dir):
+    "Mark the run folder `out_dir` as used by this process for the block (see above)."
+    p = Path(out_dir) / ACTIVE_MARK
+    atomic_write_json(p, {"ltsei": "active", "host": host_name(), "pid": os.getpid()})
+    try: yield out_dir
+    finally: p.unlink(missing_ok=True)
+
+def _run_state(folder: Path) -> str:
+    "'complete', 'live' or 'interrupted': a run folder of ltsei (its `RUN_MARK`)."
+    if (folder / "metrics.json").is_file(): return "complete"
+    try: m = json.loads((folder / ACTIVE_MARK).read_text())
+    except (OSError, ValueError): m = None
+    if isinstance(m, dict) and isinstance(m.get("pid"), int):
+        return "live" if m.get("host") != host_name() or pid_alive(m["pid"]) else "interrupted"
+    return "interrupted" if time.time() - (folder / RUN_MARK).stat().st_mtime > RECENT_S else "live"
+
+def _run_folders(runs_dir: Path):
+    return sorted(p.parent for p in runs_dir.rglob(RUN_MARK) if "cache" not in p.relative_to(runs_dir).parts)
+
+def live_runs(runs_dir) -> list[Path]:
+    "The run folders below `runs_dir` a process is working in now."
+    return [f for f in _run_folders(Path(runs_dir)) if _run_state(f) == "live"]
+
+def interrupted_runs(runs_dir) -> list[Path]:
+    "Run folders of `python main.py` (adhoc, multirun) and of papermill by hand below `runs_dir` that an interrupted run left."
+    return [f for f in _run_folders(Path(runs_dir)) if {"adhoc", "multirun", "by-hand"} & set(f.relative_to(runs_dir).parts)
+            and _run_state(f) == "interrupted"]
+
 # %% ../nbs/03_cache.ipynb #7dc8eb6a
 CLEAN_NOTE_BYTES = 1 << 30     # `ltsei reproduce` mentions `ltsei clean` when the leftovers exceed this
 
@@ -226,12 +282,25 @@ def _is_lock(p: Path) -> bool:
     try: return p.is_file() and p.read_bytes()[:len(LOCK_MARK)] == LOCK_MARK
     except OSError: return False
 
+RESUMABLE = "resumable: a rerun of the same command continues from it (--include-resumable removes it)"
+
+def _resumable(work: Path) -> bool:
+    "Whether a build's work folder holds what a rerun resumes from (a resume state, or a finished training to publish)."
+    return any((work / f).is_file() for f in ("resume.pt", "meta.json", "best.pt"))
+
+def _recent(entry: Path, lock: Path) -> bool:
+    "Whether the entry was built or used (its lock taken, `StoredEntry.lock`) within `RECENT_S`."
+    stamps = [p.stat().st_mtime for p in (entry / MANIFEST, lock) if p.is_file()]
+    return bool(stamps) and time.time() - max(stamps) < RECENT_S
+
+# %% ../nbs/03_cache.ipynb #03387e2d
 def leftovers(runs_dir) -> list[dict]:
-    "What ltsei left under the caches of `runs_dir` that no run needs: dicts (kind, path, bytes, lock) (see above)."
+    """What ltsei left under `runs_dir` that no run needs: dicts (kind, path, bytes, lock, keep) (see above); `keep` says
+    why an item stays (resumable work, a recent or live run's entry) and is None for what `ltsei clean` removes."""
     runs_dir = Path(runs_dir).expanduser().absolute()
     roots = [r for r in (runs_dir / "cache", runs_dir / "cache" / "stage1", runs_dir / "cache" / "stage2") if r.is_dir()]
-    refs, out = _referenced(runs_dir), []
-    add = lambda kind, p, lock=None: out.append(dict(kind=kind, path=p, bytes=tree_bytes(p), lock=lock))
+    refs, out, live = _referenced(runs_dir), [], live_runs(runs_dir)
+    add = lambda kind, p, lock=None, keep=None: out.append(dict(kind=kind, path=p, bytes=tree_bytes(p), lock=lock, keep=keep))
     for root in roots:
         q = root / "quarantine"
         for p in sorted(q.iterdir()) if q.is_dir() else []:
@@ -239,25 +308,40 @@ def leftovers(runs_dir) -> list[dict]:
         for p in sorted(root.iterdir()):
             if p.is_dir() and not p.is_symlink():
                 m = temp_marker(p)
-                if m is not None and m["ltsei"] == "work": add("work folder", p, root / f"{p.name[:-len('.work')]}.lock")
+                if m is not None and m["ltsei"] == "work":
+                    res = _resumable(p)
+                    add("resumable" if res else "work folder", p, root / f"{p.name[:-len('.work')]}.lock",
+                        RESUMABLE if res else None)
                 elif m is not None and is_stale(p): add("temporary", p)
                 elif (p / MANIFEST).is_file() and os.path.realpath(p) not in refs and p.name not in refs:
                     try: fmt = json.loads((p / MANIFEST).read_text()).get("format")
                     except (OSError, ValueError, AttributeError): fmt = None
-                    if fmt == CACHE_FORMAT: add("unreferenced", p, root / f"{p.name}.lock")
+                    if fmt == CACHE_FORMAT:
+                        lock = root / f"{p.name}.lock"
+                        keep = (f"a run is in progress ({live[0]})" if live else
+                                "built or used in the last hour: a run may still need it" if _recent(p, lock) else None)
+                        add("unreferenced", p, lock, keep)
             elif p.suffix == ".lock" and _is_lock(p) and not (root / p.stem).exists() and not (root / f"{p.stem}.work").exists():
                 add("stale lock", p, p)
+    for p in interrupted_runs(runs_dir): add("interrupted run", p)
     return out
 
 # %% ../nbs/03_cache.ipynb #ef5fb101
-def remove_leftovers(items: list[dict]) -> list[dict]:
-    "Remove each of `leftovers`' items under its lock (skipped when a process holds it); the items removed."
+def removable(it: dict, include_resumable: bool = False) -> bool:
+    "Whether `ltsei clean` removes the item: nothing it keeps, resumable work only when asked."
+    return it.get("keep") is None or (include_resumable and it.get("keep") == RESUMABLE)
+
+def remove_leftovers(items: list[dict], include_resumable: bool = False) -> list[dict]:
+    """Remove each of `leftovers`' `removable` items under its lock (skipped when a process holds it, or when an
+    interrupted run's folder has come back to life); the items removed."""
     gone = []
     for it in items:
+        if not removable(it, include_resumable): continue
         lock = it.get("lock")
         with _try_lock(lock) if lock is not None else contextlib.nullcontext(True) as free:
             if not free: continue
             p = it["path"]
+            if it["kind"] == "interrupted run" and _run_state(p) != "interrupted": continue
             if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
             else: p.unlink(missing_ok=True)
             if lock is not None and lock != p and _is_lock(lock):       # its lock, once neither entry nor work folder is left
@@ -266,35 +350,46 @@ def remove_leftovers(items: list[dict]) -> list[dict]:
             gone.append(it)
     return gone
 
+# %% ../nbs/03_cache.ipynb #dfcaf02e
 def _mib(n: int) -> str: return f"{n / 2 ** 20:,.1f} MiB"
 
-def clean_main(argv: list[str] | None = None) -> int:
-    "`ltsei clean [--runs-dir D] [--dry-run]`: list, and remove, what `leftovers` finds."
+def _clean_parser():
     import argparse
-    p = argparse.ArgumentParser(prog="ltsei clean", description="List and remove what ltsei's caches hold that no run "
-                                "needs: quarantined entries, abandoned work folders, temporary folders of dead processes, "
-                                "stale locks, cache entries no complete run refers to. Only files ltsei marked as its own.")
-    p.add_argument("--runs-dir", default="runs", help="results folder whose caches (RUNS_DIR/cache) are cleaned (default: runs)")
+    p = argparse.ArgumentParser(prog="ltsei clean", description="List and remove what ltsei left that no run needs: "
+                                "quarantined entries, empty work folders, temporary folders of dead processes, stale locks, "
+                                "cache entries no complete run refers to, folders of interrupted python main.py / by-hand runs. "
+                                "Resumable work is listed apart and kept; only what ltsei marked as its own is touched.")
+    p.add_argument("--runs-dir", default=None, help="results root (default: $LTSEI_RUNS, else the repository's runs/; "
+                   "a relative path is taken relative to the repository)")
     p.add_argument("--dry-run", action="store_true", help="list only, remove nothing")
-    a = p.parse_args(argv)
-    runs_dir = Path(a.runs_dir).expanduser().resolve()
-    if not runs_dir.is_dir(): raise ValueError(f"--runs-dir {runs_dir}: no such folder")
+    p.add_argument("--include-resumable", action="store_true", help="also remove the resume states of interrupted builds")
+    return p
+
+def clean_main(argv: list[str] | None = None) -> int:
+    "`ltsei clean [--runs-dir D] [--dry-run] [--include-resumable]`: list, and remove, what `leftovers` finds."
+    a = _clean_parser().parse_args(argv)
+    runs_dir = resolve_runs_dir(a.runs_dir)
+    if not runs_dir.is_dir(): raise ValueError(f"the results root {runs_dir}: no such folder (--runs-dir, $LTSEI_RUNS)")
     items = leftovers(runs_dir)
-    for it in items: print(f"  {it['kind']:13s} {_mib(it['bytes']):>14s}  {it['path']}")
-    total = sum(it["bytes"] for it in items)
-    if a.dry_run or not items:
-        print(f"[clean] {len(items)} item(s), {_mib(total)} under {runs_dir / 'cache'}" + (" (dry run: nothing removed)" if items else ""))
+    go = [it for it in items if removable(it, a.include_resumable)]
+    kept = [it for it in items if not removable(it, a.include_resumable)]
+    for it in go: print(f"  {it['kind']:15s} {_mib(it['bytes']):>12s}  {it['path']}")
+    if kept: print("kept:")
+    for it in kept: print(f"  {it['kind']:15s} {_mib(it['bytes']):>12s}  {it['path']}  ({it['keep']})")
+    if a.dry_run or not go:
+        print(f"[clean] {len(go)} item(s) to remove, {_mib(sum(it['bytes'] for it in go))}, {len(kept)} kept, under {runs_dir}"
+              + (" (dry run: nothing removed)" if go else ""))
         return 0
-    gone = remove_leftovers(items)
-    kept = len(items) - len(gone)
+    gone = remove_leftovers(go, a.include_resumable)
+    busy = len(go) - len(gone)
     print(f"[clean] removed {len(gone)} item(s), {_mib(sum(it['bytes'] for it in gone))}"
-          + (f"; {kept} in use by a running build, kept" if kept else ""))
+          + (f"; {busy} in use by a running build, kept" if busy else "") + (f"; {len(kept)} kept (listed above)" if kept else ""))
     return 0
 
 def clean_note(runs_dir, limit: int = None) -> Optional[str]:
     "One line when the leftovers under `runs_dir` exceed `limit` bytes (default `CLEAN_NOTE_BYTES`), else None."
     limit = CLEAN_NOTE_BYTES if limit is None else limit
-    total = sum(it["bytes"] for it in leftovers(runs_dir))
+    total = sum(it["bytes"] for it in leftovers(runs_dir) if removable(it))
     if total <= limit: return None
     return (f"note: {_mib(total)} of leftovers under {Path(runs_dir) / 'cache'} (quarantined entries, abandoned work "
             f"folders, stale locks, unreferenced caches): `ltsei clean --runs-dir {runs_dir} --dry-run` lists them")

@@ -268,7 +268,7 @@ COMMANDS = {"run": "train and evaluate one config (same as python main.py)",
             "reproduce": "reproduce the paper's tables with papermill",
             "realism": "compare the synthetic data with the real ADS-B reference",
             "frames": "a data set labelled by ICAO address from an SDR recording",
-            "clean": "list / remove what the caches hold that no run needs (--runs-dir D, --dry-run)"}
+            "clean": "list / remove what no run needs, resumable work kept (--dry-run, --include-resumable, --runs-dir D)"}
 
 def _realism(argv: list[str]) -> int:
     try: from ltsei.realism import realism_main

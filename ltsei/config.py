@@ -16,6 +16,7 @@ import torch
 
 from .synth import SYNTH_PRESETS, synth_key
 from .data import DataConfig, check_data_config, unknown_count
+from .cache import check_cache_dir
 from .losses import COST_STRATEGIES, loss_names
 from .models import CONV_IMPLS, CONVNET_ADSB_STAGES, MODELS, ModelConfig
 from .samplers import SAMPLERS
@@ -24,12 +25,13 @@ from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_fea
 
 # %% auto #0
 __all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR',
-           'OPTIMIZERS', 'STAGE3_MODES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError', 'LossConfig',
-           'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config', 'Stage3Config',
-           'Stage1Config', 'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'ExperimentConfig', 'Config',
-           'profile_node', 'register_configs', 'config_template', 'all_keys', 'check_overrides', 'check_num_classes',
-           'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config', 'check_machine',
-           'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'OPTIMIZERS', 'STAGE3_MODES', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError',
+           'LossConfig', 'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config',
+           'Stage3Config', 'Stage1Config', 'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'ExperimentConfig',
+           'Config', 'profile_node', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
+           'check_num_classes', 'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features',
+           'finalize', 'compose_config', 'check_machine', 'print_config', 'data_identity', 'numerics',
+           'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -373,10 +375,29 @@ def _check_paths(cfg) -> None:
     for k in ("data.cache_dir", "stage1.cache_dir"):
         if not str(OmegaConf.select(cfg, k) or "").strip():
             raise ConfigError(f"{k}={OmegaConf.select(cfg, k)!r} is empty: expected a cache folder (an empty path would write the cache into the current folder)")
+        try: check_cache_dir(OmegaConf.select(cfg, k), k)     # no system folder, file or user's folder
+        except ValueError as e: raise ConfigError(str(e)) from None
+    for k in ("train_path", "val_path", "test_path"):          # data files: there before any folder is made for the run
+        p = cfg.data.source == "files" and OmegaConf.select(cfg, f"data.{k}")
+        if p and isinstance(p, str) and not Path(p).expanduser().exists():
+            raise ConfigError(f"data.{k}={p!r}: no such file or folder; expected a .npy/.npz/.mat/.h5 file or a folder")
     ck = cfg.stage1.checkpoint
     if ck is not None and not (Path(ck).is_file() and os.access(ck, os.R_OK)):
         raise ConfigError(f"stage1.checkpoint={ck!r}: {'no such file' if not Path(ck).exists() else 'not a readable file'}; "
                           "expected a stage-1 checkpoint written by ltsei (checkpoints/stage1_best.pt of a run)")
+
+HYDRA_NAMES = ("hydra.job.name", "hydra.sweep.subdir")   # path components below the results root
+
+def check_hydra_names(overrides: list[str]) -> None:
+    "Refuse a `hydra.job.name` or `hydra.sweep.subdir` that would put a file outside its folder (`..`, `/`, absolute)."
+    for o in overrides:
+        k, _, v = o.lstrip("+~").partition("=")
+        if k not in HYDRA_NAMES: continue
+        v = v.strip().strip("'\"")
+        parts = Path(v).parts
+        if not v or Path(v).is_absolute() or ".." in parts or (k == "hydra.job.name" and ("/" in v or "\\" in v)):
+            raise ConfigError(f"{k}={v!r}: expected a plain name{' (a relative folder without ..)' if k.endswith('subdir') else ''}, "
+                              "so that every file stays below the results root")
 
 def _check_names(cfg) -> None:
     "Every name: against its family's registry (backbones, losses, samplers, stage-2 modes) or its fixed list."
@@ -492,6 +513,7 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
     "The finalized config for `python main.py *overrides` (checked first, then composed by Hydra)."
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
+    check_hydra_names(overrides)
     overrides = [o for o in overrides if not o.startswith("hydra.")]
     check_overrides(overrides)
     register_configs()

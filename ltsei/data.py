@@ -579,8 +579,11 @@ def _labels_from_base(cfg, raw: dict, x: dict, where: dict, files: dict, say) ->
     cnt = np.bincount(y["train"], minlength=C)
     if (cnt == 0).any():
         hint = "; if they count from 1, set data.label_base=1" if base == 0 and cnt[0] == 0 else ""
-        raise ValueError(f"{files['train']}: classes {np.flatnonzero(cnt == 0).tolist()} have no samples in the training file "
-                         f"(labels must cover 0..{C - 1} after the label base {base}{hint})")
+        empty, top = np.flatnonzero(cnt == 0), int(np.argmax(y["train"]))       # the frame of the largest label
+        few = "[" + ", ".join(map(str, empty[:5])) + (f", ...] ({len(empty)} of {C})" if len(empty) > 5 else "]")
+        raise ValueError(f"{files['train']}: classes {few} have no samples in the training file: the largest label, "
+                         f"{int(raw['train'][1][top])} (frame {top}), makes {C} classes; expected labels covering 0..{C - 1} "
+                         f"after the label base {base}{hint}")
     for r in [r for r in ("val", "test") if r in y]:
         if y[r].max() >= C:
             raise ValueError(f"{files[r]}: {r} labels reach {int(y[r].max()) + base}, beyond the training file's classes 0..{C - 1} (+ base {base})")

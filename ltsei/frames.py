@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Optional
 import numpy as np
 import pandas as pd
-from .storage import clean_stale, drop_temp, make_temp_dir, replace_dir
+from .storage import StorageError, clean_stale, drop_temp, make_temp_dir, replace_dir, reserve_space, storage_error
 from .adsb import CHIP, DATA_START, PREAMBLE_CHIPS, crc24, bits_to_hex, find_preamble, demodulate
 
 # %% auto #0
 __all__ = ['FRAMES_FORMATS', 'IQ_FORMATS', 'SIGMF_TYPES', 'PULSE_CHIPS', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC',
            'CRC_STATUS', 'DF_WANTED', 'NOISE_BLOCK', 'AP_WAIT_S', 'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES',
-           'FramesConfig', 'check_frames_config', 'Recording', 'open_raw', 'open_sigmf', 'open_recording',
-           'raw_samples', 'to_iq', 'write_iq', 'magnitude', 'dc_offset', 'envelope', 'level_stats', 'guess_format',
-           'suggest_format', 'chip_edges', 'chip_width', 'box_sums', 'preamble_sums', 'find_candidates', 'slice_bits',
-           'reply_snr', 'remainder_tables', 'remainder', 'single_bit_syndromes', 'classify', 'noise_levels',
-           'scan_chunks', 'retry_phases', 'repair_one_bit', 'scan', 'select_frames', 'resampling', 'window_plan',
-           'read_windows', 'window_hashes', 'label_frames', 'split_by_time', 'find_frames', 'keep_windows',
-           'write_arrays', 'write_sigmf_annotations', 'plot_long_tail', 'write_dataset', 'frames_parser', 'frames_main',
-           'synth_recording']
+           'FramesConfig', 'check_frames_config', 'Recording', 'not_a_recording', 'open_raw', 'open_sigmf',
+           'open_recording', 'raw_samples', 'to_iq', 'write_iq', 'magnitude', 'dc_offset', 'envelope', 'level_stats',
+           'guess_format', 'suggest_format', 'chip_edges', 'chip_width', 'box_sums', 'preamble_sums', 'find_candidates',
+           'slice_bits', 'reply_snr', 'remainder_tables', 'remainder', 'single_bit_syndromes', 'classify',
+           'noise_levels', 'scan_chunks', 'retry_phases', 'repair_one_bit', 'scan', 'select_frames', 'resampling',
+           'window_plan', 'read_windows', 'window_hashes', 'label_frames', 'split_by_time', 'find_frames',
+           'keep_windows', 'write_arrays', 'write_sigmf_annotations', 'plot_long_tail', 'write_dataset',
+           'frames_parser', 'frames_main', 'synth_recording']
 
 # %% ../nbs/07_frames.ipynb #c9bb5fc0
 @dataclass
@@ -75,6 +75,12 @@ class Recording:
     n: int                        # complex samples
     meta: Optional[Path] = None   # the SigMF metadata file, if any
 
+def not_a_recording(path: Path, what: str = "a recording file (raw I/Q, or SigMF)") -> Exception:
+    "The error for a recording path that is no regular file: missing, a folder, or a device (`/dev/zero` never ends)."
+    if not path.exists(): return FileNotFoundError(f"{path}: no such file: expected {what}")
+    kind = "a folder" if path.is_dir() else "a device or other special file, not a regular file"
+    return ValueError(f"{path}: is {kind}: expected {what}")
+
 def open_raw(path, fmt: str, sample_rate) -> Recording:
     "A raw interleaved I/Q recording, checked: it exists, is not empty and holds whole I/Q pairs."
     path = Path(path)
@@ -82,7 +88,7 @@ def open_raw(path, fmt: str, sample_rate) -> Recording:
     if sample_rate is None: raise ValueError(f"{path}: raw I/Q has no header: give --sample-rate (Hz, e.g. 2e6)")
     if not float(sample_rate) >= 2e6:
         raise ValueError(f"{path}: sample rate {float(sample_rate):g}: expected at least 2e6 (one sample per 0.5 us chip)")
-    if not path.is_file(): raise FileNotFoundError(f"{path}: recording not found")
+    if not path.is_file(): raise not_a_recording(path)
     size, pair = path.stat().st_size, 2 * IQ_FORMATS[fmt][0].itemsize
     if size == 0: raise ValueError(f"{path}: the file is empty (0 bytes): expected {fmt} I/Q samples")
     if size % pair:
@@ -95,7 +101,7 @@ def open_sigmf(meta) -> Recording:
     from sigmf import sigmffile
     meta = Path(meta)
     if meta.suffix == ".sigmf-data": meta = meta.with_suffix(".sigmf-meta")
-    if not meta.is_file(): raise FileNotFoundError(f"{meta}: SigMF metadata not found")
+    if not meta.is_file(): raise not_a_recording(meta, "SigMF metadata (.sigmf-meta)")
     try: f = sigmffile.fromfile(str(meta), skip_checksum=True)
     except Exception as e: raise ValueError(f"{meta}: not a readable SigMF recording ({type(e).__name__}: {e})") from None
     dt, rate = f.get_global_field("core:datatype"), f.get_global_field("core:sample_rate")
@@ -585,6 +591,7 @@ def write_arrays(folder: Path, recs: list, f: pd.DataFrame, cfg: FramesConfig, n
     plans = {i: window_plan(rec, f.time_s.to_numpy()[f.file.to_numpy() == i], cfg) for i, rec in enumerate(recs)}
     L = next(iter(plans.values()))["length"]
     X = np.lib.format.open_memmap(folder / f"X{name}.npy", mode="w+", dtype=np.float32, shape=(len(f), L, 2))
+    reserve_space(folder / f"X{name}.npy")         # a full disk: one StorageError here, never a SIGBUS in the writes below
     for i, rec in enumerate(recs):
         rows = np.flatnonzero(f.file.to_numpy() == i)
         for j in range(0, rows.size, BATCH):
@@ -667,7 +674,9 @@ def write_dataset(folder, recs: list, cfg: FramesConfig) -> str:
             f"{counts.max() / counts.min():.3g}; {plan['length']} samples per frame at {plan['rate'] / 1e6:g} MS/s; "
             f"dropped {dropped['duplicates']} exact duplicates, {dropped['edge']} at a recording's edge, "
             f"{heard - len(em)} aircraft under --min-frames {cfg.min_frames}"
-            + (f"; train {len(names['_train'])} / test {len(names['_test'])}" if cfg.split else ""))
+            + (f"; train {len(names['_train'])} / test {len(names['_test'])}" if cfg.split else "")
+            + ("; ONE aircraft: usable to enrol it or to fit the synthetic generator to it (ltsei realism --fit), not to "
+               "train or test a classifier (that needs frames of at least 2 aircraft)" if len(em) == 1 else ""))
     meta = {"sample_rate": plan["rate"], "layout": "NLC", "label_base": 0, "num_classes": len(em), "length": plan["length"],
             "frames": len(f), "counts": counts.tolist(), "generator": "ltsei frames", "config": asdict(cfg),
             "recordings": [{"file": rec.path.name, "format": rec.fmt, "sample_rate": rec.sample_rate, "samples": rec.n} for rec in recs],
@@ -728,6 +737,10 @@ def frames_main(argv: list[str]) -> int:
     try:
         line = write_dataset(stage, recs, cfg)
         replace_dir(stage, out)
+    except OSError as e:                         # a full disk: one line naming --out (the temporary folder goes below)
+        err = storage_error(out, OSError(e.errno, "") if isinstance(e, StorageError) else e, "write the data set to")
+        if err is e: raise
+        raise err from None
     finally:
         drop_temp(stage)
     print(f"{line} -> {out}")

@@ -16,14 +16,15 @@ from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, ch
 
 # %% auto #0
 __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
-           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP',
-           'read_reference', 'as_complex', 'frame_start', 'measure_frame', 'measure_frames', 'spectrum_bins_full',
-           'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves', 'compare_curves',
-           'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report', 'reference_report',
-           'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames',
-           'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides', 'preset_flags',
-           'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
-           'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'write_preset']
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'FIT_HEADER',
+           'MIN_FIT_FRAMES', 'read_reference', 'as_complex', 'frame_start', 'measure_frame', 'measure_frames',
+           'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves',
+           'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report',
+           'reference_report', 'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample',
+           'load_frames', 'frames_margin_s', 'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides',
+           'preset_flags', 'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
+           'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'check_preset_out', 'write_preset',
+           'check_fit_frames']
 
 # %% ../nbs/06_realism.ipynb #65520d0d
 def read_reference(name: str = "real_adsb_reference.json") -> dict:
@@ -360,6 +361,7 @@ def cfo_1nn_accuracy(cfo, y, classes_per_group: int | None = 10, seed: int = 0) 
     ok = np.isfinite(cfo)
     cfo, y = cfo[ok], y[ok]
     cls = np.unique(y)
+    if len(cls) < 2: return float("nan")          # one class: every neighbour is right, which says nothing
     k = len(cls) if not classes_per_group or len(cls) < classes_per_group else int(classes_per_group)
     accs = []
     for g in range(0, len(cls) - k + 1, k):
@@ -417,10 +419,12 @@ def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = F
 
 
 # %% ../nbs/06_realism.ipynb #8cf47fc1
-def realism_report(x, y, sample_rate: float, time_units: bool = False) -> dict:
+def realism_report(x, y, sample_rate: float, time_units: bool = False, align_offset: float = 0.0) -> dict:
     """Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, the two curves
-    (`summarize_curves`), spread ratios, CFO-only 1-NN."""
+    (`summarize_curves`), spread ratios, CFO-only 1-NN. `align_offset` (samples) is taken off `align`: windows that
+    start that long before the preamble (`ltsei frames`' margin, `frames_margin_s`) measured as the reference's."""
     stats = measure_frames(x, sample_rate)
+    if align_offset: stats["align"] = stats["align"] - float(align_offset)
     y = np.asarray(y)
     curves = summarize_curves(spectrum_db(x, sample_rate, stats["cfo"].to_numpy()), envelope_acf(x), sample_rate)
     return {"stats": stats, "summary": summarize(stats, sample_rate, time_units), "curves": curves,
@@ -558,6 +562,17 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
     return x, y, fs, desc
 
 
+# %% ../nbs/06_realism.ipynb #24856163
+def frames_margin_s(paths, role: str = "train") -> float:
+    "The window margin before the preamble (s) of `ltsei frames` outputs among `paths` (one value for all, else 0)."
+    margins = set()
+    for p in map(Path, paths):
+        try: m = json.loads(((p if p.is_dir() else p.parent) / "meta.json").read_text())
+        except (OSError, ValueError): m = None
+        ok = isinstance(m, dict) and m.get("generator") == "ltsei frames" and isinstance(m.get("config"), dict)
+        margins.add(float(m["config"].get("margin_us", 0.0)) * 1e-6 if ok else 0.0)
+    return margins.pop() if len(margins) == 1 else 0.0
+
 # %% ../nbs/06_realism.ipynb #9e14d998
 def _read_x(path, role: str):
     "The signal array (no labels) and info of one capture file or folder, as `ltsei.data.read_xy` finds it."
@@ -631,8 +646,9 @@ def read_synth_preset(path) -> dict:
         if t in (int, float) and isinstance(v, str):      # YAML 1.1 reads 1e6 (no dot) as a string
             try: v = float(v)
             except ValueError: pass
-        ok = isinstance(v, bool) if t is bool else isinstance(v, str) if t is str else \
-             (isinstance(v, (int, float)) and not isinstance(v, bool) and (t is float or float(v) == int(v)))
+        num = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if num and not np.isfinite(float(v)): raise ValueError(f"synth preset {p}: {k}={v!r}: expected a finite {t.__name__}")
+        ok = isinstance(v, bool) if t is bool else isinstance(v, str) if t is str else (num and (t is float or float(v) == int(v)))
         if not ok: raise ValueError(f"synth preset {p}: {k}={v!r}: expected a {t.__name__}")
         out[k] = t(v)
     try: check_synth_config(replace(SynthConfig(), **out))
@@ -727,7 +743,8 @@ def realism_main(argv: list[str]) -> int:
     time_units = a.time_units or fsf != fs
     x, y = synth_sample(cfg, a.frames_per_emitter, a.emitters)
     rs = realism_report(x, y, fs, time_units)
-    ro = realism_report(xf, yf, fsf, time_units) if a.files else reference_report(fs, time_units)
+    off = frames_margin_s(a.files, a.role) if a.files else 0.0     # ltsei frames' windows: measured from the preamble
+    ro = realism_report(xf, yf, fsf, time_units, off * fsf) if a.files else reference_report(fs, time_units)
     if fsf != fs:   # a lag of one sample is another time at another rate: not comparable
         for r in (rs, ro): r["summary"].loc["noise_acf1", ["median", "p10", "p90"]] = np.nan
     table = compare(rs["summary"], ro["summary"], ("synthetic", other_name))
@@ -737,6 +754,8 @@ def realism_main(argv: list[str]) -> int:
     print(f"compared with {desc}")
     if time_units: print("rise, fall and alignment in ns" + (" (the sample rates differ)" if fsf != fs and not a.time_units else ""))
     if fsf != fs: print("noise lag-1 autocorrelation: n/a (one sample is another time lag at another rate)")
+    if off: print(f"alignment of the files from the preamble, the reference's convention (the {off * 1e6:g} us margin "
+                  "before the preamble of the ltsei frames windows taken off)")
     if fs / 2 <= 5e6 or fsf / 2 <= 5e6: print("noise within +-5 MHz: n/a at 10 MS/s or less (the whole band lies within +-5 MHz)")
     print()
     print(table.drop(columns="unit").assign(statistic=[f"{s} ({u})" if u else s for s, u in zip(table.statistic, table.unit)])
@@ -746,6 +765,8 @@ def realism_main(argv: list[str]) -> int:
     cc = compare_curves(curves_at(rs["curves"], lo), curves_at(ro["curves"], lo))
     print(_curve_lines(cc, other_name, lo, a.curves))
     print(compare_spread(rs, ro, ("synthetic", other_name)).to_string())
+    if a.files and len(np.unique(yf)) < 2:
+        print("CFO-only 1-NN accuracy of the files: n/a: they hold one emitter (with one class every neighbour is right)")
     if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
     return 0
 
@@ -772,11 +793,12 @@ def _fit_main(a, over: dict) -> int:
     "`ltsei realism --fit FILES... --out PRESET.yaml`: fit, write the preset, print what was estimated and how it fits."
     if not a.fit or not a.out: raise ValueError("ltsei realism: --fit FILES... and --out PRESET.yaml go together")
     if a.files: raise ValueError(f"ltsei realism --fit: the capture files go after --fit (got {a.files} before it)")
-    if Path(a.out).suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {a.out}: expected a .yaml file for the fitted preset")
+    check_preset_out(a.out)                   # before the fit: never a user's own file
     if a.preset not in SYNTH_PRESETS: raise ValueError(f"--preset {a.preset!r}: with --fit, expected one of {', '.join(sorted(SYNTH_PRESETS))}")
     base = replace(SYNTH_PRESETS[a.preset], **over)
     x, y, fs, desc = load_frames(a.fit, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
-    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed))
+    check_fit_frames(x, a.fit)
+    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed), align_offset=frames_margin_s(a.fit, a.role) * fs)
     print(f"fitted to {desc}\n\nestimated (median [p10 .. p90]):")
     for r in fit["estimates"].index: print(f"  {r:15s} {_fmt_est(fit['estimates'].loc[r])}")
     if fit["preset"] is None:
@@ -990,7 +1012,7 @@ def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
     return cfg
 
 # %% ../nbs/06_realism.ipynb #9e3d7411
-def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0) -> dict:
+def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0, align_offset: float = 0.0) -> dict:
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
     `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
     snr_db_min/max and whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
@@ -998,7 +1020,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
     fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
-    files = realism_report(x, y, fs)
+    files = realism_report(x, y, fs, align_offset=align_offset)      # (`align_offset`: see `realism_report`)
     est = fingerprint_estimates(files["stats"], y, fs, x)
     classes = len(np.unique(y))
     preset = {"sample_rate": fs, "length": int(x.shape[-1])}
@@ -1047,20 +1069,46 @@ def preset_text(fit: dict, source: str) -> str:
     body = yaml.safe_dump({k: (float(v) if isinstance(v, (float, np.floating)) else int(v) if isinstance(v, (int, np.integer)) else v)
                            for k, v in fit["preset"].items()}, sort_keys=False, default_flow_style=False).rstrip()
     est = fit["estimates"]
-    lines = [f"# ltsei realism --fit: a synthetic receiver and emitter population fitted to {source}",
+    lines = [f"{FIT_HEADER} a synthetic receiver and emitter population fitted to {source}",
              f"# generator {SYNTH_VERSION}. Keys: data.synth keys, applied over a preset (ltsei synth --preset THIS.yaml:",
              "# over paper) or over the profile's data.synth (python main.py data.synth.preset=THIS.yaml).", body,
              "# estimated from the captures but not a data.synth key of this generator: median [p10 .. p90]"]
     lines += [f"#   {r}: {_fmt_est(est.loc[r])}  ({est.loc[r, 'how']})" for r in fit["unused"]]
     return "\n".join(lines) + "\n"
 
-def write_preset(path, text: str) -> Path:
-    "Write the preset file whole (`storage.atomic_write`: a marked temporary beside it, then renamed), after checking it reads back."
+FIT_HEADER = "# ltsei realism --fit:"    # the first line of every preset the fit writes: the only files it replaces
+
+def check_preset_out(path) -> Path:
+    "Refuse an --out that is not a .yaml name in an existing folder, or an existing file the fit did not write (see above)."
     p = Path(path)
     if p.suffix.lower() not in PRESET_SUFFIXES: raise ValueError(f"--out {p}: expected a .yaml file for the fitted preset")
     if not p.parent.is_dir(): raise FileNotFoundError(f"--out {p}: the folder {p.parent} does not exist")
+    if p.exists() or p.is_symlink():
+        try: first = p.read_text(errors="replace").split("\n", 1)[0] if p.is_file() and not p.is_symlink() else ""
+        except OSError: first = ""
+        if not first.startswith(FIT_HEADER):
+            raise ValueError(f"--out {p}: exists and was not written by ltsei realism --fit (its first line is not "
+                             f"{FIT_HEADER!r}): expected a new file name, or an earlier fitted preset to replace")
+    return p
+
+def write_preset(path, text: str) -> Path:
+    "Write the preset file whole (`storage.atomic_write`: a marked temporary beside it, then renamed), after checking it reads back."
+    p = check_preset_out(path)
     def write(tmp):
         tmp.write_text(text)
         read_synth_preset(tmp)
     return atomic_write(p, write)
 
+
+# %% ../nbs/06_realism.ipynb #cacf3147
+MIN_FIT_FRAMES = 20
+
+def check_fit_frames(x, paths) -> None:
+    "Raise ValueError when the capture frames `x` of `paths` cannot be fitted (see above)."
+    names = ", ".join(str(p) for p in paths)
+    bad = int((~np.isfinite(np.asarray(x, np.float64))).any(axis=tuple(range(1, np.ndim(x)))).sum()) if len(x) else 0
+    if bad: raise ValueError(f"realism --fit {names}: {bad} of {len(x)} frames hold samples that are not finite "
+                             "(NaN or inf): expected finite I/Q samples")
+    if len(x) < MIN_FIT_FRAMES:
+        raise ValueError(f"realism --fit {names}: {len(x)} frame{'s' * (len(x) != 1)}: a fit needs at least {MIN_FIT_FRAMES} "
+                         "(each statistic's p10-p90 band)")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_run.ipynb #fb9fffcd
 from __future__ import annotations
-import contextlib, csv, hashlib, io, json, shutil, time
+import contextlib, csv, hashlib, io, json, shutil, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +18,18 @@ from .openset import ScoringModel, score_openset
 from .models import create_model
 from .losses import create_loss
 from .samplers import create_sampler
-from .storage import (make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
+from .storage import (resolve_runs_dir, make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
                            DamagedCheckpoint)
-from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain
+from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain, active_run, RUN_MARK, ACTIVE_MARK
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
 from .moe_ltsei import config_groups, moe_record, routing_metrics
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'config_loss_params', 'build_sampler', 'CheckpointError', 'stage1_payload',
-           'load_stage1_checkpoint', 'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard',
-           'save_train_indices', 'scoring_model', 'run_extras', 'train_stage2_resumable', 'run_experiment']
+__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'RESUME_NOTE', 'config_loss_params', 'build_sampler', 'CheckpointError',
+           'stage1_payload', 'load_stage1_checkpoint', 'train_stage1', 'get_stage1', 'save_predictions', 'read_log',
+           'write_tensorboard', 'save_train_indices', 'scoring_model', 'run_extras', 'train_stage2_resumable',
+           'run_experiment']
 
 # %% ../nbs/17_run.ipynb #03d8cd3f
 def config_loss_params(name: str, cfg, stage: int) -> dict:
@@ -291,7 +292,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
     s2 = cfg.stage2
     key = stage2_key(cfg)
     slot = CacheEntry(Path(cfg.data.cache_dir) / "stage2", key, "stage-2 resume state")
-    with slot.lock():
+    with slot.lock() as held:
         if not cfg.stage1.reuse: slot.discard_work()
         slot.make_work()
         clean_stale(slot.work_dir)
@@ -308,6 +309,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
             if not (isinstance(e, OSError) and resume.path.is_file()): slot.discard_work()
             raise
         slot.discard_work()
+        (held.root / f"{key}.lock").unlink(missing_ok=True)     # nothing is left to guard: no stale lock for ltsei clean
     return res2, resume
 
 def _stage1_evaluator(model, ev, out_dir: Path):
@@ -350,17 +352,8 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
     print(f"[ltsei] done in {metrics['seconds']:.0f}s: test acc {fmt(t['acc'])}  balanced {fmt(t['balanced_acc'])}  "
           f"macro-F1 {fmt(t['macro_f1'])}  many/medium/few {fmt(t['many_acc'])}/{fmt(t['medium_acc'])}/{fmt(t['few_acc'])}  -> {out_dir / 'metrics.json'}")
 
-def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
-    "Run one finalized config (see `config.compose_config`) into `out_dir`; returns the metrics dict."
-    t0 = time.time()
-    out_dir = _fresh_run_dir(cfg, out_dir)
-    torch.set_num_threads(int(cfg.training.num_threads))     # part of the run: the numbers depend on it
-    torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
-    rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
-    data = load_data(cfg.data, cfg.seed)
-    if OmegaConf.select(cfg, "openset.enabled", default=False):      # unknown emitters: held out of training
-        data = hold_out_unknown(data, choose_unknown(data.class_counts, cfg.openset.unknown_fraction, cfg.data.split_seed))
-    check_num_classes(cfg, data.num_classes)                 # known only now for data files; before stage 1 trains
+def _run_experiment(cfg, out_dir: Path, rt: Runtime, data, progress: bool, t0: float) -> dict:
+    "`run_experiment` once the data are loaded and checked."
     print(data.summary())
     counts = [int(c) for c in data.class_counts]
     save_class_counts(data, out_dir / "class_counts.json")
@@ -408,3 +401,38 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=_json_default))
     _print_summary(metrics, out_dir)
     return metrics
+
+# %% ../nbs/17_run.ipynb #004e348d
+RESUME_NOTE = ("[ltsei] to resume: run the same command again; it continues from the last completed epoch "
+               "(its resume state stays in the caches; ltsei clean keeps it)")
+
+def _drop_fresh(out_dir: Path) -> None:
+    """Remove a run folder this run created in ltsei's own place for it (`adhoc/`, `multirun/` below the results root)
+    when it holds only its config and Hydra's files; then its empty parents. A folder the user named is left."""
+    root = resolve_runs_dir(None)
+    if not (out_dir.is_relative_to(root) and {"adhoc", "multirun"} & set(out_dir.relative_to(root).parts)): return
+    if any(p.name not in (RUN_MARK, ACTIVE_MARK, "config.yaml", ".hydra") and p.suffix != ".log" for p in out_dir.iterdir()): return
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for parent in list(out_dir.parents)[:2]:                 # adhoc/ and the profile's folder, when they are empty now
+        with contextlib.suppress(OSError): parent.rmdir()
+
+def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
+    "Run one finalized config (see `config.compose_config`) into `out_dir`; returns the metrics dict."
+    t0 = time.time()
+    fresh = not (Path(out_dir).expanduser().absolute() / RUN_MARK).is_file()
+    out_dir = _fresh_run_dir(cfg, out_dir)
+    with active_run(out_dir):
+        torch.set_num_threads(int(cfg.training.num_threads))     # part of the run: the numbers depend on it
+        torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
+        rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
+        try:
+            data = load_data(cfg.data, cfg.seed)
+            if OmegaConf.select(cfg, "openset.enabled", default=False):      # unknown emitters: held out of training
+                data = hold_out_unknown(data, choose_unknown(data.class_counts, cfg.openset.unknown_fraction, cfg.data.split_seed))
+            check_num_classes(cfg, data.num_classes)                 # known only now for data files; before stage 1 trains
+        except (ValueError, FileNotFoundError):
+            if fresh: _drop_fresh(out_dir)
+            raise
+        try: return _run_experiment(cfg, out_dir, rt, data, progress, t0)
+        except KeyboardInterrupt:
+            print(RESUME_NOTE, file=sys.stderr, flush=True); raise

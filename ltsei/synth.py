@@ -23,13 +23,13 @@ from .storage import (StorageError, check_free_space, clean_stale, drop_temp, ma
 from .cache import CacheEntry
 
 # %% auto #0
-__all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD', 'CFO_SHIFT_HZ',
-           'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'EDGE_JITTER', 'DROOP_JITTER', 'RX_DC_DB', 'RMS_RANGE',
-           'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB', 'AGC_HEADROOM_DB', 'SPLITS', 'CHUNK', 'STORE_DTYPE',
-           'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config', 'make_fingerprints',
-           'gen_rate', 'rx_response', 'synth_frames', 'estimate_cfo', 'split_sizes', 'synth_nbytes', 'synth_numerics',
-           'synth_key', 'generate_split', 'SynthWorkerError', 'generate_synth', 'SynthSet', 'synth_entry', 'load_synth',
-           'synth_main']
+__all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'SNR_DB_RANGE', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD',
+           'CFO_SHIFT_HZ', 'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'EDGE_JITTER', 'DROOP_JITTER', 'RX_DC_DB',
+           'RMS_RANGE', 'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB', 'AGC_HEADROOM_DB', 'SPLITS', 'CHUNK',
+           'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config',
+           'make_fingerprints', 'gen_rate', 'rx_response', 'synth_frames', 'estimate_cfo', 'split_sizes',
+           'synth_nbytes', 'synth_numerics', 'synth_key', 'generate_split', 'SynthWorkerError', 'check_finite',
+           'generate_synth', 'SynthSet', 'synth_entry', 'load_synth', 'synth_main']
 
 # %% ../nbs/04_synth.ipynb #a76224b8
 @dataclass
@@ -78,14 +78,29 @@ def _field_type(f) -> type:
     "The Python type of a SynthConfig field (its annotation is a string under `from __future__ import annotations`)."
     return _FIELD_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
 
+def _as_field(f, v):
+    "`v` as the type of the SynthConfig field `f`; a number that is not finite (or not whole, for an integer) is a ValueError naming it."
+    t = _field_type(f)
+    if t in (int, float) and not isinstance(v, bool):
+        try: x = float(v)
+        except (TypeError, ValueError): x = None
+        if x is None or not np.isfinite(x) or (t is int and x != int(x)):
+            raise ValueError(f"synth.{f.name}={v!r}: expected a finite {'integer' if t is int else 'number'}")
+    return t(v)
+
 def as_synth_config(cfg) -> SynthConfig:
     "A SynthConfig from any object with the same fields (e.g. an OmegaConf node), with the fields' types."
-    return SynthConfig(**{f.name: _field_type(f)(getattr(cfg, f.name)) for f in fields(SynthConfig)})
+    return SynthConfig(**{f.name: _as_field(f, getattr(cfg, f.name)) for f in fields(SynthConfig)})
+
+SNR_DB_RANGE = (-100.0, 200.0)     # what the generator keeps finite in its float16 store (checked again on the data)
 
 def check_synth_config(cfg) -> None:
-    "Raise ValueError naming the first SynthConfig field that is out of range."
+    "Raise ValueError naming the first SynthConfig field that is out of range (each number finite first, by its own name)."
     def bad(name, want):
         raise ValueError(f"synth.{name}={getattr(cfg, name)!r}: expected {want}")
+    for f in fields(SynthConfig): _as_field(f, getattr(cfg, f.name))
+    for k in ("snr_db_min", "snr_db_max"):
+        if not SNR_DB_RANGE[0] <= float(getattr(cfg, k)) <= SNR_DB_RANGE[1]: bad(k, f"a ratio in dB within {SNR_DB_RANGE}")
     if int(cfg.num_emitters) < 2: bad("num_emitters", "an integer >= 2")
     if not float(cfg.sample_rate) >= 4e6: bad("sample_rate", "at least 4e6 samples/s (2 samples per 0.5 us chip)")
     if int(cfg.length) <= 0: bad("length", "a positive number of samples")
@@ -498,6 +513,17 @@ def _run_pool(items, workers: int, initargs, update, where) -> None:
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
+# %% ../nbs/04_synth.ipynb #4c6cebb5
+def check_finite(folder, cfg) -> None:
+    "Raise ValueError when a generated `X_{split}.npy` in `folder` holds a sample that is not finite (see above)."
+    for split in split_sizes(cfg):
+        X, bad = np.load(Path(folder) / f"X_{split}.npy", mmap_mode="r"), 0
+        for i in range(0, len(X), 4096): bad += int((~np.isfinite(X[i:i + 4096])).any(axis=(1, 2)).sum())
+        if bad:
+            raise ValueError(f"synth: the settings give {bad} of {len(X)} {split} frames with samples that are not finite "
+                             f"(NaN or inf in the float16 store): check snr_db_min={cfg.snr_db_min}, snr_db_max={cfg.snr_db_max}, "
+                             f"difficulty={cfg.difficulty}; nothing was written")
+
 # %% ../nbs/04_synth.ipynb #929dc94c
 def generate_synth(cfg, out_dir, workers: Optional[int] = None, progress: bool = True) -> dict:
     """Generate the data set of `cfg` into the existing folder `out_dir`: for each split in SPLITS,
@@ -534,6 +560,7 @@ def generate_synth(cfg, out_dir, workers: Optional[int] = None, progress: bool =
                 _WORKER.clear()
         else:
             _run_pool(items, workers, (cfg, fp, paths), bar.update, out_dir)
+    check_finite(out_dir, cfg)                # before meta.json: a data set with a NaN or inf is never published
     meta = {"version": SYNTH_VERSION, "key": synth_key(cfg), "config": asdict(cfg),
             "dtype": np.dtype(STORE_DTYPE).name, "sizes": split_sizes(cfg), "seconds": round(time.time() - t, 2),
             "fingerprints": fpdf.reset_index().to_dict(orient="list")}

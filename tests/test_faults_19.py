@@ -47,6 +47,7 @@ def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for d in ("D/thesis.old2019", "D/tensorboard", "C2/photos.old1999"):
         (tmp_path / d).mkdir(parents=True); (tmp_path / d / "f.txt").write_text("mine")
+    (tmp_path / "C2" / "digests.json").write_text("{}")          # C2 is a cache folder of ltsei's (a user's folder is refused)
     before = listing(tmp_path)
     rc = guide_main(["profile=smoke", "hydra.run.dir=D", "stage1.cache_dir=C2"])   # the command
     err = errors(capsys)
@@ -224,6 +225,7 @@ def test_6_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
         if damaged: (e.path / "best.pt").write_bytes(b"x" * 4096); assert not e.ready()
         return e
     used, _, _ = entry("used"), entry("unused"), entry("broken", damaged=True)
+    for f in (s1 / "unused" / "manifest.json", s1 / "unused.lock"): os.utime(f, (time.time() - 7200,) * 2)   # not recent
     (runs / "smoke" / "1.1" / "s1_1_ce" / "seed0").mkdir(parents=True)
     (runs / "smoke" / "1.1" / "s1_1_ce" / "seed0" / "metrics.json").write_text(json.dumps({"stage1": {"path": str(used.path)}}))
     w = CacheEntry(s1, "abandoned"); w.make_work(); (w.work_dir / "resume.pt").write_bytes(b"r" * 50_000)
@@ -232,15 +234,15 @@ def test_6_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
     (s1 / "notes.old2019").mkdir(); (s1 / "notes.old2019" / "f").write_text("mine"); (s1 / "mine.lock").write_text("x")
     assert main(["clean", "--runs-dir", str(runs), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for kind, p in [("quarantined", "quarantine/broken-"), ("work folder", "abandoned.work"), ("temporary", stale.name),
+    for kind, p in [("quarantined", "quarantine/broken-"), ("resumable", "abandoned.work"), ("temporary", stale.name),
                     ("stale lock", "gone.lock"), ("unreferenced", "stage1/unused")]:
         assert any(kind in l and p in l and "MiB" in l for l in out.splitlines()), (kind, out)
     assert "used.lock" not in out and "stage1/used " not in out and "notes" not in out and "mine.lock" not in out
     assert "dry run: nothing removed" in out and w.work_dir.exists()
     with FileLock(s1 / "abandoned.lock"):                                         # a build resumes it right now: kept
-        assert main(["clean", "--runs-dir", str(runs)]) == 0
+        assert main(["clean", "--runs-dir", str(runs), "--include-resumable"]) == 0
     assert w.work_dir.exists() and "in use by a running build, kept" in capsys.readouterr().out
-    assert main(["clean", "--runs-dir", str(runs)]) == 0
+    assert main(["clean", "--runs-dir", str(runs), "--include-resumable"]) == 0
     assert [it["path"].name for it in leftovers(runs)] == [] and used.ready()
     assert (s1 / "notes.old2019" / "f").read_text() == "mine" and (s1 / "mine.lock").exists()
 
