@@ -11,17 +11,17 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes
+from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes, seed_patience
 from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
-from .metrics import accuracy_by_snr
+from .metrics import accuracy_by_snr, seed_shot_groups
 from .openset import ScoringModel, score_openset
 from .models import create_model
-from .losses import create_loss
-from .samplers import create_sampler
+from .losses import create_loss, compat_loss
+from .samplers import create_sampler, compat_sampler
 from .storage import (make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
                            DamagedCheckpoint)
 from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain
-from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
+from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume, seed_fit_options
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
 from .moe_ltsei import routing_metrics, frequency_groups
 
@@ -114,8 +114,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
-    loss_fn = create_loss(cfg.loss.name, data.class_counts, **config_loss_params(cfg.loss.name, cfg, 1))
-    sampler = build_sampler(cfg.sampling.name, data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
+    loss_fn = compat_loss(cfg.loss.name, data.class_counts, cfg.compat, **config_loss_params(cfg.loss.name, cfg, 1))
+    sampler = build_sampler(compat_sampler(cfg.sampling.name, 1, cfg.compat), data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
     opt = make_optimizer(model.parameters(), cfg.training.optimizer, cfg.training.lr, cfg.training.momentum, cfg.training.weight_decay)
     x_val = data.val.x.to(rt.device)      # validated every epoch: copied to the device once
     ev = lambda m: evaluate(m, x_val, data.val.y, cfg.training.eval_batch_size, rt, data.num_classes, data.groups)
@@ -124,7 +124,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
         res = fit(model, data.train.x, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt,
                   epochs=cfg.training.epochs, lr=cfg.training.lr, warmup_epochs=cfg.training.warmup_epochs,
                   batch_size=cfg.data.batch_size, rt=rt, validate=ev, log_path=work / "log.csv",
-                  desc=f"stage1 {cfg.model.name}/{cfg.loss.name}", progress=progress, resume=resume)
+                  desc=f"stage1 {cfg.model.name}/{cfg.loss.name}", progress=progress, resume=resume,
+                  **(seed_fit_options(seed_patience(cfg, 1)) if cfg.compat == "seed" else {}))
         atomic_save(stage1_payload(model, cfg, res.best_state, res.best_epoch, res.best_val, data.num_classes, data.length, key), work / "best.pt")
         atomic_save(stage1_payload(model, cfg, res.last_state, res.epochs_run - 1, res.last_val, data.num_classes, data.length, key), work / "last.pt")
         meta = {"key": key, "complete": True, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
@@ -296,13 +297,13 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
         clean_stale(slot.work_dir)
         resume = Resume(slot.work_dir / "resume.pt", tag=key)
         loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
-        sampler = build_sampler(s2.sampler, data.train.y, s2.epochs, s2, cfg.seed + 1)
+        sampler = build_sampler(compat_sampler(s2.sampler, 2, cfg.compat), data.train.y, s2.epochs, s2, cfg.seed + 1)
         try:
             res2 = train_stage2(model, data, s2, loss_fn=loss_fn, sampler=sampler, rt=rt,
                                 batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,
                                 eval_batch_size=cfg.training.eval_batch_size, momentum=cfg.training.momentum,
                                 weight_decay=cfg.training.weight_decay, log_path=out_dir / "log_stage2.csv",
-                                progress=progress, seed=cfg.seed, resume=resume)
+                                progress=progress, seed=cfg.seed, resume=resume, compat=cfg.compat, patience=seed_patience(cfg, 2))
         except Exception as e:
             if not (isinstance(e, OSError) and resume.path.is_file()): slot.discard_work()
             raise
@@ -328,7 +329,7 @@ def _with_stage3(cfg, model, data, rt: Runtime, res2, evaluate_split):
     if s3.mode == "none": return evaluate_split, None
     if s3.mode == "tau_norm":                 # post-hoc, through the same evaluator (stage 2's cached features if any)
         host = res2.model.head if cfg.stage2.enabled else model.classifier
-        post = {"head": tau_normalize(host, s3.tau_norm)}
+        post = {"head": tau_normalize(host, s3.tau_norm, keep_bias=cfg.compat == "seed")}
     else:
         post = {"logit_transform": logit_adjust_fn(data.class_counts, s3.logit_tau)}
     return (lambda split, state="best": evaluate_split(split, **post)), post
@@ -356,9 +357,10 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     torch.set_num_threads(int(cfg.training.num_threads))     # part of the run: the numbers depend on it
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
-    data = load_data(cfg.data, cfg.seed)
+    data = load_data(cfg.data, cfg.seed, compat=cfg.compat)
     if OmegaConf.select(cfg, "openset.enabled", default=False):      # unknown emitters: held out of training
         data = hold_out_unknown(data, choose_unknown(data.class_counts, cfg.openset.unknown_fraction, cfg.data.split_seed))
+    if cfg.compat == "seed": data.groups = seed_shot_groups(data.class_counts)   # the seed's shot groups and H-mean
     check_num_classes(cfg, data.num_classes)                 # known only now for data files; before stage 1 trains
     print(data.summary())
     counts = [int(c) for c in data.class_counts]
@@ -366,6 +368,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     indices = save_train_indices(data, out_dir / "train_indices.npy")
     print(f"[ltsei] runtime: {rt.describe()}; output: {out_dir}")
     print(f"[ltsei] precision: {rt.precision} (training.precision={rt.requested}: {rt.reason})")
+    if cfg.compat == "seed": print("[ltsei] compat=seed: the seed 657badc's code paths where ltsei differs (docs/seed-differences.md)")
 
     model, s1 = get_stage1(cfg, data, rt, out_dir, progress)
     ev = lambda m, split, **kw: evaluate(m, getattr(data, split).x, getattr(data, split).y,
@@ -390,7 +393,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
                "test_last": _public(test_last) if test_last else None,
                "confusion_test": confusion_matrix(data.test.y.numpy(), test["_pred"].numpy(), data.num_classes).tolist(),
                **_stage_records(cfg, s1, res2, resume2),
-               "profile": cfg.scale.profile, "runtime": rt.describe(), "precision": rt.precision_record(), "data": data.info}
+               "profile": cfg.scale.profile, "compat": cfg.compat, "runtime": rt.describe(), "precision": rt.precision_record(), "data": data.info}
     metrics["train_indices"] = indices
     metrics.update(run_extras(cfg, data, test, lambda: scoring_model(model, res2, post), rt, out_dir))
     if "_gate_probs" in test:
