@@ -27,9 +27,10 @@ __all__ = ['EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'COM
            'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError',
            'LossConfig', 'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config',
            'Stage3Config', 'Stage1Config', 'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node',
-           'compat_node', 'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
-           'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
-           'check_machine', 'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'compat_node', 'compat_notes', 'apply_compat', 'seed_patience', 'register_configs', 'config_template',
+           'all_keys', 'check_overrides', 'check_num_classes', 'validate', 'scale_epochs', 'stage2_on_cached_features',
+           'finalize', 'compose_config', 'check_machine', 'print_config', 'data_identity', 'numerics',
+           'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -207,6 +208,22 @@ SEED_PATIENCE = 30                 # compat=seed: a stage stops after 30 epochs 
 def compat_node(name: str) -> dict:
     "What `compat=name` sets: the key and, under seed, the seed's LDAM re-weighting power (0.25) and I/Q input (z-score)."
     return {"compat": name, **({"loss": {"ldam_reweight_power": 0.25}, "data": {"normalize": "zscore"}} if name == "seed" else {})}
+
+def compat_notes(cfg) -> list[str]:
+    "The lines a run prints under compat=seed: what runs the seed's way and what does not (none under compat=paper)."
+    if cfg.compat != "seed": return []
+    notes = ["compat=seed: the seed 657badc's code paths where ltsei differs (docs/seed-differences.md); "
+             "precision stays ltsei's (the seed: fp16 with a gradient scaler on a GPU)"]
+    if cfg.model.name == "FrequencyDomainExpert":
+        notes.append("compat=seed: FrequencyDomainExpert crashes in the seed (TypeError: dropout_rate); it runs ltsei's way")
+    return notes
+
+def apply_compat(cfg, data) -> None:
+    "What a run does first under compat=seed: print `compat_notes` and give `data` the seed's shot groups; nothing under paper."
+    if cfg.compat != "seed": return
+    from ltsei.metrics import seed_shot_groups
+    for note in compat_notes(cfg): print(f"[ltsei] {note}")
+    data.groups = seed_shot_groups(data.class_counts)
 
 def seed_patience(cfg, stage: int) -> int | None:
     """The early-stopping patience of stage `stage` (1 or 2) in epochs under compat=seed, scaled as the stage's

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes, seed_patience
+from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes, seed_patience, apply_compat
 from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
-from .metrics import accuracy_by_snr, seed_shot_groups
+from .metrics import accuracy_by_snr
 from .openset import ScoringModel, score_openset
 from .models import create_model
 from .losses import create_loss, compat_loss
@@ -108,11 +108,11 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     if cfg.stage1.reuse and _finished_work(work, key):   # trained, then publishing failed (a full disk): publish it now
         print(f"[ltsei] stage 1: publishing the finished training left in {work}", flush=True)
         entry.publish(work)
-        model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
+        model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat)
         load_stage1_checkpoint(entry.path / "best.pt", model, what=f"the stage-1 cache entry {entry.path}")
         return model, json.loads((entry.path / "meta.json").read_text())
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
-    model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model).to(rt.device)
+    model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
     loss_fn = compat_loss(cfg.loss.name, data.class_counts, cfg.compat, **config_loss_params(cfg.loss.name, cfg, 1))
     sampler = build_sampler(compat_sampler(cfg.sampling.name, 1, cfg.compat), data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
@@ -150,7 +150,7 @@ def _finished_work(work: Path, key: str) -> bool:
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from an intact cache entry, or trained (or resumed) now."
     key = stage1_key(cfg)
-    new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
+    new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat)
     ck_dir = out_dir / "checkpoints"
     if cfg.stage1.checkpoint:
         model = new_model()
@@ -360,7 +360,7 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     data = load_data(cfg.data, cfg.seed, compat=cfg.compat)
     if OmegaConf.select(cfg, "openset.enabled", default=False):      # unknown emitters: held out of training
         data = hold_out_unknown(data, choose_unknown(data.class_counts, cfg.openset.unknown_fraction, cfg.data.split_seed))
-    if cfg.compat == "seed": data.groups = seed_shot_groups(data.class_counts)   # the seed's shot groups and H-mean
+    apply_compat(cfg, data)                                  # compat=seed: its header lines, the seed's shot groups
     check_num_classes(cfg, data.num_classes)                 # known only now for data files; before stage 1 trains
     print(data.summary())
     counts = [int(c) for c in data.class_counts]
@@ -368,7 +368,6 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     indices = save_train_indices(data, out_dir / "train_indices.npy")
     print(f"[ltsei] runtime: {rt.describe()}; output: {out_dir}")
     print(f"[ltsei] precision: {rt.precision} (training.precision={rt.requested}: {rt.reason})")
-    if cfg.compat == "seed": print("[ltsei] compat=seed: the seed 657badc's code paths where ltsei differs (docs/seed-differences.md)")
 
     model, s1 = get_stage1(cfg, data, rt, out_dir, progress)
     ev = lambda m, split, **kw: evaluate(m, getattr(data, split).x, getattr(data, split).y,

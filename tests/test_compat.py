@@ -248,3 +248,43 @@ def test_seed_run_wiring(in_scratch, capsys):
                                                                                                   cfg.data.imbalance_ratio)]
     assert m["data"]["normalize"] == "zscore"
     assert json.loads((in_scratch / "compat_seed" / "metrics.json").read_text())["compat"] == "seed"
+
+
+# --- the backbones: ResNet1D / DilatedTCN attention and start; the seed's MixtureOfExpertsConvNet; FrequencyDomainExpert ---
+
+def test_models():
+    import math
+    from ltsei.config import compat_notes
+    from ltsei.models import ChannelAttention, ModelConfig, create_model
+
+    def both(name, cfg=ModelConfig()):
+        torch.manual_seed(0); s = create_model(name, 5, 960, cfg, compat="seed")
+        torch.manual_seed(0); p = create_model(name, 5, 960, cfg)
+        return s, p
+
+    for name in ("ResNet1D", "DilatedTCN"):
+        s, p = both(name)
+        assert isinstance(s.body.attention, ChannelAttention) and p.body.attention is None
+        assert not any("attention" in k for k in p.state_dict())                       # paper: the same parameters as before
+        extra = set(s.state_dict()) - set(p.state_dict())
+        assert extra and all(k.startswith("body.attention.") for k in extra) and set(p.state_dict()) <= set(s.state_dict())
+        conv = [m for m in s.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))][-1]   # Kaiming-normal, fan-out
+        fan_out = conv.out_channels * conv.weight[0, 0].numel()
+        assert abs(conv.weight.std().item() / math.sqrt(2 / fan_out) - 1) < 0.1
+        assert both(name, ModelConfig(use_attention=False))[0].body.attention is None
+    for name in ("ConvNetADSB", "FrequencyDomainExpert"):                                 # the same in both modes
+        s, p = both(name)
+        assert type(s) is type(p) and s.state_dict().keys() == p.state_dict().keys()
+        assert all(torch.equal(s.state_dict()[k], v) for k, v in p.state_dict().items())
+    s, p = both("MixtureOfExpertsConvNet", ModelConfig(conv_impl="conv1d"))
+    assert type(s).__name__ == type(p).__name__ == "MixtureOfExpertsConvNet"            # checkpoints name the configured backbone
+    assert s.gate.out.in_features == 64 and not hasattr(s, "aux_loss") and hasattr(p, "aux_loss")
+    s.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 2, 960)
+        z = s(x)
+        mixed = (s.last_gates.unsqueeze(-1) * torch.stack([e(x) for e in s.experts], 1)).sum(1)   # mixed logits
+    torch.testing.assert_close(z, mixed)
+    assert [type(e).__name__ for e in s.experts] == ["ConvNetADSB", "DilatedTCN", "FrequencyDomainExpert"]
+    notes = compat_notes(compose_config(["compat=seed", "model.name=FrequencyDomainExpert"]))
+    assert "crashes in the seed" in notes[-1] and compat_notes(compose_config(["model.name=FrequencyDomainExpert"])) == []
