@@ -17,9 +17,9 @@ from pathlib import Path
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN',
            'RIDE_NOTE', 'SADE_NOTE', 'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS',
            'OPENSET_RUN', 'OPENSET_BASES', 'RIVAL_PREFIXES', 'OPENSET_ROWS', 'COMPAT_SECTION', 'COMPAT_BASES',
-           'COMPAT_ROWS', 'METRIC_KEYS', 'split_command', 'Row', 'openset_row', 'compat_row', 'guide_commands',
-           'parse_guide', 'select_rows', 'run_dir', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record',
-           'cache_overrides', 'parse_overrides', 'stage1_group']
+           'COMPAT_ROWS', 'METRIC_KEYS', 'split_command', 'Row', 'openset_row', 'compat_row', 'compat_pairs',
+           'guide_commands', 'parse_guide', 'select_rows', 'run_dir', 'read_metrics', 'ran_other_overrides',
+           'run_status', 'row_record', 'cache_overrides', 'parse_overrides', 'stage1_group']
 
 # %% ../nbs/19_rows.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
@@ -238,6 +238,21 @@ def compat_row(base: Row, mode: str) -> Row:
 
 COMPAT_ROWS: list[Row] = [compat_row(ROWS_BY_ID[i], m) for i in COMPAT_BASES for m in ("paper", "seed")]
 ROWS_BY_ID.update({r.id: r for r in COMPAT_ROWS})
+
+# %% ../nbs/19_rows.ipynb #d170f28f
+def compat_pairs(runs_dir, profile: str, seeds, metric: str = "balanced_acc") -> list[dict]:
+    "Per base row and seed: `metric` (test) under compat=paper and seed, their difference; then 'MoE-LTSEI - cRT' per mode."
+    val = lambda rid, k: (read_metrics(run_dir(runs_dir, profile, ROWS_BY_ID[rid], k)) or {}).get("test", {}).get(metric)
+    out = []
+    for base in (*COMPAT_BASES, "s5_1_full - s3_1_crt"):
+        for k in seeds:
+            if " - " in base:
+                a, b = base.split(" - ")
+                d = {m: (None if None in (x := (val(f"cp_{a}_{m}", k), val(f"cp_{b}_{m}", k))) else x[0] - x[1]) for m in ("paper", "seed")}
+            else:
+                d = {m: val(f"cp_{base}_{m}", k) for m in ("paper", "seed")}
+            if None not in d.values(): out.append({"row": base, "seed": k, **d, "seed_minus_paper": d["seed"] - d["paper"]})
+    return out
 
 # %% ../nbs/19_rows.ipynb #837dd000
 def guide_commands() -> list[tuple[str, list[str]]]:
