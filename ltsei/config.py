@@ -226,11 +226,9 @@ def apply_compat(cfg, data) -> None:
     data.groups = seed_shot_groups(data.class_counts)
 
 def seed_patience(cfg, stage: int) -> int | None:
-    """The early-stopping patience of stage `stage` (1 or 2) in epochs under compat=seed, scaled as the stage's
-    epochs are (a head on cached-eligible features keeps its epochs unscaled); None under compat=paper (no stopping)."""
-    if cfg.compat != "seed": return None
-    if stage == 2 and stage2_on_cached_features(cfg): return SEED_PATIENCE
-    return scale_epochs(SEED_PATIENCE, cfg.scale.epoch_scale, 1)
+    """The early-stopping patience of stage `stage` (1 or 2) in epochs: the seed's 30 under compat=seed, in every
+    profile (not scaled: see above); None under compat=paper (no stopping)."""
+    return SEED_PATIENCE if cfg.compat == "seed" else None
 
 # %% ../nbs/16_config.ipynb #0f3ae43f
 RUN_DIR = "${ltsei_runs:}/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"   # under the one results root (LTSEI_RUNS)

@@ -155,11 +155,11 @@ def test_selection_and_early_stopping():
     assert (only_select.best_epoch, only_select.epochs_run) == (1, 8)
 
 
-def test_patience_scaled_like_the_stage():
-    q = compose_config(["profile=quick", "compat=seed"])
-    assert seed_patience(q, 1) == 2 and seed_patience(q, 2) == 30          # stage 2 on a frozen head keeps its epochs
-    assert seed_patience(compose_config(["compat=seed"]), 1) == 30
-    assert seed_patience(compose_config(["profile=quick"]), 1) is None
+def test_patience_not_scaled():
+    for prof in ("quick", "smoke", "paper"):                                    # the seed's 30 epochs in every profile
+        q = compose_config([f"profile={prof}", "compat=seed"])
+        assert seed_patience(q, 1) == seed_patience(q, 2) == 30
+        assert seed_patience(compose_config([f"profile={prof}"]), 1) is None
 
 
 # --- LR schedule per epoch ---------------------------------------------------------------------------------------------
