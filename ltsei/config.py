@@ -24,11 +24,12 @@ from .moe_ltsei import DIFFICULTIES, GATE_WEIGHTINGS, GROUPINGS, HEAD_INITS, MAR
 from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_features
 
 # %% auto #0
-__all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'RUN_DIR', 'SWEEP_DIR',
-           'OPTIMIZERS', 'STAGE3_MODES', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError',
-           'LossConfig', 'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig', 'MoELossConfig', 'Stage2Config',
-           'Stage3Config', 'Stage1Config', 'ScaleConfig', 'OpenSetConfig', 'EvaluationConfig', 'ExperimentConfig',
-           'Config', 'profile_node', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
+__all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'COMPAT_MODES', 'SEED_PATIENCE',
+           'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS',
+           'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig',
+           'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config', 'ScaleConfig', 'OpenSetConfig',
+           'EvaluationConfig', 'ExperimentConfig', 'Config', 'profile_node', 'compat_node', 'compat_notes',
+           'apply_compat', 'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
            'check_num_classes', 'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features',
            'finalize', 'compose_config', 'check_machine', 'print_config', 'data_identity', 'numerics',
            'stage1_settings', 'stage1_key', 'stage2_key']
@@ -188,6 +189,7 @@ class Config:
     "The whole tree. `python main.py key=value ...` overrides any leaf."
     seed: int = 0
     gpus: Any = None                   # null: first CUDA device if any, else CPU; 0 or "0,1": CUDA ids
+    compat: str = "paper"              # paper: ltsei's code paths | seed: the seed 657badc's (docs/seed-differences.md)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -221,6 +223,35 @@ def profile_node(name: str) -> dict:
             "data": {"batch_size": BATCH_SIZES[name], "synth": _as_dict(SYNTH_PRESETS[name])},
             "stage2": {"batch_size": STAGE2_BATCH_SIZES[name]}}
 
+# %% ../nbs/16_config.ipynb #88d7090a
+COMPAT_MODES = ("paper", "seed")   # `compat`: ltsei's code paths | the seed 657badc's (docs/seed-differences.md)
+SEED_PATIENCE = 30                 # compat=seed: a stage stops after 30 epochs without a better validation accuracy
+
+def compat_node(name: str) -> dict:
+    "What `compat=name` sets: the key and, under seed, the seed's LDAM re-weighting power (0.25) and I/Q input (z-score)."
+    return {"compat": name, **({"loss": {"ldam_reweight_power": 0.25}, "data": {"normalize": "zscore"}} if name == "seed" else {})}
+
+def compat_notes(cfg) -> list[str]:
+    "The lines a run prints under compat=seed: what runs the seed's way and what does not (none under compat=paper)."
+    if cfg.compat != "seed": return []
+    notes = ["compat=seed: the seed 657badc's code paths where ltsei differs (docs/seed-differences.md); "
+             "precision stays ltsei's (the seed: fp16 with a gradient scaler on a GPU)"]
+    if cfg.model.name == "FrequencyDomainExpert":
+        notes.append("compat=seed: FrequencyDomainExpert crashes in the seed (TypeError: dropout_rate); it runs ltsei's way")
+    return notes
+
+def apply_compat(cfg, data) -> None:
+    "What a run does first under compat=seed: print `compat_notes` and give `data` the seed's shot groups; nothing under paper."
+    if cfg.compat != "seed": return
+    from ltsei.metrics import seed_shot_groups
+    for note in compat_notes(cfg): print(f"[ltsei] {note}")
+    data.groups = seed_shot_groups(data.class_counts)
+
+def seed_patience(cfg, stage: int) -> int | None:
+    """The early-stopping patience of stage `stage` (1 or 2) in epochs: the seed's 30 under compat=seed, in every
+    profile (not scaled: see above); None under compat=paper (no stopping)."""
+    return SEED_PATIENCE if cfg.compat == "seed" else None
+
 # %% ../nbs/16_config.ipynb #0f3ae43f
 RUN_DIR = "${ltsei_runs:}/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"   # under the one results root (LTSEI_RUNS)
 SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
@@ -235,11 +266,13 @@ def register_configs():
     cs = ConfigStore.instance()
     base = copy.deepcopy(config_template())
     node = {k: base[k] for k in base}
-    node["defaults"] = ["_self_", {"profile": "paper"}]
+    node["defaults"] = ["_self_", {"profile": "paper"}, {"compat": "paper"}]
     node["hydra"] = {"run": {"dir": RUN_DIR}, "sweep": {"dir": SWEEP_DIR, "subdir": "${hydra.job.num}"}, "job": {"chdir": False}}
     cs.store(name="config", node=node)
     for p in PROFILES:
         cs.store(group="profile", name=p, node=profile_node(p), package="_global_")
+    for m in COMPAT_MODES:   # `compat=seed` sets the key and the seed's defaults; the command line's own keys win
+        cs.store(group="compat", name=m, node=compat_node(m), package="_global_")
 
 # %% ../nbs/16_config.ipynb #0134c0bb
 def _leaf_keys(node, prefix="") -> list[str]:
@@ -280,6 +313,7 @@ def check_overrides(overrides: list[str]):
             if o.value() not in PROFILES:
                 raise ConfigError(f"profile={o.value()!r} is not a profile; expected one of {', '.join(PROFILES)}")
             continue
+        if key == "compat": _choice("compat", o.value(), COMPAT_MODES)   # a config group as well: Hydra's own message says less
         if key not in keys:
             section = key.rsplit(".", 1)[0] + "." if "." in key else ""
             near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
@@ -402,6 +436,7 @@ def check_hydra_names(overrides: list[str]) -> None:
 def _check_names(cfg) -> None:
     "Every name: against its family's registry (backbones, losses, samplers, stage-2 modes) or its fixed list."
     _choice("scale.profile", cfg.scale.profile, PROFILES)
+    _choice("compat", cfg.compat, COMPAT_MODES)
     _choice("model.name", cfg.model.name, MODELS.names())
     _choice("model.conv_impl", cfg.model.conv_impl, CONV_IMPLS)
     _choice("loss.name", cfg.loss.name, loss_names(stage=1))
@@ -601,6 +636,8 @@ def stage1_settings(cfg) -> dict:
     d["numerics"] = numerics(cfg)
     if OmegaConf.select(cfg, "openset.enabled", default=False):   # held-out emitters change the training data
         d["openset"] = {"unknown_fraction": float(cfg.openset.unknown_fraction)}
+    if cfg.compat == "seed":           # only then: today's keys stay valid; the seed's stage 1 ignores the sampler
+        d["compat"], d["sampling"] = "seed", "ignored (compat=seed)"
     return d
 
 def _hash(obj) -> str:
@@ -618,6 +655,7 @@ def stage2_key(cfg) -> str:
     d.pop("stage3", None)
     d.pop("gpus", None); d["numerics"] = numerics(cfg)   # the device by what it computes, not by its id (0 or null: the same)
     d.pop("evaluation", None)                        # measured after training
+    if d.get("compat") == "paper": d.pop("compat")   # today's keys stay valid
     o = d.pop("openset", None) or {}
     if o.get("enabled"): d["openset"] = {"unknown_fraction": o["unknown_fraction"]}   # only the held-out share trains differently
     ck = cfg.stage1.checkpoint

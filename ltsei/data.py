@@ -23,8 +23,8 @@ __all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'FLOAT3
            'class_ranks', 'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups',
            'read_xy', 'to_ncl', 'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames',
            'shared_frames', 'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'frame_power', 'check_scale',
-           'to_split', 'check_data_config', 'input_files', 'synth_snr', 'read_frame_snr', 'load_data', 'unknown_count',
-           'choose_unknown', 'hold_out_unknown']
+           'zscore_frames', 'to_split', 'check_data_config', 'input_files', 'synth_snr', 'read_frame_snr', 'load_data',
+           'unknown_count', 'choose_unknown', 'hold_out_unknown']
 
 # %% ../nbs/05_data.ipynb #b6898907
 @dataclass
@@ -41,7 +41,7 @@ class DataConfig:
     leakage: str = "error"           # files: frames the test file shares with train/val: error | drop | allow
     batch_size: int = 256
     target_length: Optional[int] = None   # crop/pad to this; None = the data's own length
-    normalize: str = "power"         # power (per-sample unit mean power) | none
+    normalize: str = "power"         # power (per-sample unit mean power) | none | zscore (per frame and channel; compat=seed)
     split_seed: int = 0              # which class gets which long-tail rank; which frames are held out
     cache_dir: str = "runs/cache"
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -425,12 +425,17 @@ def check_scale(p: np.ndarray, normalize: str, where: str) -> None:
         raise ValueError(f"{where}: {first(bad)}: a power above float32's range (the data's scale is wrong, e.g. "
                          "multiplied by 1e30); training would overflow: set data.normalize=power or rescale the file")
 
+def zscore_frames(x: torch.Tensor) -> torch.Tensor:
+    "Each channel (I, Q) of each frame of `x` (N, 2, L) to mean 0 and standard deviation 1 over time (a flat channel: 0), in float64."
+    xd = x.double()
+    return ((xd - xd.mean(2, keepdim=True)) / xd.std(2, keepdim=True, unbiased=False).clamp_min(1e-12)).float()
+
 def to_split(x: np.ndarray, y: np.ndarray, normalize: str, where: str = "the data") -> Split:
     """float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2 (in
     float64, so a file at any finite scale gives the same frames). Frames that cannot be normalised are refused
     (`check_scale`), naming `where`."""
-    if normalize not in ("power", "none"):
-        raise ValueError(f"data.normalize={normalize!r}: expected 'power' or 'none'")
+    if normalize not in ("power", "none", "zscore"):
+        raise ValueError(f"data.normalize={normalize!r}: expected 'power', 'none' or 'zscore'")
     x = np.ascontiguousarray(x, dtype=np.float32)
     p = frame_power(x)
     check_scale(p, normalize, where)
@@ -441,11 +446,13 @@ def to_split(x: np.ndarray, y: np.ndarray, normalize: str, where: str = "the dat
         raw = torch.from_numpy(x[idx].astype(np.float64))
         xt.div_(p32.sqrt().clamp_min(1e-12))                              # (the float32 arithmetic of earlier versions)
         if len(idx): xt[torch.from_numpy(idx)] = (raw / torch.from_numpy(np.sqrt(p[idx])).view(-1, 1, 1)).float()
+    if normalize == "zscore":                  # the seed's input: I and Q of each frame to mean 0, std 1 (compat=seed)
+        xt = zscore_frames(xt)
     return Split(xt.contiguous(), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
 
 # %% ../nbs/05_data.ipynb #9de318a1
 DATA_SOURCES = ("synthetic", "files")        # `data.source`
-NORMALIZATIONS = ("power", "none")            # `data.normalize`
+NORMALIZATIONS = ("power", "none", "zscore")  # `data.normalize` (zscore: the seed's input, set by compat=seed)
 LONG_TAIL_MODES = ("cut", "as_given")         # `data.long_tail`
 LEAKAGE_MODES = ("error", "drop", "allow")    # `data.leakage`
 
@@ -698,11 +705,12 @@ def _load_files(cfg):
     return (xtr[tidx], ytr[tidx]), (xva, yva), (x["test"], y["test"]), counts, C, float(sr or PUBLIC_SAMPLE_RATE), info, extra
 
 # %% ../nbs/05_data.ipynb #8f089c47
-def _load_synthetic(cfg):
+def _load_synthetic(cfg, compat: str = "paper"):
     s = load_synth(cfg.synth, cfg.cache_dir)
     sc = as_synth_config(cfg.synth)
     C, P = sc.num_emitters, sc.pool_per_class
     counts = long_tail_class_counts(P, C, cfg.imbalance_ratio, cfg.split_seed)
+    if compat == "seed": counts = long_tail_counts(P, C, cfg.imbalance_ratio)   # the seed's tail: label 0 is the head
     Xp, T = s.x("pool"), cfg.target_length        # float16 memory maps: crop first, then one float32 copy
     xtr = np.concatenate([fit_length(Xp[c * P: c * P + counts[c]], T) for c in range(C)], dtype=np.float32)
     ytr = np.repeat(np.arange(C, dtype=np.int64), counts)
@@ -710,19 +718,19 @@ def _load_synthetic(cfg):
     for name in ("val", "test"):
         splits.append((np.asarray(fit_length(s.x(name), T), dtype=np.float32), s.y(name)))
     info = {"source": "synthetic", "cache_key": s.key, "cache_path": str(s.path), "n_max": P, "long_tail": "cut",
-            "synth": asdict(sc)}
+            "synth": asdict(sc), **({"class_ranks": list(range(C))} if compat == "seed" else {})}
     extra = {"train_indices": np.concatenate([c * P + np.arange(counts[c], dtype=np.int64) for c in range(C)]),
              "test_snr": synth_snr(sc, cfg.cache_dir, "test")}
     return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info, extra
 
-def load_data(cfg, seed: int) -> DataBundle:
+def load_data(cfg, seed: int, compat: str = "paper") -> DataBundle:
     """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields), checked
     first by `check_data_config`. Synthetic: the cached generator output (`cfg.synth`); the long-tailed
     training split takes the first n_c frames of class c's pool. Files: see `_load_files` and the steps
     above. The splits do not depend on `seed`: every run seed sees the same data, so the spread over seeds
-    measures training randomness; `seed` is recorded in `info`."""
+    measures training randomness; `seed` is recorded in `info`. `compat="seed"`: synthetic class c has rank c (the seed's order)."""
     check_data_config(cfg)
-    tr, va, te, counts, C, sr, info, extra = (_load_synthetic if cfg.source == "synthetic" else _load_files)(cfg)
+    tr, va, te, counts, C, sr, info, extra = _load_synthetic(cfg, compat) if cfg.source == "synthetic" else _load_files(cfg)
     counts = np.asarray(counts, dtype=np.int64)
     info.setdefault("class_ranks", [int(r) for r in class_ranks(C, cfg.split_seed)])
     info.setdefault("imbalance_ratio", float(cfg.imbalance_ratio))

@@ -20,9 +20,9 @@ from .registry import Registry
 # %% auto #0
 __all__ = ['LOSSES', 'COST_STRATEGIES', 'MoEOutput', 'ExpertsOutput', 'logits_of', 'as_class_counts', 'loss_names', 'loss_params',
            'create_loss', 'LongTailLoss', 'CrossEntropy', 'FocalLoss', 'effective_number', 'class_balanced_weights',
-           'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss', 'log_prior', 'BalancedSoftmaxLoss',
-           'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss', 'reversed_prior', 'SADELoss',
-           'balpoe_taus', 'BalPoELoss', 'ride_diversity_weights', 'RIDELoss']
+           'ClassBalancedLoss', 'ldam_margins', 'drw_weights', 'LDAMLoss', 'SeedLDAMLoss', 'compat_loss', 'log_prior',
+           'BalancedSoftmaxLoss', 'LogitAdjustmentLoss', 'cost_weights', 'CostSensitiveCE', 'LOS', 'ExpertsLoss',
+           'reversed_prior', 'SADELoss', 'balpoe_taus', 'BalPoELoss', 'ride_diversity_weights', 'RIDELoss']
 
 # %% ../nbs/08_losses.ipynb #794e3242
 class MoEOutput(NamedTuple):
@@ -237,6 +237,21 @@ class LDAMLoss(LongTailLoss):
         z, y = self._inputs(output, y)
         z_m = z - F.one_hot(y, self.num_classes).to(z.dtype) * self.margins[y].to(z.dtype)[:, None]
         return F.cross_entropy(self.scale * z_m, y, weight=self.weight.to(z.dtype))
+
+# %% ../nbs/08_losses.ipynb #2aa5b77d
+class SeedLDAMLoss(LDAMLoss):
+    "LDAM with the seed's margins `max_margin` * n_c^(-1/4), not rescaled (compat=seed); otherwise `LDAMLoss`."
+    def __init__(self, class_counts, max_margin: float, scale: float, drw_start: int, reweight_power: float):
+        super().__init__(class_counts, max_margin, scale, drw_start, reweight_power)
+        n = as_class_counts(class_counts).astype(np.float64)
+        self.margins.copy_(torch.as_tensor(self.max_margin * n ** -0.25, dtype=self.margins.dtype))
+
+def compat_loss(name: str, class_counts, compat: str, **params) -> nn.Module:
+    "`create_loss(name, class_counts, **params)`; under `compat='seed'` LDAM is `SeedLDAMLoss`."
+    if compat == "seed" and name == "LDAMLoss":
+        create_loss(name, class_counts, **params)            # the same checks of the parameters
+        return SeedLDAMLoss(class_counts, **params)
+    return create_loss(name, class_counts, **params)
 
 # %% ../nbs/08_losses.ipynb #4b140659
 def log_prior(class_counts) -> np.ndarray:

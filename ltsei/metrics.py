@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 # %% auto #0
-__all__ = ['GROUP_NAMES', 'confusion_matrix', 'harmonic_mean', 'compute_metrics', 'accuracy_by_snr']
+__all__ = ['GROUP_NAMES', 'SEED_RULE', 'confusion_matrix', 'harmonic_mean', 'seed_shot_groups', 'compute_metrics',
+           'accuracy_by_snr']
 
 # %% ../nbs/11_metrics.ipynb #2a36dc02
 GROUP_NAMES = ("many", "medium", "few")
@@ -48,6 +49,17 @@ def harmonic_mean(values) -> float | None:
     if (a < 0).any() or (a > 1).any(): raise ValueError(f"harmonic_mean: expected accuracies in [0, 1], got {a.tolist()}")
     return 0.0 if (a == 0).any() else float(a.size / (1 / a).sum())
 
+# %% ../nbs/11_metrics.ipynb #ec2f9cc4
+SEED_RULE = "seed"   # groups[rule] of `seed_shot_groups`: compute_metrics' H-mean is then that of many and few
+
+def seed_shot_groups(class_counts, many: int = 100, few: int = 20) -> dict:
+    "compat=seed: many n_c >= `many`, few n_c <= `few` (quantiles 2/3 and 1/3 when max n_c < `many`), medium the rest."
+    n = np.asarray(class_counts).ravel()
+    hi, lo = (many, few) if n.max() >= many else (np.quantile(n, 2 / 3), np.quantile(n, 1 / 3))
+    g = {"many": np.flatnonzero(n >= hi), "few": np.flatnonzero((n <= lo) & (n < hi))}
+    g["medium"] = np.setdiff1d(np.arange(n.size), np.concatenate([g["many"], g["few"]]))
+    return {**{k: [int(c) for c in g[k]] for k in GROUP_NAMES}, "rule": SEED_RULE}
+
 # %% ../nbs/11_metrics.ipynb #470d2619
 def compute_metrics(y_true, y_pred, num_classes: int, groups: dict) -> dict:
     """acc, balanced_acc, macro_f1, gmean, many/medium/few_acc, hmean, per_class_recall, per_class_support.
@@ -82,7 +94,8 @@ def compute_metrics(y_true, y_pred, num_classes: int, groups: dict) -> dict:
             raise ValueError(f"groups[{g!r}] holds class ids outside 0 .. {num_classes - 1}: {ids.tolist()}")
         ids = ids[present[ids]] if ids.size else ids
         out[f"{g}_acc"] = float(recall[ids].mean()) if ids.size else None
-    out["hmean"] = harmonic_mean([out[f"{g}_acc"] for g in GROUP_NAMES])
+    hm = ("many", "few") if groups.get("rule") == SEED_RULE else GROUP_NAMES   # compat=seed: H-mean of many and few
+    out["hmean"] = harmonic_mean([out[f"{g}_acc"] for g in hm])
     out["per_class_recall"] = [float(v) for v in recall]
     out["per_class_support"] = [int(v) for v in support]
     return out

@@ -21,8 +21,8 @@ __all__ = ['CONV_IMPLS', 'CONVNET_ADSB_STAGES', 'CONVNET_ADSB_POOLS', 'CONVNET_A
            'convert_conv_state_dict', 'ChannelAttention', 'ConvBNReLU', 'ConvNetADSBBody', 'BasicBlock', 'ResNet1DBody',
            'TCNBlock', 'DilatedTCNBody', 'log_spectrum', 'SpectrumBody', 'Backbone', 'check_iq', 'ConvNetADSB',
            'ResNet1D', 'DilatedTCN', 'FrequencyDomainExpert', 'load_balance_loss', 'SignalGate',
-           'MixtureOfExpertsConvNet', 'NormedLinear', 'expert_split', 'ConvNetADSBExperts', 'create_model',
-           'copy_between_impls']
+           'MixtureOfExpertsConvNet', 'kaiming_fan_out', 'SeedMixtureOfExpertsConvNet', 'seed_model', 'NormedLinear',
+           'expert_split', 'ConvNetADSBExperts', 'create_model', 'copy_between_impls']
 
 # %% ../nbs/09_models.ipynb #2720446e
 @dataclass
@@ -176,9 +176,11 @@ class ResNet1DBody(nn.Module):
                 cin = w
         self.blocks = nn.Sequential(*layers)
         self.out_dim = cin
+        self.attention: nn.Module | None = None   # compat=seed only (`seed_model`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return global_avg_pool(self.blocks(self.stem(to_layout(x, self.conv_impl))))
+        h = self.blocks(self.stem(to_layout(x, self.conv_impl)))
+        return global_avg_pool(h if self.attention is None else self.attention(h))
 
 # %% ../nbs/09_models.ipynb #0f70fe28
 class TCNBlock(nn.Module):
@@ -204,9 +206,11 @@ class DilatedTCNBody(nn.Module):
         self.stem = ConvBNReLU(conv_impl, in_channels, self.channels, 3)
         self.blocks = nn.Sequential(*[TCNBlock(conv_impl, self.channels, d) for d in self.dilations])
         self.out_dim = self.channels
+        self.attention: nn.Module | None = None   # compat=seed only (`seed_model`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return global_avg_pool(self.blocks(self.stem(to_layout(x, self.conv_impl))))
+        h = self.blocks(self.stem(to_layout(x, self.conv_impl)))
+        return global_avg_pool(h if self.attention is None else self.attention(h))
 
 # %% ../nbs/09_models.ipynb #b5504903
 def log_spectrum(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -382,6 +386,52 @@ class MixtureOfExpertsConvNet(nn.Module):
         "`moe_lb_weight` * load-balance term of the last forward pass (zero before the first)."
         return self._aux if self._aux is not None else self.classifier.weight.new_zeros(())
 
+# %% ../nbs/09_models.ipynb #2863e537
+def kaiming_fan_out(model: nn.Module) -> nn.Module:
+    "Every convolution of `model` re-drawn Kaiming-normal, fan-out, ReLU gain (the seed's start); its bias (if any) zero."
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None: nn.init.zeros_(m.bias)
+    return model
+
+class SeedMixtureOfExpertsConvNet(nn.Module):
+    "compat=seed: the logits of three full models mixed by a width-64 signal gate; no load-balance term."
+    min_length = CONVNET_ADSB_MIN_LENGTH
+
+    def __init__(self, num_classes: int, dropout: float, use_attention: bool, conv_impl: str):
+        super().__init__()
+        self.experts = nn.ModuleList([ConvNetADSB(num_classes, dropout, use_attention, conv_impl),
+                                      DilatedTCN(num_classes, dropout, conv_impl),
+                                      FrequencyDomainExpert(num_classes, dropout, use_attention, conv_impl)])
+        self.gate = SignalGate(len(self.experts), conv_impl, hidden=64)
+        self.feature_dim: int = sum(e.feature_dim for e in self.experts)
+        self.last_gates: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, num_classes: int, cfg) -> "SeedMixtureOfExpertsConvNet":
+        return cls(num_classes, cfg.dropout, cfg.use_attention, cfg.conv_impl)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        "(B, 2, L) -> (B, 350 + 64 + 350): the experts' features side by side (for a stage-2 head)."
+        return torch.cat([e.features(x) for e in self.experts], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gate(x)                                                            # (B, K)
+        self.last_gates = g.detach()
+        z = torch.stack([e(x) for e in self.experts], dim=1)                        # (B, K, C)
+        return (g.unsqueeze(-1).to(z.dtype) * z).sum(1)
+
+SeedMixtureOfExpertsConvNet.__name__ = "MixtureOfExpertsConvNet"   # its checkpoints name the configured backbone
+
+def seed_model(name: str, num_classes: int, cfg) -> nn.Module | None:
+    "compat=seed: the seed's build of backbone `name` (see above), or None where it is ltsei's."
+    if name == "MixtureOfExpertsConvNet": return SeedMixtureOfExpertsConvNet.from_config(num_classes, cfg)
+    if name not in ("ResNet1D", "DilatedTCN"): return None
+    model = MODELS[name].from_config(num_classes, cfg)
+    if cfg.use_attention: model.body.attention = ChannelAttention(model.body.out_dim)
+    return kaiming_fan_out(model)
+
 # %% ../nbs/09_models.ipynb #c7e0d7fd
 class NormedLinear(nn.Module):
     "A bias-free cosine classifier (B, d) -> (B, C): cos(f, w_c) (RIDE's / SADE's / BalPoE's `NormedLinear`)."
@@ -449,7 +499,7 @@ class ConvNetADSBExperts(nn.Module):
         return self.aggregation.new_zeros(())
 
 # %% ../nbs/09_models.ipynb #1a135815
-def create_model(name: str, num_classes: int, length: int, cfg) -> nn.Module:
+def create_model(name: str, num_classes: int, length: int, cfg, compat: str = "paper") -> nn.Module:
     """Build the backbone `name` from `MODELS` for `num_classes` classes and inputs of `length` samples.
 
     `cfg` is a `ModelConfig` or anything with the same attributes (an OmegaConf `model` node)."""
@@ -457,7 +507,8 @@ def create_model(name: str, num_classes: int, length: int, cfg) -> nn.Module:
     if length < cls.min_length:
         raise ValueError(f"{name} needs inputs of at least {cls.min_length} samples (its pools shrink time "
                          f"by that factor), got length={length}")
-    return cls.from_config(num_classes, cfg)
+    seed = seed_model(name, num_classes, cfg) if compat == "seed" else None    # compat=seed: the seed's build, where it differs
+    return seed if seed is not None else cls.from_config(num_classes, cfg)
 
 # %% ../nbs/09_models.ipynb #7076db50
 def copy_between_impls(src: nn.Module, dst: nn.Module) -> nn.Module:

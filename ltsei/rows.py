@@ -17,8 +17,9 @@ from pathlib import Path
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'EARLIER_MOE_LTSEI', 'MOE_SHORT_RUN',
            'EARLIER_POINTS', 'EARLIER_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN', 'RIDE_NOTE', 'SADE_NOTE',
            'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS', 'OPENSET_RUN', 'OPENSET_BASES',
-           'RIVAL_PREFIXES', 'OPENSET_ROWS', 'METRIC_KEYS', 'split_command', 'Row', 'openset_row', 'guide_commands',
-           'parse_guide', 'select_rows', 'run_dir', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record',
+           'RIVAL_PREFIXES', 'OPENSET_ROWS', 'COMPAT_SECTION', 'COMPAT_BASES', 'COMPAT_ROWS', 'METRIC_KEYS',
+           'split_command', 'Row', 'openset_row', 'compat_row', 'compat_pairs', 'guide_commands', 'parse_guide',
+           'select_rows', 'run_dir', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record',
            'cache_overrides', 'parse_overrides', 'stage1_group']
 
 # %% ../nbs/19_rows.ipynb #c6ddaa80
@@ -241,6 +242,36 @@ OPENSET_ROWS: list[Row] = [openset_row(ROWS_BY_ID[i]) for i in OPENSET_BASES] + 
 ROWS += OPENSET_ROWS
 ROWS_BY_ID.update({r.id: r for r in OPENSET_ROWS})
 
+# %% ../nbs/19_rows.ipynb #08da5b32
+COMPAT_SECTION = "cp"
+COMPAT_BASES = ("s1_1_ce", "s2_3_inv_freq", "s2_3_class_uniform", "s2_3_sqrt", "s2_1_ldam_drw", "s3_1_crt",
+                "s3_2_crt_cs_sqrt", "s5_1_full", "x5_routed_gate")
+KINDS[COMPAT_SECTION] = "Seed compatibility"
+
+def compat_row(base: Row, mode: str) -> Row:
+    "The row `cp_<id>_<mode>`: `base`'s overrides plus `compat=<mode>` (paper | seed)."
+    return Row(f"cp_{base.id}_{mode}", COMPAT_SECTION, f"{base.method} [compat={mode}]", "",
+               run=shlex.join(base.run_args + [f"compat={mode}"]),
+               note=f"{base.method} under compat={mode} (docs/seed-differences.md)")
+
+COMPAT_ROWS: list[Row] = [compat_row(ROWS_BY_ID[i], m) for i in COMPAT_BASES for m in ("paper", "seed")]
+ROWS_BY_ID.update({r.id: r for r in COMPAT_ROWS})
+
+# %% ../nbs/19_rows.ipynb #d170f28f
+def compat_pairs(runs_dir, profile: str, seeds, metric: str = "balanced_acc") -> list[dict]:
+    "Per base row and seed: `metric` (test) under compat=paper and seed, their difference; then 'MoE-LTSEI - cRT' per mode."
+    val = lambda rid, k: (read_metrics(run_dir(runs_dir, profile, ROWS_BY_ID[rid], k)) or {}).get("test", {}).get(metric)
+    out = []
+    for base in (*COMPAT_BASES, "s5_1_full - s3_1_crt"):
+        for k in seeds:
+            if " - " in base:
+                a, b = base.split(" - ")
+                d = {m: (None if None in (x := (val(f"cp_{a}_{m}", k), val(f"cp_{b}_{m}", k))) else x[0] - x[1]) for m in ("paper", "seed")}
+            else:
+                d = {m: val(f"cp_{base}_{m}", k) for m in ("paper", "seed")}
+            if None not in d.values(): out.append({"row": base, "seed": k, **d, "seed_minus_paper": d["seed"] - d["paper"]})
+    return out
+
 # %% ../nbs/19_rows.ipynb #837dd000
 def guide_commands() -> list[tuple[str, list[str]]]:
     "Every command of the experiment guide as `(row_id, overrides)`, verbatim (LWS with the guide's `crt`)."
@@ -267,11 +298,13 @@ def select_rows(spec: str | None, rows: list[Row] | None = None) -> list[Row]:
     "The rows named by `spec` (ids, sections, parts, id globs, `main`, `all`; comma-separated), in registry order."
     rows = ROWS if rows is None else rows
     if spec is None or spec.strip() in ("", "all"): return list(rows)
+    if rows is ROWS: rows = ROWS + COMPAT_ROWS           # the compat rows only when named: `--rows compat`, `cp`, their ids
     chosen = set()
     for tok in (t.strip() for t in spec.split(",")):
         if not tok: continue
         hit = [r for r in rows if tok in (r.id, r.section, r.section.split(".")[0])
-               or (tok == "main" and r.section in MAIN_SECTIONS) or (tok != r.id and fnmatch.fnmatchcase(r.id, tok))]
+               or (tok == "main" and r.section in MAIN_SECTIONS) or (tok != r.id and fnmatch.fnmatchcase(r.id, tok))
+               or (tok == "compat" and r.section == COMPAT_SECTION)]
         if not hit:
             raise ValueError(f"--rows: {tok!r} matches no row; expected row ids (e.g. s2_1_focal), sections "
                              f"(e.g. 4.5), parts (e.g. 4), id globs (e.g. s4_*), 'main' or 'all'. "

@@ -11,17 +11,17 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes
+from .config import stage1_key, stage1_settings, stage2_key, print_config, check_machine, check_num_classes, seed_patience, apply_compat
 from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
 from .metrics import accuracy_by_snr
 from .openset import ScoringModel, score_openset
 from .models import create_model
-from .losses import create_loss
-from .samplers import create_sampler
+from .losses import create_loss, compat_loss
+from .samplers import create_sampler, compat_sampler
 from .storage import (resolve_runs_dir, make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
                            DamagedCheckpoint)
 from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain, active_run, RUN_MARK, ACTIVE_MARK
-from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume
+from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume, seed_fit_options
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
 from .moe_ltsei import config_groups, moe_record, routing_metrics
 
@@ -110,14 +110,14 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     if cfg.stage1.reuse and _finished_work(work, key):   # trained, then publishing failed (a full disk): publish it now
         print(f"[ltsei] stage 1: publishing the finished training left in {work}", flush=True)
         entry.publish(work)
-        model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
+        model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat)
         load_stage1_checkpoint(entry.path / "best.pt", model, what=f"the stage-1 cache entry {entry.path}")
         return model, json.loads((entry.path / "meta.json").read_text())
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
-    model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model).to(rt.device)
+    model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
-    loss_fn = create_loss(cfg.loss.name, data.class_counts, **config_loss_params(cfg.loss.name, cfg, 1))
-    sampler = build_sampler(cfg.sampling.name, data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
+    loss_fn = compat_loss(cfg.loss.name, data.class_counts, cfg.compat, **config_loss_params(cfg.loss.name, cfg, 1))
+    sampler = build_sampler(compat_sampler(cfg.sampling.name, 1, cfg.compat), data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
     opt = make_optimizer(model.parameters(), cfg.training.optimizer, cfg.training.lr, cfg.training.momentum, cfg.training.weight_decay)
     x_val = data.val.x.to(rt.device)      # validated every epoch: copied to the device once
     ev = lambda m: evaluate(m, x_val, data.val.y, cfg.training.eval_batch_size, rt, data.num_classes, data.groups)
@@ -126,7 +126,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
         res = fit(model, data.train.x, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt,
                   epochs=cfg.training.epochs, lr=cfg.training.lr, warmup_epochs=cfg.training.warmup_epochs,
                   batch_size=cfg.data.batch_size, rt=rt, validate=ev, log_path=work / "log.csv",
-                  desc=f"stage1 {cfg.model.name}/{cfg.loss.name}", progress=progress, resume=resume)
+                  desc=f"stage1 {cfg.model.name}/{cfg.loss.name}", progress=progress, resume=resume,
+                  **(seed_fit_options(seed_patience(cfg, 1)) if cfg.compat == "seed" else {}))
         atomic_save(stage1_payload(model, cfg, res.best_state, res.best_epoch, res.best_val, data.num_classes, data.length, key), work / "best.pt")
         atomic_save(stage1_payload(model, cfg, res.last_state, res.epochs_run - 1, res.last_val, data.num_classes, data.length, key), work / "last.pt")
         meta = {"key": key, "complete": True, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
@@ -151,7 +152,7 @@ def _finished_work(work: Path, key: str) -> bool:
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from an intact cache entry, or trained (or resumed) now."
     key = stage1_key(cfg)
-    new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model)
+    new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat)
     ck_dir = out_dir / "checkpoints"
     if cfg.stage1.checkpoint:
         model = new_model()
@@ -298,13 +299,14 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
         clean_stale(slot.work_dir)
         resume = Resume(slot.work_dir / "resume.pt", tag=key)
         loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
-        sampler = build_sampler(s2.sampler, data.train.y, s2.epochs, s2, cfg.seed + 1)
+        sampler = build_sampler(compat_sampler(s2.sampler, 2, cfg.compat), data.train.y, s2.epochs, s2, cfg.seed + 1)
         try:
             res2 = train_stage2(model, data, s2, loss_fn=loss_fn, sampler=sampler, rt=rt,
                                 batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,
                                 eval_batch_size=cfg.training.eval_batch_size, momentum=cfg.training.momentum,
                                 weight_decay=cfg.training.weight_decay, log_path=out_dir / "log_stage2.csv",
-                                progress=progress, seed=cfg.seed, experiment=cfg.experiment, resume=resume)
+                                progress=progress, seed=cfg.seed, experiment=cfg.experiment, resume=resume, compat=cfg.compat,
+                                patience=seed_patience(cfg, 2))
         except Exception as e:
             if not (isinstance(e, OSError) and resume.path.is_file()): slot.discard_work()
             raise
@@ -331,7 +333,7 @@ def _with_stage3(cfg, model, data, rt: Runtime, res2, evaluate_split):
     if s3.mode == "none": return evaluate_split, None
     if s3.mode == "tau_norm":                 # post-hoc, through the same evaluator (stage 2's cached features if any)
         host = res2.model.head if cfg.stage2.enabled else model.classifier
-        post = {"head": tau_normalize(host, s3.tau_norm)}
+        post = {"head": tau_normalize(host, s3.tau_norm, keep_bias=cfg.compat == "seed")}
     else:
         post = {"logit_transform": logit_adjust_fn(data.class_counts, s3.logit_tau)}
     return (lambda split, state="best": evaluate_split(split, **post)), post
@@ -384,7 +386,7 @@ def _run_experiment(cfg, out_dir: Path, rt: Runtime, data, progress: bool, t0: f
                "test_last": _public(test_last) if test_last else None,
                "confusion_test": confusion_matrix(data.test.y.numpy(), test["_pred"].numpy(), data.num_classes).tolist(),
                **_stage_records(cfg, s1, res2, resume2),
-               "profile": cfg.scale.profile, "runtime": rt.describe(), "precision": rt.precision_record(), "data": data.info}
+               "profile": cfg.scale.profile, "compat": cfg.compat, "runtime": rt.describe(), "precision": rt.precision_record(), "data": data.info}
     metrics["train_indices"] = indices
     metrics.update(run_extras(cfg, data, test, lambda: scoring_model(model, res2, post), rt, out_dir))
     if "_gate_probs" in test:
@@ -426,9 +428,10 @@ def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
         torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
         rt = make_runtime(cfg.gpus, cfg.training.precision, cfg.training.channels_last)
         try:
-            data = load_data(cfg.data, cfg.seed)
+            data = load_data(cfg.data, cfg.seed, compat=cfg.compat)
             if OmegaConf.select(cfg, "openset.enabled", default=False):      # unknown emitters: held out of training
                 data = hold_out_unknown(data, choose_unknown(data.class_counts, cfg.openset.unknown_fraction, cfg.data.split_seed))
+            apply_compat(cfg, data)                                  # compat=seed: its header lines, the seed's shot groups
             check_num_classes(cfg, data.num_classes)                 # known only now for data files; before stage 1 trains
         except (ValueError, FileNotFoundError):
             if fresh: _drop_fresh(out_dir)

@@ -12,7 +12,7 @@ from .registry import Registry
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'class_counts', 'power_probabilities', 'EpochSampler', 'ShuffleSampler', 'ClassPowerSampler',
-           'create_sampler']
+           'create_sampler', 'compat_sampler']
 
 # %% ../nbs/10_samplers.ipynb #e0b74af2
 def class_counts(labels: torch.Tensor) -> torch.Tensor:
@@ -149,3 +149,10 @@ def create_sampler(name: str, labels: torch.Tensor, num_epochs: int, alpha: floa
                    alpha_start: float | None, alpha_end: float | None, generator: torch.Generator) -> EpochSampler:
     "The sampler `name` over training `labels` for a stage of `num_epochs` epochs."
     return SAMPLERS[name](labels, num_epochs, alpha, alpha_start, alpha_end, generator)
+
+# %% ../nbs/10_samplers.ipynb #47379eba
+def compat_sampler(name: str, stage: int, compat: str) -> str:
+    "The sampler stage `stage` (1 or 2) really uses for the configured `name` under `compat` (paper | seed; see above)."
+    if compat != "seed": return name
+    if stage == 1: return "none"                                      # the seed's loader ignores it
+    return "class_uniform" if name == "inv_freq" else name            # per-sample 1/n_c: every class equally likely

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state, Resume
+from .train import Runtime, fit, evaluate, eval_batches, make_optimizer, FitResult, using_state, Resume, seed_fit_options
 from .losses import log_prior, ExpertsOutput
 from .moe_ltsei import MoEHead, config_groups, routing_metrics
 from .registry import Registry
@@ -122,14 +122,16 @@ def uses_cached_features(mode: Stage2Mode, s2) -> bool:
 # %% ../nbs/14_stage2.ipynb #5ccdbfb5
 def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, batch_size: int, eval_batch_size: int,
                  momentum: float, weight_decay: float, log_path=None, progress: bool = True,
-                 seed: int, experiment, resume: Resume | None = None) -> Stage2Result:
-    "Train the stage-2 head of mode `s2.mode` on top of the stage-1 `model` (resumable: see `ltsei.train.Resume`); `experiment`: the gate's groups."
+                 seed: int, experiment, resume: Resume | None = None, compat: str = "paper", patience: int | None = None) -> Stage2Result:
+    """Train the stage-2 head of mode `s2.mode` on top of the stage-1 `model` (resumable: see `ltsei.train.Resume`); `experiment`: the gate's groups.
+    `compat="seed"`: the seed's stage 2 (BN and dropout in train mode, no feature cache, `seed_fit_options(patience)`)."""
     t0 = time.time()
     mode = get_stage2_mode(s2.mode)
     torch.manual_seed(seed)
     head = mode.build_head(model, data.num_classes, s2).to(rt.device)
-    full = Stage2Model(model, head, mode.train_backbone, bool(s2.freeze_bn))
-    cached = uses_cached_features(mode, s2)
+    seed_paths = compat == "seed"          # the seed's model.train() each epoch undoes its one-off BN freeze
+    full = Stage2Model(model, head, mode.train_backbone, bool(s2.freeze_bn) and not seed_paths)
+    cached = uses_cached_features(mode, s2) and not seed_paths
     splits = {"train": data.train, "val": data.val, "test": data.test}
     if cached:
         tf = time.time()
@@ -152,7 +154,7 @@ def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, b
     res = fit(trainee, x_train, data.train.y, loss_fn=loss_fn, sampler=sampler, optimizer=opt, epochs=s2.epochs,
               lr=s2.lr, warmup_epochs=s2.warmup_epochs, batch_size=batch_size, rt=run_rt,
               validate=lambda m: ev(m, "val"), log_path=log_path, desc=f"stage2 {s2.mode}", progress=progress,
-              resume=resume, epoch_extras=extras)
+              resume=resume, epoch_extras=extras, **(seed_fit_options(patience) if seed_paths else {}))
     trainee.load_state_dict(res.best_state)
 
     def evaluate_split(k, state="best", head=None, logit_transform=None):
@@ -167,11 +169,13 @@ def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, b
 class Stage3Error(ValueError):
     "Stage 3 asked for on a head without one linear classifier."
 
-def tau_normalize(linear: nn.Linear, tau: float) -> nn.Linear:
-    "A bias-free copy of `linear` with rows w_c / ||w_c||^tau."
+def tau_normalize(linear: nn.Linear, tau: float, keep_bias: bool = False) -> nn.Linear:
+    "A bias-free copy of `linear` with rows w_c / ||w_c||^tau; `keep_bias` (compat=seed) keeps its bias as the seed does."
     w = linear.weight.detach()
-    out = nn.Linear(linear.in_features, linear.out_features, bias=False).to(w.device)
+    out = nn.Linear(linear.in_features, linear.out_features, bias=keep_bias and linear.bias is not None).to(w.device)
     with torch.no_grad(): out.weight.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau))
+    if out.bias is not None:
+        with torch.no_grad(): out.bias.copy_(linear.bias.detach())
     return out
 
 def logit_adjust_fn(class_counts, tau: float) -> Callable:

@@ -23,8 +23,8 @@ from .storage import atomic_write_text, safe_load, storage_error, UnsafeCheckpoi
 __all__ = ['PRECISIONS', 'AMX_FLAGS', 'CUBLAS_WORKSPACE', 'CUDA_NUMERICS', 'RESUME_FORMAT', 'LOG_COLUMNS', 'Runtime', 'cpu_flags',
            'torch_cpu_flags', 'cpu_has_amx', 'cuda_has_bf16', 'auto_precision', 'resolve_precision', 'gpu_request',
            'select_device', 'set_tf32', 'cuda_numerics', 'gpu_identity', 'make_runtime', 'make_optimizer', 'lr_at',
-           'eval_batches', 'predict', 'evaluate', 'state_copy', 'using_state', 'rng_state', 'set_rng_state',
-           'restore_rng', 'Resume', 'NonFiniteLoss', 'FitResult', 'fit']
+           'seed_lr_at', 'seed_fit_options', 'eval_batches', 'predict', 'evaluate', 'state_copy', 'using_state',
+           'rng_state', 'set_rng_state', 'restore_rng', 'Resume', 'NonFiniteLoss', 'FitResult', 'fit']
 
 # %% ../nbs/12_train.ipynb #cc420e46
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # training.precision -> autocast dtype
@@ -180,6 +180,17 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     if step < warmup_steps: return base_lr * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
     return 0.5 * base_lr * (1 + math.cos(math.pi * (step - warmup_steps) / span))
+
+# %% ../nbs/12_train.ipynb #61dd821b
+def seed_lr_at(epoch: int, epochs: int, warmup_epochs: int, base_lr: float) -> float:
+    """compat=seed: the seed's lr of a whole epoch: base_lr * epoch / W in the warm-up (lr 0 in the first epoch), then
+    cosine with T_max = `epochs` at t = epoch - W - 1 (t >= 0), which ends above 0 (docs/seed-differences.md)."""
+    if epoch < warmup_epochs: return base_lr * epoch / warmup_epochs
+    return 0.5 * base_lr * (1 + math.cos(math.pi * max(0, epoch - warmup_epochs - 1) / epochs))
+
+def seed_fit_options(patience: Optional[int]) -> dict:
+    "The `fit` options of compat=seed: best validation overall accuracy, early stopping after `patience` epochs, per-epoch lr."
+    return {"select": "acc", "patience": patience, "lr_schedule": "seed"}
 
 # %% ../nbs/12_train.ipynb #5b78dca9
 @torch.no_grad()
@@ -356,14 +367,14 @@ def _restore(resume, model, optimizer, scaler, sampler, epochs: int, lr: float, 
 
 # %% ../nbs/12_train.ipynb #9cb0cb0d
 def _train_epoch(model, x_dev, y_dev, idx_all, *, loss_fn, optimizer, scaler, rt: Runtime, batch_size: int,
-                 step: int, total: int, warm: int, lr: float, cur_lr: float, bar):
+                 step: int, total: int, warm: int, lr: float, cur_lr: float, bar, epoch_lr: Optional[float] = None):
     "The steps of one epoch over the sample indices `idx_all`: (loss sum, correct, samples seen, next step, last lr)."
     loss_sum = torch.zeros((), device=rt.device); correct = torch.zeros((), device=rt.device)
     seen = 0
     for b in range(0, len(idx_all), batch_size):
         idx = idx_all[b:b + batch_size]
         xb, yb = x_dev.index_select(0, idx), y_dev.index_select(0, idx)
-        cur_lr = lr_at(step, total, warm, lr)
+        cur_lr = lr_at(step, total, warm, lr) if epoch_lr is None else epoch_lr   # epoch_lr: compat=seed's per-epoch lr
         for g in optimizer.param_groups: g["lr"] = cur_lr
         with rt.autocast():
             out = model(xb)
@@ -394,11 +405,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
         epochs: int, lr: float, warmup_epochs: int, batch_size: int, rt: Runtime,
         validate: Callable[[nn.Module], dict], log_path=None, desc: str = "train",
         progress: bool = True, resume: Optional[Resume] = None,
-        epoch_extras: Optional[Callable[[dict], dict]] = None) -> FitResult:
+        epoch_extras: Optional[Callable[[dict], dict]] = None, select: str = "balanced_acc",
+        patience: Optional[int] = None, lr_schedule: str = "step") -> FitResult:
     """Train `model` on (x, y) for `epochs` epochs; select the state with the best
     validation balanced accuracy (`validate(model)` returns compute_metrics' dict). With `resume`,
     continue from its saved state if there is one, and save the state at epoch ends (see `Resume`).
-    `epoch_extras(val)` adds named scalars to each epoch's history row (under "extra"; not in the CSV log)."""
+    `epoch_extras(val)` adds named scalars to each epoch's history row (under "extra"; not in the CSV log).
+    compat=seed (`seed_fit_options`): `select="acc"`, stop after `patience` epochs without a better one, `lr_schedule="seed"`."""
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total, warm = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
@@ -416,7 +429,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
             loss_fn.set_epoch(epoch)
             loss_sum, correct, seen, step, cur_lr = _train_epoch(
                 model, x_dev, y_dev, sampler.epoch_indices(epoch).to(rt.device), loss_fn=loss_fn, optimizer=optimizer,
-                scaler=scaler, rt=rt, batch_size=batch_size, step=step, total=total, warm=warm, lr=lr, cur_lr=cur_lr, bar=bar)
+                scaler=scaler, rt=rt, batch_size=batch_size, step=step, total=total, warm=warm, lr=lr, cur_lr=cur_lr, bar=bar,
+                epoch_lr=seed_lr_at(epoch, epochs, warmup_epochs, lr) if lr_schedule == "seed" else None)
             train_loss = (loss_sum / max(seen, 1)).item()
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"{desc}: the training loss became {train_loss} in epoch {epoch} "
@@ -430,8 +444,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
             if log is not None:
                 try: _log_row(writer, row); log.flush()
                 except OSError as e: raise storage_error(log_path, e) from None   # a full disk: one line naming the log
-            if best is None or val["balanced_acc"] > best[1]["balanced_acc"]:
+            if best is None or val[select] > best[1][select]:
                 best = (epoch, val, state_copy(model))
+            if patience is not None and epoch - best[0] >= patience: break   # compat=seed: early stopping
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_bacc=f"{val['balanced_acc']:.3f}", refresh=False)
             if resume is not None and epoch < epochs - 1 and resume.due():
                 _save_resume(resume, epoch, model, optimizer, scaler, sampler, history, val, best)
@@ -439,4 +454,4 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn, sampler,
         bar.close()
         if log is not None: log.close()
     return FitResult(best_epoch=best[0], best_val=best[1], best_state=best[2], last_state=state_copy(model),
-                     last_val=val, history=history, epochs_run=epochs, seconds=time.time() - t0)
+                     last_val=val, history=history, epochs_run=len(history), seconds=time.time() - t0)
