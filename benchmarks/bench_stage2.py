@@ -35,7 +35,7 @@ def time_mode(cfg, data, rt, cached: bool):
     s2 = OmegaConf.merge(s2, {"cache_features": cached})
     res = train_stage2(model, data, s2, loss_fn=loss, sampler=sampler, rt=rt, batch_size=cfg.data.batch_size,
                        eval_batch_size=cfg.training.eval_batch_size, momentum=0.9, weight_decay=5e-4,
-                       progress=False, seed=0)
+                       progress=False, seed=0, experiment=cfg.experiment)
     assert res.cached == cached
     return res.fit.seconds / res.fit.epochs_run, res.feature_seconds
 

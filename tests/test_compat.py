@@ -117,7 +117,7 @@ def stage2(compat, patience=None):
     sampler = create_sampler("class_uniform", data.train.y, 3, None, None, None, gen(2))
     res = train_stage2(model, data, s2, loss_fn=create_loss("CrossEntropy", data.class_counts, label_smoothing=0.0),
                        sampler=sampler, rt=RT, batch_size=8, eval_batch_size=64, momentum=0.9, weight_decay=5e-4,
-                       progress=False, seed=0, compat=compat, patience=patience)
+                       progress=False, seed=0, experiment=None, compat=compat, patience=patience)   # crt: no gate groups
     return res, not torch.equal(before, bn.running_mean)
 
 
