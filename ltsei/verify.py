@@ -20,12 +20,12 @@ from .frames import (FramesConfig, IQ_FORMATS, SIGMF_TYPES, SIGMF_VERSION, FRAME
 
 # %% auto #0
 __all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE',
-           'SHRINK', 'FOLDS', 'MISS', 'LLR_CLIP', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS',
-           'HIST_BINS', 'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario',
-           'reply_counts', 'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording',
-           'sigmf_meta', 'scenario_synth_config', 'make_messages', 'make_scenario', 'scan_replies', 'network_windows',
-           'check_rate', 'Network', 'prototypes', 'distances', 'leave_out_distances', 'Templates', 'fit_templates',
-           'threshold', 'llr_model', 'frame_llr', 'sprt', 'read_gallery', 'check_same_network', 'write_gallery',
+           'SHRINK', 'FOLDS', 'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS', 'HIST_BINS',
+           'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario', 'reply_counts',
+           'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording', 'sigmf_meta',
+           'scenario_synth_config', 'make_messages', 'make_scenario', 'scan_replies', 'network_windows', 'check_rate',
+           'Network', 'prototypes', 'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates',
+           'threshold', 'track_thresholds', 'track_test', 'read_gallery', 'check_same_network', 'write_gallery',
            'frames_of', 'enroll', 'frame_verdicts', 'close_track', 'TrackBook', 'verify_stream', 'join_truth', 'eer',
            'track_blocks', 'evaluate', 'ghost_report', 'plot_scores', 'verify', 'summary_text',
            'synth_recording_parser', 'synth_recording_main', 'enroll_parser', 'enroll_main', 'verify_parser',
@@ -213,13 +213,13 @@ def make_scenario(c: ScenarioConfig, out: Path, order=None, progress: bool = Tru
             f"{int(k.get('impersonation', 0))} impersonation, {int(k.get('replay', 0))} replay, {int(k.get('ghost', 0))} ghost replies "
             f"({secs['test']:.2f} s); {fs / 1e6:g} MS/s {c.fmt}")
 
-# %% ../nbs/23_verify.ipynb #ca314151
+# %% ../nbs/23_verify.ipynb #eb4c2ef5
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
 
 def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5):
     """Per chunk of `rec`: (replies, failed): the DF17/18 replies with a valid CRC (time_s of the preamble, icao,
-    the message as integers hi and lo), repeats of one message within 64 us dropped; and the DF17/18 candidates whose
-    CRC failed. The chunk loop of `ltsei.frames.scan_chunks`."""
+    the message as integers hi and lo), repeats of one message within 64 us dropped; and the number of DF17/18
+    candidates whose CRC failed away from any reply that passed. The chunk loop of `ltsei.frames.scan_chunks`."""
     fs, wc = rec.sample_rate, chip_width(rec.sample_rate)
     e = chip_edges(fs, 16 + 224)
     span, w = int(e[-1]) + wc, int(e[2])
@@ -244,7 +244,15 @@ def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5):
         bits = k["bits"][sel]
         f = pd.DataFrame({"time_s": (a + c[sel] + frac[sel]) / fs, "icao": k["icao"][sel], "hi": _ints(bits[:, :56]), "lo": _ints(bits[:, 56:])})
         dt = f.groupby(["hi", "lo"], sort=False).time_s.diff()
-        yield f[~(dt < 64e-6)].reset_index(drop=True), int((k["status"] == REJECT).sum())
+        yield f[~(dt < 64e-6)].reset_index(drop=True), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs))
+
+def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
+    "Candidates `bad` (sample indices) that failed CRC, not counting those within `span` of a reply that passed (the same reply read at another offset)."
+    if not good.size: return int(bad.size)
+    good = np.sort(good)
+    i = np.searchsorted(good, bad)
+    near = (np.abs(bad - good[np.maximum(i - 1, 0)]) < span) | (np.abs(good[np.minimum(i, good.size - 1)] - bad) < span)
+    return int((~near).sum())
 
 # %% ../nbs/23_verify.ipynb #985fbadb
 def network_windows(rec, times, rate: float, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -372,17 +380,22 @@ def distances(E: np.ndarray, P: np.ndarray, owner: np.ndarray, n_ids: int) -> np
     np.maximum.at(best.T, owner, sim.T) if len(owner) else None
     return 1 - best
 
-# %% ../nbs/23_verify.ipynb #060273bd
-def leave_out_distances(E: np.ndarray, seed: int = 0) -> np.ndarray:
-    "Each vector's distance to its address's template built without it (leave-one-out up to 5 vectors, 5-fold beyond); NaN for a single vector."
+# %% ../nbs/23_verify.ipynb #5ce4350b
+def leave_out_distances(E: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's distance to its address's template built without it (leave-one-out up to 5 vectors, 5-fold
+    beyond; NaN for a single vector), and the number of vectors that template was built from."""
     n = len(E)
-    if n < 2: return np.full(n, np.nan, np.float32)
+    if n < 2: return np.full(n, np.nan, np.float32), np.ones(n)
     fold = np.arange(n) if n <= FOLDS else np.random.default_rng(seed).permutation(n) % FOLDS
-    out = np.zeros(n, np.float32)
+    out, size = np.zeros(n, np.float32), np.zeros(n)
     for f in np.unique(fold):
         P = prototypes(E[fold != f], seed)
-        out[fold == f] = 1 - (E[fold == f] @ P.T).max(1)
-    return out
+        out[fold == f], size[fold == f] = 1 - (E[fold == f] @ P.T).max(1), (fold != f).sum()
+    return out, size
+
+def size_factor(n) -> np.ndarray:
+    "How much farther a new frame lies from a mean of n frames than from the true centre: 1 + 1/n (for the distance, a squared norm)."
+    return 1 + 1 / np.maximum(np.asarray(n, np.float64), 1)
 
 @dataclass
 class Templates:
@@ -392,6 +405,7 @@ class Templates:
     owner: np.ndarray   # the address index of each prototype (K,)
     sigma: np.ndarray   # the shrunk spread per address (C,)
     center: np.ndarray  # the mean enrollment vector (D,), taken off before normalising
+    member: np.ndarray  # the address index of each enrollment frame (n,)
     genuine: np.ndarray # leave-out genuine scores z (n,) of the enrollment frames (NaN for a single frame)
     impostor: np.ndarray  # each enrollment frame's z to the nearest other address (n,)
 
@@ -399,24 +413,27 @@ class Templates:
         "Scores (n, C) of raw vectors E: distance to every address's template in units of its spread."
         return distances(_unit(E - self.center), self.P, self.owner, len(self.ids)) / self.sigma[None, :]
 
-# %% ../nbs/23_verify.ipynb #341c7b71
+# %% ../nbs/23_verify.ipynb #816c5e4e
 def fit_templates(E: np.ndarray, ids: np.ndarray, seed: int = 0) -> Templates:
     "Templates of every address in `ids` (n,) from its raw vectors E (n, D), with the leave-out scores for the threshold."
-    center = E.mean(0).astype(np.float32)
-    U, names = _unit(E - center), sorted(set(ids.tolist()))
+    names = sorted(set(ids.tolist()))
     lab = np.searchsorted(np.array(names), ids)
-    d_lo, P, owner = np.full(len(E), np.nan, np.float32), [], []
+    center = np.stack([E[lab == c].mean(0) for c in range(len(names))]).mean(0) if len(names) > 1 else np.zeros(E.shape[1])
+    center = center.astype(np.float32)
+    U = _unit(E - center)
+    s0, size, P, owner = np.full(len(E), np.nan), np.ones(len(E)), [], []
     for c in range(len(names)):
         i = np.flatnonzero(lab == c)
-        d_lo[i] = leave_out_distances(U[i], seed)
+        d, size[i] = leave_out_distances(U[i], seed)
+        s0[i] = d / size_factor(size[i])                  # the frame-to-centre spread this distance estimates
         p = prototypes(U[i], seed); P.append(p); owner += [c] * len(p)
     counts = np.bincount(lab, minlength=len(names))
-    m = np.array([np.isfinite(d_lo[lab == c]).sum() for c in range(len(names))])
-    mean = np.array([d_lo[lab == c][np.isfinite(d_lo[lab == c])].mean() if m[c] else np.nan for c in range(len(names))])
+    m = np.array([np.isfinite(s0[lab == c]).sum() for c in range(len(names))])
+    mean = np.array([s0[lab == c][np.isfinite(s0[lab == c])].mean() if m[c] else np.nan for c in range(len(names))])
     pool = float(np.nanmedian(mean)) if np.isfinite(mean).any() else 0.1
-    sigma = ((m * np.nan_to_num(mean) + SHRINK * pool) / (m + SHRINK)).astype(np.float32)
-    sigma = np.maximum(sigma, 1e-6)
-    t = Templates(names, counts, np.concatenate(P), np.array(owner, np.int64), sigma, center, d_lo / sigma[lab], None)
+    s0c = np.maximum((m * np.nan_to_num(mean) + SHRINK * pool) / (m + SHRINK), 1e-6)
+    sigma = (s0c * size_factor(counts)).astype(np.float32)
+    t = Templates(names, counts, np.concatenate(P), np.array(owner, np.int64), sigma, center, lab, (s0 / s0c[lab]).astype(np.float32), None)
     z = t.z(E)
     z[np.arange(len(E)), lab] = np.inf
     t.impostor = z.min(1) if len(names) > 1 else np.full(len(E), np.nan, np.float32)
@@ -427,33 +444,33 @@ def threshold(genuine: np.ndarray, false_alarm: float) -> float:
     g = genuine[np.isfinite(genuine)]
     return float(np.quantile(g, 1 - false_alarm)) if g.size else 3.0
 
-# %% ../nbs/23_verify.ipynb #658eb105
-MISS, LLR_CLIP = 0.01, 3.0
+# %% ../nbs/23_verify.ipynb #9b1ed238
+TRACK_DRAWS = 4000
 
-def llr_model(t: Templates) -> dict:
-    "Means and spreads of log z for genuine (leave-out) and impostor (nearest other address) enrollment scores."
-    g, i = (np.log(np.maximum(v[np.isfinite(v)], 1e-9)) for v in (t.genuine, t.impostor))
-    mg, sg = (float(g.mean()), float(max(g.std(), 0.05))) if g.size > 1 else (0.0, 0.5)
-    mi, si = (float(i.mean()), float(max(i.std(), 0.05))) if i.size > 1 else (mg + 2.0, sg)
-    if mi < mg + 0.5: mi = mg + 0.5                 # an embedding that does not separate: keep the test meaningful
-    return {"mu_g": mg, "s_g": sg, "mu_i": mi, "s_i": si}
+def track_thresholds(t: Templates, false_alarm: float, budget: int, seed: int = 0) -> np.ndarray:
+    """(budget, 2): for n = 1..budget frames, the early and the final threshold on a genuine track's mean log z,
+    from tracks simulated out of each enrolled aircraft's own leave-out scores."""
+    ok = np.isfinite(t.genuine)
+    groups = [np.log(np.maximum(t.genuine[ok & (t.member == c)], 1e-9)) for c in range(len(t.ids))]
+    groups = [g for g in groups if g.size] or [np.zeros(1)]
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(groups), TRACK_DRAWS)
+    q = np.zeros((budget, 2))
+    for n in range(1, budget + 1):
+        means = np.array([groups[k][rng.integers(0, groups[k].size, n)].mean() for k in pick])
+        q[n - 1] = np.quantile(means, [1 - false_alarm / (2 * budget), 1 - false_alarm / 2])
+    return q
 
-def frame_llr(z, m: dict) -> np.ndarray:
-    "Per-frame evidence for 'another transmitter' (clipped log-likelihood ratio of log z)."
-    lz = np.log(np.maximum(np.asarray(z, np.float64), 1e-9))
-    lp = lambda mu, s: -0.5 * ((lz - mu) / s) ** 2 - np.log(s)
-    return np.clip(lp(m["mu_i"], m["s_i"]) - lp(m["mu_g"], m["s_g"]), -LLR_CLIP, LLR_CLIP)
+def track_test(z, q: np.ndarray) -> tuple[bool, int, float]:
+    "The test over a track's claimed scores `z` in order: (spoof, frames used, the mean log z at the decision)."
+    lz = np.log(np.maximum(np.asarray(z, np.float64)[:len(q)], 1e-9))
+    if not lz.size: return False, 0, float("nan")
+    m = np.cumsum(lz) / np.arange(1, lz.size + 1)
+    early = np.flatnonzero(m[:-1] > q[:lz.size - 1, 0]) if lz.size > 1 else np.zeros(0, np.int64)
+    if early.size: return True, int(early[0]) + 1, float(m[early[0]])
+    return bool(m[-1] > q[lz.size - 1, 1]), int(lz.size), float(m[-1])
 
-def sprt(llr, false_alarm: float, budget: int) -> tuple[bool, int, float]:
-    "Wald's test over the frame evidence `llr` in order: (spoof, frames used, the sum at the decision)."
-    A, B = math.log((1 - MISS) / false_alarm), math.log(MISS / (1 - false_alarm))
-    s = 0.0
-    for n, v in enumerate(llr[:budget], 1):
-        s += float(v)
-        if s >= A or s <= B: return s >= A, n, s
-    return s > 0, min(len(llr), budget), s
-
-# %% ../nbs/23_verify.ipynb #45bb5dc6
+# %% ../nbs/23_verify.ipynb #d04481c1
 GALLERY_FORMAT = "ltsei-gallery-v1"
 GALLERY_FILES = re.compile(r"manifest\.json|identities\.csv|embeddings\.npy|addresses\.npy|templates\.npz|model|summary\.txt")
 
@@ -468,7 +485,7 @@ def read_gallery(folder) -> dict:
     ids = np.load(folder / "addresses.npy", allow_pickle=False).astype(str)
     if not len(E): raise ValueError(f"--gallery {folder}: the gallery is empty (no enrolled aircraft): enroll at least one with ltsei enroll")
     tz = np.load(folder / "templates.npz", allow_pickle=False)
-    t = Templates(list(man["addresses"]), np.asarray(man["counts"]), tz["P"], tz["owner"], tz["sigma"], tz["center"], tz["genuine"], tz["impostor"])
+    t = Templates(list(man["addresses"]), np.asarray(man["counts"]), tz["P"], tz["owner"], tz["sigma"], tz["center"], tz["member"], tz["genuine"], tz["impostor"])
     return {"manifest": man, "E": E, "ids": ids, "templates": t, "folder": folder}
 
 def check_same_network(man: dict, net: Network, where: str) -> None:
@@ -479,25 +496,25 @@ def check_same_network(man: dict, net: Network, where: str) -> None:
             raise ValueError(f"{where}: the gallery was made with {what} {man.get(k)!r}, this network has {mine!r} "
                              f"({man.get('model_run')!r} vs {net.files['network'].get('run')!r}): enroll into a new gallery with this network")
 
-# %% ../nbs/23_verify.ipynb #ca8ce2cf
+# %% ../nbs/23_verify.ipynb #8406206c
 def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: float, seed: int = 0) -> dict:
     "Fit the templates and the threshold of vectors E with addresses ids and write the gallery into the folder `out` (a temporary one)."
     from ltsei.data import shot_groups
     t = fit_templates(E, ids, seed)
-    tau, m = threshold(t.genuine, false_alarm), llr_model(t)
+    tau = threshold(t.genuine, false_alarm)
     g = shot_groups(t.counts)
     group = np.empty(len(t.ids), object)
     for k in ("many", "medium", "few"): group[g[k]] = k
     man = {"format": GALLERY_FORMAT, "generator": "ltsei enroll", "model_key": net.key, "model_run": net.files["network"]["run"],
            "space": net.space, "sample_rate": net.sample_rate, "length": net.length, "false_alarm": false_alarm, "threshold": tau,
-           "llr": m, "groups_rule": g["rule"], "sources": sources, "addresses": t.ids, "counts": t.counts.tolist(),
+           "groups_rule": g["rule"], "sources": sources, "addresses": t.ids, "counts": t.counts.tolist(),
            "frames": int(len(E)), "frame_offset_us": FRAME_OFFSET_US}
     (out / "model").mkdir()
     (out / "model" / "network.json").write_text(json.dumps(net.files["network"], indent=1))
     copy_file(net.files["stage1"], out / "model" / "stage1.pt")
     if net.files["stage2"] is not None: copy_file(net.files["stage2"], out / "model" / "stage2.pt")
     np.save(out / "embeddings.npy", np.asarray(E, np.float32)); np.save(out / "addresses.npy", np.asarray(ids).astype("U6"))
-    np.savez(out / "templates.npz", P=t.P, owner=t.owner, sigma=t.sigma, center=t.center, genuine=t.genuine, impostor=t.impostor)
+    np.savez(out / "templates.npz", P=t.P, owner=t.owner, sigma=t.sigma, center=t.center, member=t.member, genuine=t.genuine, impostor=t.impostor)
     pd.DataFrame({"icao": t.ids, "frames": t.counts, "prototypes": np.bincount(t.owner, minlength=len(t.ids)),
                   "spread": t.sigma.round(5), "group": group}).to_csv(out / "identities.csv", index=False)
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
@@ -594,7 +611,7 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
         drop_temp(stage)
     return line
 
-# %% ../nbs/23_verify.ipynb #59e1dc57
+# %% ../nbs/23_verify.ipynb #910428d1
 VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled")
 
 def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: float) -> tuple:
@@ -606,39 +623,38 @@ def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: float) -> tuple:
     v = np.where(claim < 0, 3, np.where(zc <= tau, 0, np.where(zn <= tau, 1, 2)))
     return zc, near, zn, np.array(VERDICTS, object)[v]
 
-TRACK_COLS = ["icao", "start_s", "end_s", "frames", "frames_used", "llr", "mean_score", "verdict"]
+TRACK_COLS = ["icao", "start_s", "end_s", "frames", "frames_used", "mean_log_score", "verdict"]
 
-def close_track(tr: dict, false_alarm: float, budget: int) -> dict:
-    "A track's row: the sequential test over its frames' evidence."
+def close_track(tr: dict, q: np.ndarray) -> dict:
+    "A track's row: the sequential test over its frames' scores."
     if tr["enrolled"]:
-        spoof, used, s = sprt(np.array(tr["llr"]), false_alarm, budget)
+        spoof, used, s = track_test(tr["z"], q)
         near_other = np.mean(tr["other"][:used]) >= 0.5 if used else False
         v = ("mismatch" if near_other else "unknown transmitter") if spoof else "match"
     else: used, s, v = 0, float("nan"), "not enrolled"
     return {"icao": tr["icao"], "start_s": round(tr["start"], 6), "end_s": round(tr["end"], 6), "frames": tr["n"], "frames_used": used,
-            "llr": round(s, 3), "mean_score": round(float(np.mean(tr["z"])), 4) if tr["z"] else float("nan"), "verdict": v}
+            "mean_log_score": round(s, 4), "verdict": v}
 
-# %% ../nbs/23_verify.ipynb #5a0db16f
+# %% ../nbs/23_verify.ipynb #a52df6f7
 HIST_BINS = np.linspace(-3, 5, 161)      # log z
 
 class TrackBook:
     "The open tracks (one per address), the closed ones' rows, and score histograms: what verification keeps in memory."
-    def __init__(self, gap: float, budget: int, false_alarm: float, m: dict):
-        self.gap, self.budget, self.fa, self.m = gap, budget, false_alarm, m
+    def __init__(self, gap: float, q: np.ndarray):
+        self.gap, self.q, self.budget = gap, q, len(q)
         self.open, self.rows, self.hist = {}, [], np.zeros(len(HIST_BINS) - 1, np.int64)
     def add(self, key, t: float, icao: str, enrolled: bool, zc: float, other: bool) -> None:
         tr = self.open.get(key)
-        if tr is not None and t - tr["end"] > self.gap: self.rows.append(close_track(tr, self.fa, self.budget)); tr = None
-        if tr is None: tr = self.open[key] = {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "llr": [], "z": [], "other": []}
+        if tr is not None and t - tr["end"] > self.gap: self.rows.append(close_track(tr, self.q)); tr = None
+        if tr is None: tr = self.open[key] = {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "z": [], "other": []}
         tr["end"], tr["n"] = t, tr["n"] + 1
-        if enrolled and len(tr["llr"]) < self.budget:
-            tr["llr"].append(float(frame_llr(zc, self.m))); tr["z"].append(zc); tr["other"].append(other)
+        if enrolled and len(tr["z"]) < self.budget: tr["z"].append(zc); tr["other"].append(other)
     def close_all(self) -> pd.DataFrame:
-        self.rows += [close_track(tr, self.fa, self.budget) for tr in self.open.values()]
+        self.rows += [close_track(tr, self.q) for tr in self.open.values()]
         self.open = {}
         return pd.DataFrame(self.rows, columns=TRACK_COLS).sort_values(["start_s", "icao"], kind="stable")
 
-# %% ../nbs/23_verify.ipynb #f360e27c
+# %% ../nbs/23_verify.ipynb #1e042e74
 VERDICT_COLS = ["file", "time_s", "icao", "msg", "enrolled", "score", "nearest", "nearest_score", "verdict"]
 
 def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_rate=None, gap: float = 10.0, budget: int = 10,
@@ -647,7 +663,8 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
     from tqdm import tqdm
     t, man = g["templates"], g["manifest"]
     tau, index = float(man["threshold"]), {a: i for i, a in enumerate(t.ids)}
-    book, stats, counts, n = TrackBook(gap, budget, float(man["false_alarm"]), man["llr"]), {}, dict.fromkeys(VERDICTS, 0), 0
+    q = track_thresholds(t, float(man["false_alarm"]), int(budget))
+    book, stats, counts, n = TrackBook(gap, q), {}, dict.fromkeys(VERDICTS, 0), 0
     with open(folder / "verdicts.csv", "w") as fh:
         fh.write(",".join(VERDICT_COLS) + "\n")
         for p in inputs:
@@ -686,7 +703,7 @@ def eer(gen: np.ndarray, imp: np.ndarray) -> float:
     k = np.argmin(np.abs(fa - miss))
     return float((fa[k] + miss[k]) / 2)
 
-# %% ../nbs/23_verify.ipynb #2041d77f
+# %% ../nbs/23_verify.ipynb #c80edab6
 def track_blocks(j: pd.DataFrame, budget: int) -> list:
     "The truth tracks: per (file, icao, transmitter), consecutive blocks of `budget` frames (a shorter last block only when it is the only one)."
     out = []
@@ -698,7 +715,7 @@ def track_blocks(j: pd.DataFrame, budget: int) -> list:
 def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
     "Per-frame and per-track detection, false alarm and EER, overall and by shot group of the claimed address."
     man = g["manifest"]
-    tau, fa, m = float(man["threshold"]), float(man["false_alarm"]), man["llr"]
+    tau, q = float(man["threshold"]), track_thresholds(g["templates"], float(man["false_alarm"]), budget)
     grp = dict(zip(man["addresses"], pd.read_csv(g["folder"] / "identities.csv").group))
     j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"])].assign(group=lambda d: d.icao.map(grp))
     spoof = lambda d: d.kind != "genuine"
@@ -707,12 +724,11 @@ def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
         gen, imp = d.score[~spoof(d)].to_numpy(), d.score[spoof(d)].to_numpy()
         res["frame"][name] = {"genuine": len(gen), "impostor": len(imp), "detection": float(np.mean(imp > tau)) if len(imp) else None,
                               "false_alarm": float(np.mean(gen > tau)) if len(gen) else None, "eer": eer(gen, imp)}
-        calls = [(spoof(b).iloc[0], sprt(frame_llr(b.score.to_numpy(), m), fa, budget)) for b in track_blocks(d, budget)]
+        calls = [(spoof(b).iloc[0], track_test(b.score.to_numpy(), q)) for b in track_blocks(d, budget)]
         ti = [c[0] for s, c in calls if s]; tg = [c[0] for s, c in calls if not s]
         res["track"][name] = {"genuine": len(tg), "impostor": len(ti), "detection": float(np.mean(ti)) if ti else None,
                               "false_alarm": float(np.mean(tg)) if tg else None,
                               "frames_used": float(np.mean([c[1] for s, c in calls if s])) if ti else None}
-    gh = j.iloc[:0]
     return res
 
 # %% ../nbs/23_verify.ipynb #74afefee
