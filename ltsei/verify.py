@@ -19,10 +19,10 @@ from .frames import (FramesConfig, IQ_FORMATS, SIGMF_TYPES, SIGMF_VERSION, FRAME
                           find_candidates, slice_bits, classify, retry_phases, suggest_format, window_plan, read_windows, _ints)
 
 # %% auto #0
-__all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE',
-           'SHRINK', 'FOLDS', 'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS', 'HIST_BINS',
-           'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario', 'reply_counts',
-           'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording', 'sigmf_meta',
+__all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
+           'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS', 'HIST_BINS', 'VERDICT_COLS',
+           'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario', 'reply_counts', 'victim_ranks',
+           'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording', 'sigmf_meta',
            'scenario_synth_config', 'make_messages', 'make_scenario', 'scan_replies', 'network_windows', 'check_rate',
            'Network', 'prototypes', 'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates',
            'threshold', 'track_thresholds', 'track_test', 'read_gallery', 'check_same_network', 'write_gallery',
@@ -31,7 +31,7 @@ __all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 
            'synth_recording_parser', 'synth_recording_main', 'enroll_parser', 'enroll_main', 'verify_parser',
            'verify_main']
 
-# %% ../nbs/23_verify.ipynb #3956563c
+# %% ../nbs/23_verify.ipynb #62ea3c09
 @dataclass
 class ScenarioConfig:
     aircraft: int = 20              # fleet size
@@ -48,6 +48,7 @@ class ScenarioConfig:
     fmt: str = "cs16"               # u8 | cs8 | cs16 | cf32 (written with SigMF metadata)
     seed: int = 0                   # replies, times and SNRs (the hardware comes from the preset's own seed)
 
+# %% ../nbs/23_verify.ipynb #3ec64ff9
 def check_scenario(c: ScenarioConfig) -> None:
     "Raise ValueError naming the first flag of `ltsei synth-recording` that is out of range."
     def bad(name, want): raise ValueError(f"--{name.replace('_', '-')}={getattr(c, name)!r}: expected {want}")
@@ -62,16 +63,18 @@ def check_scenario(c: ScenarioConfig) -> None:
     if c.sample_rate is not None and not float(c.sample_rate) >= 2e6: bad("sample_rate", "at least 2e6 samples/s")
     if c.fmt not in IQ_FORMATS: bad("fmt", "one of " + ", ".join(IQ_FORMATS))
 
-# %% ../nbs/23_verify.ipynb #3a7beb9f
+# %% ../nbs/23_verify.ipynb #5632543b
 def reply_counts(c: ScenarioConfig) -> np.ndarray:
     "Enrollment replies per rank (N,): floor(head x IR^(-i/(N-1))), at least 1."
     i = np.arange(int(c.aircraft))
     return np.maximum(1, np.floor(int(c.head_replies) * float(c.imbalance_ratio) ** (-i / (int(c.aircraft) - 1)))).astype(np.int64)
 
+# %% ../nbs/23_verify.ipynb #6d2bb45c
 def victim_ranks(n_aircraft: int, k: int) -> np.ndarray:
     "k ranks spread from the head to the tail (the aircraft a kind of spoofer claims)."
     return np.round(np.linspace(0, n_aircraft - 1, k)).astype(np.int64) if k else np.zeros(0, np.int64)
 
+# %% ../nbs/23_verify.ipynb #0193ce12
 def plan_scenario(c: ScenarioConfig, icao: np.ndarray, order=None) -> pd.DataFrame:
     """One row per reply: recording (enroll/test), transmitter (the emitter index of the hardware), kind (genuine,
     impersonation, replay, ghost), icao (the claimed address, int), victim (the rank claimed, or -1), rank (the
@@ -90,7 +93,7 @@ def plan_scenario(c: ScenarioConfig, icao: np.ndarray, order=None) -> pd.DataFra
             s += 1
     return pd.DataFrame(rows, columns=["recording", "transmitter", "kind", "icao", "victim", "rank"])
 
-# %% ../nbs/23_verify.ipynb #438b20a4
+# %% ../nbs/23_verify.ipynb #dee20dcc
 REPLY_S = 124e-6      # samples made per reply: the 120 us of a long reply and a little room
 LEAD_S = 1e-6         # ... after this much lead: the reply's first pulse lies whole in the recording
 
@@ -112,6 +115,7 @@ def transmit(cfg, fp: dict, bits: np.ndarray, rng: np.random.Generator) -> np.nd
     z = _channel(cfg, _complex(re_, im), fs, P, t0, rng)
     return _receiver(cfg, z, p_sig, fs, P, L, r, rng)[0]
 
+# %% ../nbs/23_verify.ipynb #6acdb92c
 def at_snr(z: np.ndarray, snr_db) -> np.ndarray:
     "Replies `z` (n, L) scaled so that their pulse power (samples above half the peak) is `snr_db` over a unit noise power."
     a = np.abs(z)
@@ -119,7 +123,7 @@ def at_snr(z: np.ndarray, snr_db) -> np.ndarray:
     p = (a ** 2 * on).sum(1) / on.sum(1)
     return (z * np.sqrt(10 ** (np.asarray(snr_db) / 10) / p)[:, None]).astype(np.complex64)
 
-# %% ../nbs/23_verify.ipynb #0f9a9cae
+# %% ../nbs/23_verify.ipynb #51eaeb4a
 SLOT_S = 150e-6
 CHUNK = 1 << 20
 
@@ -131,6 +135,7 @@ def reply_times(n: int, replies_per_s: float, fs: float, L: int, rng) -> tuple[n
     starts = lead + np.round(pick * SLOT_S * fs).astype(np.int64) + rng.integers(0, max(1, int(SLOT_S * fs) - L), n)
     return starts, int(starts[-1] + L + lead) if n else 2 * lead
 
+# %% ../nbs/23_verify.ipynb #71e2702b
 def write_recording(path: Path, starts, z: np.ndarray, n: int, fmt: str, rng, scale: float = 0.02) -> None:
     "Unit-power complex noise of `n` samples with the replies `z` (m, L) added at `starts`, as `fmt` I/Q (noise x `scale` of full scale)."
     dt, zero, full = IQ_FORMATS[fmt]
@@ -148,13 +153,14 @@ def write_recording(path: Path, starts, z: np.ndarray, n: int, fmt: str, rng, sc
             if dt.kind in "iu": v = np.clip(np.round(v), np.iinfo(dt).min, np.iinfo(dt).max)
             v.astype(dt).tofile(f)
 
+# %% ../nbs/23_verify.ipynb #08d03910
 def sigmf_meta(data_name: str, fmt: str, fs: float, ann: list, description: str) -> dict:
     "A SigMF metadata object for the samples file `data_name`."
     return {"global": {"core:datatype": {v: k for k, v in SIGMF_TYPES.items()}[fmt], "core:sample_rate": fs,
                        "core:version": SIGMF_VERSION, "core:num_channels": 1, "core:dataset": data_name,
                        "core:description": description}, "captures": [{"core:sample_start": 0}], "annotations": ann}
 
-# %% ../nbs/23_verify.ipynb #7658fe76
+# %% ../nbs/23_verify.ipynb #b297929b
 def scenario_synth_config(c: ScenarioConfig):
     "The preset's transmitters and receiver at the recordings' rate, replies of REPLY_S, no receiver noise (added in the recording)."
     p = SYNTH_PRESETS[c.preset]
@@ -163,6 +169,7 @@ def scenario_synth_config(c: ScenarioConfig):
     return replace(p, sample_rate=fs, length=int(math.ceil((REPLY_S + LEAD_S) * fs)), snr_db_min=80.0, snr_db_max=80.0,
                    num_emitters=n_emit, icao_mode="per_emitter", overlap_prob=0.0)
 
+# %% ../nbs/23_verify.ipynb #149fa675
 def make_messages(plan: pd.DataFrame, rng) -> np.ndarray:
     "The bits (n, 112) of every reply of `plan`: fresh DF17 messages, and for a replay its victim's enrollment messages."
     bits = np.zeros((len(plan), 112), np.uint8)
@@ -213,7 +220,7 @@ def make_scenario(c: ScenarioConfig, out: Path, order=None, progress: bool = Tru
             f"{int(k.get('impersonation', 0))} impersonation, {int(k.get('replay', 0))} replay, {int(k.get('ghost', 0))} ghost replies "
             f"({secs['test']:.2f} s); {fs / 1e6:g} MS/s {c.fmt}")
 
-# %% ../nbs/23_verify.ipynb #eb4c2ef5
+# %% ../nbs/23_verify.ipynb #ad5222d0
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
 
 def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5):
@@ -246,6 +253,7 @@ def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5):
         dt = f.groupby(["hi", "lo"], sort=False).time_s.diff()
         yield f[~(dt < 64e-6)].reset_index(drop=True), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs))
 
+# %% ../nbs/23_verify.ipynb #35eb1dee
 def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
     "Candidates `bad` (sample indices) that failed CRC, not counting those within `span` of a reply that passed (the same reply read at another offset)."
     if not good.size: return int(bad.size)
@@ -254,7 +262,7 @@ def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
     near = (np.abs(bad - good[np.maximum(i - 1, 0)]) < span) | (np.abs(good[np.minimum(i, good.size - 1)] - bad) < span)
     return int((~near).sum())
 
-# %% ../nbs/23_verify.ipynb #985fbadb
+# %% ../nbs/23_verify.ipynb #356c9f0c
 def network_windows(rec, times, rate: float, length: int) -> tuple[np.ndarray, np.ndarray]:
     """The frames (B, 2, length) float32 at `rate`, unit mean power, that start FRAME_OFFSET_US after each preamble
     time in `times` (resampled from the recording's rate); and which of `times` fit in the recording (B of them)."""
@@ -266,6 +274,7 @@ def network_windows(rec, times, rate: float, length: int) -> tuple[np.ndarray, n
     p = (x.astype(np.float64) ** 2).sum(1).mean(1)
     return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32), plan["fits"]
 
+# %% ../nbs/23_verify.ipynb #7be7d223
 def check_rate(rec, rate: float) -> str:
     "'' when the recording is at `rate`, else a note on the resampling; a ratio no small resampler reaches is refused."
     fs = rec.sample_rate
@@ -277,7 +286,7 @@ def check_rate(rec, rate: float) -> str:
     less = " (the band above the recording's Nyquist rate is missing: expect weaker fingerprints)" if fs < rate else ""
     return f"{rec.path.name}: resampled from {fs / 1e6:g} to {rate / 1e6:g} MS/s{less}"
 
-# %% ../nbs/23_verify.ipynb #2dac035c
+# %% ../nbs/23_verify.ipynb #972302f9
 SPACES = ("features", "logits")
 
 def _run_files(run) -> dict:
@@ -296,12 +305,14 @@ def _run_files(run) -> dict:
            "sample_rate": rate, "run": run.name}
     return {"network": net, "stage1": s1, "stage2": s2 if c.stage2.enabled else None}
 
+# %% ../nbs/23_verify.ipynb #7a9e6c1c
 def _files_rate(train_path) -> float:
     "The sample rate of a run on files: meta.json beside the training file (ltsei frames, ltsei synth), else 50 MS/s (the public files)."
     meta = Path(str(train_path)).parent / "meta.json"
     try: return float(json.loads(meta.read_text())["sample_rate"])
     except (OSError, ValueError, KeyError, TypeError): return 50e6
 
+# %% ../nbs/23_verify.ipynb #236dc450
 def _gallery_model_files(folder: Path) -> dict:
     net = json.loads((folder / "network.json").read_text())
     return {"network": net, "stage1": folder / "stage1.pt", "stage2": folder / "stage2.pt" if net["stage2"] else None}
@@ -356,13 +367,14 @@ def _embed(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
 
 Network.__call__ = _embed
 
-# %% ../nbs/23_verify.ipynb #e918de67
-MAX_PROTOTYPES, FRAMES_PER_PROTOTYPE, SHRINK, FOLDS = 4, 25, 5.0, 5
+# %% ../nbs/23_verify.ipynb #ec61cd5a
+MAX_PROTOTYPES, FRAMES_PER_PROTOTYPE, FOLDS = 4, 25, 5
 
 def _unit(v) -> np.ndarray:
     v = np.asarray(v, np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
+# %% ../nbs/23_verify.ipynb #dd8e3fa1
 def prototypes(E: np.ndarray, seed: int = 0) -> np.ndarray:
     "The prototypes (K, D) of one address's vectors E (n, D): the mean direction, or spherical k-means with K = min(4, n // 25)."
     K = int(min(MAX_PROTOTYPES, len(E) // FRAMES_PER_PROTOTYPE))
@@ -373,6 +385,7 @@ def prototypes(E: np.ndarray, seed: int = 0) -> np.ndarray:
         P = _unit(np.stack([E[a == k].mean(0) if (a == k).any() else P[k] for k in range(K)]))
     return P
 
+# %% ../nbs/23_verify.ipynb #9b233a31
 def distances(E: np.ndarray, P: np.ndarray, owner: np.ndarray, n_ids: int) -> np.ndarray:
     "Cosine distance (n, C) of each vector to each address's nearest prototype (P (K, D), owner (K,) its address)."
     sim = E @ P.T
@@ -380,7 +393,7 @@ def distances(E: np.ndarray, P: np.ndarray, owner: np.ndarray, n_ids: int) -> np
     np.maximum.at(best.T, owner, sim.T) if len(owner) else None
     return 1 - best
 
-# %% ../nbs/23_verify.ipynb #5ce4350b
+# %% ../nbs/23_verify.ipynb #94bcdc79
 def leave_out_distances(E: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each vector's distance to its address's template built without it (leave-one-out up to 5 vectors, 5-fold
     beyond; NaN for a single vector), and the number of vectors that template was built from."""
@@ -393,17 +406,19 @@ def leave_out_distances(E: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
         out[fold == f], size[fold == f] = 1 - (E[fold == f] @ P.T).max(1), (fold != f).sum()
     return out, size
 
+# %% ../nbs/23_verify.ipynb #3c7a3665
 def size_factor(n) -> np.ndarray:
     "How much farther a new frame lies from a mean of n frames than from the true centre: 1 + 1/n (for the distance, a squared norm)."
     return 1 + 1 / np.maximum(np.asarray(n, np.float64), 1)
 
+# %% ../nbs/23_verify.ipynb #998b1dfa
 @dataclass
 class Templates:
     ids: list           # the addresses (hex strings), in order
     counts: np.ndarray  # enrollment frames per address (C,)
     P: np.ndarray       # prototypes (K, D)
     owner: np.ndarray   # the address index of each prototype (K,)
-    sigma: np.ndarray   # the shrunk spread per address (C,)
+    sigma: np.ndarray   # the spread per address (C,): the fleet's times 1 + 1/n
     center: np.ndarray  # the mean enrollment vector (D,), taken off before normalising
     member: np.ndarray  # the address index of each enrollment frame (n,)
     genuine: np.ndarray # leave-out genuine scores z (n,) of the enrollment frames (NaN for a single frame)
@@ -413,7 +428,7 @@ class Templates:
         "Scores (n, C) of raw vectors E: distance to every address's template in units of its spread."
         return distances(_unit(E - self.center), self.P, self.owner, len(self.ids)) / self.sigma[None, :]
 
-# %% ../nbs/23_verify.ipynb #816c5e4e
+# %% ../nbs/23_verify.ipynb #aacea032
 def fit_templates(E: np.ndarray, ids: np.ndarray, seed: int = 0) -> Templates:
     "Templates of every address in `ids` (n,) from its raw vectors E (n, D), with the leave-out scores for the threshold."
     names = sorted(set(ids.tolist()))
@@ -428,23 +443,22 @@ def fit_templates(E: np.ndarray, ids: np.ndarray, seed: int = 0) -> Templates:
         s0[i] = d / size_factor(size[i])                  # the frame-to-centre spread this distance estimates
         p = prototypes(U[i], seed); P.append(p); owner += [c] * len(p)
     counts = np.bincount(lab, minlength=len(names))
-    m = np.array([np.isfinite(s0[lab == c]).sum() for c in range(len(names))])
-    mean = np.array([s0[lab == c][np.isfinite(s0[lab == c])].mean() if m[c] else np.nan for c in range(len(names))])
-    pool = float(np.nanmedian(mean)) if np.isfinite(mean).any() else 0.1
-    s0c = np.maximum((m * np.nan_to_num(mean) + SHRINK * pool) / (m + SHRINK), 1e-6)
-    sigma = (s0c * size_factor(counts)).astype(np.float32)
-    t = Templates(names, counts, np.concatenate(P), np.array(owner, np.int64), sigma, center, lab, (s0 / s0c[lab]).astype(np.float32), None)
+    mean = [s0[lab == c][np.isfinite(s0[lab == c])].mean() for c in range(len(names)) if np.isfinite(s0[lab == c]).any()]
+    pool = max(float(np.median(mean)), 1e-6) if mean else 0.1      # the fleet's spread
+    sigma = (pool * size_factor(counts)).astype(np.float32)
+    t = Templates(names, counts, np.concatenate(P), np.array(owner, np.int64), sigma, center, lab, (s0 / pool).astype(np.float32), None)
     z = t.z(E)
     z[np.arange(len(E)), lab] = np.inf
     t.impostor = z.min(1) if len(names) > 1 else np.full(len(E), np.nan, np.float32)
     return t
 
+# %% ../nbs/23_verify.ipynb #01ce3d6c
 def threshold(genuine: np.ndarray, false_alarm: float) -> float:
     "The (1 - false_alarm) quantile of the genuine leave-out scores (the fleet's median spread's 3 x where none exist)."
     g = genuine[np.isfinite(genuine)]
     return float(np.quantile(g, 1 - false_alarm)) if g.size else 3.0
 
-# %% ../nbs/23_verify.ipynb #9b1ed238
+# %% ../nbs/23_verify.ipynb #f4f2f44a
 TRACK_DRAWS = 4000
 
 def track_thresholds(t: Templates, false_alarm: float, budget: int, seed: int = 0) -> np.ndarray:
@@ -461,6 +475,7 @@ def track_thresholds(t: Templates, false_alarm: float, budget: int, seed: int = 
         q[n - 1] = np.quantile(means, [1 - false_alarm / (2 * budget), 1 - false_alarm / 2])
     return q
 
+# %% ../nbs/23_verify.ipynb #1dabb674
 def track_test(z, q: np.ndarray) -> tuple[bool, int, float]:
     "The test over a track's claimed scores `z` in order: (spoof, frames used, the mean log z at the decision)."
     lz = np.log(np.maximum(np.asarray(z, np.float64)[:len(q)], 1e-9))
@@ -470,7 +485,7 @@ def track_test(z, q: np.ndarray) -> tuple[bool, int, float]:
     if early.size: return True, int(early[0]) + 1, float(m[early[0]])
     return bool(m[-1] > q[lz.size - 1, 1]), int(lz.size), float(m[-1])
 
-# %% ../nbs/23_verify.ipynb #d04481c1
+# %% ../nbs/23_verify.ipynb #9355923d
 GALLERY_FORMAT = "ltsei-gallery-v1"
 GALLERY_FILES = re.compile(r"manifest\.json|identities\.csv|embeddings\.npy|addresses\.npy|templates\.npz|model|summary\.txt")
 
@@ -488,6 +503,7 @@ def read_gallery(folder) -> dict:
     t = Templates(list(man["addresses"]), np.asarray(man["counts"]), tz["P"], tz["owner"], tz["sigma"], tz["center"], tz["member"], tz["genuine"], tz["impostor"])
     return {"manifest": man, "E": E, "ids": ids, "templates": t, "folder": folder}
 
+# %% ../nbs/23_verify.ipynb #9e79e16b
 def check_same_network(man: dict, net: Network, where: str) -> None:
     "One line when the gallery was made with another network, space, rate or frame length than `net`, naming both."
     for k, mine, what in (("model_key", net.key, "model key"), ("space", net.space, "space"),
@@ -520,7 +536,7 @@ def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: f
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     return man
 
-# %% ../nbs/23_verify.ipynb #283f13b4
+# %% ../nbs/23_verify.ipynb #e03247c6
 def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict, chunk: int = 1 << 20):
     """Per chunk of the input `path`: a DataFrame (file, time_s, icao, msg) and the frames (B, 2, length) for the network.
     `stats` collects crc_failed, edge (windows outside the recording) and notes."""
@@ -539,6 +555,7 @@ def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict
         yield pd.DataFrame({"file": p.name, "time_s": f.time_s.round(7).to_numpy(), "icao": [f"{v:06X}" for v in f.icao],
                             "msg": [f"{h:014X}{l:014X}" for h, l in zip(f.hi, f.lo)]}), x
 
+# %% ../nbs/23_verify.ipynb #f4c81e1f
 def _frames_folder(p: Path, rate: float, length: int, stats: dict):
     "The frames of an `ltsei frames` output folder, cut for the network."
     try: meta, fr = json.loads((p / "meta.json").read_text()), pd.read_csv(p / "frames.csv", dtype={"icao": str, "msg": str})
@@ -558,7 +575,7 @@ def _frames_folder(p: Path, rate: float, length: int, stats: dict):
         yield pd.DataFrame({"file": part.file.to_numpy(), "time_s": part.time_s.to_numpy(), "icao": part.icao.to_numpy(),
                             "msg": part.msg.to_numpy()}), x
 
-# %% ../nbs/23_verify.ipynb #534faa22
+# %% ../nbs/23_verify.ipynb #3cfad1b3
 def _input_digest(path) -> str:
     "The SHA-256 of an input: a file's bytes, or a folder's files in name order."
     p = Path(path)
@@ -567,6 +584,7 @@ def _input_digest(path) -> str:
     for f in sorted(q for q in p.iterdir() if q.is_file()): h.update(f.name.encode() + sha256_file(f).encode())
     return h.hexdigest()
 
+# %% ../nbs/23_verify.ipynb #7e92aa1f
 def _check_out(out: Path, allowed: re.Pattern, what: str) -> None:
     "Refuse an --out that is a file, or a folder holding files that `what` does not write (it is replaced whole)."
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a folder: expected a new or empty folder")
@@ -611,7 +629,7 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
         drop_temp(stage)
     return line
 
-# %% ../nbs/23_verify.ipynb #910428d1
+# %% ../nbs/23_verify.ipynb #13dc480c
 VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled")
 
 def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: float) -> tuple:
@@ -623,6 +641,7 @@ def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: float) -> tuple:
     v = np.where(claim < 0, 3, np.where(zc <= tau, 0, np.where(zn <= tau, 1, 2)))
     return zc, near, zn, np.array(VERDICTS, object)[v]
 
+# %% ../nbs/23_verify.ipynb #e9247d7f
 TRACK_COLS = ["icao", "start_s", "end_s", "frames", "frames_used", "mean_log_score", "verdict"]
 
 def close_track(tr: dict, q: np.ndarray) -> dict:
@@ -684,7 +703,7 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
             "crc_failed": stats.get("crc_failed", 0), "edge": stats.get("edge", 0), "seconds_recorded": stats.get("seconds", 0.0),
             "notes": stats.get("notes", []), "hist": book.hist.tolist()}
 
-# %% ../nbs/23_verify.ipynb #08db92d9
+# %% ../nbs/23_verify.ipynb #2a06b67d
 def join_truth(v: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     "The verdict rows `v` with the truth's kind and transmitter (NaN where no truth reply lies within 2 us)."
     stem = lambda names: [str(f).split(".")[0] for f in names]
@@ -694,6 +713,7 @@ def join_truth(v: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     j = pd.merge_asof(v, tr, on="time_s", by=["_stem", "icao"], direction="nearest", tolerance=2e-6)
     return j.sort_values("_i").drop(columns=["_i", "_stem"]).reset_index(drop=True)
 
+# %% ../nbs/23_verify.ipynb #6c1e4306
 def eer(gen: np.ndarray, imp: np.ndarray) -> float:
     "The equal-error rate of scores where higher means 'not the claimed transmitter'."
     if not len(gen) or not len(imp): return float("nan")
@@ -703,7 +723,7 @@ def eer(gen: np.ndarray, imp: np.ndarray) -> float:
     k = np.argmin(np.abs(fa - miss))
     return float((fa[k] + miss[k]) / 2)
 
-# %% ../nbs/23_verify.ipynb #c80edab6
+# %% ../nbs/23_verify.ipynb #5ca02e8a
 def track_blocks(j: pd.DataFrame, budget: int) -> list:
     "The truth tracks: per (file, icao, transmitter), consecutive blocks of `budget` frames (a shorter last block only when it is the only one)."
     out = []
@@ -712,6 +732,7 @@ def track_blocks(j: pd.DataFrame, budget: int) -> list:
         out += [g.iloc[i * budget:(i + 1) * budget] for i in range(k)]
     return out
 
+# %% ../nbs/23_verify.ipynb #bd546aab
 def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
     "Per-frame and per-track detection, false alarm and EER, overall and by shot group of the claimed address."
     man = g["manifest"]
@@ -731,12 +752,13 @@ def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
                               "frames_used": float(np.mean([c[1] for s, c in calls if s])) if ti else None}
     return res
 
-# %% ../nbs/23_verify.ipynb #74afefee
+# %% ../nbs/23_verify.ipynb #67effc97
 def ghost_report(v: pd.DataFrame) -> dict:
     "How the ghosts' frames were called (their addresses are in no gallery: 'not enrolled' is right)."
     gh = v[v.kind == "ghost"]
     return {"frames": int(len(gh)), "not_enrolled": float(np.mean(gh.verdict == "not enrolled")) if len(gh) else None}
 
+# %% ../nbs/23_verify.ipynb #13d050a7
 def plot_scores(folder: Path, hist, j: Optional[pd.DataFrame], tau: float) -> None:
     "scores.png: the distribution of the claimed scores (genuine and impostor frames apart when the truth is given), and a DET curve."
     from matplotlib.figure import Figure
@@ -753,6 +775,7 @@ def plot_scores(folder: Path, hist, j: Optional[pd.DataFrame], tau: float) -> No
     if j is not None: _det(fig.add_subplot(1, 2, 2), j)
     fig.tight_layout(); fig.savefig(folder / "scores.png")
 
+# %% ../nbs/23_verify.ipynb #13a705eb
 def _det(ax, j: pd.DataFrame) -> None:
     gen, imp = j.score[j.kind == "genuine"].dropna().to_numpy(), j.score[j.kind.isin(["impersonation", "replay"])].dropna().to_numpy()
     if not len(gen) or not len(imp): return
@@ -796,9 +819,10 @@ def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=
         drop_temp(stage)
     return text
 
-# %% ../nbs/23_verify.ipynb #ceb7447c
+# %% ../nbs/23_verify.ipynb #b4b88c3e
 def _pct(v) -> str: return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
+# %% ../nbs/23_verify.ipynb #373c57a2
 def summary_text(s: dict, g: dict) -> str:
     "The one-screen summary of a verification."
     v, t = s["verdicts"], s["tracks"]
@@ -816,7 +840,7 @@ def summary_text(s: dict, g: dict) -> str:
         lines.append(f"frame EER {_pct(e['frame']['all']['eer'])}; ghosts called 'not enrolled': {_pct(e['ghosts']['not_enrolled'])}")
     return "\n".join(lines)
 
-# %% ../nbs/23_verify.ipynb #30c55aa4
+# %% ../nbs/23_verify.ipynb #2eaab202
 def synth_recording_parser() -> argparse.ArgumentParser:
     d = ScenarioConfig()
     p = argparse.ArgumentParser(prog="ltsei synth-recording", description="Write a spoofing scenario: an enrollment recording of "
@@ -832,6 +856,7 @@ def synth_recording_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-from", default=None, help="a run folder (or its class_counts.json): rank the fleet by its training counts")
     return p
 
+# %% ../nbs/23_verify.ipynb #52166508
 SCENARIO_FILES = re.compile(r"(enroll|test)\.(sigmf-meta|u8|cs8|cs16|cf32)|truth\.csv|scenario\.json")
 
 def _order_from(path) -> np.ndarray:
@@ -861,11 +886,12 @@ def synth_recording_main(argv: list[str]) -> int:
     print(f"{line} -> {out}")
     return 0
 
-# %% ../nbs/23_verify.ipynb #4f1fe3ec
+# %% ../nbs/23_verify.ipynb #b9ed6bd9
 def _io_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="fmt", choices=FRAMES_FORMATS, default="u8", help="sample format of raw recordings (as ltsei frames; default u8)")
     p.add_argument("--sample-rate", type=float, default=None, help="samples per second of raw recordings")
 
+# %% ../nbs/23_verify.ipynb #13a2bfdb
 def enroll_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei enroll", description="Enroll the aircraft of recordings (or ltsei frames folders) into a "
         "gallery: per ICAO address a template of a trained run's embedding, and a threshold calibrated by leave-out.")
@@ -878,13 +904,14 @@ def enroll_parser() -> argparse.ArgumentParser:
     _io_flags(p)
     return p
 
+# %% ../nbs/23_verify.ipynb #fe8251ba
 def enroll_main(argv: list[str]) -> int:
     a = enroll_parser().parse_args(argv)
     line = enroll(a.inputs, a.model, a.out, a.fmt, a.sample_rate, a.space, a.false_alarm, add=not a.new)
     print(f"{line} -> {Path(a.out).absolute()}")
     return 0
 
-# %% ../nbs/23_verify.ipynb #b69b9e8f
+# %% ../nbs/23_verify.ipynb #3fab9e8c
 def verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei verify", description="Verify every Mode S frame of recordings (or ltsei frames folders) "
         "against a gallery: per frame match / mismatch / unknown transmitter / not enrolled, per track a sequential test; writes "
@@ -900,6 +927,7 @@ def verify_parser() -> argparse.ArgumentParser:
     _io_flags(p)
     return p
 
+# %% ../nbs/23_verify.ipynb #5f0835f6
 def verify_main(argv: list[str]) -> int:
     a = verify_parser().parse_args(argv)
     text = verify(a.inputs, a.gallery, a.out, a.model, a.fmt, a.sample_rate, a.truth, a.track_gap, a.budget, a.threads)
