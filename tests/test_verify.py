@@ -108,3 +108,14 @@ def test_recording_at_another_rate_is_resampled(scenario, tmp_path):
     assert main(["verify", str(tmp_path / "half.cs16"), "--format", "cs16", "--sample-rate", "4e6", "--gallery", str(scenario / "gal"),
                  "--out", str(tmp_path / "v")]) == 0
     assert "resampled from 4 to 8 MS/s" in (tmp_path / "v" / "summary.txt").read_text()
+
+
+def test_enroll_from_an_ltsei_frames_folder(scenario, tmp_path):
+    "The frames `ltsei frames` writes (4 us margin, 128 us windows) enroll the same aircraft and frames as the recording itself."
+    assert main(["frames", str(scenario / "scen" / "enroll.cs16"), *RAW, "--out", str(tmp_path / "frames")]) == 0
+    assert main(["enroll", str(tmp_path / "frames"), "--model", str(scenario / "run"), "--out", str(tmp_path / "gal")]) == 0
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (tmp_path / "gal", scenario / "gal"))
+    assert a["addresses"] == b["addresses"] and a["counts"] == b["counts"]
+    e1, e2 = np.load(tmp_path / "gal" / "embeddings.npy"), np.load(scenario / "gal" / "embeddings.npy")
+    cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+    assert np.median(cos) > 0.99                       # the same windows, cut at the same offset (to within a sample)
