@@ -651,8 +651,8 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
         drop_temp(stage)
     return line
 
-# %% ../nbs/23_verify.ipynb #13dc480c
-VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled")
+# %% ../nbs/23_verify.ipynb #1c5c899f
+VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled", "not checked")
 
 def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: float) -> tuple:
     "Per frame: the claimed score (NaN when not enrolled), the nearest address index and its score, and the verdict."
@@ -676,7 +676,7 @@ def close_track(tr: dict, q: np.ndarray) -> dict:
     return {"icao": tr["icao"], "start_s": round(tr["start"], 6), "end_s": round(tr["end"], 6), "frames": tr["n"], "frames_used": used,
             "mean_log_score": round(s, 4), "verdict": v}
 
-# %% ../nbs/23_verify.ipynb #a52df6f7
+# %% ../nbs/23_verify.ipynb #0f2e6b8d
 HIST_BINS = np.linspace(-3, 5, 161)      # log z
 
 class TrackBook:
@@ -690,16 +690,29 @@ class TrackBook:
         if tr is None: tr = self.open[key] = {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "z": [], "other": []}
         tr["end"], tr["n"] = t, tr["n"] + 1
         if enrolled and len(tr["z"]) < self.budget: tr["z"].append(zc); tr["other"].append(other)
+    def needed(self, f: pd.DataFrame, enrolled: np.ndarray) -> np.ndarray:
+        "Which frames of a chunk the tracks still need (`--frames track`): an enrolled address's first `budget` frames of each track."
+        need, state = np.zeros(len(f), bool), {}
+        for i, (file, t, ic) in enumerate(zip(f.file, f.time_s, f.icao)):
+            if not enrolled[i]: continue
+            if (file, ic) not in state:
+                tr = self.open.get((file, ic))
+                state[file, ic] = [len(tr["z"]), tr["end"]] if tr else [0, -np.inf]
+            st = state[file, ic]
+            if t - st[1] > self.gap: st[0] = 0
+            st[1], need[i] = t, st[0] < self.budget
+            st[0] += need[i]
+        return need
     def close_all(self) -> pd.DataFrame:
         self.rows += [close_track(tr, self.q) for tr in self.open.values()]
         self.open = {}
         return pd.DataFrame(self.rows, columns=TRACK_COLS).sort_values(["start_s", "icao"], kind="stable")
 
-# %% ../nbs/23_verify.ipynb #1e042e74
+# %% ../nbs/23_verify.ipynb #4fad3f78
 VERDICT_COLS = ["file", "time_s", "icao", "msg", "enrolled", "score", "nearest", "nearest_score", "verdict"]
 
 def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_rate=None, gap: float = 10.0, budget: int = 10,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, every: bool = True) -> dict:
     "Verify every frame of `inputs` against the gallery `g`; writes verdicts.csv and tracks.csv into `folder`; returns the counts."
     from tqdm import tqdm
     t, man = g["templates"], g["manifest"]
@@ -711,12 +724,17 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
         for p in inputs:
             for f, x in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
                 claim = np.array([index.get(a, -1) for a in f.icao])
-                zc, near, zn, v = frame_verdicts(t.z(net(x)), claim, tau)
-                f = f.assign(enrolled=claim >= 0, score=np.round(zc, 4), nearest=np.array(t.ids, object)[near], nearest_score=np.round(zn, 4), verdict=v)
+                need = np.ones(len(f), bool) if every else book.needed(f, claim >= 0)
+                zc, zn, near = np.full(len(f), np.nan), np.full(len(f), np.nan), np.full(len(f), "", object)
+                v = np.where(claim < 0, "not enrolled", "not checked").astype(object)
+                if need.any():
+                    zc[need], k, zn[need], v[need] = frame_verdicts(t.z(net(x[need])), claim[need], tau)
+                    near[need] = np.array(t.ids, object)[k]
+                f = f.assign(enrolled=claim >= 0, score=np.round(zc, 4), nearest=near, nearest_score=np.round(zn, 4), verdict=v)
                 f[VERDICT_COLS].to_csv(fh, header=False, index=False)
                 for r in f.itertuples(index=False):
                     book.add((r.file, r.icao), r.time_s, r.icao, r.enrolled, r.score, r.nearest != r.icao and r.nearest_score <= tau)
-                book.hist += np.histogram(np.log(np.maximum(zc[claim >= 0], 1e-9)), HIST_BINS)[0]
+                book.hist += np.histogram(np.log(np.maximum(zc[np.isfinite(zc)], 1e-9)), HIST_BINS)[0]
                 for k, c in zip(*np.unique(v, return_counts=True)): counts[k] += int(c)
                 n += len(f)
     tracks = book.close_all()
@@ -754,13 +772,13 @@ def track_blocks(j: pd.DataFrame, budget: int) -> list:
         out += [g.iloc[i * budget:(i + 1) * budget] for i in range(k)]
     return out
 
-# %% ../nbs/23_verify.ipynb #bd546aab
+# %% ../nbs/23_verify.ipynb #4a11c487
 def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
     "Per-frame and per-track detection, false alarm and EER, overall and by shot group of the claimed address."
     man = g["manifest"]
     tau, q = float(man["threshold"]), track_thresholds(g["templates"], float(man["false_alarm"]), budget)
     grp = dict(zip(man["addresses"], pd.read_csv(g["folder"] / "identities.csv").group))
-    j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"])].assign(group=lambda d: d.icao.map(grp))
+    j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"]) & j.score.notna()].assign(group=lambda d: d.icao.map(grp))
     spoof = lambda d: d.kind != "genuine"
     res = {"threshold": tau, "frame": {}, "track": {}}
     for name, d in [("all", j)] + [(k, j[j.group == k]) for k in ("many", "medium", "few")]:
@@ -807,11 +825,11 @@ def _det(ax, j: pd.DataFrame) -> None:
     ax.plot(np.maximum(fa, 1e-4) * 100, np.maximum(miss, 1e-4) * 100)
     ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("false alarm (%)"); ax.set_ylabel("miss (%)"); ax.set_title("DET, per frame")
 
-# %% ../nbs/23_verify.ipynb #4af4ed0d
+# %% ../nbs/23_verify.ipynb #5d2eab57
 VERIFY_FILES = re.compile(r"verdicts\.csv|tracks\.csv|summary\.json|summary\.txt|scores\.png")
 
 def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=None, truth=None, gap: float = 10.0, budget: int = 10,
-           threads: Optional[int] = None, progress: bool = True) -> str:
+           threads: Optional[int] = None, progress: bool = True, every: bool = True) -> str:
     "`ltsei verify`: see `verify_parser`. Returns the summary (several lines)."
     t0 = time.process_time(); w0 = time.time()
     if int(budget) < 1: raise ValueError(f"--budget {budget!r}: expected a number of frames >= 1")
@@ -825,7 +843,7 @@ def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=
     clean_stale(out.parent)
     stage = make_temp_dir(out, name_in_errors=out)
     try:
-        s = verify_stream(inputs, g, net, stage, fmt, sample_rate, gap, budget, progress)
+        s = verify_stream(inputs, g, net, stage, fmt, sample_rate, gap, budget, progress, every)
         s.update(cpu_seconds=time.process_time() - t0, wall_seconds=time.time() - w0)
         s["real_time"] = s["seconds_recorded"] / max(s["cpu_seconds"], 1e-9)
         j = None
@@ -844,13 +862,13 @@ def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=
 # %% ../nbs/23_verify.ipynb #b4b88c3e
 def _pct(v) -> str: return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
-# %% ../nbs/23_verify.ipynb #373c57a2
+# %% ../nbs/23_verify.ipynb #7dfbd907
 def summary_text(s: dict, g: dict) -> str:
     "The one-screen summary of a verification."
     v, t = s["verdicts"], s["tracks"]
     lines = [f"{s['frames']} frames ({s['seconds_recorded']:.2f} s recorded, {s['real_time']:.1f} x real time on {s['cpu_seconds']:.1f} CPU s): "
              + ", ".join(f"{k} {v[k]}" for k in VERDICTS),
-             f"{s['track_count']} tracks: " + ", ".join(f"{k} {t.get(k, 0)}" for k in VERDICTS),
+             f"{s['track_count']} tracks: " + ", ".join(f"{k} {t.get(k, 0)}" for k in VERDICTS[:4]),
              f"skipped {s['crc_failed']} DF17/18 candidates failing CRC, {s['edge']} frames at a recording's edge; gallery "
              f"{len(g['templates'].ids)} aircraft, threshold {g['manifest']['threshold']:.3g} ({100 * g['manifest']['false_alarm']:g} % false alarm at enrollment)"]
     lines += s["notes"]
@@ -933,7 +951,7 @@ def enroll_main(argv: list[str]) -> int:
     print(f"{line} -> {Path(a.out).absolute()}")
     return 0
 
-# %% ../nbs/23_verify.ipynb #3fab9e8c
+# %% ../nbs/23_verify.ipynb #a112def8
 def verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei verify", description="Verify every Mode S frame of recordings (or ltsei frames folders) "
         "against a gallery: per frame match / mismatch / unknown transmitter / not enrolled, per track a sequential test; writes "
@@ -945,13 +963,15 @@ def verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", default=None, help="truth.csv (ltsei synth-recording): score the verdicts")
     p.add_argument("--track-gap", type=float, default=10.0, help="seconds of silence that end a track (default 10)")
     p.add_argument("--budget", type=int, default=10, help="frames the sequential test may use per track (default 10)")
+    p.add_argument("--frames", choices=("every", "track"), default="every", help="every: a verdict for every frame (default); "
+                   "track: only the frames each track's test needs (its first --budget), much faster on a busy recording")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     _io_flags(p)
     return p
 
-# %% ../nbs/23_verify.ipynb #5f0835f6
+# %% ../nbs/23_verify.ipynb #ebb7b2ed
 def verify_main(argv: list[str]) -> int:
     a = verify_parser().parse_args(argv)
-    text = verify(a.inputs, a.gallery, a.out, a.model, a.fmt, a.sample_rate, a.truth, a.track_gap, a.budget, a.threads)
+    text = verify(a.inputs, a.gallery, a.out, a.model, a.fmt, a.sample_rate, a.truth, a.track_gap, a.budget, a.threads, every=a.frames == "every")
     print(f"{text}\n[ltsei] files: {Path(a.out).absolute()}")
     return 0

@@ -119,3 +119,12 @@ def test_enroll_from_an_ltsei_frames_folder(scenario, tmp_path):
     e1, e2 = np.load(tmp_path / "gal" / "embeddings.npy"), np.load(scenario / "gal" / "embeddings.npy")
     cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
     assert np.median(cos) > 0.99                       # the same windows, cut at the same offset (to within a sample)
+
+
+def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):
+    assert main(["verify", str(scenario / "scen" / "test.cs16"), *RAW, "--gallery", str(scenario / "gal"), "--out", str(tmp_path / "v"),
+                 "--frames", "track", "--budget", "4"]) == 0
+    v = pd.read_csv(tmp_path / "v" / "verdicts.csv", dtype={"icao": str})
+    checked = v[~v.verdict.isin(["not checked", "not enrolled"])]
+    assert (v.verdict == "not checked").any() and checked.groupby("icao").size().max() <= 4   # one track per address here
+    assert set(pd.read_csv(tmp_path / "v" / "tracks.csv").icao) == set(v.icao)
