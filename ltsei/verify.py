@@ -19,13 +19,13 @@ from .frames import (FramesConfig, IQ_FORMATS, SIGMF_TYPES, SIGMF_VERSION, FRAME
                           find_candidates, slice_bits, classify, retry_phases, suggest_format, window_plan, read_windows, to_iq, _ints)
 
 # %% auto #0
-__all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
-           'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS', 'HIST_BINS', 'VERDICT_COLS',
-           'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario', 'reply_counts', 'victim_ranks',
-           'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording', 'sigmf_meta',
-           'scenario_synth_config', 'make_messages', 'make_scenario', 'read_block', 'scan_replies', 'window_span',
-           'network_windows', 'check_rate', 'Network', 'prototypes', 'distances', 'leave_out_distances', 'size_factor',
-           'Templates', 'fit_templates', 'threshold', 'track_thresholds', 'track_test', 'read_gallery',
+__all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES',
+           'FRAMES_PER_PROTOTYPE', 'FOLDS', 'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS',
+           'HIST_BINS', 'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario',
+           'reply_counts', 'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording',
+           'sigmf_meta', 'scenario_synth_config', 'make_messages', 'make_scenario', 'read_block', 'scan_replies',
+           'window_span', 'network_windows', 'check_rate', 'Network', 'prototypes', 'distances', 'leave_out_distances',
+           'size_factor', 'Templates', 'fit_templates', 'threshold', 'track_thresholds', 'track_test', 'read_gallery',
            'check_same_network', 'write_gallery', 'frames_of', 'enroll', 'frame_verdicts', 'close_track', 'TrackBook',
            'verify_stream', 'join_truth', 'eer', 'track_blocks', 'evaluate', 'ghost_report', 'plot_scores', 'verify',
            'summary_text', 'synth_recording_parser', 'synth_recording_main', 'enroll_parser', 'enroll_main',
@@ -370,7 +370,9 @@ class Network:
             if files[k] is not None: digest.update(sha256_file(files[k]).encode())
         self.key = digest.hexdigest()[:16]
 
-# %% ../nbs/23_verify.ipynb #c10d6e2c
+# %% ../nbs/23_verify.ipynb #03f63970
+PAD_TO = 32
+
 def _embed(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
     "(B, 2, L) frames -> (B, D) float32 vectors (centred and normalised by the templates)."
     import torch
@@ -378,12 +380,14 @@ def _embed(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))
+            xb = np.ascontiguousarray(x[i:i + batch])
+            n = len(xb)
+            xb = torch.from_numpy(np.concatenate([xb, np.zeros((-n % PAD_TO,) + xb.shape[1:], xb.dtype)]))   # few distinct shapes
             if self.space == "features": v = self.model.features(xb)
             else:
                 v = self.model(xb) if self.head is None else self.head(self.model.features(xb).float())
                 v = getattr(v, "logits", v)
-            out.append(v.float().numpy())
+            out.append(v.float().numpy()[:n])
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 Network.__call__ = _embed
