@@ -76,12 +76,12 @@ def main(argv=None):
     if not (scen / "truth.csv").is_file():
         print(ltsei("synth-recording", "--out", scen, "--preset", "quick", "--aircraft", 20, "--imbalance-ratio", 100,
                     "--head-replies", 300, "--test-replies", 50, "--impersonators", 3, "--replayers", 3, "--ghosts", 3,
-                    "--spoofer-replies", 50, "--seed", a.seed, "--order-from", runs[methods[0]]).strip(), flush=True)
+                    "--spoofer-replies", 50, "--seed", a.seed, "--order-from", runs[methods[0]]).strip().splitlines()[0], flush=True)
     rec = ("--format", "cs16", "--sample-rate", "8e6")
     lines = []
     for m in methods:
         gal, ver = work / f"gallery_{m}_{a.space}", work / f"verify_{m}_{a.space}"
-        print(f"[{GUIDE[m][0]}] " + ltsei("enroll", scen / "enroll.cs16", *rec, "--model", runs[m], "--space", a.space, "--new", "--out", gal).strip(), flush=True)
+        print(f"[{GUIDE[m][0]}] " + ltsei("enroll", scen / "enroll.cs16", *rec, "--model", runs[m], "--space", a.space, "--new", "--out", gal).strip().splitlines()[0], flush=True)
         out = ltsei("verify", scen / "test.cs16", *rec, "--gallery", gal, "--truth", scen / "truth.csv", "--out", ver, "--threads", 1)
         print("\n".join(f"[{GUIDE[m][0]}] {x}" for x in out.strip().splitlines()[:-1]), flush=True)
         lines.append((m, line(json.loads((ver / "summary.json").read_text()))))

@@ -910,7 +910,7 @@ def _order_from(path) -> np.ndarray:
     except (OSError, ValueError, KeyError) as e: raise ValueError(f"--order-from {path}: no class_counts.json of a run ({e})") from None
     return np.lexsort((np.arange(counts.size), -counts))
 
-# %% ../nbs/23_verify.ipynb #9453f527
+# %% ../nbs/23_verify.ipynb #bc90c03e
 def synth_recording_main(argv: list[str]) -> int:
     a = synth_recording_parser().parse_args(argv)
     c = ScenarioConfig(**{f.name: getattr(a, f.name) for f in fields(ScenarioConfig)})
@@ -927,7 +927,7 @@ def synth_recording_main(argv: list[str]) -> int:
         replace_dir(stage, out)
     finally:
         drop_temp(stage)
-    print(f"{line} -> {out}")
+    print(f"{line}\n[ltsei] files: {out}")
     return 0
 
 # %% ../nbs/23_verify.ipynb #b9ed6bd9
@@ -948,11 +948,11 @@ def enroll_parser() -> argparse.ArgumentParser:
     _io_flags(p)
     return p
 
-# %% ../nbs/23_verify.ipynb #fe8251ba
+# %% ../nbs/23_verify.ipynb #d06ca8be
 def enroll_main(argv: list[str]) -> int:
     a = enroll_parser().parse_args(argv)
     line = enroll(a.inputs, a.model, a.out, a.fmt, a.sample_rate, a.space, a.false_alarm, add=not a.new)
-    print(f"{line} -> {Path(a.out).absolute()}")
+    print(f"{line}\n[ltsei] files: {Path(a.out).absolute()}")
     return 0
 
 # %% ../nbs/23_verify.ipynb #a112def8
