@@ -24,12 +24,12 @@ __all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 
            'HIST_BINS', 'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario',
            'reply_counts', 'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording',
            'sigmf_meta', 'scenario_synth_config', 'make_messages', 'make_scenario', 'read_block', 'scan_replies',
-           'window_span', 'network_windows', 'check_rate', 'Network', 'prototypes', 'distances', 'leave_out_distances',
-           'size_factor', 'Templates', 'fit_templates', 'threshold', 'track_thresholds', 'track_test', 'read_gallery',
-           'check_same_network', 'write_gallery', 'frames_of', 'enroll', 'frame_verdicts', 'close_track', 'TrackBook',
-           'verify_stream', 'join_truth', 'eer', 'track_blocks', 'evaluate', 'ghost_report', 'plot_scores', 'verify',
-           'summary_text', 'synth_recording_parser', 'synth_recording_main', 'enroll_parser', 'enroll_main',
-           'verify_parser', 'verify_main']
+           'window_span', 'network_plan', 'network_windows', 'check_rate', 'Network', 'prototypes', 'distances',
+           'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'threshold', 'track_thresholds',
+           'track_test', 'read_gallery', 'check_same_network', 'write_gallery', 'frames_of', 'enroll', 'frame_verdicts',
+           'close_track', 'TrackBook', 'verify_stream', 'join_truth', 'eer', 'track_blocks', 'evaluate', 'ghost_report',
+           'plot_scores', 'verify', 'summary_text', 'synth_recording_parser', 'synth_recording_main', 'enroll_parser',
+           'enroll_main', 'verify_parser', 'verify_main']
 
 # %% ../nbs/23_verify.ipynb #62ea3c09
 @dataclass
@@ -269,18 +269,23 @@ def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
     near = (np.abs(bad - good[np.maximum(i - 1, 0)]) < span) | (np.abs(good[np.minimum(i, good.size - 1)] - bad) < span)
     return int((~near).sum())
 
-# %% ../nbs/23_verify.ipynb #f3ed5018
+# %% ../nbs/23_verify.ipynb #bff6d38f
 def window_span(rec, rate: float, length: int) -> tuple[int, int]:
     "Source samples a network window needs before and after its reply's preamble time (resampling filter included)."
     plan = window_plan(rec, np.zeros(1), FramesConfig(margin_us=-FRAME_OFFSET_US, window_us=length / rate * 1e6, target_rate=rate))
     return int(-plan["i0"][0]) + 2, int(plan["i0"][0] + plan["n"]) + 2
 
+def network_plan(rec, times, rate: float, length: int, block=None, a: int = 0) -> dict:
+    "`window_plan` for the network's windows; `fits` also says which lie inside `block` (stored values from sample `a` on)."
+    plan = window_plan(rec, times, FramesConfig(margin_us=-FRAME_OFFSET_US, window_us=length / rate * 1e6, target_rate=rate))
+    if block is not None: plan["fits"] &= (plan["i0"] >= a) & (plan["i0"] + plan["n"] <= a + len(block) // 2)
+    return plan
+
 def network_windows(rec, times, rate: float, length: int, block=None, a: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The frames (B, 2, length) float32 at `rate`, unit mean power, that start FRAME_OFFSET_US after each preamble
     time in `times` (resampled from the recording's rate, with `ltsei frames`' resampler), cut from `block` (stored
     values from sample `a` on) or read from the recording; and which of `times` fit (B of them)."""
-    plan = window_plan(rec, times, FramesConfig(margin_us=-FRAME_OFFSET_US, window_us=length / rate * 1e6, target_rate=rate))
-    if block is not None: plan["fits"] &= (plan["i0"] >= a) & (plan["i0"] + plan["n"] <= a + len(block) // 2)
+    plan = network_plan(rec, times, rate, length, block, a)
     rows = np.flatnonzero(plan["fits"])
     if not rows.size: return np.zeros((0, 2, length), np.float32), plan["fits"]
     if block is None: x = read_windows(rec, plan, rows)
@@ -370,7 +375,7 @@ class Network:
             if files[k] is not None: digest.update(sha256_file(files[k]).encode())
         self.key = digest.hexdigest()[:16]
 
-# %% ../nbs/23_verify.ipynb #03f63970
+# %% ../nbs/23_verify.ipynb #9bc4be86
 PAD_TO = 32
 
 def _embed(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -382,7 +387,8 @@ def _embed(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         for i in range(0, len(x), batch):
             xb = np.ascontiguousarray(x[i:i + batch])
             n = len(xb)
-            xb = torch.from_numpy(np.concatenate([xb, np.zeros((-n % PAD_TO,) + xb.shape[1:], xb.dtype)]))   # few distinct shapes
+            m = 1 << (n - 1).bit_length() if n < PAD_TO else -(-n // PAD_TO) * PAD_TO    # 1, 2, 4, ... 32, then multiples of 32
+            xb = torch.from_numpy(np.concatenate([xb, np.zeros((m - n,) + xb.shape[1:], xb.dtype)]))
             if self.space == "features": v = self.model.features(xb)
             else:
                 v = self.model(xb) if self.head is None else self.head(self.model.features(xb).float())
@@ -483,7 +489,7 @@ def threshold(genuine: np.ndarray, false_alarm: float) -> float:
     g = genuine[np.isfinite(genuine)]
     return float(np.quantile(g, 1 - false_alarm)) if g.size else 3.0
 
-# %% ../nbs/23_verify.ipynb #f4f2f44a
+# %% ../nbs/23_verify.ipynb #241299f5
 TRACK_DRAWS = 4000
 
 def track_thresholds(t: Templates, false_alarm: float, budget: int, seed: int = 0) -> np.ndarray:
@@ -492,12 +498,14 @@ def track_thresholds(t: Templates, false_alarm: float, budget: int, seed: int = 
     ok = np.isfinite(t.genuine)
     groups = [np.log(np.maximum(t.genuine[ok & (t.member == c)], 1e-9)) for c in range(len(t.ids))]
     groups = [g for g in groups if g.size] or [np.zeros(1)]
+    flat, size = np.concatenate(groups), np.array([g.size for g in groups])
+    start = np.cumsum(size) - size
     rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(groups), TRACK_DRAWS)
+    pick = rng.integers(0, len(groups), TRACK_DRAWS)                      # an aircraft per simulated track
     q = np.zeros((budget, 2))
     for n in range(1, budget + 1):
-        means = np.array([groups[k][rng.integers(0, groups[k].size, n)].mean() for k in pick])
-        q[n - 1] = np.quantile(means, [1 - false_alarm / (2 * budget), 1 - false_alarm / 2])
+        idx = start[pick][:, None] + (rng.random((TRACK_DRAWS, n)) * size[pick][:, None]).astype(np.int64)
+        q[n - 1] = np.quantile(flat[idx].mean(1), [1 - false_alarm / (2 * budget), 1 - false_alarm / 2])
     return q
 
 # %% ../nbs/23_verify.ipynb #1dabb674
@@ -561,10 +569,11 @@ def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: f
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     return man
 
-# %% ../nbs/23_verify.ipynb #f321aaa1
+# %% ../nbs/23_verify.ipynb #3063e127
 def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict, chunk: int = 1 << 20):
-    """Per chunk of the input `path`: a DataFrame (file, time_s, icao, msg) and the frames (B, 2, length) for the network.
-    `stats` collects crc_failed, edge (windows outside the recording) and notes."""
+    """Per chunk of the input `path`: a DataFrame (file, time_s, icao, msg) and `cut(rows=None)`, which gives the frames
+    (B, 2, length) for the network (of the rows selected, a boolean mask; all by default): only the frames wanted are
+    cut and resampled. `stats` collects crc_failed, edge (windows outside the recording) and notes."""
     p = Path(path)
     if p.is_dir(): yield from _frames_folder(p, rate, length, stats); return
     rec = open_recording(p, fmt, sample_rate)
@@ -575,13 +584,14 @@ def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict
     for f, failed, block, a in scan_replies(rec, chunk, before=before, after=after):
         stats["crc_failed"] = stats.get("crc_failed", 0) + failed
         if not len(f): continue
-        x, fits = network_windows(rec, f.time_s.to_numpy(), rate, length, block, a)
+        fits = network_plan(rec, f.time_s.to_numpy(), rate, length, block, a)["fits"]
         stats["edge"] = stats.get("edge", 0) + int((~fits).sum())
-        f = f[fits]
+        f, t = f[fits], f.time_s.to_numpy()[fits]
+        cut = lambda rows=None, t=t, block=block, a=a: network_windows(rec, t if rows is None else t[rows], rate, length, block, a)[0]
         yield pd.DataFrame({"file": p.name, "time_s": f.time_s.round(7).to_numpy(), "icao": [f"{v:06X}" for v in f.icao],
-                            "msg": [f"{h:014X}{l:014X}" for h, l in zip(f.hi, f.lo)]}), x
+                            "msg": [f"{h:014X}{l:014X}" for h, l in zip(f.hi, f.lo)]}), cut
 
-# %% ../nbs/23_verify.ipynb #f4c81e1f
+# %% ../nbs/23_verify.ipynb #6041808b
 def _frames_folder(p: Path, rate: float, length: int, stats: dict):
     "The frames of an `ltsei frames` output folder, cut for the network."
     try: meta, fr = json.loads((p / "meta.json").read_text()), pd.read_csv(p / "frames.csv", dtype={"icao": str, "msg": str})
@@ -599,7 +609,7 @@ def _frames_folder(p: Path, rate: float, length: int, stats: dict):
         x = np.ascontiguousarray(X[part.row.to_numpy(), a:a + length].transpose(0, 2, 1), np.float32)
         x /= np.sqrt(np.maximum((x.astype(np.float64) ** 2).sum(1).mean(1), 1e-30))[:, None, None].astype(np.float32)
         yield pd.DataFrame({"file": part.file.to_numpy(), "time_s": part.time_s.to_numpy(), "icao": part.icao.to_numpy(),
-                            "msg": part.msg.to_numpy()}), x
+                            "msg": part.msg.to_numpy()}), (lambda rows=None, x=x: x if rows is None else x[rows])
 
 # %% ../nbs/23_verify.ipynb #3cfad1b3
 def _input_digest(path) -> str:
@@ -619,7 +629,7 @@ def _check_out(out: Path, allowed: re.Pattern, what: str) -> None:
         raise ValueError(f"--out {out}: holds files {what} does not write ({', '.join(other[:3])}), and the folder is replaced "
                          f"whole: expected a new or empty folder, or an earlier {what} output")
 
-# %% ../nbs/23_verify.ipynb #669cf0ef
+# %% ../nbs/23_verify.ipynb #99fdbb9f
 def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: str = "features", false_alarm: float = 0.01,
            add: bool = True, progress: bool = True) -> str:
     """Enroll the frames of `inputs` with the network of the run `model` into the gallery `out` (added to what it
@@ -633,8 +643,8 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
     if old is not None: check_same_network(old["manifest"], net, f"--out {out}")
     stats, E, ids = {}, [], []
     for p in inputs:
-        for f, x in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"enroll {Path(p).name}", disable=not progress, unit="chunk"):
-            E.append(net(x)); ids += f.icao.tolist()
+        for f, cut in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"enroll {Path(p).name}", disable=not progress, unit="chunk"):
+            E.append(net(cut())); ids += f.icao.tolist()
     if not ids: raise ValueError(f"no frame with a valid CRC in {', '.join(map(str, inputs))}: nothing to enroll (check --format and --sample-rate)")
     E, ids = np.concatenate(E), np.array(ids)
     sources = [{"name": Path(p).name, "sha256": _input_digest(p)} for p in inputs]
@@ -712,7 +722,7 @@ class TrackBook:
         self.open = {}
         return pd.DataFrame(self.rows, columns=TRACK_COLS).sort_values(["start_s", "icao"], kind="stable")
 
-# %% ../nbs/23_verify.ipynb #4fad3f78
+# %% ../nbs/23_verify.ipynb #b19d0b41
 VERDICT_COLS = ["file", "time_s", "icao", "msg", "enrolled", "score", "nearest", "nearest_score", "verdict"]
 
 def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_rate=None, gap: float = 10.0, budget: int = 10,
@@ -726,13 +736,13 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
     with open(folder / "verdicts.csv", "w") as fh:
         fh.write(",".join(VERDICT_COLS) + "\n")
         for p in inputs:
-            for f, x in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
+            for f, cut in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
                 claim = np.array([index.get(a, -1) for a in f.icao])
                 need = np.ones(len(f), bool) if every else book.needed(f, claim >= 0)
                 zc, zn, near = np.full(len(f), np.nan), np.full(len(f), np.nan), np.full(len(f), "", object)
                 v = np.where(claim < 0, "not enrolled", "not checked").astype(object)
                 if need.any():
-                    zc[need], k, zn[need], v[need] = frame_verdicts(t.z(net(x[need])), claim[need], tau)
+                    zc[need], k, zn[need], v[need] = frame_verdicts(t.z(net(cut(need))), claim[need], tau)
                     near[need] = np.array(t.ids, object)[k]
                 f = f.assign(enrolled=claim >= 0, score=np.round(zc, 4), nearest=near, nearest_score=np.round(zn, 4), verdict=v)
                 f[VERDICT_COLS].to_csv(fh, header=False, index=False)
