@@ -839,7 +839,7 @@ def _det(ax, j: pd.DataFrame) -> None:
     ax.plot(np.maximum(fa, 1e-4) * 100, np.maximum(miss, 1e-4) * 100)
     ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("false alarm (%)"); ax.set_ylabel("miss (%)"); ax.set_title("DET, per frame")
 
-# %% ../nbs/23_verify.ipynb #5d2eab57
+# %% ../nbs/23_verify.ipynb #b3741d11
 VERIFY_FILES = re.compile(r"verdicts\.csv|tracks\.csv|summary\.json|summary\.txt|scores\.png")
 
 def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=None, truth=None, gap: float = 10.0, budget: int = 10,
@@ -859,6 +859,7 @@ def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=
     try:
         s = verify_stream(inputs, g, net, stage, fmt, sample_rate, gap, budget, progress, every)
         s.update(cpu_seconds=time.process_time() - t0, wall_seconds=time.time() - w0)
+        if not s["frames"]: s["notes"].append("no DF17/18 reply with a valid CRC was found: check --format and --sample-rate")
         s["real_time"] = s["seconds_recorded"] / max(s["cpu_seconds"], 1e-9)
         j = None
         if tr is not None:
