@@ -690,8 +690,8 @@ def close_track(tr: dict, q: np.ndarray) -> dict:
     return {"icao": tr["icao"], "start_s": round(tr["start"], 6), "end_s": round(tr["end"], 6), "frames": tr["n"], "frames_used": used,
             "mean_log_score": round(s, 4), "verdict": v}
 
-# %% ../nbs/23_verify.ipynb #0f2e6b8d
-HIST_BINS = np.linspace(-3, 5, 161)      # log z
+# %% ../nbs/23_verify.ipynb #3da16f6b
+HIST_BINS = np.linspace(-6, 5, 221)      # log z
 
 class TrackBook:
     "The open tracks (one per address), the closed ones' rows, and score histograms: what verification keeps in memory."
