@@ -37,9 +37,10 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'split_hydra_args', 'sweep_jobs', 'check_hydra_overrides',
-           'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides', 'row_of', 'run_header',
-           'print_estimate', 'sweep_summary', 'guide_help', 'guide_main', 'main']
+__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'split_hydra_args', 'sweep_jobs',
+           'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides',
+           'row_of', 'run_header', 'print_estimate', 'sweep_summary', 'guide_help', 'guide_main', 'main',
+           'verify_command']
 
 # %% ../nbs/29_cli.ipynb #77f31dea
 HYDRA_FOLDERS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     try:
         if cmd == "run": return guide_main(rest)
+        if cmd in VERIFY_COMMANDS: return verify_command(cmd, rest)
         if cmd == "synth":
             from ltsei.synth import synth_main
             return synth_main(synth_preset_flags(rest))
@@ -303,3 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e)
     except KeyboardInterrupt:
         return _interrupted()
+
+# %% ../nbs/29_cli.ipynb #a7e1f0c2
+COMMANDS.update({"synth-recording": "a spoofing scenario: enrollment and test recordings of a fleet and its spoofers, truth.csv",
+                 "enroll": "a gallery of fingerprints per ICAO address from recordings, with a trained run's network",
+                 "verify": "is each frame from the aircraft it claims to be? verdicts per frame and per track"})
+VERIFY_COMMANDS = ("synth-recording", "enroll", "verify")
+
+def verify_command(cmd: str, argv: list[str]) -> int:
+    "Run `ltsei synth-recording`, `ltsei enroll` or `ltsei verify`."
+    from ltsei.verify import synth_recording_main, enroll_main, verify_main
+    return {"synth-recording": synth_recording_main, "enroll": enroll_main, "verify": verify_main}[cmd](argv)

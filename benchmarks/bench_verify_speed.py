@@ -1,0 +1,88 @@
+"""Speed and memory of `ltsei verify` on an RTL-SDR-like recording: 2 MS/s unsigned 8-bit I/Q, 200 replies per second,
+one thread. Targets: >= 50x real time; the peak memory of a 60 s recording within 10 % of a 5 s one (memory flat).
+Both are measured with a verdict for every frame and with `--frames track` (the network sees only the frames each
+track's test needs); the speed target is judged on the latter.
+
+The recording: `ltsei synth-recording --sample-rate 2e6 --format u8 --replies-per-s 200` (20 aircraft and 9 spoofers of the
+quick preset), its test recording (about 5 s) and the same bytes 12 times over (about 60 s); the gallery: its enrollment
+recording, enrolled with a trained quick run's network (frames resampled from 2 to 8 MS/s for it). Each verification
+runs in a process of its own: CPU seconds (the process's, so other jobs on a shared machine count little) from the
+start of `verify()` (loading the network and the gallery included: about 2 CPU s, so a short recording pays mostly
+that; the rate beyond the start-up is printed too) and the peak resident memory (ru_maxrss). The
+network's own cost per frame is measured apart, to say what the speed is made of.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify_speed.py --model RUN
+"""
+import argparse, json, os, resource, subprocess, sys, time
+from pathlib import Path
+
+SPEED_TARGET, MEMORY_TARGET = 50.0, 1.10
+CHILD = """
+import json, resource, sys
+from ltsei.verify import verify
+verify([sys.argv[1]], sys.argv[2], sys.argv[3], fmt="u8", sample_rate=2e6, threads=1, progress=False, every=sys.argv[4] == "every")
+s = json.load(open(sys.argv[3] + "/summary.json"))
+print(json.dumps({"cpu_s": s["cpu_seconds"], "recorded_s": s["seconds_recorded"], "frames": s["frames"],
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(*args) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=env, capture_output=True, text=True)
+    if p.returncode: sys.exit(p.stderr[-2000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def network_cost(gallery: Path, n: int = 512) -> float:
+    "CPU seconds per frame of the gallery's network on one thread (batches of 256)."
+    import numpy as np, torch
+    from ltsei.verify import Network, _run_files
+    net = Network(_run_files(gallery), json.loads((gallery / "manifest.json").read_text())["space"], threads=1)
+    x = np.random.default_rng(0).standard_normal((n, 2, net.length)).astype(np.float32)
+    net(x[:256])
+    t = time.process_time(); net(x); return (time.process_time() - t) / n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a trained quick run folder")
+    p.add_argument("--work", default=None, help="scratch folder (default: the results root's quick/bench_verify_speed)")
+    p.add_argument("--repeat", type=int, default=12, help="the long recording is the short one this many times")
+    a = p.parse_args(argv)
+    from ltsei.storage import resolve_runs_dir
+    from ltsei.cli import main as ltsei
+    work = Path(a.work) if a.work else resolve_runs_dir() / "quick" / "bench_verify_speed"
+    scen = work / "scenario"
+    if not (scen / "truth.csv").is_file():
+        assert ltsei(["synth-recording", "--out", str(scen), "--sample-rate", "2e6", "--format", "u8", "--replies-per-s", "200",
+                      "--head-replies", "100", "--test-replies", "40", "--spoofer-replies", "20"]) == 0
+    long = work / "test_x12.u8"
+    if not long.is_file():
+        data = (scen / "test.u8").read_bytes()
+        with open(long, "wb") as f:
+            for _ in range(a.repeat): f.write(data)
+    gal = work / "gallery"
+    assert ltsei(["enroll", str(scen / "enroll.u8"), "--format", "u8", "--sample-rate", "2e6", "--model", a.model, "--new", "--out", str(gal)]) == 0
+    short, lng = child(scen / "test.u8", gal, work / "v_short", "every"), child(long, gal, work / "v_long", "every")
+    short_t, lng_t = child(scen / "test.u8", gal, work / "v_short_t", "track"), child(long, gal, work / "v_long_t", "track")
+    per_frame = network_cost(gal)
+    for name, r in (("short, every frame", short), ("long, every frame", lng), ("short, --frames track", short_t), ("long, --frames track", lng_t)):
+        print(f"{name}: {r['recorded_s']:.1f} s recorded, {r['frames']} frames, {r['cpu_s']:.1f} CPU s = "
+              f"{r['recorded_s'] / r['cpu_s']:.2f}x real time; peak RSS {r['rss_mib']:.0f} MiB")
+    x, xt = lng["recorded_s"] / lng["cpu_s"], lng_t["recorded_s"] / lng_t["cpu_s"]
+    rate = lng["frames"] / lng["recorded_s"]
+    print(f"network: {1e3 * per_frame:.2f} ms per frame on one thread = {rate * per_frame:.2f} CPU s per recorded s at "
+          f"{rate:.0f} frames/s (alone it allows at most {1 / (rate * per_frame):.1f}x real time)")
+    marg = lambda l, sh: (l["recorded_s"] - sh["recorded_s"]) / max(l["cpu_s"] - sh["cpu_s"], 1e-9)
+    print(f"beyond the start-up (the long recording's extra seconds over the short one's extra CPU seconds): "
+          f"{marg(lng_t, short_t):.1f}x real time with --frames track, {marg(lng, short):.1f}x with every frame")
+    ratio = max(lng["rss_mib"] / short["rss_mib"], lng_t["rss_mib"] / short_t["rss_mib"])
+    print(f"speed: {'PASS' if xt >= SPEED_TARGET else 'FAIL'} ({xt:.1f}x real time on one core with --frames track, {x:.1f}x with a verdict "
+          f"for every frame; target {SPEED_TARGET:g}x)")
+    print(f"memory: {'PASS' if ratio <= MEMORY_TARGET else 'FAIL'} (peak {lng['rss_mib']:.0f} MiB for {lng['recorded_s']:.0f} s "
+          f"vs {short['rss_mib']:.0f} MiB for {short['recorded_s']:.0f} s; the larger ratio of the two modes {ratio:.3f}x, target <= {MEMORY_TARGET:g}x)")
+
+
+if __name__ == "__main__":
+    main()

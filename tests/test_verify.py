@@ -1,0 +1,130 @@
+"""`ltsei synth-recording`, `ltsei enroll` and `ltsei verify` end to end with the real code (the real loader, detector,
+templates and sequential test; no stand-in runner): a tiny spoofing scenario and a smoke-size network (untrained and
+seeded, saved as a run folder the way stage 1 saves it, so that the test needs seconds, not a training)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ltsei.cache import atomic_save
+from ltsei.cli import main
+from ltsei.config import compose_config
+from ltsei.models import create_model
+from ltsei.run import stage1_payload
+
+RAW = ("--format", "cs16", "--sample-rate", "8e6")    # the scenario's samples read as raw I/Q (importing sigmf takes seconds)
+
+
+def _run_folder(folder: Path, seed: int) -> Path:
+    "A smoke-profile ConvNetADSB (6 classes, 384 samples at 8 MS/s) saved as a run folder: config.yaml, checkpoints/stage1_best.pt."
+    cfg = compose_config(["profile=smoke", "stage2.enabled=false"])
+    torch.manual_seed(seed)
+    m = create_model(cfg.model.name, 6, 384, cfg.model)
+    (folder / "checkpoints").mkdir(parents=True)
+    atomic_save(stage1_payload(m, cfg, m.state_dict(), 0, {"balanced_acc": 0.0}, 6, 384, f"test{seed}"),
+                folder / "checkpoints" / "stage1_best.pt")
+    OmegaConf.save(cfg, folder / "config.yaml")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    "The scenario (4 aircraft, 2 impersonators, 1 replayer, 1 ghost), a run, a gallery enrolled from it and a verification with the truth."
+    d = tmp_path_factory.mktemp("verify")
+    run = _run_folder(d / "run", 0)
+    assert main(["synth-recording", "--out", str(d / "scen"), "--preset", "smoke", "--aircraft", "4", "--imbalance-ratio", "1",
+                 "--head-replies", "30", "--test-replies", "12", "--impersonators", "2", "--replayers", "1", "--ghosts", "1",
+                 "--spoofer-replies", "12", "--replies-per-s", "2000"]) == 0
+    assert main(["enroll", str(d / "scen" / "enroll.cs16"), *RAW, "--model", str(run), "--out", str(d / "gal")]) == 0
+    assert main(["verify", str(d / "scen" / "test.cs16"), *RAW, "--gallery", str(d / "gal"),
+                 "--out", str(d / "ver"), "--truth", str(d / "scen" / "truth.csv"), "--budget", "6"]) == 0
+    return d
+
+
+def test_no_impersonator_is_let_through(scenario):
+    s = json.loads((scenario / "ver" / "summary.json").read_text())
+    tr = s["evaluation"]["track"]["all"]
+    assert tr["impostor"] >= 6 and tr["genuine"] >= 6
+    assert tr["detection"] == 1.0, f"a spoofer's track was called genuine: {tr}"      # every impersonator / replayer caught
+    v = pd.read_csv(scenario / "ver" / "verdicts.csv", dtype={"icao": str})
+    truth = pd.read_csv(scenario / "scen" / "truth.csv", dtype={"icao": str})
+    assert 0.9 * (truth.recording == "test").sum() <= len(v) <= (truth.recording == "test").sum()   # found once (a few fail CRC)
+    assert s["evaluation"]["ghosts"]["not_enrolled"] == 1.0                              # a ghost's address is in no gallery
+    assert s["evaluation"]["frame"]["all"]["detection"] >= 0.8
+
+
+def test_outputs_and_truth(scenario):
+    truth = pd.read_csv(scenario / "scen" / "truth.csv", dtype={"icao": str})
+    assert set(truth.kind) == {"genuine", "impersonation", "replay", "ghost"}
+    imp = truth[truth.kind != "ghost"]
+    assert set(imp[imp.kind != "genuine"].icao) <= set(truth[truth.recording == "enroll"].icao)      # they claim enrolled aircraft
+    assert set(truth[truth.kind == "replay"].msg) <= set(truth[truth.recording == "enroll"].msg)     # replays repeat captured messages
+    spoofers = truth[truth.kind != "genuine"].transmitter
+    assert not set(spoofers) & set(truth[truth.kind == "genuine"].transmitter)                       # each spoofer its own hardware
+    for f in ("verdicts.csv", "tracks.csv", "summary.json", "summary.txt", "scores.png"): assert (scenario / "ver" / f).is_file()
+    man = json.loads((scenario / "gal" / "manifest.json").read_text())
+    assert man["length"] == 384 and man["sample_rate"] == 8e6 and len(man["addresses"]) == 4 and man["sources"][0]["sha256"]
+    assert "/" not in json.dumps({k: v for k, v in man.items() if k != "llr"}).replace("MS/s", "")  # no machine path in the gallery
+    tracks = pd.read_csv(scenario / "ver" / "tracks.csv")
+    assert set(tracks.verdict) <= {"match", "mismatch", "unknown transmitter", "not enrolled"}
+
+
+def test_enroll_adds_frames(scenario, tmp_path):
+    import shutil
+    gal = tmp_path / "gal"
+    shutil.copytree(scenario / "gal", gal)
+    before = json.loads((gal / "manifest.json").read_text())["frames"]
+    assert main(["enroll", str(scenario / "scen" / "enroll.cs16"), *RAW, "--model", str(scenario / "run"), "--out", str(gal)]) == 0
+    assert json.loads((gal / "manifest.json").read_text())["frames"] == 2 * before
+
+
+def test_bad_inputs_one_line(scenario, tmp_path, capsys):
+    other = _run_folder(tmp_path / "other", 1)
+    rc = main(["verify", str(scenario / "scen" / "test.cs16"), *RAW, "--gallery", str(scenario / "gal"),
+               "--model", str(other), "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "model key" in err and "'other'" in err and "'run'" in err
+    assert not (tmp_path / "v").exists()
+    assert main(["verify", str(scenario / "scen" / "test.cs16"), *RAW, "--gallery", str(tmp_path), "--out", str(tmp_path / "v")]) == 2
+    assert "not an ltsei gallery" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["verify", str(scenario / "scen" / "test.cs16"), *RAW, "--gallery", str(scenario / "gal"),
+                 "--out", str(tmp_path / "mine")]) == 2
+    assert "does not write" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert main(["synth-recording", "--out", str(tmp_path / "s"), "--aircraft", "1"]) == 2
+    assert "--aircraft" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_recording_at_another_rate_is_resampled(scenario, tmp_path):
+    "The test recording decimated by 2 (4 MS/s, as raw cs16): resampled to the network's 8 MS/s and said so."
+    from ltsei.frames import open_recording, raw_samples, to_iq, write_iq
+    rec = open_recording(scenario / "scen" / "test.cs16", "cs16", 8e6)
+    z = to_iq(raw_samples(rec), rec.fmt)
+    write_iq(tmp_path / "half.cs16", 0.5 * (z[0::2][:len(z) // 2] + z[1::2][:len(z) // 2]), "cs16")
+    assert main(["verify", str(tmp_path / "half.cs16"), "--format", "cs16", "--sample-rate", "4e6", "--gallery", str(scenario / "gal"),
+                 "--out", str(tmp_path / "v")]) == 0
+    assert "resampled from 4 to 8 MS/s" in (tmp_path / "v" / "summary.txt").read_text()
+
+
+def test_enroll_from_an_ltsei_frames_folder(scenario, tmp_path):
+    "The frames `ltsei frames` writes (4 us margin, 128 us windows) enroll the same aircraft and frames as the recording itself."
+    assert main(["frames", str(scenario / "scen" / "enroll.cs16"), *RAW, "--out", str(tmp_path / "frames")]) == 0
+    assert main(["enroll", str(tmp_path / "frames"), "--model", str(scenario / "run"), "--out", str(tmp_path / "gal")]) == 0
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (tmp_path / "gal", scenario / "gal"))
+    assert a["addresses"] == b["addresses"] and a["counts"] == b["counts"]
+    e1, e2 = np.load(tmp_path / "gal" / "embeddings.npy"), np.load(scenario / "gal" / "embeddings.npy")
+    cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+    assert np.median(cos) > 0.99                       # the same windows, cut at the same offset (to within a sample)
+
+
+def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):
+    assert main(["verify", str(scenario / "scen" / "test.cs16"), *RAW, "--gallery", str(scenario / "gal"), "--out", str(tmp_path / "v"),
+                 "--frames", "track", "--budget", "4"]) == 0
+    v = pd.read_csv(tmp_path / "v" / "verdicts.csv", dtype={"icao": str})
+    checked = v[~v.verdict.isin(["not checked", "not enrolled"])]
+    assert (v.verdict == "not checked").any() and checked.groupby("icao").size().max() <= 4   # one track per address here
+    assert set(pd.read_csv(tmp_path / "v" / "tracks.csv").icao) == set(v.icao)
