@@ -47,9 +47,11 @@ def test_two_stage_command(in_scratch, rid, args):
         assert m["stage2"]["mode"] == args[[a.split("=")[0] for a in args].index("stage2.mode")].split("=")[1]
     if "stage2.mode=moe_ltsei" in args:
         r = m["routing"]
-        assert 0 <= r["routing_acc"] <= 1
         k = int(next(a for a in args if a.startswith("stage2.moe.num_experts=")).split("=")[1])
-        assert len(r["usage_by_group"]) == k
+        # the seed's three frequency groups: a routing accuracy only with one expert per group (K = 3)
+        assert (r["routing_acc"] is None) == (k != 3) and (k != 3 or 0 <= r["routing_acc"] <= 1)
+        assert len(r["usage_by_group"]) == 3 and all(u is None or len(u) == k for u in r["usage_by_group"])
+        assert m["moe_ltsei"]["gate_supervised"] == (k == 3)
 
 
 @pytest.mark.parametrize("rid", [COMMANDS[0][0], COMMANDS[-1][0]])

@@ -74,7 +74,9 @@ def test_moe_loss_joins_the_registry_from_its_own_module():
             "assert 'ltsei.moe_ltsei' not in sys.modules and 'MoELTSEILoss' not in LOSSES; "
             "import ltsei.moe_ltsei; "
             "f = create_loss('MoELTSEILoss', [50, 20, 5, 1], num_experts=2, scale=30.0, beta=0.999, margin_m0=0.35, "
-            "margin_m1=0.2, margin_gamma=0.5, diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0, gate_weighting='none'); "
+            "margin_m1=0.2, margin_gamma=0.5, diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0, gate_weighting='none', "
+            "margin_type='effective', margin_max=None, label_smoothing=0.0, gate_target_smoothing=0.0, difficulty='seed', "
+            "grouping='auto', many_thresh=100, few_thresh=20); "
             "print(type(f).__module__, type(f).__name__)")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
