@@ -4,7 +4,7 @@
 
 # %% ../nbs/29_cli.ipynb #4df50eee
 from __future__ import annotations
-import itertools
+import contextlib, itertools, signal
 import sys
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError)
@@ -14,8 +14,26 @@ def _fail(e: BaseException) -> int:
     return 2
 
 def _interrupted() -> int:
-    print("interrupted (Ctrl-C)", file=sys.stderr)
+    print("interrupted (Ctrl-C)" if _TERMINATED[0] is None else f"stopped by {_TERMINATED[0]}", file=sys.stderr)
     return 130
+
+_TERMINATED = [None]   # the signal that stopped the command, if it was not Ctrl-C
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    "A kill (SIGTERM) ends the command as Ctrl-C does: its clean-up runs (temporaries removed) and one line says so."
+    def stop(signum, frame):
+        _TERMINATED[0] = "SIGTERM"; raise KeyboardInterrupt
+    try: old = signal.signal(signal.SIGTERM, stop)
+    except ValueError: old = None                # not the main thread: leave signals alone
+    try: yield
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+
+def _announce_synth(s) -> None:
+    "Print `ltsei synth`'s estimate before a long generation."
+    from ltsei.estimate import synth_estimate_line
+    if (line := synth_estimate_line(s)) is not None: print(line, flush=True)
 
 def split_hydra_args(argv: list[str]):
     "Hydra's command-line flags (`--cfg`, `-m`, ...) as a namespace; its `overrides` are the `key=value` tokens."
@@ -286,21 +304,23 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: ltsei {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(f"  {k:10s} {v}" for k, v in COMMANDS.items()))
         return 0 if (not argv or argv[0] in ("-h", "--help")) else 2
     cmd, rest = argv[0], argv[1:]
+    _TERMINATED[0] = None
     try:
-        if cmd == "run": return guide_main(rest)
-        if cmd in VERIFY_COMMANDS: return verify_command(cmd, rest)
-        if cmd == "synth":
-            from ltsei.synth import synth_main
-            return synth_main(synth_preset_flags(rest))
-        if cmd == "realism": return _realism(rest)
-        if cmd == "frames":
-            from ltsei.frames import frames_main
-            return frames_main(rest)
-        if cmd == "clean":
-            from ltsei.cache import clean_main
-            return clean_main(rest)
-        from ltsei.orchestration.reproduce import reproduce_main
-        return reproduce_main(rest)
+        with _sigterm_as_interrupt():
+            if cmd == "run": return guide_main(rest)
+            if cmd in VERIFY_COMMANDS: return verify_command(cmd, rest)
+            if cmd == "synth":
+                from ltsei.synth import synth_main
+                return synth_main(synth_preset_flags(rest), announce=_announce_synth)
+            if cmd == "realism": return _realism(rest)
+            if cmd == "frames":
+                from ltsei.frames import frames_main
+                return frames_main(rest)
+            if cmd == "clean":
+                from ltsei.cache import clean_main
+                return clean_main(rest)
+            from ltsei.orchestration.reproduce import reproduce_main
+            return reproduce_main(rest)
     except USER_ERRORS as e:
         return _fail(e)
     except KeyboardInterrupt:

@@ -8,10 +8,11 @@ import json, math, os, platform, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COSTS_FILE', 'BATCH_JOB_VARS', 'cpu_name', 'gemm_rate', 'step_probe', 'load_costs', 'per_frame', 'frame_counts',
-           'run_seconds', 'cached', 'probe', 'factor_of', 'speed_factor', 'fmt_duration', 'has_gpu',
-           'guide_estimate_line', 'take_yes', 'can_ask', 'confirm_run', 'plain_overrides', 'estimate_config',
-           'plan_configs', 'plan_seconds', 'reproduce_estimate_line']
+__all__ = ['COSTS_FILE', 'SYNTH_EMITTER_SAMPLES', 'BATCH_JOB_VARS', 'cpu_name', 'gemm_rate', 'step_probe', 'load_costs',
+           'per_frame', 'frame_counts', 'run_seconds', 'cached', 'probe', 'factor_of', 'speed_factor', 'fmt_duration',
+           'has_gpu', 'guide_estimate_line', 'synth_seconds', 'synth_estimate_line', 'take_yes', 'can_ask',
+           'confirm_run', 'plain_overrides', 'estimate_config', 'plan_configs', 'plan_seconds',
+           'reproduce_estimate_line']
 
 # %% ../nbs/23_estimate.ipynb #d7b5e871
 COSTS_FILE = "benchmarks/epoch_costs.json"   # measured by benchmarks/bench_epochs.py, relative to the repository
@@ -123,7 +124,7 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
                 steps = int(cfg.stage2.epochs) * math.ceil(n["train"] / b2) * costs["stage2_s_per_step"]
             s2 = (n["train"] + n["val"] + n["test"]) * ev + steps
         else: s2 = int(cfg.stage2.epochs) * epoch
-    gen = n["generated"] * L * costs["synth_s_per_sample"] if data else 0.0
+    gen = synth_seconds(cfg.data.synth, costs) if data else 0.0
     # open set: logits and features of the test frames, features of the training frames (Mahalanobis), and ODIN's
     # forward, backward and second forward over the test frames (known and unknown)
     os_ = (3 * n["test"] + n["train"]) * ev + n["test"] * tr if cfg.openset.enabled else 0.0
@@ -192,6 +193,26 @@ def guide_estimate_line(overrides: list[str], cfg) -> str | None:
     return (f"[ltsei] estimate: about {fmt_duration(here['total'])} on this CPU ({what}, "
             f"{fmt_duration(here['epoch'])} per epoch; an estimate from the per-frame costs measured in {COSTS_FILE}); "
             f"add profile=quick for the CPU scale (about {fmt_duration(quick['total'])})")
+
+# %% ../nbs/23_estimate.ipynb #2ee98467
+SYNTH_EMITTER_SAMPLES = 3600   # one emitter's set-up, in generated samples (measured; see above)
+
+def synth_seconds(s, costs: dict | None = None, factor: float = 1.0) -> float:
+    "Estimated seconds to generate the synthetic data set `s` (a `data.synth` section) at speed `factor`."
+    costs = costs or load_costs()
+    E = int(s.num_emitters)
+    frames = E * (int(s.pool_per_class) + int(s.val_per_class) + int(s.test_per_class))
+    return factor * (frames * int(s.length) + E * SYNTH_EMITTER_SAMPLES) * costs["synth_s_per_sample"]
+
+def synth_estimate_line(s, minimum: float = 60.0) -> str | None:
+    "`ltsei synth`'s line before a generation that takes at least `minimum` seconds at the costs' speed (else None)."
+    costs = load_costs()
+    if synth_seconds(s, costs) < minimum: return None
+    E = int(s.num_emitters)
+    frames = E * (int(s.pool_per_class) + int(s.val_per_class) + int(s.test_per_class))
+    return (f"[ltsei] estimate: {frames:,} frames of {int(s.length)} samples for {E:,} emitters, about "
+            f"{fmt_duration(synth_seconds(s, costs, speed_factor(costs)))} here (benchmarks/epoch_costs.json scaled by a "
+            f"probe now); Ctrl-C or a kill (SIGTERM) stops it and leaves nothing behind")
 
 # %% ../nbs/23_estimate.ipynb #00957468
 BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")    # SLURM, PBS/Torque, LSF, Grid Engine

@@ -702,7 +702,7 @@ def _write_public(s: SynthSet, folder: Path, fmt: str, cfg) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
 # %% ../nbs/04_synth.ipynb #325d89ac
-def synth_main(argv: list[str]) -> int:
+def synth_main(argv: list[str], announce=None) -> int:
     """`ltsei synth ...`: generate a synthetic data set and write it to `--out` (see `--help`).
     The training arrays are the balanced per-class pool; the long tail is cut when the files are loaded.
     The files are written into a marked temporary folder `.OUT.tmpPID-RAND` beside `--out` and the folder is renamed into place when
@@ -712,6 +712,7 @@ def synth_main(argv: list[str]) -> int:
     over = {f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None}
     cfg = replace(SYNTH_PRESETS[a.preset], **over)
     check_synth_config(cfg)
+    if announce is not None: announce(cfg)       # the command line's estimate, before any work
     out = Path(a.out).absolute()
     _check_out(out)
     clean_stale(out.parent)                      # what killed runs left beside it (marked folders only)

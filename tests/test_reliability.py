@@ -303,3 +303,25 @@ def test_realism_measures_frames_alignment_in_the_references_convention(tmp_path
     [line] = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("alignment:")]
     files_median = float(line.split()[-5])            # the files' median (ns): near the reference's -124 ns, not 3.9 us
     assert -500 < files_median < 500, line
+
+
+def test_7_a_huge_synth_says_how_long_first_and_a_kill_leaves_nothing(tmp_path):
+    "Issue 33, case 7: 100,000 emitters x 1 frame gave no estimate first, and a kill left 446 MiB and no word."
+    import signal
+    out = tmp_path / "big"
+    code = "import sys; from ltsei.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.Popen([sys.executable, "-c", code, "synth", "--preset", "quick", "--num-emitters", "100000",
+                          "--pool-per-class", "1", "--val-per-class", "1", "--test-per-class", "1", "--workers", "1",
+                          "--quiet", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = p.stdout.readline()                 # the estimate comes before any work
+        assert line.startswith("[ltsei] estimate:") and "100,000 emitters" in line, line
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(tmp_path.glob(".big.tmp*")): time.sleep(0.2)
+        assert list(tmp_path.glob(".big.tmp*")), "the generation never started"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == 130 and "stopped by SIGTERM" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".big*"))   # its temporary folder went with it
