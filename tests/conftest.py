@@ -57,3 +57,18 @@ def scratch():
 def in_scratch(scratch, monkeypatch):
     monkeypatch.chdir(scratch)
     return scratch
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A Hydra run inside the test process (`guide_main`) leaves a FileHandler on the root logger for its run folder's
+    `.log`; once that folder is gone (a passing test's tmp_path is removed), a later test of the same worker that logs
+    (submitit's debug executor) would fail to reopen it. Each test starts and ends with the root logger's handlers as
+    they were."""
+    import logging
+    before = list(logging.root.handlers)
+    yield
+    for h in logging.root.handlers[:]:
+        if h not in before:
+            logging.root.removeHandler(h)
+            h.close()
