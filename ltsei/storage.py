@@ -114,6 +114,8 @@ def make_temp_dir(path, kind: str = "tmp", name_in_errors=None) -> Path:
     except OSError as e:
         drop_temp(d)
         raise storage_error(name_in_errors or d, e, "write" if name_in_errors else "create") from None
+    except BaseException:                  # Ctrl-C or a kill (SIGTERM) while it is made: the caller never got it
+        drop_temp(d); raise
     return d
 
 def drop_temp(folder) -> None:

@@ -2,7 +2,9 @@
 so the data cache and the stage-1 cache (relative paths under runs/cache) are shared by the tests
 and never touch the repository's own runs/."""
 import atexit
+import contextlib
 import os
+import subprocess
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,3 +74,22 @@ def _root_logging_restored():
         if h not in before:
             logging.root.removeHandler(h)
             h.close()
+
+
+@contextlib.contextmanager
+def ext4(path: Path, mb: int):
+    "A loop-mounted ext4 image of `mb` MB at `path`, for a real full disk (root only; skipped elsewhere, with the reason)."
+    img = path.with_suffix(".img")
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4 for a loop-mounted ext4 image")
+    with open(img, "wb") as f: f.truncate(mb << 20)
+    ok = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], capture_output=True).returncode == 0 and \
+        subprocess.run(["mount", "-o", "loop", str(img), str(path)], capture_output=True).returncode == 0
+    if not ok:
+        img.unlink(missing_ok=True)
+        pytest.skip("this machine does not allow a loop mount (a container without loop devices)")
+    try: yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        img.unlink(missing_ok=True)

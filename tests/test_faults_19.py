@@ -19,7 +19,7 @@ from ltsei.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, host_
 from ltsei.cli import guide_main, main
 from ltsei.config import compose_config
 from ltsei.rows import ROWS_BY_ID, run_dir
-from conftest import SMALL
+from conftest import SMALL, ext4
 
 DEAD = 2**22 + 4321                          # above the default pid_max: no such process
 
@@ -75,23 +75,6 @@ def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
 
 # ---- 2: a real full disk -------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def ext4(path: Path, mb: int):
-    "A loop-mounted ext4 image of `mb` MB at `path` (root only; skipped elsewhere)."
-    img = path.with_suffix(".img")
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root and mkfs.ext4 for a loop-mounted ext4 image (the injected errors test the rest)")
-    with open(img, "wb") as f: f.truncate(mb << 20)
-    ok = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], capture_output=True).returncode == 0 and \
-        subprocess.run(["mount", "-o", "loop", str(img), str(path)], capture_output=True).returncode == 0
-    if not ok:
-        img.unlink(missing_ok=True)
-        pytest.skip("this machine does not allow a loop mount (a container without loop devices)")
-    try: yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-        img.unlink(missing_ok=True)
 
 
 def test_2_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch, capsys):

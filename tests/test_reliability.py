@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, ext4
 from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, clean_main, leftovers,
                          live_runs)
 from ltsei.cli import guide_main, main as ltsei_main
@@ -29,23 +29,6 @@ def one_line(capsys) -> str:
     return err[0]
 
 
-@contextlib.contextmanager
-def ext4(path: Path, mb: int):
-    "A loop-mounted ext4 image of `mb` MB at `path` (root only; skipped elsewhere, with the reason)."
-    img = path.with_suffix(".img")
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root and mkfs.ext4 for a loop-mounted ext4 image")
-    with open(img, "wb") as f: f.truncate(mb << 20)
-    ok = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], capture_output=True).returncode == 0 and \
-        subprocess.run(["mount", "-o", "loop", str(img), str(path)], capture_output=True).returncode == 0
-    if not ok:
-        img.unlink(missing_ok=True)
-        pytest.skip("this machine does not allow a loop mount (a container without loop devices)")
-    try: yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-        img.unlink(missing_ok=True)
 
 
 # ---- 1: ltsei frames on a full disk --------------------------------------------------------------------------
@@ -317,8 +300,8 @@ def test_7_a_huge_synth_says_how_long_first_and_a_kill_leaves_nothing(tmp_path):
         line = p.stdout.readline()                 # the estimate comes before any work
         assert line.startswith("[ltsei] estimate:") and "100,000 emitters" in line, line
         deadline = time.time() + 120
-        while time.time() < deadline and not list(tmp_path.glob(".big.tmp*")): time.sleep(0.2)
-        assert list(tmp_path.glob(".big.tmp*")), "the generation never started"
+        while time.time() < deadline and not list(tmp_path.glob(".big.tmp*/.generate/*")): time.sleep(0.2)
+        assert list(tmp_path.glob(".big.tmp*/.generate/*")), "the generation never started"
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=120)
     finally:
