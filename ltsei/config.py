@@ -27,12 +27,11 @@ from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_fea
 __all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'COMPAT_MODES', 'SEED_PATIENCE',
            'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS',
            'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig',
-           'MoELossConfig', 'Stage2Config', 'Stage3Config', 'Stage1Config', 'ScaleConfig', 'OpenSetConfig',
-           'EvaluationConfig', 'ExperimentConfig', 'Config', 'profile_node', 'compat_node', 'compat_notes',
-           'apply_compat', 'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
-           'check_num_classes', 'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features',
-           'finalize', 'compose_config', 'check_machine', 'print_config', 'data_identity', 'numerics',
-           'stage1_settings', 'stage1_key', 'stage2_key']
+           'MoELossConfig', 'Stage2Config', 'ExperimentConfig', 'Stage3Config', 'Stage1Config', 'ScaleConfig',
+           'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'compat_node', 'compat_notes', 'apply_compat',
+           'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides', 'check_num_classes',
+           'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
+           'check_machine', 'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -138,6 +137,14 @@ class Stage2Config:
     moe: MoEHeadConfig = field(default_factory=MoEHeadConfig)
     moe_loss: MoELossConfig = field(default_factory=MoELossConfig)
 
+# %% ../nbs/16_config.ipynb #fbe0cff4
+@dataclass
+class ExperimentConfig:
+    "The frequency groups of MoE-LTSEI's gate (`experiment.*`, the seed's keys)."
+    grouping: str = "auto"             # auto | absolute | quantile (the seed's) | rank (ltsei's earlier K equal rank groups)
+    many_thresh: int = 100             # many: n_c >= many_thresh
+    few_thresh: int = 20               # few: n_c <= few_thresh
+
 # %% ../nbs/16_config.ipynb #bbb8e583
 @dataclass
 class Stage3Config:
@@ -178,13 +185,6 @@ class EvaluationConfig:
     snr_bin_db: float = 2.0            # width of the SNR bins of the accuracy against SNR (edges on multiples of it)
 
 @dataclass
-class ExperimentConfig:
-    "The frequency groups of MoE-LTSEI's gate (`experiment.*`, the seed's keys)."
-    grouping: str = "auto"             # auto | absolute | quantile (the seed's) | rank (ltsei's earlier K equal rank groups)
-    many_thresh: int = 100             # many: n_c >= many_thresh
-    few_thresh: int = 20               # few: n_c <= few_thresh
-
-@dataclass
 class Config:
     "The whole tree. `python main.py key=value ...` overrides any leaf."
     seed: int = 0
@@ -203,6 +203,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
+# %% ../nbs/16_config.ipynb #f5ee584f
 # ltsei's earlier MoE-LTSEI (before 2026-12-07), where it paraphrased the seed: capped margins, rank groups, small start,
 # additive detached difficulty weight; the gate study and the before/after rows run it
 EARLIER_MOE_LTSEI = ("experiment.grouping=rank stage2.moe.init=small stage2.moe_loss.difficulty=additive "
@@ -623,6 +624,7 @@ def numerics(cfg) -> dict:
             "cpu_amx": cpu_has_amx() if cpu else None,   # torch says AVX512 with and without AMX; the fp32 kernels differ
             **({} if cpu else gpu_identity(dev))}        # GPU, capability, CUDA, cuDNN, determinism, TF32 (ltsei.train)
 
+# %% ../nbs/16_config.ipynb #b02f1c9b
 def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
 
