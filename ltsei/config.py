@@ -137,7 +137,7 @@ class Stage2Config:
     moe: MoEHeadConfig = field(default_factory=MoEHeadConfig)
     moe_loss: MoELossConfig = field(default_factory=MoELossConfig)
 
-# %% ../nbs/16_config.ipynb #fbe0cff4
+# %% ../nbs/16_config.ipynb #c77e5eaa
 @dataclass
 class ExperimentConfig:
     "The frequency groups of MoE-LTSEI's gate (`experiment.*`, the seed's keys)."
@@ -203,7 +203,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
-# %% ../nbs/16_config.ipynb #f5ee584f
+# %% ../nbs/16_config.ipynb #12476f46
 # ltsei's earlier MoE-LTSEI (before 2026-12-07), where it paraphrased the seed: capped margins, rank groups, small start,
 # additive detached difficulty weight; the gate study and the before/after rows run it
 EARLIER_MOE_LTSEI = ("experiment.grouping=rank stage2.moe.init=small stage2.moe_loss.difficulty=additive "
@@ -624,7 +624,7 @@ def numerics(cfg) -> dict:
             "cpu_amx": cpu_has_amx() if cpu else None,   # torch says AVX512 with and without AMX; the fp32 kernels differ
             **({} if cpu else gpu_identity(dev))}        # GPU, capability, CUDA, cuDNN, determinism, TF32 (ltsei.train)
 
-# %% ../nbs/16_config.ipynb #b02f1c9b
+# %% ../nbs/16_config.ipynb #3f41845a
 def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
 
