@@ -57,8 +57,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 # %% auto #0
 __all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'split_hydra_args', 'sweep_jobs',
            'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides',
-           'row_of', 'run_header', 'print_estimate', 'sweep_summary', 'guide_help', 'guide_main', 'main',
-           'verify_command']
+           'row_of', 'run_header', 'sweep_summary', 'guide_help', 'guide_main', 'main', 'verify_command']
 
 # %% ../nbs/29_cli.ipynb #77f31dea
 HYDRA_FOLDERS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
@@ -163,14 +162,6 @@ def run_header(cfg, out, overrides: list[str] = ()) -> str:
     s2 = f"stage 2 {cfg.stage2.mode} {cfg.stage2.epochs} epochs" if cfg.stage2.enabled else "no stage 2"
     return (f"[ltsei] row {row_of(overrides)} | profile {cfg.scale.profile} | seed {cfg.seed} | {cfg.model.name}, stage 1 "
             f"{cfg.training.epochs} epochs, {s2} | data: {data}\n[ltsei] files: {out} (the whole config: config.yaml there, or --cfg job)")
-
-def print_estimate(overrides: list[str], cfg, n_jobs: int = 1) -> None:
-    "Print `ltsei.estimate.guide_estimate_line` (only without `profile=` on a machine without a GPU); never stops the run."
-    try:
-        from ltsei.estimate import guide_estimate_line
-        line = guide_estimate_line(overrides, cfg)
-    except Exception: return      # no measured costs in this installation: no estimate
-    if line: print(line + (f" [per job; {n_jobs} jobs]" if n_jobs > 1 else ""), flush=True)
 
 # %% ../nbs/29_cli.ipynb #df136736
 def sweep_summary(jobs: list[list[str]], outs: list[str]) -> str:
