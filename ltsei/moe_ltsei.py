@@ -210,9 +210,7 @@ def _parts(self: MoELTSEILoss, output: MoEOutput, y: torch.Tensor) -> dict:
                          f"{tuple(c.shape)}, {tuple(gl.shape)}, {tuple(output.gate_probs.shape)}")
     z_m = self.scale * (c - self.margins.to(c.dtype)[y][:, None] * F.one_hot(y, self.num_classes).to(c.dtype))
     ce = F.cross_entropy(z_m, y, reduction="none", label_smoothing=self.label_smoothing)
-    if self.difficulty == "additive":
-        with torch.no_grad(): d = difficulty_weights(z_m.softmax(dim=1), y, self.diff_gamma, self.diff_alpha, "additive")
-    else: d = difficulty_weights(z_m.softmax(dim=1), y, self.diff_gamma, self.diff_alpha, "seed")
+    d = difficulty_weights(z_m.softmax(dim=1), y, self.diff_gamma, self.diff_alpha, self.difficulty)   # additive: detached
     cls = (self.class_weights.to(c.dtype)[y] * d * ce).mean()
     weight = None if self.gate_weighting == "none" else self.gate_weights.to(gl.dtype)
     gate = gate_loss(gl, self.groups[y], self.num_groups, self.gate_target_smoothing, weight) if self.gate_supervised \
