@@ -45,14 +45,17 @@ def _imports(p: Path) -> set[str]:
     return found
 
 
-def _number(nb: str) -> int: return int(nb.split("_")[0])
+def _number(nb: str) -> tuple:
+    "A notebook's floor: `06_x` -> (6, ''); a notebook split off one, `06b_y`, sits just above it: (6, 'b')."
+    m = re.match(r"(\d\d)([a-z]?)_", nb)
+    return int(m.group(1)), m.group(2)
 
 
 def test_every_module_comes_from_a_numbered_notebook():
     nbs = _notebooks()
     mods = {_module(p) for p in PKG.rglob("*.py")} - {"ltsei", "ltsei._modidx", "ltsei.orchestration"}
     assert mods <= set(nbs), f"modules without a notebook: {sorted(mods - set(nbs))}"
-    assert all(re.match(r"\d\d_", nb) for nb in nbs.values()), nbs
+    assert all(re.match(r"\d\d[a-z]?_", nb) for nb in nbs.values()), nbs
 
 
 def test_no_import_goes_up_a_floor():
@@ -79,6 +82,6 @@ def test_row_registry_and_cli_start_load_no_torch():
 def test_the_index_lists_every_notebook_in_order():
     import json
     src = "".join("".join(c["source"]) for c in json.loads((ROOT / "nbs" / "index.ipynb").read_text())["cells"])
-    listed = re.findall(r"^\| `(\d\d_\w+)` \|", src, re.M)
-    numbered = sorted(p.stem for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    listed = re.findall(r"^\| `(\d\d[a-z]?_\w+)` \|", src, re.M)
+    numbered = sorted(p.stem for p in (ROOT / "nbs").glob("[0-9][0-9]*_*.ipynb"))
     assert listed == numbered, f"nbs/index.ipynb lists {listed}, the notebooks are {numbered}"
