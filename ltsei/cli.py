@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 from ltsei.frames import frames_main
                 return frames_main(rest)
             if cmd == "clean":
-                from ltsei.cache import clean_main
+                from ltsei.clean import clean_main
                 return clean_main(rest)
             from ltsei.orchestration.reproduce import reproduce_main
             return reproduce_main(rest)

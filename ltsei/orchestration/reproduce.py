@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..cache import clean_note
+from ..clean import clean_note
 from ..rows import select_rows
 from ..storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
 from .row_runs import (DEMO_FUNCS, REAL_FUNCS, RowRun, check_configs, load_callable, plan_row_runs,
