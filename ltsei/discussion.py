@@ -11,7 +11,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from .rows import ROWS, ROWS_BY_ID, read_metrics
+from .rows import ROWS, ROWS_BY_ID
+from .layout import read_metrics
 from .tables import PAIR_METRICS, all_paired, paired_differences, table_rows, verdict
 
 # %% auto #0

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .rows import MAIN_SECTIONS, ROWS, ROWS_BY_ID, parse_overrides, ran_other_overrides, read_metrics, run_dir
+from .rows import MAIN_SECTIONS, ROWS, ROWS_BY_ID, parse_overrides
+from .layout import ran_other_overrides, read_metrics, run_dir
 from .storage import clean_stale, lock_beside, make_temp_dir, replace_dir, storage_error
 
 # %% auto #0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..rows import read_metrics
+from ..layout import read_metrics
 from ..storage import repo_dir
 from .row_runs import REAL_FUNCS, RowRun, RowRunFailed, prepare_row_run_dir
 
