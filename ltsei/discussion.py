@@ -13,7 +13,8 @@ import pandas as pd
 
 from .rows import ROWS, ROWS_BY_ID
 from .layout import read_metrics
-from .tables import PAIR_METRICS, all_paired, paired_differences, table_rows, verdict
+from .paired import PAIR_METRICS, all_paired, paired_differences, verdict
+from .tables import table_rows
 
 # %% auto #0
 __all__ = ['PROFILE_NOTES', 'RIVAL_REFERENCES', 'COLLAPSED_SHARE', 'MECHANISMS', 'OFFLINE_TEMPLATE', 'profile_facts',

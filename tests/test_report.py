@@ -12,10 +12,12 @@ import pytest
 
 from ltsei.demo import fake_metrics, write_fake_runs
 from ltsei.discussion import discussion, mechanisms, profile_header, report_html
-from ltsei.rows import ROWS_BY_ID, run_dir
+from ltsei.rows import ROWS_BY_ID
+from ltsei.layout import run_dir
 from ltsei.storage import atomic_write_json
 from ltsei.orchestration.reproduce import render_report
-from ltsei.tables import TABLES, all_paired, collect_results, expectations, summarize
+from ltsei.paired import all_paired, expectations
+from ltsei.tables import TABLES, collect_results, summarize
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 GUIDE_TABLES = list(TABLES)       # the guide's tables and the extra table (the registry has rows beyond the guide)

@@ -97,7 +97,7 @@ def render_report(runs_dir, profile: str) -> Path:
 # %% ../../nbs/28_reproduce.ipynb #f9808859
 def build_tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tuple[str, str]]:
     "Render the report (it builds the tables and figures), or build them here; the failures."
-    from ltsei.tables import build_tables
+    from ltsei.report import build_tables
     failures = []
     base, where = runs_dir / profile, f"tables: {runs_dir / profile / 'tables'}  figures: {runs_dir / profile / 'figures'}"
     reported = False
