@@ -13,13 +13,14 @@ import pandas as pd
 
 from .rows import ROWS, ROWS_BY_ID
 from .layout import read_metrics
-from .paired import PAIR_METRICS, all_paired, paired_differences, verdict
+from .paired import NOISE_LEVEL, PAIR_METRICS, all_paired, paired_differences, verdict
+from .seed_compat import compat_label, paired_stats
 from .tables import table_rows
 
 # %% auto #0
 __all__ = ['PROFILE_NOTES', 'RIVAL_REFERENCES', 'COLLAPSED_SHARE', 'MECHANISMS', 'OFFLINE_TEMPLATE', 'profile_facts',
            'profile_header', 'compare_sentence', 'best_sentence', 'gate_facts', 'rival_rows', 'discussion',
-           'mechanisms', 'tex_to_mathml', 'offline_math', 'report_exporter', 'report_html']
+           'mechanisms', 'compat_discussion', 'tex_to_mathml', 'offline_math', 'report_exporter', 'report_html']
 
 # %% ../nbs/22_discussion.ipynb #d5feb702
 PROFILE_NOTES = {
@@ -225,6 +226,81 @@ def mechanisms(results: pd.DataFrame, pairs: pd.DataFrame | None = None, profile
     if (v("s5_1_full", "s3_1_crt") not in (None, "above", "higher (one seed)") and gf is not None
             and gf["busiest_share"] > COLLAPSED_SHARE): hit.append("moe_gate")
     return [(k, *MECHANISMS[k]) for k in hit]
+
+# %% ../nbs/22_discussion.ipynb #a284b66f
+def _p_words(q) -> str:
+    "'beyond noise (p = 0.02)', 'within noise (p = 0.11)' or 'one seed: no spread'."
+    if q["n"] < 2 or math.isnan(q["p"]): return "one seed: no spread, so it cannot be told from noise"
+    p = f"p = {q['p']:.2g}" if q["p"] >= 0.01 else "p < 0.01"
+    return f"beyond noise (paired t-test, {p})" if q["p"] < NOISE_LEVEL else f"within noise (paired t-test, {p})"
+
+# %% ../nbs/22_discussion.ipynb #622ea4a0
+def _gap_sentence(q, a: str, b: str, mode: str) -> str:
+    "One mode's paired gap a − b in words."
+    v = np.asarray(q["values"]); n = len(v)
+    side = "above" if q["mean"] > 0 else "below"
+    count = (f"in every seed" if (np.sign(v) == np.sign(q["mean"])).all() else
+             f"in {int((np.sign(v) == np.sign(q['mean'])).sum())} of {n} seeds") if n > 1 else "in its one seed"
+    return (f"Under `compat={mode}` {a} is {side} {b} by {abs(q['mean']):.1f}" + ("" if n < 2 else f" ± {q['sd']:.1f}")
+            + f" points of balanced accuracy over {n} seed{'s' * (n != 1)}, {count}, {_p_words(q)}.")
+
+# %% ../nbs/22_discussion.ipynb #c3701394
+def _claim_sentence(q_seed, q_paper) -> str:
+    "Whether the paper's claim (MoE-LTSEI above cRT) appears under compat=seed, from the paired gaps."
+    if q_seed is None: return "MoE-LTSEI and cRT have not both run under `compat=seed` yet: nothing can be said about the claim there."
+    shows = q_seed["mean"] > 0 and q_seed["n"] >= 2 and q_seed["p"] < NOISE_LEVEL
+    paper = "" if q_paper is None else (" and under ltsei's (`compat=paper`)" if q_paper["mean"] > 0 and q_paper["n"] >= 2
+                                         and q_paper["p"] < NOISE_LEVEL else ", though not under ltsei's (`compat=paper`)")
+    if shows: return f"**The paper's claim (MoE-LTSEI above cRT) appears under the seed's code paths**{paper}."
+    why = ("MoE-LTSEI is higher on average there, but within noise: these seeds neither show the claim nor rule it out"
+           if q_seed["mean"] > 0 else "MoE-LTSEI is below cRT there" + (" beyond noise" if q_seed["n"] >= 2 and q_seed["p"] < NOISE_LEVEL else ""))
+    return f"**The paper's claim (MoE-LTSEI above cRT) does not appear under the seed's code paths**: {why}."
+
+# %% ../nbs/22_discussion.ipynb #7bd51457
+def _shift_sentences(dd: pd.DataFrame, smp: pd.DataFrame, label) -> list[str]:
+    "What moves between the modes: the gap MoE-LTSEI − cRT (paired by seed), each row's seed − paper, CE's (no stage 2)."
+    out, q = [], dd[(dd.a == "s5_1_full") & (dd.b == "s3_1_crt")].set_index("mode")
+    if {"paper", "seed"} <= set(q.index):
+        per = dict(zip(q.loc["paper", "seeds"], q.loc["paper", "values"]))
+        shift = [v - per[s] for s, v in zip(q.loc["seed", "seeds"], q.loc["seed", "values"]) if s in per]
+        if shift:
+            st = paired_stats(shift)
+            out.append(f"Between the modes the gap moves by {_pm(st['mean'], st['sd'])} points, {_p_words(st)}.")
+    sp = smp.set_index("base")
+    rows = [b for b in ("s1_1_ce", "s3_1_crt", "s5_1_full") if b in sp.index]
+    if rows:
+        out.append("The seed's code paths change " + _names([f"{label(b)} by {_pm(sp.at[b, 'mean'], sp.at[b, 'sd'])} points"
+                                                           for b in rows]) + " (seed − paper, paired by seed)"
+                   + ("; CE runs no stage 2, so its change comes from the seed's stage-1 paths alone." if "s1_1_ce" in rows else "."))
+    return out
+
+# %% ../nbs/22_discussion.ipynb #bac7a426
+def _sampling_sentence(cr: pd.DataFrame) -> list[str]:
+    "One sentence when, under compat=seed, every sampling row that ran equals CE in every seed both ran."
+    q = cr[cr["mode"] == "seed"]
+    ce = q[q.base == "s1_1_ce"].set_index("seed").value
+    rows = [b for b in ("s2_3_inv_freq", "s2_3_class_uniform", "s2_3_sqrt") if (q.base == b).any()]
+    same = [b for b in rows if (s := q[q.base == b].set_index("seed").value).index.isin(ce.index).all()
+            and np.allclose(s.values, ce[s.index].values)]
+    if not rows or len(same) != len(rows): return []
+    return [f"Under `compat=seed` the sampling rows that ran ({len(rows)}) equal CE in every seed they ran: the seed's stage 1 ignores its sampler."]
+
+# %% ../nbs/22_discussion.ipynb #94558e44
+def compat_discussion(section: dict | None) -> list[str]:
+    "The compat rows in words (see above), from `ltsei.seed_compat.compat_section`; empty without compat runs."
+    if not section: return []
+    dd, smp, cr = section["differences"], section["seed_minus_paper"], section["runs"]
+    q = dd[(dd.a == "s5_1_full") & (dd.b == "s3_1_crt")].set_index("mode")
+    get = lambda m: q.loc[m] if m in q.index else None
+    out = [_gap_sentence(get(m), "MoE-LTSEI (5.1)", "cRT", m) for m in ("paper", "seed") if get(m) is not None]
+    out.append(_claim_sentence(get("seed"), get("paper")))
+    out += _shift_sentences(dd, smp, compat_label)
+    g = dd[(dd.a == "x5_routed_gate") & (dd.b == "s3_1_crt")].set_index("mode")
+    out += [_gap_sentence(g.loc[m], "MoE-LTSEI with the routed gate", "cRT", m) for m in ("paper", "seed") if m in g.index]
+    out += _sampling_sentence(cr)
+    out.append("Which single difference of the seed's moves a row is measured one difference at a time in "
+               "`docs/seed-differences.md`; these rows change all of them together.")
+    return out
 
 # %% ../nbs/22_discussion.ipynb #ecbdbf06
 _CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)                       # code spans and fences: no maths inside

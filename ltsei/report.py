@@ -15,12 +15,13 @@ import pandas as pd
 from .layout import read_metrics
 from .paired import all_paired, expectations, paired_markdown
 from .run_figures import plot_confusion
+from .seed_compat import compat_section
 from .storage import clean_stale, lock_beside, make_temp_dir, replace_dir, storage_error
 from .tables import (TABLES, collect_openset, collect_results, collect_snr, fig_acc_vs_snr, fig_group_accuracy, fig_openset,
                           fig_per_class_recall, fig_vs_param, make_table, openset_tables, save_figure, summarize, write_table)
 
 # %% auto #0
-__all__ = ['CONFUSION_ROWS', 'FIGURES', 'fig_confusions', 'build_tables']
+__all__ = ['CONFUSION_ROWS', 'FIGURES', 'fig_confusions', 'write_compat', 'build_tables']
 
 # %% ../nbs/22b_report.ipynb #abd4029e
 CONFUSION_ROWS = ("s1_1_ce", "s3_1_crt", "s5_1_full")
@@ -52,15 +53,24 @@ def _requested_seeds(base: Path) -> int | None:
     except (OSError, ValueError, AttributeError): return None
     return k if isinstance(k, int) and k >= 1 else None
 
+# %% ../nbs/22b_report.ipynb #50a53d14
+def write_compat(sec: dict, tdir: Path, fdir: Path, final_figures: Path, figures: dict, profile: str):
+    "The compat section's table and runs into `tdir`, its figure into `fdir` (recorded in `figures` under its final path)."
+    (tdir / "compat.md").write_text(sec["markdown"] + "\n", encoding="utf-8")
+    sec["runs"].to_csv(tdir / "compat_runs.csv", index=False)
+    if (fig := sec.pop("figure", None)) is not None:
+        figures["seed_compat"] = final_figures / save_figure(fig, fdir, "seed_compat", profile).name
+
 # %% ../nbs/22b_report.ipynb #b1a22842
 def build_tables(runs_dir, profile: str) -> dict:
     """Tables (`runs_dir/profile/tables`) and figures (`.../figures`) from the profile's complete runs.
     Returns n_runs, demo, results, per_class, summary, pairs (`all_paired`), tables {name: {table, md, csv, tex}}, figures {name: path},
-    expectations."""
+    expectations, compat (`ltsei.seed_compat.compat_section` of the compat rows, or None; its figure saved with the others)."""
     base = Path(runs_dir) / profile
     results, per_class = collect_results(runs_dir, profile)
     out = dict(n_runs=len(results), demo=bool(results.demo.any()), results=results, per_class=per_class,
-               summary=None, pairs=None, tables={}, figures={}, expectations=None, openset=None)
+               summary=None, pairs=None, tables={}, figures={}, expectations=None, openset=None,
+               compat=compat_section(runs_dir, profile))
     if results.empty: return out
     base.mkdir(parents=True, exist_ok=True)
     clean_stale(base)
@@ -89,6 +99,7 @@ def build_tables(runs_dir, profile: str) -> dict:
         (tdir / "paired.md").write_text(paired_markdown(pairs), encoding="utf-8")
         out["expectations"] = ex = expectations(summary, pairs)
         (tdir / "expectations.md").write_text(ex.to_markdown(index=False) + "\n", encoding="utf-8")
+        if (sec := out["compat"]) is not None: write_compat(sec, tdir, fdir, final["figures"], out["figures"], profile)
         with lock_beside(final["tables"]):              # one swap at a time; each folder swapped in whole
             for k in ("tables", "figures"): replace_dir(tmp.pop(k), final[k])
     except OSError as e:                            # a full disk: one line naming the folder, once the temporaries are gone
