@@ -11,13 +11,15 @@ import nbformat
 import pytest
 
 from ltsei.demo import fake_metrics, write_fake_runs
-from ltsei.discussion import discussion, mechanisms, profile_header, report_html
+from ltsei.discussion import discussion, mechanisms, profile_header
+from ltsei.report import report_html
 from ltsei.rows import COMPAT_ROWS, ROWS_BY_ID
 from ltsei.seed_compat import COMPAT_HOWTO
 from ltsei.layout import run_dir
 from ltsei.storage import atomic_write_json
 from ltsei.orchestration.reproduce import render_report
-from ltsei.paired import all_paired, expectations
+from ltsei.expectations import expectations
+from ltsei.paired import all_paired
 from ltsei.tables import TABLES, collect_results, summarize
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

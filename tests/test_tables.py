@@ -15,7 +15,8 @@ from ltsei.storage import atomic_write_json
 import ltsei.paired as paired
 import ltsei.tables as tables
 from ltsei.rows import Row
-from ltsei.paired import all_paired, expectations, noise_threshold, paired_differences, paired_summary, verdict
+from ltsei.expectations import expectations
+from ltsei.paired import all_paired, noise_threshold, paired_differences, paired_summary, verdict
 from ltsei.report import build_tables
 from ltsei.tables import (COLUMNS, TABLES, collect_results, fmt_pm, make_table, summarize, table_csv, table_html,
                           table_latex, table_markdown)

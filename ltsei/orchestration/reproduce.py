@@ -71,7 +71,7 @@ def check_runs_dir(runs_dir, profile: str) -> Path:
 def render_report(runs_dir, profile: str) -> Path:
     "Execute `nbs/report.ipynb` for `profile` and convert it to `runs_dir/profile/report.html` (both swapped in whole)."
     import papermill as pm
-    from ltsei.discussion import report_html
+    from ltsei.report import report_html
     out = Path(runs_dir) / profile
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
