@@ -18,7 +18,7 @@ from .tables import table_rows
 
 # %% auto #0
 __all__ = ['PROFILE_NOTES', 'RIVAL_REFERENCES', 'COLLAPSED_SHARE', 'MECHANISMS', 'profile_facts', 'profile_header',
-           'compare_sentence', 'best_sentence', 'gate_facts', 'rival_rows', 'discussion', 'mechanisms',
+           'compare_sentence', 'best_sentence', 'gate_facts', 'rival_rows', 'discussion', 'mechanisms', 'gap_shift',
            'compat_discussion']
 
 # %% ../nbs/22_discussion.ipynb #d5feb702
@@ -255,16 +255,21 @@ def _claim_sentence(q_seed, q_paper) -> str:
            if q_seed["mean"] > 0 else "MoE-LTSEI is below cRT there" + (" beyond noise" if q_seed["n"] >= 2 and q_seed["p"] < NOISE_LEVEL else ""))
     return f"**The paper's claim (MoE-LTSEI above cRT) does not appear under the seed's code paths**: {why}."
 
+# %% ../nbs/22_discussion.ipynb #c64443ac
+def gap_shift(dd: pd.DataFrame) -> dict | None:
+    "(MoE-LTSEI − cRT) under compat=seed minus under compat=paper, paired by seed: `paired_stats`; None without both modes."
+    q = dd[(dd.a == "s5_1_full") & (dd.b == "s3_1_crt")].set_index("mode")
+    if not {"paper", "seed"} <= set(q.index): return None
+    per = dict(zip(q.loc["paper", "seeds"], q.loc["paper", "values"]))
+    shift = [v - per[s] for s, v in zip(q.loc["seed", "seeds"], q.loc["seed", "values"]) if s in per]
+    return paired_stats(shift) if shift else None
+
 # %% ../nbs/22_discussion.ipynb #7bd51457
 def _shift_sentences(dd: pd.DataFrame, smp: pd.DataFrame, label) -> list[str]:
     "What moves between the modes: the gap MoE-LTSEI − cRT (paired by seed), each row's seed − paper, CE's (no stage 2)."
-    out, q = [], dd[(dd.a == "s5_1_full") & (dd.b == "s3_1_crt")].set_index("mode")
-    if {"paper", "seed"} <= set(q.index):
-        per = dict(zip(q.loc["paper", "seeds"], q.loc["paper", "values"]))
-        shift = [v - per[s] for s, v in zip(q.loc["seed", "seeds"], q.loc["seed", "values"]) if s in per]
-        if shift:
-            st = paired_stats(shift)
-            out.append(f"Between the modes the gap moves by {_pm(st['mean'], st['sd'])} points, {_p_words(st)}.")
+    out = []
+    if (st := gap_shift(dd)) is not None:
+        out.append(f"Between the modes the gap moves by {_pm(st['mean'], st['sd'])} points, {_p_words(st)}.")
     sp = smp.set_index("base")
     rows = [b for b in ("s1_1_ce", "s3_1_crt", "s5_1_full") if b in sp.index]
     if rows:
@@ -284,6 +289,22 @@ def _sampling_sentence(cr: pd.DataFrame) -> list[str]:
     if not rows or len(same) != len(rows): return []
     return [f"Under `compat=seed` the sampling rows that ran ({len(rows)}) equal CE in every seed they ran: the seed's stage 1 ignores its sampler."]
 
+# %% ../nbs/22_discussion.ipynb #df30a44a
+def _which_sentence(q_seed, q_paper, st, smp: pd.DataFrame) -> list[str]:
+    "Which difference makes the claim appear, as far as both modes' rows tell (all of the seed's paths at once)."
+    shows = lambda q: q is not None and q["n"] >= 2 and q["mean"] > 0 and q["p"] < NOISE_LEVEL
+    if st is None or st["n"] < 2: return []
+    sp = smp.set_index("base")
+    moved = (f" (cRT {_pm(sp.at['s3_1_crt', 'mean'], float('nan'))}, MoE-LTSEI {_pm(sp.at['s5_1_full', 'mean'], float('nan'))} points)"
+             if {"s3_1_crt", "s5_1_full"} <= set(sp.index) else "")
+    if shows(q_seed) and not shows(q_paper):
+        return [f"What makes the claim appear is the seed's code paths taken together: they move MoE-LTSEI up against cRT{moved}."]
+    if not shows(q_seed) and not shows(q_paper):
+        if st["p"] >= NOISE_LEVEL:
+            return [f"Taken together, the seed's code paths do not make the claim appear at this scale: they move MoE-LTSEI and cRT by amounts that cannot be told apart{moved}."]
+        return [f"The seed's code paths move the gap beyond noise{moved}, but not far enough for the claim to appear."]
+    return []
+
 # %% ../nbs/22_discussion.ipynb #94558e44
 def compat_discussion(section: dict | None) -> list[str]:
     "The compat rows in words (see above), from `ltsei.seed_compat.compat_section`; empty without compat runs."
@@ -294,6 +315,7 @@ def compat_discussion(section: dict | None) -> list[str]:
     out = [_gap_sentence(get(m), "MoE-LTSEI (5.1)", "cRT", m) for m in ("paper", "seed") if get(m) is not None]
     out.append(_claim_sentence(get("seed"), get("paper")))
     out += _shift_sentences(dd, smp, compat_label)
+    out += _which_sentence(get("seed"), get("paper"), gap_shift(dd), smp)
     g = dd[(dd.a == "x5_routed_gate") & (dd.b == "s3_1_crt")].set_index("mode")
     out += [_gap_sentence(g.loc[m], "MoE-LTSEI with the routed gate", "cRT", m) for m in ("paper", "seed") if m in g.index]
     out += _sampling_sentence(cr)
