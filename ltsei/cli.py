@@ -137,7 +137,7 @@ def synth_preset_flags(argv: list[str]) -> list[str]:
 def root_overrides(overrides: list[str]) -> list[str]:
     """The caches of `python main.py` under the one results root (`ltsei.storage.resolve_runs_dir`: `$LTSEI_RUNS`, else the
     repository's `runs/`), as `ltsei reproduce` and the experiment notebook keep them; keys the user set are kept."""
-    from ltsei.rows import cache_overrides
+    from ltsei.layout import cache_overrides
     from ltsei.storage import resolve_runs_dir
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     return [o for o in cache_overrides(resolve_runs_dir(None)) if o.split("=", 1)[0] not in given]
@@ -178,7 +178,7 @@ def run_header(cfg, out, overrides: list[str] = ()) -> str:
 def sweep_summary(jobs: list[list[str]], outs: list[str]) -> str:
     "The table a sweep ends with: each job's swept values, its main test metrics (percent) and folder; then where the sweep's files are."
     from pathlib import Path
-    from ltsei.rows import read_metrics
+    from ltsei.layout import read_metrics
     keys = [k for k in dict.fromkeys(o.split("=", 1)[0] for ov in jobs for o in ov)
             if len({o for ov in jobs for o in ov if o.split("=", 1)[0] == k}) > 1]
     val = lambda ov, k: next((o.split("=", 1)[1] for o in ov if o.split("=", 1)[0] == k), "")
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 from ltsei.frames import frames_main
                 return frames_main(rest)
             if cmd == "clean":
-                from ltsei.cache import clean_main
+                from ltsei.clean import clean_main
                 return clean_main(rest)
             from ltsei.orchestration.reproduce import reproduce_main
             return reproduce_main(rest)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from .data import long_tail_counts, shot_groups   # the runs' long tail and many / medium / few
 from .metrics import compute_metrics
-from .rows import ROWS, parse_overrides, row_record, run_dir, stage1_group
+from .rows import ROWS, parse_overrides, stage1_group
+from .layout import row_record, run_dir
 from .storage import atomic_write_json
 
 # %% auto #0

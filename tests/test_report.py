@@ -11,11 +11,16 @@ import nbformat
 import pytest
 
 from ltsei.demo import fake_metrics, write_fake_runs
-from ltsei.discussion import discussion, mechanisms, profile_header, report_html
-from ltsei.rows import ROWS_BY_ID, run_dir
+from ltsei.discussion import discussion, mechanisms, profile_header
+from ltsei.report import report_html
+from ltsei.rows import COMPAT_ROWS, ROWS_BY_ID
+from ltsei.seed_compat import COMPAT_HOWTO
+from ltsei.layout import run_dir
 from ltsei.storage import atomic_write_json
 from ltsei.orchestration.reproduce import render_report
-from ltsei.tables import TABLES, all_paired, collect_results, expectations, summarize
+from ltsei.expectations import expectations
+from ltsei.paired import all_paired
+from ltsei.tables import TABLES, collect_results, summarize
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 GUIDE_TABLES = list(TABLES)       # the guide's tables and the extra table (the registry has rows beyond the guide)
@@ -68,6 +73,7 @@ def _remote_scripts(page: str) -> list[str]:
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     write_fake_runs(tmp / "runs", "quick", seeds=(0, 1))
+    write_fake_runs(tmp / "runs", "quick", rows=COMPAT_ROWS, seeds=(0, 1, 2))     # the compat rows (--rows compat)
     return tmp, render_report(tmp / "runs", "quick")
 
 
@@ -82,6 +88,20 @@ def test_report_renders_without_errors(report):
     assert "Paired differences to CE" in text and "Paired differences to cRT" in text
     assert "CPU scale, not the paper" in text and "PIPELINE CHECK" not in text
     assert "Why some rows do not behave as expected" not in text     # no pasted, profile-blind paragraph
+
+
+def test_report_compat_section(report):
+    "With compat runs: their table (both modes, per seed, the paired differences with p), figure and generated text."
+    tmp, html = report
+    text = html.read_text(encoding="utf-8")
+    start = text.index("Seed compatibility<")
+    sec = text[start:text.index("Figures<", start)]
+    assert 'class="dataframe ltsei-compat"' in sec and COMPAT_HOWTO not in text
+    assert "MoE-LTSEI (5.1) − cRT" in sec and "MoE-LTSEI + routed gate − cRT" in sec and ", p = " in sec
+    assert sec.count("data:image/png;base64") == 1                                 # the figure of the seeds, paired
+    assert "The paper&#x27;s claim (MoE-LTSEI above cRT)" in sec or "The paper's claim (MoE-LTSEI above cRT)" in sec
+    assert (tmp / "runs" / "quick" / "tables" / "compat.md").is_file()
+    assert (tmp / "runs" / "quick" / "figures" / "seed_compat.png").is_file()
 
 
 def test_report_maths_offline(report):
@@ -121,6 +141,8 @@ def test_smoke_report_says_pipeline_check(tmp_path):
     assert f"-p profile smoke -p runs_dir {tmp_path / 'runs'}" in text                  # the render-again command is its own
     assert "One seed: no spread is available" in text
     assert "None: the smoke profile is a pipeline check" in text      # no mechanism explained from smoke numbers
+    sec = text[text.index("Seed compatibility"):]                              # no compat runs: how to make them, nothing else
+    assert COMPAT_HOWTO.split(":")[0] in sec and "ltsei-compat" not in sec and "compat=paper" not in sec
 
 
 def test_report_without_results_says_so(tmp_path):

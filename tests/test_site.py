@@ -54,8 +54,9 @@ def test_site_without_quarto_writes_every_listed_page(site):
         assert not re.findall(r'href="(?![a-z]+:)[^"#]+\.(?:ipynb|md)["#]', html), f"{p.name}: a link to a source file, not its page"
     index = (site / "index.html").read_text(encoding="utf-8")
     assert all(f'href="{p.relative_to(ROOT).with_suffix(".html").as_posix()}"' in index for p in pages)
-    report = (site / "nbs" / "report.html").read_text(encoding="utf-8")
-    assert "Main comparison" in report and "data:image/png;base64," in report          # stored outputs and figures
+    report = (site / "nbs" / "report.html").read_text(encoding="utf-8")               # committed without results:
+    assert "Main comparison" in report and "ltsei reproduce" in report and "data:image/png;base64," not in report
+    assert "data:image/png;base64," in (site / "nbs" / "21_tables.html").read_text(encoding="utf-8")   # stored figures
 
 
 HARNESS = """<!DOCTYPE html><html><body><pre id="ltsei-check"></pre><script>
@@ -97,7 +98,7 @@ def test_every_page_opens_in_headless_chromium_with_its_figures(site, tmp_path):
         assert r["title"] and r["h1"] and r["nav"] >= 30, (src.name, r)
         assert r["loaded"] == r["images"], f"{src.name}: {r['images'] - r['loaded']} figure(s) did not load"
         if src.suffix == ".ipynb": assert r["images"] >= _figures(src), (src.name, r)
-    assert seen["index.html"]["nav"] >= 30 and seen["nbs/report.html"]["loaded"] >= 1
+    assert seen["index.html"]["nav"] >= 30 and seen["nbs/21_tables.html"]["loaded"] >= 1
 
 
 def test_workflows_parse_and_do_what_nbdev_projects_do():

@@ -9,13 +9,17 @@ import pandas as pd
 import pytest
 
 from ltsei.demo import fake_metrics, write_fake_runs
-from ltsei.rows import ROWS, ROWS_BY_ID, run_dir
+from ltsei.rows import ROWS, ROWS_BY_ID
+from ltsei.layout import run_dir
 from ltsei.storage import atomic_write_json
+import ltsei.paired as paired
 import ltsei.tables as tables
 from ltsei.rows import Row
-from ltsei.tables import (COLUMNS, TABLES, all_paired, build_tables, collect_results, expectations, fmt_pm, make_table,
-                          noise_threshold, paired_differences, paired_summary, summarize, table_csv, table_html,
-                          table_latex, table_markdown, verdict)
+from ltsei.expectations import expectations
+from ltsei.paired import all_paired, noise_threshold, paired_differences, paired_summary, verdict
+from ltsei.report import build_tables
+from ltsei.tables import (COLUMNS, TABLES, collect_results, fmt_pm, make_table, summarize, table_csv, table_html,
+                          table_latex, table_markdown)
 
 
 def _write(runs, row_id, seed, **test):
@@ -221,6 +225,7 @@ def test_rows_outside_the_guide_get_their_own_table(tmp_path, monkeypatch):
     rows = [*tables.ROWS, extra]
     monkeypatch.setattr(tables, "ROWS", rows)
     monkeypatch.setattr(tables, "ROWS_BY_ID", {r.id: r for r in rows})
+    monkeypatch.setattr(paired, "ROWS_BY_ID", {r.id: r for r in rows})
     runs = tmp_path / "runs"
     write_fake_runs(runs, "quick", rows=[ROWS_BY_ID["s1_1_ce"], ROWS_BY_ID["s5_1_full"], extra])
     res, _ = collect_results(runs, "quick", rows)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..cache import clean_note
+from ..clean import clean_note
 from ..rows import select_rows
 from ..storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
 from .row_runs import (DEMO_FUNCS, REAL_FUNCS, RowRun, check_configs, load_callable, plan_row_runs,
@@ -71,7 +71,7 @@ def check_runs_dir(runs_dir, profile: str) -> Path:
 def render_report(runs_dir, profile: str) -> Path:
     "Execute `nbs/report.ipynb` for `profile` and convert it to `runs_dir/profile/report.html` (both swapped in whole)."
     import papermill as pm
-    from ltsei.discussion import report_html
+    from ltsei.report import report_html
     out = Path(runs_dir) / profile
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
@@ -97,7 +97,7 @@ def render_report(runs_dir, profile: str) -> Path:
 # %% ../../nbs/28_reproduce.ipynb #f9808859
 def build_tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tuple[str, str]]:
     "Render the report (it builds the tables and figures), or build them here; the failures."
-    from ltsei.tables import build_tables
+    from ltsei.report import build_tables
     failures = []
     base, where = runs_dir / profile, f"tables: {runs_dir / profile / 'tables'}  figures: {runs_dir / profile / 'figures'}"
     reported = False

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache import RUN_FILES, claim_run_dir
-from ..rows import Row, cache_overrides, row_record, run_dir, run_status, stage1_group
+from ..rows import Row, stage1_group
+from ..layout import cache_overrides, row_record, run_dir, run_status
 from ..storage import atomic_write_json, lock_beside
 
 # %% auto #0
@@ -60,7 +61,7 @@ def load_callable(spec: str):
 # %% ../../nbs/24_row_runs.ipynb #aca839f8
 def experiment_overrides(profile: str, seed: int, overrides: list[str], runs_dir=None) -> list[str]:
     """The overrides one experiment run composes its config from: profile and seed, the row's, and the caches under
-    `runs_dir` when it is given (`ltsei.rows.cache_overrides`). Never the CPU threads: a run's `training.num_threads`
+    `runs_dir` when it is given (`ltsei.layout.cache_overrides`). Never the CPU threads: a run's `training.num_threads`
     is part of its config (and of its stage-1 key), so that its numbers do not depend on how many runs share the machine."""
     return ([f"profile={profile}", f"seed={seed}", *overrides]
             + (cache_overrides(runs_dir) if runs_dir is not None else []))
