@@ -41,7 +41,7 @@ SMALL = ("data.synth.pool_per_class=200",)
 # the others keep their order behind them.
 HEAVY_FIRST = ("test_reproduce.py", "test_guide.py", "test_faults.py", "test_reliability.py", "test_run.py", "test_launchers.py", "test_cli.py",
                "test_synth.py", "test_report.py", "test_gate_study.py", "test_config.py", "test_synth_cache.py",
-               "test_rivals.py", "test_data.py", "test_openset.py", "test_faults_19.py", "test_verify.py",
+               "test_ride_sade_balpoe.py", "test_data.py", "test_openset.py", "test_faults_commands.py", "test_verify.py",
                "test_compat.py", "test_site.py")
 
 
