@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT, SMALL, ext4
 from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, clean_main, leftovers,
@@ -247,31 +248,49 @@ def test_ctrl_c_says_that_the_same_command_resumes(tmp_path, monkeypatch, capsys
 
 # ---- issue 31: papermill by hand, the real path ----------------------------------------------------------------
 
-def papermill(tmp_path, *params) -> subprocess.CompletedProcess:
-    "papermill on the real notebook from the repository root, under the session's results root (its caches shared)."
-    args = [sys.executable, "-m", "papermill", "nbs/experiment.ipynb", str(tmp_path / "out.ipynb"), "--log-level", "ERROR"]
+def papermill(tmp_path, cwd, *params) -> subprocess.CompletedProcess:
+    "papermill on the repository's real notebook from the folder `cwd`, under the session's results root (its caches shared)."
+    args = [sys.executable, "-m", "papermill", str(ROOT / "nbs" / "experiment.ipynb"), str(tmp_path / "out.ipynb"),
+            "--log-level", "ERROR"]
     for k, v in zip(params[::2], params[1::2]): args += ["-p", k, v]
-    return subprocess.run(args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
 
 
 def test_papermill_by_hand_on_the_real_notebook_writes_a_complete_run_twice(tmp_path):
+    """`papermill nbs/experiment.ipynb OUT -p row_id ...` by hand, the real composer and runner: from nbs/ and then from
+    another folder, into the same run folder under the results root (here $LTSEI_RUNS, the session's; without it the
+    notebook's `resolve_runs_dir(None)` is the repository's runs/, test_user_messages.py::test_one_results_root), with
+    its row.json, out of the tables; a refused profile before any folder."""
+    import nbformat
     from ltsei.rows import ROWS_BY_ID
     from ltsei.storage import resolve_runs_dir
+    from ltsei.tables import collect_results
     runs = resolve_runs_dir(None)                           # conftest: the session's scratch runs/
-    ov = " ".join([*ROWS_BY_ID["s1_1_ce"].run_args, *SMALL, "training.epochs=150"])   # one smoke epoch
+    row = ROWS_BY_ID["s1_1_ce"]
+    ov = " ".join([*row.run_args, *SMALL, "training.epochs=150"])   # one smoke epoch
     seed = runs / "smoke" / "by-hand" / "1.1" / "s1_1_ce" / "seed7"
     shutil.rmtree(seed, ignore_errors=True)
     stamps = []
-    for _ in range(2):                                    # a second call into the same folder works too
-        r = papermill(tmp_path, "row_id", "s1_1_ce", "profile", "smoke", "seed", "7", "overrides", ov)
+    for cwd in (ROOT / "nbs", tmp_path / "elsewhere"):    # a second call, from elsewhere, into the same folder works too
+        cwd.mkdir(exist_ok=True)
+        r = papermill(tmp_path, cwd, "row_id", "s1_1_ce", "profile", "smoke", "seed", "7", "overrides", ov)
         assert r.returncode == 0, r.stderr[-2000:]
         m = json.loads((seed / "metrics.json").read_text())
         assert m["test"]["acc"] is not None and json.loads((seed / "row.json").read_text())["by_hand"] is True
         assert (seed / RUN_MARK).is_file() and not (seed / ACTIVE_MARK).exists()
+        cfg = yaml.safe_load((seed / "config.yaml").read_text())                   # the caches under the same root
+        assert (cfg["data"]["cache_dir"], cfg["stage1"]["cache_dir"]) == (str(runs / "cache"), str(runs / "cache" / "stage1"))
+        nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert sum("image/png" in o.get("data", {}) for o in outs) == 2          # recall vs count, confusion; no gate
+        assert any("No MoE-LTSEI head in this row" in o.get("text", "") for o in outs)
+        assert nb.cells[-1].outputs[-1]["text"].startswith(f"[ltsei] files: {seed}")   # it ends naming its folder
         stamps.append((seed / "metrics.json").stat().st_mtime_ns)
     assert stamps[1] > stamps[0]
+    assert str(seed) not in set(collect_results(runs, "smoke", [row])[0].path)    # a run by hand: out of the tables
+    assert not (ROOT / "nbs" / "runs" / seed.relative_to(runs)).exists() and not (tmp_path / "elsewhere" / "runs").exists()
     before = sorted(os.listdir(runs.parent))
-    r = papermill(tmp_path, "row_id", "s1_1_ce", "profile", "../../x")               # refused before any folder
+    r = papermill(tmp_path, ROOT, "row_id", "s1_1_ce", "profile", "../../x")     # refused before any folder
     assert r.returncode != 0 and "profile '../../x': expected a profile name" in r.stderr
     assert sorted(os.listdir(runs.parent)) == before and not (runs / "x").exists() and not (runs.parent / "x").exists()
 
@@ -289,16 +308,23 @@ def test_realism_measures_frames_alignment_in_the_references_convention(tmp_path
 
 
 def test_a_huge_synth_says_how_long_first_and_a_kill_leaves_nothing(tmp_path):
-    "Issue 33, case 7: 100,000 emitters x 1 frame gave no estimate first, and a kill left 446 MiB and no word."
+    """Issue 33, case 7: 100,000 emitters x 1 frame gave no estimate first (the per-emitter work was not counted), and a
+    kill left 446 MiB and no word. The estimate of that request is checked here; the command is run with 20,000
+    emitters x 1 frame (an estimate too, and five times less set-up before the first file than 100,000)."""
     import signal
+    from dataclasses import replace
+    from ltsei.estimate import synth_estimate_line
+    from ltsei.synth import SYNTH_PRESETS
+    huge = replace(SYNTH_PRESETS["quick"], num_emitters=100_000, pool_per_class=1, val_per_class=1, test_per_class=1)
+    assert "300,000 frames of 768 samples for 100,000 emitters" in (synth_estimate_line(huge) or "")
     out = tmp_path / "big"
     code = "import sys; from ltsei.cli import main; sys.exit(main(sys.argv[1:]))"
-    p = subprocess.Popen([sys.executable, "-c", code, "synth", "--preset", "quick", "--num-emitters", "100000",
+    p = subprocess.Popen([sys.executable, "-c", code, "synth", "--preset", "quick", "--num-emitters", "20000",
                           "--pool-per-class", "1", "--val-per-class", "1", "--test-per-class", "1", "--workers", "1",
                           "--quiet", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = p.stdout.readline()                 # the estimate comes before any work
-        assert line.startswith("[ltsei] estimate:") and "100,000 emitters" in line, line
+        assert line.startswith("[ltsei] estimate:") and "20,000 emitters" in line, line
         deadline = time.time() + 120
         while time.time() < deadline and not list(tmp_path.glob(".big.tmp*/.generate/*")): time.sleep(0.2)
         assert list(tmp_path.glob(".big.tmp*/.generate/*")), "the generation never started"
