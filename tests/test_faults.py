@@ -328,16 +328,33 @@ def subprocess_run(workdir: Path, stage: str, kill_after: int, out: Path, overri
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
+THREE = ["training.epochs=430", "seed=21"]         # 3 smoke epochs of stage 1
+
+
+@pytest.fixture(scope="module")
+def three_epochs(scratch):
+    "The uninterrupted stage-1 run (3 smoke epochs) the two stage-1 interruption tests compare against, trained once."
+    out, cwd = scratch / "three_epochs", os.getcwd()
+    os.chdir(scratch)                    # the session's data cache, as in_scratch's tests
+    try: run(NO_S2 + THREE + [f"stage1.cache_dir={scratch / 'three_epochs_cache'}"], out)
+    finally: os.chdir(cwd)
+    return out
+
+
 @pytest.mark.parametrize("stage,kill_after,extra", [
-    ("stage1", 2, ["training.epochs=430", "stage2.enabled=false"]),   # 3 stage-1 epochs: killed after epoch 1
-    ("stage2", 5, ["training.epochs=300", "stage2.epochs=8"]),        # killed after stage-2 epoch 4 of 8
+    ("stage1", 2, [*THREE, "stage2.enabled=false"]),                  # 3 stage-1 epochs: killed after epoch 1
+    ("stage2", 5, ["training.epochs=300", "seed=21", "stage2.epochs=8"]),   # killed after stage-2 epoch 4 of 8
 ])
-def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeypatch, capsys, stage, kill_after, extra):
+def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeypatch, capsys, request, stage, kill_after,
+                                                             extra):
     work = in_scratch / f"resume_{stage}"; work.mkdir()
-    base = ["profile=smoke", *SMALL, "seed=21", *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
-    own_stage1 = ["stage1.cache_dir=ref_cache"] if stage == "stage1" else []   # else: stage 1 trained once, shared
-    monkeypatch.chdir(work)                        # the uninterrupted reference runs in this process, from the same folder
-    run_experiment(compose_config(base + own_stage1), work / "ref", progress=False)
+    base = ["profile=smoke", *SMALL, *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
+    monkeypatch.chdir(work)
+    ref = work / "ref"
+    if stage == "stage1":                # the uninterrupted reference: shared with the Ctrl-C test below
+        ref = request.getfixturevalue("three_epochs")
+    else:                                # in this process, from the same folder (stage 1 trained once, shared)
+        run_experiment(compose_config(base), ref, progress=False)
     killed = subprocess_run(work, stage, kill_after, work / "killed", base)
     assert killed.returncode == -signal.SIGKILL and not (work / "killed" / "metrics.json").exists()
     states = list(work.rglob("resume.pt")) + list((in_scratch / "runs" / "cache").rglob("resume.pt"))
@@ -345,22 +362,22 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeyp
     capsys.readouterr()
     run_experiment(compose_config(base), work / "again", progress=False)   # a new run folder, the same config, here
     assert f"resuming after epoch {kill_after - 1}" in capsys.readouterr().out
-    a, b = (json.loads((work / d / "metrics.json").read_text()) for d in ("ref", "again"))
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (ref, work / "again"))
     same_result(a, b)
     assert a["stage1"]["key"] == b["stage1"]["key"] and (a["stage2"] or {}).get("best_epoch") == (b["stage2"] or {}).get("best_epoch")
     assert b["stage1"]["source"] == ("trained" if stage == "stage1" else "cache")
     assert not list(work.rglob("resume.pt")) and not list((in_scratch / "runs" / "cache").rglob("resume.pt"))
     assert not leftovers(work / "runs", work / "again")
-    drop_seconds = lambda d: [l.rsplit(",", 1)[0] for l in (work / d / "log.csv").read_text().splitlines()]
-    assert drop_seconds("again") == drop_seconds("ref")             # the log: every epoch once, the same numbers
+    drop_seconds = lambda d: [l.rsplit(",", 1)[0] for l in (d / "log.csv").read_text().splitlines()]
+    assert drop_seconds(work / "again") == drop_seconds(ref)        # the log: every epoch once, the same numbers
 
 
-def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, monkeypatch, capsys):
+def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, monkeypatch, capsys, three_epochs):
     import ltsei.train as T
     monkeypatch.setattr(T.Resume, "due", lambda self: True)
     cache = in_scratch / "fc_cache"
-    args = NO_S2 + ["training.epochs=430", "seed=31", f"stage1.cache_dir={cache}"]      # 3 smoke epochs
-    ref = run(args[:-1] + [f"stage1.cache_dir={in_scratch / 'fc_ref'}"], in_scratch / "fc_ref_run")
+    args = NO_S2 + THREE + [f"stage1.cache_dir={cache}"]                                  # 3 smoke epochs
+    ref = json.loads((three_epochs / "metrics.json").read_text())                        # the same run, uninterrupted
     real_save, n = T.Resume.save, [0]
     def interrupted(self, state):
         real_save(self, state); n[0] += 1
