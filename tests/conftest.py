@@ -36,13 +36,13 @@ SMALL = ("data.synth.pool_per_class=200",)
 
 # The files that run the most training start first: ./test hands whole files to its two pytest-xdist workers
 # (--dist loadfile) in collection order, so a heavy file collected last would leave one core idle at the end.
-# Heaviest first (by seconds measured on the 2-core machine, December 2026, after conftest.SMALL: reproduce ~80,
-# guide ~80, faults ~63, run ~44, launchers ~36, cli ~31, synth ~27, report ~17, gate study ~16, the rest under 16);
-# the others keep their order behind them.
-HEAVY_FIRST = ("test_reproduce.py", "test_guide.py", "test_faults.py", "test_reliability.py", "test_run.py", "test_launchers.py", "test_cli.py",
-               "test_synth.py", "test_report.py", "test_gate_study.py", "test_config.py", "test_synth_cache.py",
-               "test_rivals.py", "test_data.py", "test_openset.py", "test_faults_19.py", "test_verify.py",
-               "test_compat.py", "test_site.py")
+# Heaviest first (by CPU seconds, each file alone, on the 2-core machine, December 2026: guide ~85, faults ~70,
+# reproduce ~55, reliability ~45, run ~44, launchers ~25 (and Ray's own processes), cli ~31, synth ~27, report ~17,
+# gate study ~16, the rest under 16); the others keep their order behind them.
+HEAVY_FIRST = ("test_guide.py", "test_faults.py", "test_reproduce.py", "test_reliability.py", "test_run.py",
+               "test_launchers.py", "test_cli.py", "test_synth.py", "test_report.py", "test_gate_study.py",
+               "test_config.py", "test_synth_cache.py", "test_ride_sade_balpoe.py", "test_data.py", "test_openset.py",
+               "test_faults_commands.py", "test_verify.py", "test_compat.py", "test_site.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

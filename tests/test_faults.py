@@ -76,7 +76,7 @@ def files_args(p):
             f"data.test_path={p['test']}", "data.imbalance_ratio=10", "stage2.moe.num_experts=3"]
 
 
-def test_1_file_replaced_in_place_is_not_served_stale(in_scratch, capsys):
+def test_file_replaced_in_place_is_not_served_stale(in_scratch, capsys):
     p = write_files(in_scratch / "files1", seed=1)
     for f in (in_scratch / "files1").iterdir(): os.utime(f, ns=(f.stat().st_mtime_ns - 10**10,) * 2)  # digests remembered
     a = run(NO_S2 + ["training.epochs=150"] + files_args(p), in_scratch / "f1_a")
@@ -95,7 +95,7 @@ def test_1_file_replaced_in_place_is_not_served_stale(in_scratch, capsys):
 
 # ---- 2: run folders never share an inode with the cache ------------------------------------------------
 
-def test_2_run_checkpoints_are_private_copies(in_scratch, clean):
+def test_run_checkpoints_are_private_copies(in_scratch, clean):
     ref, cache = clean
     out = in_scratch / "faults_clean"
     for name in ("best", "last"):
@@ -126,7 +126,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
-def test_3_damaged_entry_rebuilt_with_the_clean_result(in_scratch, clean, capsys, kind):
+def test_damaged_entry_rebuilt_with_the_clean_result(in_scratch, clean, capsys, kind):
     ref, cache = clean
     damage, needle = DAMAGE[kind]
     entry = entry_of(ref)
@@ -161,7 +161,7 @@ def crafted(path: Path, marker: Path, legacy: bool = False):
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_4_crafted_checkpoint_is_refused_without_running(in_scratch, capsys, legacy):
+def test_crafted_checkpoint_is_refused_without_running(in_scratch, capsys, legacy):
     marker, evil = in_scratch / f"MARKER_{legacy}", in_scratch / f"evil_{legacy}.pt"
     crafted(evil, marker, legacy)
     with pytest.raises(CheckpointError) as e:
@@ -175,7 +175,7 @@ def test_4_crafted_checkpoint_is_refused_without_running(in_scratch, capsys, leg
     assert len(err) == 1 and "refused without running" in err[0] and not marker.exists()
 
 
-def test_4_crafted_cache_entry_is_refused_and_rebuilt(in_scratch, clean, capsys):
+def test_crafted_cache_entry_is_refused_and_rebuilt(in_scratch, clean, capsys):
     "Someone who can write the cache (manifest included) still cannot make a run execute code."
     ref, cache = clean
     entry, marker = entry_of(ref), in_scratch / "MARKER_cache"
@@ -197,7 +197,7 @@ def test_4_crafted_cache_entry_is_refused_and_rebuilt(in_scratch, clean, capsys)
 @pytest.mark.parametrize("code,needle", [(errno.ENOSPC, "no space left on the device (ENOSPC)"),
                                          (errno.EROFS, "the file system is read-only (EROFS)"),
                                          (errno.EACCES, "permission denied (EACCES)")])
-def test_5_failed_save_is_one_message_and_leaves_no_temp_file(in_scratch, monkeypatch, code, needle):
+def test_failed_save_is_one_message_and_leaves_no_temp_file(in_scratch, monkeypatch, code, needle):
     import ltsei.storage as C
     real = C._write_bytes
     def failing(tmp, data):
@@ -227,7 +227,7 @@ def tmpfs(path: Path, size: str):
     finally: subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_5_real_disk_full_and_read_only(in_scratch, capsys, clean):
+def test_real_disk_full_and_read_only(in_scratch, capsys, clean):
     ref, _ = clean
     with tmpfs(in_scratch / "f5_tmpfs", "30m") as small:           # a stage-1 entry needs ~50 MB
         out = in_scratch / "f5_real"
@@ -244,7 +244,7 @@ def test_5_real_disk_full_and_read_only(in_scratch, capsys, clean):
 
 # ---- 7: the thread count is part of the run ----------------------------------------------------------
 
-def test_7_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
+def test_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
     ref, cache = clean
     a = compose_config(["profile=smoke", *SMALL, *REF])
     assert a.training.num_threads == 1 and stage1_key(a) == ref["stage1"]["key"]
@@ -265,7 +265,7 @@ def marked(folder: Path, pid: int, host=None, kind="tmp") -> Path:
     return folder
 
 
-def test_8_stale_temporary_files_removed(in_scratch, clean):
+def test_stale_temporary_files_removed(in_scratch, clean):
     from ltsei.cache import claim_run_dir
     ref, cache = clean
     dead = 2**22 + 12345                                 # above pid_max's default: no such process
@@ -285,7 +285,7 @@ def test_8_stale_temporary_files_removed(in_scratch, clean):
                                              ("training.momentum=5", "[0, 1]"), ("training.warmup_epochs=400", "longer than"),
                                              ("stage2.warmup_epochs=200", "longer than"),
                                              ("stage2.moe.num_experts=7", "more than the 6 classes")])
-def test_9_refused_before_any_work(in_scratch, capsys, override, needle):
+def test_refused_before_any_work(in_scratch, capsys, override, needle):
     cache = in_scratch / "f9_cache"
     out = in_scratch / "f9_run"
     assert guide_main(["profile=smoke", override, f"stage1.cache_dir={cache}", f"hydra.run.dir={out}"]) == 2
@@ -293,7 +293,7 @@ def test_9_refused_before_any_work(in_scratch, capsys, override, needle):
     assert len(err) == 1 and needle in err[0] and not cache.exists() and not (out / "config.yaml").exists()
 
 
-def test_9_experts_beyond_the_classes_of_data_files(in_scratch):
+def test_experts_beyond_the_classes_of_data_files(in_scratch):
     "For data files the classes are known once the labels are read: still refused before stage 1 trains."
     p = write_files(in_scratch / "files9", seed=9, classes=3)
     cache = in_scratch / "f9_files_cache"
@@ -328,39 +328,56 @@ def subprocess_run(workdir: Path, stage: str, kill_after: int, out: Path, overri
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
+THREE = ["training.epochs=430", "seed=21"]         # 3 smoke epochs of stage 1
+
+
+@pytest.fixture(scope="module")
+def three_epochs(scratch):
+    "The uninterrupted stage-1 run (3 smoke epochs) the two stage-1 interruption tests compare against, trained once."
+    out, cwd = scratch / "three_epochs", os.getcwd()
+    os.chdir(scratch)                    # the session's data cache, as in_scratch's tests
+    try: run(NO_S2 + THREE + [f"stage1.cache_dir={scratch / 'three_epochs_cache'}"], out)
+    finally: os.chdir(cwd)
+    return out
+
+
 @pytest.mark.parametrize("stage,kill_after,extra", [
-    ("stage1", 2, ["training.epochs=430", "stage2.enabled=false"]),   # 3 stage-1 epochs: killed after epoch 1
-    ("stage2", 5, ["training.epochs=300", "stage2.epochs=20"]),       # killed after stage-2 epoch 4 of 20
+    ("stage1", 2, [*THREE, "stage2.enabled=false"]),                  # 3 stage-1 epochs: killed after epoch 1
+    ("stage2", 5, ["training.epochs=300", "seed=21", "stage2.epochs=8"]),   # killed after stage-2 epoch 4 of 8
 ])
-def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeypatch, stage, kill_after, extra):
+def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeypatch, capsys, request, stage, kill_after,
+                                                             extra):
     work = in_scratch / f"resume_{stage}"; work.mkdir()
-    base = ["profile=smoke", *SMALL, "seed=21", *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
-    own_stage1 = ["stage1.cache_dir=ref_cache"] if stage == "stage1" else []   # else: stage 1 trained once, shared
-    monkeypatch.chdir(work)                        # the uninterrupted reference runs in this process, from the same folder
-    run_experiment(compose_config(base + own_stage1), work / "ref", progress=False)
+    base = ["profile=smoke", *SMALL, *extra, f"data.cache_dir={in_scratch / 'runs' / 'cache'}"]   # the session's data
+    monkeypatch.chdir(work)
+    ref = work / "ref"
+    if stage == "stage1":                # the uninterrupted reference: shared with the Ctrl-C test below
+        ref = request.getfixturevalue("three_epochs")
+    else:                                # in this process, from the same folder (stage 1 trained once, shared)
+        run_experiment(compose_config(base), ref, progress=False)
     killed = subprocess_run(work, stage, kill_after, work / "killed", base)
     assert killed.returncode == -signal.SIGKILL and not (work / "killed" / "metrics.json").exists()
     states = list(work.rglob("resume.pt")) + list((in_scratch / "runs" / "cache").rglob("resume.pt"))
     assert len(states) == 1 and stage in str(states[0])
-    again = subprocess_run(work, "none", 0, work / "again", base)    # a new run folder, the same config
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming after epoch {kill_after - 1}" in again.stdout
-    a, b = (json.loads((work / d / "metrics.json").read_text()) for d in ("ref", "again"))
+    capsys.readouterr()
+    run_experiment(compose_config(base), work / "again", progress=False)   # a new run folder, the same config, here
+    assert f"resuming after epoch {kill_after - 1}" in capsys.readouterr().out
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (ref, work / "again"))
     same_result(a, b)
     assert a["stage1"]["key"] == b["stage1"]["key"] and (a["stage2"] or {}).get("best_epoch") == (b["stage2"] or {}).get("best_epoch")
     assert b["stage1"]["source"] == ("trained" if stage == "stage1" else "cache")
     assert not list(work.rglob("resume.pt")) and not list((in_scratch / "runs" / "cache").rglob("resume.pt"))
     assert not leftovers(work / "runs", work / "again")
-    drop_seconds = lambda d: [l.rsplit(",", 1)[0] for l in (work / d / "log.csv").read_text().splitlines()]
-    assert drop_seconds("again") == drop_seconds("ref")             # the log: every epoch once, the same numbers
+    drop_seconds = lambda d: [l.rsplit(",", 1)[0] for l in (d / "log.csv").read_text().splitlines()]
+    assert drop_seconds(work / "again") == drop_seconds(ref)        # the log: every epoch once, the same numbers
 
 
-def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, monkeypatch, capsys):
+def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, monkeypatch, capsys, three_epochs):
     import ltsei.train as T
     monkeypatch.setattr(T.Resume, "due", lambda self: True)
     cache = in_scratch / "fc_cache"
-    args = NO_S2 + ["training.epochs=430", "seed=31", f"stage1.cache_dir={cache}"]      # 3 smoke epochs
-    ref = run(args[:-1] + [f"stage1.cache_dir={in_scratch / 'fc_ref'}"], in_scratch / "fc_ref_run")
+    args = NO_S2 + THREE + [f"stage1.cache_dir={cache}"]                                  # 3 smoke epochs
+    ref = json.loads((three_epochs / "metrics.json").read_text())                        # the same run, uninterrupted
     real_save, n = T.Resume.save, [0]
     def interrupted(self, state):
         real_save(self, state); n[0] += 1

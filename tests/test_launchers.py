@@ -279,6 +279,20 @@ def test_failed_row_is_reported_and_the_others_go_on(tmp_path):
     assert [t.todo for t in again] == [t.row.id == FAIL_ROW for t in again]
 
 
+def test_the_real_row_executor_travels_to_a_worker(tmp_path):
+    """The tables tests above ship DemoExecute; Ray and submitit ship the executor `ltsei reproduce` builds: the real one
+    (the experiment notebook, the real composer and runner) must pickle to a worker whole, as theirs does. (Its run
+    itself: test_reproduce.py::test_real_run_through_the_experiment_notebook.)"""
+    import cloudpickle
+    from ltsei.orchestration.kernels import RowExecutor
+    from ltsei.orchestration.reproduce import load_notebook
+    from ltsei.orchestration.row_runs import REAL_FUNCS
+    ex = RowExecutor(PROFILE, funcs=REAL_FUNCS, runs_dir=str(tmp_path), nb=load_notebook("experiment.ipynb"), warm=2)
+    back = cloudpickle.loads(cloudpickle.dumps(ex))
+    assert back == ex and back.funcs == REAL_FUNCS and back.nb.cells[0].source == ex.nb.cells[0].source
+    for spec in REAL_FUNCS.values(): assert callable(load_callable(spec))
+
+
 # ---------------------------------------------------------------- warm kernels
 
 def test_warm_kernels_hand_out_started_kernels_that_ran_only_imports():

@@ -48,7 +48,8 @@ def public(tmp_path, monkeypatch):
 
 def test_recipe_runs_to_metrics(public, capsys):
     out = public / "run"
-    argv = RECIPE.format(d=public / "adsb").split() + ["profile=smoke", "training.num_threads=1", f"hydra.run.dir={out}"]
+    argv = RECIPE.format(d=public / "adsb").split() + ["profile=smoke", "training.num_threads=1", f"hydra.run.dir={out}",
+                                                     "training.epochs=150"]   # one smoke epoch: the data's handling is under test
     assert guide_main(argv) == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     left = TRAIN - np.bincount(np.repeat(np.arange(K), TRAIN)[list(SHARED)], minlength=K)   # the shared frames dropped

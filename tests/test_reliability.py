@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT, SMALL, ext4
 from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, clean_main, leftovers,
@@ -33,7 +34,7 @@ def one_line(capsys) -> str:
 
 # ---- 1: ltsei frames on a full disk --------------------------------------------------------------------------
 
-def test_1_frames_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, capsys):
+def test_frames_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, capsys):
     with ext4(tmp_path / "mnt", 4) as mnt:
         out = mnt / "out"
         assert ltsei_main(["frames", str(MODES1), "--sample-rate", "2e6", "--out", str(out)]) == 0
@@ -54,7 +55,7 @@ def test_1_frames_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, 
 
 @pytest.mark.parametrize("flag, words", [("--snr-db-min=-1000", "synth.snr_db_min=-1000.0: expected a ratio in dB"),
                                          ("--snr-db-max=inf", "synth.snr_db_max=inf: expected a finite number")])
-def test_2_synth_refuses_values_that_give_no_finite_data(tmp_path, capsys, flag, words):
+def test_synth_refuses_values_that_give_no_finite_data(tmp_path, capsys, flag, words):
     assert ltsei_main(["synth", "--preset", "smoke", flag, "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert words in one_line(capsys) and not (tmp_path / "d").exists()
 
@@ -63,7 +64,7 @@ def test_2_synth_refuses_values_that_give_no_finite_data(tmp_path, capsys, flag,
                                          ("num_emitters: .inf", "num_emitters=inf: expected a finite int"),
                                          ("num_emitters: .nan", "num_emitters=nan: expected a finite int"),
                                          ("snr_db_max: 1e400", "snr_db_max=inf: expected a finite float")])
-def test_2_a_preset_value_is_named_with_its_file_and_key(tmp_path, capsys, line, words):
+def test_a_preset_value_is_named_with_its_file_and_key(tmp_path, capsys, line, words):
     p = tmp_path / "mine.yaml"; p.write_text(line + "\n")
     assert ltsei_main(["synth", "--preset", str(p), "--out", str(tmp_path / "d"), "--quiet"]) == 2
     msg = one_line(capsys)
@@ -71,7 +72,7 @@ def test_2_a_preset_value_is_named_with_its_file_and_key(tmp_path, capsys, line,
     assert guide_main(["profile=smoke", f"data.synth.preset={p}"]) == 2 and words in one_line(capsys)
 
 
-def test_2_a_generated_data_set_is_checked_finite_before_it_is_published(tmp_path):
+def test_a_generated_data_set_is_checked_finite_before_it_is_published(tmp_path):
     from dataclasses import replace
     from ltsei.synth import SYNTH_PRESETS, check_finite, generate_synth
     cfg = replace(SYNTH_PRESETS["smoke"], num_emitters=2, pool_per_class=3, val_per_class=1, test_per_class=1)
@@ -84,7 +85,7 @@ def test_2_a_generated_data_set_is_checked_finite_before_it_is_published(tmp_pat
 
 # ---- 3: the fit never replaces a user's file ----------------------------------------------------------------
 
-def test_3_realism_fit_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+def test_realism_fit_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
     mine = tmp_path / "mine.yaml"; mine.write_text("# my own preset\nsnr_db_min: 10\n")
     assert ltsei_main(["realism", "--fit", str(tmp_path / "none.npy"), "--out", str(mine)]) == 2
     assert "was not written by ltsei realism --fit" in one_line(capsys)
@@ -99,7 +100,7 @@ def _work(root: Path, key: str, resume: bool) -> Path:
     return w
 
 
-def test_4_clean_follows_LTSEI_RUNS_and_keeps_resumable_work(tmp_path, monkeypatch, capsys):
+def test_clean_follows_LTSEI_RUNS_and_keeps_resumable_work(tmp_path, monkeypatch, capsys):
     runs = tmp_path / "results"
     s1 = runs / "cache" / "stage1"
     res, empty = _work(s1, "a" * 16, True), _work(s1, "b" * 16, False)
@@ -111,7 +112,7 @@ def test_4_clean_follows_LTSEI_RUNS_and_keeps_resumable_work(tmp_path, monkeypat
     assert clean_main(["--include-resumable"]) == 0 and not res.exists()
 
 
-def test_4_clean_never_removes_an_entry_a_live_or_recent_run_may_use(tmp_path, capsys):
+def test_clean_never_removes_an_entry_a_live_or_recent_run_may_use(tmp_path, capsys):
     runs = tmp_path / "runs"
     e = CacheEntry(runs / "cache" / "stage1", "c" * 16)
     with e.lock(), e.building() as tmp:
@@ -129,7 +130,7 @@ def test_4_clean_never_removes_an_entry_a_live_or_recent_run_may_use(tmp_path, c
     assert clean_main(["--runs-dir", str(runs)]) == 0 and not e.path.exists()
 
 
-def test_4_clean_lists_and_removes_interrupted_adhoc_runs_only(tmp_path, capsys):
+def test_clean_lists_and_removes_interrupted_adhoc_runs_only(tmp_path, capsys):
     runs = tmp_path / "runs"
     dead = claim_run_dir(runs / "smoke" / "adhoc" / "killed")
     atomic_write_json(dead / ACTIVE_MARK, {"ltsei": "active", "host": host_name(), "pid": 2 ** 22 + 7})
@@ -147,14 +148,14 @@ def test_4_clean_lists_and_removes_interrupted_adhoc_runs_only(tmp_path, capsys)
                                              ("stage1.cache_dir=/usr/lib", "is a system folder"),
                                              ("hydra.job.name=../../x", "hydra.job.name='../../x': expected a plain name"),
                                              ("hydra.sweep.subdir=../x", "expected a plain name")])
-def test_5_no_cache_or_log_outside_ltseis_folders(tmp_path, monkeypatch, capsys, override, words):
+def test_no_cache_or_log_outside_ltseis_folders(tmp_path, monkeypatch, capsys, override, words):
     monkeypatch.setenv("LTSEI_RUNS", str(tmp_path / "runs"))
     etc = sorted(os.listdir("/etc"))
     assert guide_main(["profile=smoke", override]) == 2
     assert words in one_line(capsys) and not (tmp_path / "runs").exists() and sorted(os.listdir("/etc")) == etc
 
 
-def test_5_a_file_or_a_users_folder_as_the_cache_is_refused(tmp_path, monkeypatch, capsys):
+def test_a_file_or_a_users_folder_as_the_cache_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LTSEI_RUNS", str(tmp_path / "runs"))
     (tmp_path / "afile").write_text("x"); (tmp_path / "thesis").mkdir(); (tmp_path / "thesis" / "ch1.tex").write_text("x")
     assert guide_main(["profile=smoke", f"data.cache_dir={tmp_path / 'afile'}"]) == 2
@@ -171,7 +172,7 @@ NOISE = np.random.default_rng(0).normal(size=(30, 64, 2)).astype(np.float32)
 @pytest.mark.parametrize("frames, words", [(np.full((30, 64, 2), np.nan, np.float32), "frames hold samples that are not finite"),
                                            (NOISE.copy(), None),
                                            (NOISE[:1].copy(), "1 frame: a fit needs at least 20")])
-def test_6_the_fit_refuses_frames_it_cannot_fit(tmp_path, capsys, frames, words):
+def test_the_fit_refuses_frames_it_cannot_fit(tmp_path, capsys, frames, words):
     if words is None:       # one NaN sample among finite frames
         frames[3, 10, 0] = np.nan; words = "1 of 30 frames hold samples that are not finite"
     np.save(tmp_path / "X.npy", frames)
@@ -182,7 +183,7 @@ def test_6_the_fit_refuses_frames_it_cannot_fit(tmp_path, capsys, frames, words)
 
 # ---- 7: messages ---------------------------------------------------------------------------------------------------
 
-def test_7_a_stray_label_is_named_with_its_frame(tmp_path, capsys):
+def test_a_stray_label_is_named_with_its_frame(tmp_path, capsys):
     x = np.zeros((40, 64, 2), np.float32); x[:, :, 0] = np.arange(40)[:, None]
     y = np.arange(40) % 10; y[17] = 1000
     for n in ("train", "test"): np.save(tmp_path / f"X_{n}.npy", x); np.save(tmp_path / f"Y_{n}.npy", y if n == "train" else y % 10)
@@ -196,7 +197,7 @@ def test_7_a_stray_label_is_named_with_its_frame(tmp_path, capsys):
 
 @pytest.mark.parametrize("path, words", [("DIR", "is a folder: expected a recording file"),
                                          ("/dev/zero", "is a device or other special file")])
-def test_7_frames_names_what_is_not_a_recording(tmp_path, capsys, path, words):
+def test_frames_names_what_is_not_a_recording(tmp_path, capsys, path, words):
     p = str(tmp_path) if path == "DIR" else path
     assert ltsei_main(["frames", p, "--sample-rate", "2e6", "--out", str(tmp_path / "o")]) == 2
     assert words in one_line(capsys)
@@ -247,32 +248,57 @@ def test_ctrl_c_says_that_the_same_command_resumes(tmp_path, monkeypatch, capsys
 
 # ---- issue 31: papermill by hand, the real path ----------------------------------------------------------------
 
-def papermill(tmp_path, *params) -> subprocess.CompletedProcess:
-    "papermill on the real notebook from the repository root, under the session's results root (its caches shared)."
-    args = [sys.executable, "-m", "papermill", "nbs/experiment.ipynb", str(tmp_path / "out.ipynb"), "--log-level", "ERROR"]
+def papermill(tmp_path, cwd, *params) -> subprocess.CompletedProcess:
+    "papermill on the repository's real notebook from the folder `cwd`, under the session's results root (its caches shared)."
+    args = [sys.executable, "-m", "papermill", str(ROOT / "nbs" / "experiment.ipynb"), str(tmp_path / "out.ipynb"),
+            "--log-level", "ERROR"]
     for k, v in zip(params[::2], params[1::2]): args += ["-p", k, v]
-    return subprocess.run(args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
 
 
 def test_papermill_by_hand_on_the_real_notebook_writes_a_complete_run_twice(tmp_path):
+    """`papermill nbs/experiment.ipynb OUT -p row_id ...` by hand, the real composer and runner: from nbs/ and then from
+    another folder, into the same run folder under the results root (here $LTSEI_RUNS, the session's; without it the
+    notebook's `resolve_runs_dir(None)` is the repository's runs/, test_user_messages.py::test_one_results_root), with
+    its row.json, out of the tables; a refused profile before any folder."""
+    import nbformat
     from ltsei.rows import ROWS_BY_ID
     from ltsei.storage import resolve_runs_dir
+    from ltsei.tables import collect_results
     runs = resolve_runs_dir(None)                           # conftest: the session's scratch runs/
-    ov = " ".join([*ROWS_BY_ID["s1_1_ce"].run_args, *SMALL, "training.epochs=150"])   # one smoke epoch
+    row = ROWS_BY_ID["s1_1_ce"]
+    ov = " ".join([*row.run_args, *SMALL, "training.epochs=150"])   # one smoke epoch
     seed = runs / "smoke" / "by-hand" / "1.1" / "s1_1_ce" / "seed7"
     shutil.rmtree(seed, ignore_errors=True)
     stamps = []
-    for _ in range(2):                                    # a second call into the same folder works too
-        r = papermill(tmp_path, "row_id", "s1_1_ce", "profile", "smoke", "seed", "7", "overrides", ov)
+    for cwd in (ROOT / "nbs", tmp_path / "elsewhere"):    # a second call, from elsewhere, into the same folder works too
+        cwd.mkdir(exist_ok=True)
+        r = papermill(tmp_path, cwd, "row_id", "s1_1_ce", "profile", "smoke", "seed", "7", "overrides", ov)
         assert r.returncode == 0, r.stderr[-2000:]
         m = json.loads((seed / "metrics.json").read_text())
         assert m["test"]["acc"] is not None and json.loads((seed / "row.json").read_text())["by_hand"] is True
         assert (seed / RUN_MARK).is_file() and not (seed / ACTIVE_MARK).exists()
+        cfg = yaml.safe_load((seed / "config.yaml").read_text())                   # the caches under the same root
+        assert (cfg["data"]["cache_dir"], cfg["stage1"]["cache_dir"]) == (str(runs / "cache"), str(runs / "cache" / "stage1"))
+        nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert sum("image/png" in o.get("data", {}) for o in outs) == 2          # recall vs count, confusion; no gate
+        assert any("No MoE-LTSEI head in this row" in o.get("text", "") for o in outs)
+        assert nb.cells[-1].outputs[-1]["text"].startswith(f"[ltsei] files: {seed}")   # it ends naming its folder
         stamps.append((seed / "metrics.json").stat().st_mtime_ns)
     assert stamps[1] > stamps[0]
+    assert str(seed) not in set(collect_results(runs, "smoke", [row])[0].path)    # a run by hand: out of the tables
+    assert not (ROOT / "nbs" / "runs" / seed.relative_to(runs)).exists() and not (tmp_path / "elsewhere" / "runs").exists()
+    # a refused profile, before any folder: the notebook's parameters and its first code cell, run here (the same source
+    # a kernel runs; a third papermill would add only its start-up, about 7 CPU s)
     before = sorted(os.listdir(runs.parent))
-    r = papermill(tmp_path, "row_id", "s1_1_ce", "profile", "../../x")               # refused before any folder
-    assert r.returncode != 0 and "profile '../../x': expected a profile name" in r.stderr
+    cells = [c for c in nbformat.read(ROOT / "nbs" / "experiment.ipynb", as_version=4).cells if c.cell_type == "code"]
+    first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    ns = {}
+    exec(cells[first].source, ns)
+    ns.update(row_id="s1_1_ce", profile="../../x")                                  # as papermill's -p injects them
+    with pytest.raises(ValueError, match=r"profile '\.\./\.\./x': expected a profile name"):
+        exec(cells[first + 1].source, ns)
     assert sorted(os.listdir(runs.parent)) == before and not (runs / "x").exists() and not (runs.parent / "x").exists()
 
 
@@ -288,17 +314,24 @@ def test_realism_measures_frames_alignment_in_the_references_convention(tmp_path
     assert -500 < files_median < 500, line
 
 
-def test_7_a_huge_synth_says_how_long_first_and_a_kill_leaves_nothing(tmp_path):
-    "Issue 33, case 7: 100,000 emitters x 1 frame gave no estimate first, and a kill left 446 MiB and no word."
+def test_a_huge_synth_says_how_long_first_and_a_kill_leaves_nothing(tmp_path):
+    """Issue 33, case 7: 100,000 emitters x 1 frame gave no estimate first (the per-emitter work was not counted), and a
+    kill left 446 MiB and no word. The estimate of that request is checked here; the command is run with 20,000
+    emitters x 1 frame (an estimate too, and five times less set-up before the first file than 100,000)."""
     import signal
+    from dataclasses import replace
+    from ltsei.estimate import synth_estimate_line
+    from ltsei.synth import SYNTH_PRESETS
+    huge = replace(SYNTH_PRESETS["quick"], num_emitters=100_000, pool_per_class=1, val_per_class=1, test_per_class=1)
+    assert "300,000 frames of 768 samples for 100,000 emitters" in (synth_estimate_line(huge) or "")
     out = tmp_path / "big"
     code = "import sys; from ltsei.cli import main; sys.exit(main(sys.argv[1:]))"
-    p = subprocess.Popen([sys.executable, "-c", code, "synth", "--preset", "quick", "--num-emitters", "100000",
+    p = subprocess.Popen([sys.executable, "-c", code, "synth", "--preset", "quick", "--num-emitters", "20000",
                           "--pool-per-class", "1", "--val-per-class", "1", "--test-per-class", "1", "--workers", "1",
                           "--quiet", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = p.stdout.readline()                 # the estimate comes before any work
-        assert line.startswith("[ltsei] estimate:") and "100,000 emitters" in line, line
+        assert line.startswith("[ltsei] estimate:") and "20,000 emitters" in line, line
         deadline = time.time() + 120
         while time.time() < deadline and not list(tmp_path.glob(".big.tmp*/.generate/*")): time.sleep(0.2)
         assert list(tmp_path.glob(".big.tmp*/.generate/*")), "the generation never started"

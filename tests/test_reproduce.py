@@ -259,25 +259,6 @@ def test_experiment_notebook_parameters():
     assert nb.cells[0].cell_type == "raw" and "skip_exec: true" in nb.cells[0].source
 
 
-def test_reproduce_end_to_end_with_papermill(tmp_path, capfd):
-    """Two rows through papermill (made-up results): executed notebooks, metrics, tables, the report; no kernel
-    complains on the console (the kernels are shut down without a SIGINT)."""
-    runs = tmp_path / "runs"
-    assert reproduce_main(["--profile", "smoke", "--rows", "s1_1_ce,s4_4_e2", "--runs-dir", str(runs), "--jobs", "2", "--demo"]) == 0
-    err = capfd.readouterr().err
-    assert "KeyboardInterrupt" not in err and "ERROR" not in err, err[-2000:]
-    for r in ("s1_1_ce", "s4_4_e2"):
-        d = run_dir(runs, "smoke", ROWS_BY_ID[r], 0)
-        assert run_status(d, ROWS_BY_ID[r]) == "complete"
-        import nbformat
-        nb = nbformat.read(d / "experiment.ipynb", as_version=4)
-        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-        assert not [o for o in outs if o.output_type == "error"]
-        n_png = sum("image/png" in o.get("data", {}) for o in outs)
-        assert n_png == (3 if r == "s4_4_e2" else 2)  # recall vs count, confusion, (gate usage for MoE-LTSEI)
-    assert (runs / "smoke" / "tables" / "main.md").exists() and (runs / "smoke" / "report.html").exists()
-
-
 def test_ctrl_c_stops_running_runs_at_once():
     """On Ctrl-C, run_local_pool calls `interrupt` (ltsei reproduce: kill the running kernels), marks the running runs
     'interrupted', starts nothing more and re-raises."""
@@ -298,21 +279,25 @@ def test_ctrl_c_stops_running_runs_at_once():
     assert started == ["a", "b"] and [t.status for t in tasks] == ["interrupted", "interrupted", "missing"]
 
 
-def test_real_run_through_the_experiment_notebook(in_scratch):
-    """One guide row at the smoke profile through papermill and the real compose_config / run_experiment."""
+def test_real_run_through_the_experiment_notebook(in_scratch, capfd):
+    """`ltsei reproduce` end to end on the real code: one guide row (two-stage, MoE-LTSEI) at the smoke profile through
+    papermill and the real compose_config / run_experiment, the tables and the report (rendered by a kernel of its own);
+    no kernel complains on the console (the kernels are shut down without a SIGINT)."""
     import nbformat
     runs = in_scratch / "runs_reproduce"
-    assert reproduce_main(["--profile", "smoke", "--rows", "s5_2_short", "--runs-dir", str(runs), "--no-report"]) == 0
+    assert reproduce_main(["--profile", "smoke", "--rows", "s5_2_short", "--runs-dir", str(runs), "--jobs", "1"]) == 0
+    err = capfd.readouterr().err
+    assert "KeyboardInterrupt" not in err and "ERROR" not in err, err[-2000:]
     row = ROWS_BY_ID["s5_2_short"]
     d = run_dir(runs, "smoke", row, 0)
     m = read_metrics(d)
-    assert m is not None and "demo" not in m and m.get("routing")
+    assert run_status(d, row) == "complete" and m is not None and "demo" not in m and m.get("routing")
     assert (d / "config.yaml").exists() and json.loads((d / "row.json").read_text())["overrides"] == row.run_args
     nb = nbformat.read(d / "experiment.ipynb", as_version=4)
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outs) == 3
-    assert (runs / "smoke" / "tables" / "main.md").exists()
+    assert sum("image/png" in o.get("data", {}) for o in outs) == 3    # recall vs count, confusion, gate usage
+    assert (runs / "smoke" / "tables" / "main.md").exists() and (runs / "smoke" / "report.html").exists()
 
 
 # ---------------------------------------------------------------- integrity: one writer per run, atomic tables, Ctrl-C
@@ -463,32 +448,3 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, mode):
     lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip() and not l.startswith("runs:")]
     assert len(lines) == 1 and "interrupted" in lines[0], lines
     assert (runs / "smoke" / "tables" / "main.md").read_text() == "earlier"
-
-
-def test_papermill_by_hand_writes_under_the_repositorys_runs(tmp_path):
-    """`papermill nbs/experiment.ipynb ...` from nbs/ and from outside the repository: results and caches go to the
-    repository's runs/ (here a copy of the repository, so that the real runs/ is left alone), under by-hand/ with its
-    row.json, out of the tables."""
-    import shutil
-    import nbformat
-    from ltsei.tables import collect_results
-    repo = tmp_path / "repo"
-    shutil.copytree(ROOT / "ltsei", repo / "ltsei", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "nbs").mkdir(); shutil.copy(ROOT / "nbs" / "experiment.ipynb", repo / "nbs")
-    env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1").items() if k != "LTSEI_RUNS"}
-    for seed, cwd in enumerate([repo / "nbs", tmp_path / "elsewhere"]):
-        cwd.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "papermill", str(repo / "nbs" / "experiment.ipynb"), str(tmp_path / f"out{seed}.ipynb"),
-               "-p", "row_id", "s3_1_crt", "-p", "seed", str(seed), "-p", "composer", "ltsei.demo:demo_compose_config",
-               "-p", "runner", "ltsei.demo:demo_run_experiment", "-k", "python3"]
-        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-3000:]
-        d = repo / "runs" / "smoke" / "by-hand" / "3.1" / "s3_1_crt" / f"seed{seed}"     # a run by hand: out of the tables
-        assert read_metrics(d) is not None, (cwd, p.stderr[-2000:])
-        assert f"data.cache_dir={repo / 'runs' / 'cache'}\n" in (d / "config.yaml").read_text()
-        assert json.loads((d / "row.json").read_text())["by_hand"] is True          # recorded like any run
-        last = nbformat.read(tmp_path / f"out{seed}.ipynb", as_version=4).cells[-1].outputs[-1]["text"]
-        assert last.startswith(f"[ltsei] files: {d}")                                # it ends naming its folder
-    assert collect_results(repo / "runs", "smoke")[0].empty                                 # kept out of the tables
-    assert not (repo / "nbs" / "runs").exists() and not (tmp_path / "elsewhere" / "runs").exists()
-    assert not (tmp_path / "runs").exists()

@@ -1,10 +1,11 @@
-"""Fault injection, second pass (issue 19): one test per numbered case.
+"""Faults met by the commands around the runs (main.py, `ltsei reproduce`, `ltsei synth`, `ltsei clean`, the Slurm
+launcher), one test per case (the cases of issue 19, in its order):
 
-1 never delete or overwrite what ltsei did not write  2 a real full disk (ext4 loop image where root may mount it)
-3 checks before any folder exists  4 frames whose scale makes normalisation meaningless  5 seeds remembered
-6 `ltsei clean`  7 `--launcher slurm` without SLURM  8 the open items: Ctrl-C starting one more row, SLURM UNKNOWN,
-the job ledger's lock, a failed publish of a finished stage 1, stale-temp cleaning on another host's marker.
-Only 8d trains (one smoke stage 1 of one epoch); the rest run in seconds."""
+never delete or overwrite what ltsei did not write; a real full disk (ext4 loop image where root may mount it);
+checks before any folder exists; frames whose scale makes normalisation meaningless; seeds remembered;
+`ltsei clean`; `--launcher slurm` without SLURM; Ctrl-C starting one more row, SLURM UNKNOWN, the job ledger's lock,
+a failed publish of a finished stage 1, stale-temp cleaning on another host's marker.
+Only `test_failed_publish_keeps_the_finished_stage1` trains (one smoke stage 1 of one epoch); the rest run in seconds."""
 import contextlib, errno, json, os, shutil, signal, subprocess, threading, time
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +44,7 @@ def listing(folder: Path) -> dict:
 
 # ---- 1: never delete or overwrite what ltsei did not write ---------------------------------------------
 
-def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
+def test_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for d in ("D/thesis.old2019", "D/tensorboard", "C2/photos.old1999"):
         (tmp_path / d).mkdir(parents=True); (tmp_path / d / "f.txt").write_text("mine")
@@ -77,7 +78,7 @@ def test_1_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
 
 
 
-def test_2_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch, capsys):
+def test_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch, capsys):
     import ltsei.synth as S
     from ltsei.synth import SYNTH_PRESETS, load_synth
     with ext4(tmp_path / "mnt", 12) as mnt:
@@ -107,7 +108,7 @@ def test_2_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch, capsys)
     assert isinstance(short, StorageError) and short.errno == errno.ENOSPC and "/x/Y_pool.npy" in str(short)
 
 
-def test_2_request_larger_than_the_disk_is_refused_before_it_starts(tmp_path, capsys):
+def test_request_larger_than_the_disk_is_refused_before_it_starts(tmp_path, capsys):
     t0 = time.time()
     rc = guide_main(["profile=smoke", "data.synth.num_emitters=1000000", f"data.cache_dir={tmp_path / 'c'}",
                      f"hydra.run.dir={tmp_path / 'run'}"])
@@ -126,7 +127,7 @@ CHECKS = [("training.num_threads=100000", "CPUs of this machine"), ("seed=-1", "
 
 
 @pytest.mark.parametrize("override,needle", CHECKS, ids=[c[0].split("=")[0] for c in CHECKS])
-def test_3_checked_before_any_folder(tmp_path, capsys, monkeypatch, override, needle):
+def test_checked_before_any_folder(tmp_path, capsys, monkeypatch, override, needle):
     monkeypatch.chdir(tmp_path)
     args = ["profile=smoke", override.replace("RUN", str(tmp_path)), f"data.cache_dir={tmp_path / 'c'}",
             f"stage1.cache_dir={tmp_path / 's1'}"] + ([] if override.startswith("hydra") else [f"hydra.run.dir={tmp_path / 'run'}"])
@@ -136,7 +137,7 @@ def test_3_checked_before_any_folder(tmp_path, capsys, monkeypatch, override, ne
     assert list(tmp_path.iterdir()) == []                                       # no folder, no cache, no run
 
 
-def test_3_runs_dir_with_interpolation_is_one_line(tmp_path, capsys):
+def test_runs_dir_with_interpolation_is_one_line(tmp_path, capsys):
     assert main(["reproduce", "--runs-dir", str(tmp_path / "r${x}"), "--demo", "--profile", "smoke", "--rows", "s1_1_ce"]) == 2
     err = errors(capsys)
     assert len(err) == 1 and "--runs-dir" in err[0] and "'${'" in err[0] and list(tmp_path.iterdir()) == []
@@ -144,7 +145,7 @@ def test_3_runs_dir_with_interpolation_is_one_line(tmp_path, capsys):
 
 # ---- 4: frames whose scale makes normalisation meaningless ---------------------------------------------
 
-def test_4_frame_scale_is_checked(tmp_path):
+def test_frame_scale_is_checked(tmp_path):
     from ltsei.data import DataConfig, load_data
     rng = np.random.default_rng(4)
     y = np.repeat(np.arange(3), 12)
@@ -166,7 +167,7 @@ def test_4_frame_scale_is_checked(tmp_path):
 
 # ---- 5: the seeds and rows a results folder was asked for ------------------------------------------------
 
-def test_5_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch, capsys):
+def test_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch, capsys):
     import ltsei.cache as C
     import ltsei.orchestration.reproduce as rp
     from ltsei.demo import demo_compose_config, demo_run_experiment
@@ -200,7 +201,7 @@ def reproduce(argv):
 
 # ---- 6: ltsei clean --------------------------------------------------------------------------------------
 
-def test_6_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
+def test_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
     runs = tmp_path / "runs"; s1 = runs / "cache" / "stage1"
     def entry(key, damaged=False):
         e = CacheEntry(s1, key)
@@ -232,7 +233,7 @@ def test_6_ltsei_clean_lists_and_removes_only_its_own(tmp_path, capsys):
 
 # ---- 7: --launcher slurm without SLURM ------------------------------------------------------------------
 
-def test_7_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     rc = main(["reproduce", "--launcher", "slurm", "--runs-dir", str(tmp_path / "runs"), "--demo", "--profile", "smoke",
                "--rows", "s1_1_ce"])
@@ -243,7 +244,7 @@ def test_7_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatc
 
 # ---- 8: the open items -------------------------------------------------------------------------------------
 
-def test_8a_ctrl_c_starts_no_further_row(tmp_path, monkeypatch):
+def test_ctrl_c_starts_no_further_row(tmp_path, monkeypatch):
     import ltsei.orchestration.row_runs as rp
     from ltsei.orchestration.local_launcher import run_local_pool as run_tasks
     from ltsei.orchestration.row_runs import RowRun as Task
@@ -267,7 +268,7 @@ def test_8a_ctrl_c_starts_no_further_row(tmp_path, monkeypatch):
     assert [t.status for t in tasks] == ["interrupted", "interrupted"]
 
 
-def test_8b_slurm_unknown_state_ends(monkeypatch):
+def test_slurm_unknown_state_ends(monkeypatch):
     from ltsei.orchestration.slurm_launcher import ACTIVE_SLURM_STATES, poll_job
     class Job:
         job_id, state = "77_0", "UNKNOWN"
@@ -278,7 +279,7 @@ def test_8b_slurm_unknown_state_ends(monkeypatch):
     assert out["status"] == "failed" and "UNKNOWN for 61 s" in out["error"] and "UNKNOWN" not in ACTIVE_SLURM_STATES
 
 
-def test_8c_job_ledger_is_updated_under_a_lock(tmp_path):
+def test_job_ledger_is_updated_under_a_lock(tmp_path):
     from ltsei.orchestration.launchers import LaunchOptions
     from ltsei.orchestration.slurm_launcher import read_ledger, update_ledger
     opts = LaunchOptions(runs_dir=tmp_path, profile="smoke")
@@ -288,7 +289,7 @@ def test_8c_job_ledger_is_updated_under_a_lock(tmp_path):
     assert sorted(read_ledger(opts)) == sorted(f"r{i}/seed0" for i in range(16))
 
 
-def test_8d_failed_publish_keeps_the_finished_stage1(in_scratch, monkeypatch, capsys):
+def test_failed_publish_keeps_the_finished_stage1(in_scratch, monkeypatch, capsys):
     import ltsei.cache as C
     import ltsei.run as R
     from ltsei.run import run_experiment
@@ -311,7 +312,7 @@ def test_8d_failed_publish_keeps_the_finished_stage1(in_scratch, monkeypatch, ca
     assert m["stage1"]["source"] == "trained" and (Path(m["stage1"]["path"]) / "manifest.json").is_file()
 
 
-def test_8e_stale_temps_judged_on_their_own_host_only(tmp_path):
+def test_stale_temps_judged_on_their_own_host_only(tmp_path):
     here, there = marked(tmp_path / f".a.tmp{DEAD}-01"), marked(tmp_path / f".b.tmp{DEAD}-02", host="another-node")
     (tmp_path / f"c.tmp{DEAD}").mkdir()                                     # no marker: whatever its name, not ours
     assert clean_stale(tmp_path) == [here]

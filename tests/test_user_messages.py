@@ -1,5 +1,6 @@
-"""A newcomer's first hour (issue 20): the time estimate before a paper-scale run on a CPU, one results root, the
-short header of main.py and its sweep table, --help, and the one line every command ends with naming its files."""
+"""What a user is told (a newcomer's first hour, issue 20): the time estimate before a paper-scale run on a CPU, one
+results root, the short header of main.py and its sweep table, --help, the one line every command ends with naming its
+files, the figures' footers and labels, and an empty `--rows` refused."""
 import json
 import os
 from pathlib import Path
