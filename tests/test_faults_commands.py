@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from ltsei.cache import CacheEntry, leftovers
+from ltsei.cache import CacheEntry
+from ltsei.clean import leftovers
 from ltsei.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, host_name,
                          storage_error)
 from ltsei.cli import guide_main, main
 from ltsei.config import compose_config
-from ltsei.rows import ROWS_BY_ID, run_dir
+from ltsei.rows import ROWS_BY_ID
+from ltsei.layout import run_dir
 from conftest import SMALL, ext4
 
 DEAD = 2**22 + 4321                          # above the default pid_max: no such process
@@ -168,7 +170,7 @@ def test_frame_scale_is_checked(tmp_path):
 # ---- 5: the seeds and rows a results folder was asked for ------------------------------------------------
 
 def test_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch, capsys):
-    import ltsei.cache as C
+    import ltsei.clean as C
     import ltsei.orchestration.reproduce as rp
     from ltsei.demo import demo_compose_config, demo_run_experiment
     from ltsei.orchestration.row_runs import prepare_row_run_dir, row_run_overrides
@@ -185,7 +187,7 @@ def test_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch,
     assert reproduce(base + ["--dry-run"]) == 0                                 # a plain rerun: the same request
     out = capsys.readouterr().out
     assert "continuing the request recorded" in out and "2 rows x 2 seed(s) = 4 runs; 3 complete" in out
-    from ltsei.tables import build_tables
+    from ltsei.report import build_tables
     t = build_tables(runs, "smoke")["tables"]["main"]["table"]
     assert list(t.cells.Seeds) == ["2", "1 of 2"]
     assert any("cRT: seed 0 run, seed 1 missing" in n for n in t.notes)

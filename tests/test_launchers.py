@@ -198,7 +198,7 @@ def launch(name, runs, fail=None, **opts):
 
 
 def tables(runs):
-    from ltsei.tables import build_tables
+    from ltsei.report import build_tables
     build_tables(runs, PROFILE)
     out = {p.name: p.read_text().replace(str(runs), "<runs>")         # all_runs.csv names each run's folder
            for p in sorted((runs / PROFILE / "tables").glob("*")) if p.is_file()}

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, SMALL, ext4
-from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, clean_main, leftovers,
-                         live_runs)
+from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, live_runs)
+from ltsei.clean import clean_main, leftovers
 from ltsei.cli import guide_main, main as ltsei_main
 from ltsei.storage import FileLock, atomic_write_json, host_name
 

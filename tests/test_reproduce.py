@@ -10,8 +10,9 @@ import pytest
 
 import ltsei.orchestration.reproduce as rp
 from ltsei.demo import demo_compose_config, demo_run_experiment, fake_metrics
-from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, read_metrics, run_dir, run_status, select_rows,
+from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, select_rows,
                         split_command)
+from ltsei.layout import read_metrics, run_dir, run_status
 from ltsei.storage import atomic_write_json
 from ltsei.orchestration.local_launcher import run_local_pool
 from ltsei.orchestration.reproduce import reproduce_main
@@ -321,11 +322,11 @@ def row_executor(profile, funcs, runs_dir, jobs, runs=0):
     return execute
 rp.row_executor, ll.kill_kernels = row_executor, stop.set
 if mode == "slow-tables":
-    import ltsei.tables
+    import ltsei.report
     def slow_build(runs_dir, profile):
         with open(log, "a") as f: f.write(f"{os.getpid()} tables\n")
         time.sleep(60)
-    ltsei.tables.build_tables = slow_build
+    ltsei.report.build_tables = slow_build
 from ltsei.cli import main
 sys.exit(main(["reproduce", *argv]))
 '''
@@ -373,7 +374,7 @@ def test_a_killed_lock_holder_releases_the_run(tmp_path):
 
 
 def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch):
-    import ltsei.tables as tb
+    import ltsei.report as tb
     from ltsei.demo import write_fake_runs
     runs = tmp_path / "runs"
     write_fake_runs(runs, "smoke", rows=select_rows("2.2"))

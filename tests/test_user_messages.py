@@ -152,12 +152,13 @@ def test_every_smoke_figure_carries_the_footer_and_no_legend_covers_data(monkeyp
     matplotlib.use("Agg")
     import pandas as pd
     from matplotlib.figure import Figure
-    import ltsei.tables as T
+    import ltsei.report as T
+    from ltsei.tables import SCORE_LABELS
     from ltsei.demo import write_fake_runs
     snr = pd.DataFrame([dict(row_id=i, method=ROWS_BY_ID[i].method, seed=s, snr_db=d, acc=.5 + .01 * d)
                         for i in ("s1_1_ce", "s3_1_crt") for s in (0, 1) for d in (13, 15, 17, 19, 21, 23)])
     os_runs = pd.DataFrame([dict(method=m, score=k, seed=s, auroc=.6, fpr_at_tpr=.5, oscr=.4)
-                            for m in ("CE", "cRT") for k in T.SCORE_LABELS for s in (0, 1)])
+                            for m in ("CE", "cRT") for k in SCORE_LABELS for s in (0, 1)])
     monkeypatch.setattr(T, "collect_snr", lambda *a: snr)
     monkeypatch.setattr(T, "collect_openset", lambda *a: os_runs)
     monkeypatch.setattr(T, "openset_tables", lambda *a: {})
