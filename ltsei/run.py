@@ -16,51 +16,18 @@ from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
 from .metrics import accuracy_by_snr
 from .openset import ScoringModel, score_openset
 from .models import create_model
-from .losses import create_loss, compat_loss
-from .samplers import create_sampler, compat_sampler
+from .samplers import sampler_from_config
 from .storage import (resolve_runs_dir, make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
                            DamagedCheckpoint)
 from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain, active_run, RUN_MARK, ACTIVE_MARK
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume, seed_fit_options
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
-from .moe_ltsei import config_groups, moe_record, routing_metrics
+from .moe_ltsei import config_groups, loss_from_config, moe_record, routing_metrics
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'RESUME_NOTE', 'config_loss_params', 'build_sampler', 'CheckpointError',
-           'stage1_payload', 'load_stage1_checkpoint', 'train_stage1', 'get_stage1', 'save_predictions', 'read_log',
-           'write_tensorboard', 'save_train_indices', 'scoring_model', 'run_extras', 'train_stage2_resumable',
-           'run_experiment']
-
-# %% ../nbs/17_run.ipynb #03d8cd3f
-def config_loss_params(name: str, cfg, stage: int) -> dict:
-    "Constructor arguments of loss `name` from the config (`loss.*` in stage 1, `stage2.*` in stage 2)."
-    l, s2 = cfg.loss, cfg.stage2
-    ldam = dict(max_margin=l.ldam_max_margin, scale=l.ldam_scale, drw_start=l.ldam_drw_start, reweight_power=l.ldam_reweight_power)
-    if stage == 1:
-        table = {"CrossEntropy": dict(label_smoothing=cfg.training.label_smoothing),
-                 "FocalLoss": dict(gamma=l.focal_gamma, alpha=OmegaConf.to_container(l.focal_alpha) if OmegaConf.is_config(l.focal_alpha) else l.focal_alpha),
-                 "ClassBalancedLoss": dict(beta=l.cb_beta), "LDAMLoss": ldam,
-                 "BalancedSoftmaxLoss": {}, "LogitAdjustmentLoss": dict(tau=l.logit_tau),
-                 "RIDELoss": dict(max_margin=l.ldam_max_margin, scale=float(cfg.model.expert_scale), drw_start=l.ldam_drw_start,
-                                  cb_beta=l.cb_beta, diversity_factor=l.ride_diversity_factor,
-                                  diversity_temperature=l.ride_diversity_temperature, reweight_factor=l.ride_reweight_factor),
-                 "SADELoss": dict(tau=l.sade_tau), "BalPoELoss": dict(tau_min=l.balpoe_tau_min, tau_max=l.balpoe_tau_max)}
-    else:
-        table = {"CrossEntropy": dict(label_smoothing=s2.label_smoothing), "FocalLoss": dict(gamma=s2.focal_gamma, alpha=None),
-                 "ClassBalancedLoss": dict(beta=s2.cb_beta), "BalancedSoftmaxLoss": {},
-                 "LogitAdjustmentLoss": dict(tau=s2.logit_tau), "CostSensitiveCE": dict(strategy=s2.cost_strategy),
-                 "LOS": dict(smoothing=s2.los_smoothing),
-                 "MoELTSEILoss": dict(num_experts=s2.moe.num_experts, **OmegaConf.to_container(s2.moe_loss),
-                                      **OmegaConf.to_container(cfg.experiment))}
-    if name not in table:
-        raise ValueError(f"{'loss.name' if stage == 1 else 'stage2.loss'}={name!r} cannot be used in stage {stage}; "
-                         f"expected one of {', '.join(table)}")
-    return table[name]
-
-# %% ../nbs/17_run.ipynb #eb57ac6d
-def build_sampler(name, labels, epochs, section, seed):
-    g = torch.Generator().manual_seed(seed)
-    return create_sampler(name, labels, epochs, section.alpha, section.alpha_start, section.alpha_end, g)
+__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'RESUME_NOTE', 'CheckpointError', 'stage1_payload', 'load_stage1_checkpoint',
+           'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard', 'save_train_indices',
+           'scoring_model', 'run_extras', 'train_stage2_resumable', 'run_experiment']
 
 # %% ../nbs/17_run.ipynb #c942a4e1
 CKPT_FORMAT = "ltsei-stage1-v1"
@@ -118,8 +85,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
-    loss_fn = compat_loss(cfg.loss.name, data.class_counts, cfg.compat, **config_loss_params(cfg.loss.name, cfg, 1))
-    sampler = build_sampler(compat_sampler(cfg.sampling.name, 1, cfg.compat), data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
+    loss_fn = loss_from_config(data.class_counts, cfg, 1)          # loss.name, built by its class (ltsei.moe_ltsei)
+    sampler = sampler_from_config(cfg, 1, data.train.y, cfg.seed)  # sampling.name as compat runs it (ltsei.samplers)
     opt = make_optimizer(model.parameters(), cfg.training.optimizer, cfg.training.lr, cfg.training.momentum, cfg.training.weight_decay)
     x_val = data.val.x.to(rt.device)      # validated every epoch: copied to the device once
     ev = lambda m: evaluate(m, x_val, data.val.y, cfg.training.eval_batch_size, rt, data.num_classes, data.groups)
@@ -309,8 +276,8 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
         slot.make_work()
         clean_stale(slot.work_dir)
         resume = Resume(slot.work_dir / "resume.pt", tag=key)
-        loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
-        sampler = build_sampler(compat_sampler(s2.sampler, 2, cfg.compat), data.train.y, s2.epochs, s2, cfg.seed + 1)
+        loss_fn = loss_from_config(data.class_counts, cfg, 2)
+        sampler = sampler_from_config(cfg, 2, data.train.y, cfg.seed + 1)
         try:
             res2 = train_stage2(model, data, s2, loss_fn=loss_fn, sampler=sampler, rt=rt,
                                 batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,
