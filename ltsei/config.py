@@ -494,19 +494,27 @@ def data_identity(data) -> dict:
                 for role, p in sorted(input_files(data).items())}
     return {"synth_key": synth_key(data.synth)}
 
-# %% ../nbs/16_config.ipynb #5c029ea8
-def numerics(cfg) -> dict:
-    """What changes the floating-point results besides the config: torch version, device type, the precision
-    `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
-    and, on the CPU, the thread count the vector instructions torch's kernels use (AVX2, AVX512, ...) and AMX."""
-    from ltsei.train import cpu_has_amx, gpu_identity, gpu_request, resolve_precision
+# %% ../nbs/16_config.ipynb #386188ab
+def _planned_numerics(cfg) -> tuple[torch.device, str]:
+    "The device and precision a run of `cfg` will use here, resolved as `make_runtime` will (for keys computed before a run)."
+    from ltsei.train import gpu_request, resolve_precision
     try: req = gpu_request(cfg.gpus)
     except ValueError: req = None                  # refused by check_machine before any run
     cuda = torch.cuda.is_available() and req != "cpu"
     dev = torch.device("cuda", req[0] if isinstance(req, list) and req[0] < torch.cuda.device_count() else 0) if cuda else torch.device("cpu")
-    device, cpu = dev.type, not cuda                # the device the run uses (select_device)
-    try: precision = resolve_precision(str(cfg.training.precision), dev)[0]
-    except ValueError: precision = str(cfg.training.precision)    # refused when the run starts (make_runtime)
+    try: return dev, resolve_precision(str(cfg.training.precision), dev)[0]
+    except ValueError: return dev, str(cfg.training.precision)    # refused when the run starts (make_runtime)
+
+# %% ../nbs/16_config.ipynb #5c029ea8
+def numerics(cfg, rt=None) -> dict:
+    """What changes the floating-point results besides the config: torch version, device type, the precision
+    `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
+    and, on the CPU, the thread count the vector instructions torch's kernels use (AVX2, AVX512, ...) and AMX.
+    A run passes its `Runtime` `rt`: its device and precision, resolved once by `make_runtime`, are used as they are."""
+    from ltsei.train import cpu_has_amx, gpu_identity
+    if rt is not None: dev, precision = rt.device, rt.precision
+    else: dev, precision = _planned_numerics(cfg)
+    device, cpu = dev.type, dev.type != "cuda"      # the device the run uses (select_device)
     return {"torch": torch.__version__, "device": device, "precision": precision,
             "num_threads": int(cfg.training.num_threads) if cpu else None,
             "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None,
@@ -518,14 +526,14 @@ def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
 
 # %% ../nbs/16_config.ipynb #74a13710
-def stage1_settings(cfg) -> dict:
+def stage1_settings(cfg, rt=None) -> dict:
     "Everything that determines stage 1: its config sections, the data by content, and the numerics."
     d = {k: _plain_section(cfg, k) for k in STAGE1_SECTIONS}
     for k in STAGE1_IGNORE:
         sec, leaf = k.split(".")
         d[sec].pop(leaf, None)
     d["data_identity"] = data_identity(cfg.data)
-    d["numerics"] = numerics(cfg)
+    d["numerics"] = numerics(cfg, rt)
     if OmegaConf.select(cfg, "openset.enabled", default=False):   # held-out emitters change the training data
         d["openset"] = {"unknown_fraction": float(cfg.openset.unknown_fraction)}
     if cfg.compat == "seed":           # only then: today's keys stay valid; the seed's stage 1 ignores the sampler
@@ -537,23 +545,23 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../nbs/16_config.ipynb #87157c51
-def stage1_key(cfg) -> str:
-    "A short hash of `stage1_settings(cfg)`."
-    return _hash(stage1_settings(cfg))
+def stage1_key(cfg, rt=None) -> str:
+    "A short hash of `stage1_settings(cfg, rt)`."
+    return _hash(stage1_settings(cfg, rt))
 
 # %% ../nbs/16_config.ipynb #6888e136
-def stage2_key(cfg) -> str:
+def stage2_key(cfg, rt=None) -> str:
     "A short hash of everything that determines stage 2: stage 1 (its key, or the given checkpoint's content) and the rest of the config."
     from ltsei.storage import file_digest
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)
-    d.pop("gpus", None); d["numerics"] = numerics(cfg)   # the device by what it computes, not by its id (0 or null: the same)
+    d.pop("gpus", None); d["numerics"] = numerics(cfg, rt)   # the device by what it computes, not by its id (0 or null: the same)
     d.pop("evaluation", None)                        # measured after training
     if d.get("compat") == "paper": d.pop("compat")   # today's keys stay valid
     o = d.pop("openset", None) or {}
     if o.get("enabled"): d["openset"] = {"unknown_fraction": o["unknown_fraction"]}   # only the held-out share trains differently
     ck = cfg.stage1.checkpoint
-    d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg)
+    d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg, rt)
     d["data_identity"] = data_identity(cfg.data)     # the data by content, also when stage 1 comes from a checkpoint
     return _hash(d)

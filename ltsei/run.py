@@ -35,11 +35,11 @@ class CheckpointError(ValueError):
     "A stage-1 checkpoint that is unsafe, damaged, incomplete or does not fit the model."
 
 # %% ../nbs/17_run.ipynb #733d2ed4
-def stage1_payload(model, cfg, state, epoch, val, num_classes, length, key) -> dict:
+def stage1_payload(model, cfg, state, epoch, val, num_classes, length, key, rt=None) -> dict:
     "A stage-1 checkpoint: tensors and plain containers only (loadable with `weights_only=True`)."
     return to_plain({"format": CKPT_FORMAT, "complete": True, "model_name": cfg.model.name, "num_classes": num_classes,
                      "length": length, "stage1_key": key, "epoch": epoch, "val_balanced_acc": val.get("balanced_acc"),
-                     "settings": stage1_settings(cfg), "state_dict": state})
+                     "settings": stage1_settings(cfg, rt), "state_dict": state})
 
 # %% ../nbs/17_run.ipynb #e15bc299
 def load_stage1_checkpoint(path, model, what: str | None = None) -> dict:
@@ -97,8 +97,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
                   batch_size=cfg.data.batch_size, rt=rt, validate=ev, log_path=work / "log.csv",
                   desc=f"stage1 {cfg.model.name}/{cfg.loss.name}", progress=progress, resume=resume,
                   **(seed_fit_options(seed_patience(cfg, 1)) if cfg.compat == "seed" else {}))
-        atomic_save(stage1_payload(model, cfg, res.best_state, res.best_epoch, res.best_val, data.num_classes, data.length, key), work / "best.pt")
-        atomic_save(stage1_payload(model, cfg, res.last_state, res.epochs_run - 1, res.last_val, data.num_classes, data.length, key), work / "last.pt")
+        atomic_save(stage1_payload(model, cfg, res.best_state, res.best_epoch, res.best_val, data.num_classes, data.length, key, rt), work / "best.pt")
+        atomic_save(stage1_payload(model, cfg, res.last_state, res.epochs_run - 1, res.last_val, data.num_classes, data.length, key, rt), work / "last.pt")
         meta = {"key": key, "complete": True, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                 "seconds": res.seconds, "val_balanced_acc": float(res.best_val["balanced_acc"]), "runtime": rt.describe(),
                 "resume_saves": resume.saves, "resume_seconds": round(resume.save_seconds, 4)}
@@ -121,7 +121,7 @@ def _finished_work(work: Path, key: str) -> bool:
 # %% ../nbs/17_run.ipynb #125b83cd
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from an intact cache entry, or trained (or resumed) now."
-    key = stage1_key(cfg)
+    key = stage1_key(cfg, rt)                 # the run's own device and precision (resolved once, by make_runtime)
     new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat)
     ck_dir = out_dir / "checkpoints"
     if cfg.stage1.checkpoint:
@@ -269,7 +269,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
     """`train_stage2` with its resume state in `data.cache_dir/stage2/<stage2_key>.work/` (under a lock):
     a restarted run with the same config continues where an interrupted one stopped."""
     s2 = cfg.stage2
-    key = stage2_key(cfg)
+    key = stage2_key(cfg, rt)
     slot = CacheEntry(Path(cfg.data.cache_dir) / "stage2", key, "stage-2 resume state")
     with slot.lock() as held:
         if not cfg.stage1.reuse: slot.discard_work()
