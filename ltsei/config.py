@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_config.ipynb #274d7991
 from __future__ import annotations
-import copy, difflib, functools, hashlib, json, math, os
+import copy, difflib, functools, hashlib, json, math, os, weakref
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -453,9 +453,8 @@ def one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 # %% ../nbs/16_config.ipynb #9b7233f2
-def check_machine(cfg) -> None:
-    """The checks of a config that depend on this machine, before any folder exists: `training.num_threads` within
-    its CPUs, GPU ids that exist, and the synthetic data set (when it is not cached yet) within the free disk."""
+def _machine_checks(cfg) -> None:
+    "`training.num_threads` within the CPUs, GPU ids that exist, the synthetic data set (unless cached) within the free disk."
     from ltsei.train import gpu_request
     n = os.cpu_count() or 1
     if cfg.training.num_threads > n:
@@ -476,6 +475,14 @@ def check_machine(cfg) -> None:
         if not (root / f"synth-{synth_key(cfg.data.synth)}" / "manifest.json").is_file():
             try: check_free_space(root, synth_nbytes(cfg.data.synth), "the synthetic data set of data.synth")
             except OSError as e: raise ConfigError(str(e)) from None
+
+# %% ../nbs/16_config.ipynb #274622dd
+_CHECKED = weakref.WeakValueDictionary()   # id -> a finalized config that check_machine has passed (dropped with the config)
+def check_machine(cfg) -> None:
+    "The checks of a config that depend on this machine (`_machine_checks`), before any folder exists; once per finalized config."
+    if _CHECKED.get(id(cfg)) is cfg: return
+    _machine_checks(cfg)
+    if OmegaConf.is_config(cfg) and OmegaConf.is_readonly(cfg): _CHECKED[id(cfg)] = cfg
 
 # %% ../nbs/16_config.ipynb #97522a3c
 def print_config(cfg) -> str:

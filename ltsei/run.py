@@ -255,7 +255,7 @@ OLD_RESULTS = ("metrics.json", "predictions.npz", "train_indices.npy", "openset_
 # %% ../nbs/17_run.ipynb #eabef330
 def _fresh_run_dir(cfg, out_dir) -> Path:
     "Claim `out_dir` and clear what an earlier run left there; write config.yaml."
-    check_machine(cfg)                                   # threads, GPUs, free disk: before any folder
+    check_machine(cfg)             # threads, GPUs, free disk: before any folder (at once if the caller checked this config)
     out_dir = claim_run_dir(out_dir, hydra_ok=True)      # ltsei's own folder, or refused before anything is written
     for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
     # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
