@@ -16,9 +16,9 @@ import torch
 
 from ltsei.config import compose_config
 from ltsei.data import load_data
-from ltsei.losses import create_loss
 from ltsei.models import create_model
-from ltsei.run import build_sampler, config_loss_params
+from ltsei.moe_ltsei import loss_from_config
+from ltsei.samplers import sampler_from_config
 from ltsei.stage2 import train_stage2
 from ltsei.train import make_runtime
 
@@ -29,8 +29,8 @@ def time_mode(cfg, data, rt, cached: bool):
     model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
     s2 = cfg.stage2
-    loss = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
-    sampler = build_sampler(s2.sampler, data.train.y, s2.epochs, s2, 0)
+    loss = loss_from_config(data.class_counts, cfg, 2)
+    sampler = sampler_from_config(cfg, 2, data.train.y, 0)
     from omegaconf import OmegaConf
     s2 = OmegaConf.merge(s2, {"cache_features": cached})
     res = train_stage2(model, data, s2, loss_fn=loss, sampler=sampler, rt=rt, batch_size=cfg.data.batch_size,

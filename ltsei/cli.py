@@ -82,7 +82,7 @@ def check_hydra_overrides(overrides: list[str]) -> None:
     if not hyd or _only_folders(hyd): return
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
-    from ltsei.config import ConfigError, _one_line, register_configs
+    from ltsei.config import ConfigError, one_line as _one_line, register_configs
     register_configs()
     GlobalHydra.instance().clear()
     try:
@@ -98,7 +98,7 @@ def hydra_run_dir(overrides: list[str], cfg) -> str | None:
     """The folder `hydra.run.dir=...` among `overrides` names, resolved against `cfg` (None when not given: the default
     is a new folder stamped with the time). One `ConfigError` line when it cannot be resolved (a stray `${`)."""
     from omegaconf import OmegaConf
-    from ltsei.config import ConfigError, _one_line
+    from ltsei.config import ConfigError, one_line as _one_line
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     if not given: return None
     v = given[-1].strip().strip("'\"")

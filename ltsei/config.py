@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_config.ipynb #274d7991
 from __future__ import annotations
-import copy, difflib, functools, hashlib, json, math, os
+import copy, difflib, functools, hashlib, json, math, os, weakref
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -17,149 +17,26 @@ import torch
 from .synth import SYNTH_PRESETS, synth_key
 from .data import DataConfig, check_data_config, unknown_count
 from .cache import check_cache_dir
-from .losses import COST_STRATEGIES, loss_names
+from .losses import COST_STRATEGIES, LossConfig, loss_names
 from .models import CONV_IMPLS, CONVNET_ADSB_STAGES, MODELS, ModelConfig
-from .samplers import SAMPLERS
-from .moe_ltsei import DIFFICULTIES, GATE_WEIGHTINGS, GROUPINGS, HEAD_INITS, MARGIN_TYPES
-from .stage2 import STAGE2_MODES, check_stage3, get_stage2_mode, uses_cached_features
+from .samplers import SAMPLERS, SamplingConfig
+from .train import OPTIMIZERS, TrainingConfig
+from .moe_ltsei import DIFFICULTIES, GATE_WEIGHTINGS, GROUPINGS, HEAD_INITS, MARGIN_TYPES, ExperimentConfig
+from .stage2 import STAGE2_MODES, STAGE3_MODES, Stage2Config, Stage3Config, check_stage3, get_stage2_mode, uses_cached_features
+from .openset import OpenSetConfig
 
 # %% auto #0
 __all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'COMPAT_MODES', 'SEED_PATIENCE',
-           'RUN_DIR', 'SWEEP_DIR', 'OPTIMIZERS', 'STAGE3_MODES', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS',
-           'STAGE1_IGNORE', 'ConfigError', 'LossConfig', 'SamplingConfig', 'TrainingConfig', 'MoEHeadConfig',
-           'MoELossConfig', 'Stage2Config', 'ExperimentConfig', 'Stage3Config', 'Stage1Config', 'ScaleConfig',
-           'OpenSetConfig', 'EvaluationConfig', 'Config', 'profile_node', 'compat_node', 'compat_notes', 'apply_compat',
-           'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides', 'check_num_classes',
-           'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features', 'finalize', 'compose_config',
-           'check_machine', 'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
+           'RUN_DIR', 'SWEEP_DIR', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError',
+           'Stage1Config', 'ScaleConfig', 'EvaluationConfig', 'Config', 'profile_node', 'compat_node', 'compat_notes',
+           'apply_compat', 'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
+           'check_num_classes', 'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features',
+           'finalize', 'compose_config', 'one_line', 'check_machine', 'print_config', 'data_identity', 'numerics',
+           'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
     "A bad config key or value; the message names the key and what was expected."
-
-# %% ../nbs/16_config.ipynb #1607e0e0
-@dataclass
-class LossConfig:
-    "Stage-1 loss (`loss.*`); meanings in the methods overview (nbs/methods.ipynb)."
-    name: str = "CrossEntropy"
-    focal_gamma: float = 2.0
-    focal_alpha: Any = None            # null, a number, or a per-class list
-    cb_beta: float = 0.9999
-    ldam_max_margin: float = 0.5
-    ldam_scale: float = 1.0
-    ldam_drw_start: int = 0
-    ldam_reweight_power: float = 0.0
-    logit_tau: float = 1.0
-    ride_diversity_factor: float = -0.2       # RIDELoss: alpha of the KL term (< 0: the experts are pushed apart)
-    ride_diversity_temperature: float = 1.0   # RIDELoss: T_0 of the KL term
-    ride_reweight_factor: float = 0.05        # RIDELoss: r of the per-class temperatures after loss.ldam_drw_start
-    sade_tau: float = 2.0                     # SADELoss: tau of the backward expert
-    balpoe_tau_min: float = 0.0               # BalPoELoss: tau_k evenly spaced from tau_min ...
-    balpoe_tau_max: float = 2.0               # ... to tau_max (mean 1: a balanced product)
-
-# %% ../nbs/16_config.ipynb #0b65f104
-@dataclass
-class SamplingConfig:
-    "Stage-1 sampler (`sampling.*`): class probability proportional to n_c^a."
-    name: str = "none"
-    alpha: Optional[float] = None      # the exponent of `power`
-    alpha_start: float = 1.0           # `progressive_power`: first epoch ...
-    alpha_end: float = 0.0             # ... to last epoch
-
-# %% ../nbs/16_config.ipynb #b1db42d1
-@dataclass
-class TrainingConfig:
-    "Stage-1 optimisation (`training.*`)."
-    epochs: int = 300
-    lr: float = 0.1
-    optimizer: str = "SGD"             # SGD | Adam | AdamW
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 5
-    label_smoothing: float = 0.0
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
-    channels_last: str = "auto"        # auto | true | false
-    eval_batch_size: int = 1024
-    num_threads: int = 1               # CPU threads for torch: part of the run (results depend on it), not of the machine
-
-# %% ../nbs/16_config.ipynb #cbeadfdd
-@dataclass
-class MoEHeadConfig:
-    "The MoE-LTSEI head (`stage2.moe.*`)."
-    num_experts: int = 3
-    gate_hidden: int = 128
-    gate_dropout: float = 0.1
-    normalize_features: bool = True
-    detach_gate: bool = False          # true: only L_gate / L_lb train the gate (the mixture uses sg(g)); false = the guide
-    init: str = "seed"                 # seed: Kaiming W1, N(0, 0.01) W2, Kaiming experts | small: ltsei's earlier start
-    gate_noise: float = 0.0            # > 0: noisy gate logits in training (the seed's key; off by default)
-
-# %% ../nbs/16_config.ipynb #9ddbd6c2
-@dataclass
-class MoELossConfig:
-    "The MoE-LTSEI loss (`stage2.moe_loss.*`)."
-    scale: float = 30.0
-    beta: float = 0.999
-    margin_m0: float = 0.35
-    margin_m1: float = 0.2
-    margin_gamma: float = 0.5
-    diff_gamma: float = 2.0
-    diff_alpha: float = 1.0
-    lambda_gate: float = 1.0
-    lambda_lb: float = 0.0
-    gate_weighting: str = "none"       # none (the guide's gate loss) | see ltsei.moe_ltsei.GATE_WEIGHTINGS
-    margin_type: str = "effective"     # effective: m0 (E_max/E_c)^gamma | log: m0 + m1 (...)^gamma (the seed's two types)
-    margin_max: Optional[float] = None # caps every margin; null: no cap (the seed's default; 0.55 = ltsei's earlier cap)
-    label_smoothing: float = 0.0       # of the classification CE
-    gate_target_smoothing: float = 0.0 # of the gate's one-hot group target
-    difficulty: str = "seed"           # seed: (1-p_y)^gd min(e^min(a o, 5), 50), with gradient | additive: ltsei's earlier form
-
-# %% ../nbs/16_config.ipynb #3cec6bf6
-@dataclass
-class Stage2Config:
-    "Stage 2 (`stage2.*`): a new head on the stage-1 representation."
-    enabled: bool = True
-    mode: str = "moe_ltsei"            # crt | lws | finetune | moe_ltsei
-    epochs: int = 100
-    lr: float = 0.1
-    optimizer: str = "SGD"
-    warmup_epochs: int = 5
-    batch_size: Optional[int] = None   # null: data.batch_size
-    loss: str = "MoELTSEILoss"
-    sampler: str = "progressive_power"
-    alpha: Optional[float] = None
-    alpha_start: float = 1.0
-    alpha_end: float = 0.0
-    freeze_bn: bool = True
-    cache_features: bool = True        # train the head on features computed once (needs freeze_bn)
-    cost_strategy: str = "auto"        # CostSensitiveCE: auto | sqrt | log
-    los_smoothing: float = 0.98        # LOS epsilon
-    cb_beta: float = 0.9999            # ClassBalancedLoss in stage 2
-    focal_gamma: float = 2.0
-    logit_tau: float = 1.0
-    label_smoothing: float = 0.0
-    moe: MoEHeadConfig = field(default_factory=MoEHeadConfig)
-    moe_loss: MoELossConfig = field(default_factory=MoELossConfig)
-
-# %% ../nbs/16_config.ipynb #c77e5eaa
-@dataclass
-class ExperimentConfig:
-    "The frequency groups of MoE-LTSEI's gate (`experiment.*`, the seed's keys)."
-    grouping: str = "auto"             # auto | absolute | quantile (the seed's) | rank (ltsei's earlier K equal rank groups)
-    many_thresh: int = 100             # many: n_c >= many_thresh
-    few_thresh: int = 20               # few: n_c <= few_thresh
-
-# %% ../nbs/16_config.ipynb #bbb8e583
-@dataclass
-class Stage3Config:
-    "Post-hoc correction (`stage3.*`)."
-    mode: str = "none"                 # none | tau_norm | logit_adjust | sade_aggregation
-    tta_epochs: int = 5                # sade_aggregation: passes over the split's unlabeled frames (SADE: 5)
-    tta_lr: float = 0.1                # sade_aggregation: SGD learning rate of the aggregation weights (SADE CIFAR: 0.1)
-    tta_batch_size: int = 128          # sade_aggregation: frames per step (SADE: 128)
-    tta_noise: float = 0.1             # sade_aggregation: the two views add white noise of this std (relative to the frame's RMS)
-    tau_norm: float = 1.0
-    logit_tau: float = 1.0
 
 # %% ../nbs/16_config.ipynb #22198d4d
 @dataclass
@@ -175,16 +52,6 @@ class ScaleConfig:
     "Set by `profile=...`: the profile's name and its epoch factor."
     profile: str = "paper"
     epoch_scale: float = 1.0
-
-# %% ../nbs/16_config.ipynb #d10517f4
-@dataclass
-class OpenSetConfig:
-    "Unknown emitters (`openset.*`; see [open-set scoring](15_openset.ipynb))."
-    enabled: bool = False              # hold out emitters from training; their test frames are the unknowns
-    unknown_fraction: float = 0.2      # share of the emitters held out (drawn across head, medium, tail; seeded by data.split_seed)
-    odin_temperature: float = 1000.0   # ODIN's softmax temperature T
-    odin_epsilon: float = 0.002        # ODIN's input step, relative to the frame's RMS amplitude
-    tpr: float = 0.95                  # the false-positive rate is reported at this true-positive rate
 
 # %% ../nbs/16_config.ipynb #8d9ace2c
 @dataclass
@@ -344,8 +211,6 @@ def check_overrides(overrides: list[str]):
             raise ConfigError(f"bad value for {key}: {o.value()!r} ({str(e).splitlines()[0]})") from None
 
 # %% ../nbs/16_config.ipynb #ee712d81
-OPTIMIZERS = ("SGD", "Adam", "AdamW")
-STAGE3_MODES = ("none", "tau_norm", "logit_adjust", "sade_aggregation")
 def _choice(key, value, valid):
     if value not in valid:
         raise ConfigError(f"{key}={value!r} is not valid; expected one of: {', '.join(map(str, valid))}")
@@ -579,18 +444,17 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
         with initialize(version_base="1.3", config_path=None):
             cfg = compose(config_name="config", overrides=list(overrides))
     except Exception as e:          # Hydra's own errors (an override it cannot apply): one line
-        raise ConfigError(f"could not compose the config from {list(overrides)}: {_one_line(e)}") from None
+        raise ConfigError(f"could not compose the config from {list(overrides)}: {one_line(e)}") from None
     return finalize(cfg)
 
 # %% ../nbs/16_config.ipynb #a3400c77
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     return lines[0] if lines else type(e).__name__
 
 # %% ../nbs/16_config.ipynb #9b7233f2
-def check_machine(cfg) -> None:
-    """The checks of a config that depend on this machine, before any folder exists: `training.num_threads` within
-    its CPUs, GPU ids that exist, and the synthetic data set (when it is not cached yet) within the free disk."""
+def _machine_checks(cfg) -> None:
+    "`training.num_threads` within the CPUs, GPU ids that exist, the synthetic data set (unless cached) within the free disk."
     from ltsei.train import gpu_request
     n = os.cpu_count() or 1
     if cfg.training.num_threads > n:
@@ -612,6 +476,14 @@ def check_machine(cfg) -> None:
             try: check_free_space(root, synth_nbytes(cfg.data.synth), "the synthetic data set of data.synth")
             except OSError as e: raise ConfigError(str(e)) from None
 
+# %% ../nbs/16_config.ipynb #274622dd
+_CHECKED = weakref.WeakValueDictionary()   # id -> a finalized config that check_machine has passed (dropped with the config)
+def check_machine(cfg) -> None:
+    "The checks of a config that depend on this machine (`_machine_checks`), before any folder exists; once per finalized config."
+    if _CHECKED.get(id(cfg)) is cfg: return
+    _machine_checks(cfg)
+    if OmegaConf.is_config(cfg) and OmegaConf.is_readonly(cfg): _CHECKED[id(cfg)] = cfg
+
 # %% ../nbs/16_config.ipynb #97522a3c
 def print_config(cfg) -> str:
     "The whole config as YAML."
@@ -629,19 +501,27 @@ def data_identity(data) -> dict:
                 for role, p in sorted(input_files(data).items())}
     return {"synth_key": synth_key(data.synth)}
 
-# %% ../nbs/16_config.ipynb #5c029ea8
-def numerics(cfg) -> dict:
-    """What changes the floating-point results besides the config: torch version, device type, the precision
-    `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
-    and, on the CPU, the thread count the vector instructions torch's kernels use (AVX2, AVX512, ...) and AMX."""
-    from ltsei.train import cpu_has_amx, gpu_identity, gpu_request, resolve_precision
+# %% ../nbs/16_config.ipynb #386188ab
+def _planned_numerics(cfg) -> tuple[torch.device, str]:
+    "The device and precision a run of `cfg` will use here, resolved as `make_runtime` will (for keys computed before a run)."
+    from ltsei.train import gpu_request, resolve_precision
     try: req = gpu_request(cfg.gpus)
     except ValueError: req = None                  # refused by check_machine before any run
     cuda = torch.cuda.is_available() and req != "cpu"
     dev = torch.device("cuda", req[0] if isinstance(req, list) and req[0] < torch.cuda.device_count() else 0) if cuda else torch.device("cpu")
-    device, cpu = dev.type, not cuda                # the device the run uses (select_device)
-    try: precision = resolve_precision(str(cfg.training.precision), dev)[0]
-    except ValueError: precision = str(cfg.training.precision)    # refused when the run starts (make_runtime)
+    try: return dev, resolve_precision(str(cfg.training.precision), dev)[0]
+    except ValueError: return dev, str(cfg.training.precision)    # refused when the run starts (make_runtime)
+
+# %% ../nbs/16_config.ipynb #5c029ea8
+def numerics(cfg, rt=None) -> dict:
+    """What changes the floating-point results besides the config: torch version, device type, the precision
+    `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
+    and, on the CPU, the thread count the vector instructions torch's kernels use (AVX2, AVX512, ...) and AMX.
+    A run passes its `Runtime` `rt`: its device and precision, resolved once by `make_runtime`, are used as they are."""
+    from ltsei.train import cpu_has_amx, gpu_identity
+    if rt is not None: dev, precision = rt.device, rt.precision
+    else: dev, precision = _planned_numerics(cfg)
+    device, cpu = dev.type, dev.type != "cuda"      # the device the run uses (select_device)
     return {"torch": torch.__version__, "device": device, "precision": precision,
             "num_threads": int(cfg.training.num_threads) if cpu else None,
             "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None,
@@ -653,14 +533,14 @@ def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
 
 # %% ../nbs/16_config.ipynb #74a13710
-def stage1_settings(cfg) -> dict:
+def stage1_settings(cfg, rt=None) -> dict:
     "Everything that determines stage 1: its config sections, the data by content, and the numerics."
     d = {k: _plain_section(cfg, k) for k in STAGE1_SECTIONS}
     for k in STAGE1_IGNORE:
         sec, leaf = k.split(".")
         d[sec].pop(leaf, None)
     d["data_identity"] = data_identity(cfg.data)
-    d["numerics"] = numerics(cfg)
+    d["numerics"] = numerics(cfg, rt)
     if OmegaConf.select(cfg, "openset.enabled", default=False):   # held-out emitters change the training data
         d["openset"] = {"unknown_fraction": float(cfg.openset.unknown_fraction)}
     if cfg.compat == "seed":           # only then: today's keys stay valid; the seed's stage 1 ignores the sampler
@@ -672,23 +552,23 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../nbs/16_config.ipynb #87157c51
-def stage1_key(cfg) -> str:
-    "A short hash of `stage1_settings(cfg)`."
-    return _hash(stage1_settings(cfg))
+def stage1_key(cfg, rt=None) -> str:
+    "A short hash of `stage1_settings(cfg, rt)`."
+    return _hash(stage1_settings(cfg, rt))
 
 # %% ../nbs/16_config.ipynb #6888e136
-def stage2_key(cfg) -> str:
+def stage2_key(cfg, rt=None) -> str:
     "A short hash of everything that determines stage 2: stage 1 (its key, or the given checkpoint's content) and the rest of the config."
     from ltsei.storage import file_digest
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)
-    d.pop("gpus", None); d["numerics"] = numerics(cfg)   # the device by what it computes, not by its id (0 or null: the same)
+    d.pop("gpus", None); d["numerics"] = numerics(cfg, rt)   # the device by what it computes, not by its id (0 or null: the same)
     d.pop("evaluation", None)                        # measured after training
     if d.get("compat") == "paper": d.pop("compat")   # today's keys stay valid
     o = d.pop("openset", None) or {}
     if o.get("enabled"): d["openset"] = {"unknown_fraction": o["unknown_fraction"]}   # only the held-out share trains differently
     ck = cfg.stage1.checkpoint
-    d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg)
+    d["stage1_source"] = file_digest(ck, cfg.data.cache_dir) if ck and Path(ck).is_file() else stage1_key(cfg, rt)
     d["data_identity"] = data_identity(cfg.data)     # the data by content, also when stage 1 comes from a checkpoint
     return _hash(d)

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from .config import EARLIER_MOE_LTSEI, compose_config, stage1_key
 from .data import load_data
-from .losses import create_loss
-from .moe_ltsei import config_groups, frequency_groups, routing_metrics
-from .run import get_stage1, config_loss_params, build_sampler
+from .moe_ltsei import config_groups, frequency_groups, loss_from_config, routing_metrics
+from .run import get_stage1
+from .samplers import sampler_from_config
 from .stage2 import compute_features, train_stage2
 from .train import make_runtime
 
@@ -115,8 +115,8 @@ def run_variant(cfg, data, model, rt, seed: int) -> dict:
     """Stage 2 of `cfg` on the frozen `model` as `ltsei.run` trains it (head seed `seed`, sampler seed `seed + 1`);
     test metrics of the best-validation state, and the gate's routing for MoE-LTSEI."""
     s2 = cfg.stage2
-    loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
-    sampler = build_sampler(s2.sampler, data.train.y, s2.epochs, s2, seed + 1)
+    loss_fn = loss_from_config(data.class_counts, cfg, 2)
+    sampler = sampler_from_config(cfg, 2, data.train.y, seed + 1)
     res = train_stage2(model, data, s2, loss_fn=loss_fn, sampler=sampler, rt=rt,
                        batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,
                        eval_batch_size=cfg.training.eval_batch_size, momentum=cfg.training.momentum,

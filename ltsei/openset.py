@@ -5,6 +5,7 @@
 # %% ../nbs/15_openset.ipynb #0a000004
 from __future__ import annotations
 import math, time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,8 +16,18 @@ from .losses import logits_of
 from .train import Runtime, eval_batches
 
 # %% auto #0
-__all__ = ['SCORES', 'ODIN_BATCH_SIZE', 'auroc', 'fpr_at_tpr', 'oscr', 'logit_scores', 'fit_mahalanobis', 'mahalanobis_score',
-           'odin_scores', 'ScoringModel', 'score_openset']
+__all__ = ['SCORES', 'ODIN_BATCH_SIZE', 'OpenSetConfig', 'auroc', 'fpr_at_tpr', 'oscr', 'logit_scores', 'fit_mahalanobis',
+           'mahalanobis_score', 'odin_scores', 'ScoringModel', 'score_openset']
+
+# %% ../nbs/15_openset.ipynb #2aed7b7a
+@dataclass
+class OpenSetConfig:
+    "Unknown emitters (`openset.*`; see [open-set scoring](15_openset.ipynb))."
+    enabled: bool = False              # hold out emitters from training; their test frames are the unknowns
+    unknown_fraction: float = 0.2      # share of the emitters held out (drawn across head, medium, tail; seeded by data.split_seed)
+    odin_temperature: float = 1000.0   # ODIN's softmax temperature T
+    odin_epsilon: float = 0.002        # ODIN's input step, relative to the frame's RMS amplitude
+    tpr: float = 0.95                  # the false-positive rate is reported at this true-positive rate
 
 # %% ../nbs/15_openset.ipynb #0a000007
 def _as_scores(s, name: str) -> np.ndarray:

@@ -16,51 +16,18 @@ from .data import load_data, save_class_counts, hold_out_unknown, choose_unknown
 from .metrics import accuracy_by_snr
 from .openset import ScoringModel, score_openset
 from .models import create_model
-from .losses import create_loss, compat_loss
-from .samplers import create_sampler, compat_sampler
+from .samplers import sampler_from_config
 from .storage import (resolve_runs_dir, make_dir, atomic_write_bytes, atomic_write_text, clean_stale, copy_file, safe_load, UnsafeCheckpoint,
                            DamagedCheckpoint)
 from .cache import CacheEntry, claim_run_dir, atomic_save, to_plain, active_run, RUN_MARK, ACTIVE_MARK
 from .train import make_runtime, fit, evaluate, make_optimizer, Runtime, using_state, Resume, seed_fit_options
 from .stage2 import Stage2Model, train_stage2, tau_normalize, logit_adjust_fn, test_time_aggregation, aggregation_weights
-from .moe_ltsei import config_groups, moe_record, routing_metrics
+from .moe_ltsei import config_groups, loss_from_config, moe_record, routing_metrics
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'RESUME_NOTE', 'config_loss_params', 'build_sampler', 'CheckpointError',
-           'stage1_payload', 'load_stage1_checkpoint', 'train_stage1', 'get_stage1', 'save_predictions', 'read_log',
-           'write_tensorboard', 'save_train_indices', 'scoring_model', 'run_extras', 'train_stage2_resumable',
-           'run_experiment']
-
-# %% ../nbs/17_run.ipynb #03d8cd3f
-def config_loss_params(name: str, cfg, stage: int) -> dict:
-    "Constructor arguments of loss `name` from the config (`loss.*` in stage 1, `stage2.*` in stage 2)."
-    l, s2 = cfg.loss, cfg.stage2
-    ldam = dict(max_margin=l.ldam_max_margin, scale=l.ldam_scale, drw_start=l.ldam_drw_start, reweight_power=l.ldam_reweight_power)
-    if stage == 1:
-        table = {"CrossEntropy": dict(label_smoothing=cfg.training.label_smoothing),
-                 "FocalLoss": dict(gamma=l.focal_gamma, alpha=OmegaConf.to_container(l.focal_alpha) if OmegaConf.is_config(l.focal_alpha) else l.focal_alpha),
-                 "ClassBalancedLoss": dict(beta=l.cb_beta), "LDAMLoss": ldam,
-                 "BalancedSoftmaxLoss": {}, "LogitAdjustmentLoss": dict(tau=l.logit_tau),
-                 "RIDELoss": dict(max_margin=l.ldam_max_margin, scale=float(cfg.model.expert_scale), drw_start=l.ldam_drw_start,
-                                  cb_beta=l.cb_beta, diversity_factor=l.ride_diversity_factor,
-                                  diversity_temperature=l.ride_diversity_temperature, reweight_factor=l.ride_reweight_factor),
-                 "SADELoss": dict(tau=l.sade_tau), "BalPoELoss": dict(tau_min=l.balpoe_tau_min, tau_max=l.balpoe_tau_max)}
-    else:
-        table = {"CrossEntropy": dict(label_smoothing=s2.label_smoothing), "FocalLoss": dict(gamma=s2.focal_gamma, alpha=None),
-                 "ClassBalancedLoss": dict(beta=s2.cb_beta), "BalancedSoftmaxLoss": {},
-                 "LogitAdjustmentLoss": dict(tau=s2.logit_tau), "CostSensitiveCE": dict(strategy=s2.cost_strategy),
-                 "LOS": dict(smoothing=s2.los_smoothing),
-                 "MoELTSEILoss": dict(num_experts=s2.moe.num_experts, **OmegaConf.to_container(s2.moe_loss),
-                                      **OmegaConf.to_container(cfg.experiment))}
-    if name not in table:
-        raise ValueError(f"{'loss.name' if stage == 1 else 'stage2.loss'}={name!r} cannot be used in stage {stage}; "
-                         f"expected one of {', '.join(table)}")
-    return table[name]
-
-# %% ../nbs/17_run.ipynb #eb57ac6d
-def build_sampler(name, labels, epochs, section, seed):
-    g = torch.Generator().manual_seed(seed)
-    return create_sampler(name, labels, epochs, section.alpha, section.alpha_start, section.alpha_end, g)
+__all__ = ['CKPT_FORMAT', 'OLD_RESULTS', 'RESUME_NOTE', 'CheckpointError', 'stage1_payload', 'load_stage1_checkpoint',
+           'train_stage1', 'get_stage1', 'save_predictions', 'read_log', 'write_tensorboard', 'save_train_indices',
+           'scoring_model', 'run_extras', 'train_stage2_resumable', 'run_experiment']
 
 # %% ../nbs/17_run.ipynb #c942a4e1
 CKPT_FORMAT = "ltsei-stage1-v1"
@@ -68,11 +35,11 @@ class CheckpointError(ValueError):
     "A stage-1 checkpoint that is unsafe, damaged, incomplete or does not fit the model."
 
 # %% ../nbs/17_run.ipynb #733d2ed4
-def stage1_payload(model, cfg, state, epoch, val, num_classes, length, key) -> dict:
+def stage1_payload(model, cfg, state, epoch, val, num_classes, length, key, rt=None) -> dict:
     "A stage-1 checkpoint: tensors and plain containers only (loadable with `weights_only=True`)."
     return to_plain({"format": CKPT_FORMAT, "complete": True, "model_name": cfg.model.name, "num_classes": num_classes,
                      "length": length, "stage1_key": key, "epoch": epoch, "val_balanced_acc": val.get("balanced_acc"),
-                     "settings": stage1_settings(cfg), "state_dict": state})
+                     "settings": stage1_settings(cfg, rt), "state_dict": state})
 
 # %% ../nbs/17_run.ipynb #e15bc299
 def load_stage1_checkpoint(path, model, what: str | None = None) -> dict:
@@ -118,8 +85,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed)
     model = create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat).to(rt.device)
     if rt.channels_last: model = model.to(memory_format=torch.channels_last)
-    loss_fn = compat_loss(cfg.loss.name, data.class_counts, cfg.compat, **config_loss_params(cfg.loss.name, cfg, 1))
-    sampler = build_sampler(compat_sampler(cfg.sampling.name, 1, cfg.compat), data.train.y, cfg.training.epochs, cfg.sampling, cfg.seed)
+    loss_fn = loss_from_config(data.class_counts, cfg, 1)          # loss.name, built by its class (ltsei.moe_ltsei)
+    sampler = sampler_from_config(cfg, 1, data.train.y, cfg.seed)  # sampling.name as compat runs it (ltsei.samplers)
     opt = make_optimizer(model.parameters(), cfg.training.optimizer, cfg.training.lr, cfg.training.momentum, cfg.training.weight_decay)
     x_val = data.val.x.to(rt.device)      # validated every epoch: copied to the device once
     ev = lambda m: evaluate(m, x_val, data.val.y, cfg.training.eval_batch_size, rt, data.num_classes, data.groups)
@@ -130,8 +97,8 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
                   batch_size=cfg.data.batch_size, rt=rt, validate=ev, log_path=work / "log.csv",
                   desc=f"stage1 {cfg.model.name}/{cfg.loss.name}", progress=progress, resume=resume,
                   **(seed_fit_options(seed_patience(cfg, 1)) if cfg.compat == "seed" else {}))
-        atomic_save(stage1_payload(model, cfg, res.best_state, res.best_epoch, res.best_val, data.num_classes, data.length, key), work / "best.pt")
-        atomic_save(stage1_payload(model, cfg, res.last_state, res.epochs_run - 1, res.last_val, data.num_classes, data.length, key), work / "last.pt")
+        atomic_save(stage1_payload(model, cfg, res.best_state, res.best_epoch, res.best_val, data.num_classes, data.length, key, rt), work / "best.pt")
+        atomic_save(stage1_payload(model, cfg, res.last_state, res.epochs_run - 1, res.last_val, data.num_classes, data.length, key, rt), work / "last.pt")
         meta = {"key": key, "complete": True, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                 "seconds": res.seconds, "val_balanced_acc": float(res.best_val["balanced_acc"]), "runtime": rt.describe(),
                 "resume_saves": resume.saves, "resume_seconds": round(resume.save_seconds, 4)}
@@ -154,7 +121,7 @@ def _finished_work(work: Path, key: str) -> bool:
 # %% ../nbs/17_run.ipynb #125b83cd
 def get_stage1(cfg, data, rt: Runtime, out_dir: Path, progress: bool):
     "The stage-1 model: from `stage1.checkpoint`, from an intact cache entry, or trained (or resumed) now."
-    key = stage1_key(cfg)
+    key = stage1_key(cfg, rt)                 # the run's own device and precision (resolved once, by make_runtime)
     new_model = lambda: create_model(cfg.model.name, data.num_classes, data.length, cfg.model, compat=cfg.compat)
     ck_dir = out_dir / "checkpoints"
     if cfg.stage1.checkpoint:
@@ -288,7 +255,7 @@ OLD_RESULTS = ("metrics.json", "predictions.npz", "train_indices.npy", "openset_
 # %% ../nbs/17_run.ipynb #eabef330
 def _fresh_run_dir(cfg, out_dir) -> Path:
     "Claim `out_dir` and clear what an earlier run left there; write config.yaml."
-    check_machine(cfg)                                   # threads, GPUs, free disk: before any folder
+    check_machine(cfg)             # threads, GPUs, free disk: before any folder (at once if the caller checked this config)
     out_dir = claim_run_dir(out_dir, hydra_ok=True)      # ltsei's own folder, or refused before anything is written
     for d in (out_dir, out_dir / "checkpoints"): clean_stale(d)   # temporary files of a killed earlier attempt
     # never leave an old result that looks current, nor files of an earlier run that this one may not rewrite
@@ -302,15 +269,15 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
     """`train_stage2` with its resume state in `data.cache_dir/stage2/<stage2_key>.work/` (under a lock):
     a restarted run with the same config continues where an interrupted one stopped."""
     s2 = cfg.stage2
-    key = stage2_key(cfg)
+    key = stage2_key(cfg, rt)
     slot = CacheEntry(Path(cfg.data.cache_dir) / "stage2", key, "stage-2 resume state")
     with slot.lock() as held:
         if not cfg.stage1.reuse: slot.discard_work()
         slot.make_work()
         clean_stale(slot.work_dir)
         resume = Resume(slot.work_dir / "resume.pt", tag=key)
-        loss_fn = create_loss(s2.loss, data.class_counts, **config_loss_params(s2.loss, cfg, 2))
-        sampler = build_sampler(compat_sampler(s2.sampler, 2, cfg.compat), data.train.y, s2.epochs, s2, cfg.seed + 1)
+        loss_fn = loss_from_config(data.class_counts, cfg, 2)
+        sampler = sampler_from_config(cfg, 2, data.train.y, cfg.seed + 1)
         try:
             res2 = train_stage2(model, data, s2, loss_fn=loss_fn, sampler=sampler, rt=rt,
                                 batch_size=s2.batch_size if s2.batch_size is not None else cfg.data.batch_size,

@@ -14,7 +14,7 @@ from ltsei.config import ConfigError, compose_config, seed_patience, stage1_key,
 from ltsei.data import long_tail_counts, to_split, zscore_frames
 from ltsei.losses import LDAMLoss, SeedLDAMLoss, compat_loss, create_loss, ldam_margins
 from ltsei.metrics import compute_metrics, seed_shot_groups
-from ltsei.run import config_loss_params, run_experiment
+from ltsei.run import run_experiment
 from ltsei.samplers import compat_sampler, create_sampler
 from ltsei.stage2 import tau_normalize, train_stage2
 from ltsei.train import Runtime, fit, lr_at, make_optimizer, seed_fit_options, seed_lr_at
@@ -180,7 +180,7 @@ def test_lr_schedule_per_epoch():
 def test_ldam_margins_and_power():
     n = np.array([256, 16])
     seed, paper = compose_config(["compat=seed", "loss.name=LDAMLoss"]), compose_config(["loss.name=LDAMLoss"])
-    ps, pp = config_loss_params("LDAMLoss", seed, 1), config_loss_params("LDAMLoss", paper, 1)
+    ps, pp = LDAMLoss.config_params(seed, 1), LDAMLoss.config_params(paper, 1)
     assert (ps["reweight_power"], pp["reweight_power"]) == (0.25, 0.0)                   # the seed's default power
     assert {k: v for k, v in ps.items() if k != "reweight_power"} == {k: v for k, v in pp.items() if k != "reweight_power"}
     ls, lp = compat_loss("LDAMLoss", n, "seed", **ps), compat_loss("LDAMLoss", n, "paper", **pp)

@@ -294,3 +294,18 @@ def test_buffers_follow_module_dtype_and_device():
     assert f.weight.dtype == torch.float64
     f = create_loss("LDAMLoss", COUNTS, max_margin=0.5, scale=1.0, drw_start=0, reweight_power=0.25)
     assert {k for k, _ in f.named_buffers()} == {"margins", "drw_weight"}
+
+
+def test_every_registered_loss_builds_itself_from_the_config_tree():
+    # adding a loss is one notebook: its class reads its own fields (config_params); no table elsewhere names them
+    from omegaconf import OmegaConf
+    from ltsei.config import config_template
+    from ltsei.moe_ltsei import loss_from_config
+    for stage, key in ((1, "loss.name"), (2, "stage2.loss")):
+        for name in loss_names(stage=stage):
+            cfg = OmegaConf.merge(config_template(), OmegaConf.from_dotlist([f"{key}={name}"]))
+            assert sorted(LOSSES[name].config_params(cfg, stage)) == sorted(loss_params(name)), name
+            assert type(loss_from_config(COUNTS, cfg, stage)).__name__ == name
+    cfg = OmegaConf.merge(config_template(), OmegaConf.from_dotlist(["stage2.loss=LDAMLoss"]))
+    with pytest.raises(ValueError, match="stage2.loss='LDAMLoss' cannot be used in stage 2; expected one of"):
+        loss_from_config(COUNTS, cfg, 2)

@@ -144,15 +144,15 @@ def test_bad_input_from_the_command_line(in_scratch, capsys):
 def test_samplers_are_honoured_in_both_stages(in_scratch, monkeypatch):
     import ltsei.run as R
     used = []
-    real = R.create_sampler
-    def spy(name, labels, *a, **k):
-        s = real(name, labels, *a, **k)
-        used.append((name, s.epoch_indices(0)))
+    real = R.sampler_from_config
+    def spy(cfg, stage, labels, seed):
+        s = real(cfg, stage, labels, seed)
+        used.append((type(s).__name__, s.epoch_indices(0)))
         return s
-    monkeypatch.setattr(R, "create_sampler", spy)
+    monkeypatch.setattr(R, "sampler_from_config", spy)
     m = run(["sampling.name=inv_freq", "stage2.mode=crt", "stage2.loss=CrossEntropy", "stage2.sampler=sqrt",
              "stage1.reuse=false", "seed=7"], in_scratch / "samplers")
-    assert [n for n, _ in used] == ["inv_freq", "sqrt"]
+    assert [n for n, _ in used] == ["InverseFrequencySampler", "SqrtSampler"]
     counts = np.asarray(m["class_counts"])
     idx = used[0][1]
     # inv_freq draws the rarest class more often than its share of the data, the head class less

@@ -134,3 +134,20 @@ def test_errors():
 def test_numpy_labels_accepted():
     s = create_sampler("sqrt", np.array([0, 0, 1, 1, 1, 2]), 1, None, None, None, gen())
     assert len(s.epoch_indices(0)) == 6
+
+
+def test_every_sampler_builds_itself_from_the_config_tree():
+    # the sampler of each stage comes from its own section: sampling.* over training.epochs, stage2.* over stage2.epochs
+    from omegaconf import OmegaConf
+    from ltsei.config import config_template
+    from ltsei.samplers import sampler_from_config
+    labels = torch.repeat_interleave(torch.arange(3), torch.tensor([6, 3, 1]))
+    for name in SAMPLERS.names():
+        cfg = OmegaConf.merge(config_template(), OmegaConf.from_dotlist(
+            [f"sampling.name={name}", "sampling.alpha=0.25", "training.epochs=4", f"stage2.sampler={name}", "stage2.alpha=0.25", "stage2.epochs=2"]))
+        s1, s2 = sampler_from_config(cfg, 1, labels, 3), sampler_from_config(cfg, 2, labels, 4)
+        assert (s1.num_epochs, s2.num_epochs) == (4, 2)
+        want = create_sampler(name, labels, 4, 0.25, 1.0, 0.0, torch.Generator().manual_seed(3))
+        assert torch.equal(s1.epoch_indices(2), want.epoch_indices(2)), name
+    seed = OmegaConf.merge(config_template(), OmegaConf.from_dotlist(["compat=seed", "sampling.name=sqrt"]))
+    assert type(sampler_from_config(seed, 1, labels, 0)).__name__ == "ShuffleSampler"   # the seed's stage 1 ignores it

@@ -50,7 +50,9 @@ def plan_row_runs(rows: list[Row], seeds: list[int], profile: str, runs_dir) -> 
             for d in [run_dir(runs_dir, profile, r, seed)]]
 
 # %% ../../nbs/24_row_runs.ipynb #764c0e8d
-REAL_FUNCS = dict(composer="ltsei.config:compose_config", runner="ltsei.run:run_experiment")
+from ..config import compose_config
+from ..run import run_experiment   # what a real row runs, named in code; the kernel gets it by name
+REAL_FUNCS = {k: f"{f.__module__}:{f.__name__}" for k, f in (("composer", compose_config), ("runner", run_experiment))}
 DEMO_FUNCS = dict(composer="ltsei.demo:demo_compose_config", runner="ltsei.demo:demo_run_experiment")
 def load_callable(spec: str):
     "The function named by `'module:function'`."
