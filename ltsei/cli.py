@@ -267,8 +267,10 @@ def _guide_main(argv: list[str]) -> int:
     @hydra.main(version_base="1.3", config_path=None, config_name="config")
     def _task(cfg):
         try:
-            cfg = finalize(cfg)
-            check_machine(cfg)
+            if args.multirun:                 # a sweep's job: the config Hydra composed for it, checked
+                cfg = finalize(cfg)
+                check_machine(cfg)
+            else: cfg = cfgs[0]               # one run: the config composed and checked above, not a second time
             out = HydraConfig.get().runtime.output_dir
             done.append(out)
             print(run_header(cfg, out, list(HydraConfig.get().overrides.task)), flush=True)
