@@ -20,16 +20,17 @@ from .frames import (FramesConfig, IQ_FORMATS, SIGMF_TYPES, SIGMF_VERSION, FRAME
 
 # %% auto #0
 __all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES',
-           'FRAMES_PER_PROTOTYPE', 'FOLDS', 'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'VERDICTS', 'TRACK_COLS',
-           'HIST_BINS', 'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario',
-           'reply_counts', 'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording',
-           'sigmf_meta', 'scenario_synth_config', 'make_messages', 'make_scenario', 'read_block', 'scan_replies',
-           'window_span', 'network_plan', 'network_windows', 'check_rate', 'Network', 'prototypes', 'distances',
-           'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'threshold', 'track_thresholds',
-           'track_test', 'read_gallery', 'check_same_network', 'write_gallery', 'frames_of', 'enroll', 'frame_verdicts',
-           'close_track', 'TrackBook', 'verify_stream', 'join_truth', 'eer', 'track_blocks', 'evaluate', 'ghost_report',
-           'plot_scores', 'verify', 'summary_text', 'synth_recording_parser', 'synth_recording_main', 'enroll_parser',
-           'enroll_main', 'verify_parser', 'verify_main']
+           'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES', 'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES',
+           'VERDICTS', 'TRACK_COLS', 'HIST_BINS', 'VERDICT_COLS', 'VERIFY_FILES', 'SCENARIO_FILES', 'ScenarioConfig',
+           'check_scenario', 'reply_counts', 'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times',
+           'write_recording', 'sigmf_meta', 'scenario_synth_config', 'make_messages', 'make_scenario', 'read_block',
+           'scan_replies', 'window_span', 'network_plan', 'network_windows', 'check_rate', 'Network', 'prototypes',
+           'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
+           'frame_thresholds', 'track_thresholds', 'track_test', 'read_gallery', 'check_same_network', 'write_gallery',
+           'frames_of', 'enroll', 'frame_verdicts', 'close_track', 'TrackBook', 'verify_stream', 'join_truth', 'eer',
+           'track_blocks', 'evaluate', 'ghost_report', 'plot_scores', 'verify', 'summary_text',
+           'synth_recording_parser', 'synth_recording_main', 'enroll_parser', 'enroll_main', 'verify_parser',
+           'verify_main']
 
 # %% ../nbs/23_verify.ipynb #62ea3c09
 @dataclass
@@ -454,6 +455,7 @@ class Templates:
     member: np.ndarray  # the address index of each enrollment frame (n,)
     genuine: np.ndarray # leave-out genuine scores z (n,) of the enrollment frames (NaN for a single frame)
     impostor: np.ndarray  # each enrollment frame's z to the nearest other address (n,)
+    tau: Optional[np.ndarray] = None  # the frame threshold per address (C,), from `frame_thresholds`
 
     def z(self, E: np.ndarray) -> np.ndarray:
         "Scores (n, C) of raw vectors E: distance to every address's template in units of its spread."
@@ -484,10 +486,39 @@ def fit_templates(E: np.ndarray, ids: np.ndarray, seed: int = 0) -> Templates:
     return t
 
 # %% ../nbs/23_verify.ipynb #01ce3d6c
-def threshold(genuine: np.ndarray, false_alarm: float) -> float:
-    "The (1 - false_alarm) quantile of the genuine leave-out scores (the fleet's median spread's 3 x where none exist)."
-    g = genuine[np.isfinite(genuine)]
-    return float(np.quantile(g, 1 - false_alarm)) if g.size else 3.0
+PRIOR_FRAMES = 10
+
+def _log_genuine(t: Templates) -> list:
+    "Each address's finite leave-out log-scores."
+    ok = np.isfinite(t.genuine)
+    return [np.log(np.maximum(t.genuine[ok & (t.member == c)], 1e-9)) for c in range(len(t.ids))]
+
+def predictive(groups: list, k: float = PRIOR_FRAMES) -> list:
+    "Per address (x, w): the sample of its new genuine log-scores and weights summing to 1."
+    have = [g for g in groups if g.size >= 2] or [np.zeros(2)]
+    med = np.median([np.median(g) for g in have])
+    shape = np.concatenate([g - np.median(g) for g in have])
+    sw = np.concatenate([np.full(g.size, 1 / g.size) for g in have]) / len(have)
+    out = []
+    for g in groups:
+        n = g.size; m = (n * (np.median(g) if n else 0.0) + k * med) / (n + k)
+        out.append((np.concatenate([g, shape + m]), np.concatenate([np.full(n, 1 / (n + k)), sw * k / (n + k)])))
+    return out
+
+# %% ../nbs/23_verify.ipynb #0525436f
+def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    o = np.argsort(x)
+    c = np.cumsum(w[o]) / w.sum()
+    return float(x[o][min(np.searchsorted(c, q), len(x) - 1)])
+
+def frame_thresholds(t: Templates, false_alarm: float) -> tuple[float, np.ndarray]:
+    "The fleet's threshold tau on z and each address's (C,): predictive (1 - false_alarm) quantiles."
+    groups = _log_genuine(t)
+    if not any(g.size for g in groups): return 3.0, np.full(len(t.ids), 3.0)    # single frames only: 3 x the spread
+    pred = predictive(groups)
+    tau = _wquantile(np.concatenate([x for x, _ in pred]), np.concatenate([w for _, w in pred]), 1 - false_alarm)
+    own = np.array([_wquantile(x, w, 1 - false_alarm) for x, w in pred])
+    return float(np.exp(tau)), np.exp(np.maximum(own, tau))
 
 # %% ../nbs/23_verify.ipynb #241299f5
 TRACK_DRAWS = 4000
@@ -533,7 +564,8 @@ def read_gallery(folder) -> dict:
     ids = np.load(folder / "addresses.npy", allow_pickle=False).astype(str)
     if not len(E): raise ValueError(f"--gallery {folder}: the gallery is empty (no enrolled aircraft): enroll at least one with ltsei enroll")
     tz = np.load(folder / "templates.npz", allow_pickle=False)
-    t = Templates(list(man["addresses"]), np.asarray(man["counts"]), tz["P"], tz["owner"], tz["sigma"], tz["center"], tz["member"], tz["genuine"], tz["impostor"])
+    t = Templates(list(man["addresses"]), np.asarray(man["counts"]), tz["P"], tz["owner"], tz["sigma"], tz["center"], tz["member"], tz["genuine"], tz["impostor"],
+                  tz["tau"] if "tau" in tz.files else np.full(len(man["addresses"]), float(man["threshold"])))
     return {"manifest": man, "E": E, "ids": ids, "templates": t, "folder": folder}
 
 # %% ../nbs/23_verify.ipynb #9e79e16b
@@ -550,7 +582,7 @@ def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: f
     "Fit the templates and the threshold of vectors E with addresses ids and write the gallery into the folder `out` (a temporary one)."
     from ltsei.data import shot_groups
     t = fit_templates(E, ids, seed)
-    tau = threshold(t.genuine, false_alarm)
+    tau, t.tau = frame_thresholds(t, false_alarm)
     g = shot_groups(t.counts)
     group = np.empty(len(t.ids), object)
     for k in ("many", "medium", "few"): group[g[k]] = k
@@ -563,9 +595,9 @@ def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: f
     copy_file(net.files["stage1"], out / "model" / "stage1.pt")
     if net.files["stage2"] is not None: copy_file(net.files["stage2"], out / "model" / "stage2.pt")
     np.save(out / "embeddings.npy", np.asarray(E, np.float32)); np.save(out / "addresses.npy", np.asarray(ids).astype("U6"))
-    np.savez(out / "templates.npz", P=t.P, owner=t.owner, sigma=t.sigma, center=t.center, member=t.member, genuine=t.genuine, impostor=t.impostor)
+    np.savez(out / "templates.npz", P=t.P, owner=t.owner, sigma=t.sigma, center=t.center, member=t.member, genuine=t.genuine, impostor=t.impostor, tau=t.tau)
     pd.DataFrame({"icao": t.ids, "frames": t.counts, "prototypes": np.bincount(t.owner, minlength=len(t.ids)),
-                  "spread": t.sigma.round(5), "group": group}).to_csv(out / "identities.csv", index=False)
+                  "spread": t.sigma.round(5), "threshold": t.tau.round(4), "group": group}).to_csv(out / "identities.csv", index=False)
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     return man
 
@@ -668,13 +700,13 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
 # %% ../nbs/23_verify.ipynb #1c5c899f
 VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled", "not checked")
 
-def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: float) -> tuple:
-    "Per frame: the claimed score (NaN when not enrolled), the nearest address index and its score, and the verdict."
+def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: np.ndarray) -> tuple:
+    "Per frame: the claimed score (NaN when not enrolled), the nearest address index and its score, and the verdict (thresholds `tau` per address)."
     n = len(claim)
     zc = np.where(claim >= 0, z[np.arange(n), np.maximum(claim, 0)], np.nan)
     near = z.argmin(1)
     zn = z[np.arange(n), near]
-    v = np.where(claim < 0, 3, np.where(zc <= tau, 0, np.where(zn <= tau, 1, 2)))
+    v = np.where(claim < 0, 3, np.where(zc <= tau[np.maximum(claim, 0)], 0, np.where(zn <= tau[near], 1, 2)))
     return zc, near, zn, np.array(VERDICTS, object)[v]
 
 # %% ../nbs/23_verify.ipynb #e9247d7f
@@ -730,7 +762,7 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
     "Verify every frame of `inputs` against the gallery `g`; writes verdicts.csv and tracks.csv into `folder`; returns the counts."
     from tqdm import tqdm
     t, man = g["templates"], g["manifest"]
-    tau, index = float(man["threshold"]), {a: i for i, a in enumerate(t.ids)}
+    tau, index = t.tau, {a: i for i, a in enumerate(t.ids)}
     q = track_thresholds(t, float(man["false_alarm"]), int(budget))
     book, stats, counts, n = TrackBook(gap, q), {}, dict.fromkeys(VERDICTS, 0), 0
     with open(folder / "verdicts.csv", "w") as fh:
@@ -739,15 +771,15 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
             for f, cut in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
                 claim = np.array([index.get(a, -1) for a in f.icao])
                 need = np.ones(len(f), bool) if every else book.needed(f, claim >= 0)
-                zc, zn, near = np.full(len(f), np.nan), np.full(len(f), np.nan), np.full(len(f), "", object)
+                zc, zn, near, other = np.full(len(f), np.nan), np.full(len(f), np.nan), np.full(len(f), "", object), np.zeros(len(f), bool)
                 v = np.where(claim < 0, "not enrolled", "not checked").astype(object)
                 if need.any():
                     zc[need], k, zn[need], v[need] = frame_verdicts(t.z(net(cut(need))), claim[need], tau)
-                    near[need] = np.array(t.ids, object)[k]
+                    near[need], other[need] = np.array(t.ids, object)[k], zn[need] <= tau[k]
                 f = f.assign(enrolled=claim >= 0, score=np.round(zc, 4), nearest=near, nearest_score=np.round(zn, 4), verdict=v)
                 f[VERDICT_COLS].to_csv(fh, header=False, index=False)
-                for r in f.itertuples(index=False):
-                    book.add((r.file, r.icao), r.time_s, r.icao, r.enrolled, r.score, r.nearest != r.icao and r.nearest_score <= tau)
+                for r, o in zip(f.itertuples(index=False), other):
+                    book.add((r.file, r.icao), r.time_s, r.icao, r.enrolled, r.score, r.nearest != r.icao and o)
                 book.hist += np.histogram(np.log(np.maximum(zc[np.isfinite(zc)], 1e-9)), HIST_BINS)[0]
                 for k, c in zip(*np.unique(v, return_counts=True)): counts[k] += int(c)
                 n += len(f)
@@ -790,15 +822,16 @@ def track_blocks(j: pd.DataFrame, budget: int) -> list:
 def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
     "Per-frame and per-track detection, false alarm and EER, overall and by shot group of the claimed address."
     man = g["manifest"]
-    tau, q = float(man["threshold"]), track_thresholds(g["templates"], float(man["false_alarm"]), budget)
+    t, q = g["templates"], track_thresholds(g["templates"], float(man["false_alarm"]), budget)
     grp = dict(zip(man["addresses"], pd.read_csv(g["folder"] / "identities.csv").group))
-    j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"]) & j.score.notna()].assign(group=lambda d: d.icao.map(grp))
+    j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"]) & j.score.notna()]
+    j = j.assign(group=j.icao.map(grp), over=j.score > j.icao.map(dict(zip(t.ids, t.tau))))
     spoof = lambda d: d.kind != "genuine"
-    res = {"threshold": tau, "frame": {}, "track": {}}
+    res = {"threshold": float(man["threshold"]), "frame": {}, "track": {}}
     for name, d in [("all", j)] + [(k, j[j.group == k]) for k in ("many", "medium", "few")]:
         gen, imp = d.score[~spoof(d)].to_numpy(), d.score[spoof(d)].to_numpy()
-        res["frame"][name] = {"genuine": len(gen), "impostor": len(imp), "detection": float(np.mean(imp > tau)) if len(imp) else None,
-                              "false_alarm": float(np.mean(gen > tau)) if len(gen) else None, "eer": eer(gen, imp)}
+        res["frame"][name] = {"genuine": len(gen), "impostor": len(imp), "detection": float(d.over[spoof(d)].mean()) if len(imp) else None,
+                              "false_alarm": float(d.over[~spoof(d)].mean()) if len(gen) else None, "eer": eer(gen, imp)}
         calls = [(spoof(b).iloc[0], track_test(b.score.to_numpy(), q)) for b in track_blocks(d, budget)]
         ti = [c[0] for s, c in calls if s]; tg = [c[0] for s, c in calls if not s]
         res["track"][name] = {"genuine": len(tg), "impostor": len(ti), "detection": float(np.mean(ti)) if ti else None,
@@ -824,7 +857,7 @@ def plot_scores(folder: Path, hist, j: Optional[pd.DataFrame], tau: float) -> No
         for k, col in (("genuine", "tab:blue"), ("impostor", "tab:red")):
             s = j.score[(j.kind == "genuine") == (k == "genuine")].dropna()
             ax.hist(np.log(np.maximum(s, 1e-9)), HIST_BINS, color=col, alpha=0.6, label=f"{k} ({len(s)})")
-    ax.axvline(np.log(tau), color="k", ls="--", label="threshold")
+    ax.axvline(np.log(tau), color="k", ls="--", label="threshold (the fleet's)")
     ax.set_xlabel("log z (distance to the claimed template, in its spreads)"); ax.set_ylabel("frames"); ax.legend(fontsize=7)
     if j is not None: _det(fig.add_subplot(1, 2, 2), j)
     fig.tight_layout(); fig.savefig(folder / "scores.png")
@@ -885,7 +918,7 @@ def summary_text(s: dict, g: dict) -> str:
              + ", ".join(f"{k} {v[k]}" for k in VERDICTS),
              f"{s['track_count']} tracks: " + ", ".join(f"{k} {t.get(k, 0)}" for k in VERDICTS[:4]),
              f"skipped {s['crc_failed']} DF17/18 candidates failing CRC, {s['edge']} frames at a recording's edge; gallery "
-             f"{len(g['templates'].ids)} aircraft, threshold {g['manifest']['threshold']:.3g} ({100 * g['manifest']['false_alarm']:g} % false alarm at enrollment)"]
+             f"{len(g['templates'].ids)} aircraft, threshold {g['manifest']['threshold']:.3g} (per aircraft up to {g['templates'].tau.max():.3g}; {100 * g['manifest']['false_alarm']:g} % false alarm at enrollment)"]
     lines += s["notes"]
     e = s.get("evaluation")
     if e:
