@@ -19,7 +19,7 @@ from pathlib import Path
 SPEED_TARGET, MEMORY_TARGET = 50.0, 1.10
 CHILD = """
 import json, resource, sys
-from ltsei.verify import verify
+from ltsei.verify_cli import verify
 verify([sys.argv[1]], sys.argv[2], sys.argv[3], fmt="u8", sample_rate=2e6, threads=1, progress=False, every=sys.argv[4] == "every")
 s = json.load(open(sys.argv[3] + "/summary.json"))
 print(json.dumps({"cpu_s": s["cpu_seconds"], "recorded_s": s["seconds_recorded"], "frames": s["frames"],
