@@ -20,7 +20,8 @@ from .verify import _check_out
 # %% auto #0
 __all__ = ['REPLY_S', 'LEAD_S', 'SLOT_S', 'CHUNK', 'SCENARIO_FILES', 'ScenarioConfig', 'check_scenario', 'reply_counts',
            'victim_ranks', 'plan_scenario', 'transmit', 'at_snr', 'reply_times', 'write_recording', 'sigmf_meta',
-           'scenario_synth_config', 'make_messages', 'make_scenario', 'synth_recording_parser', 'synth_recording_main']
+           'scenario_synth_config', 'make_messages', 'make_scenario', 'synth_recording_parser', 'fleet_order',
+           'synth_recording_main']
 
 # %% ../nbs/23b_scenario.ipynb #62ea3c09
 @dataclass
@@ -230,7 +231,8 @@ def synth_recording_parser() -> argparse.ArgumentParser:
 # %% ../nbs/23b_scenario.ipynb #52166508
 SCENARIO_FILES = re.compile(r"(enroll|test)\.(sigmf-meta|u8|cs8|cs16|cf32)|truth\.csv|scenario\.json")
 
-def _order_from(path) -> np.ndarray:
+def fleet_order(path) -> np.ndarray:
+    "The emitters of a run (its folder or class_counts.json), most trained first (ties by index)."
     p = Path(path)
     p = p / "class_counts.json" if p.is_dir() else p
     try: counts = np.asarray(json.loads(p.read_text())["class_counts"])
@@ -242,7 +244,7 @@ def synth_recording_main(argv: list[str]) -> int:
     a = synth_recording_parser().parse_args(argv)
     c = ScenarioConfig(**{f.name: getattr(a, f.name) for f in fields(ScenarioConfig)})
     check_scenario(c)
-    order = _order_from(a.order_from) if a.order_from else None
+    order = fleet_order(a.order_from) if a.order_from else None
     if order is not None and len(order) < c.aircraft:
         raise ValueError(f"--order-from {a.order_from}: ranks {len(order)} emitters, --aircraft is {c.aircraft}: expected at most {len(order)}")
     out = Path(a.out).absolute()
