@@ -19,10 +19,10 @@ from .frames import (FramesConfig, IQ_FORMATS, DF_WANTED, NOISE_BLOCK, OK, FIXED
 # %% auto #0
 __all__ = ['FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES',
            'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'read_block', 'scan_replies', 'window_span',
-           'network_plan', 'network_windows', 'check_rate', 'Network', 'prototypes', 'distances', 'leave_out_distances',
-           'size_factor', 'Templates', 'fit_templates', 'predictive', 'frame_thresholds', 'track_thresholds',
-           'track_test', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer', 'track_blocks',
-           'evaluate', 'ghost_report']
+           'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'Network', 'prototypes', 'distances',
+           'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive', 'frame_thresholds',
+           'track_thresholds', 'track_test', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer',
+           'track_blocks', 'evaluate', 'ghost_report']
 
 # %% ../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -147,6 +147,20 @@ def _gallery_model_files(folder: Path) -> dict:
     net = json.loads((folder / "network.json").read_text())
     return {"network": net, "stage1": folder / "stage1.pt", "stage2": folder / "stage2.pt" if net["stage2"] else None}
 
+# %% ../nbs/23_verify.ipynb #aebdd6d9
+def conv1d_twin(model, cfg, num_classes: int, length: int):
+    "`model` (in eval mode) rebuilt with Conv1d layers when it was built with conv2d and the twin agrees on a probe; else `model`."
+    import torch
+    from omegaconf import OmegaConf
+    from ltsei.models import create_model
+    if cfg.get("conv_impl", "conv1d") != "conv2d": return model
+    twin = create_model(cfg.name, num_classes, length, OmegaConf.merge(cfg, {"conv_impl": "conv1d"})).eval()
+    try: twin.load_state_dict({k: v.squeeze(2) if v.ndim == 4 else v for k, v in model.state_dict().items()})
+    except RuntimeError: return model
+    x = torch.randn(2, 2, length, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(): same = torch.allclose(model.features(x), twin.features(x), rtol=1e-4, atol=1e-4)
+    return twin if same else model
+
 # %% ../nbs/23_verify.ipynb #a457dcc4
 class Network:
     "A trained run's network as an embedding: `net(x)` (B, 2, L) -> (B, D) vectors in `space`."
@@ -173,7 +187,7 @@ class Network:
                 self.model.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith("backbone.")})
                 self.head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
             self.head.eval()
-        self.model.eval()
+        self.model = conv1d_twin(self.model.eval(), OmegaConf.create(net["model"]), self.num_classes, self.length)
         digest = hashlib.sha256(json.dumps({**net, "run": None}, sort_keys=True).encode() + space.encode())
         for k in ("stage1", "stage2"):
             if files[k] is not None: digest.update(sha256_file(files[k]).encode())
@@ -185,7 +199,6 @@ PAD_TO = 32
 def _embed(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
     "(B, 2, L) frames -> (B, D) float32 vectors (centred and normalised by the templates)."
     import torch
-    from ltsei.losses import ExpertsOutput
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
