@@ -3,8 +3,8 @@
 The spoofing scenario of `ltsei synth-recording` (20 aircraft of the quick preset, the very transmitters the quick
 profile's networks learnt, ranked by a run's training counts at IR 100; 3 impersonators, 3 replayers and 3 ghosts, each
 with its own hardware; an enrollment recording and a later test recording at 8 MS/s), then for each method's trained
-run (quick profile, seed 0; trained here with the guide's command unless a complete run is already there, the stage 1
-shared through the cache): `ltsei enroll` on the enrollment recording, `ltsei verify --truth` on the test recording.
+run (quick profile, seed 0: the main row's run where `ltsei reproduce` made it, e.g. `runs/quick/1.1/s1_1_ce/seed0`,
+else trained here with the guide's command unless a complete run is already there, the stage 1 shared through the cache): `ltsei enroll` on the enrollment recording, `ltsei verify --truth` on the test recording.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify.py [--methods ce,crt,moe] [--space logits] [--seed 0]
 
@@ -40,8 +40,16 @@ def ltsei(*args) -> str:
     return p.stdout
 
 
+ROW_OF = {"ce": "s1_1_ce", "crt": "s3_1_crt", "moe": "s5_2_short"}   # the same commands as rows of ltsei reproduce
+
+
 def trained_run(method: str, root: Path, seed: int) -> Path:
-    "The method's quick run at `seed`: reused when complete (metrics.json), else trained with the guide's command."
+    """The method's quick run at `seed`: the main row's run when `ltsei reproduce` made it, else the benchmark's own
+    (reused when complete, else trained with the guide's command)."""
+    from ltsei.rows import ROWS_BY_ID, run_dir
+    from ltsei.storage import resolve_runs_dir
+    row = run_dir(resolve_runs_dir(), "quick", ROWS_BY_ID[ROW_OF[method]], seed)
+    if (row / "metrics.json").is_file(): return row
     run = root / f"{method}_seed{seed}"
     if (run / "metrics.json").is_file(): return run
     print(f"[bench] training {GUIDE[method][0]} (quick, seed {seed}) into {run.name}", flush=True)
@@ -85,7 +93,7 @@ def main(argv=None):
         out = ltsei("verify", scen / "test.cs16", *rec, "--gallery", gal, "--truth", scen / "truth.csv", "--out", ver, "--threads", 1)
         print("\n".join(f"[{GUIDE[m][0]}] {x}" for x in out.strip().splitlines()[:-1]), flush=True)
         lines.append((m, line(json.loads((ver / "summary.json").read_text()))))
-    print(f"[bench] {time.time() - t0:.0f} s; space {a.space}; runs: {', '.join(r.name for r in runs.values())}")
+    print(f"[bench] {time.time() - t0:.0f} s; space {a.space}; runs: {', '.join(f'{r.parent.name}/{r.name}' for r in runs.values())}")
     for m, ln in lines:
         print(f"# {GUIDE[m][0]}")
         print(ln)
