@@ -17,8 +17,8 @@ from .verify_cli import enroll, verify
 
 # %% auto #0
 __all__ = ['VERIFY_METHODS', 'VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'VerifySection', 'section_scenario', 'trained_run',
-           'run_key', 'ensure_scenario', 'verify_method', 'section_rows', 'verify_section', 'verify_table',
-           'det_points', 'plot_verify_det']
+           'run_key', 'ensure_scenario', 'verify_method', 'section_rows', 'verify_section', 'section_results',
+           'verify_table', 'det_points', 'plot_verify_det']
 
 # %% ../nbs/23d_verify_rows.ipynb #952d93b1
 VERIFY_METHODS = {"CE": "s1_1_ce", "cRT": "s3_1_crt", "MoE-LTSEI": "s5_2_short", "BalPoE": "x2_balpoe"}
@@ -117,6 +117,16 @@ def verify_section(runs_dir=None, profile: str = "quick", seeds=(0, 1, 2), metho
     rows = []
     for seed in seeds:
         for m in methods: rows += section_rows(m, seed, verify_method(runs_dir, profile, m, seed)["evaluation"])
+    return pd.DataFrame(rows)
+
+# %% ../nbs/23d_verify_rows.ipynb #4d00ad90
+def section_results(runs_dir=None, profile: str = "quick") -> pd.DataFrame:
+    "The long-form results of every verification made at `profile` (methods in VERIFY_METHODS' order, then seeds)."
+    base, rows = resolve_runs_dir(runs_dir) / profile / VERIFY_DIR, []
+    for m, rid in VERIFY_METHODS.items():
+        for p in sorted((base / rid).glob("seed*/verification/summary.json"), key=lambda p: int(p.parts[-3][4:])):
+            e = json.loads(p.read_text()).get("evaluation")
+            if e and (p.parents[1] / "key.json").is_file(): rows += section_rows(m, int(p.parts[-3][4:]), e)
     return pd.DataFrame(rows)
 
 # %% ../nbs/23d_verify_rows.ipynb #4ec17004

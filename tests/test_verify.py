@@ -142,6 +142,8 @@ def test_verify_section_at_the_smoke_profile(tmp_path):
     assert set(df.method) == {"CE", "cRT"} and set(df.level) == {"frame", "track"}
     t = verify_table(df)
     assert list(t.index) == ["CE", "cRT", "cRT − CE"] and "track few" in t.columns and "frame EER" in t.columns
+    from ltsei.verify_rows import section_results
+    assert section_results(tmp_path, "smoke").equals(df)                 # what the report reads: the same rows
     summary = tmp_path / "smoke" / "verify" / "s1_1_ce" / "seed0" / "verification" / "summary.json"
     stamp = summary.stat().st_mtime_ns
     assert verify_section(tmp_path, "smoke", seeds=(0,), methods=("CE",)).equals(df[df.method == "CE"].reset_index(drop=True))
