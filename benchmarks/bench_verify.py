@@ -3,10 +3,10 @@
 The spoofing scenario of `ltsei synth-recording` (20 aircraft of the quick preset, the very transmitters the quick
 profile's networks learnt, ranked by a run's training counts at IR 100; 3 impersonators, 3 replayers and 3 ghosts, each
 with its own hardware; an enrollment recording and a later test recording at 8 MS/s), then for each method's trained
-run (quick profile, seed 0; trained here with the guide's command unless a complete run is already there, the stage 1
-shared through the cache): `ltsei enroll` on the enrollment recording, `ltsei verify --truth` on the test recording.
+run (quick profile, seed 0: the main row's run where `ltsei reproduce` made it, e.g. `runs/quick/1.1/s1_1_ce/seed0`,
+else trained here with the guide's command unless a complete run is already there, the stage 1 shared through the cache): `ltsei enroll` on the enrollment recording, `ltsei verify --truth` on the test recording.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify.py [--methods ce,crt,moe] [--space logits] [--seed 0]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify.py [--methods ce,crt,moe,balpoe] [--space logits] [--seed 0]
 
 One line per method, the last one being the last method's:
 
@@ -21,6 +21,7 @@ import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+from ltsei.rows import BALPOE_RUN     # the rival beyond the guide (row x2_balpoe)
 GUIDE = {   # the guide's commands (ltsei.rows), quick profile
     "ce": ("CE", "loss.name=CrossEntropy sampling.name=none stage2.enabled=false"),
     "crt": ("cRT", "loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=crt stage2.epochs=100 stage2.lr=0.1 "
@@ -28,6 +29,7 @@ GUIDE = {   # the guide's commands (ltsei.rows), quick profile
     "moe": ("MoE-LTSEI", "loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=moe_ltsei stage2.epochs=100 "
                          "stage2.lr=0.1 stage2.loss=MoELTSEILoss stage2.moe.num_experts=3 stage2.moe_loss.scale=30.0 "
                          "stage2.moe_loss.margin_m0=0.35 stage2.moe_loss.lambda_gate=1.0 stage2.freeze_bn=true"),
+    "balpoe": ("BalPoE", BALPOE_RUN),
 }
 
 
@@ -40,8 +42,16 @@ def ltsei(*args) -> str:
     return p.stdout
 
 
+ROW_OF = {"ce": "s1_1_ce", "crt": "s3_1_crt", "moe": "s5_2_short", "balpoe": "x2_balpoe"}   # the same commands as rows of ltsei reproduce
+
+
 def trained_run(method: str, root: Path, seed: int) -> Path:
-    "The method's quick run at `seed`: reused when complete (metrics.json), else trained with the guide's command."
+    """The method's quick run at `seed`: the main row's run when `ltsei reproduce` made it, else the benchmark's own
+    (reused when complete, else trained with the guide's command)."""
+    from ltsei.rows import ROWS_BY_ID, run_dir
+    from ltsei.storage import resolve_runs_dir
+    row = run_dir(resolve_runs_dir(), "quick", ROWS_BY_ID[ROW_OF[method]], seed)
+    if (row / "metrics.json").is_file(): return row
     run = root / f"{method}_seed{seed}"
     if (run / "metrics.json").is_file(): return run
     print(f"[bench] training {GUIDE[method][0]} (quick, seed {seed}) into {run.name}", flush=True)
@@ -60,7 +70,7 @@ def line(s: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="ce,crt,moe", help="comma-separated: ce, crt, moe")
+    p.add_argument("--methods", default="ce,crt,moe", help="comma-separated: ce, crt, moe, balpoe")
     p.add_argument("--space", default="logits", choices=("features", "logits"), help="the embedding (features: the shared stage 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=None, help="folder of the runs (default: the results root's quick/bench_verify)")
@@ -85,7 +95,7 @@ def main(argv=None):
         out = ltsei("verify", scen / "test.cs16", *rec, "--gallery", gal, "--truth", scen / "truth.csv", "--out", ver, "--threads", 1)
         print("\n".join(f"[{GUIDE[m][0]}] {x}" for x in out.strip().splitlines()[:-1]), flush=True)
         lines.append((m, line(json.loads((ver / "summary.json").read_text()))))
-    print(f"[bench] {time.time() - t0:.0f} s; space {a.space}; runs: {', '.join(r.name for r in runs.values())}")
+    print(f"[bench] {time.time() - t0:.0f} s; space {a.space}; runs: {', '.join(f'{r.parent.name}/{r.name}' for r in runs.values())}")
     for m, ln in lines:
         print(f"# {GUIDE[m][0]}")
         print(ln)

@@ -19,7 +19,7 @@ from pathlib import Path
 SPEED_TARGET, MEMORY_TARGET = 50.0, 1.10
 CHILD = """
 import json, resource, sys
-from ltsei.verify import verify
+from ltsei.verify_cli import verify
 verify([sys.argv[1]], sys.argv[2], sys.argv[3], fmt="u8", sample_rate=2e6, threads=1, progress=False, every=sys.argv[4] == "every")
 s = json.load(open(sys.argv[3] + "/summary.json"))
 print(json.dumps({"cpu_s": s["cpu_seconds"], "recorded_s": s["seconds_recorded"], "frames": s["frames"],
@@ -42,6 +42,37 @@ def network_cost(gallery: Path, n: int = 512) -> float:
     x = np.random.default_rng(0).standard_normal((n, 2, net.length)).astype(np.float32)
     net(x[:256])
     t = time.process_time(); net(x); return (time.process_time() - t) / n
+
+
+def cost_split(rec: Path, gallery: Path) -> dict:
+    "CPU seconds of each part of verifying every frame of `rec` on one thread, measured apart in this process (start-up apart)."
+    import numpy as np, torch
+    from ltsei.frames import open_recording
+    from ltsei.verify import Network, _run_files, read_gallery, scan_replies, network_plan, network_windows, window_span
+    from ltsei.verify_cli import frame_verdicts
+    torch.set_num_threads(1)
+    t = {"start-up (torch, network, gallery)": -time.process_time()}
+    g = read_gallery(gallery); net = Network(_run_files(gallery), g["manifest"]["space"], threads=1)
+    net(np.zeros((1, 2, net.length), np.float32))
+    t["start-up (torch, network, gallery)"] += time.process_time()
+    r = open_recording(rec, "u8", 2e6)
+    before, after = window_span(r, net.sample_rate, net.length)
+    parts, n, it = dict.fromkeys(("scan (detector, CRC)", "windows (cut, resample, normalise)", "network", "scoring"), 0.0), 0, scan_replies(r, before=before, after=after)
+    while True:
+        s = time.process_time()
+        try: f, _, block, a = next(it)
+        except StopIteration: break
+        parts["scan (detector, CRC)"] += time.process_time() - s
+        if not len(f): continue
+        s = time.process_time()
+        tt = f.time_s.to_numpy()[network_plan(r, f.time_s.to_numpy(), net.sample_rate, net.length, block, a)["fits"]]
+        x = network_windows(r, tt, net.sample_rate, net.length, block, a)[0]
+        parts["windows (cut, resample, normalise)"] += time.process_time() - s; s = time.process_time()
+        e = net(x); parts["network"] += time.process_time() - s; s = time.process_time()
+        claim = np.zeros(len(e), np.int64)
+        frame_verdicts(g["templates"].z(e), claim, g["templates"].tau); parts["scoring"] += time.process_time() - s
+        n += len(e)
+    return {**t, **parts, "frames": n, "recorded_s": r.n / r.sample_rate}
 
 
 def main(argv=None):
@@ -67,6 +98,7 @@ def main(argv=None):
     short, lng = child(scen / "test.u8", gal, work / "v_short", "every"), child(long, gal, work / "v_long", "every")
     short_t, lng_t = child(scen / "test.u8", gal, work / "v_short_t", "track"), child(long, gal, work / "v_long_t", "track")
     per_frame = network_cost(gal)
+    split = cost_split(long, gal)
     for name, r in (("short, every frame", short), ("long, every frame", lng), ("short, --frames track", short_t), ("long, --frames track", lng_t)):
         print(f"{name}: {r['recorded_s']:.1f} s recorded, {r['frames']} frames, {r['cpu_s']:.1f} CPU s = "
               f"{r['recorded_s'] / r['cpu_s']:.2f}x real time; peak RSS {r['rss_mib']:.0f} MiB")
@@ -74,6 +106,14 @@ def main(argv=None):
     rate = lng["frames"] / lng["recorded_s"]
     print(f"network: {1e3 * per_frame:.2f} ms per frame on one thread = {rate * per_frame:.2f} CPU s per recorded s at "
           f"{rate:.0f} frames/s (alone it allows at most {1 / (rate * per_frame):.1f}x real time)")
+    n, sec = split.pop("frames"), split.pop("recorded_s")
+    print(f"cost split, every frame of the long recording in one process ({n} frames, {sec:.0f} s):")
+    for k, v in split.items():
+        per = "" if k.startswith("start-up") else f" = {1e3 * v / max(n, 1):.3f} ms/frame, {v / sec:.4f} CPU s per recorded s"
+        print(f"  {k}: {v:.2f} CPU s{per}")
+    work_s = sum(v for k, v in split.items() if not k.startswith("start-up"))
+    print(f"  beyond the start-up these parts allow at most {sec / max(work_s, 1e-9):.1f}x real time; without the network "
+          f"{sec / max(work_s - split['network'], 1e-9):.1f}x")
     marg = lambda l, sh: (l["recorded_s"] - sh["recorded_s"]) / max(l["cpu_s"] - sh["cpu_s"], 1e-9)
     print(f"beyond the start-up (the long recording's extra seconds over the short one's extra CPU seconds): "
           f"{marg(lng_t, short_t):.1f}x real time with --frames track, {marg(lng, short):.1f}x with every frame")

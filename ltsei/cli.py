@@ -343,5 +343,5 @@ VERIFY_COMMANDS = ("synth-recording", "enroll", "verify")
 # %% ../nbs/29_cli.ipynb #1f324991
 def verify_command(cmd: str, argv: list[str]) -> int:
     "Run `ltsei synth-recording`, `ltsei enroll` or `ltsei verify`."
-    from ltsei.verify import synth_recording_main, enroll_main, verify_main
+    from ltsei.verify_cli import synth_recording_main, enroll_main, verify_main
     return {"synth-recording": synth_recording_main, "enroll": enroll_main, "verify": verify_main}[cmd](argv)

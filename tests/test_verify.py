@@ -128,3 +128,27 @@ def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):
     checked = v[~v.verdict.isin(["not checked", "not enrolled"])]
     assert (v.verdict == "not checked").any() and checked.groupby("icao").size().max() <= 4   # one track per address here
     assert set(pd.read_csv(tmp_path / "v" / "tracks.csv").icao) == set(v.icao)
+
+
+def test_verify_section_at_the_smoke_profile(tmp_path):
+    "The reproduce section (nbs/23d_verify_rows.ipynb) on stand-in runs of two rows: paired table, DET figure, reuse by key."
+    from ltsei.rows import ROWS_BY_ID, run_dir
+    from ltsei.verify_rows import VERIFY_METHODS, plot_verify_det, verify_section, verify_table
+    for k, m in enumerate(("CE", "cRT")):
+        run = _run_folder(run_dir(tmp_path, "smoke", ROWS_BY_ID[VERIFY_METHODS[m]], 0), k)
+        (run / "metrics.json").write_text("{}")
+        (run / "class_counts.json").write_text(json.dumps({"class_counts": [40, 30, 20, 10, 5, 3]}))
+    df = verify_section(tmp_path, "smoke", seeds=(0,), methods=("CE", "cRT"))
+    assert set(df.method) == {"CE", "cRT"} and set(df.level) == {"frame", "track"}
+    t = verify_table(df)
+    assert list(t.index) == ["CE", "cRT", "cRT − CE"] and "track few" in t.columns and "frame EER" in t.columns
+    from ltsei.verify_rows import section_results
+    assert section_results(tmp_path, "smoke").equals(df)                 # what the report reads: the same rows
+    summary = tmp_path / "smoke" / "verify" / "s1_1_ce" / "seed0" / "verification" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    assert verify_section(tmp_path, "smoke", seeds=(0,), methods=("CE",)).equals(df[df.method == "CE"].reset_index(drop=True))
+    assert summary.stat().st_mtime_ns == stamp                       # reused: the key (run, scenario, settings) is unchanged
+    plot_verify_det(tmp_path, "smoke", seeds=(0,), methods=("CE", "cRT"), path=tmp_path / "det.png")
+    assert (tmp_path / "det.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="ltsei reproduce --profile smoke --rows x2_balpoe"):
+        verify_section(tmp_path, "smoke", seeds=(0,), methods=("BalPoE",))
