@@ -17,9 +17,9 @@ from pathlib import Path
 __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE', 'EARLIER_MOE_LTSEI', 'MOE_SHORT_RUN',
            'EARLIER_POINTS', 'EARLIER_NOTE', 'RIDE_RUN', 'SADE_RUN', 'BALPOE_RUN', 'RIDE_NOTE', 'SADE_NOTE',
            'BALPOE_NOTE', 'ROWS', 'ROWS_BY_ID', 'MAIN_SECTIONS', 'ABLATION_SECTIONS', 'OPENSET_RUN', 'OPENSET_BASES',
-           'RIVAL_PREFIXES', 'OPENSET_ROWS', 'COMPAT_SECTION', 'COMPAT_BASES', 'COMPAT_ROWS', 'split_command', 'Row',
-           'openset_row', 'compat_row', 'guide_commands', 'parse_guide', 'select_rows', 'parse_overrides',
-           'stage1_group']
+           'RIVAL_PREFIXES', 'OPENSET_ROWS', 'VERIFY_ROWS', 'COMPAT_SECTION', 'COMPAT_BASES', 'COMPAT_ROWS',
+           'split_command', 'Row', 'openset_row', 'compat_row', 'guide_commands', 'parse_guide', 'select_rows',
+           'parse_overrides', 'stage1_group']
 
 # %% ../nbs/19_rows.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
@@ -244,6 +244,7 @@ ROWS += OPENSET_ROWS
 ROWS_BY_ID.update({r.id: r for r in OPENSET_ROWS})
 
 # %% ../nbs/19_rows.ipynb #08da5b32
+VERIFY_ROWS = {"CE": "s1_1_ce", "cRT": "s3_1_crt", "MoE-LTSEI": "s5_2_short", "BalPoE": "x2_balpoe"}   # `--rows verify`: these runs, then their verification (ltsei.verify_rows)
 COMPAT_SECTION = "cp"
 COMPAT_BASES = ("s1_1_ce", "s2_3_inv_freq", "s2_3_class_uniform", "s2_3_sqrt", "s2_1_ldam_drw", "s3_1_crt",
                 "s3_2_crt_cs_sqrt", "s5_1_full", "x5_routed_gate")
@@ -293,10 +294,10 @@ def select_rows(spec: str | None, rows: list[Row] | None = None) -> list[Row]:
         if not tok: continue
         hit = [r for r in rows if tok in (r.id, r.section, r.section.split(".")[0])
                or (tok == "main" and r.section in MAIN_SECTIONS) or (tok != r.id and fnmatch.fnmatchcase(r.id, tok))
-               or (tok == "compat" and r.section == COMPAT_SECTION)]
+               or (tok == "compat" and r.section == COMPAT_SECTION) or (tok == "verify" and r.id in VERIFY_ROWS.values())]
         if not hit:
             raise ValueError(f"--rows: {tok!r} matches no row; expected row ids (e.g. s2_1_focal), sections "
-                             f"(e.g. 4.5), parts (e.g. 4), id globs (e.g. s4_*), 'main' or 'all'. "
+                             f"(e.g. 4.5), parts (e.g. 4), id globs (e.g. s4_*), 'main', 'compat', 'verify' or 'all'. "
                              f"Row ids: {', '.join(r.id for r in rows)}")
         chosen.update(r.id for r in hit)
     return [r for r in rows if r.id in chosen]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .rows import ROWS_BY_ID, run_dir
+from .rows import VERIFY_ROWS, ROWS_BY_ID, run_dir
 from .storage import atomic_write_json, clean_stale, drop_temp, make_temp_dir, replace_dir, resolve_runs_dir, sha256_file
 from .scenario import ScenarioConfig, fleet_order, make_scenario
 from .verify import join_truth
@@ -21,7 +21,7 @@ __all__ = ['VERIFY_METHODS', 'VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'Veri
            'verify_table', 'det_points', 'plot_verify_det']
 
 # %% ../nbs/23d_verify_rows.ipynb #952d93b1
-VERIFY_METHODS = {"CE": "s1_1_ce", "cRT": "s3_1_crt", "MoE-LTSEI": "s5_2_short", "BalPoE": "x2_balpoe"}
+VERIFY_METHODS = VERIFY_ROWS   # method -> the row whose runs it verifies (ltsei.rows: `--rows verify` selects them)
 VERIFY_DIR = "verify"
 GROUPS = ("many", "medium", "few")
 

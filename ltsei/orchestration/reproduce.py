@@ -27,7 +27,7 @@ from . import local_launcher, ray_launcher, slurm_launcher   # every launcher re
 
 # %% auto #0
 __all__ = ['REQUEST', 'read_request', 'resolve_request', 'RunsDirError', 'check_runs_dir', 'render_report',
-           'build_tables_and_report', 'rows_arg', 'row_executor', 'say_estimate', 'reproduce_main']
+           'build_tables_and_report', 'rows_arg', 'row_executor', 'say_estimate', 'verify_rows_asked', 'reproduce_main']
 
 # %% ../../nbs/28_reproduce.ipynb #c994121b
 REQUEST = "request.json"     # RUNS_DIR/PROFILE/request.json: the rows and seeds the results folder was asked for
@@ -208,6 +208,19 @@ def _print_dry_run(rrs: list[RowRun], a, runs_dir: Path) -> int:
     print(f"[reproduce] dry run: nothing written; the files would go to {runs_dir / a.profile}")
     return 1 if any(t.status == "failed" for t in rrs) else 0
 
+# %% ../../nbs/28_reproduce.ipynb #vrfy0002
+def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
+    "After the rows: when `--rows` names `verify`, verify the complete runs of `VERIFY_ROWS` at each seed; failures as (name, error)."
+    if a.demo or "verify" not in [t.strip() for t in (a.rows or "").split(",")]: return []
+    from ltsei.verify_rows import VERIFY_METHODS, verify_section
+    done = {(t.row.id, t.seed) for t in rrs if t.status == "complete"}
+    out = []
+    for seed in range(a.seeds):
+        methods = [m for m, r in VERIFY_METHODS.items() if (r, seed) in done]
+        try: verify_section(runs_dir, a.profile, [seed], methods)
+        except Exception as e: out.append((f"verify/seed{seed}", f"{type(e).__name__}: {e}"))
+    return out
+
 # %% ../../nbs/28_reproduce.ipynb #bae572cd
 def reproduce_main(argv: list[str] | None = None) -> int:
     "`ltsei reproduce`: run the selected rows and seeds, then tables, figures and report. Returns the exit status."
@@ -224,6 +237,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
               "next time (complete ones are kept)", file=sys.stderr)
         return 130
     failures = [(t.name, t.error) for t in rrs if t.status == "failed"]
+    failures += verify_rows_asked(a, runs_dir, rrs)
     try: failures += build_tables_and_report(runs_dir, a.profile, a.no_report)
     except KeyboardInterrupt:
         print("\n[reproduce] interrupted while building the tables / report; the previous ones are kept", file=sys.stderr)
