@@ -24,12 +24,12 @@ from .cache import CacheEntry
 
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'SNR_DB_RANGE', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD',
-           'CFO_SHIFT_HZ', 'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'EDGE_JITTER', 'DROOP_JITTER', 'RX_DC_DB',
-           'RMS_RANGE', 'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB', 'AGC_HEADROOM_DB', 'SPLITS', 'CHUNK',
-           'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config',
-           'make_fingerprints', 'gen_rate', 'rx_response', 'synth_frames', 'estimate_cfo', 'split_sizes',
-           'synth_nbytes', 'synth_numerics', 'synth_key', 'generate_split', 'SynthWorkerError', 'check_finite',
-           'generate_synth', 'SynthSet', 'synth_entry', 'load_synth', 'synth_main']
+           'CFO_SHIFT_HZ', 'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'EDGE_JITTER', 'DROOP_JITTER', 'RMS_RANGE',
+           'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB', 'SPLITS', 'CHUNK', 'STORE_DTYPE', 'PUBLIC_SPLITS',
+           'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config', 'make_fingerprints', 'gen_rate',
+           'rx_response', 'synth_frames', 'estimate_cfo', 'split_sizes', 'synth_nbytes', 'synth_numerics', 'synth_key',
+           'generate_split', 'SynthWorkerError', 'check_finite', 'generate_synth', 'SynthSet', 'synth_entry',
+           'load_synth', 'synth_main']
 
 # %% ../nbs/04_synth.ipynb #a76224b8
 @dataclass
@@ -48,6 +48,13 @@ class SynthConfig:
     analog_rate: float = 50e6   # frames are made and filtered at max(sample_rate, analog_rate), then resampled to sample_rate
     clock_ppm: float = 0.0      # sample-clock offset, std in ppm per frame (plus a drift of the same size over the frame)
     adc_bits: int = 0           # ADC resolution after an AGC (0: no quantisation)
+    adc_mode: str = "agc"       # agc: output rescaled to RMS_RANGE | rtl: an RTL-SDR's u8 grid (mid-rise), output in units of full scale
+    adc_headroom_db: float = 3.0  # `adc_bits`: full scale this far above the frame's peak |I|, |Q| (dB) ...
+    adc_agc_db: float = 3.0     # ... +- this, uniform per frame (the AGC's or the signal level's spread)
+    dc_db_min: float = -45.0    # receiver DC offset vs the pulse amplitude, uniform in dB
+    dc_db_max: float = -30.0
+    rx_iq_gain: float = 0.0     # receiver IQ gain imbalance: I gain 1 + eps, Q gain 1 - eps (0: none)
+    rx_iq_phase: float = 0.0    # receiver IQ phase imbalance, rad (0: none)
     cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
     multipath: bool = False     # one weak delayed ray (and sometimes a second)
     overlap_prob: float = 0.0   # share of frames overlapped by another aircraft's weaker reply
@@ -68,7 +75,16 @@ SYNTH_PRESETS = {
     # 2 epochs, so that CE at IR 1 scores far above chance (about 90 %, chance 17 %)
     "smoke": SynthConfig(num_emitters=6, sample_rate=8e6, length=384, pool_per_class=700, val_per_class=10,
                          test_per_class=20, snr_db_min=25.0, snr_db_max=35.0, difficulty=0.1, seed=148),
+    # an RTL-SDR stick at 2 MS/s (one sample per 0.5 us chip): the quick preset's fleet seen through the stick's
+    # chain (tuner and decimation filter, 8-bit ADC at a fixed gain, DC spur, IQ imbalance, crystal offset), fitted to
+    # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
+    # and are the shortest ConvNetADSB takes
+    "rtl2m": SynthConfig(num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
+                         test_per_class=60, snr_db_min=12.5, snr_db_max=23.0, rx_bandwidth=2.0e6, rx_transition=1.0e6,
+                         clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=10.0, adc_agc_db=3.0,
+                         dc_db_min=-33.0, dc_db_max=-22.0, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
 }
+SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=2.4e6)   # the same stick at 2.4 MS/s (160 us)
 SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key
 
 # %% ../nbs/04_synth.ipynb #0fe4fe3c
@@ -102,7 +118,7 @@ def check_synth_config(cfg) -> None:
     for k in ("snr_db_min", "snr_db_max"):
         if not SNR_DB_RANGE[0] <= float(getattr(cfg, k)) <= SNR_DB_RANGE[1]: bad(k, f"a ratio in dB within {SNR_DB_RANGE}")
     if int(cfg.num_emitters) < 2: bad("num_emitters", "an integer >= 2")
-    if not float(cfg.sample_rate) >= 4e6: bad("sample_rate", "at least 4e6 samples/s (2 samples per 0.5 us chip)")
+    if not float(cfg.sample_rate) >= 2e6: bad("sample_rate", "at least 2e6 samples/s (one sample per 0.5 us chip)")
     if int(cfg.length) <= 0: bad("length", "a positive number of samples")
     if int(cfg.length) / float(cfg.sample_rate) < 8e-6: bad("length", f"at least 8 us of samples (the preamble), i.e. >= {int(np.ceil(8e-6 * cfg.sample_rate))}")
     for n in ("pool_per_class", "val_per_class", "test_per_class"):
@@ -115,10 +131,22 @@ def check_synth_config(cfg) -> None:
     if not 4e6 <= float(cfg.analog_rate) < float("inf"): bad("analog_rate", "at least 4e6 samples/s")
     if not 0 <= float(cfg.clock_ppm) <= 1000: bad("clock_ppm", "0 (off) to 1000 ppm")
     if not (int(cfg.adc_bits) == 0 or 2 <= int(cfg.adc_bits) <= 24): bad("adc_bits", "0 (no quantisation) or 2..24 bits")
+    _check_rx(cfg, bad)
     if not 0 <= float(cfg.cfo_drift_hz) < float("inf"): bad("cfo_drift_hz", "0 (off) or a drift in Hz")
     if not 0 <= float(cfg.overlap_prob) <= 1: bad("overlap_prob", "a probability in [0, 1]")
     if not float(cfg.difficulty) > 0: bad("difficulty", "a positive number")
     if cfg.icao_mode not in ("random", "per_emitter"): bad("icao_mode", "'random' or 'per_emitter'")
+
+def _check_rx(cfg, bad) -> None:
+    "The ADC's and the receiver's own keys (see `check_synth_config`)."
+    if cfg.adc_mode not in ("agc", "rtl"): bad("adc_mode", "'agc' or 'rtl'")
+    if cfg.adc_mode == "rtl" and int(cfg.adc_bits) == 0: bad("adc_mode", "'agc' when adc_bits=0 (rtl quantises: set adc_bits, e.g. 8)")
+    if not -20 <= float(cfg.adc_headroom_db) <= 60: bad("adc_headroom_db", "-20 to 60 dB of full scale above the frame's peak")
+    if not 0 <= float(cfg.adc_agc_db) <= 30: bad("adc_agc_db", "a spread of 0 to 30 dB")
+    if not -200 <= float(cfg.dc_db_min) <= 0: bad("dc_db_min", "a level in dB vs the pulse, -200 to 0")
+    if not float(cfg.dc_db_min) <= float(cfg.dc_db_max) <= 0: bad("dc_db_max", f">= dc_db_min={cfg.dc_db_min} and <= 0 dB")
+    if not -0.5 <= float(cfg.rx_iq_gain) <= 0.5: bad("rx_iq_gain", "an imbalance within -0.5 .. 0.5")
+    if not -0.5 <= float(cfg.rx_iq_phase) <= 0.5: bad("rx_iq_phase", "a phase within -0.5 .. 0.5 rad")
 
 # %% ../nbs/04_synth.ipynb #68d92241
 # Fingerprint distribution: (nominal, spread at difficulty 1, lower, upper). The spread is divided by
@@ -147,12 +175,10 @@ CFO_JITTER_HZ = (20e3, 150e3)        # per-emitter std of the per-frame carrier 
 ALIGN_S = (-300e-9, -130e-9)         # modulator start before sample 0, uniform: the capture starts inside the first pulse
 EDGE_JITTER = 0.3                    # per-frame std of ln(edge scale) around the emitter's
 DROOP_JITTER = 0.04                  # per-frame std of the droop over 96 us
-RX_DC_DB = (-45.0, -30.0)            # receiver DC offset vs the pulse amplitude, uniform in dB
 RMS_RANGE = (0.55, 1.25)             # per-frame RMS amplitude, log-uniform (like the public files)
 MULTIPATH_DB = (-20.0, -10.0)        # `multipath`: the delayed ray's power vs the direct one, uniform in dB
 MULTIPATH_DELAY_S = (0.1e-6, 1e-6)   # ... and its delay, uniform
 OVERLAP_DB = (-20.0, -10.0)          # `overlap_prob`: the other reply's power vs this one, uniform in dB
-AGC_HEADROOM_DB = 3.0                # `adc_bits`: the AGC puts the frame's peak this far (+-3 dB) below full scale
 
 def make_fingerprints(cfg) -> pd.DataFrame:
     """One row of hardware parameters per emitter, deterministic from `cfg.seed` (emitter e's row
@@ -297,7 +323,8 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
         eps, dr = float(cfg.clock_ppm) * 1e-6 * rng.standard_normal((2, B))
         n = np.arange(Lx, dtype=np.float64) - P
         z = _warp(z, P + n[None, :] * (1 + eps[:, None] + dr[:, None] * n[None, :] / Lx))
-    dc = np.sqrt(p_sig) * 10 ** (rng.uniform(*RX_DC_DB, B) / 20)
+    if float(cfg.rx_iq_gain) or float(cfg.rx_iq_phase): z = _iq_imbalance(z, float(cfg.rx_iq_gain), float(cfg.rx_iq_phase))
+    dc = np.sqrt(p_sig) * 10 ** (rng.uniform(float(cfg.dc_db_min), float(cfg.dc_db_max), B) / 20)
     z += (dc * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None]
     if r != 1:
         from scipy.signal import resample_poly
@@ -305,14 +332,27 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
         P = P * r.numerator // r.denominator
     return z[:, P:P + L].astype(np.complex64), snr_db
 
+def _iq_imbalance(z, g: float, phi: float):
+    "IQ imbalance of gain `g` (I gain 1 + g, Q gain 1 - g) and phase `phi` (rad, split between I and Q), complex64."
+    hp = phi / 2
+    I2 = np.float32((1 + g) * np.cos(hp)) * z.real - np.float32((1 + g) * np.sin(hp)) * z.imag
+    Q2 = np.float32((1 - g) * np.cos(hp)) * z.imag - np.float32((1 - g) * np.sin(hp)) * z.real
+    return _complex(I2, Q2)
+
 def _adc(cfg, z, rng):
-    "AGC then an `adc_bits` ADC: the frame scaled so its peak lies AGC_HEADROOM_DB (+-3 dB) below full scale, quantised, clipped."
+    """An `adc_bits` ADC: full scale `adc_headroom_db` (+- `adc_agc_db`, uniform per frame) above the frame's peak |I|, |Q|,
+    quantised and clipped; `adc_mode='agc'` rounds to the nearest step (a level at 0), `rtl` to the mid-rise grid of an
+    RTL-SDR's unsigned 8-bit samples (levels at half steps: zero lies at 127.5) and returns units of full scale."""
     b = int(cfg.adc_bits)
     if b <= 0: return z
     peak = np.abs(np.concatenate([z.real, z.imag], 1)).max(1)
-    fsc = peak * 10 ** ((AGC_HEADROOM_DB + rng.uniform(-3, 3, len(z))) / 20)
+    s = float(cfg.adc_agc_db)
+    fsc = peak * 10 ** ((float(cfg.adc_headroom_db) + rng.uniform(-s, s, len(z))) / 20)
     q = (2 * fsc / 2 ** b)[:, None]
     lim = 2 ** (b - 1) - 1
+    if cfg.adc_mode == "rtl":       # levels (k + 0.5) q, k = -2^(b-1) .. 2^(b-1) - 1; full scale 1
+        def mid(v): return (np.clip(np.floor(v / q), -lim - 1, lim) + 0.5) * (q / fsc[:, None])
+        return _complex(mid(z.real), mid(z.imag))
     return _complex(np.clip(np.round(z.real / q), -lim - 1, lim) * q, np.clip(np.round(z.imag / q), -lim - 1, lim) * q)
 
 # %% ../nbs/04_synth.ipynb #975a7478
@@ -341,8 +381,9 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator, return_snr: bo
     z = _channel(cfg, z, fs, P, t0, rng)
     z, snr_db = _receiver(cfg, z, p_sig, fs, P, L, r, rng)
     z = _adc(cfg, z, rng)
-    rms = np.sqrt(np.mean(np.abs(z) ** 2, 1))
-    z *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(np.float32)[:, None]
+    if cfg.adc_mode != "rtl":        # rtl: the stick's own scale (units of full scale), as a recording of it reads
+        rms = np.sqrt(np.mean(np.abs(z) ** 2, 1))
+        z *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(np.float32)[:, None]
     x = np.stack([z.real, z.imag], 1).astype(np.float32)
     return (x, bits, snr_db) if return_snr else (x, bits)
 
@@ -385,10 +426,16 @@ def synth_numerics() -> dict:
     return {"numpy": np.__version__, "scipy": scipy.__version__, "machine": platform.machine(),
             "simd": sorted(t for t in targets if have.get(t))}
 
+# fields added after ltsei-synth-3's first data sets: left out of the key at these defaults (their old output), so
+# that every earlier data set keeps its key
+_LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
+                                                  "rx_iq_gain", "rx_iq_phase")}
+
 def synth_key(cfg) -> str:
-    """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field, the
-    generator version, the chunking (CHUNK seeds the chunks), the storage dtype and `synth_numerics`."""
-    d = asdict(as_synth_config(cfg))
+    """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field (those of `_LATER`
+    only away from their defaults), the generator version, the chunking (CHUNK seeds the chunks), the storage dtype
+    and `synth_numerics`."""
+    d = {k: v for k, v in asdict(as_synth_config(cfg)).items() if k not in _LATER or v != _LATER[k]}
     blob = json.dumps({"version": SYNTH_VERSION, "dtype": np.dtype(STORE_DTYPE).name, "chunk": CHUNK,
                        "numerics": synth_numerics(), "config": d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
