@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, os, sys, warnings
 from importlib import resources
 from pathlib import Path
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 import numpy as np
 import pandas as pd
 from .storage import atomic_write
@@ -16,15 +16,16 @@ from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, ch
 
 # %% auto #0
 __all__ = ['REAL_ADSB_REFERENCE', 'REAL_ADSB_CURVES', 'REF_SAMPLE_RATE', 'STATS', 'SAMPLE_STATS', 'SPREAD_STATS', 'PREAMBLE_ON',
-           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'FIT_HEADER',
-           'MIN_FIT_FRAMES', 'read_reference', 'as_complex', 'frame_start', 'measure_frame', 'measure_frames',
-           'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves', 'curves_at', 'reference_curves',
-           'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize', 'reference_summary', 'realism_report',
-           'reference_report', 'compare', 'compare_spread', 'reference_band_edge', 'reference_notes', 'synth_sample',
-           'load_frames', 'frames_margin_s', 'plot_curves', 'read_synth_preset', 'synth_preset', 'preset_overrides',
-           'preset_flags', 'expand_preset_overrides', 'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate',
-           'fingerprint_estimates', 'fit_spectrum_db', 'fit_synth', 'preset_text', 'check_preset_out', 'write_preset',
-           'check_fit_frames']
+           'MAX_BITS', 'SPECTRUM_BINS', 'SPECTRUM_BIN_HZ', 'ACF_LAGS', 'PRESET_SUFFIXES', 'FIT_KEY_MAP', 'RX_KEYS',
+           'FIT_HEADER', 'MIN_FIT_FRAMES', 'QUIET_CHIPS', 'read_reference', 'as_complex', 'frame_start',
+           'measure_frame', 'measure_frames', 'spectrum_bins_full', 'spectrum_db', 'envelope_acf', 'summarize_curves',
+           'curves_at', 'reference_curves', 'compare_curves', 'spread_ratio', 'cfo_1nn_accuracy', 'summarize',
+           'reference_summary', 'realism_report', 'reference_report', 'compare', 'compare_spread',
+           'reference_band_edge', 'reference_notes', 'synth_sample', 'load_frames', 'frames_margin_s', 'plot_curves',
+           'read_synth_preset', 'synth_preset', 'preset_overrides', 'preset_flags', 'expand_preset_overrides',
+           'realism_main', 'snr_from_noise_floor', 'adc_bits_estimate', 'fingerprint_estimates', 'fit_spectrum_db',
+           'fit_synth', 'preset_text', 'check_preset_out', 'write_preset', 'check_fit_frames', 'quiet_snr_db',
+           'frame_snr', 'drop_margin', 'common_length', 'real_vs_synth', 'rtl_keys']
 
 # %% ../nbs/06_realism.ipynb #65520d0d
 def read_reference(name: str = "real_adsb_reference.json") -> dict:
@@ -667,8 +668,10 @@ def _cli_value(v) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
 
 def preset_overrides(path) -> list[str]:
-    "A preset file as `python main.py` overrides: `data.synth.KEY=VALUE`, one per key."
-    return [f"data.synth.{k}={_cli_value(v)}" for k, v in read_synth_preset(path).items()]
+    """A preset file as `python main.py` overrides: `data.synth.KEY=VALUE`, one per key; a named preset
+    (`SYNTH_PRESETS`, e.g. `rtl2m`) gives every key of that preset."""
+    d = asdict(SYNTH_PRESETS[str(path)]) if str(path) in SYNTH_PRESETS else read_synth_preset(path)
+    return [f"data.synth.{k}={_cli_value(v)}" for k, v in d.items()]
 
 def preset_flags(path) -> list[str]:
     "A preset file as `ltsei synth` / `ltsei realism` flags: `--key value` (`--key` / `--no-key` for booleans)."
@@ -679,7 +682,7 @@ def preset_flags(path) -> list[str]:
     return out
 
 def expand_preset_overrides(argv: list[str]) -> list[str]:
-    """`python main.py` arguments with each `data.synth.preset=FILE.yaml` replaced in place by the file's keys as
+    """`python main.py` arguments with each `data.synth.preset=FILE.yaml` (or a preset's name) replaced in place by its keys as
     `data.synth.KEY=VALUE` overrides (later arguments still override them)."""
     out = []
     for a in argv:
@@ -742,9 +745,12 @@ def realism_main(argv: list[str]) -> int:
             f"{len(REAL_ADSB_REFERENCE['frames_per_class'])} emitters ({REAL_ADSB_REFERENCE['repository']}), 50 MS/s", "real"
     time_units = a.time_units or fsf != fs
     x, y = synth_sample(cfg, a.frames_per_emitter, a.emitters)
-    rs = realism_report(x, y, fs, time_units)
     off = frames_margin_s(a.files, a.role) if a.files else 0.0     # ltsei frames' windows: measured from the preamble
-    ro = realism_report(xf, yf, fsf, time_units, off * fsf) if a.files else reference_report(fs, time_units)
+    if a.files:
+        xf, frac = drop_margin(xf, off, fsf)
+        if fsf == fs: x, xf = common_length(x, xf)                  # the same stretch of each frame
+    rs = realism_report(x, y, fs, time_units)
+    ro = realism_report(xf, yf, fsf, time_units, frac) if a.files else reference_report(fs, time_units)
     if fsf != fs:   # a lag of one sample is another time at another rate: not comparable
         for r in (rs, ro): r["summary"].loc["noise_acf1", ["median", "p10", "p90"]] = np.nan
     table = compare(rs["summary"], ro["summary"], ("synthetic", other_name))
@@ -765,6 +771,9 @@ def realism_main(argv: list[str]) -> int:
     cc = compare_curves(curves_at(rs["curves"], lo), curves_at(ro["curves"], lo))
     print(_curve_lines(cc, other_name, lo, a.curves))
     print(compare_spread(rs, ro, ("synthetic", other_name)).to_string())
+    if a.files and fsf == fs:
+        acc, cols = real_vs_synth(rs["stats"], ro["stats"])
+        print(f"real-vs-synthetic classifier on {len(cols)} statistics ({', '.join(cols)}): {100 * acc:.0f} % (50 %: indistinguishable)")
     if a.files and len(np.unique(yf)) < 2:
         print("CFO-only 1-NN accuracy of the files: n/a: they hold one emitter (with one class every neighbour is right)")
     if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
@@ -798,7 +807,8 @@ def _fit_main(a, over: dict) -> int:
     base = replace(SYNTH_PRESETS[a.preset], **over)
     x, y, fs, desc = load_frames(a.fit, a.role, a.layout, a.files_sample_rate, dedup=not a.keep_duplicates, labels=a.labels)
     check_fit_frames(x, a.fit)
-    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed), align_offset=frames_margin_s(a.fit, a.role) * fs)
+    x, off = drop_margin(x, frames_margin_s(a.fit, a.role), fs)     # measured from the preamble, as the generator's frames
+    fit = fit_synth(x, y, fs, base, a.sim_frames, seed=int(base.seed), align_offset=off)
     print(f"fitted to {desc}\n\nestimated (median [p10 .. p90]):")
     for r in fit["estimates"].index: print(f"  {r:15s} {_fmt_est(fit['estimates'].loc[r])}")
     if fit["preset"] is None:
@@ -812,6 +822,7 @@ def _fit_main(a, over: dict) -> int:
     print(t.drop(columns="unit").to_string(index=False))
     print(f"\n{(t['inside'] == 'yes').sum()} of {(t['inside'] != 'n/a').sum()} fitted medians inside the files p10-p90")
     print(_curve_lines(fit["curves"], "files", fs))
+    print(f"real-vs-synthetic classifier on {len(fit['classifier_stats'])} statistics: {100 * fit['real_vs_synth']:.0f} % (50 %: indistinguishable)\n")
     print(f"use it: ltsei synth --preset {out} --out DIR | ltsei realism --preset {out} FILES | python main.py data.synth.preset={out}")
     return 0
 
@@ -859,7 +870,8 @@ def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float, x=None) ->
     rows = {}
     def add(name, vals, unit, how):
         m, lo, hi = _q(vals); rows[name] = {"median": m, "p10": lo, "p90": hi, "unit": unit, "how": how}
-    add("snr_db", snr_from_noise_floor(stats["noise_floor"]), "dB", "10 log10(1 / noise floor - 1), per frame")
+    if 0.5e-6 * fs >= 2 or x is None: add("snr_db", snr_from_noise_floor(stats["noise_floor"]), "dB", "10 log10(1 / noise floor - 1), per frame")
+    else: add("snr_db", quiet_snr_db(x, fs), "dB", "the preamble's quiet chips against the pulse level, per frame (quiet_snr_db)")
     add("cfo_hz", stats["cfo"], "Hz", "the cfo statistic, per frame")
     add("rise_time_s", stats["rise"] / fs, "s", "the rise statistic / sample rate (receiver filter included)")
     add("fall_time_s", stats["fall"] / fs, "s", "the fall statistic / sample rate (receiver filter included)")
@@ -937,13 +949,13 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
     """Receiver filter and SNR by analysis by synthesis: `rx_bandwidth` minimises the mean squared dB distance between
     the simulated and the captured median spectrum (`fit_spectrum_db`; golden section on log B from 1 MHz to
     0.75 x the rate frames are made at, at most 1.5 x the sample rate; common random numbers), then for a `fir` filter its edge width `rx_transition` (0.2 MHz .. B) the same way, then the SNR range moves by the gap between the simulated and the captured median SNR
-    (from the noise floor; `sim(c, 3)`: 3x the frames). Its width stays the captures' 10-90 % spread: that spread
+    (`frame_snr`; `sim(c, 3)`: 3x the frames). Its width stays the captures' 10-90 % spread: that spread
     also holds the emitters' other differences, which the simulated emitters need not share. A second, narrower
     round refines both."""
     fs = float(cfg.sample_rate)
     target = files["fit_spectrum"]
     ok = np.isfinite(target)
-    s_files = _q(snr_from_noise_floor(files["stats"]["noise_floor"]))
+    s_files = _q(files["snr"])
     def dist(logb, key="rx_bandwidth"):
         S = sim(replace(cfg, **{key: float(np.exp(logb))}))[1]
         return float(np.mean((S[ok] - target[ok]) ** 2))
@@ -957,7 +969,7 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
             t = float(np.exp(_golden(lambda v: dist(v, "rx_transition"), *tspan, 6 if r == 0 else 5)))
             cfg = replace(cfg, rx_transition=float(round(t, -3)))
         for _ in range(1 + r):
-            s_sim = _q(snr_from_noise_floor(sim(cfg, 3)[0]["noise_floor"]))
+            s_sim = _q(sim(cfg, 3)[2])
             d = s_sim[0] - s_files[0]
             cfg = replace(cfg, snr_db_min=round(cfg.snr_db_min - d, 2), snr_db_max=round(cfg.snr_db_max - d, 2))
         span = (np.log(b) - 0.2, min(np.log(b) + 0.2, top))
@@ -1012,15 +1024,22 @@ def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
     return cfg
 
 # %% ../nbs/06_realism.ipynb #9e3d7411
+# the receiver's keys a fitted preset carries wherever they differ from the defaults (from its base preset)
+RX_KEYS = ("analog_rate", "clock_ppm", "adc_bits", "adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
+           "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz")
+
 def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0, align_offset: float = 0.0) -> dict:
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
     `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
     snr_db_min/max and whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
     generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
-    (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table` and the curves' `curves`. Where
+    (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table`, the curves' `curves` and the
+    `real_vs_synth` accuracy on the `classifier_stats`. An RTL-SDR base (`adc_mode: rtl`) adds its keys (`rtl_keys`,
+    `_fit_rx_cfo`) and keeps its own, longer frame length at its own rate. Where
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
     fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
     files = realism_report(x, y, fs, align_offset=align_offset)      # (`align_offset`: see `realism_report`)
+    files["snr"] = frame_snr(files["stats"], x, fs)
     est = fingerprint_estimates(files["stats"], y, fs, x)
     classes = len(np.unique(y))
     preset = {"sample_rate": fs, "length": int(x.shape[-1])}
@@ -1030,6 +1049,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     base = SYNTH_PRESETS[base] if isinstance(base, str) else base
     cfg = replace(base, **preset, snr_db_min=round(lo, 2), snr_db_max=round(hi, 2), seed=int(seed))
     mapped, used = _mapped(est)
+    if getattr(base, "adc_mode", "agc") == "rtl": mapped, used = {**mapped, **rtl_keys(x, files["stats"])}, used | {"adc_bits", "dc_db"}
     cfg = replace(cfg, **mapped)
     try: check_synth_config(cfg)
     except ValueError as e:       # what the captures show is still worth reporting
@@ -1039,21 +1059,25 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     def sim(c, k=1):
         xs, _ = synth_sample(c, k * fpe, E)
         st = measure_frames(xs, fs, edges=False)        # the search needs the cfo, the noise floor and the spectrum
-        return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy())
+        return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy()), frame_snr(st, xs, fs)
     files["fit_spectrum"] = fit_spectrum_db(x, fs, files["stats"]["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
+    if cfg.adc_mode == "rtl": cfg = _fit_rx_cfo(cfg, files, sim)
     d0 = cfg.difficulty
     cfg = _fit_difficulty(cfg, files, y, max(6, fpe))
     chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
     preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
+    preset.update({k: getattr(cfg, k) for k in RX_KEYS if k not in preset and getattr(cfg, k) != getattr(SynthConfig(), k)})
+    if float(base.sample_rate) == fs and int(base.length) > preset["length"]: preset["length"] = int(base.length)   # the base's whole reply
     if cfg.difficulty != d0: preset["difficulty"], used = cfg.difficulty, used | {"spread_rise", "spread_fall", "spread_droop"}
     xs, ys = synth_sample(cfg, fpe, E)
     fitted = realism_report(xs, ys, fs)
+    acc, cols = real_vs_synth(fitted["stats"], files["stats"], seed=int(seed))
     est = _calibrate_cfo(est, cfg, frames=10)
     used |= {"snr_db"}
     return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
             "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
-            "curves": compare_curves(fitted["curves"], files["curves"])}
+            "curves": compare_curves(fitted["curves"], files["curves"]), "real_vs_synth": acc, "classifier_stats": cols}
 
 # %% ../nbs/06_realism.ipynb #f4a4b4c4
 def _fmt_est(r) -> str:
@@ -1112,3 +1136,83 @@ def check_fit_frames(x, paths) -> None:
     if len(x) < MIN_FIT_FRAMES:
         raise ValueError(f"realism --fit {names}: {len(x)} frame{'s' * (len(x) != 1)}: a fit needs at least {MIN_FIT_FRAMES} "
                          "(each statistic's p10-p90 band)")
+
+# %% ../nbs/06_realism.ipynb #457a69ba
+QUIET_CHIPS = (4, 5, 11, 12, 13, 14)   # preamble chips at least 0.5 us from its pulses (2-3 us, 5.5-7.5 us)
+
+def quiet_snr_db(x, sample_rate: float) -> np.ndarray:
+    """Per-frame SNR (dB) that holds at one sample per chip: noise from the preamble's `QUIET_CHIPS` (their mean,
+    the DC, taken off), pulse power from the median on-chip level (`measure_frame`'s chips) squared less that noise."""
+    z = as_complex(x)
+    fs, L, chip = float(sample_rate), z.shape[1], 0.5e-6 * float(sample_rate)
+    env = np.abs(z)
+    starts, out = frame_start(env, fs), np.full(len(z), np.nan)
+    for i, s in enumerate(starts):
+        n_bits = int(min(MAX_BITS, max(0, np.floor((L - s - 8e-6 * fs) / (1e-6 * fs) + 1e-9))))
+        chips = _chip_states(env[i], fs, s, n_bits)
+        _, _, _, valid, lev = _chip_levels(env[i], fs, s, chips.size)
+        q = np.concatenate([np.arange(np.ceil(s + c * chip - 1e-9), np.ceil(s + (c + 1) * chip - 1e-9)) for c in QUIET_CHIPS]).astype(np.int64)
+        q, on = q[(q >= 0) & (q < L)], valid & chips
+        if q.size < 2 or on.sum() < 2: continue
+        N = float(np.sum(np.abs(z[i, q] - z[i, q].mean()) ** 2) / (q.size - 1))
+        S = float(np.median(lev[on]) ** 2) - N
+        if S > 0 and N > 0: out[i] = 10 * np.log10(S / N)
+    return out
+
+def frame_snr(stats: pd.DataFrame, x, sample_rate: float) -> np.ndarray:
+    "Per-frame SNR (dB): from the noise floor at 2 or more samples per chip, from the quiet chips (`quiet_snr_db`) below."
+    if 0.5e-6 * float(sample_rate) >= 2 or x is None: return snr_from_noise_floor(stats["noise_floor"])
+    return quiet_snr_db(x, sample_rate)
+
+# %% ../nbs/06_realism.ipynb #ee1b9978
+def drop_margin(x, margin_s: float, sample_rate: float) -> tuple[np.ndarray, float]:
+    "Frames `x` (N, 2, L) without their first floor(margin x rate) samples, and the fraction of a sample left (for `align`)."
+    m = float(margin_s) * float(sample_rate)
+    k = int(np.floor(m + 1e-9))
+    return (x[..., k:] if k > 0 else x), m - k
+
+def common_length(a, b) -> tuple[np.ndarray, np.ndarray]:
+    "Frames `a` and `b` (N, 2, L) cut to the shorter one's length."
+    L = min(a.shape[-1], b.shape[-1])
+    return a[..., :L], b[..., :L]
+
+# %% ../nbs/06_realism.ipynb #5f703ec0
+def real_vs_synth(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0) -> tuple[float, list]:
+    """Cross-validated accuracy of a classifier telling per-frame statistics `a` from `b` (from `measure_frames`), on
+    the STATS defined (finite) in at least 90 % of both sets' frames, and those statistics."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    cols = [k for k in STATS if np.isfinite(a[k]).mean() >= 0.9 and np.isfinite(b[k]).mean() >= 0.9]
+    A, B = a[cols].dropna().to_numpy(), b[cols].dropna().to_numpy()
+    n = min(len(A), len(B))
+    if not cols or n < 5: return float("nan"), cols
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([A[rng.choice(len(A), n, replace=False)], B[rng.choice(len(B), n, replace=False)]])
+    y = np.repeat([0, 1], n)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return float(cross_val_score(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed)).mean()), cols
+
+# %% ../nbs/06_realism.ipynb #51b5409f
+def rtl_keys(x, stats: pd.DataFrame) -> dict:
+    """The RTL-SDR keys (`adc_bits`, `adc_headroom_db`, `adc_agc_db`, `dc_db_min`, `dc_db_max`) of captures `x` in units of
+    full scale (`ltsei frames` of a u8 recording) and their statistics."""
+    z = as_complex(x)
+    peak_db = 20 * np.log10(np.maximum(np.abs(np.concatenate([z.real, z.imag], 1)).max(1), 1e-12))
+    lo, hi = _uniform_from_quantiles(*np.quantile(-peak_db, [0.1, 0.9]))
+    u = np.unique(np.concatenate([z[:50].real.ravel(), z[:50].imag.ravel()]).astype(np.float32))
+    d = np.diff(u); d = d[d > 1e-6]
+    out = {"adc_bits": int(np.clip(np.round(np.log2(2 / d.min())), 2, 24)) if d.size else 8,
+           "adc_headroom_db": round(float(np.clip((lo + hi) / 2, -20, 60)), 2), "adc_agc_db": round(float(np.clip((hi - lo) / 2, 0, 30)), 2)}
+    dlo, dhi = _uniform_from_quantiles(*_q(stats["dc_gap"])[1:])
+    if np.isfinite([dlo, dhi]).all(): out.update(dc_db_min=round(float(np.clip(dlo, -200, 0)), 2), dc_db_max=round(float(np.clip(dhi, dlo, 0)), 2))
+    return out
+
+def _fit_rx_cfo(cfg, files: dict, sim, rounds: int = 2):
+    "`rx_cfo_hz` moved by the gap between the captures' and the simulated fleet's median `cfo` statistic, `rounds` times."
+    target = float(np.nanmedian(files["stats"]["cfo"]))
+    for _ in range(rounds):
+        d = target - float(np.nanmedian(sim(cfg, 3)[0]["cfo"]))
+        cfg = replace(cfg, rx_cfo_hz=round(float(np.clip(cfg.rx_cfo_hz + d, -1e6, 1e6)), -2))
+    return cfg

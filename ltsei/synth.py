@@ -55,6 +55,7 @@ class SynthConfig:
     dc_db_max: float = -30.0
     rx_iq_gain: float = 0.0     # receiver IQ gain imbalance: I gain 1 + eps, Q gain 1 - eps (0: none)
     rx_iq_phase: float = 0.0    # receiver IQ phase imbalance, rad (0: none)
+    rx_cfo_hz: float = 0.0      # receiver tuning error, added to every emitter's carrier offset (an RTL-SDR's crystal: ppm x 1090 MHz), Hz
     cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
     multipath: bool = False     # one weak delayed ray (and sometimes a second)
     overlap_prob: float = 0.0   # share of frames overlapped by another aircraft's weaker reply
@@ -147,6 +148,7 @@ def _check_rx(cfg, bad) -> None:
     if not float(cfg.dc_db_min) <= float(cfg.dc_db_max) <= 0: bad("dc_db_max", f">= dc_db_min={cfg.dc_db_min} and <= 0 dB")
     if not -0.5 <= float(cfg.rx_iq_gain) <= 0.5: bad("rx_iq_gain", "an imbalance within -0.5 .. 0.5")
     if not -0.5 <= float(cfg.rx_iq_phase) <= 0.5: bad("rx_iq_phase", "a phase within -0.5 .. 0.5 rad")
+    if not -1e6 <= float(cfg.rx_cfo_hz) <= 1e6: bad("rx_cfo_hz", "a tuning error within -1e6 .. 1e6 Hz")
 
 # %% ../nbs/04_synth.ipynb #68d92241
 # Fingerprint distribution: (nominal, spread at difficulty 1, lower, upper). The spread is divided by
@@ -318,6 +320,7 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
     snr_db = rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B)
     nstd = np.sqrt(p_sig / 10 ** (snr_db / 10) / 2 / np.mean(H ** 2)).astype(np.float32)[:, None]   # in-band noise = p_sig / snr
     z = z + _cnoise(rng, (B, Lx)) * nstd
+    if float(cfg.rx_cfo_hz): z *= np.exp(2j * np.pi * float(cfg.rx_cfo_hz) * (np.arange(Lx) - P) / fs).astype(np.complex64)
     z = sfft.ifft(sfft.fft(z, axis=1, overwrite_x=True) * H.astype(np.float32), axis=1, overwrite_x=True)
     if float(cfg.clock_ppm) > 0:   # sample n taken at n (1 + eps + drift n / Lx)
         eps, dr = float(cfg.clock_ppm) * 1e-6 * rng.standard_normal((2, B))
@@ -429,7 +432,7 @@ def synth_numerics() -> dict:
 # fields added after ltsei-synth-3's first data sets: left out of the key at these defaults (their old output), so
 # that every earlier data set keeps its key
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
-                                                  "rx_iq_gain", "rx_iq_phase")}
+                                                  "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz")}
 
 def synth_key(cfg) -> str:
     """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field (those of `_LATER`
