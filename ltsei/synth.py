@@ -55,6 +55,8 @@ class SynthConfig:
     dc_db_max: float = -30.0
     rx_iq_gain: float = 0.0     # receiver IQ gain imbalance: I gain 1 + eps, Q gain 1 - eps (0: none)
     rx_iq_phase: float = 0.0    # receiver IQ phase imbalance, rad (0: none)
+    align_min_s: float = -300e-9  # the modulator starts this much before sample 0 ... (uniform; the capture starts inside the first pulse)
+    align_max_s: float = -130e-9  # ... to this much
     rx_cfo_hz: float = 0.0      # receiver tuning error, added to every emitter's carrier offset (an RTL-SDR's crystal: ppm x 1090 MHz), Hz
     cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
     multipath: bool = False     # one weak delayed ray (and sometimes a second)
@@ -81,11 +83,11 @@ SYNTH_PRESETS = {
     # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
     # and are the shortest ConvNetADSB takes
     "rtl2m": SynthConfig(num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
-                         test_per_class=60, snr_db_min=12.5, snr_db_max=23.0, rx_bandwidth=2.0e6, rx_transition=1.0e6,
-                         clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=10.0, adc_agc_db=3.0,
-                         dc_db_min=-33.0, dc_db_max=-22.0, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
+                         test_per_class=60, snr_db_min=17.0, snr_db_max=33.0, rx_bandwidth=2.5e6, rx_transition=0.77e6,
+                         clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=4.6, adc_agc_db=5.7,
+                         dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
 }
-SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=2.4e6)   # the same stick at 2.4 MS/s (160 us)
+SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=3.0e6)   # the same stick at 2.4 MS/s (160 us)
 SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key
 
 # %% ../nbs/04_synth.ipynb #0fe4fe3c
@@ -148,6 +150,8 @@ def _check_rx(cfg, bad) -> None:
     if not float(cfg.dc_db_min) <= float(cfg.dc_db_max) <= 0: bad("dc_db_max", f">= dc_db_min={cfg.dc_db_min} and <= 0 dB")
     if not -0.5 <= float(cfg.rx_iq_gain) <= 0.5: bad("rx_iq_gain", "an imbalance within -0.5 .. 0.5")
     if not -0.5 <= float(cfg.rx_iq_phase) <= 0.5: bad("rx_iq_phase", "a phase within -0.5 .. 0.5 rad")
+    if not -2e-6 <= float(cfg.align_min_s) <= 0: bad("align_min_s", "a start of -2e-6 to 0 s (before sample 0)")
+    if not float(cfg.align_min_s) <= float(cfg.align_max_s) <= 0: bad("align_max_s", f">= align_min_s={cfg.align_min_s} and <= 0 s")
     if not -1e6 <= float(cfg.rx_cfo_hz) <= 1e6: bad("rx_cfo_hz", "a tuning error within -1e6 .. 1e6 Hz")
 
 # %% ../nbs/04_synth.ipynb #68d92241
@@ -174,7 +178,7 @@ FINGERPRINT_SPREAD = {
 CFO_MEDIAN_HZ, CFO_LOG_SPREAD, CFO_SHIFT_HZ = 0.4e6, 0.75, -0.1e6   # emitter mean offset: shift + median * exp(spread * N(0,1))
 CFO_CLIP_HZ = (-0.35e6, 1.4e6)
 CFO_JITTER_HZ = (20e3, 150e3)        # per-emitter std of the per-frame carrier offset, uniform
-ALIGN_S = (-300e-9, -130e-9)         # modulator start before sample 0, uniform: the capture starts inside the first pulse
+ALIGN_S = (-300e-9, -130e-9)         # modulator start before sample 0, uniform (the defaults of align_min_s, align_max_s)
 EDGE_JITTER = 0.3                    # per-frame std of ln(edge scale) around the emitter's
 DROOP_JITTER = 0.04                  # per-frame std of the droop over 96 us
 RMS_RANGE = (0.55, 1.25)             # per-frame RMS amplitude, log-uniform (like the public files)
@@ -373,7 +377,7 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator, return_snr: bo
     bits = make_df17(rng, B, icao=None if cfg.icao_mode == "random" else int(fp["icao"]))
     chips = ppm_chips(bits)
     chips *= 10 ** (np.float32(fp["pulse_var_db"] / 20) * rng.standard_normal(chips.shape, np.float32))
-    t0 = rng.uniform(*ALIGN_S, B)                     # the first pulse starts before sample 0
+    t0 = rng.uniform(float(cfg.align_min_s), float(cfg.align_max_s), B)   # the first pulse starts before sample 0
     I, Q, env = _modulator(fp, chips, fs, Lx, P, t0, rng)
     cfo = fp["cfo_hz"] + fp["cfo_jitter_hz"] * rng.standard_normal(B)
     drift = float(cfg.cfo_drift_hz) * rng.standard_normal(B)
@@ -432,7 +436,8 @@ def synth_numerics() -> dict:
 # fields added after ltsei-synth-3's first data sets: left out of the key at these defaults (their old output), so
 # that every earlier data set keeps its key
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
-                                                  "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz")}
+                                                  "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz",
+                                                  "align_min_s", "align_max_s")}
 
 def synth_key(cfg) -> str:
     """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field (those of `_LATER`
