@@ -192,8 +192,10 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
 
 # %% ../nbs/05_data.ipynb #35a467f3
 def _split_file(folder: Path, role: str) -> Optional[Path]:
-    "The `X_<role>.npy` (or an alias's, e.g. `X_valid.npy`) that `folder` holds for `role`, or None."
-    return next((folder / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (folder / f"X_{r}.npy").exists()), None)
+    """The `X_<role>.npy` (or an alias's, e.g. `X_valid.npy`) that `folder` holds for `role`, or None; for the train
+    split also a lone `X.npy` (an `ltsei frames` output without `--split`: all its frames)."""
+    hit = next((folder / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (folder / f"X_{r}.npy").exists()), None)
+    return hit if hit is not None or role != "train" or not (folder / "X.npy").exists() else folder / "X.npy"
 
 def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Raw signal and label arrays of one split from a file (.npy with its Y sibling, .npz, .mat v5/v7.3,
