@@ -26,11 +26,10 @@ def split_recording(path, out_dir, fmt: str = "u8") -> tuple[Path, Path]:
     return a, b
 
 # %% ../nbs/07b_rtlsdr.ipynb #a317b76a
-def quiet_starts(z: np.ndarray, fs: float, n: int, span_s: float = 130e-6, rng=None) -> np.ndarray:
-    """`n` sorted start samples of `span_s` stretches of `z` where no reply is (the envelope under 3x its median, 20 us
-    of guard either side), apart from each other; fewer where the recording has no more room."""
-    m = np.abs(z)
-    busy = np.convolve(m > 3 * np.median(m), np.ones(int(40e-6 * fs) + 1), "same") > 0
+def quiet_starts(busy: np.ndarray, fs: float, n: int, span_s: float = 130e-6, rng=None) -> np.ndarray:
+    """`n` sorted start samples of `span_s` stretches clear of the samples marked `busy` (the Mode S replies), apart from
+    each other; fewer where the recording has no more room. (A real recording is rarely quiet: Mode A/C replies of
+    other aircraft fill most of modes1.bin, and an injected reply meets them as a real one would.)"""
     L = int(span_s * fs)
     free = np.convolve(~busy, np.ones(L), "valid") >= L          # free[s]: samples s .. s + L - 1 all quiet
     rng = np.random.default_rng(0) if rng is None else rng
@@ -57,10 +56,13 @@ def inject_replies(path, out, cfg, icao: int, n: int, level: float, fmt: str = "
     stretches at pulse level `level` (units of full scale), quantised back to `fmt`, written to `out`; returns the
     truth (recording, time_s, icao, kind, transmitter) of its genuine DF17 replies and the injected ones."""
     fs, dt = float(cfg.sample_rate), IQ_FORMATS[fmt]
-    genuine = find_frames([open_raw(path, fmt, fs)], FramesConfig(fmt=fmt, sample_rate=fs))
     z = to_iq(raw_samples(open_raw(path, fmt, fs)), fmt).astype(np.complex64)
+    everyone = find_frames([open_raw(path, fmt, fs)], FramesConfig(fmt=fmt, sample_rate=fs, df="all"))
+    genuine = everyone[everyone.df >= 17]
+    busy = np.zeros(z.size, bool)
+    for t in everyone.time_s: busy[max(0, int((t - 10e-6) * fs)):int((t + 130e-6) * fs)] = True
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(30,)))
-    s = quiet_starts(z, fs, n, rng=rng)
+    s = quiet_starts(busy, fs, n, rng=rng)
     r = spoofer_replies(cfg, icao, len(s), seed) * level
     for k, a in enumerate(s): z[a:a + r.shape[1]] += r[k]
     v = np.empty(2 * z.size, np.float64); v[0::2], v[1::2] = z.real, z.imag
