@@ -774,6 +774,8 @@ def realism_main(argv: list[str]) -> int:
     if a.files and fsf == fs:
         acc, cols = real_vs_synth(rs["stats"], ro["stats"])
         print(f"real-vs-synthetic classifier on {len(cols)} statistics ({', '.join(cols)}): {100 * acc:.0f} % (50 %: indistinguishable)")
+        if len(np.unique(yf)) < 3: print(f"  without the carrier offset (the files hold {len(np.unique(yf))} emitter(s), the synthetic set a fleet): "
+                                          f"{100 * real_vs_synth(rs['stats'], ro['stats'], exclude=('cfo',))[0]:.0f} %")
     if a.files and len(np.unique(yf)) < 2:
         print("CFO-only 1-NN accuracy of the files: n/a: they hold one emitter (with one class every neighbour is right)")
     if not a.files and fs != REF_SAMPLE_RATE: print("\n" + "\n".join(reference_notes(fs)))
@@ -822,7 +824,8 @@ def _fit_main(a, over: dict) -> int:
     print(t.drop(columns="unit").to_string(index=False))
     print(f"\n{(t['inside'] == 'yes').sum()} of {(t['inside'] != 'n/a').sum()} fitted medians inside the files p10-p90")
     print(_curve_lines(fit["curves"], "files", fs))
-    print(f"real-vs-synthetic classifier on {len(fit['classifier_stats'])} statistics: {100 * fit['real_vs_synth']:.0f} % (50 %: indistinguishable)\n")
+    print(f"real-vs-synthetic classifier on {len(fit['classifier_stats'])} statistics: {100 * fit['real_vs_synth']:.0f} % (50 %: indistinguishable)"
+          + (f"; without the carrier offset (one aircraft against a fleet): {100 * fit['real_vs_synth_receiver']:.0f} %" if fit["real_vs_synth_receiver"] is not None else "") + "\n")
     print(f"use it: ltsei synth --preset {out} --out DIR | ltsei realism --preset {out} FILES | python main.py data.synth.preset={out}")
     return 0
 
@@ -1035,7 +1038,8 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
     (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table`, the curves' `curves` and the
     `real_vs_synth` accuracy on the `classifier_stats`. An RTL-SDR base (`adc_mode: rtl`) adds its keys (`rtl_keys`,
-    `_fit_rx_cfo`) and keeps its own, longer frame length at its own rate. Where
+    `_fit_rx_cfo`) and keeps its own, longer frame length at its own rate; from captures of one aircraft the preset
+    also carries the base's fleet (`num_emitters`, `difficulty`). Where
     the generator cannot make such frames (e.g. below its lowest sample rate): `preset` None, `reason`, `estimates`."""
     fs, x, y = float(sample_rate), np.asarray(x), np.asarray(y)
     files = realism_report(x, y, fs, align_offset=align_offset)      # (`align_offset`: see `realism_report`)
@@ -1062,22 +1066,25 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
         return st, fit_spectrum_db(xs, fs, st["cfo"].to_numpy()), frame_snr(st, xs, fs)
     files["fit_spectrum"] = fit_spectrum_db(x, fs, files["stats"]["cfo"].to_numpy())
     cfg = _fit_chain(cfg, files, sim)
-    if cfg.adc_mode == "rtl": cfg = _fit_rx_cfo(cfg, files, sim)
+    if cfg.adc_mode == "rtl": cfg = _fit_rx_cfo(cfg, files)
     d0 = cfg.difficulty
     cfg = _fit_difficulty(cfg, files, y, max(6, fpe))
     chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
     preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
-    preset.update({k: getattr(cfg, k) for k in RX_KEYS if k not in preset and getattr(cfg, k) != getattr(SynthConfig(), k)})
+    keep = RX_KEYS + (("num_emitters", "difficulty") if classes < 2 else ())    # one aircraft: the base's fleet
+    preset.update({k: getattr(cfg, k) for k in keep if k not in preset and getattr(cfg, k) != getattr(SynthConfig(), k)})
     if float(base.sample_rate) == fs and int(base.length) > preset["length"]: preset["length"] = int(base.length)   # the base's whole reply
     if cfg.difficulty != d0: preset["difficulty"], used = cfg.difficulty, used | {"spread_rise", "spread_fall", "spread_droop"}
-    xs, ys = synth_sample(cfg, fpe, E)
+    xs, ys = synth_sample(cfg, fpe, E) if classes >= 2 else synth_sample(cfg, 10)   # one aircraft: the fleet `ltsei realism --preset` measures
     fitted = realism_report(xs, ys, fs)
     acc, cols = real_vs_synth(fitted["stats"], files["stats"], seed=int(seed))
+    acc_rx = real_vs_synth(fitted["stats"], files["stats"], seed=int(seed), exclude=("cfo",))[0] if classes < 3 else None
     est = _calibrate_cfo(est, cfg, frames=10)
     used |= {"snr_db"}
     return {"preset": preset, "estimates": est, "unused": [r for r in est.index if r not in used], "cfg": cfg,
             "files": files, "fitted": fitted, "table": compare(fitted["summary"], files["summary"], ("fitted", "files")),
-            "curves": compare_curves(fitted["curves"], files["curves"]), "real_vs_synth": acc, "classifier_stats": cols}
+            "curves": compare_curves(fitted["curves"], files["curves"]), "real_vs_synth": acc, "classifier_stats": cols,
+            "real_vs_synth_receiver": acc_rx}
 
 # %% ../nbs/06_realism.ipynb #f4a4b4c4
 def _fmt_est(r) -> str:
@@ -1177,14 +1184,14 @@ def common_length(a, b) -> tuple[np.ndarray, np.ndarray]:
     return a[..., :L], b[..., :L]
 
 # %% ../nbs/06_realism.ipynb #5f703ec0
-def real_vs_synth(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0) -> tuple[float, list]:
+def real_vs_synth(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0, exclude=()) -> tuple[float, list]:
     """Cross-validated accuracy of a classifier telling per-frame statistics `a` from `b` (from `measure_frames`), on
-    the STATS defined (finite) in at least 90 % of both sets' frames, and those statistics."""
+    the STATS defined (finite) in at least 90 % of both sets' frames (less `exclude`), and those statistics."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    cols = [k for k in STATS if np.isfinite(a[k]).mean() >= 0.9 and np.isfinite(b[k]).mean() >= 0.9]
+    cols = [k for k in STATS if k not in exclude and np.isfinite(a[k]).mean() >= 0.9 and np.isfinite(b[k]).mean() >= 0.9]
     A, B = a[cols].dropna().to_numpy(), b[cols].dropna().to_numpy()
     n = min(len(A), len(B))
     if not cols or n < 5: return float("nan"), cols
@@ -1209,10 +1216,11 @@ def rtl_keys(x, stats: pd.DataFrame) -> dict:
     if np.isfinite([dlo, dhi]).all(): out.update(dc_db_min=round(float(np.clip(dlo, -200, 0)), 2), dc_db_max=round(float(np.clip(dhi, dlo, 0)), 2))
     return out
 
-def _fit_rx_cfo(cfg, files: dict, sim, rounds: int = 2):
-    "`rx_cfo_hz` moved by the gap between the captures' and the simulated fleet's median `cfo` statistic, `rounds` times."
+def _fit_rx_cfo(cfg, files: dict, frames: int = 10, rounds: int = 2):
+    """`rx_cfo_hz` moved by the gap between the captures' and the simulated fleet's median `cfo` statistic (all its
+    emitters, `frames` each: the fleet `ltsei realism --preset` measures), `rounds` times."""
     target = float(np.nanmedian(files["stats"]["cfo"]))
     for _ in range(rounds):
-        d = target - float(np.nanmedian(sim(cfg, 3)[0]["cfo"]))
+        d = target - float(np.nanmedian(measure_frames(synth_sample(cfg, frames)[0], cfg.sample_rate, edges=False)["cfo"]))
         cfg = replace(cfg, rx_cfo_hz=round(float(np.clip(cfg.rx_cfo_hz + d, -1e6, 1e6)), -2))
     return cfg
