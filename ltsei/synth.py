@@ -83,7 +83,7 @@ SYNTH_PRESETS = {
     # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
     # and are the shortest ConvNetADSB takes
     "rtl2m": SynthConfig(num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
-                         test_per_class=60, snr_db_min=17.0, snr_db_max=33.0, rx_bandwidth=2.5e6, rx_transition=0.77e6,
+                         test_per_class=60, snr_db_min=16.2, snr_db_max=32.2, rx_bandwidth=2.9e6, rx_transition=1.35e6,
                          clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=4.6, adc_agc_db=5.7,
                          dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
 }
@@ -358,7 +358,7 @@ def _adc(cfg, z, rng):
     q = (2 * fsc / 2 ** b)[:, None]
     lim = 2 ** (b - 1) - 1
     if cfg.adc_mode == "rtl":       # levels (k + 0.5) q, k = -2^(b-1) .. 2^(b-1) - 1; full scale 1
-        def mid(v): return (np.clip(np.floor(v / q), -lim - 1, lim) + 0.5) * (q / fsc[:, None])
+        def mid(v): return (np.clip(np.floor(v / q), -lim - 1, lim) + 0.5) * (2 / (2 ** b - 1))   # u8: (k - 127.5) / 127.5
         return _complex(mid(z.real), mid(z.imag))
     return _complex(np.clip(np.round(z.real / q), -lim - 1, lim) * q, np.clip(np.round(z.imag / q), -lim - 1, lim) * q)
 
