@@ -569,7 +569,7 @@ def frames_margin_s(paths, role: str = "train") -> float:
 # %% ../nbs/05b_frame_stats.ipynb #9e14d998
 def _read_x(path, role: str):
     "The signal array (no labels) and info of one capture file or folder, as `ltsei.data.read_xy` finds it."
-    from ltsei.data import X_KEYS, _h5_array, _h5_datasets, _load_npy, _pick_key, _read_mat, _split_file
+    from ltsei.readers import X_KEYS, h5_array as _h5_array, h5_datasets as _h5_datasets, load_npy as _load_npy, pick_key as _pick_key, read_mat as _read_mat, split_file as _split_file
     p = Path(path)
     if p.is_dir():
         hit = _split_file(p, role)
