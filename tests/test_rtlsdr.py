@@ -37,13 +37,13 @@ def _run_folder(folder: Path) -> Path:
 def chain(tmp_path_factory):
     d = tmp_path_factory.mktemp("rtl")
     assert main(["synth-recording", "--out", str(d / "scen"), "--preset", "rtl2m", "--format", "u8", "--aircraft", "2",
-                 "--imbalance-ratio", "1", "--head-replies", "20", "--test-replies", "12", "--impersonators", "0",
+                 "--imbalance-ratio", "1", "--head-replies", "12", "--test-replies", "8", "--impersonators", "0",
                  "--replayers", "0", "--ghosts", "0", "--spoofer-replies", "1", "--replies-per-s", "2000"]) == 0
     assert main(["frames", str(d / "scen" / "enroll.u8"), *RAW, "--out", str(d / "frames")]) == 0
     truth = pd.read_csv(d / "scen" / "truth.csv", dtype={"icao": str})
     victim = int(truth.icao.iloc[0], 16)
     level = pulse_level(np.load(d / "frames" / "X.npy"))
-    t = inject_replies(d / "scen" / "test.u8", d / "test2.u8", SYNTH_PRESETS["rtl2m"], victim, 12, level)
+    t = inject_replies(d / "scen" / "test.u8", d / "test2.u8", SYNTH_PRESETS["rtl2m"], victim, 8, level)
     t.to_csv(d / "truth2.csv", index=False)
     run = _run_folder(d / "run")
     assert main(["enroll", str(d / "scen" / "enroll.u8"), *RAW, "--model", str(run), "--out", str(d / "gal")]) == 0
@@ -55,15 +55,15 @@ def chain(tmp_path_factory):
 def test_frames_of_the_stick(chain):
     d, _ = chain
     m = json.loads((d / "frames" / "meta.json").read_text())
-    assert m["sample_rate"] == 2e6 and m["frames"] >= 0.7 * 40 and m["num_classes"] == 2
+    assert m["sample_rate"] == 2e6 and m["frames"] >= 0.7 * 24 and m["num_classes"] == 2
 
 
 def test_injected_replies_found_and_scored(chain):
     d, t = chain
-    assert (t.kind == "impersonation").sum() == 12 and (t.kind == "genuine").sum() >= 15
+    assert (t.kind == "impersonation").sum() == 8 and (t.kind == "genuine").sum() >= 10
     v = pd.read_csv(d / "ver" / "verdicts.csv", dtype={"icao": str})
     assert len(v) >= 0.7 * len(t)                                        # genuine and injected replies decoded
     s = json.loads((d / "ver" / "summary.json").read_text())
     ev = s["evaluation"]
-    assert ev["unmatched_frames"] == 0 and ev["frame"]["all"]["impostor"] >= 11 and ev["frame"]["all"]["genuine"] >= 15
-    assert ev["track"]["all"]["impostor"] >= 2
+    assert ev["unmatched_frames"] == 0 and ev["frame"]["all"]["impostor"] >= 7 and ev["frame"]["all"]["genuine"] >= 10
+    assert ev["track"]["all"]["impostor"] >= 1
