@@ -60,10 +60,12 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> np
     n = np.floor(int(n_max) * float(imbalance_ratio) ** (-expo) + 1e-9).astype(np.int64)
     return np.maximum(n, 1)
 
+# %% ../nbs/05_data.ipynb #4b306e83
 def class_ranks(num_classes: int, split_seed: int) -> np.ndarray:
     "rank[c] of every class c (a seeded permutation): which class is the head, which the tail."
     return np.random.default_rng(np.random.SeedSequence(int(split_seed), spawn_key=(11,))).permutation(int(num_classes))
 
+# %% ../nbs/05_data.ipynb #a93042b5
 def long_tail_class_counts(n_max: int, num_classes: int, imbalance_ratio: float, split_seed: int) -> np.ndarray:
     "Training samples per class (C,): `long_tail_counts` handed out to classes by `class_ranks`."
     return long_tail_counts(n_max, num_classes, imbalance_ratio)[class_ranks(num_classes, split_seed)]
@@ -78,6 +80,7 @@ def count_ranks(counts, split_seed: int) -> np.ndarray:
     r[order] = np.arange(n.size)
     return r
 
+# %% ../nbs/05_data.ipynb #e1ccb20f
 def cut_counts(available, imbalance_ratio: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, rank): the long tail cut from `available` frames per class a_c (each >= 1). The head is the class
     with most frames, n_max = max a_c, and class c keeps n_c = min(a_c, long_tail_counts(n_max, C, IR)[rank_c])."""
@@ -94,6 +97,7 @@ def rank_groups(class_counts, K: int) -> list[np.ndarray]:
     n = np.asarray(class_counts).ravel()
     return np.array_split(np.lexsort((np.arange(n.size), -n)), K)
 
+# %% ../nbs/05_data.ipynb #e4933d22
 def shot_groups(class_counts) -> dict:
     """Many / medium / few-shot classes: many n_c > 100, few n_c < 20, medium otherwise. When the
     largest class has at most 100 samples these thresholds say little, so the classes ranked by n_c
@@ -148,6 +152,7 @@ def frame_hashes(x) -> np.ndarray:
         out[i] = int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
     return out
 
+# %% ../nbs/05_data.ipynb #aedda05e
 def repeated_frames(h, y) -> dict:
     """Copies within one split from its frame hashes `h` and labels `y`: `copies` (frames beyond the first of
     each content), `repeated` (contents held more than once), `conflicting` (of those, held under several labels)."""
@@ -157,6 +162,7 @@ def repeated_frames(h, y) -> dict:
     return {"copies": int(h.size - u.size), "repeated": int((cnt > 1).sum()),
             "conflicting": int((np.bincount(pairs[0], minlength=u.size) > 1).sum())}
 
+# %% ../nbs/05_data.ipynb #bd23c7d8
 def shared_frames(h_a, h_b) -> dict:
     "Frames two splits share, from their hashes: `distinct` contents in both, `in_a` frames of a found in b, `in_b` of b in a."
     return {"distinct": int(np.intersect1d(h_a, h_b).size), "in_a": int(np.isin(h_a, h_b).sum()),
@@ -168,6 +174,7 @@ class Split:
     x: torch.Tensor   # (N, 2, L) float32, contiguous, I and Q as channels
     y: torch.Tensor   # (N,) int64
 
+# %% ../nbs/05_data.ipynb #073a1410
 @dataclass
 class DataBundle:
     train: Split
@@ -207,6 +214,7 @@ class DataBundle:
         lines.append(f"  shot groups ({g['rule']}), classes in each: many {len(g['many'])}, medium {len(g['medium'])}, few {len(g['few'])}")
         return "\n".join(lines)
 
+# %% ../nbs/05_data.ipynb #9c8c1c7d
 def save_class_counts(bundle: DataBundle, path) -> None:
     "Write the training class counts, ranks and shot groups as JSON."
     i = bundle.info
@@ -227,11 +235,13 @@ def fit_length(x: np.ndarray, target_length) -> np.ndarray:
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
+# %% ../nbs/05_data.ipynb #3571faaa
 def frame_power(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     "Mean power |I|^2 + |Q|^2 of every frame of `x` (N, 2, L), computed in float64 (no overflow for float32 inputs)."
     return np.concatenate([np.square(x[i:i + chunk], dtype=np.float64).sum(1).mean(1) for i in range(0, len(x), chunk)]
                           or [np.zeros(0)])
 
+# %% ../nbs/05_data.ipynb #9f2cb834
 def check_scale(p: np.ndarray, normalize: str, where: str) -> None:
     """Refuse frames whose scale makes the input meaningless: power normalisation of an all-zero frame or of a frame
     whose power is not finite; without normalisation, a frame whose power overflows float32 (the network's arithmetic)."""
@@ -245,11 +255,13 @@ def check_scale(p: np.ndarray, normalize: str, where: str) -> None:
         raise ValueError(f"{where}: {first(bad)}: a power above float32's range (the data's scale is wrong, e.g. "
                          "multiplied by 1e30); training would overflow: set data.normalize=power or rescale the file")
 
+# %% ../nbs/05_data.ipynb #4d754677
 def zscore_frames(x: torch.Tensor) -> torch.Tensor:
     "Each channel (I, Q) of each frame of `x` (N, 2, L) to mean 0 and standard deviation 1 over time (a flat channel: 0), in float64."
     xd = x.double()
     return ((xd - xd.mean(2, keepdim=True)) / xd.std(2, keepdim=True, unbiased=False).clamp_min(1e-12)).float()
 
+# %% ../nbs/05_data.ipynb #aabb4e05
 def to_split(x: np.ndarray, y: np.ndarray, normalize: str, where: str = "the data") -> Split:
     """float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2 (in
     float64, so a file at any finite scale gives the same frames). Frames that cannot be normalised are refused
@@ -277,8 +289,11 @@ LONG_TAIL_MODES = ("cut", "as_given")         # `data.long_tail`
 LEAKAGE_MODES = ("error", "drop", "allow")    # `data.leakage`
 
 def _is_int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+# %% ../nbs/05_data.ipynb #f76afa16
 def _is_num(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
+# %% ../nbs/05_data.ipynb #5b576b03
 def check_data_config(d) -> None:
     """Check every value of a data config (a `DataConfig` or an OmegaConf node with its fields), `data.synth`
     included: a ValueError `data.<key>=<value>: expected ...` names the first bad one."""
@@ -338,6 +353,7 @@ def synth_snr(cfg, cache_dir, split: str = "test") -> np.ndarray:
 
 FRAME_TABLES = ("frames_{role}.csv", "frames.csv")   # per-frame tables beside a data file (`ltsei frames`)
 
+# %% ../nbs/05_data.ipynb #511891fb
 def read_frame_snr(data_path, role: str, n: int) -> Optional[np.ndarray]:
     "The `snr_db` column (n,) float64 of the frame table beside `data_path` for `role` (see above); None without one."
     import pandas as pd
@@ -373,6 +389,7 @@ def _read_split(path, role, cfg):
 # %% ../nbs/05_data.ipynb #aa394cd4
 def _n(k: int, one: str, many: str) -> str: return f"{k} {one if k == 1 else many}"
 
+# %% ../nbs/05_data.ipynb #39463966
 def _say_into(notes: list):
     "A `say(msg, warn=False)` that prints one `[ltsei] data: ...` (or `warning: ...`) line and keeps it in `notes`."
     def say(msg, warn=False):
@@ -543,6 +560,7 @@ def _load_synthetic(cfg, compat: str = "paper"):
              "test_snr": synth_snr(sc, cfg.cache_dir, "test")}
     return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info, extra
 
+# %% ../nbs/05_data.ipynb #a73c2273
 def load_data(cfg, seed: int, compat: str = "paper") -> DataBundle:
     """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields), checked
     first by `check_data_config`. Synthetic: the cached generator output (`cfg.synth`); the long-tailed
@@ -573,6 +591,7 @@ def unknown_count(num_classes: int, fraction: float) -> int:
                          "to stay known (a smaller fraction, or more emitters)")
     return u
 
+# %% ../nbs/05_data.ipynb #298c9c31
 def choose_unknown(class_counts, fraction: float, split_seed: int) -> np.ndarray:
     "The held-out emitters (sorted ids): `unknown_count` of them, drawn across the head, medium and tail thirds (see above)."
     n = np.asarray(class_counts).ravel()
@@ -591,6 +610,7 @@ def _keep_classes(s: Split, known: np.ndarray, new_id: np.ndarray) -> tuple[Spli
     m = np.isin(y, known)
     return Split(s.x[torch.from_numpy(m)].contiguous(), torch.from_numpy(new_id[y[m]])), m
 
+# %% ../nbs/05_data.ipynb #6cab8b2a
 def hold_out_unknown(b: DataBundle, unknown) -> DataBundle:
     "The bundle without the emitters `unknown` in training and validation; their test frames become `unknown` (see above)."
     C = b.num_classes

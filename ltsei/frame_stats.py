@@ -48,6 +48,7 @@ def as_complex(x) -> np.ndarray:
         raise ValueError(f"realism: real frames must be (N, 2, L) numbers with I and Q as channels, got {x.dtype} {x.shape}")
     return x[:, 0].astype(np.float64) + 1j * x[:, 1].astype(np.float64)
 
+# %% ../nbs/05b_frame_stats.ipynb #8c78ef7b
 def frame_start(env, sample_rate: float) -> np.ndarray:
     """Frame start (N,) in whole samples from sample 0: the offset in -3..+5 us whose ideal preamble (weight
     +1/4 on each pulse chip, -1/12 on each gap chip) has the largest correlation with the envelope (N, L);
@@ -65,6 +66,7 @@ def frame_start(env, sample_rate: float) -> np.ndarray:
     w = np.full(16, -1 / 12); w[list(PREAMBLE_ON)] = 1 / 4
     return offs[np.argmax(np.diff(F, axis=-1) @ w, axis=1)]
 
+# %% ../nbs/05b_frame_stats.ipynb #020f202c
 def _crossing(env, lo: int, hi: int, level: float, rising: bool, first: bool) -> float:
     "Fractional sample in [lo, hi] where `env` crosses `level` upwards (rising) or downwards, linearly interpolated."
     seg = env[lo:hi + 1]
@@ -102,6 +104,7 @@ def _chip_states(env, fs: float, start: int, n_bits: int) -> np.ndarray:
     chips[16::2], chips[17::2] = bits, ~bits
     return chips
 
+# %% ../nbs/05b_frame_stats.ipynb #508843c9
 def _chip_levels(env, fs: float, start: int, n_chips: int) -> tuple:
     """Each chip's start `a` (samples), its centre `lo..hi` (0.1 us, 5 samples at 50 MS/s, dropped at each edge),
     whether that centre lies inside the frame (`valid`) and its level: the mean envelope over it (nan outside)."""
@@ -117,6 +120,7 @@ def _chip_levels(env, fs: float, start: int, n_chips: int) -> tuple:
     lev[vi] = (Ce[hi[vi]] - Ce[lo[vi]]) / (hi[vi] - lo[vi])
     return a, lo, hi, valid, lev
 
+# %% ../nbs/05b_frame_stats.ipynb #705e85d2
 def _centre_mask(lo, hi, cs, L: int) -> np.ndarray:
     "The samples (L,) bool of the chip centres `cs` (they never overlap)."
     d = np.zeros(L + 1); np.add.at(d, lo[cs], 1); np.add.at(d, hi[cs], -1)
@@ -161,6 +165,7 @@ def _noise_stats(z, fs: float, off_m) -> dict:
         r["noise_5mhz"] = np.nan
     return r
 
+# %% ../nbs/05b_frame_stats.ipynb #0eba38c5
 def _obw99(z, fs: float, cfo: float) -> float:
     "99 % occupied bandwidth (MHz) of the frame derotated by its carrier offset `cfo` (none when nan)."
     L = z.size
@@ -226,6 +231,7 @@ def spectrum_bins_full(sample_rate: float) -> np.ndarray:
     tol = 1e-6 * SPECTRUM_BIN_HZ
     return (e[:-1] >= -float(sample_rate) / 2 - tol) & (e[1:] <= float(sample_rate) / 2 + tol)
 
+# %% ../nbs/05b_frame_stats.ipynb #c0be2cb0
 def spectrum_db(x, sample_rate: float, cfo=None) -> np.ndarray:
     """(N, 96) per frame: the share of its power in each of the reference's 0.521 MHz bins, dB. The frame is
     normalised to unit mean power and derotated by `cfo` (Hz per frame; default: the `cfo` statistic, 0 where
@@ -249,6 +255,7 @@ def spectrum_db(x, sample_rate: float, cfo=None) -> np.ndarray:
     S[:, ~spectrum_bins_full(fs)] = np.nan
     return S
 
+# %% ../nbs/05b_frame_stats.ipynb #7167d484
 def envelope_acf(x, max_lag: int = ACF_LAGS) -> np.ndarray:
     """(N, max_lag) per frame: the autocorrelation of the envelope |z| minus its mean at lags 1..max_lag samples,
     sum_n e[n] e[n+k] / sum_n e[n]^2 (the power normalisation of the reference cancels in the ratio)."""
@@ -260,6 +267,7 @@ def envelope_acf(x, max_lag: int = ACF_LAGS) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return r[:, 1:] / r[:, :1]
 
+# %% ../nbs/05b_frame_stats.ipynb #e0bd1a6f
 def summarize_curves(spec: np.ndarray, acf: np.ndarray, sample_rate: float) -> dict:
     """Median, p10, p90 over frames of per-frame curves: {'spectrum_db': DataFrame (96 bins: centre_mhz, median,
     p10, p90), 'envelope_acf': DataFrame (lags 1..: lag_ns, median, p10, p90), 'sample_rate'}."""
@@ -273,7 +281,6 @@ def summarize_curves(spec: np.ndarray, acf: np.ndarray, sample_rate: float) -> d
     return {"spectrum_db": pd.DataFrame({"centre_mhz": centre, **q(spec)}, index=pd.RangeIndex(SPECTRUM_BINS, name="bin")),
             "envelope_acf": pd.DataFrame({"lag_ns": lags * 1e9 / float(sample_rate), **q(acf)}, index=pd.Index(lags, name="lag")),
             "sample_rate": float(sample_rate)}
-
 
 # %% ../nbs/05b_frame_stats.ipynb #c2e3f4a5
 def curves_at(curves: dict, sample_rate: float) -> dict:
@@ -303,6 +310,7 @@ def curves_at(curves: dict, sample_rate: float) -> dict:
     return {"spectrum_db": sp, "envelope_acf": pd.DataFrame({"lag_ns": t, **cols}, index=pd.Index(lags, name="lag")),
             "sample_rate": fs}
 
+# %% ../nbs/05b_frame_stats.ipynb #9b532bfb
 def reference_curves(sample_rate: float = REF_SAMPLE_RATE) -> dict:
     "The reference's two curves in the form of `summarize_curves`, at 50 MS/s or carried to `sample_rate` by `curves_at`."
     C = REAL_ADSB_CURVES
@@ -313,6 +321,7 @@ def reference_curves(sample_rate: float = REF_SAMPLE_RATE) -> dict:
                       index=pd.Index(lags, name="lag"))
     return curves_at({"spectrum_db": sp, "envelope_acf": ac, "sample_rate": REF_SAMPLE_RATE}, sample_rate)
 
+# %% ../nbs/05b_frame_stats.ipynb #8b7c8b7c
 def compare_curves(a: dict, b: dict) -> dict:
     """Whether each of `a`'s median curve points lies within `b`'s p10-p90 (both at the same rate: carry one with
     `curves_at` first): {'spectrum_inside', 'spectrum_of', 'acf_inside', 'acf_of', 'spectrum', 'acf'}, the last two
@@ -329,7 +338,6 @@ def compare_curves(a: dict, b: dict) -> dict:
         out.update({name: t, f"{name}_inside": int(inside.sum()), f"{name}_of": int(ok.sum())})
     return out
 
-
 # %% ../nbs/05b_frame_stats.ipynb #8cf47fbe
 def spread_ratio(values, y) -> float:
     """Between-class over within-class spread: std of the class means (ddof 1) / mean of the within-class stds
@@ -343,6 +351,7 @@ def spread_ratio(values, y) -> float:
     stds = [v[y == c].std(ddof=1) for c in cls]
     return float(np.std(means, ddof=1) / np.mean(stds))
 
+# %% ../nbs/05b_frame_stats.ipynb #84e57ed7
 def cfo_1nn_accuracy(cfo, y, classes_per_group: int | None = 10, seed: int = 0) -> float:
     """Accuracy of a 1-nearest-neighbour classifier on the carrier offset alone, stratified 5-fold CV
     (shuffled, `random_state=seed`), over all frames. With `classes_per_group`, the classes (sorted) are cut
@@ -368,7 +377,6 @@ def cfo_1nn_accuracy(cfo, y, classes_per_group: int | None = 10, seed: int = 0) 
         accs.append(float((p == y[m]).mean()))
     return float(np.mean(accs)) if accs else float("nan")
 
-
 # %% ../nbs/05b_frame_stats.ipynb #8cf47fc0
 def _to_units(summary: pd.DataFrame, sample_rate: float, time_units: bool) -> pd.DataFrame:
     "Sample-valued statistics in ns (time_units) or left in samples at `sample_rate`; noise_5mhz n/a at <= 10 MS/s."
@@ -380,6 +388,7 @@ def _to_units(summary: pd.DataFrame, sample_rate: float, time_units: bool) -> pd
     if float(sample_rate) / 2 <= 5e6: s.loc["noise_5mhz", ["median", "p10", "p90"]] = np.nan
     return s
 
+# %% ../nbs/05b_frame_stats.ipynb #3bc120ef
 def summarize(stats: pd.DataFrame, sample_rate: float, time_units: bool = False) -> pd.DataFrame:
     "Median, p10, p90 and frame count of each statistic (rows STATS) of per-frame `stats` (from `measure_frames`)."
     rows = []
@@ -391,6 +400,7 @@ def summarize(stats: pd.DataFrame, sample_rate: float, time_units: bool = False)
                      "frames": int(v.size)})
     return _to_units(pd.DataFrame(rows).set_index("statistic"), sample_rate, time_units)
 
+# %% ../nbs/05b_frame_stats.ipynb #123c91c1
 def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = False) -> pd.DataFrame:
     """The real frames' numbers in the same form as `summarize`. Sample-valued statistics (rise, fall, align)
     are defined at 50 MS/s: in ns with `time_units`, else rescaled to samples at `sample_rate`. At another rate
@@ -410,7 +420,6 @@ def reference_summary(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = F
         if float(sample_rate) / 2 < reference_band_edge(): s.loc["obw99", ["median", "p10", "p90"]] = np.nan
     return s
 
-
 # %% ../nbs/05b_frame_stats.ipynb #8cf47fc1
 def realism_report(x, y, sample_rate: float, time_units: bool = False, align_offset: float = 0.0) -> dict:
     """Everything the reference has, for frames `x` with labels `y`: per-frame stats, summary, the two curves
@@ -425,6 +434,7 @@ def realism_report(x, y, sample_rate: float, time_units: bool = False, align_off
             "cfo_1nn_accuracy": cfo_1nn_accuracy(stats["cfo"], y), "frames": len(y),
             "classes": int(len(np.unique(y))), "sample_rate": float(sample_rate)}
 
+# %% ../nbs/05b_frame_stats.ipynb #d0ba9629
 def reference_report(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = False) -> dict:
     """The reference's numbers in the form of `realism_report` (without per-frame stats), carried to `sample_rate`
     (`reference_summary`, `reference_curves`; `reference_notes` says how)."""
@@ -434,11 +444,13 @@ def reference_report(sample_rate: float = REF_SAMPLE_RATE, time_units: bool = Fa
             "cfo_1nn_accuracy": R["cfo_1nn_accuracy"], "frames": R["frames"], "classes": len(R["frames_per_class"]),
             "sample_rate": float(sample_rate)}
 
+# %% ../nbs/05b_frame_stats.ipynb #9d8fa81d
 def _fmt(v, k) -> str:
     if v is None or not np.isfinite(v): return "n/a"
     if k == "cfo": return f"{v / 1e3:.0f}"
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
+# %% ../nbs/05b_frame_stats.ipynb #519637d4
 def compare(a: pd.DataFrame, b: pd.DataFrame, names=("synthetic", "real")) -> pd.DataFrame:
     """Side by side: each summary's median [p10, p90] per statistic, and `inside`: whether `a`'s median lies
     within `b`'s p10-p90 ("yes"/"no", "n/a" where either is undefined). The carrier offset is shown in kHz."""
@@ -453,6 +465,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, names=("synthetic", "real")) -> pd
                      "inside": ("yes" if rb["p10"] <= ra["median"] <= rb["p90"] else "no") if ok else "n/a"})
     return pd.DataFrame(rows, index=list(STATS))
 
+# %% ../nbs/05b_frame_stats.ipynb #bcf2162f
 def compare_spread(ra: dict, rb: dict, names=("synthetic", "real")) -> pd.DataFrame:
     """Spread ratios and CFO-only 1-NN accuracy of two reports side by side, with `a / b` (the first over the
     second) and `0.5-1.5x`: whether that quotient lies within 0.5-1.5 (the goal for rise, fall and droop)."""
@@ -473,6 +486,7 @@ def reference_band_edge() -> float:
     k = np.flatnonzero(m > -45)
     return float(max(abs(-REF_SAMPLE_RATE / 2 + k[0] * SPECTRUM_BIN_HZ), abs(-REF_SAMPLE_RATE / 2 + (k[-1] + 1) * SPECTRUM_BIN_HZ)))
 
+# %% ../nbs/05b_frame_stats.ipynb #b9a82bb3
 def reference_notes(sample_rate: float) -> list[str]:
     """How `reference_summary` and `reference_curves` carry the 50 MS/s reference to `sample_rate`, and which
     numbers cannot be carried from summaries (n/a) or only approximately: one line each (none at 50 MS/s)."""
@@ -504,7 +518,6 @@ def reference_notes(sample_rate: float) -> list[str]:
     n.append("  env0, droop, ripple, dc_gap, cfo, spread ratios, CFO 1-NN: unchanged")
     return n
 
-
 # %% ../nbs/05b_frame_stats.ipynb #9e14d997
 def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`frames_per_emitter` fresh captures of each of the first `emitters` emitters of `cfg` (default: all):
@@ -518,6 +531,7 @@ def synth_sample(cfg, frames_per_emitter: int = 10, emitters: int | None = None)
                        np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(99, e))))[0] for e in range(E)]
     return np.concatenate(xs), np.repeat(np.arange(E), int(frames_per_emitter))
 
+# %% ../nbs/05b_frame_stats.ipynb #50eeb290
 def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: float | None = None,
                 dedup: bool = True, labels: bool | None = None) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Frames (N, 2, L) float32, labels (N,), sample rate and a description from capture files in any layout
@@ -553,7 +567,6 @@ def load_frames(paths, role: str = "train", layout: str = "auto", sample_rate: f
     desc = (f"{len(y)} frames{f' ({n - len(y)} duplicates dropped)' if len(y) < n else ''} {cls} "
             f"from {len(list(paths))} file(s), {x.shape[2]} samples at {fs / 1e6:g} MS/s")
     return x, y, fs, desc
-
 
 # %% ../nbs/05b_frame_stats.ipynb #24856163
 def frames_margin_s(paths, role: str = "train") -> float:

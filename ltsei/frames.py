@@ -44,6 +44,7 @@ class FramesConfig:
 
 FRAMES_FORMATS = ("u8", "cs8", "cs16", "cf32", "sigmf")
 
+# %% ../nbs/07_frames.ipynb #6c5a187c
 def check_frames_config(cfg) -> None:
     "Raise ValueError naming the first FramesConfig value that is out of range (by its command-line flag)."
     def bad(name, want):
@@ -75,12 +76,14 @@ class Recording:
     n: int                        # complex samples
     meta: Optional[Path] = None   # the SigMF metadata file, if any
 
+# %% ../nbs/07_frames.ipynb #bc20b7d8
 def not_a_recording(path: Path, what: str = "a recording file (raw I/Q, or SigMF)") -> Exception:
     "The error for a recording path that is no regular file: missing, a folder, or a device (`/dev/zero` never ends)."
     if not path.exists(): return FileNotFoundError(f"{path}: no such file: expected {what}")
     kind = "a folder" if path.is_dir() else "a device or other special file, not a regular file"
     return ValueError(f"{path}: is {kind}: expected {what}")
 
+# %% ../nbs/07_frames.ipynb #7f1009f0
 def open_raw(path, fmt: str, sample_rate) -> Recording:
     "A raw interleaved I/Q recording, checked: it exists, is not empty and holds whole I/Q pairs."
     path = Path(path)
@@ -96,6 +99,7 @@ def open_raw(path, fmt: str, sample_rate) -> Recording:
                          f"a truncated file, or not {fmt}{suggest_format(path, fmt)}")
     return Recording(path, fmt, float(sample_rate), size // pair)
 
+# %% ../nbs/07_frames.ipynb #626b73ca
 def open_sigmf(meta) -> Recording:
     "A SigMF recording (`.sigmf-meta` beside `.sigmf-data`, read with the `sigmf` package): format and rate from its metadata."
     from sigmf import sigmffile
@@ -112,6 +116,7 @@ def open_sigmf(meta) -> Recording:
         raise ValueError(f"{meta}: {f.get_global_field('core:num_channels')} channels: expected a single-channel recording")
     return replace(open_raw(f.data_file or meta.with_suffix(".sigmf-data"), SIGMF_TYPES[dt], rate), meta=meta)
 
+# %% ../nbs/07_frames.ipynb #00a64a19
 def open_recording(path, fmt: str, sample_rate=None) -> Recording:
     "`open_sigmf` for `fmt='sigmf'` or a `.sigmf-meta`/`.sigmf-data` path, `open_raw` otherwise."
     p = Path(path)
@@ -123,6 +128,7 @@ def raw_samples(rec: Recording) -> np.ndarray:
     "The recording's stored values, interleaved I, Q (2 n,), as a read-only memory map."
     return np.memmap(rec.path, dtype=IQ_FORMATS[rec.fmt][0], mode="r", shape=(2 * rec.n,))
 
+# %% ../nbs/07_frames.ipynb #b3f65fae
 def to_iq(raw, fmt: str) -> np.ndarray:
     "Complex64 samples from stored interleaved values (..., 2 k), centred at the format's zero and scaled to full scale 1."
     dt, zero, scale = IQ_FORMATS[fmt]
@@ -131,6 +137,7 @@ def to_iq(raw, fmt: str) -> np.ndarray:
     if scale != 1: v *= np.float32(1 / scale)
     return v.view(np.complex64)
 
+# %% ../nbs/07_frames.ipynb #7e1c61fd
 def write_iq(path, z, fmt: str, scale: float = 1.0) -> None:
     "Complex samples `z` written as raw interleaved I/Q in `fmt` (values x `scale` of full scale, rounded and clipped for integer formats)."
     dt, zero, full = IQ_FORMATS[fmt]
@@ -144,6 +151,7 @@ def write_iq(path, z, fmt: str, scale: float = 1.0) -> None:
 
 _LUT: dict = {}
 
+# %% ../nbs/07_frames.ipynb #9b81302c
 def _lut(fmt: str) -> np.ndarray:
     "|I + jQ| for every pair of 8-bit values, indexed by the pair read as one little-endian uint16 (I the low byte)."
     if fmt not in _LUT:
@@ -152,12 +160,14 @@ def _lut(fmt: str) -> np.ndarray:
         _LUT[fmt] = np.hypot(v[None, :], v[:, None]).astype(np.float32).ravel()   # [256 q + i]
     return _LUT[fmt]
 
+# %% ../nbs/07_frames.ipynb #e10bab39
 def magnitude(raw, fmt: str) -> np.ndarray:
     "The envelope |x| (k,) float32 of stored values (2 k,): one table look-up per sample for 8-bit formats."
     if IQ_FORMATS[fmt][0].itemsize == 1:
         return np.take(_lut(fmt), np.ascontiguousarray(raw).view("<u2"))
     return np.abs(to_iq(raw, fmt))
 
+# %% ../nbs/07_frames.ipynb #bb84b9f2
 def dc_offset(rec: Recording, n: int = 1 << 22) -> Optional[complex]:
     """The receiver's DC offset c: the mean of every 61st of the first `n` samples, when it matters (above a quarter
     of the median magnitude, it would add to every pulse with a varying phase and lift the gaps); else None. One
@@ -168,6 +178,7 @@ def dc_offset(rec: Recording, n: int = 1 << 22) -> Optional[complex]:
     dc = complex(z.mean())
     return dc if abs(dc) > 0.25 * float(np.median(np.abs(z - dc))) else None
 
+# %% ../nbs/07_frames.ipynb #e2d510fb
 def envelope(raw, fmt: str, dc: Optional[complex] = None) -> np.ndarray:
     "The envelope |x - dc| (k,) float32 of stored values (2 k,): `magnitude`, the fast path, without a DC offset."
     if dc is None: return magnitude(raw, fmt)
@@ -193,6 +204,7 @@ def level_stats(head: bytes) -> dict:
         out[fmt] = float(np.median(np.abs(v - zero)) / scale) if v.size else float("inf")
     return out
 
+# %% ../nbs/07_frames.ipynb #c4836cad
 def guess_format(path, nbytes: int = 1 << 20) -> Optional[str]:
     """The raw format whose level statistics fit the start of the file best: cf32 when it reads as plausible floats,
     else the integer format with the smallest median level (cs8 rather than cs16 when its even and odd bytes alike)."""
@@ -206,6 +218,7 @@ def guess_format(path, nbytes: int = 1 << 20) -> Optional[str]:
         if lo > 0 and hi > 0 and 0.5 < lo / hi < 2: best = "cs8"     # cs16's high bytes are far smaller than its low bytes
     return best if s[best] < float("inf") else None
 
+# %% ../nbs/07_frames.ipynb #8a1affaa
 def suggest_format(path, fmt: str) -> str:
     "'; the level statistics suggest X, not FMT' when `guess_format` disagrees with `fmt`, else ''."
     try: g = guess_format(path)
@@ -219,10 +232,12 @@ def chip_edges(fs: float, n: int = 16) -> np.ndarray:
     "Sample offsets (n + 1,) of the edges of `n` consecutive 0.5 us chips at sample rate `fs`, rounded to whole samples."
     return np.round(np.arange(n + 1) * CHIP * float(fs)).astype(np.int64)
 
+# %% ../nbs/07_frames.ipynb #3d4011e5
 def chip_width(fs: float) -> int:
     "Samples per chip, rounded (at least 1)."
     return max(1, int(round(CHIP * float(fs))))
 
+# %% ../nbs/07_frames.ipynb #9a7068fe
 def box_sums(m, w: int) -> np.ndarray:
     "Sums of `w` consecutive values, (len(m) - w + 1,), by doubling: about 2 log2(w) vector additions, no cumulative sum."
     if w == 1: return m
@@ -237,6 +252,7 @@ def box_sums(m, w: int) -> np.ndarray:
         k *= 2
     return out
 
+# %% ../nbs/07_frames.ipynb #93dabd66
 def preamble_sums(m, chips, fs: float) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Envelope sums over the preamble's 4 pulse chips (p) and over all its 16 chips (s), (n,) each, for a preamble
     starting at every sample whose 8 us fit in the envelope `m`; `chips` = `box_sums(m, chip_width(fs))`. Also the
@@ -305,6 +321,7 @@ def slice_bits(chips, starts, fs: float, k0: int = 0, k1: int = 112, frac=None, 
         c = chips[i] * (1 - f) + chips[i + 1] * f
     return (c[:, 0::2] > c[:, 1::2]).astype(np.uint8)
 
+# %% ../nbs/07_frames.ipynb #8dc607e5
 def reply_snr(chips, starts, bits, fs: float, noise_power: float) -> np.ndarray:
     """SNR (B,) in dB: the mean power over the 4 preamble pulses and the high chip of each of the first 56 bits
     (each chip's mean envelope, squared) over the noise power, minus 1 (the noise's own share)."""
@@ -315,6 +332,7 @@ def reply_snr(chips, starts, bits, fs: float, noise_power: float) -> np.ndarray:
     a = chips[np.asarray(starts, np.int64)[:, None] + hi].astype(np.float64) / wc
     return 10 * np.log10(np.maximum((a * a).mean(1) / noise_power - 1, 1e-3))
 
+# %% ../nbs/07_frames.ipynb #37e276bc
 def _ints(bits) -> np.ndarray:
     "Bit rows (B, k), k <= 63, as integers (B,) int64, most significant bit first."
     bits = np.asarray(bits, np.int64)
@@ -334,6 +352,7 @@ def remainder_tables(nbits: int) -> np.ndarray:
                                    for j in range(nbits // 8)])
     return _TABLES[nbits]
 
+# %% ../nbs/07_frames.ipynb #ccb5866c
 def remainder(bits) -> np.ndarray:
     "CRC-24 remainder (B,) int64 of bit rows (B, 56 or 112), equal to `_ints(adsb.crc24(bits))`, by 7 or 14 table look-ups."
     bits = np.asarray(bits, np.uint8)
@@ -345,6 +364,7 @@ def remainder(bits) -> np.ndarray:
 REJECT, OK, FIXED, AP, IC = 0, 1, 2, 3, 4
 CRC_STATUS = {OK: "ok", FIXED: "fixed", AP: "ap", IC: "ic"}
 
+# %% ../nbs/07_frames.ipynb #ce2cd58f
 def single_bit_syndromes() -> tuple[np.ndarray, np.ndarray]:
     "(remainders, positions) sorted by remainder: the remainder that one wrong bit at position 5..111 of a 112-bit frame leaves."
     r = remainder(np.eye(112, dtype=np.uint8)[5:])
@@ -396,6 +416,7 @@ def noise_levels(m, a: int, s: int, e: int) -> np.ndarray:
     if s + full * NOISE_BLOCK < e: med = np.append(med, np.median(m[s + full * NOISE_BLOCK - a:e - a:61]))
     return np.maximum(med, 1e-12)
 
+# %% ../nbs/07_frames.ipynb #9bbed169
 def scan_chunks(rec: Recording, cfg: FramesConfig):
     """Per chunk, a dict of arrays of the replies `cfg.df` asks for (DF17/18, or every kind `classify` knows): time_s
     (the preamble's start), snr_db, df, status, icao (int), and the message as two integers hi, lo (bits 0-55 and
@@ -448,6 +469,7 @@ def retry_phases(k: dict, chips, c, frac, fs: float, wanted) -> None:
         good = np.flatnonzero(k2["status"] != REJECT)
         for key in ("status", "icao", "df", "bits"): k[key][bad[good]] = k2[key][good]
 
+# %% ../nbs/07_frames.ipynb #f251d1e1
 def repair_one_bit(k: dict) -> None:
     "`classify`'s single-bit repair for the DF17 candidates still rejected (after the other phases were tried), in `k`."
     bad = np.flatnonzero((k["status"] == REJECT) & (k["df"] == 17))
@@ -455,6 +477,7 @@ def repair_one_bit(k: dict) -> None:
     good = np.flatnonzero(k2["status"] == FIXED)
     for key in ("status", "icao", "df", "bits"): k[key][bad[good]] = k2[key][good]
 
+# %% ../nbs/07_frames.ipynb #c2eb96b5
 def scan(rec: Recording, cfg: FramesConfig) -> pd.DataFrame:
     """The replies of `scan_chunks` that become frames: CRC-checked ones, and (with `df='all'`) address/parity and
     DF11 interrogator-code replies whose address a CRC-checked reply (status OK) of this recording carries, before
@@ -472,6 +495,7 @@ def scan(rec: Recording, cfg: FramesConfig) -> pd.DataFrame:
     return f.astype({"df": np.int64, "status": np.int8, "icao": np.int64, "hi": np.int64, "lo": np.int64}).sort_values(
         "time_s", kind="stable").reset_index(drop=True)
 
+# %% ../nbs/07_frames.ipynb #080c18e0
 def select_frames(found: pd.DataFrame) -> pd.DataFrame:
     """`found` (the rows of `scan` for every file, with a `file` column) in time order per file, without repeats
     of one message within 64 us (two candidates of one reply), with readable columns: crc (ok/fixed/ap/ic),
@@ -492,6 +516,7 @@ def resampling(fs: float, target: Optional[float]) -> tuple[int, int]:
     r = Fraction(float(target) / fs).limit_denominator(1000)
     return r.numerator, r.denominator
 
+# %% ../nbs/07_frames.ipynb #f996adc5
 def window_plan(rec: Recording, times, cfg: FramesConfig) -> dict:
     """Where each frame's window comes from: the first source sample i0 (B,), the source samples to read, the offset
     (B,) of the window in the resampled read, the output length and rate, and `fits` (B,): the read lies in the
@@ -511,6 +536,7 @@ def window_plan(rec: Recording, times, cfg: FramesConfig) -> dict:
     return {"i0": i0, "n": n, "off": off, "length": L, "rate": rate, "up": up, "down": down,
             "fits": (i0 >= 0) & (i0 + n <= rec.n)}
 
+# %% ../nbs/07_frames.ipynb #2db3db42
 def read_windows(rec: Recording, plan: dict, rows) -> np.ndarray:
     "The windows (B, L, 2) float32 (I, Q) of the frames `rows` of `plan` (all must fit), resampled when the plan says so."
     from scipy.signal import resample_poly
@@ -523,6 +549,7 @@ def read_windows(rec: Recording, plan: dict, rows) -> np.ndarray:
         z = np.take_along_axis(z, plan["off"][rows][:, None] + np.arange(L), 1)
     return np.stack([z.real, z.imag], axis=-1).astype(np.float32)
 
+# %% ../nbs/07_frames.ipynb #9b014059
 def window_hashes(X) -> list[bytes]:
     "A digest per window (B,): equal digests mean identical samples."
     return [hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest() for x in X]
@@ -544,6 +571,7 @@ def label_frames(f: pd.DataFrame, min_frames: int = 1) -> tuple[pd.DataFrame, pd
                        "recordings": g.file.nunique().to_numpy() if len(f) else []})
     return f, em
 
+# %% ../nbs/07_frames.ipynb #7b9d0c40
 def split_by_time(f: pd.DataFrame, test_fraction: float) -> np.ndarray:
     """'train' or 'test' (B,) per frame: each aircraft's latest floor(n x test_fraction) frames (by recording, then
     time) are test, the rest train, so every aircraft keeps at least one training frame and the two sets are
@@ -570,6 +598,7 @@ def find_frames(recs: list, cfg: FramesConfig) -> pd.DataFrame:
         found.append(r.assign(file=i))
     return select_frames(pd.concat(found, ignore_index=True))
 
+# %% ../nbs/07_frames.ipynb #742a5811
 def keep_windows(recs: list, f: pd.DataFrame, cfg: FramesConfig) -> tuple[pd.DataFrame, dict]:
     """The frames whose window lies inside their recording, without exact duplicates (identical windows: the
     first is kept); and the counts dropped."""
@@ -586,6 +615,7 @@ def keep_windows(recs: list, f: pd.DataFrame, cfg: FramesConfig) -> tuple[pd.Dat
                 else: seen.add(h); keep[r] = True
     return f[keep].reset_index(drop=True), {"edge": edge, "duplicates": dups}
 
+# %% ../nbs/07_frames.ipynb #45b2ed8c
 def write_arrays(folder: Path, recs: list, f: pd.DataFrame, cfg: FramesConfig, name: str) -> None:
     "X{name}.npy (N, L, 2) float32 and Y{name}.npy (N,) int64 of the frames `f` (in their order), written in batches."
     plans = {i: window_plan(rec, f.time_s.to_numpy()[f.file.to_numpy() == i], cfg) for i, rec in enumerate(recs)}
@@ -617,6 +647,7 @@ def write_sigmf_annotations(path: Path, rec: Recording, f: pd.DataFrame) -> None
             "annotations": sorted(ann, key=lambda a: a["core:sample_start"])}
     path.write_text(json.dumps(meta, indent=1))
 
+# %% ../nbs/07_frames.ipynb #74b22c11
 def plot_long_tail(counts, path: Path) -> None:
     "The frames per aircraft, ranked (log scale), as a PNG."
     from matplotlib.figure import Figure
@@ -712,6 +743,7 @@ def frames_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=d.threshold, help=f"preamble detection level in noise medians (default {d.threshold:g})")
     return p
 
+# %% ../nbs/07_frames.ipynb #5e593641
 def _check_out(out: Path) -> None:
     "Refuse an --out that is a file, or a folder holding anything `ltsei frames` does not write (it is replaced whole)."
     if out.exists() and not out.is_dir():

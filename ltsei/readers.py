@@ -46,6 +46,7 @@ def read_mat(path):
         if not h5py.is_hdf5(path): raise ValueError(f"{path}: not a readable MATLAB file (neither v5 nor v7.3/HDF5)")
         return {k: h5_array(v).T for k, v in h5_datasets(path).items()}
 
+# %% ../nbs/04b_readers.ipynb #430690c3
 def h5_datasets(path):
     import h5py
     out = {}
@@ -53,6 +54,7 @@ def h5_datasets(path):
         f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     return out
 
+# %% ../nbs/04b_readers.ipynb #86d526c3
 def h5_array(v):
     "HDF5 compound (real, imag) arrays, as MATLAB writes complex data, become complex arrays."
     v = np.asarray(v)
@@ -106,6 +108,7 @@ def split_file(folder: Path, role: str) -> Optional[Path]:
     hit = next((folder / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (folder / f"X_{r}.npy").exists()), None)
     return hit if hit is not None or role != "train" or not (folder / "X.npy").exists() else folder / "X.npy"
 
+# %% ../nbs/04b_readers.ipynb #ecf158b1
 def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Raw signal and label arrays of one split from a file (.npy with its Y sibling, .npz, .mat v5/v7.3,
     .h5/.hdf5) or a folder holding X_{role}.npy and Y_{role}.npy. No layout or label processing yet;
@@ -187,6 +190,7 @@ def to_ncl(x, n: int, layout: str, where: str) -> np.ndarray:
     x = {"NLC": lambda a: a.transpose(0, 2, 1), "NCL": lambda a: a, "CLN": lambda a: a.transpose(2, 0, 1)}[layout](x)
     return np.array(x, dtype=np.float32, order="C")   # always a writable copy (x may be a read-only memory map)
 
+# %% ../nbs/04b_readers.ipynb #7af79017
 def labels_int(y, where: str) -> np.ndarray:
     "Labels (N,) int64 from integer or integral float arrays of any shape with one non-singleton axis."
     y = np.asarray(y)

@@ -30,6 +30,7 @@ def drop_margin(x, margin_s: float, sample_rate: float) -> tuple[np.ndarray, flo
     k = int(np.floor(m + 1e-9))
     return (x[..., k:] if k > 0 else x), m - k
 
+# %% ../nbs/06_realism.ipynb #eeb7a46a
 def common_length(a, b) -> tuple[np.ndarray, np.ndarray]:
     "Frames `a` and `b` (N, 2, L) cut to the shorter one's length."
     L = min(a.shape[-1], b.shape[-1])
@@ -85,23 +86,25 @@ def read_synth_preset(path) -> dict:
     except ValueError as e: raise ValueError(f"synth preset {p}: {e}") from None
     return out
 
+# %% ../nbs/06_realism.ipynb #16b5f732
 def synth_preset(name, base: str = "paper") -> SynthConfig:
     "A named preset (`SYNTH_PRESETS`) or a preset file's keys over the `base` preset."
     if str(name) in SYNTH_PRESETS: return SYNTH_PRESETS[str(name)]
     if Path(str(name)).suffix.lower() in PRESET_SUFFIXES: return replace(SYNTH_PRESETS[base], **read_synth_preset(name))
     raise ValueError(f"synth preset {name!r}: expected one of {', '.join(sorted(SYNTH_PRESETS))} or a .yaml file of data.synth keys")
 
-
 # %% ../nbs/06_realism.ipynb #f1a1b1c2
 def _cli_value(v) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
 
+# %% ../nbs/06_realism.ipynb #f21a84ad
 def preset_overrides(path) -> list[str]:
     """A preset file as `python main.py` overrides: `data.synth.KEY=VALUE`, one per key; a named preset
     (`SYNTH_PRESETS`, e.g. `rtl2m`) gives every key of that preset."""
     d = asdict(SYNTH_PRESETS[str(path)]) if str(path) in SYNTH_PRESETS else read_synth_preset(path)
     return [f"data.synth.{k}={_cli_value(v)}" for k, v in d.items()]
 
+# %% ../nbs/06_realism.ipynb #87eef7e0
 def preset_flags(path) -> list[str]:
     "A preset file as `ltsei synth` / `ltsei realism` flags: `--key value` (`--key` / `--no-key` for booleans)."
     out = []
@@ -110,6 +113,7 @@ def preset_flags(path) -> list[str]:
         out += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, _cli_value(v)]
     return out
 
+# %% ../nbs/06_realism.ipynb #a50c231e
 def expand_preset_overrides(argv: list[str]) -> list[str]:
     """`python main.py` arguments with each `data.synth.preset=FILE.yaml` (or a preset's name) replaced in place by its keys as
     `data.synth.KEY=VALUE` overrides (later arguments still override them)."""
@@ -121,7 +125,6 @@ def expand_preset_overrides(argv: list[str]) -> list[str]:
             out += preset_overrides(v)
         else: out.append(a)
     return out
-
 
 # %% ../nbs/06_realism.ipynb #a5454430
 def _realism_parser() -> argparse.ArgumentParser:
@@ -229,6 +232,8 @@ def _curve_lines(cc: dict, other_name: str, sample_rate: float, full: bool = Fal
                   ac.dropna(subset=["inside"]).rename(columns={"a median": "synthetic median", "b median": f"{other_name} median",
                   "b p10": f"{other_name} p10", "b p90": f"{other_name} p90"}).to_string()]
     return "\n".join(s) + "\n"
+
+# %% ../nbs/06_realism.ipynb #7721ff0e
 def _fit_main(a, over: dict) -> int:
     "`ltsei realism --fit FILES... --out PRESET.yaml`: fit, write the preset, print what was estimated and how it fits."
     if not a.fit or not a.out: raise ValueError("ltsei realism: --fit FILES... and --out PRESET.yaml go together")
@@ -264,6 +269,7 @@ def _uniform_from_quantiles(p10: float, p90: float) -> tuple[float, float]:
     w = (p90 - p10) / 0.8
     return p10 - 0.1 * w, p90 + 0.1 * w
 
+# %% ../nbs/06_realism.ipynb #19bc56a3
 def snr_from_noise_floor(nf_db) -> np.ndarray:
     """Per-frame SNR (pulse power over noise power, dB) from the noise floor statistic: with noise N in both and
     pulse power P on the chips, nf = N / (P + N), so P / N = 1 / nf - 1 (nan where nf >= 0 dB)."""
@@ -271,10 +277,10 @@ def snr_from_noise_floor(nf_db) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(r > 0, 10 * np.log10(np.where(r > 0, r, 1.0)), np.nan)
 
+# %% ../nbs/06_realism.ipynb #d69b84b7
 def _q(v) -> tuple[float, float, float]:
     v = np.asarray(v, np.float64); v = v[np.isfinite(v)]
     return tuple(float(t) for t in np.quantile(v, [0.5, 0.1, 0.9])) if v.size else (np.nan,) * 3
-
 
 # %% ../nbs/06_realism.ipynb #f2a2b2c3
 def adc_bits_estimate(x, headroom_db: float = 3.0) -> np.ndarray:
@@ -294,6 +300,7 @@ def adc_bits_estimate(x, headroom_db: float = 3.0) -> np.ndarray:
         out[i] = np.log2(2 * np.abs(u).max() * 10 ** (headroom_db / 20) / q)
     return out
 
+# %% ../nbs/06_realism.ipynb #d258769e
 def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float, x=None) -> pd.DataFrame:
     """What the captures show of the emitters and the receiver, in physical units (rows: estimate; columns
     median, p10, p90, unit, how; with the frames `x` also the ADC resolution). With labels (at least 2 classes of 2 frames), the emitter-mean CFO's spread
@@ -325,7 +332,6 @@ def fingerprint_estimates(stats: pd.DataFrame, y, sample_rate: float, x=None) ->
             r = spread_ratio(stats[k], y)
             rows[f"spread_{k}"] = {"median": r, "p10": np.nan, "p90": np.nan, "unit": "", "how": "spread ratio (between / within emitters)"}
     return pd.DataFrame.from_dict(rows, orient="index")
-
 
 # %% ../nbs/06_realism.ipynb #f3a3b3c3
 # data.synth key -> the estimate that sets it, used for the keys this generator has (an estimate that no key
@@ -364,6 +370,7 @@ def fit_spectrum_db(x, sample_rate: float, cfo) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.median(10 * np.log10(P @ M), axis=0)
 
+# %% ../nbs/06_realism.ipynb #4a11044f
 def _golden(f, a: float, b: float, n: int) -> float:
     "The best of `n` evaluations of a golden-section search for the minimum of f over [a, b]."
     g = (np.sqrt(5) - 1) / 2
@@ -374,7 +381,6 @@ def _golden(f, a: float, b: float, n: int) -> float:
         if fc < fd: b, d, fd = d, c, fc; c = b - g * (b - a); fc = f(c); seen.append((fc, c))
         else: a, c, fc = c, d, fd; d = a + g * (b - a); fd = f(d); seen.append((fd, d))
     return min(seen)[1]
-
 
 # %% ../nbs/06_realism.ipynb #f3a3b3c5
 def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
@@ -407,6 +413,7 @@ def _fit_chain(cfg, files: dict, sim, rounds: int = 2):
         span = (np.log(b) - 0.2, min(np.log(b) + 0.2, top))
     return cfg
 
+# %% ../nbs/06_realism.ipynb #c1f7fca5
 def _calibrate_cfo(est: pd.DataFrame, cfg, n: int = 8, frames: int = 6) -> pd.DataFrame:
     """The CFO rows of `est` as generator settings: the cfo statistic depends on the receiver (a narrow filter
     bends the phase along each pulse), so a line `statistic = a x setting + b` is fitted to `n` simulated emitters
@@ -432,7 +439,6 @@ def _calibrate_cfo(est: pd.DataFrame, cfg, n: int = 8, frames: int = 6) -> pd.Da
     cal = f"; as a setting: statistic = {a:.3f} x setting {b / 1e3:+.1f} kHz on the fitted receiver's simulated emitters"
     est.loc[[r for r in ("cfo_hz", "cfo_emitter_hz", "cfo_jitter_hz") if r in est.index], "how"] += cal
     return est
-
 
 # %% ../nbs/06_realism.ipynb #f3a3b3c6
 def _fit_difficulty(cfg, files: dict, y, frames: int, rounds: int = 3):
@@ -477,6 +483,7 @@ def quiet_snr_db(x, sample_rate: float) -> np.ndarray:
         if S > 0 and N > 0: out[i] = 10 * np.log10(S / N)
     return out
 
+# %% ../nbs/06_realism.ipynb #0b72176d
 def frame_snr(stats: pd.DataFrame, x, sample_rate: float) -> np.ndarray:
     "Per-frame SNR (dB): from the noise floor at 2 or more samples per chip, from the quiet chips (`quiet_snr_db`) below."
     if 0.5e-6 * float(sample_rate) >= 2 or x is None: return snr_from_noise_floor(stats["noise_floor"])
@@ -497,6 +504,7 @@ def rtl_keys(x, stats: pd.DataFrame) -> dict:
     if np.isfinite([dlo, dhi]).all(): out.update(dc_db_min=round(float(np.clip(dlo, -200, 0)), 2), dc_db_max=round(float(np.clip(dhi, dlo, 0)), 2))
     return out
 
+# %% ../nbs/06_realism.ipynb #3286d2e4
 def _fit_rx_cfo(cfg, files: dict, frames: int = 10, rounds: int = 2):
     """`rx_cfo_hz` moved by the gap between the captures' and the simulated fleet's median `cfo` statistic (all its
     emitters, `frames` each: the fleet `ltsei realism --preset` measures), `rounds` times."""
@@ -574,6 +582,7 @@ def _fmt_est(r) -> str:
         (lambda t: f"{t:.2f}{' ' + r['unit'] if r['unit'] else ''}")
     return f(v[0]) + (f" [{f(v[1])} .. {f(v[2])}]" if np.isfinite(v[1:]).all() else "") if np.isfinite(v[0]) else "n/a"
 
+# %% ../nbs/06_realism.ipynb #77b6fb26
 def preset_text(fit: dict, source: str) -> str:
     """The preset file `ltsei realism --fit` writes: a header saying where it comes from and how to use it, the
     data.synth keys (YAML), and as comments the estimates that no key of this generator takes."""
@@ -590,6 +599,7 @@ def preset_text(fit: dict, source: str) -> str:
 
 FIT_HEADER = "# ltsei realism --fit:"    # the first line of every preset the fit writes: the only files it replaces
 
+# %% ../nbs/06_realism.ipynb #c991ba09
 def check_preset_out(path) -> Path:
     "Refuse an --out that is not a .yaml name in an existing folder, or an existing file the fit did not write (see above)."
     p = Path(path)
@@ -603,6 +613,7 @@ def check_preset_out(path) -> Path:
                              f"{FIT_HEADER!r}): expected a new file name, or an earlier fitted preset to replace")
     return p
 
+# %% ../nbs/06_realism.ipynb #99c1a4dd
 def write_preset(path, text: str) -> Path:
     "Write the preset file whole (`storage.atomic_write`: a marked temporary beside it, then renamed), after checking it reads back."
     p = check_preset_out(path)
@@ -610,7 +621,6 @@ def write_preset(path, text: str) -> Path:
         tmp.write_text(text)
         read_synth_preset(tmp)
     return atomic_write(p, write)
-
 
 # %% ../nbs/06_realism.ipynb #cacf3147
 MIN_FIT_FRAMES = 20

@@ -209,6 +209,7 @@ def gen_rate(cfg) -> float:
     r = Fraction(fo / fa).limit_denominator(1000)
     return fa if abs(float(r) * fa - fo) <= 1e-9 * fo else fo
 
+# %% ../nbs/04_synth.ipynb #39c3e466
 def rx_response(cfg, f) -> np.ndarray:
     """The receiver channel filter's amplitude response at frequencies `f` (Hz): half (6 dB down) at +-B/2,
     B = min(rx_bandwidth, 0.75 gen_rate). `fir`: flat, then a raised-cosine edge of width `rx_transition`
@@ -253,6 +254,7 @@ def _modulator(fp, chips, fs, Lx, P, t0, rng):
     Q2 = f32((1 - g) * np.cos(hp)) * Q - f32((1 - g) * np.sin(hp)) * I
     return I2, Q2, env
 
+# %% ../nbs/04_synth.ipynb #c5c78634
 def _carrier(I, Q, cfo, linewidth, drift, fs, P, rng, pull=None, pull_env=None):
     """(I + jQ) on the carrier: offset `cfo` (B,) Hz drifting linearly by `drift` (B,) Hz over 96 us, a random
     phase, Wiener phase noise of `linewidth` Hz, and (given `pull`, Hz) the oscillator pulled up by `pull` x
@@ -275,16 +277,19 @@ def _complex(re, im) -> np.ndarray:
     z = np.empty(re.shape, np.complex64); z.real, z.imag = re, im
     return z
 
+# %% ../nbs/04_synth.ipynb #71cb0b98
 def _cnoise(rng, shape) -> np.ndarray:
     "Complex white Gaussian noise, complex64, variance 1 per component."
     return rng.standard_normal((*shape[:-1], 2 * shape[-1]), np.float32).view(np.complex64)
 
+# %% ../nbs/04_synth.ipynb #ff7feddf
 def _delayed(z, d):
     "Complex rows `z` (B, Lx) delayed by `d` (B,) whole samples (zeros before)."
     Lx = z.shape[1]
     idx = np.arange(Lx)[None, :] - d[:, None]
     return np.take_along_axis(z, np.clip(idx, 0, Lx - 1), 1) * (idx >= 0)
 
+# %% ../nbs/04_synth.ipynb #db707d3f
 def _warp(z, pos):
     "Complex rows `z` (B, Lx) linearly interpolated at fractional sample positions `pos` (B, Lx)."
     Lx = z.shape[1]
@@ -292,6 +297,7 @@ def _warp(z, pos):
     f = np.clip(pos - i, 0, 1).astype(np.float32)
     return np.take_along_axis(z, i, 1) * (1 - f) + np.take_along_axis(z, i + 1, 1) * f
 
+# %% ../nbs/04_synth.ipynb #4426d651
 def _channel(cfg, z, fs, P, t0, rng):
     """The air between the aircraft and the antenna: (if `multipath`) a weak delayed ray, (with probability
     `overlap_prob`) another aircraft's weaker reply somewhere in the frame. Returns z (B, Lx) complex64."""
@@ -339,6 +345,7 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
         P = P * r.numerator // r.denominator
     return z[:, P:P + L].astype(np.complex64), snr_db
 
+# %% ../nbs/04_synth.ipynb #60bfd16c
 def _iq_imbalance(z, g: float, phi: float):
     "IQ imbalance of gain `g` (I gain 1 + g, Q gain 1 - g) and phase `phi` (rad, split between I and Q), complex64."
     hp = phi / 2
@@ -346,6 +353,7 @@ def _iq_imbalance(z, g: float, phi: float):
     Q2 = np.float32((1 - g) * np.cos(hp)) * z.imag - np.float32((1 - g) * np.sin(hp)) * z.real
     return _complex(I2, Q2)
 
+# %% ../nbs/04_synth.ipynb #4c92b9bf
 def _adc(cfg, z, rng):
     """An `adc_bits` ADC: full scale `adc_headroom_db` (+- `adc_agc_db`, uniform per frame) above the frame's peak |I|, |Q|,
     quantised and clipped; `adc_mode='agc'` rounds to the nearest step (a level at 0), `rtl` to the mid-rise grid of an
@@ -416,6 +424,7 @@ def split_sizes(cfg) -> dict:
     "Frames per emitter in each stored split."
     return {"pool": int(cfg.pool_per_class), "val": int(cfg.val_per_class), "test": int(cfg.test_per_class)}
 
+# %% ../nbs/04_synth.ipynb #96c0d423
 def synth_nbytes(cfg) -> int:
     "Bytes of one stored data set (X float16, Y int64, packed bits), headers aside."
     C, L = int(cfg.num_emitters), int(cfg.length)
@@ -439,6 +448,7 @@ _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", 
                                                   "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz",
                                                   "align_min_s", "align_max_s")}
 
+# %% ../nbs/04_synth.ipynb #73207e6d
 def synth_key(cfg) -> str:
     """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field (those of `_LATER`
     only away from their defaults), the generator version, the chunking (CHUNK seeds the chunks), the storage dtype
@@ -459,6 +469,7 @@ def _work_items(cfg):
                 items.append((si, e, ci, e * n + start, min(CHUNK, n - start)))
     return items
 
+# %% ../nbs/04_synth.ipynb #293b8a04
 def _chunk_rng(cfg, si, e, ci):
     return np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(si, e, ci)))
 
@@ -467,12 +478,14 @@ _WORKER = {}
 def _worker_init(cfg, fp, paths):
     _WORKER.update(cfg=cfg, fp=fp, paths=paths, mm={})
 
+# %% ../nbs/04_synth.ipynb #8ae42d8b
 def _pool_init(cfg, fp, paths):
     "A pool worker's start: Ctrl-C is the parent's to handle (it stops the pool), so the worker ignores SIGINT."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _worker_init(cfg, fp, paths)
 
+# %% ../nbs/04_synth.ipynb #9cd52a54
 def _run_item(item):
     "Generate one chunk and write it into the split's memory-mapped arrays (in a worker or in-process)."
     si, e, ci, row, n = item
@@ -508,6 +521,7 @@ class SynthWorkerError(RuntimeError, ValueError):
     """A generator process died (killed, out of memory) before the data set was complete; nothing was kept.
     Also a ValueError, so that the command line reports it in one line like a `StorageError`."""
 
+# %% ../nbs/04_synth.ipynb #3fb17af9
 @contextlib.contextmanager
 def _storage(path, action: str = "write"):
     "Disk-full, read-only and permission errors inside the block become one `StorageError` naming `path`."
@@ -531,6 +545,7 @@ def _new_array(path: Path, dtype, shape) -> np.memmap:
         raise
     return a
 
+# %% ../nbs/04_synth.ipynb #2b0544e8
 def _release(a: np.memmap, path: Path) -> None:
     "Unmap `a` and empty and remove its file `path`: the space is free at once, whatever still refers to `a`."
     with contextlib.suppress(Exception): a._mmap.close()
@@ -545,6 +560,7 @@ def _sigint_held():
     try: yield
     finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
+# %% ../nbs/04_synth.ipynb #71dccb32
 def _run_pool(items, workers: int, initargs, update, where) -> None:
     """`_run_item` over `items` in `workers` forked processes. At most two chunks per worker are queued, so
     an error or Ctrl-C in the parent stops once the chunks in flight are done; a worker that dies (killed,
@@ -646,15 +662,18 @@ class _FullHash:
     def digest(self, path) -> str: return sha256_file(path)
     def remember(self, *args, **kw) -> None: pass
 
+# %% ../nbs/04_synth.ipynb #5d27f6c5
 def synth_entry(cfg, cache_dir) -> CacheEntry:
     "The cache entry `cache_dir/synth-KEY` of `cfg`, verified in full (size and sha256 of every file) whenever it is used."
     entry = CacheEntry(cache_dir, f"synth-{synth_key(cfg)}", "synthetic-data cache entry")
     entry.digests = _FullHash()
     return entry
 
+# %% ../nbs/04_synth.ipynb #d7a77194
 def _read_only(folder: Path) -> bool:
     return folder.is_dir() and not os.access(folder, os.W_OK)
 
+# %% ../nbs/04_synth.ipynb #b1fbb31a
 def load_synth(cfg, cache_dir, workers: Optional[int] = None, progress: bool = True) -> SynthSet:
     """The synthetic data set of `cfg` from the cache entry `cache_dir/synth-KEY` (`synth_entry`), generated
     first if missing. Under the entry's lock: an entry whose files do not match its manifest (a file
@@ -722,6 +741,7 @@ def _check_out(out: Path) -> None:
                          "and key of ltsei), and the folder is replaced whole: expected a new or empty folder, or an "
                          "earlier ltsei synth output")
 
+# %% ../nbs/04_synth.ipynb #79de1e03
 def _synth_output(out: Path) -> bool:
     "Whether `out` is an earlier `ltsei synth` output: its meta.json records ltsei's generator and the data set's key."
     try: m = json.loads((out / "meta.json").read_text())
