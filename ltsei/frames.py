@@ -13,18 +13,17 @@ import numpy as np
 import pandas as pd
 from .storage import StorageError, clean_stale, drop_temp, make_temp_dir, replace_dir, reserve_space, storage_error
 from .adsb import CHIP, DATA_START, PREAMBLE_CHIPS, crc24, bits_to_hex, find_preamble, demodulate
+from .recordings import *
+from .recordings import _lut
 
 # %% auto #0
-__all__ = ['FRAMES_FORMATS', 'IQ_FORMATS', 'SIGMF_TYPES', 'PULSE_CHIPS', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC',
-           'CRC_STATUS', 'DF_WANTED', 'NOISE_BLOCK', 'AP_WAIT_S', 'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES',
-           'FramesConfig', 'check_frames_config', 'Recording', 'not_a_recording', 'open_raw', 'open_sigmf',
-           'open_recording', 'raw_samples', 'to_iq', 'write_iq', 'magnitude', 'dc_offset', 'envelope', 'level_stats',
-           'guess_format', 'suggest_format', 'chip_edges', 'chip_width', 'box_sums', 'preamble_sums', 'find_candidates',
-           'slice_bits', 'reply_snr', 'remainder_tables', 'remainder', 'single_bit_syndromes', 'classify',
-           'noise_levels', 'scan_chunks', 'retry_phases', 'repair_one_bit', 'scan', 'select_frames', 'resampling',
-           'window_plan', 'read_windows', 'window_hashes', 'label_frames', 'split_by_time', 'find_frames',
-           'keep_windows', 'write_arrays', 'write_sigmf_annotations', 'plot_long_tail', 'write_dataset',
-           'frames_parser', 'frames_main', 'synth_recording']
+__all__ = ['PULSE_CHIPS', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC', 'CRC_STATUS', 'DF_WANTED', 'NOISE_BLOCK', 'AP_WAIT_S',
+           'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES', 'FramesConfig', 'check_frames_config', 'chip_edges',
+           'chip_width', 'box_sums', 'preamble_sums', 'find_candidates', 'slice_bits', 'reply_snr', 'remainder_tables',
+           'remainder', 'single_bit_syndromes', 'classify', 'noise_levels', 'scan_chunks', 'retry_phases',
+           'repair_one_bit', 'scan', 'select_frames', 'resampling', 'window_plan', 'read_windows', 'window_hashes',
+           'label_frames', 'split_by_time', 'find_frames', 'keep_windows', 'write_arrays', 'write_sigmf_annotations',
+           'plot_long_tail', 'write_dataset', 'frames_parser', 'frames_main', 'synth_recording']
 
 # %% ../nbs/07_frames.ipynb #c9bb5fc0
 @dataclass
@@ -42,7 +41,6 @@ class FramesConfig:
     chunk: int = 1 << 20            # samples per chunk (memory is flat in the recording's length)
     threshold: float = 1.5          # preamble pulse level minus gap level, in noise medians (see below)
 
-FRAMES_FORMATS = ("u8", "cs8", "cs16", "cf32", "sigmf")
 
 # %% ../nbs/07_frames.ipynb #6c5a187c
 def check_frames_config(cfg) -> None:
@@ -62,168 +60,6 @@ def check_frames_config(cfg) -> None:
     if not 0 < cfg.test_fraction < 1: bad("test_fraction", "a fraction in (0, 1)")
     if int(cfg.chunk) < 4096: bad("chunk", "at least 4096 samples")
     if not cfg.threshold > 0: bad("threshold", "a positive number")
-
-# %% ../nbs/07_frames.ipynb #f0511bd4
-IQ_FORMATS = {"u8": (np.dtype(np.uint8), 127.5, 127.5), "cs8": (np.dtype(np.int8), 0.0, 128.0),
-              "cs16": (np.dtype("<i2"), 0.0, 32768.0), "cf32": (np.dtype("<f4"), 0.0, 1.0)}  # dtype, zero, full scale
-SIGMF_TYPES = {"cu8": "u8", "ci8": "cs8", "ci16_le": "cs16", "cf32_le": "cf32"}
-
-@dataclass
-class Recording:
-    path: Path                    # the file of samples
-    fmt: str                      # u8 | cs8 | cs16 | cf32
-    sample_rate: float
-    n: int                        # complex samples
-    meta: Optional[Path] = None   # the SigMF metadata file, if any
-
-# %% ../nbs/07_frames.ipynb #bc20b7d8
-def not_a_recording(path: Path, what: str = "a recording file (raw I/Q, or SigMF)") -> Exception:
-    "The error for a recording path that is no regular file: missing, a folder, or a device (`/dev/zero` never ends)."
-    if not path.exists(): return FileNotFoundError(f"{path}: no such file: expected {what}")
-    kind = "a folder" if path.is_dir() else "a device or other special file, not a regular file"
-    return ValueError(f"{path}: is {kind}: expected {what}")
-
-# %% ../nbs/07_frames.ipynb #7f1009f0
-def open_raw(path, fmt: str, sample_rate) -> Recording:
-    "A raw interleaved I/Q recording, checked: it exists, is not empty and holds whole I/Q pairs."
-    path = Path(path)
-    if fmt not in IQ_FORMATS: raise ValueError(f"{path}: --format {fmt!r}: expected one of {', '.join(FRAMES_FORMATS)}")
-    if sample_rate is None: raise ValueError(f"{path}: raw I/Q has no header: give --sample-rate (Hz, e.g. 2e6)")
-    if not float(sample_rate) >= 2e6:
-        raise ValueError(f"{path}: sample rate {float(sample_rate):g}: expected at least 2e6 (one sample per 0.5 us chip)")
-    if not path.is_file(): raise not_a_recording(path)
-    size, pair = path.stat().st_size, 2 * IQ_FORMATS[fmt][0].itemsize
-    if size == 0: raise ValueError(f"{path}: the file is empty (0 bytes): expected {fmt} I/Q samples")
-    if size % pair:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of {fmt} I/Q pairs ({pair} bytes each): "
-                         f"a truncated file, or not {fmt}{suggest_format(path, fmt)}")
-    return Recording(path, fmt, float(sample_rate), size // pair)
-
-# %% ../nbs/07_frames.ipynb #626b73ca
-def open_sigmf(meta) -> Recording:
-    "A SigMF recording (`.sigmf-meta` beside `.sigmf-data`, read with the `sigmf` package): format and rate from its metadata."
-    from sigmf import sigmffile
-    meta = Path(meta)
-    if meta.suffix == ".sigmf-data": meta = meta.with_suffix(".sigmf-meta")
-    if not meta.is_file(): raise not_a_recording(meta, "SigMF metadata (.sigmf-meta)")
-    try: f = sigmffile.fromfile(str(meta), skip_checksum=True)
-    except Exception as e: raise ValueError(f"{meta}: not a readable SigMF recording ({type(e).__name__}: {e})") from None
-    dt, rate = f.get_global_field("core:datatype"), f.get_global_field("core:sample_rate")
-    if dt not in SIGMF_TYPES:
-        raise ValueError(f"{meta}: core:datatype {dt!r}: expected complex I/Q, one of {', '.join(SIGMF_TYPES)}")
-    if rate is None: raise ValueError(f"{meta}: the SigMF metadata has no core:sample_rate: expected the rate in Hz in its global object")
-    if int(f.get_global_field("core:num_channels") or 1) != 1:
-        raise ValueError(f"{meta}: {f.get_global_field('core:num_channels')} channels: expected a single-channel recording")
-    return replace(open_raw(f.data_file or meta.with_suffix(".sigmf-data"), SIGMF_TYPES[dt], rate), meta=meta)
-
-# %% ../nbs/07_frames.ipynb #00a64a19
-def open_recording(path, fmt: str, sample_rate=None) -> Recording:
-    "`open_sigmf` for `fmt='sigmf'` or a `.sigmf-meta`/`.sigmf-data` path, `open_raw` otherwise."
-    p = Path(path)
-    if fmt == "sigmf" or p.suffix in (".sigmf-meta", ".sigmf-data"): return open_sigmf(p)
-    return open_raw(p, fmt, sample_rate)
-
-# %% ../nbs/07_frames.ipynb #405c3213
-def raw_samples(rec: Recording) -> np.ndarray:
-    "The recording's stored values, interleaved I, Q (2 n,), as a read-only memory map."
-    return np.memmap(rec.path, dtype=IQ_FORMATS[rec.fmt][0], mode="r", shape=(2 * rec.n,))
-
-# %% ../nbs/07_frames.ipynb #b3f65fae
-def to_iq(raw, fmt: str) -> np.ndarray:
-    "Complex64 samples from stored interleaved values (..., 2 k), centred at the format's zero and scaled to full scale 1."
-    dt, zero, scale = IQ_FORMATS[fmt]
-    v = np.array(raw, dtype=np.float32)
-    if zero: v -= np.float32(zero)
-    if scale != 1: v *= np.float32(1 / scale)
-    return v.view(np.complex64)
-
-# %% ../nbs/07_frames.ipynb #7e1c61fd
-def write_iq(path, z, fmt: str, scale: float = 1.0) -> None:
-    "Complex samples `z` written as raw interleaved I/Q in `fmt` (values x `scale` of full scale, rounded and clipped for integer formats)."
-    dt, zero, full = IQ_FORMATS[fmt]
-    v = np.empty(2 * len(z), np.float64)
-    v[0::2], v[1::2] = z.real, z.imag
-    v = v * scale * full + zero
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        v = np.clip(np.round(v), info.min, info.max)
-    v.astype(dt).tofile(path)
-
-_LUT: dict = {}
-
-# %% ../nbs/07_frames.ipynb #9b81302c
-def _lut(fmt: str) -> np.ndarray:
-    "|I + jQ| for every pair of 8-bit values, indexed by the pair read as one little-endian uint16 (I the low byte)."
-    if fmt not in _LUT:
-        b = np.arange(256)
-        v = (b - 127.5) / 127.5 if fmt == "u8" else b.astype(np.uint8).view(np.int8) / 128.0
-        _LUT[fmt] = np.hypot(v[None, :], v[:, None]).astype(np.float32).ravel()   # [256 q + i]
-    return _LUT[fmt]
-
-# %% ../nbs/07_frames.ipynb #e10bab39
-def magnitude(raw, fmt: str) -> np.ndarray:
-    "The envelope |x| (k,) float32 of stored values (2 k,): one table look-up per sample for 8-bit formats."
-    if IQ_FORMATS[fmt][0].itemsize == 1:
-        return np.take(_lut(fmt), np.ascontiguousarray(raw).view("<u2"))
-    return np.abs(to_iq(raw, fmt))
-
-# %% ../nbs/07_frames.ipynb #bb84b9f2
-def dc_offset(rec: Recording, n: int = 1 << 22) -> Optional[complex]:
-    """The receiver's DC offset c: the mean of every 61st of the first `n` samples, when it matters (above a quarter
-    of the median magnitude, it would add to every pulse with a varying phase and lift the gaps); else None. One
-    value per recording, so that the envelope does not depend on the chunk size."""
-    z = to_iq(np.asarray(raw_samples(rec)[:2 * min(n, rec.n)]).reshape(-1, 2)[::61], rec.fmt).ravel()
-    z = z[np.isfinite(z)]
-    if not z.size: return None
-    dc = complex(z.mean())
-    return dc if abs(dc) > 0.25 * float(np.median(np.abs(z - dc))) else None
-
-# %% ../nbs/07_frames.ipynb #e2d510fb
-def envelope(raw, fmt: str, dc: Optional[complex] = None) -> np.ndarray:
-    "The envelope |x - dc| (k,) float32 of stored values (2 k,): `magnitude`, the fast path, without a DC offset."
-    if dc is None: return magnitude(raw, fmt)
-    z = to_iq(raw, fmt)
-    z -= np.complex64(dc)
-    return np.abs(z)
-
-# %% ../nbs/07_frames.ipynb #a9084ac0
-def level_stats(head: bytes) -> dict:
-    """How each format reads the bytes `head` (the start of a recording): the median sample magnitude as a
-    fraction of the format's full scale (I/Q noise sits far below full scale, so the right format gives a small
-    value), or inf where the format cannot hold them (cf32 that is not finite or beyond 1e6)."""
-    head = head[:len(head) // 8 * 8]
-    out = {}
-    f = np.frombuffer(head, "<f4")
-    fin = np.isfinite(f)
-    a = np.abs(f[fin])
-    plausible = f.size and fin.all() and a.max() < 1e6 and not ((a > 0) & (a < 1e-30)).any()
-    out["cf32"] = float(np.median(a)) if plausible else float("inf")
-    for fmt in ("u8", "cs8", "cs16"):
-        dt, zero, scale = IQ_FORMATS[fmt]
-        v = np.frombuffer(head, dt).astype(np.float64)
-        out[fmt] = float(np.median(np.abs(v - zero)) / scale) if v.size else float("inf")
-    return out
-
-# %% ../nbs/07_frames.ipynb #c4836cad
-def guess_format(path, nbytes: int = 1 << 20) -> Optional[str]:
-    """The raw format whose level statistics fit the start of the file best: cf32 when it reads as plausible floats,
-    else the integer format with the smallest median level (cs8 rather than cs16 when its even and odd bytes alike)."""
-    with open(path, "rb") as fh: head = fh.read(nbytes)
-    s = level_stats(head)
-    if s["cf32"] < float("inf"): return "cf32"
-    best = min(("u8", "cs8", "cs16"), key=s.get)
-    if best == "cs16" and s["cs8"] < 0.5:          # loud cs8 also reads small as cs16: are I and Q bytes alike?
-        b = np.abs(np.frombuffer(head, np.int8).astype(np.int16))
-        lo, hi = np.median(b[0::2]), np.median(b[1::2])
-        if lo > 0 and hi > 0 and 0.5 < lo / hi < 2: best = "cs8"     # cs16's high bytes are far smaller than its low bytes
-    return best if s[best] < float("inf") else None
-
-# %% ../nbs/07_frames.ipynb #8a1affaa
-def suggest_format(path, fmt: str) -> str:
-    "'; the level statistics suggest X, not FMT' when `guess_format` disagrees with `fmt`, else ''."
-    try: g = guess_format(path)
-    except OSError: return ""
-    return f"; the level statistics suggest {g}, not {fmt}" if g and g != fmt else ""
 
 # %% ../nbs/07_frames.ipynb #2d2e989d
 PULSE_CHIPS = np.flatnonzero(PREAMBLE_CHIPS > 0)      # chips 0, 2, 7, 9: pulses at 0, 1, 3.5 and 4.5 us
