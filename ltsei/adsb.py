@@ -14,7 +14,6 @@ __all__ = ['CRC24_GENERATOR', 'CHIP', 'PREAMBLE_CHIPS', 'DATA_START', 'RC_10_90'
 # %% ../nbs/00_adsb.ipynb #1debe24e
 CRC24_GENERATOR = 0x1FFF409  # x^24 + x^23 + ... (the Mode S generator, 25 bits)
 _GEN_BITS = np.array([(CRC24_GENERATOR >> (24 - i)) & 1 for i in range(25)], dtype=np.uint8)
-
 def crc24(bits) -> np.ndarray:
     "CRC-24 remainder (..., 24) of bit rows `bits` (..., n), by GF(2) long division with the Mode S generator."
     bits = np.asarray(bits)
@@ -26,6 +25,7 @@ def crc24(bits) -> np.ndarray:
         msg[:, i:i + 25] ^= msg[:, i:i + 1] * _GEN_BITS
     return msg[:, n - 24:].reshape(bits.shape[:-1] + (24,))
 
+# %% ../nbs/00_adsb.ipynb #66273f20
 def parity24(data_bits) -> np.ndarray:
     "Parity bits (..., 24) for data bits (..., 88): the CRC remainder of the data followed by 24 zeros."
     data_bits = np.asarray(data_bits, dtype=np.uint8)
@@ -42,6 +42,7 @@ def bits_to_hex(bits) -> list[str]:
     digits = np.array(list("0123456789ABCDEF"))[nib]
     return ["".join(r) for r in digits]
 
+# %% ../nbs/00_adsb.ipynb #bc345a8e
 def hex_to_bits(hexes) -> np.ndarray:
     "Hex string(s) -> bit rows (B, 4 * digits) uint8 (one row per string)."
     if isinstance(hexes, str):
@@ -58,13 +59,13 @@ def hex_to_bits(hexes) -> np.ndarray:
 
 # %% ../nbs/00_adsb.ipynb #fb0ba404
 _CALLSIGN_CHARS = "#ABCDEFGHIJKLMNOPQRSTUVWXYZ##### ###############0123456789######"
-
 def _put(bits, start, width, values):
     "Write integers `values` (B,) as `width`-bit big-endian fields at 0-based bit `start` of rows `bits` (B, n)."
     values = np.broadcast_to(np.asarray(values, dtype=np.int64), (bits.shape[0],))
     shifts = np.arange(width - 1, -1, -1)
     bits[:, start:start + width] = (values[:, None] >> shifts) & 1
 
+# %% ../nbs/00_adsb.ipynb #88b2a5c5
 def _callsign_codes(rng, n):
     "Plausible callsigns: 3 letters and 1-4 digits, space padded, as 8 six-bit codes (B, 8)."
     letters = rng.integers(1, 27, size=(n, 3))
@@ -126,17 +127,20 @@ PREAMBLE_CHIPS = np.array([1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0], np.f
 DATA_START = 8e-6                   # the data block starts 8 us after the first preamble pulse
 RC_10_90 = 0.5903                   # 10-90 % time of a raised-cosine edge, as a fraction of its full duration
 
+# %% ../nbs/00_adsb.ipynb #ceecd7a9
 def ppm_chips(bits) -> np.ndarray:
     "Chip sequence (B, 16 + 2 n) float32 of bit rows (B, n): the preamble, then (1,0) for a 1 and (0,1) for a 0."
     bits = np.atleast_2d(np.asarray(bits, dtype=np.float32))
     data = np.stack([bits, 1 - bits], axis=-1).reshape(bits.shape[0], -1)
     return np.concatenate([np.broadcast_to(PREAMBLE_CHIPS, (bits.shape[0], 16)), data], axis=1)
 
+# %% ../nbs/00_adsb.ipynb #480685d7
 def _col(v, B):
     "A scalar or (B,) parameter as a (B, 1) float64 column."
     v = np.asarray(v, dtype=np.float64)
     return np.broadcast_to(v.reshape(-1, 1) if v.ndim else v, (B, 1))
 
+# %% ../nbs/00_adsb.ipynb #b92e0596
 def pulse_envelope(chips, sample_rate: float, length: int, rise_time=50e-9, fall_time=100e-9,
                    width_offset=0.0, t0=0.0) -> np.ndarray:
     """Sampled PPM envelope (B, length) float32 of chip amplitudes `chips` (B, n_chips).
@@ -190,6 +194,7 @@ def _window_integrals(C, q):
     c1 = np.take_along_axis(C, flat + 1, 1).reshape(i.shape)
     return c0 + f * (c1 - c0)
 
+# %% ../nbs/00_adsb.ipynb #80026187
 def find_preamble(env, sample_rate: float, search=(-0.3e-6, 1.0e-6)) -> np.ndarray:
     """Frame start (B,) in seconds: the offset in `search` whose ideal preamble (pulses at 0, 1, 3.5,
     4.5 us) best matches the envelope (B, L) (pulse energy minus gap energy over the first 8 us)."""

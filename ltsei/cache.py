@@ -39,6 +39,7 @@ def to_plain(obj):
     if isinstance(obj, (list, tuple)): return [to_plain(v) for v in obj]
     raise TypeError(f"to_plain: {type(obj).__name__} is not a tensor or a plain container")
 
+# %% ../nbs/03_cache.ipynb #5aa984b4
 def atomic_save(obj, path) -> Path:
     """`torch.save(obj)` to `path` atomically. Serialised in memory first, so that a full disk raises an
     `OSError` from Python's file I/O (torch's own writer reports it as a bare RuntimeError)."""
@@ -50,9 +51,9 @@ def atomic_save(obj, path) -> Path:
 # %% ../nbs/03_cache.ipynb #6524dc1e
 QUARANTINE_MARK = ".ltsei-quarantine.json"     # in every entry `quarantine()` set aside
 WORK_FILES = ("resume.pt", "log.csv", "best.pt", "last.pt", "meta.json", MANIFEST)   # what a stage build writes in KEY.work
-
 def _say(msg: str): print(f"[ltsei] {msg}", flush=True)
 
+# %% ../nbs/03_cache.ipynb #f6859ce5
 class StoredEntry:
     """Where a cache entry lives and how it is checked: the folder `root/key`, its lock `root/key.lock`, its manifest
     (`ltsei.storage.manifest_problem`, digests remembered in `root/digests.json`) and its quarantine. `CacheEntry`
@@ -159,6 +160,7 @@ SYSTEM_DIRS = ("/", "/dev", "/dev/shm", "/run", "/tmp", "/var", "/var/tmp", "/ho
                "/srv", "/snap")
 _OURS = re.compile(r"(synth-.*|stage[12]|snr|quarantine|digests\.json(\.lock)?|[0-9a-f]{8,}(\.work|\.lock)?|\..*\.(tmp|old)\d+-.*)")
 
+# %% ../nbs/03_cache.ipynb #ebac0c00
 def check_cache_dir(path, key: str) -> Path:
     """`path` as an absolute cache folder, or a `ValueError` naming `key` when ltsei must not fill it (see above)."""
     p = Path(os.path.realpath(Path(str(path)).expanduser()))
@@ -180,9 +182,11 @@ RUN_FILES = ("metrics.json", "predictions.npz", "log.csv", "log_stage1.csv", "lo
              "row.json", "experiment.ipynb", "tensorboard", "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt",
              "checkpoints/stage2_best.pt", "checkpoints/stage2_last.pt")   # what a run writes in its folder
 
+# %% ../nbs/03_cache.ipynb #d131b74f
 class RunDirError(ValueError):
     "A run folder that holds files ltsei did not write (refused, never emptied)."
 
+# %% ../nbs/03_cache.ipynb #63ecbb66
 def _foreign(folder: Path, hydra_ok: bool, known: tuple = ()) -> list[str]:
     if not folder.is_dir() or (folder / RUN_MARK).is_file(): return []
     out = []
@@ -193,6 +197,7 @@ def _foreign(folder: Path, hydra_ok: bool, known: tuple = ()) -> list[str]:
         if len(out) > 4: break
     return sorted(out)
 
+# %% ../nbs/03_cache.ipynb #6d6f4e85
 def check_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or empty folder", known: tuple = ()) -> Path:
     """Raise `RunDirError` when `out_dir` exists and is not ltsei's (see `claim_run_dir`); create nothing. `known`: names
     (relative paths) an unmarked folder may hold and still be taken as ltsei's (a run folder of `ltsei reproduce`, whose
@@ -207,6 +212,7 @@ def check_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or 
                           f"own earlier runs, and never empties a folder: {hint}")
     return out_dir
 
+# %% ../nbs/03_cache.ipynb #8286a81f
 def claim_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or empty folder", known: tuple = ()) -> Path:
     "Make `out_dir` a run folder of ltsei (created, with the marker `RUN_MARK`), or raise `RunDirError` when it is not ltsei's."
     out_dir = check_run_dir(out_dir, hydra_ok, hint, known)
@@ -218,7 +224,6 @@ def claim_run_dir(out_dir, hydra_ok: bool = False, hint: str = "choose a new or 
 # %% ../nbs/03_cache.ipynb #50a4a186
 ACTIVE_MARK = ".ltsei-active.json"   # in a run folder while its run is working there: host, pid
 RECENT_S = 3600.0                    # an unmarked incomplete run folder, or a cache entry used, this recently: left alone
-
 @contextlib.contextmanager
 def active_run(out_dir):
     "Mark the run folder `out_dir` as used by this process for the block (see above)."
@@ -227,6 +232,7 @@ def active_run(out_dir):
     try: yield out_dir
     finally: p.unlink(missing_ok=True)
 
+# %% ../nbs/03_cache.ipynb #5f5260fa
 def _run_state(folder: Path) -> str:
     "'complete', 'live' or 'interrupted': a run folder of ltsei (its `RUN_MARK`)."
     if (folder / "metrics.json").is_file(): return "complete"
@@ -236,13 +242,16 @@ def _run_state(folder: Path) -> str:
         return "live" if m.get("host") != host_name() or pid_alive(m["pid"]) else "interrupted"
     return "interrupted" if time.time() - (folder / RUN_MARK).stat().st_mtime > RECENT_S else "live"
 
+# %% ../nbs/03_cache.ipynb #aae3036d
 def _run_folders(runs_dir: Path):
     return sorted(p.parent for p in runs_dir.rglob(RUN_MARK) if "cache" not in p.relative_to(runs_dir).parts)
 
+# %% ../nbs/03_cache.ipynb #4f78ca03
 def live_runs(runs_dir) -> list[Path]:
     "The run folders below `runs_dir` a process is working in now."
     return [f for f in _run_folders(Path(runs_dir)) if _run_state(f) == "live"]
 
+# %% ../nbs/03_cache.ipynb #d1ef2326
 def interrupted_runs(runs_dir) -> list[Path]:
     "Run folders of `python main.py` (adhoc, multirun) and of papermill by hand below `runs_dir` that an interrupted run left."
     return [f for f in _run_folders(Path(runs_dir)) if {"adhoc", "multirun", "by-hand"} & set(f.relative_to(runs_dir).parts)
@@ -250,13 +259,13 @@ def interrupted_runs(runs_dir) -> list[Path]:
 
 # %% ../nbs/03_cache.ipynb #7dc8eb6a
 CLEAN_NOTE_BYTES = 1 << 30     # `ltsei reproduce` mentions `ltsei clean` when the leftovers exceed this
-
 def tree_bytes(path) -> int:
     "Bytes of the files below `path` (or of the file)."
     p = Path(path)
     if p.is_file() or p.is_symlink(): return p.lstat().st_size
     return sum(f.lstat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
 
+# %% ../nbs/03_cache.ipynb #1f358bda
 @contextlib.contextmanager
 def _try_lock(path: Path):
     "Yield True holding the lock file `path` (if it exists), False when another process holds it; never waits."
@@ -266,6 +275,7 @@ def _try_lock(path: Path):
     try: yield True
     finally: lock.release()
 
+# %% ../nbs/03_cache.ipynb #77d61560
 def _referenced(runs_dir: Path) -> set[str]:
     "Cache entries the complete runs below `runs_dir` refer to: stage-1 entry paths and synthetic data keys."
     refs = set()
@@ -278,16 +288,18 @@ def _referenced(runs_dir: Path) -> set[str]:
         if isinstance(k := (d.get("data") or {}).get("cache_key"), str): refs.add(f"synth-{k}")
     return refs
 
+# %% ../nbs/03_cache.ipynb #d7be3b8b
 def _is_lock(p: Path) -> bool:
     try: return p.is_file() and p.read_bytes()[:len(LOCK_MARK)] == LOCK_MARK
     except OSError: return False
 
+# %% ../nbs/03_cache.ipynb #f8842bf1
 RESUMABLE = "resumable: a rerun of the same command continues from it (--include-resumable removes it)"
-
 def _resumable(work: Path) -> bool:
     "Whether a build's work folder holds what a rerun resumes from (a resume state, or a finished training to publish)."
     return any((work / f).is_file() for f in ("resume.pt", "meta.json", "best.pt"))
 
+# %% ../nbs/03_cache.ipynb #36ea59cc
 def _recent(entry: Path, lock: Path) -> bool:
     "Whether the entry was built or used (its lock taken, `StoredEntry.lock`) within `RECENT_S`."
     stamps = [p.stat().st_mtime for p in (entry / MANIFEST, lock) if p.is_file()]
@@ -331,6 +343,7 @@ def removable(it: dict, include_resumable: bool = False) -> bool:
     "Whether `ltsei clean` removes the item: nothing it keeps, resumable work only when asked."
     return it.get("keep") is None or (include_resumable and it.get("keep") == RESUMABLE)
 
+# %% ../nbs/03_cache.ipynb #fc8302de
 def remove_leftovers(items: list[dict], include_resumable: bool = False) -> list[dict]:
     """Remove each of `leftovers`' `removable` items under its lock (skipped when a process holds it, or when an
     interrupted run's folder has come back to life); the items removed."""
@@ -353,6 +366,7 @@ def remove_leftovers(items: list[dict], include_resumable: bool = False) -> list
 # %% ../nbs/03_cache.ipynb #dfcaf02e
 def _mib(n: int) -> str: return f"{n / 2 ** 20:,.1f} MiB"
 
+# %% ../nbs/03_cache.ipynb #567ad2cf
 def _clean_parser():
     import argparse
     p = argparse.ArgumentParser(prog="ltsei clean", description="List and remove what ltsei left that no run needs: "
@@ -365,6 +379,7 @@ def _clean_parser():
     p.add_argument("--include-resumable", action="store_true", help="also remove the resume states of interrupted builds")
     return p
 
+# %% ../nbs/03_cache.ipynb #f485470e
 def clean_main(argv: list[str] | None = None) -> int:
     "`ltsei clean [--runs-dir D] [--dry-run] [--include-resumable]`: list, and remove, what `leftovers` finds."
     a = _clean_parser().parse_args(argv)
@@ -386,6 +401,7 @@ def clean_main(argv: list[str] | None = None) -> int:
           + (f"; {busy} in use by a running build, kept" if busy else "") + (f"; {len(kept)} kept (listed above)" if kept else ""))
     return 0
 
+# %% ../nbs/03_cache.ipynb #33245e22
 def clean_note(runs_dir, limit: int = None) -> Optional[str]:
     "One line when the leftovers under `runs_dir` exceed `limit` bytes (default `CLEAN_NOTE_BYTES`), else None."
     limit = CLEAN_NOTE_BYTES if limit is None else limit

@@ -9,16 +9,23 @@ import sys
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError)
 
+# %% auto #0
+__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'split_hydra_args', 'sweep_jobs',
+           'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides',
+           'row_of', 'run_header', 'sweep_summary', 'guide_help', 'guide_main', 'main', 'verify_command']
+
+# %% ../nbs/29_cli.ipynb #edcdc70a
 def _fail(e: BaseException) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
+# %% ../nbs/29_cli.ipynb #ed4ead63
 def _interrupted() -> int:
     print("interrupted (Ctrl-C)" if _TERMINATED[0] is None else f"stopped by {_TERMINATED[0]}", file=sys.stderr)
     return 130
 
+# %% ../nbs/29_cli.ipynb #cdbc8680
 _TERMINATED = [None]   # the signal that stopped the command, if it was not Ctrl-C
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     "A kill (SIGTERM) ends the command as Ctrl-C does: its clean-up runs (temporaries removed) and one line says so."
@@ -30,16 +37,19 @@ def _sigterm_as_interrupt():
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
+# %% ../nbs/29_cli.ipynb #0713f345
 def _announce_synth(s) -> None:
     "Print `ltsei synth`'s estimate before a long generation."
     from ltsei.estimate import synth_estimate_line
     if (line := synth_estimate_line(s)) is not None: print(line, flush=True)
 
+# %% ../nbs/29_cli.ipynb #586a560b
 def split_hydra_args(argv: list[str]):
     "Hydra's command-line flags (`--cfg`, `-m`, ...) as a namespace; its `overrides` are the `key=value` tokens."
     from hydra._internal.utils import get_args_parser
     return get_args_parser().parse_args(list(argv))
 
+# %% ../nbs/29_cli.ipynb #d8c1e66e
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     "The overrides of each job of a multirun: the product of the sweeps (`a,b`, `choice(..)`, `range(..)`), in order."
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -54,14 +64,8 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
     return [list(job) for job in itertools.product(*axes)]
 
-# %% auto #0
-__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'split_hydra_args', 'sweep_jobs',
-           'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides',
-           'row_of', 'run_header', 'sweep_summary', 'guide_help', 'guide_main', 'main', 'verify_command']
-
 # %% ../nbs/29_cli.ipynb #77f31dea
 HYDRA_FOLDERS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
-
 def _only_folders(hyd: list[str]) -> bool:
     """True when every `hydra.*` override sets a run or sweep folder to a plain string: Hydra's config declares those
     keys as strings, so composing cannot fail (and the compose, about 0.3 s, is skipped)."""
@@ -71,6 +75,7 @@ def _only_folders(hyd: list[str]) -> bool:
     return all(o.key_or_group in HYDRA_FOLDERS and not (o.is_add() or o.is_force_add() or o.is_delete())
                and not o.is_sweep_override() and isinstance(o.value(), str) for o in parsed)
 
+# %% ../nbs/29_cli.ipynb #806df10f
 def check_hydra_overrides(overrides: list[str]) -> None:
     "Compose the `hydra.*` overrides with Hydra's own config as Hydra will: its errors as one `ConfigError` line."
     hyd = [o for o in overrides if o.lstrip("+~").startswith("hydra.")]
@@ -88,6 +93,7 @@ def check_hydra_overrides(overrides: list[str]) -> None:
     finally:
         GlobalHydra.instance().clear()
 
+# %% ../nbs/29_cli.ipynb #a2ec4dcb
 def hydra_run_dir(overrides: list[str], cfg) -> str | None:
     """The folder `hydra.run.dir=...` among `overrides` names, resolved against `cfg` (None when not given: the default
     is a new folder stamped with the time). One `ConfigError` line when it cannot be resolved (a stray `${`)."""
@@ -113,6 +119,7 @@ def expand_synth_preset(argv: list[str]) -> list[str]:
     from ltsei.realism import expand_preset_overrides
     return expand_preset_overrides(argv)
 
+# %% ../nbs/29_cli.ipynb #83c14a28
 def synth_preset_flags(argv: list[str]) -> list[str]:
     """`ltsei synth` arguments with `--preset FILE.yaml` replaced by the file's keys as flags, put first (over the
     paper preset; later flags win); a named preset is left as it is."""
@@ -135,15 +142,18 @@ def root_overrides(overrides: list[str]) -> list[str]:
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     return [o for o in cache_overrides(resolve_runs_dir(None)) if o.split("=", 1)[0] not in given]
 
+# %% ../nbs/29_cli.ipynb #10886aaa
 RUN_KEYS = ("profile", "seed", "gpus", "data.cache_dir", "stage1.cache_dir", "training.num_threads")   # not part of a row
 
 _ROW_SETTINGS = {}
 
+# %% ../nbs/29_cli.ipynb #de60b581
 def _settings(overrides: list[str]) -> dict:
     "{key: value} of the overrides that make a row (values read as YAML: `false` = `False`, `1` = `1.0`), without RUN_KEYS."
     from ltsei.estimate import plain_overrides
     return {k: v for k, v in plain_overrides(overrides) if not k.startswith("hydra") and k not in RUN_KEYS}
 
+# %% ../nbs/29_cli.ipynb #3b852b9f
 def row_of(overrides: list[str]) -> str:
     "The registry row whose command (the guide's or the table's) these overrides are, in any order and spelling; else 'ad hoc'."
     from ltsei.rows import ROWS
@@ -154,6 +164,7 @@ def row_of(overrides: list[str]) -> str:
         if mine in _ROW_SETTINGS[r.id]: return f"{r.id} ({r.section} {r.method})"
     return "ad hoc (no row of the guide)"
 
+# %% ../nbs/29_cli.ipynb #d916acef
 def run_header(cfg, out, overrides: list[str] = ()) -> str:
     "What `python main.py` prints before a run: the row, the profile, the data, and where the files go (the whole config is in config.yaml)."
     d = cfg.data
@@ -182,6 +193,7 @@ def sweep_summary(jobs: list[list[str]], outs: list[str]) -> str:
     root = Path(outs[0]).parent
     return "\n".join([f"[ltsei] sweep: {len(outs)} job(s), test split, percent", line(head), *map(line, rows), f"[ltsei] files: {root}"])
 
+# %% ../nbs/29_cli.ipynb #095042f9
 def guide_help() -> str:
     "`python main.py --help`: what the app does, its profiles, where results go."
     from ltsei.config import BATCH_SIZES, EPOCH_SCALES
@@ -218,6 +230,7 @@ def guide_main(argv: list[str] | None = None) -> int:
     try: return _guide_main(argv)
     except KeyboardInterrupt: return _interrupted()
 
+# %% ../nbs/29_cli.ipynb #fbdce36e
 def _guide_main(argv: list[str]) -> int:
     from ltsei.estimate import confirm_run, take_yes
     argv, yes = take_yes(argv)   # --yes: a paper-scale run on a CPU starts without asking (Hydra would refuse the flag)
@@ -280,6 +293,7 @@ COMMANDS = {"run": "train and evaluate one config (same as python main.py)",
             "frames": "a data set labelled by ICAO address from an SDR recording",
             "clean": "list / remove what no run needs, resumable work kept (--dry-run, --include-resumable, --runs-dir D)"}
 
+# %% ../nbs/29_cli.ipynb #4b9b39d1
 def _realism(argv: list[str]) -> int:
     try: from ltsei.realism import realism_main
     except ImportError as e:
@@ -288,6 +302,7 @@ def _realism(argv: list[str]) -> int:
         return 2
     return realism_main(argv)
 
+# %% ../nbs/29_cli.ipynb #4c3a9eb1
 def main(argv: list[str] | None = None) -> int:
     "The `ltsei` command."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -323,6 +338,7 @@ COMMANDS.update({"synth-recording": "a spoofing scenario: enrollment and test re
                  "verify": "is each frame from the aircraft it claims to be? verdicts per frame and per track"})
 VERIFY_COMMANDS = ("synth-recording", "enroll", "verify")
 
+# %% ../nbs/29_cli.ipynb #1f324991
 def verify_command(cmd: str, argv: list[str]) -> int:
     "Run `ltsei synth-recording`, `ltsei enroll` or `ltsei verify`."
     from ltsei.verify import synth_recording_main, enroll_main, verify_main

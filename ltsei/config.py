@@ -57,6 +57,7 @@ class LossConfig:
     balpoe_tau_min: float = 0.0               # BalPoELoss: tau_k evenly spaced from tau_min ...
     balpoe_tau_max: float = 2.0               # ... to tau_max (mean 1: a balanced product)
 
+# %% ../nbs/16_config.ipynb #0b65f104
 @dataclass
 class SamplingConfig:
     "Stage-1 sampler (`sampling.*`): class probability proportional to n_c^a."
@@ -65,6 +66,7 @@ class SamplingConfig:
     alpha_start: float = 1.0           # `progressive_power`: first epoch ...
     alpha_end: float = 0.0             # ... to last epoch
 
+# %% ../nbs/16_config.ipynb #b1db42d1
 @dataclass
 class TrainingConfig:
     "Stage-1 optimisation (`training.*`)."
@@ -92,6 +94,7 @@ class MoEHeadConfig:
     init: str = "seed"                 # seed: Kaiming W1, N(0, 0.01) W2, Kaiming experts | small: ltsei's earlier start
     gate_noise: float = 0.0            # > 0: noisy gate logits in training (the seed's key; off by default)
 
+# %% ../nbs/16_config.ipynb #9ddbd6c2
 @dataclass
 class MoELossConfig:
     "The MoE-LTSEI loss (`stage2.moe_loss.*`)."
@@ -111,6 +114,7 @@ class MoELossConfig:
     gate_target_smoothing: float = 0.0 # of the gate's one-hot group target
     difficulty: str = "seed"           # seed: (1-p_y)^gd min(e^min(a o, 5), 50), with gradient | additive: ltsei's earlier form
 
+# %% ../nbs/16_config.ipynb #3cec6bf6
 @dataclass
 class Stage2Config:
     "Stage 2 (`stage2.*`): a new head on the stage-1 representation."
@@ -157,6 +161,7 @@ class Stage3Config:
     tau_norm: float = 1.0
     logit_tau: float = 1.0
 
+# %% ../nbs/16_config.ipynb #22198d4d
 @dataclass
 class Stage1Config:
     "Where stage 1 comes from (`stage1.*`)."
@@ -164,12 +169,14 @@ class Stage1Config:
     reuse: bool = True                 # reuse a complete earlier stage-1 run with the same settings
     cache_dir: str = "runs/cache/stage1"
 
+# %% ../nbs/16_config.ipynb #26429bb8
 @dataclass
 class ScaleConfig:
     "Set by `profile=...`: the profile's name and its epoch factor."
     profile: str = "paper"
     epoch_scale: float = 1.0
 
+# %% ../nbs/16_config.ipynb #d10517f4
 @dataclass
 class OpenSetConfig:
     "Unknown emitters (`openset.*`; see [open-set scoring](15_openset.ipynb))."
@@ -179,11 +186,13 @@ class OpenSetConfig:
     odin_epsilon: float = 0.002        # ODIN's input step, relative to the frame's RMS amplitude
     tpr: float = 0.95                  # the false-positive rate is reported at this true-positive rate
 
+# %% ../nbs/16_config.ipynb #8d9ace2c
 @dataclass
 class EvaluationConfig:
     "What a run measures besides the test metrics (`evaluation.*`)."
     snr_bin_db: float = 2.0            # width of the SNR bins of the accuracy against SNR (edges on multiples of it)
 
+# %% ../nbs/16_config.ipynb #c885631c
 @dataclass
 class Config:
     "The whole tree. `python main.py key=value ...` overrides any leaf."
@@ -215,9 +224,11 @@ BATCH_SIZES = {"paper": 256, "quick": 128, "smoke": 128}
 STAGE2_BATCH_SIZES = {"paper": None, "quick": 32, "smoke": None}
 PROFILES = tuple(EPOCH_SCALES)
 
+# %% ../nbs/16_config.ipynb #98495b1b
 def _as_dict(dc) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(dc))
 
+# %% ../nbs/16_config.ipynb #5dd82df9
 def profile_node(name: str) -> dict:
     "The overrides that `profile=name` applies."
     return {"scale": {"profile": name, "epoch_scale": EPOCH_SCALES[name]},
@@ -227,11 +238,11 @@ def profile_node(name: str) -> dict:
 # %% ../nbs/16_config.ipynb #88d7090a
 COMPAT_MODES = ("paper", "seed")   # `compat`: ltsei's code paths | the seed 657badc's (docs/seed-differences.md)
 SEED_PATIENCE = 30                 # compat=seed: a stage stops after 30 epochs without a better validation accuracy
-
 def compat_node(name: str) -> dict:
     "What `compat=name` sets: the key and, under seed, the seed's LDAM re-weighting power (0.25) and I/Q input (z-score)."
     return {"compat": name, **({"loss": {"ldam_reweight_power": 0.25}, "data": {"normalize": "zscore"}} if name == "seed" else {})}
 
+# %% ../nbs/16_config.ipynb #261b2a59
 def compat_notes(cfg) -> list[str]:
     "The lines a run prints under compat=seed: what runs the seed's way and what does not (none under compat=paper)."
     if cfg.compat != "seed": return []
@@ -241,6 +252,7 @@ def compat_notes(cfg) -> list[str]:
         notes.append("compat=seed: FrequencyDomainExpert crashes in the seed (TypeError: dropout_rate); it runs ltsei's way")
     return notes
 
+# %% ../nbs/16_config.ipynb #940f296a
 def apply_compat(cfg, data) -> None:
     "What a run does first under compat=seed: print `compat_notes` and give `data` the seed's shot groups; nothing under paper."
     if cfg.compat != "seed": return
@@ -248,6 +260,7 @@ def apply_compat(cfg, data) -> None:
     for note in compat_notes(cfg): print(f"[ltsei] {note}")
     data.groups = seed_shot_groups(data.class_counts)
 
+# %% ../nbs/16_config.ipynb #29f44a6e
 def seed_patience(cfg, stage: int) -> int | None:
     """The early-stopping patience of stage `stage` (1 or 2) in epochs: the seed's 30 under compat=seed, in every
     profile (not scaled: see above); None under compat=paper (no stopping)."""
@@ -256,7 +269,6 @@ def seed_patience(cfg, stage: int) -> int | None:
 # %% ../nbs/16_config.ipynb #0f3ae43f
 RUN_DIR = "${ltsei_runs:}/${scale.profile}/adhoc/${now:%Y-%m-%d_%H-%M-%S}"   # under the one results root (LTSEI_RUNS)
 SWEEP_DIR = "${ltsei_runs:}/${scale.profile}/multirun/${now:%Y-%m-%d_%H-%M-%S}"   # `python main.py -m ...`: one subfolder per job
-
 @functools.lru_cache(maxsize=None)
 def register_configs():
     """Store the config tree and the profiles in Hydra's ConfigStore, once per process (a later call returns at once:
@@ -285,22 +297,26 @@ def _leaf_keys(node, prefix="") -> list[str]:
         else: out.append(key)
     return out
 
+# %% ../nbs/16_config.ipynb #d6848b6c
 @functools.lru_cache(maxsize=None)
 def config_template() -> DictConfig:
     """The tree with its defaults (`OmegaConf.structured(Config)`, about 20 ms), built once per process. Never change it:
     take a copy (`copy.deepcopy`, about 4 ms) or let `OmegaConf.merge` copy it."""
     return OmegaConf.structured(Config)
 
+# %% ../nbs/16_config.ipynb #7d274514
 @functools.lru_cache(maxsize=None)
 def all_keys() -> tuple[str, ...]:
     "Every settable key of the tree, e.g. `stage2.moe_loss.margin_m0` (computed once per process)."
     return tuple(_leaf_keys(config_template())) + ("profile",)
 
+# %% ../nbs/16_config.ipynb #b2a169a5
 def _parse_overrides(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     try: return OverridesParser.create().parse_overrides(list(overrides))
     except Exception as e: raise ConfigError(f"could not parse the overrides {list(overrides)}: {e}") from None
 
+# %% ../nbs/16_config.ipynb #d017e056
 def check_overrides(overrides: list[str]):
     "Raise `ConfigError` for an unknown key or a value of the wrong type, naming what is valid."
     keys = all_keys()
@@ -330,15 +346,16 @@ def check_overrides(overrides: list[str]):
 # %% ../nbs/16_config.ipynb #ee712d81
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 STAGE3_MODES = ("none", "tau_norm", "logit_adjust", "sade_aggregation")
-
 def _choice(key, value, valid):
     if value not in valid:
         raise ConfigError(f"{key}={value!r} is not valid; expected one of: {', '.join(map(str, valid))}")
 
+# %% ../nbs/16_config.ipynb #92078c43
 def _positive(key, value, allow_zero=False):
     if value is None or (value < 0 if allow_zero else value <= 0) or (isinstance(value, float) and math.isnan(value)):
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
+# %% ../nbs/16_config.ipynb #901efa32
 def _leaves(node, prefix=""):
     for k in node:
         v = OmegaConf.select(node, str(k), throw_on_missing=False)
@@ -346,6 +363,7 @@ def _leaves(node, prefix=""):
         if isinstance(v, DictConfig): yield from _leaves(v, key + ".")
         else: yield key, v
 
+# %% ../nbs/16_config.ipynb #6f27acc7
 def _check_finite(cfg):
     "Every number (and every number in a list) of the tree is finite."
     for key, v in _leaves(cfg):
@@ -362,6 +380,7 @@ def check_num_classes(cfg, num_classes: int) -> None:
         raise ConfigError(f"stage2.moe.num_experts={s2.moe.num_experts} is more than the {num_classes} classes of the "
                           f"data: each expert needs a frequency group of at least one class")
 
+# %% ../nbs/16_config.ipynb #a9dffd5e
 def _check_experts(cfg) -> None:
     "The multi-expert rivals (RIDE, SADE, BalPoE): their losses, stage 3 and keys need `model.name=ConvNetADSBExperts`."
     experts = cfg.model.name == "ConvNetADSBExperts"
@@ -421,8 +440,8 @@ def _check_paths(cfg) -> None:
         raise ConfigError(f"stage1.checkpoint={ck!r}: {'no such file' if not Path(ck).exists() else 'not a readable file'}; "
                           "expected a stage-1 checkpoint written by ltsei (checkpoints/stage1_best.pt of a run)")
 
+# %% ../nbs/16_config.ipynb #64c203ce
 HYDRA_NAMES = ("hydra.job.name", "hydra.sweep.subdir")   # path components below the results root
-
 def check_hydra_names(overrides: list[str]) -> None:
     "Refuse a `hydra.job.name` or `hydra.sweep.subdir` that would put a file outside its folder (`..`, `/`, absolute)."
     for o in overrides:
@@ -434,6 +453,7 @@ def check_hydra_names(overrides: list[str]) -> None:
             raise ConfigError(f"{k}={v!r}: expected a plain name{' (a relative folder without ..)' if k.endswith('subdir') else ''}, "
                               "so that every file stays below the results root")
 
+# %% ../nbs/16_config.ipynb #fd8ee3f3
 def _check_names(cfg) -> None:
     "Every name: against its family's registry (backbones, losses, samplers, stage-2 modes) or its fixed list."
     _choice("scale.profile", cfg.scale.profile, PROFILES)
@@ -516,14 +536,15 @@ def validate(cfg) -> None:
 
 # %% ../nbs/16_config.ipynb #2ef5038b
 EPOCH_KEYS = ("training.epochs", "training.warmup_epochs", "loss.ldam_drw_start", "stage2.epochs", "stage2.warmup_epochs")
-
 def scale_epochs(n: int, s: float, at_least: int) -> int:
     return max(at_least, int(math.floor(n * s + 0.5)))
 
+# %% ../nbs/16_config.ipynb #6ab543df
 def stage2_on_cached_features(cfg) -> bool:
     "Stage 2 trains only a head on features computed once (its epochs cost milliseconds: never scaled)."
     return bool(cfg.stage2.enabled) and uses_cached_features(get_stage2_mode(cfg.stage2.mode), cfg.stage2)
 
+# %% ../nbs/16_config.ipynb #4514aae6
 def finalize(cfg) -> DictConfig:
     "Validate `cfg` and apply the profile's epoch scale; returns a new, resolved, read-only config."
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -561,10 +582,12 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
         raise ConfigError(f"could not compose the config from {list(overrides)}: {_one_line(e)}") from None
     return finalize(cfg)
 
+# %% ../nbs/16_config.ipynb #a3400c77
 def _one_line(e: BaseException) -> str:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     return lines[0] if lines else type(e).__name__
 
+# %% ../nbs/16_config.ipynb #9b7233f2
 def check_machine(cfg) -> None:
     """The checks of a config that depend on this machine, before any folder exists: `training.num_threads` within
     its CPUs, GPU ids that exist, and the synthetic data set (when it is not cached yet) within the free disk."""
@@ -589,6 +612,7 @@ def check_machine(cfg) -> None:
             try: check_free_space(root, synth_nbytes(cfg.data.synth), "the synthetic data set of data.synth")
             except OSError as e: raise ConfigError(str(e)) from None
 
+# %% ../nbs/16_config.ipynb #97522a3c
 def print_config(cfg) -> str:
     "The whole config as YAML."
     return OmegaConf.to_yaml(cfg)
@@ -596,7 +620,6 @@ def print_config(cfg) -> str:
 # %% ../nbs/16_config.ipynb #5a7183f3
 STAGE1_SECTIONS = ("seed", "scale", "data", "model", "loss", "sampling", "training")
 STAGE1_IGNORE = ("data.cache_dir", "training.num_threads", "data.train_path", "data.val_path", "data.test_path")
-
 def data_identity(data) -> dict:
     "What the data is, by content: the input files' sha256 (files), or the synthetic data set's key."
     from ltsei.storage import file_digest
@@ -606,6 +629,7 @@ def data_identity(data) -> dict:
                 for role, p in sorted(input_files(data).items())}
     return {"synth_key": synth_key(data.synth)}
 
+# %% ../nbs/16_config.ipynb #5c029ea8
 def numerics(cfg) -> dict:
     """What changes the floating-point results besides the config: torch version, device type, the precision
     `training.precision` resolves to there (`auto`: bf16 on a GPU or an AMX CPU, see `ltsei.train.auto_precision`)
@@ -628,6 +652,7 @@ def numerics(cfg) -> dict:
 def _plain_section(cfg, k):
     return OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
 
+# %% ../nbs/16_config.ipynb #74a13710
 def stage1_settings(cfg) -> dict:
     "Everything that determines stage 1: its config sections, the data by content, and the numerics."
     d = {k: _plain_section(cfg, k) for k in STAGE1_SECTIONS}
@@ -642,13 +667,16 @@ def stage1_settings(cfg) -> dict:
         d["compat"], d["sampling"] = "seed", "ignored (compat=seed)"
     return d
 
+# %% ../nbs/16_config.ipynb #d35c9e13
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/16_config.ipynb #87157c51
 def stage1_key(cfg) -> str:
     "A short hash of `stage1_settings(cfg)`."
     return _hash(stage1_settings(cfg))
 
+# %% ../nbs/16_config.ipynb #6888e136
 def stage2_key(cfg) -> str:
     "A short hash of everything that determines stage 2: stage 1 (its key, or the given checkpoint's content) and the rest of the config."
     from ltsei.storage import file_digest

@@ -29,6 +29,7 @@ def metrics_from_confusion(conf, counts) -> dict:
     m = compute_metrics(y_true, y_pred, C, shot_groups(counts))
     return {k: m[k] for k in ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "per_class_recall")}
 
+# %% ../nbs/20_demo.ipynb #81fd7bf4
 def _rebalance(kv: dict) -> float:
     "How strongly (0..1) the made-up results let a method re-balance."
     loss = kv.get("loss.name", "CrossEntropy")
@@ -39,6 +40,7 @@ def _rebalance(kv: dict) -> float:
     if kv.get("stage3.mode") == "tau_norm": b = max(b, .6)
     return b
 
+# %% ../nbs/20_demo.ipynb #615e0eea
 def fake_metrics(overrides, seed: int, num_classes: int = 12, n_max: int = 300, n_test: int = 20) -> dict:
     "Made-up `metrics.json` content (marked `demo`) for a run with these overrides: for demos and tests."
     kv = parse_overrides(overrides)
@@ -76,6 +78,7 @@ def demo_compose_config(overrides: list[str]) -> dict:
     parse_overrides(overrides)
     return dict(overrides=list(overrides))
 
+# %% ../nbs/20_demo.ipynb #6d24a9ba
 def demo_run_experiment(cfg: dict, out_dir, progress: bool = True) -> dict:
     "Stand-in for `ltsei.run.run_experiment` in `--demo` runs: writes made-up results (no training)."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)

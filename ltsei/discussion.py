@@ -30,10 +30,12 @@ PROFILE_NOTES = {
     "paper": ("Paper scale.", "The guide's epoch counts and data."),
 }
 
+# %% ../nbs/22_discussion.ipynb #1774e9db
 def _fmt_counts(counts) -> str:
     lo, hi = min(counts), max(counts)
     return f"{hi} training frames per class" if lo == hi else f"{hi} … {lo} training frames per class (imbalance ratio {hi / lo:.0f})"
 
+# %% ../nbs/22_discussion.ipynb #e0ccea02
 def profile_facts(results: pd.DataFrame, profile: str) -> list[str]:
     "What scale the runs of `results` have: epoch factor (from the profile), classes, frames per class, seeds."
     from ltsei.config import EPOCH_SCALES
@@ -51,6 +53,7 @@ def profile_facts(results: pd.DataFrame, profile: str) -> list[str]:
     facts.append(f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})")
     return facts
 
+# %% ../nbs/22_discussion.ipynb #8200a130
 def profile_header(results: pd.DataFrame, profile: str) -> str:
     """Markdown for the top of the report: which profile, what its scale is, and for the smoke profile that its numbers
     mean nothing."""
@@ -64,17 +67,21 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
     s = f"{mean:+.{digits}f}".replace("-", "−")
     return s if math.isnan(std) else f"{s} ± {std:.{digits}f}"
 
+# %% ../nbs/22_discussion.ipynb #18a4b7fa
 def _flag(x) -> bool | None:
     "True / False, or None for a missing value (NA, NaN, None)."
     return None if x is None or pd.isna(x) else bool(x)
 
+# %% ../nbs/22_discussion.ipynb #775142e9
 def _str(x) -> str | None: return x if isinstance(x, str) else None
 
+# %% ../nbs/22_discussion.ipynb #e343b3c1
 def _names(rows) -> str:
     "A, B and C (each 'Method (+x.x ± s)')."
     rows = list(rows)
     return rows[0] if len(rows) == 1 else ", ".join(rows[:-1]) + " and " + rows[-1]
 
+# %% ../nbs/22_discussion.ipynb #34b7eb0e
 def compare_sentence(pairs: pd.DataFrame, reference: str, metric: str) -> str | None:
     """One sentence: which rows are above, within noise of and below `reference` on `metric`, by how much (mean ± std
     of the seed-paired differences, points), best first; with one seed only higher / lower. None without pairs."""
@@ -110,6 +117,7 @@ def best_sentence(summary: pd.DataFrame, ids, table: str = "the main table") -> 
         out.append(f"the highest {lab} is {ROWS_BY_ID[i].method}'s, {100 * v[i]:.1f} %{ce}")
     return (f"**Best of {table}**: " + "; ".join(out) + ".") if out else None
 
+# %% ../nbs/22_discussion.ipynb #524870a4
 def gate_facts(results: pd.DataFrame, row_id: str = "s5_1_full") -> dict | None:
     """The gate of `row_id`'s runs: routing accuracy (mean over seeds), the number of experts and the mean gate weight of
     the busiest expert (averaged over the frequency groups and seeds); None without a MoE-LTSEI run."""
@@ -121,12 +129,13 @@ def gate_facts(results: pd.DataFrame, row_id: str = "s5_1_full") -> dict | None:
     return dict(method=ROWS_BY_ID[row_id].method, routing_acc=float(r.routing_acc.mean()), experts=len(use),
                 busiest=int(use.argmax()), busiest_share=float(use.max()))
 
+# %% ../nbs/22_discussion.ipynb #ca524b61
 RIVAL_REFERENCES = ("s5_1_full", "s3_1_crt")   # the rivals are compared with MoE-LTSEI (ours) and cRT
-
 def rival_rows() -> list[str]:
     "The ids of the multi-expert rivals beyond the guide (section 2.4: RIDE, SADE, BalPoE)."
     return [r.id for r in ROWS if r.section == "2.4"]
 
+# %% ../nbs/22_discussion.ipynb #1d0e85e7
 COLLAPSED_SHARE = 0.8     # a gate whose busiest expert takes more of the weight than this is called collapsed
 
 # %% ../nbs/22_discussion.ipynb #0034df74
@@ -195,6 +204,7 @@ MECHANISMS = {
         "notebook (`nbs/13_moe_ltsei.ipynb`)."),
 }
 
+# %% ../nbs/22_discussion.ipynb #eee0d35b
 def mechanisms(results: pd.DataFrame, pairs: pd.DataFrame | None = None, profile: str | None = None) -> list[tuple[str, str, str]]:
     """The known mechanisms (`MECHANISMS`: key, title, number-free explanation) whose condition the measured numbers
     meet; none for the smoke profile, whose numbers mean nothing. Conditions: LDAM-DRW not above CE beyond noise on
@@ -219,6 +229,7 @@ _CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)                       # code 
 _MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$\w])\$(?=[^\s$])([^$\n]*?[^\s\\$])\$(?![\w$])", re.S)
 _MD_SAFE = str.maketrans({"*": "&#42;", "_": "&#95;", "`": "&#96;", "\\": "&#92;", "[": "&#91;", "]": "&#93;"})
 
+# %% ../nbs/22_discussion.ipynb #2f2d4fbc
 def tex_to_mathml(tex: str, display: bool = False) -> str:
     """LaTeX maths as MathML (`latex2mathml`), on one line, with the characters Markdown would act on written as
     entities, so that the result can stand in Markdown; browsers render MathML without any script or network."""
@@ -226,6 +237,7 @@ def tex_to_mathml(tex: str, display: bool = False) -> str:
     ml = convert(tex.strip(), display="block" if display else "inline").replace("\n", "")
     return re.sub(r">([^<]+)<", lambda m: ">" + m[1].translate(_MD_SAFE) + "<", ml)
 
+# %% ../nbs/22_discussion.ipynb #1cca14f7
 def offline_math(markdown: str) -> str:
     "`markdown` with every `$...$` and `$$...$$` outside code replaced by MathML (`tex_to_mathml`)."
     parts = _CODE.split(markdown)
@@ -233,6 +245,7 @@ def offline_math(markdown: str) -> str:
         parts[k] = _MATH.sub(lambda m: tex_to_mathml(m[1], True) if m[1] is not None else tex_to_mathml(m[2]), parts[k])
     return "".join(parts)
 
+# %% ../nbs/22_discussion.ipynb #e0a672da
 def _offline_math_preprocessor():
     from nbconvert.preprocessors import Preprocessor
     class OfflineMath(Preprocessor):
@@ -244,10 +257,12 @@ def _offline_math_preprocessor():
             return cell, resources
     return OfflineMath
 
+# %% ../nbs/22_discussion.ipynb #31fc133b
 OFFLINE_TEMPLATE = "{%- extends 'lab/index.html.j2' -%}\n" + "".join(    # no script from a CDN: none is needed
     f"{{%- block {b} -%}}{{%- endblock {b} -%}}\n" for b in ("html_head_js_requirejs", "jupyter_widgets",
                                                              "html_head_js_mathjax", "html_head_js_mermaidjs"))
 
+# %% ../nbs/22_discussion.ipynb #1a050892
 def report_exporter(**kw):
     """nbconvert's HTML exporter for the report: code hidden, maths rendered to MathML at build time, and none of the
     template's scripts from a CDN (MathJax, require.js, widgets, mermaid): `report.html` reads the same offline."""
@@ -259,6 +274,7 @@ def report_exporter(**kw):
     e.register_preprocessor(_offline_math_preprocessor(), enabled=True)
     return e
 
+# %% ../nbs/22_discussion.ipynb #056b7f73
 def report_html(nb) -> str:
     "The executed report notebook `nb` (a notebook node or dict) as one self-contained HTML page (`report_exporter`)."
     import nbformat

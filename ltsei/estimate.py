@@ -16,7 +16,6 @@ __all__ = ['COSTS_FILE', 'SYNTH_EMITTER_SAMPLES', 'BATCH_JOB_VARS', 'cpu_name', 
 
 # %% ../nbs/23_estimate.ipynb #d7b5e871
 COSTS_FILE = "benchmarks/epoch_costs.json"   # measured by benchmarks/bench_epochs.py, relative to the repository
-
 def cpu_name() -> str:
     "The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."
     try:
@@ -25,6 +24,7 @@ def cpu_name() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
+# %% ../nbs/23_estimate.ipynb #77c30b91
 def gemm_rate(threads: int = 1, n: int = 256, seconds: float = 1.0) -> float:
     """The fp32 rate (GFLOP/s) of `n` x `n` matrix multiplies on `threads` CPU threads, all of them over `seconds` of
     wall time: this machine's speed now, including the share of the cores other processes leave it."""
@@ -40,6 +40,7 @@ def gemm_rate(threads: int = 1, n: int = 256, seconds: float = 1.0) -> float:
     finally: torch.set_num_threads(old)
     return 2 * n ** 3 * k / dt / 1e9
 
+# %% ../nbs/23_estimate.ipynb #c8e5dd8c
 def step_probe(threads: int = 1, precision: str = "auto", seconds: float = 1.0) -> float:
     """Seconds per frame of a training step of ConvNetADSB (batch 16, 384 samples, SGD) in the precision that
     `training.precision=precision` resolves to here, on `threads` CPU threads, over `seconds` of wall time: this
@@ -69,7 +70,6 @@ def step_probe(threads: int = 1, precision: str = "auto", seconds: float = 1.0) 
     finally: torch.set_num_threads(old)
     return dt / (16 * k)
 
-
 # %% ../nbs/23_estimate.ipynb #6b5c9eee
 def load_costs(path=None) -> dict:
     "The measured costs (`benchmarks/epoch_costs.json` of the repository, or `path`)."
@@ -78,6 +78,7 @@ def load_costs(path=None) -> dict:
     try: return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e: raise FileNotFoundError(f"no measured costs at {p} ({e}); run benchmarks/bench_epochs.py") from None
 
+# %% ../nbs/23_estimate.ipynb #14c6f469
 def per_frame(table: dict, model: str, length: int) -> float:
     """Seconds per frame of `model` at `length` samples from `table` ({model: {length: seconds}}): linear between
     the measured lengths, proportional to the length beyond them; ConvNetADSB's for a backbone not measured."""
@@ -101,6 +102,7 @@ def frame_counts(cfg) -> dict | None:
     return dict(train=train, val=E * int(s.val_per_class), test=E * int(s.test_per_class),
                 generated=E * (int(s.pool_per_class) + int(s.val_per_class) + int(s.test_per_class)), length=int(s.length))
 
+# %% ../nbs/23_estimate.ipynb #8e90f841
 def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, stage1: bool = True, data: bool = True) -> dict | None:
     """The estimated seconds of one run of `cfg` on this machine: stage1, stage2, openset (the unknown-emitter scores),
     data (generation), overhead (kernel start, imports, data loading, writing the results), total, and epoch (one
@@ -132,6 +134,7 @@ def run_seconds(cfg, costs: dict | None = None, factor: float | None = None, sta
     out["total"] = out["stage1"] + out["stage2"] + out["openset"] + out["data"] + out["overhead"]
     return out
 
+# %% ../nbs/23_estimate.ipynb #d91fc5d1
 def cached(cfg) -> tuple[bool, bool]:
     "(stage 1 needs no training: a given checkpoint or a complete cache entry, the data need no generation: cached), from the files alone."
     from ltsei.config import stage1_key
@@ -140,20 +143,20 @@ def cached(cfg) -> tuple[bool, bool]:
     data = cfg.data.source != "synthetic" or (Path(cfg.data.cache_dir) / f"synth-{synth_key(cfg.data.synth)}" / "meta.json").is_file()
     return s1, data
 
-
 # %% ../nbs/23_estimate.ipynb #2570d47d
 _FACTORS: dict = {}
-
 def probe(threads: int = 1, precision: str = "auto") -> dict:
     "This machine's speed now: `step_probe` in the run's precision (seconds per frame) and the fp32 `gemm_rate` (GFLOP/s)."
     return {"step_s_per_frame": step_probe(threads, precision), "gemm_gflops": gemm_rate(threads)}
 
+# %% ../nbs/23_estimate.ipynb #152fdb91
 def factor_of(costs: dict, p: dict) -> float:
     """How much slower the machine of probe `p` is than the costs' reference (>1: slower): the training-step probe
     against the costs' `probe_s_per_frame`, or, for a costs file without one, the matrix-multiply rates."""
     if costs.get("probe_s_per_frame") and p.get("step_s_per_frame"): return p["step_s_per_frame"] / costs["probe_s_per_frame"]
     return costs["gemm_gflops"] / p["gemm_gflops"]
 
+# %% ../nbs/23_estimate.ipynb #efad1b64
 def speed_factor(costs: dict, threads: int = 1, precision: str = "auto") -> float:
     "`factor_of` this machine now, for runs on `threads` threads in `precision` (`training.precision`); probed once per process."
     key = (int(threads), str(precision), costs.get("probe_s_per_frame"), costs["gemm_gflops"])
@@ -161,7 +164,6 @@ def speed_factor(costs: dict, threads: int = 1, precision: str = "auto") -> floa
         p = {"step_s_per_frame": step_probe(threads, precision)} if costs.get("probe_s_per_frame") else {"gemm_gflops": gemm_rate(threads)}
         _FACTORS[key] = factor_of(costs, p)
     return _FACTORS[key]
-
 
 # %% ../nbs/23_estimate.ipynb #5bfdb875
 def fmt_duration(s: float) -> str:
@@ -171,10 +173,12 @@ def fmt_duration(s: float) -> str:
     if s < 48 * 3600: h = s / 3600; return f"{h:.1f} h" if h < 10 else f"{round(h)} h"
     return f"{s / 86400:.0f} days"
 
+# %% ../nbs/23_estimate.ipynb #2a597eb1
 def has_gpu() -> bool:
     import torch
     return torch.cuda.is_available()
 
+# %% ../nbs/23_estimate.ipynb #2cbe3cc9
 def guide_estimate_line(overrides: list[str], cfg) -> str | None:
     """The line `python main.py` prints before a run without `profile=` on a machine without a GPU: the estimated
     time of this run here and how to run it at CPU scale (`profile=quick`); None with a GPU or an explicit profile."""
@@ -196,7 +200,6 @@ def guide_estimate_line(overrides: list[str], cfg) -> str | None:
 
 # %% ../nbs/23_estimate.ipynb #2ee98467
 SYNTH_EMITTER_SAMPLES = 3600   # one emitter's set-up, in generated samples (measured; see above)
-
 def synth_seconds(s, costs: dict | None = None, factor: float = 1.0) -> float:
     "Estimated seconds to generate the synthetic data set `s` (a `data.synth` section) at speed `factor`."
     costs = costs or load_costs()
@@ -204,6 +207,7 @@ def synth_seconds(s, costs: dict | None = None, factor: float = 1.0) -> float:
     frames = E * (int(s.pool_per_class) + int(s.val_per_class) + int(s.test_per_class))
     return factor * (frames * int(s.length) + E * SYNTH_EMITTER_SAMPLES) * costs["synth_s_per_sample"]
 
+# %% ../nbs/23_estimate.ipynb #6be14b78
 def synth_estimate_line(s, minimum: float = 60.0) -> str | None:
     "`ltsei synth`'s line before a generation that takes at least `minimum` seconds at the costs' speed (else None)."
     costs = load_costs()
@@ -216,12 +220,12 @@ def synth_estimate_line(s, minimum: float = 60.0) -> str | None:
 
 # %% ../nbs/23_estimate.ipynb #00957468
 BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")    # SLURM, PBS/Torque, LSF, Grid Engine
-
 def take_yes(argv: list[str]) -> tuple[list[str], bool]:
     "`argv` without `--yes` / `-y` (Hydra would refuse them), and whether one was there."
     rest = [a for a in argv if a not in ("--yes", "-y")]
     return rest, len(rest) != len(argv)
 
+# %% ../nbs/23_estimate.ipynb #21af7fe4
 def can_ask(stdin=None, stdout=None, env=None) -> bool:
     "True when a person can answer a question: stdin and stdout are terminals and this is not a batch job."
     import sys
@@ -229,6 +233,7 @@ def can_ask(stdin=None, stdout=None, env=None) -> bool:
     tty = lambda s: bool(getattr(s, "isatty", lambda: False)())
     return tty(stdin or sys.stdin) and tty(stdout or sys.stdout) and not any(env.get(v) for v in BATCH_JOB_VARS)
 
+# %% ../nbs/23_estimate.ipynb #ade311df
 def confirm_run(overrides: list[str], cfg, n_jobs: int = 1, yes: bool = False, ask=None, line: str | None = "auto") -> bool:
     """Before a run of `cfg`: print `guide_estimate_line` (only without `profile=` on a machine without a GPU) and,
     where `can_ask` and not `yes`, ask whether to start the paper-scale run (`ask`: the question's reader, `input` by
@@ -262,6 +267,7 @@ def plain_overrides(overrides: list[str]) -> list[tuple]:
         out.append((k.lstrip("+~"), 1.0 * val if isinstance(val, int) and not isinstance(val, bool) and "." in v else val))
     return out
 
+# %% ../nbs/23_estimate.ipynb #7b50a8b6
 def estimate_config(overrides: list[str]):
     """The finalized config of `overrides` for an estimate, composed without Hydra: the tree's defaults, then the
     profile (`profile_node`), then the overrides, as Hydra composes them (much faster; the overrides must have
@@ -276,6 +282,7 @@ def estimate_config(overrides: list[str]):
     for k, v in rest: OmegaConf.update(cfg, k, v, merge=True)
     return finalize(cfg)
 
+# %% ../nbs/23_estimate.ipynb #ef3ffa6b
 def plan_configs(overrides_of_runs: list[list[str]]) -> list:
     "`estimate_config` of each run, composed once per distinct overrides apart from the seed (the seed changes no cost, only the stage-1 key)."
     from omegaconf import OmegaConf
@@ -313,6 +320,7 @@ def plan_seconds(cfgs: list, jobs: int = 1, costs: dict | None = None, factor: f
     fixed = f * (float(costs.get("kernel_start_s", 0.0)) + float(costs.get("report_s", 0.0)))
     return max(work / par, max(groups.values(), default=0.0)) + fixed
 
+# %% ../nbs/23_estimate.ipynb #1202bcdf
 def reproduce_estimate_line(profiles: dict, jobs: int) -> str:
     "One line: the estimated time of each profile's plan (`profiles`: {profile: [configs of the runs to do]}) on this machine."
     parts = []

@@ -41,6 +41,7 @@ GATE_VARIANTS = {   # name -> stage-2 overrides on top of GUIDE_MOE
         "stage2.sampler=none stage2.moe.detach_gate=true stage2.moe_loss.gate_weighting=balanced",
 }
 
+# %% ../nbs/18_gate_study.ipynb #03f34bee
 def study_config(variant: str = "", profile: str = "smoke", work="runs/cache", stage2_epochs: int | None = None):
     """The finalized config of a gate-study variant (its overrides as one string) at `profile`; the data and stage-1
     caches under `work` as under the default `runs/cache` (`work/`, `work/stage1/`)."""
@@ -68,6 +69,7 @@ def fit_group_probe(x, t, K: int, C: float = 1.0, balanced: bool = False):
     W, b = W.detach(), b.detach()
     return lambda z: (torch.as_tensor(z, dtype=torch.float64) @ W + b).argmax(1)
 
+# %% ../nbs/18_gate_study.ipynb #87863dec
 def group_recall(t, p, K: int) -> list:
     "Recall of each group 0..K-1 (None for a group without samples)."
     t, p = np.asarray(t), np.asarray(p)
@@ -76,8 +78,10 @@ def group_recall(t, p, K: int) -> list:
 # %% ../nbs/18_gate_study.ipynb #cb3c5682
 def _pct_groups(r) -> str: return " / ".join("–" if v is None else f"{100 * v:.0f}" for v in r)
 
+# %% ../nbs/18_gate_study.ipynb #d8baaa69
 def _bacc(r) -> float: return float(np.mean([v for v in r if v is not None]))
 
+# %% ../nbs/18_gate_study.ipynb #dfa5525a
 def group_probes(f_train, y_train, f_test, y_test, groups, K: int) -> pd.DataFrame:
     """Probes of the frequency group (`groups[c]`: the group of class c) on frozen features: balanced accuracy
     over the groups on train and test, and the test recall per group, in %."""
@@ -106,6 +110,7 @@ def study_stage1(cfg, rt):
         model, _ = get_stage1(cfg, data, rt, Path(out), progress=False)   # (out: its copies of the checkpoints)
     return data, model
 
+# %% ../nbs/18_gate_study.ipynb #41be6e74
 def run_variant(cfg, data, model, rt, seed: int) -> dict:
     """Stage 2 of `cfg` on the frozen `model` as `ltsei.run` trains it (head seed `seed`, sampler seed `seed + 1`);
     test metrics of the best-validation state, and the gate's routing for MoE-LTSEI."""
@@ -131,6 +136,7 @@ def _ms(v) -> str:
     if np.isnan(v).all(): return "–"
     return f"{np.nanmean(v):.1f} ± {np.nanstd(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
 
+# %% ../nbs/18_gate_study.ipynb #d2dde651
 def summarize(runs: list[dict]) -> pd.DataFrame:
     "One row per variant (in order of appearance) of the per-seed `runs` (dicts with 'variant' and run_variant's keys)."
     out = []
@@ -155,6 +161,7 @@ def machine_label() -> str:
     dev = f", CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return f"{cpu} ({os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)){dev}"
 
+# %% ../nbs/18_gate_study.ipynb #d31b0656
 @dataclass
 class GateStudy:
     label: str              # scale, date and machine

@@ -32,13 +32,13 @@ class MoEOutput(NamedTuple):
     gate_logits: torch.Tensor  # (B, K) gate scores before the softmax
     gate_probs: torch.Tensor   # (B, K) gate probabilities g
 
-
+# %% ../nbs/08_losses.ipynb #4dd7e2d1
 class ExpertsOutput(NamedTuple):
     "What a multi-expert network (RIDE, SADE, BalPoE) returns; `logits` is what prediction (argmax) uses."
     logits: torch.Tensor         # (B, C) the aggregate sum_k a_k z_k (a_k = 1/K unless SADE's test-time aggregation set them)
     expert_logits: torch.Tensor  # (B, K, C) z_k, each expert's logits
 
-
+# %% ../nbs/08_losses.ipynb #fc26d31f
 def logits_of(output) -> torch.Tensor:
     "The (B, C) logits of a model output: the tensor itself, `MoEOutput.logits` or `ExpertsOutput.logits`."
     if isinstance(output, (MoEOutput, ExpertsOutput)): return output.logits
@@ -61,7 +61,7 @@ def as_class_counts(class_counts) -> np.ndarray:
         raise ValueError(f"class_counts: every class needs at least one training sample; classes {bad} have n_c < 1")
     return a.astype(np.int64)
 
-
+# %% ../nbs/08_losses.ipynb #fa2093d0
 def _check_number(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
     "A real-number parameter inside [lo, hi] (open ends where asked), as float; ValueError naming it otherwise."
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
@@ -72,7 +72,7 @@ def _check_number(name: str, value, lo=None, hi=None, lo_open=False, hi_open=Fal
         raise ValueError(f"{name}: expected a value in {lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}, got {value!r}")
     return v
 
-
+# %% ../nbs/08_losses.ipynb #6a35653d
 def _check_int(name: str, value, lo: int) -> int:
     "An integer parameter >= lo, as int; ValueError naming it otherwise."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
@@ -81,8 +81,6 @@ def _check_int(name: str, value, lo: int) -> int:
 
 # %% ../nbs/08_losses.ipynb #81bdadb3
 LOSSES = Registry("loss")   # MoELTSEILoss joins it when ltsei.moe_ltsei (a higher floor) is imported
-
-
 def loss_names(stage: int | None = None, experts: bool | None = None) -> tuple[str, ...]:
     """The registered loss names (sorted) that `stage` may use (1: `loss.name`, 2: `stage2.loss`; None: any), and
     of those the ones that need (`experts=True`) or do not need (`False`) a multi-expert network."""
@@ -91,13 +89,13 @@ def loss_names(stage: int | None = None, experts: bool | None = None) -> tuple[s
         return (stage is None or stage in m["stages"]) and (experts is None or m.get("experts", False) == experts)
     return tuple(n for n in LOSSES.names() if fits(n))
 
-
+# %% ../nbs/08_losses.ipynb #d26e137e
 def loss_params(name: str) -> list[str]:
     "The parameter names `create_loss(name, class_counts, ...)` requires (besides `class_counts`)."
     ps = list(inspect.signature(LOSSES[name].__init__).parameters.values())[1:]
     return [p.name for p in ps if p.name != "class_counts" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
-
+# %% ../nbs/08_losses.ipynb #a97f0001
 def create_loss(name: str, class_counts, **params) -> nn.Module:
     "Build the registered loss `name` from the training class counts and exactly its named parameters."
     expected = loss_params(name)
@@ -182,13 +180,13 @@ def effective_number(class_counts, beta: float) -> np.ndarray:
     beta = _check_number("beta", beta, 0, 1, hi_open=True)
     return (1 - np.power(beta, n)) / (1 - beta)
 
-
+# %% ../nbs/08_losses.ipynb #736c2721
 def class_balanced_weights(class_counts, beta: float) -> np.ndarray:
     "Class-balanced weights 1 / E_c = (1 - beta) / (1 - beta^n_c), normalised to mean 1 (so they sum to C)."
     w = 1 / effective_number(class_counts, beta)
     return w / w.mean()
 
-
+# %% ../nbs/08_losses.ipynb #06b6dbed
 @LOSSES.register(stages=(1, 2))
 class ClassBalancedLoss(LongTailLoss):
     "CE weighted by the inverse effective number (weights sum to C); weighted mean."
@@ -208,14 +206,14 @@ def ldam_margins(class_counts, max_margin: float) -> np.ndarray:
     d = n ** -0.25
     return d * (_check_number("max_margin", max_margin, 0) / d.max())
 
-
+# %% ../nbs/08_losses.ipynb #d800bd8e
 def drw_weights(class_counts, power: float) -> np.ndarray:
     "Deferred re-weighting weights n_c^(-power), normalised to mean 1 (power 0: all ones)."
     n = as_class_counts(class_counts).astype(np.float64)
     w = n ** -_check_number("power", power, 0)
     return w / w.mean()
 
-
+# %% ../nbs/08_losses.ipynb #60afde8c
 @LOSSES.register(stages=(1,))
 class LDAMLoss(LongTailLoss):
     "CE(s * (z - D_y onehot), y, weight=w(epoch)); margins rescaled to `max_margin`; DRW from `drw_start`."
@@ -246,6 +244,7 @@ class SeedLDAMLoss(LDAMLoss):
         n = as_class_counts(class_counts).astype(np.float64)
         self.margins.copy_(torch.as_tensor(self.max_margin * n ** -0.25, dtype=self.margins.dtype))
 
+# %% ../nbs/08_losses.ipynb #3a2f7752
 def compat_loss(name: str, class_counts, compat: str, **params) -> nn.Module:
     "`create_loss(name, class_counts, **params)`; under `compat='seed'` LDAM is `SeedLDAMLoss`."
     if compat == "seed" and name == "LDAMLoss":
@@ -259,7 +258,7 @@ def log_prior(class_counts) -> np.ndarray:
     n = as_class_counts(class_counts).astype(np.float64)
     return np.log(n / n.sum())
 
-
+# %% ../nbs/08_losses.ipynb #5d84fbc9
 @LOSSES.register(stages=(1, 2))
 class BalancedSoftmaxLoss(LongTailLoss):
     "CE(z + log pi, y); prediction uses z."
@@ -271,7 +270,7 @@ class BalancedSoftmaxLoss(LongTailLoss):
         z, y = self._inputs(output, y)
         return F.cross_entropy(z + self.log_prior.to(z.dtype), y)
 
-
+# %% ../nbs/08_losses.ipynb #1775ca58
 @LOSSES.register(stages=(1, 2))
 class LogitAdjustmentLoss(LongTailLoss):
     "CE(z + tau * log pi, y); prediction uses z."
@@ -286,8 +285,6 @@ class LogitAdjustmentLoss(LongTailLoss):
 
 # %% ../nbs/08_losses.ipynb #46d54030
 COST_STRATEGIES = ("auto", "sqrt", "log")
-
-
 def cost_weights(class_counts, strategy: str) -> np.ndarray:
     "Cost-sensitive class weights for `strategy` (auto 1/n, sqrt n^-1/2, log 1/log(1+n)), normalised to mean 1."
     n = as_class_counts(class_counts).astype(np.float64)
@@ -297,7 +294,7 @@ def cost_weights(class_counts, strategy: str) -> np.ndarray:
     else: raise ValueError(f"cost strategy: expected one of {list(COST_STRATEGIES)}, got {strategy!r}")
     return w / w.mean()
 
-
+# %% ../nbs/08_losses.ipynb #043acf08
 @LOSSES.register(stages=(2,))
 class CostSensitiveCE(LongTailLoss):
     "CE weighted by cost weights (auto / sqrt / log, mean 1); weighted mean."
@@ -351,7 +348,7 @@ def reversed_prior(class_counts) -> np.ndarray:
     pi_sorted = n[order] / n.sum()
     return pi_sorted[len(n) - 1 - rank]
 
-
+# %% ../nbs/08_losses.ipynb #65692285
 @LOSSES.register(stages=(1,), experts=True)
 class SADELoss(ExpertsLoss):
     "SADE: CE(z1) + CE(z2 + log pi) + CE(z3 + log pi - tau log pi_reversed), three experts."
@@ -369,14 +366,14 @@ class SADELoss(ExpertsLoss):
         return (F.cross_entropy(ze[:, 0], y) + F.cross_entropy(ze[:, 1] + lp, y)
                 + F.cross_entropy(ze[:, 2] + lp - self.tau * lr, y))
 
-
+# %% ../nbs/08_losses.ipynb #732b7636
 def balpoe_taus(num_experts: int, tau_min: float, tau_max: float) -> np.ndarray:
     "BalPoE's logit-adjustment strengths tau_k, evenly spaced from tau_min to tau_max (their mean for one expert)."
     K = _check_int("num_experts", num_experts, 1)
     lo, hi = _check_number("tau_min", tau_min), _check_number("tau_max", tau_max)
     return np.array([(lo + hi) / 2]) if K == 1 else np.linspace(lo, hi, K)
 
-
+# %% ../nbs/08_losses.ipynb #590cfb33
 @LOSSES.register(stages=(1,), experts=True)
 class BalPoELoss(ExpertsLoss):
     "BalPoE: (1/K) sum_k CE(z_k + tau_k log pi, y); the mean logit is balanced when mean(tau) = 1."
@@ -400,7 +397,7 @@ def ride_diversity_weights(class_counts, reweight_factor: float) -> np.ndarray:
     t = len(n) * (n / n.sum()) * r + 1 - r
     return t / t.max()
 
-
+# %% ../nbs/08_losses.ipynb #6b6fa781
 @LOSSES.register(stages=(1,), experts=True)
 class RIDELoss(ExpertsLoss):
     "RIDE: per expert LDAM(-DRW) on s * cosine logits plus alpha * T^2 * KL(sg(mean) || expert) (alpha < 0: diversity)."

@@ -16,7 +16,6 @@ __all__ = ['GROUP_NAMES', 'SEED_RULE', 'confusion_matrix', 'harmonic_mean', 'see
 
 # %% ../nbs/11_metrics.ipynb #2a36dc02
 GROUP_NAMES = ("many", "medium", "few")
-
 def _as_labels(y, name: str, num_classes: int) -> np.ndarray:
     "A 1-D int64 numpy array from a numpy array, torch tensor or list, checked to lie in 0 .. num_classes-1."
     if hasattr(y, "detach"):                                  # torch.Tensor
@@ -31,6 +30,7 @@ def _as_labels(y, name: str, num_classes: int) -> np.ndarray:
         raise ValueError(f"{name} holds class ids outside 0 .. {num_classes - 1}: min {y.min()}, max {y.max()}")
     return y
 
+# %% ../nbs/11_metrics.ipynb #4f76aa64
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     "(num_classes, num_classes) int64 counts; row = true class, column = predicted class."
     if num_classes < 1:
@@ -51,7 +51,6 @@ def harmonic_mean(values) -> float | None:
 
 # %% ../nbs/11_metrics.ipynb #ec2f9cc4
 SEED_RULE = "seed"   # groups[rule] of `seed_shot_groups`: compute_metrics' H-mean is then that of many and few
-
 def seed_shot_groups(class_counts, many: int = 100, few: int = 20) -> dict:
     "compat=seed: many n_c >= `many`, few n_c <= `few` (quantiles 2/3 and 1/3 when max n_c < `many`), medium the rest."
     n = np.asarray(class_counts).ravel()

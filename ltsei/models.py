@@ -40,13 +40,13 @@ class ModelConfig:
 
 # %% ../nbs/09_models.ipynb #51638afb
 CONV_IMPLS = ("conv2d", "conv1d")
-
 def check_conv_impl(conv_impl: str) -> str:
     "Return `conv_impl` if it is one of `CONV_IMPLS`, else raise a `ValueError`."
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"model.conv_impl={conv_impl!r} is not one of {list(CONV_IMPLS)}")
     return conv_impl
 
+# %% ../nbs/09_models.ipynb #a911327c
 def make_conv(conv_impl: str, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1,
               bias: bool = False) -> nn.Module:
     "A 'same'-padded convolution with an odd kernel `k`: `Conv1d`, or `Conv2d` with kernel (1, k)."
@@ -57,10 +57,12 @@ def make_conv(conv_impl: str, cin: int, cout: int, k: int, stride: int = 1, dila
         return nn.Conv1d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias)
     return nn.Conv2d(cin, cout, (1, k), stride=(1, stride), padding=(0, pad), dilation=(1, dilation), bias=bias)
 
+# %% ../nbs/09_models.ipynb #233949bb
 def make_bn(conv_impl: str, c: int) -> nn.Module:
     "Batch norm over `c` channels for the layout of `conv_impl`."
     return nn.BatchNorm1d(c) if check_conv_impl(conv_impl) == "conv1d" else nn.BatchNorm2d(c)
 
+# %% ../nbs/09_models.ipynb #89ada3a4
 def make_maxpool(conv_impl: str, k: int, stride: int | None = None, padding: int = 0) -> nn.Module:
     "Max pooling over time with window `k` (stride `k` unless given)."
     stride = k if stride is None else stride
@@ -68,6 +70,7 @@ def make_maxpool(conv_impl: str, k: int, stride: int | None = None, padding: int
         return nn.MaxPool1d(k, stride=stride, padding=padding)
     return nn.MaxPool2d((1, k), stride=(1, stride), padding=(0, padding))
 
+# %% ../nbs/09_models.ipynb #d901272f
 def to_layout(x: torch.Tensor, conv_impl: str) -> torch.Tensor:
     "View a (B, C, L) signal in the layout of `conv_impl`: unchanged, or (B, C, 1, L) for conv2d."
     if x.ndim != 3:
@@ -79,10 +82,12 @@ def global_max_pool(x: torch.Tensor) -> torch.Tensor:
     "(B, C, L) or (B, C, 1, L) -> (B, C), the maximum over time."
     return x.flatten(2).amax(-1)
 
+# %% ../nbs/09_models.ipynb #9cc0d846
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     "(B, C, L) or (B, C, 1, L) -> (B, C), the mean over time."
     return x.flatten(2).mean(-1)
 
+# %% ../nbs/09_models.ipynb #96e21b98
 def convert_conv_state_dict(state_dict: dict, conv_impl: str) -> dict:
     """Map a backbone's state dict to the parameter shapes of `conv_impl`.
 
@@ -121,12 +126,14 @@ CONVNET_ADSB_STAGES = [[(50, 15)], [(100, 11)], [(150, 7)], [(200, 5)] * 2, [(30
 CONVNET_ADSB_POOLS = [4, 3, 2, 2, 2, 2, 2, None]
 CONVNET_ADSB_MIN_LENGTH = math.prod(p for p in CONVNET_ADSB_POOLS if p)
 
+# %% ../nbs/09_models.ipynb #50da7f3e
 class ConvBNReLU(nn.Sequential):
     "Convolution ('same' padding, no bias), batch norm, ReLU."
     def __init__(self, conv_impl: str, cin: int, cout: int, k: int, dilation: int = 1):
         super().__init__(make_conv(conv_impl, cin, cout, k, dilation=dilation), make_bn(conv_impl, cout),
                          nn.ReLU(inplace=True))
 
+# %% ../nbs/09_models.ipynb #f65103b5
 class ConvNetADSBBody(nn.Module):
     "The ConvNetADSB trunk: (B, in_channels, L) -> (B, 350) after channel attention and global max pool."
     def __init__(self, in_channels: int, use_attention: bool, conv_impl: str):
@@ -159,6 +166,7 @@ class BasicBlock(nn.Module):
         h = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
+# %% ../nbs/09_models.ipynb #941d6ff7
 class ResNet1DBody(nn.Module):
     "ResNet1D up to the global average pool: (B, in_channels, L) -> (B, 256)."
     widths, strides, blocks_per_stage = (32, 64, 128, 256), (1, 2, 2, 2), 2
@@ -196,6 +204,7 @@ class TCNBlock(nn.Module):
         h = F.relu(self.bn1(self.conv1(x)))
         return F.relu(x + self.bn2(self.conv2(h)))
 
+# %% ../nbs/09_models.ipynb #0d8b7f6a
 class DilatedTCNBody(nn.Module):
     "DilatedTCN up to the global average pool: (B, in_channels, L) -> (B, 64)."
     channels, dilations = 64, (1, 2, 4, 8)
@@ -227,6 +236,7 @@ def log_spectrum(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         p_neg = torch.roll(p.flip(-1), 1, dims=-1)          # p_neg[k] = p[(-k) mod L]
         return torch.fft.fftshift(torch.log(torch.stack([p, p_neg], dim=1) + eps), dim=-1)
 
+# %% ../nbs/09_models.ipynb #d5f6a7c6
 class SpectrumBody(nn.Module):
     "The FrequencyDomainExpert trunk: log spectrum (2 channels) -> ConvNetADSB trunk -> (B, 350)."
     def __init__(self, use_attention: bool, conv_impl: str):
@@ -239,7 +249,6 @@ class SpectrumBody(nn.Module):
 
 # %% ../nbs/09_models.ipynb #c2a8ccfb
 MODELS = Registry("backbone", key="model.name")   # `@MODELS.register()`: a backbone class under its class name
-
 class Backbone(nn.Module):
     """A body (B, 2, L) -> (B, d), dropout, and a linear classifier.
 
@@ -267,6 +276,7 @@ class Backbone(nn.Module):
         "No auxiliary loss: a zero scalar."
         return self.classifier.weight.new_zeros(())
 
+# %% ../nbs/09_models.ipynb #49080132
 def check_iq(x: torch.Tensor) -> None:
     "Raise a `ValueError` unless `x` is an I/Q batch of shape (B, 2, L)."
     if x.ndim != 3 or x.shape[1] != 2:
@@ -285,6 +295,7 @@ class ConvNetADSB(Backbone):
     def from_config(cls, num_classes: int, cfg) -> "ConvNetADSB":
         return cls(num_classes, cfg.dropout, cfg.use_attention, cfg.conv_impl)
 
+# %% ../nbs/09_models.ipynb #5a1564f4
 @MODELS.register()
 class ResNet1D(Backbone):
     "1-D ResNet-18-style network (32/64/128/256 channels); feature dim 256."
@@ -295,6 +306,7 @@ class ResNet1D(Backbone):
     def from_config(cls, num_classes: int, cfg) -> "ResNet1D":
         return cls(num_classes, cfg.dropout, cfg.conv_impl)
 
+# %% ../nbs/09_models.ipynb #6f0f3360
 @MODELS.register()
 class DilatedTCN(Backbone):
     "64-channel residual TCN with dilations 1, 2, 4, 8; feature dim 64."
@@ -305,6 +317,7 @@ class DilatedTCN(Backbone):
     def from_config(cls, num_classes: int, cfg) -> "DilatedTCN":
         return cls(num_classes, cfg.dropout, cfg.conv_impl)
 
+# %% ../nbs/09_models.ipynb #7f607fed
 @MODELS.register()
 class FrequencyDomainExpert(Backbone):
     "ConvNetADSB trunk on the log power spectrum (at +f and -f); feature dim 350."
@@ -324,6 +337,7 @@ def load_balance_loss(gates: torch.Tensor) -> torch.Tensor:
     f = F.one_hot(gates.argmax(-1), K).to(gates.dtype).mean(0).detach()
     return K * (f * gates.mean(0)).sum()
 
+# %% ../nbs/09_models.ipynb #15300876
 class SignalGate(nn.Module):
     "A small gate on the raw signal: (B, 2, L) -> softmax weights (B, K), in float32."
     def __init__(self, num_experts: int, conv_impl: str, hidden: int = 32):
@@ -395,6 +409,7 @@ def kaiming_fan_out(model: nn.Module) -> nn.Module:
             if m.bias is not None: nn.init.zeros_(m.bias)
     return model
 
+# %% ../nbs/09_models.ipynb #73a6bbcd
 class SeedMixtureOfExpertsConvNet(nn.Module):
     "compat=seed: the logits of three full models mixed by a width-64 signal gate; no load-balance term."
     min_length = CONVNET_ADSB_MIN_LENGTH
@@ -422,8 +437,8 @@ class SeedMixtureOfExpertsConvNet(nn.Module):
         z = torch.stack([e(x) for e in self.experts], dim=1)                        # (B, K, C)
         return (g.unsqueeze(-1).to(z.dtype) * z).sum(1)
 
+# %% ../nbs/09_models.ipynb #9d9ca3d9
 SeedMixtureOfExpertsConvNet.__name__ = "MixtureOfExpertsConvNet"   # its checkpoints name the configured backbone
-
 def seed_model(name: str, num_classes: int, cfg) -> nn.Module | None:
     "compat=seed: the seed's build of backbone `name` (see above), or None where it is ltsei's."
     if name == "MixtureOfExpertsConvNet": return SeedMixtureOfExpertsConvNet.from_config(num_classes, cfg)
@@ -442,6 +457,7 @@ class NormedLinear(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return F.normalize(f, dim=1) @ F.normalize(self.weight, dim=1).t()
 
+# %% ../nbs/09_models.ipynb #d0088879
 def expert_split(convs: nn.Sequential, expert_blocks: int) -> int:
     "The index in a ConvNetADSB `convs` where the last `expert_blocks` conv blocks begin (earlier pools stay shared)."
     blocks = [i for i, m in enumerate(convs) if isinstance(m, ConvBNReLU)]

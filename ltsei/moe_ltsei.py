@@ -22,7 +22,6 @@ __all__ = ['GROUPINGS', 'HEAD_INITS', 'MARGIN_TYPES', 'DIFFICULTIES', 'GATE_WEIG
 
 # %% ../nbs/13_moe_ltsei.ipynb #d056da50
 GROUPINGS = ("auto", "absolute", "quantile", "rank")   # experiment.grouping: the seed's three rules, ltsei's earlier one
-
 def threshold_groups(class_counts, grouping: str, many_thresh: float, few_thresh: float) -> np.ndarray:
     "The seed's groups: 0 many (n_c >= hi), 2 few (n_c <= lo), 1 medium; `auto` = absolute if max n_c >= many_thresh."
     n = as_class_counts(class_counts)
@@ -46,10 +45,12 @@ def frequency_groups(class_counts, K: int, grouping: str, many_thresh: float, fe
     for k, members in enumerate(rank_groups(n, K)): groups[members] = k
     return groups
 
+# %% ../nbs/13_moe_ltsei.ipynb #cd71a49c
 def num_groups(K: int, grouping: str) -> int:
     "How many frequency groups there are: K for `rank`, else the seed's 3."
     return int(K) if grouping == "rank" else 3
 
+# %% ../nbs/13_moe_ltsei.ipynb #4aca0509
 def gate_supervised(K: int, grouping: str) -> bool:
     "Whether L_gate applies: one expert per group, i.e. K = 3 for the seed's groups (any K for `rank`)."
     return num_groups(K, grouping) == int(K)
@@ -62,7 +63,6 @@ def config_groups(class_counts, K: int, experiment) -> tuple[np.ndarray, int]:
 
 # %% ../nbs/13_moe_ltsei.ipynb #fd14fb4e
 HEAD_INITS = ("seed", "small")   # stage2.moe.init
-
 class MoEHead(nn.Module):
     "MoE-LTSEI head: a gate over K bias-free cosine-classifier experts; forward(f) -> MoEOutput (logits = scale * mixed cosine)."
     def __init__(self, feature_dim: int, num_classes: int, num_experts: int, gate_hidden: int, gate_dropout: float,
@@ -97,13 +97,15 @@ def _reset_start(self: MoEHead):
         self.experts.copy_(F.normalize(torch.randn(self.experts.shape), dim=-1))
     nn.init.zeros_(W2.bias)
     if self.noise is not None: nn.init.normal_(self.noise.weight, std=0.01); nn.init.zeros_(self.noise.bias)
-MoEHead.reset_start = _reset_start
 
+# %% ../nbs/13_moe_ltsei.ipynb #a4d547bd
+MoEHead.reset_start = _reset_start
 def _expert_cosines(self: MoEHead, f: torch.Tensor) -> torch.Tensor:
     "cos_{k,c} of every sample: (B, K, C)."
     return torch.einsum("bd,kcd->bkc", F.normalize(f, dim=1), F.normalize(self.experts, dim=-1))
-MoEHead.expert_cosines = _expert_cosines
 
+# %% ../nbs/13_moe_ltsei.ipynb #10e6231e
+MoEHead.expert_cosines = _expert_cosines
 def _forward(self: MoEHead, f: torch.Tensor) -> MoEOutput:
     if f.ndim != 2 or f.shape[1] != self.feature_dim:
         raise ValueError(f"MoEHead: expected features of shape (B, {self.feature_dim}), got {tuple(f.shape)}")
@@ -116,11 +118,12 @@ def _forward(self: MoEHead, f: torch.Tensor) -> MoEOutput:
     mix = gate_probs.detach() if self.detach_gate else gate_probs
     cosine = torch.einsum("bk,bkc->bc", mix, self.expert_cosines(x))
     return MoEOutput(logits=self.scale * cosine, cosine=cosine, gate_logits=gate_logits, gate_probs=gate_probs)
+
+# %% ../nbs/13_moe_ltsei.ipynb #254abc3d
 MoEHead.forward = _forward
 
 # %% ../nbs/13_moe_ltsei.ipynb #295bb5ff
 MARGIN_TYPES = ("effective", "log")   # stage2.moe_loss.margin_type
-
 def adaptive_margins(class_counts, beta: float, m0: float, m1: float, gamma: float, margin_type: str,
                      margin_max: float | None) -> np.ndarray:
     "m_c: `effective` m0 (E_max/E_c)^gamma; `log` m0 + m1 (1 - log(1+n_c)/log(1+n_max))^gamma; capped at `margin_max` if set."
@@ -137,7 +140,6 @@ def adaptive_margins(class_counts, beta: float, m0: float, m1: float, gamma: flo
 
 # %% ../nbs/13_moe_ltsei.ipynb #6435444e
 DIFFICULTIES = ("seed", "additive")   # stage2.moe_loss.difficulty
-
 def difficulty_weights(p: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float, form: str) -> torch.Tensor:
     "d_i of every sample from p = softmax(margin logits): the seed's (with gradient) or the earlier additive form (detached)."
     onehot = F.one_hot(y, p.shape[1]).bool()
@@ -149,7 +151,6 @@ def difficulty_weights(p: torch.Tensor, y: torch.Tensor, gamma: float, alpha: fl
 
 # %% ../nbs/13_moe_ltsei.ipynb #66390e15
 GATE_WEIGHTINGS = ("none", "balanced")   # L_gate: plain mean (guide) | group-balanced weighted mean
-
 def gate_group_weights(groups, class_counts, G: int, weighting: str) -> np.ndarray:
     "u_r of L_gate per group r < G: 1 for 'none'; N / (G N_r) for 'balanced' (N_r = training frames of group r)."
     if weighting not in GATE_WEIGHTINGS:
@@ -159,6 +160,7 @@ def gate_group_weights(groups, class_counts, G: int, weighting: str) -> np.ndarr
     N_r = np.bincount(np.asarray(groups), weights=n, minlength=G)
     return n.sum() / (G * np.maximum(N_r, 1))
 
+# %% ../nbs/13_moe_ltsei.ipynb #10296127
 def gate_loss(gate_logits, target, G: int, smoothing: float, weight=None) -> torch.Tensor:
     "Mean (or `weight`-weighted mean) over the batch of KL(q || g), q the one-hot group `target` smoothed by `smoothing`."
     if not smoothing: return F.cross_entropy(gate_logits, target, weight=weight)
@@ -199,6 +201,7 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     "Half-precision tensors in float32; float32 and float64 as they are."
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
+# %% ../nbs/13_moe_ltsei.ipynb #b08e70e7
 def _parts(self: MoELTSEILoss, output: MoEOutput, y: torch.Tensor) -> dict:
     "The terms: cls, gate, lb (unweighted, each always computed) and total = cls + lambda_gate gate + lambda_lb lb."
     if not isinstance(output, MoEOutput):
@@ -220,18 +223,22 @@ def _parts(self: MoELTSEILoss, output: MoEOutput, y: torch.Tensor) -> dict:
     if self.lambda_gate and self.gate_supervised: total = total + self.lambda_gate * gate
     if self.lambda_lb: total = total + self.lambda_lb * lb
     return dict(cls=cls, gate=gate, lb=lb, total=total)
-MoELTSEILoss.parts = _parts
 
+# %% ../nbs/13_moe_ltsei.ipynb #62efb8e1
+MoELTSEILoss.parts = _parts
 def _loss_forward(self: MoELTSEILoss, output: MoEOutput, y: torch.Tensor, return_parts: bool = False):
     "The total loss (a scalar), or with `return_parts` the dict of `parts`."
     parts = self.parts(output, y)
     return parts if return_parts else parts["total"]
+
+# %% ../nbs/13_moe_ltsei.ipynb #d6e93278
 MoELTSEILoss.forward = _loss_forward
 
 # %% ../nbs/13_moe_ltsei.ipynb #117bb2e1
 def _np(a, dtype):
     return np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a).astype(dtype)
 
+# %% ../nbs/13_moe_ltsei.ipynb #07d6153a
 def routing_metrics(gate_probs, y, groups, K: int, G: int) -> dict:
     "Routing accuracy (argmax gate == group(y); None unless G = K), overall and per group, and G x K expert usage per group."
     g, y, groups = _np(gate_probs, np.float64), _np(y, np.int64), _np(groups, np.int64)

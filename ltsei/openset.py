@@ -25,6 +25,7 @@ def _as_scores(s, name: str) -> np.ndarray:
     if not np.isfinite(s).all(): raise ValueError(f"{name}: {int((~np.isfinite(s)).sum())} scores are not finite")
     return s
 
+# %% ../nbs/15_openset.ipynb #2883d581
 def _rates(known, unknown, hit=None) -> tuple[np.ndarray, np.ndarray]:
     """(TPR or CCR, FPR) at every distinct threshold, falling, from (0, 0) to the last point: the share of
     known frames with score >= t (those with `hit` only, over all known frames) and of unknown ones."""
@@ -37,11 +38,13 @@ def _rates(known, unknown, hit=None) -> tuple[np.ndarray, np.ndarray]:
     fp = u.size - np.searchsorted(np.sort(u), t, side="left")
     return np.concatenate([[0.0], tp / k.size]), np.concatenate([[0.0], fp / u.size])
 
+# %% ../nbs/15_openset.ipynb #d819e578
 def auroc(known, unknown) -> float:
     "Area under the ROC curve, known frames positive (ties count half)."
     tpr, fpr = _rates(known, unknown)
     return float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
 
+# %% ../nbs/15_openset.ipynb #132c294b
 def fpr_at_tpr(known, unknown, tpr: float = 0.95) -> float:
     "Share of unknown frames accepted by the largest threshold that accepts at least `tpr` of the known frames."
     if not 0 < tpr < 1: raise ValueError(f"tpr={tpr!r}: expected a rate in (0, 1)")
@@ -49,6 +52,7 @@ def fpr_at_tpr(known, unknown, tpr: float = 0.95) -> float:
     tau = k[int(math.ceil(tpr * k.size)) - 1]          # the ceil(tpr N+)-th highest known score
     return float((u >= tau).mean())
 
+# %% ../nbs/15_openset.ipynb #b80f35a5
 def oscr(known, correct, unknown) -> float:
     "Open-set classification rate: the area under CCR against FPR (see above)."
     ccr, fpr = _rates(known, unknown, correct)
@@ -56,7 +60,6 @@ def oscr(known, correct, unknown) -> float:
 
 # %% ../nbs/15_openset.ipynb #0a00000b
 SCORES = ("msp", "max_logit", "energy", "mahalanobis", "odin")   # the open-set scores, in the report's order
-
 def logit_scores(logits: torch.Tensor) -> dict:
     "`msp`, `max_logit` and `energy` (T = 1) of logits (N, K), as float64 numpy arrays."
     z = logits.detach().double().cpu()
@@ -74,6 +77,7 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, num_classes: i
     ridge = 1e-6 * max(float(cov.diagonal().mean()), 1e-12)
     return means, torch.linalg.inv(cov + ridge * torch.eye(f.shape[1], dtype=torch.float64))
 
+# %% ../nbs/15_openset.ipynb #2b565e3b
 def mahalanobis_score(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> np.ndarray:
     "-min_k (f - mu_k)^T P (f - mu_k) for every row of `features` (N, d)."
     f = features.detach().double().cpu()
@@ -82,7 +86,6 @@ def mahalanobis_score(features: torch.Tensor, means: torch.Tensor, precision: to
 
 # %% ../nbs/15_openset.ipynb #0a00000c
 ODIN_BATCH_SIZE = 128   # frames per ODIN backward pass, whatever the evaluation batch (its activations: see above)
-
 def odin_scores(logits_fn, x: torch.Tensor, temperature: float, epsilon: float, batch_size: int, device) -> np.ndarray:
     """ODIN: the maximum softmax at temperature T of the frames moved by epsilon x (RMS amplitude) against the
     gradient of the predicted class's log-probability (see above). `logits_fn` maps (B, 2, L) to logits, differentiably;
@@ -109,6 +112,7 @@ class ScoringModel(nn.Module):
         z = logits_of(self.backbone(x) if self.head is None else self.head(self.features(x)))
         return z if self.logit_transform is None else self.logit_transform(z)
 
+# %% ../nbs/15_openset.ipynb #f87fceb4
 def _batched(model, fn, x, batch_size, rt):
     return torch.cat([o.float().cpu() for o in eval_batches(model, fn, x, batch_size, rt)])
 

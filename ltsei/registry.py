@@ -62,6 +62,7 @@ def _unknown(self: Registry, name) -> UnknownName:
     return UnknownName(f"{where}: no {self.family} of that name; expected one of {', '.join(valid)}"
                        + (f" (did you mean {close[0]!r}?)" if close else ""))
 
+# %% ../nbs/01_registry.ipynb #f3c62052
 Registry._unknown = _unknown
 
 # %% ../nbs/01_registry.ipynb #bb9ffca7
@@ -69,14 +70,17 @@ def _names(self: Registry) -> tuple[str, ...]:
     "The registered names, sorted."
     return tuple(sorted(self._items))
 
+# %% ../nbs/01_registry.ipynb #9ea71f89
 def _meta(self: Registry, name: str) -> dict:
     "The keyword metadata `name` was registered with."
     self[name]
     return dict(self._meta[name])
 
+# %% ../nbs/01_registry.ipynb #d4b2762d
 def _check(self: Registry, name) -> str:
     "`name` when it is registered, else `UnknownName` (one line: the key, the valid names, the closest one)."
     self[name]
     return name
 
+# %% ../nbs/01_registry.ipynb #661cc8e2
 Registry.names, Registry.meta, Registry.check = _names, _meta, _check

@@ -24,13 +24,13 @@ __all__ = ['KINDS', 'LWS_RUN', 'LWS_NOTE', 'ROUTED_GATE_RUN', 'ROUTED_GATE_NOTE'
 
 # %% ../nbs/19_rows.ipynb #c6ddaa80
 KINDS = {"1": "Baseline", "2": "Single-stage", "3": "Two-stage", "4": "Ablation", "5": "Ours", "os": "Open set"}
-
 def split_command(cmd: str) -> list[str]:
     "The `key=value` overrides of a command line: `python main.py` and line continuations removed."
     toks = shlex.split(cmd.replace("\\\n", " "))
     if toks[:2] == ["python", "main.py"]: toks = toks[2:]
     return toks
 
+# %% ../nbs/19_rows.ipynb #f4dc9b15
 @dataclass(frozen=True)
 class Row:
     "One row of the results tables: one command of the experiment guide."
@@ -232,11 +232,13 @@ OPENSET_RUN = "openset.enabled=true openset.unknown_fraction=0.2"
 OPENSET_BASES = ("s1_1_ce", "s3_1_crt", "s5_1_full")
 RIVAL_PREFIXES = ("RIDE", "SADE", "BalPoE")        # the multi-expert rivals beyond the guide, by method name
 
+# %% ../nbs/19_rows.ipynb #240583b2
 def openset_row(base: Row) -> Row:
     "The open-set twin `os_<id>` of `base` (section `os`): its overrides plus `OPENSET_RUN`."
     return Row(f"os_{base.id}", "os", base.method, "", run=shlex.join(base.run_args + OPENSET_RUN.split()),
                note=f"{base.method} with unknown emitters: {OPENSET_RUN}")
 
+# %% ../nbs/19_rows.ipynb #029001d5
 OPENSET_ROWS: list[Row] = [openset_row(ROWS_BY_ID[i]) for i in OPENSET_BASES] + \
     [openset_row(r) for r in ROWS if not r.guide and r.method.startswith(RIVAL_PREFIXES)]
 ROWS += OPENSET_ROWS
@@ -248,12 +250,14 @@ COMPAT_BASES = ("s1_1_ce", "s2_3_inv_freq", "s2_3_class_uniform", "s2_3_sqrt", "
                 "s3_2_crt_cs_sqrt", "s5_1_full", "x5_routed_gate")
 KINDS[COMPAT_SECTION] = "Seed compatibility"
 
+# %% ../nbs/19_rows.ipynb #ba468977
 def compat_row(base: Row, mode: str) -> Row:
     "The row `cp_<id>_<mode>`: `base`'s overrides plus `compat=<mode>` (paper | seed)."
     return Row(f"cp_{base.id}_{mode}", COMPAT_SECTION, f"{base.method} [compat={mode}]", "",
                run=shlex.join(base.run_args + [f"compat={mode}"]),
                note=f"{base.method} under compat={mode} (docs/seed-differences.md)")
 
+# %% ../nbs/19_rows.ipynb #220266e8
 COMPAT_ROWS: list[Row] = [compat_row(ROWS_BY_ID[i], m) for i in COMPAT_BASES for m in ("paper", "seed")]
 ROWS_BY_ID.update({r.id: r for r in COMPAT_ROWS})
 
@@ -277,6 +281,7 @@ def guide_commands() -> list[tuple[str, list[str]]]:
     "Every command of the experiment guide as `(row_id, overrides)`, verbatim (LWS with the guide's `crt`)."
     return [(r.id, r.guide_args) for r in ROWS if r.guide]
 
+# %% ../nbs/19_rows.ipynb #41b0727f
 def parse_guide(path) -> list[dict]:
     "The commands of the experiment guide's Markdown file `path`, in order: dicts with `section` and `command`."
     path = Path(path)
@@ -314,11 +319,11 @@ def select_rows(spec: str | None, rows: list[Row] | None = None) -> list[Row]:
 
 # %% ../nbs/19_rows.ipynb #364608e0
 METRIC_KEYS = ("acc", "balanced_acc", "macro_f1", "per_class_recall")
-
 def run_dir(runs_dir, profile: str, row: Row, seed: int) -> Path:
     "The directory of one run: `runs_dir/profile/section/row_id/seed<k>`."
     return Path(runs_dir) / profile / row.section / row.id / f"seed{seed}"
 
+# %% ../nbs/19_rows.ipynb #3c19ac65
 def read_metrics(out_dir) -> dict | None:
     "The run's `metrics.json` if it is there and complete (test metrics, class counts, groups), else None."
     p = Path(out_dir) / "metrics.json"
@@ -328,6 +333,7 @@ def read_metrics(out_dir) -> dict | None:
     if any(k not in m["test"] for k in METRIC_KEYS): return None
     return m
 
+# %% ../nbs/19_rows.ipynb #91de6daa
 def ran_other_overrides(out_dir, row: Row) -> bool:
     "Whether the run in `out_dir` recorded (in `row.json`) other overrides than `row` runs now."
     p = Path(out_dir) / "row.json"
@@ -336,6 +342,7 @@ def ran_other_overrides(out_dir, row: Row) -> bool:
     except ValueError: ran = None
     return ran != row.run_args
 
+# %% ../nbs/19_rows.ipynb #36db6438
 def run_status(out_dir, row: Row | None = None) -> str:
     "'complete', 'stale' (complete, but for other overrides than `row` runs now), 'partial' or 'missing'."
     out_dir = Path(out_dir)
@@ -343,6 +350,7 @@ def run_status(out_dir, row: Row | None = None) -> str:
         return "stale" if row is not None and ran_other_overrides(out_dir, row) else "complete"
     return "partial" if out_dir.exists() and any(out_dir.iterdir()) else "missing"
 
+# %% ../nbs/19_rows.ipynb #0965c5c5
 def row_record(row: Row, seed: int, profile: str) -> dict:
     "What `row.json` records about a run: the row, its seed and profile, and the overrides it runs."
     return dict(row_id=row.id, section=row.section, method=row.method, seed=seed, profile=profile,
@@ -354,6 +362,7 @@ def _override_value(v) -> str:
     s = str(v)
     return s if re.fullmatch(r"[A-Za-z0-9_/.\-:+@]+", s) else "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
+# %% ../nbs/19_rows.ipynb #7e48aec1
 def cache_overrides(runs_dir) -> list[str]:
     "The overrides that keep a run's caches under `runs_dir`: `runs_dir/cache` (data) and `runs_dir/cache/stage1`."
     c = Path(runs_dir) / "cache"
@@ -370,6 +379,7 @@ def parse_overrides(overrides) -> dict[str, str]:
         out[k.lstrip("+")] = v
     return out
 
+# %% ../nbs/19_rows.ipynb #e16d15ab
 def stage1_group(overrides: list[str], cfg=None) -> str:
     "A key shared by runs with the same stage-1 settings (for scheduling only): `ltsei.config.stage1_key` of `cfg`."
     if cfg is not None:

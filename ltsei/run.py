@@ -57,22 +57,24 @@ def config_loss_params(name: str, cfg, stage: int) -> dict:
                          f"expected one of {', '.join(table)}")
     return table[name]
 
+# %% ../nbs/17_run.ipynb #eb57ac6d
 def build_sampler(name, labels, epochs, section, seed):
     g = torch.Generator().manual_seed(seed)
     return create_sampler(name, labels, epochs, section.alpha, section.alpha_start, section.alpha_end, g)
 
 # %% ../nbs/17_run.ipynb #c942a4e1
 CKPT_FORMAT = "ltsei-stage1-v1"
-
 class CheckpointError(ValueError):
     "A stage-1 checkpoint that is unsafe, damaged, incomplete or does not fit the model."
 
+# %% ../nbs/17_run.ipynb #733d2ed4
 def stage1_payload(model, cfg, state, epoch, val, num_classes, length, key) -> dict:
     "A stage-1 checkpoint: tensors and plain containers only (loadable with `weights_only=True`)."
     return to_plain({"format": CKPT_FORMAT, "complete": True, "model_name": cfg.model.name, "num_classes": num_classes,
                      "length": length, "stage1_key": key, "epoch": epoch, "val_balanced_acc": val.get("balanced_acc"),
                      "settings": stage1_settings(cfg), "state_dict": state})
 
+# %% ../nbs/17_run.ipynb #e15bc299
 def load_stage1_checkpoint(path, model, what: str | None = None) -> dict:
     """Load a stage-1 checkpoint into `model`, refusing one that is unsafe (anything but tensors and plain
     containers: it is never unpickled), damaged, incomplete or does not match. `what` names the file in
@@ -142,6 +144,7 @@ def train_stage1(cfg, data, rt: Runtime, entry: CacheEntry, progress: bool):
     model.load_state_dict(res.best_state)
     return model, meta
 
+# %% ../nbs/17_run.ipynb #14d96c01
 def _finished_work(work: Path, key: str) -> bool:
     "Whether the work folder holds a finished stage-1 training (meta.json complete, checkpoints and log there)."
     try: meta = json.loads((work / "meta.json").read_text())
@@ -195,11 +198,13 @@ def save_predictions(path, splits: dict) -> None:
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
+# %% ../nbs/17_run.ipynb #b5e447c6
 def read_log(path) -> list[dict]:
     "The rows of an epoch log (`log_stage1.csv`), as numbers."
     if not Path(path).is_file(): return []
     with open(path, newline="") as f: return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
+# %% ../nbs/17_run.ipynb #e5dec5ee
 def write_tensorboard(folder, histories: dict, final: dict) -> bool:
     """TensorBoard event files in `folder`: for each stage (`name -> history rows`) its loss, learning rate,
     accuracies and extra scalars per epoch, and the `final` test metrics. False when tensorboard is not installed."""
@@ -230,12 +235,14 @@ def save_train_indices(data, path) -> dict:
           if data.info.get("source") == "synthetic" else "rows of the training file")
     return {"file": Path(path).name, "count": int(idx.size), "of": of, "sha256": hashlib.sha256(idx.tobytes()).hexdigest()}
 
+# %% ../nbs/17_run.ipynb #0b7a3c9b
 def scoring_model(model, res2=None, post: dict | None = None) -> ScoringModel:
     "The run's final classifier for the open-set scores: stage 1 `model`, the stage-2 result `res2`, stage 3's `post`."
     backbone, head = (res2.model.backbone, res2.model.head) if res2 is not None else (model, None)
     post = post or {}
     return ScoringModel(backbone, post.get("head", head), post.get("logit_transform"))
 
+# %% ../nbs/17_run.ipynb #d0abc105
 def run_extras(cfg, data, test: dict, scoring, rt: Runtime, out_dir: Path) -> dict:
     "The `snr` and `openset` sections of `metrics.json` (see above); `scoring()` builds the `ScoringModel`."
     out = {}
@@ -254,6 +261,7 @@ def run_extras(cfg, data, test: dict, scoring, rt: Runtime, out_dir: Path) -> di
 def _public(m: dict) -> dict:
     return {k: v for k, v in m.items() if not k.startswith("_")}
 
+# %% ../nbs/17_run.ipynb #bd90eb10
 def _combined_log(out_dir: Path):
     rows = []
     for stage in ("stage1", "stage2"):
@@ -264,6 +272,7 @@ def _combined_log(out_dir: Path):
             rows += [f"{stage},{l}" for l in lines[1:]]
     if rows: atomic_write_text(out_dir / "log.csv", "\n".join(rows) + "\n")
 
+# %% ../nbs/17_run.ipynb #91d994bf
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -271,10 +280,12 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
+# %% ../nbs/17_run.ipynb #68f3a1bf
 OLD_RESULTS = ("metrics.json", "predictions.npz", "train_indices.npy", "openset_scores.npz", "log.csv", "log_stage1.csv",
                "log_stage2.csv", "checkpoints/stage1_best.pt", "checkpoints/stage1_last.pt", "checkpoints/stage2_best.pt",
                "checkpoints/stage2_last.pt")
 
+# %% ../nbs/17_run.ipynb #eabef330
 def _fresh_run_dir(cfg, out_dir) -> Path:
     "Claim `out_dir` and clear what an earlier run left there; write config.yaml."
     check_machine(cfg)                                   # threads, GPUs, free disk: before any folder
@@ -314,6 +325,7 @@ def train_stage2_resumable(cfg, model, data, rt: Runtime, out_dir: Path, progres
         (held.root / f"{key}.lock").unlink(missing_ok=True)     # nothing is left to guard: no stale lock for ltsei clean
     return res2, resume
 
+# %% ../nbs/17_run.ipynb #952352f2
 def _stage1_evaluator(model, ev, out_dir: Path):
     "`evaluate_split(split, state, head, logit_transform)` of a run without stage 2: stage 1's best or last state, or a head on it."
     def evaluate_split(split, state="best", head=None, logit_transform=None):
@@ -325,6 +337,7 @@ def _stage1_evaluator(model, ev, out_dir: Path):
             return ev(model, split, logit_transform=logit_transform)
     return evaluate_split
 
+# %% ../nbs/17_run.ipynb #0a51fe04
 def _with_stage3(cfg, model, data, rt: Runtime, res2, evaluate_split):
     "Stage 3 over `evaluate_split`: (the evaluator, `post`: stage 3's head or logit transform, None without one)."
     s3 = cfg.stage3
@@ -338,6 +351,7 @@ def _with_stage3(cfg, model, data, rt: Runtime, res2, evaluate_split):
         post = {"logit_transform": logit_adjust_fn(data.class_counts, s3.logit_tau)}
     return (lambda split, state="best": evaluate_split(split, **post)), post
 
+# %% ../nbs/17_run.ipynb #b7a0c639
 def _stage_records(cfg, s1: dict, res2, resume2) -> dict:
     "The `stage1` and `stage2` sections of `metrics.json`."
     return {"stage1": {"key": s1["key"], "reused": s1["reused"], "source": s1["source"], "path": s1["path"],
@@ -354,6 +368,7 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
     print(f"[ltsei] done in {metrics['seconds']:.0f}s: test acc {fmt(t['acc'])}  balanced {fmt(t['balanced_acc'])}  "
           f"macro-F1 {fmt(t['macro_f1'])}  many/medium/few {fmt(t['many_acc'])}/{fmt(t['medium_acc'])}/{fmt(t['few_acc'])}  -> {out_dir / 'metrics.json'}")
 
+# %% ../nbs/17_run.ipynb #e1e91eb6
 def _run_experiment(cfg, out_dir: Path, rt: Runtime, data, progress: bool, t0: float) -> dict:
     "`run_experiment` once the data are loaded and checked."
     print(data.summary())
@@ -407,7 +422,6 @@ def _run_experiment(cfg, out_dir: Path, rt: Runtime, data, progress: bool, t0: f
 # %% ../nbs/17_run.ipynb #004e348d
 RESUME_NOTE = ("[ltsei] to resume: run the same command again; it continues from the last completed epoch "
                "(its resume state stays in the caches; ltsei clean keeps it)")
-
 def _drop_fresh(out_dir: Path) -> None:
     """Remove a run folder this run created in ltsei's own place for it (`adhoc/`, `multirun/` below the results root)
     when it holds only its config and Hydra's files; then its empty parents. A folder the user named is left."""
@@ -418,6 +432,7 @@ def _drop_fresh(out_dir: Path) -> None:
     for parent in list(out_dir.parents)[:2]:                 # adhoc/ and the profile's folder, when they are empty now
         with contextlib.suppress(OSError): parent.rmdir()
 
+# %% ../nbs/17_run.ipynb #47a86422
 def run_experiment(cfg, out_dir, progress: bool = True) -> dict:
     "Run one finalized config (see `config.compose_config`) into `out_dir`; returns the metrics dict."
     t0 = time.time()

@@ -19,12 +19,14 @@ def class_counts(labels: torch.Tensor) -> torch.Tensor:
     "n_c for c = 0 .. max(labels), as int64."
     return torch.bincount(labels, minlength=int(labels.max()) + 1)
 
+# %% ../nbs/10_samplers.ipynb #4e046853
 def power_probabilities(counts: torch.Tensor, a: float) -> torch.Tensor:
     "q_c proportional to n_c^a over the classes with n_c > 0 (float64; 0 where n_c = 0)."
     n = counts.to(torch.float64)
     w = torch.where(n > 0, n.clamp_min(1.0).pow(a), torch.zeros_like(n))
     return w / w.sum()
 
+# %% ../nbs/10_samplers.ipynb #c99a9dd9
 def _check_labels(labels) -> torch.Tensor:
     labels = torch.as_tensor(labels).cpu()                   # indices are drawn on the CPU
     if labels.ndim != 1 or labels.numel() == 0:
@@ -88,6 +90,7 @@ class ShuffleSampler(EpochSampler):
         self._check_epoch(epoch)
         return torch.randperm(self.num_samples, generator=self._generator(epoch))
 
+# %% ../nbs/10_samplers.ipynb #99d7b497
 class ClassPowerSampler(EpochSampler):
     """Class c with probability proportional to n_c^a(epoch), then a sample of c uniformly, with replacement.
 
@@ -117,26 +120,29 @@ class ClassPowerSampler(EpochSampler):
 
 # %% ../nbs/10_samplers.ipynb #deb77835
 SAMPLERS = Registry("sampler")   # name -> builder(labels, num_epochs, alpha, alpha_start, alpha_end, generator)
-
 def _fixed(a: float):
     def build(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
         return ClassPowerSampler(labels, a, a, num_epochs, generator)
     return build
 
+# %% ../nbs/10_samplers.ipynb #58347dc8
 SAMPLERS.register("sqrt")(_fixed(0.5))
 SAMPLERS.register("class_uniform")(_fixed(0.0))
 SAMPLERS.register("inv_freq")(_fixed(-1.0))
 
+# %% ../nbs/10_samplers.ipynb #291717d5
 @SAMPLERS.register("none")
 def _none(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
     return ShuffleSampler(labels, num_epochs, generator)
 
+# %% ../nbs/10_samplers.ipynb #878bd698
 @SAMPLERS.register("power")
 def _power(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
     if alpha is None:
         raise ValueError("sampler 'power' needs the exponent alpha (sampling.alpha / stage2.alpha), got None")
     return ClassPowerSampler(labels, alpha, alpha, num_epochs, generator)
 
+# %% ../nbs/10_samplers.ipynb #be7e6e39
 @SAMPLERS.register("progressive_power")
 def _progressive(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
     missing = [k for k, v in (("alpha_start", alpha_start), ("alpha_end", alpha_end)) if v is None]
@@ -145,6 +151,7 @@ def _progressive(labels, num_epochs, alpha, alpha_start, alpha_end, generator):
                          f"stage2.alpha_end=0.0), got None")
     return ClassPowerSampler(labels, alpha_start, alpha_end, num_epochs, generator)
 
+# %% ../nbs/10_samplers.ipynb #ccb89e08
 def create_sampler(name: str, labels: torch.Tensor, num_epochs: int, alpha: float | None,
                    alpha_start: float | None, alpha_end: float | None, generator: torch.Generator) -> EpochSampler:
     "The sampler `name` over training `labels` for a stage of `num_epochs` epochs."

@@ -35,6 +35,7 @@ class LWSHead(nn.Module):
         self.scales = nn.Parameter(torch.ones(classifier.out_features))
     def forward(self, f): return self.linear(f) * self.scales
 
+# %% ../nbs/14_stage2.ipynb #f7250cc8
 class Stage2Model(nn.Module):
     "A stage-1 backbone (its `features`) followed by a stage-2 head."
     def __init__(self, backbone: nn.Module, head: nn.Module, train_backbone: bool, freeze_bn: bool):
@@ -63,20 +64,23 @@ class Stage2Mode:
     build_head: Callable   # (model, num_classes, cfg_stage2) -> nn.Module
     linear_classifier: bool  # the final head is one nn.Linear (stage 3 can act on it)
 
+# %% ../nbs/14_stage2.ipynb #82b0d848
 STAGE2_MODES = Registry("stage-2 mode", key="stage2.mode")   # name -> head builder; meta: train_backbone, linear_classifier
-
 @STAGE2_MODES.register("crt", train_backbone=False, linear_classifier=True)
 def _crt_head(model, num_classes, s2):
     return nn.Linear(model.feature_dim, num_classes)
 
+# %% ../nbs/14_stage2.ipynb #3bffc0ce
 @STAGE2_MODES.register("lws", train_backbone=False, linear_classifier=False)
 def _lws_head(model, num_classes, s2):
     return LWSHead(model.classifier)
 
+# %% ../nbs/14_stage2.ipynb #af9cc71c
 @STAGE2_MODES.register("finetune", train_backbone=True, linear_classifier=True)
 def _finetune_head(model, num_classes, s2):
     return model.classifier
 
+# %% ../nbs/14_stage2.ipynb #ae2ef03d
 @STAGE2_MODES.register("moe_ltsei", train_backbone=False, linear_classifier=False)
 def _moe_head(model, num_classes, s2):
     return MoEHead(feature_dim=model.feature_dim, num_classes=num_classes, num_experts=s2.moe.num_experts,
@@ -85,6 +89,7 @@ def _moe_head(model, num_classes, s2):
                    detach_gate=bool(s2.moe.detach_gate), init=s2.moe.init,
                    gate_noise=s2.moe.gate_noise)
 
+# %% ../nbs/14_stage2.ipynb #088c5cf5
 def get_stage2_mode(name: str) -> Stage2Mode:
     "The registered mode `name` (an unknown name: one line with the valid names)."
     return Stage2Mode(name, build_head=STAGE2_MODES[name], **STAGE2_MODES.meta(name))
@@ -94,6 +99,7 @@ def compute_features(backbone: nn.Module, x: torch.Tensor, batch_size: int, rt: 
     "The backbone's eval-mode features of `x`, float32, on the CPU."
     return torch.cat(eval_batches(backbone, lambda xb: backbone.features(xb).float().cpu(), x, batch_size, rt))
 
+# %% ../nbs/14_stage2.ipynb #e7d5610e
 class _Features(nn.Module):
     "Identity 'backbone' for a head trained on cached features."
     def features(self, f): return f
@@ -108,6 +114,7 @@ class Stage2Result:
     evaluate: Callable               # (split_name, state='best'|'last', head=None, logit_transform=None) -> metrics dict
     feature_seconds: float = 0.0
 
+# %% ../nbs/14_stage2.ipynb #672a47f5
 def gate_usage(routing: dict) -> dict:
     "Flat scalars of `routing_metrics`: routing accuracy and the mean gate probability of expert k on group g."
     out = {} if routing["routing_acc"] is None else {"routing_acc": routing["routing_acc"]}   # None: no expert per group
@@ -115,6 +122,7 @@ def gate_usage(routing: dict) -> dict:
         for k, p in enumerate(probs or []): out[f"gate_group{g}_expert{k}"] = p
     return out
 
+# %% ../nbs/14_stage2.ipynb #0e599c55
 def uses_cached_features(mode: Stage2Mode, s2) -> bool:
     "Cached features are exact when the backbone is frozen and in eval mode."
     return (not mode.train_backbone) and bool(s2.freeze_bn) and bool(s2.cache_features)
@@ -169,6 +177,7 @@ def train_stage2(model: nn.Module, data, s2, *, loss_fn, sampler, rt: Runtime, b
 class Stage3Error(ValueError):
     "Stage 3 asked for on a head without one linear classifier."
 
+# %% ../nbs/14_stage2.ipynb #02bf8d0c
 def tau_normalize(linear: nn.Linear, tau: float, keep_bias: bool = False) -> nn.Linear:
     "A bias-free copy of `linear` with rows w_c / ||w_c||^tau; `keep_bias` (compat=seed) keeps its bias as the seed does."
     w = linear.weight.detach()
@@ -178,11 +187,13 @@ def tau_normalize(linear: nn.Linear, tau: float, keep_bias: bool = False) -> nn.
         with torch.no_grad(): out.bias.copy_(linear.bias.detach())
     return out
 
+# %% ../nbs/14_stage2.ipynb #2d07f39b
 def logit_adjust_fn(class_counts, tau: float) -> Callable:
     "logits -> logits - tau * log(pi)."
     log_pi = torch.as_tensor(log_prior(class_counts), dtype=torch.float32)
     return lambda z: z - tau * log_pi.to(z.device)
 
+# %% ../nbs/14_stage2.ipynb #c377c36a
 def check_stage3(stage3_mode: str, head_kind: str, linear_classifier: bool):
     "Refuse stage 3 on a head that is not a single linear classifier."
     if stage3_mode != "none" and not linear_classifier:
@@ -198,6 +209,7 @@ def sade_agreement_loss(w: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor) -> 
     p1 = torch.einsum("k,bkc->bc", a, e1).softmax(1)
     return -F.cosine_similarity(p0, p1, dim=1, eps=1e-6).mean()
 
+# %% ../nbs/14_stage2.ipynb #2a102160
 def noisy_view(x: torch.Tensor, noise: float, g: torch.Generator) -> torch.Tensor:
     "x + noise * rms(x) * N(0, 1) per frame (rms over both I/Q channels and time)."
     rms = x.float().pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
@@ -222,6 +234,7 @@ def sade_aggregation_weights(model: nn.Module, x: torch.Tensor, *, epochs: int, 
         if w.detach().softmax(0).min() < min_weight: break
     return w.detach().softmax(0)
 
+# %% ../nbs/14_stage2.ipynb #6a66fc24
 @contextlib.contextmanager
 def aggregation_weights(model: nn.Module, a: torch.Tensor):
     "Predict with the aggregate sum_k a_k z_k for the duration of a `with` block (the weights restored after)."
@@ -230,6 +243,7 @@ def aggregation_weights(model: nn.Module, a: torch.Tensor):
     try: yield model
     finally: model.aggregation.copy_(keep)
 
+# %% ../nbs/14_stage2.ipynb #937d19d5
 def test_time_aggregation(model: nn.Module, data, cfg, rt: Runtime, base: Callable) -> Callable:
     "Wrap the evaluator `base(split, state)`: learn SADE's aggregation weights on the split's unlabeled frames, then evaluate."
     s3 = cfg.stage3

@@ -23,8 +23,8 @@ def repo_dir() -> Path:
     import ltsei
     return Path(ltsei.__file__).resolve().parent.parent
 
+# %% ../nbs/02_storage.ipynb #7cfbf16a
 RUNS_ENV = "LTSEI_RUNS"   # the one setting of the results root: python main.py, the notebooks and ltsei reproduce
-
 def resolve_runs_dir(runs_dir=None) -> Path:
     """The results directory, absolute: `runs_dir` if absolute, else relative to the repository; if None or empty,
     `$LTSEI_RUNS` (the same rule), else the repository's `runs/`. Never relative to the working directory of a
@@ -48,6 +48,7 @@ class StorageError(OSError, ValueError):
         self.path, self.message = str(path), msg
     def __str__(self): return self.message
 
+# %% ../nbs/02_storage.ipynb #b09d898b
 _MOVE = "free some space, or point the runs / cache folders elsewhere"
 _REASONS = {errno.ENOSPC: ("no space left on the device", _MOVE), errno.EDQUOT: ("disk quota exceeded", _MOVE),
             errno.EROFS: ("the file system is read-only", "choose a writable runs / cache folder"),
@@ -56,6 +57,7 @@ _REASONS = {errno.ENOSPC: ("no space left on the device", _MOVE), errno.EDQUOT: 
 
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")    # numpy's tofile / np.save on a full disk
 
+# %% ../nbs/02_storage.ipynb #8e275239
 def storage_error(path, err: BaseException, action: str = "write"):
     """`err` as a `StorageError` naming `path` when it is a disk-full / read-only / permission error; else `err` itself.
     A short write without an errno (numpy's `OSError: 4200 requested and 2032 written`) is a full disk: ENOSPC."""
@@ -65,6 +67,7 @@ def storage_error(path, err: BaseException, action: str = "write"):
         return StorageError(path, err, action)
     return err
 
+# %% ../nbs/02_storage.ipynb #1ca66995
 def make_dir(path) -> Path:
     "Create the folder `path` (and its parents); a disk-full / read-only / permission error is one `StorageError` naming it."
     path = Path(path)
@@ -77,10 +80,12 @@ TEMP_MARK = ".ltsei-temp.json"   # inside every temporary / work folder ltsei ma
 TEMP_KINDS = ("tmp", "old", "work")
 _OWN_TMP: set[str] = set()     # temporary folders this process is using right now
 
+# %% ../nbs/02_storage.ipynb #0853a5ce
 def host_name() -> str:
     "This machine's name, as the markers record it."
     return socket.gethostname() or "localhost"
 
+# %% ../nbs/02_storage.ipynb #442f5f23
 def mark_temp(folder, kind: str = "tmp", pid: int | None = None) -> Path:
     """Write ltsei's marker into `folder`: a temporary (`tmp`, `old`) or work folder made on this host by this process
     (or by process `pid`, e.g. the shell script that will use it)."""
@@ -90,6 +95,7 @@ def mark_temp(folder, kind: str = "tmp", pid: int | None = None) -> Path:
                    "created": round(time.time(), 3)}, f)
     return folder
 
+# %% ../nbs/02_storage.ipynb #d0b9dadd
 def temp_marker(folder) -> Optional[dict]:
     "The marker of `folder` (kind, host, pid), or None when it carries none: then ltsei did not make it."
     try: m = json.loads((Path(folder) / TEMP_MARK).read_text())
@@ -97,11 +103,13 @@ def temp_marker(folder) -> Optional[dict]:
     ok = isinstance(m, dict) and m.get("ltsei") in TEMP_KINDS and isinstance(m.get("pid"), int) and isinstance(m.get("host"), str)
     return m if ok else None
 
+# %% ../nbs/02_storage.ipynb #c4a95abf
 def tmp_path(path, kind: str = "tmp") -> Path:
     "The one temporary name beside `path` for this process: `.NAME.tmpPID-RAND` (kind `old`: `.NAME.oldPID-RAND`)."
     path = Path(path)
     return path.with_name(f".{path.name}.{'old' if kind == 'old' else 'tmp'}{os.getpid()}-{secrets.token_hex(3)}")
 
+# %% ../nbs/02_storage.ipynb #36d9b0c4
 def make_temp_dir(path, kind: str = "tmp", name_in_errors=None) -> Path:
     """A new marked temporary folder beside `path` (its parents created), this process's own until `drop_temp`.
     A disk-full / read-only / permission error is one `StorageError` naming `name_in_errors` (default: the folder)."""
@@ -118,6 +126,7 @@ def make_temp_dir(path, kind: str = "tmp", name_in_errors=None) -> Path:
         drop_temp(d); raise
     return d
 
+# %% ../nbs/02_storage.ipynb #d0e24e81
 def drop_temp(folder) -> None:
     "Remove a temporary folder of this process (whatever it holds)."
     shutil.rmtree(folder, ignore_errors=True); _OWN_TMP.discard(str(folder))
@@ -131,6 +140,7 @@ def pid_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
+# %% ../nbs/02_storage.ipynb #5859b3f7
 def is_stale(folder) -> bool:
     "Whether `folder` is a temporary folder of ltsei (its marker) left on this host by a process that is gone."
     m = temp_marker(folder)
@@ -138,6 +148,7 @@ def is_stale(folder) -> bool:
     mine = m["pid"] == os.getpid()
     return not ((mine and str(folder) in _OWN_TMP) or (not mine and pid_alive(m["pid"])))
 
+# %% ../nbs/02_storage.ipynb #8d38f0ea
 def clean_stale(folder) -> list[Path]:
     """Remove the temporary folders in `folder` that carry ltsei's marker and were left on this host by processes
     that are gone (killed, or out of space); returns what was removed. Nothing else is touched, whatever its name."""
@@ -168,21 +179,26 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
         if box is not None: drop_temp(box)
     return path
 
+# %% ../nbs/02_storage.ipynb #5e645a58
 def _write_bytes(tmp: Path, data) -> None:
     with open(tmp, "wb") as f: f.write(data)
 
+# %% ../nbs/02_storage.ipynb #a6343f35
 def atomic_write_bytes(path, data) -> Path:
     "Bytes to `path` atomically (see `atomic_write`)."
     return atomic_write(path, lambda tmp: _write_bytes(tmp, data))
 
+# %% ../nbs/02_storage.ipynb #49509825
 def atomic_write_text(path, text: str) -> Path:
     "Text to `path` atomically (see `atomic_write`)."
     return atomic_write_bytes(path, text.encode())
 
+# %% ../nbs/02_storage.ipynb #ee777067
 def atomic_write_json(path, obj, **kw) -> Path:
     "`obj` as JSON to `path` atomically (indented by one space)."
     return atomic_write_text(path, json.dumps(obj, indent=1, **kw))
 
+# %% ../nbs/02_storage.ipynb #9afc1509
 def copy_file(src, dst) -> Path:
     """A private copy of `src` at `dst` (atomically): a reflink where the file system offers one, else
     bytes. Never a hard link, so that writing one of them never changes the other."""
@@ -207,12 +223,14 @@ def reserve_space(path, nbytes: Optional[int] = None) -> None:
         if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS): return    # no fallocate here: nothing to reserve
         raise storage_error(path, e) from None
 
+# %% ../nbs/02_storage.ipynb #a335cf63
 def free_space(path) -> int:
     "Bytes free for this user on the file system that holds `path` (or would: its nearest existing parent)."
     p = Path(path).expanduser().absolute()
     while not p.exists() and p != p.parent: p = p.parent
     return shutil.disk_usage(p).free
 
+# %% ../nbs/02_storage.ipynb #5dbdacbd
 def check_free_space(path, nbytes: int, what: str) -> None:
     """Refuse, before anything is written, to write `nbytes` of `what` under `path` when its file system has less
     free (with 1% and 1 MiB to spare): one `StorageError` (ENOSPC) with the size needed and the size free."""
@@ -222,6 +240,7 @@ def check_free_space(path, nbytes: int, what: str) -> None:
         raise StorageError(Path(path).expanduser().absolute(), OSError(errno.ENOSPC, ""),
                            f"write {what} ({mib(nbytes)} needed, {mib(free)} free) to")
 
+# %% ../nbs/02_storage.ipynb #fd1e5be7
 def check_writable(folder, nbytes: int = 1 << 20) -> Path:
     """Write `nbytes` in a marked temporary folder at `folder` (or its nearest existing parent) and remove it again:
     a full disk, a read-only file system or a missing permission is one `StorageError` naming `folder` before
@@ -251,6 +270,7 @@ def _exchange(a, b) -> bool:
     if e in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP): return False
     raise OSError(e, os.strerror(e), str(b))
 
+# %% ../nbs/02_storage.ipynb #dafe16c0
 def _swap(src: Path, dst: Path, exchange: bool) -> None:
     try:
         os.rename(src, dst); return                    # nothing (or an empty folder) there yet
@@ -272,6 +292,7 @@ def _swap(src: Path, dst: Path, exchange: bool) -> None:
     finally:
         if dst.exists() or not old.exists(): drop_temp(old)   # never the only copy of the old content
 
+# %% ../nbs/02_storage.ipynb #5292d9f3
 def replace_dir(src, dst, exchange: bool = True) -> Path:
     """Put the folder `src` in the place of `dst` (same file system), replacing an existing `dst` whole: readers see
     the old folder or the new one, never a mix (nor a gap, where the system can exchange two paths; `exchange=False`:
@@ -291,7 +312,6 @@ def replace_dir(src, dst, exchange: bool = True) -> Path:
 
 # %% ../nbs/02_storage.ipynb #62e6da0d
 LOCK_MARK = b"ltsei-lock\n"      # the content of every lock file ltsei makes (so `ltsei clean` knows its own)
-
 class FileLock:
     """An exclusive lock on the lock file `path` (created if missing, with `LOCK_MARK`), for one holder at a time:
     `with FileLock(path):` waits for it; `acquire(blocking=False)` returns False when another holder has it. The
@@ -334,6 +354,7 @@ class FileLock:
     def __exit__(self, *exc): self.release()
     def __repr__(self): return f"FileLock({str(self.path)!r})"
 
+# %% ../nbs/02_storage.ipynb #3f24d291
 def lock_beside(path) -> FileLock:
     "The lock of the folder (or file) `path`: the hidden lock file `.NAME.lock` beside it (a run folder, the tables)."
     p = Path(path)
@@ -342,7 +363,6 @@ def lock_beside(path) -> FileLock:
 # %% ../nbs/02_storage.ipynb #5a5efa11
 DIGEST = "sha256"
 _CHUNK = 1 << 22
-
 def sha256_file(path) -> str:
     "The sha256 of a file's bytes (read in 4 MiB chunks)."
     h = hashlib.sha256()
@@ -350,9 +370,11 @@ def sha256_file(path) -> str:
         while chunk := f.read(_CHUNK): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/02_storage.ipynb #86b1d46f
 def _stamp(st: os.stat_result) -> list:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
+# %% ../nbs/02_storage.ipynb #20d76045
 class DigestStore:
     """Digests remembered by (path, size, mtime, ctime, inode, device) in one small JSON file, so a large
     file is hashed once. A file changed in any way gets a new mtime and ctime and is hashed again; a file
@@ -393,6 +415,7 @@ class DigestStore:
                 atomic_write_json(self.path, d)
         except OSError: pass          # a cache that cannot be written only costs a re-hash later
 
+# %% ../nbs/02_storage.ipynb #3cf7e587
 def file_digest(path, cache_dir=None) -> str:
     """The sha256 of a file's content. With `cache_dir`, remembered in `cache_dir/digests.json` by the
     file's path, size, mtime, ctime and inode, so it is computed once per version of the file."""
@@ -402,7 +425,6 @@ def file_digest(path, cache_dir=None) -> str:
 # %% ../nbs/02_storage.ipynb #227f6412
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "ltsei-cache-v1"
-
 def checksums(folder) -> dict:
     "Size and sha256 of every file below `folder` (relative POSIX paths), its manifest and temporary marker left out."
     folder, files = Path(folder), {}
@@ -411,11 +433,13 @@ def checksums(folder) -> dict:
             files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return files
 
+# %% ../nbs/02_storage.ipynb #17313517
 def write_manifest(folder, key: str, files: dict) -> Path:
     "Write `manifest.json` (format, key, `files` from `checksums`, time) into `folder` atomically."
     return atomic_write_json(Path(folder) / MANIFEST, {"format": CACHE_FORMAT, "key": key, "files": files,
                                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
+# %% ../nbs/02_storage.ipynb #4b767c10
 def manifest_problem(folder, digest: Callable[[Path], str] = sha256_file) -> Optional[str]:
     "None when `folder` matches its manifest, else what is wrong (one short phrase). `digest`: e.g. `DigestStore(...).digest`."
     folder = Path(folder)
@@ -438,9 +462,11 @@ def manifest_problem(folder, digest: Callable[[Path], str] = sha256_file) -> Opt
 class UnsafeCheckpoint(ValueError):
     "A file that `torch.load(weights_only=True)` refuses: it holds other objects than tensors and plain containers, or is damaged."
 
+# %% ../nbs/02_storage.ipynb #7a125adf
 class DamagedCheckpoint(ValueError):
     "A file that cannot be read as a torch checkpoint at all (truncated, overwritten, not a checkpoint)."
 
+# %% ../nbs/02_storage.ipynb #cb6874da
 def safe_load(path):
     """`torch.load(path, weights_only=True)` onto the CPU: tensors and plain containers only, so a crafted
     file can never run code. A refused or unreadable file raises `UnsafeCheckpoint` / `DamagedCheckpoint`
@@ -459,6 +485,7 @@ def safe_load(path):
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as e:
         raise DamagedCheckpoint(f"unreadable ({_first_line(e)})") from None
 
+# %% ../nbs/02_storage.ipynb #6267e76e
 def _first_line(e: BaseException) -> str:
     lines = [l for l in str(e).strip().splitlines() if l.strip()]
     return f"{type(e).__name__}: {lines[0].split('. ')[0][:160]}" if lines else type(e).__name__

@@ -33,15 +33,14 @@ __all__ = ['RESULT_METRICS', 'TABLES', 'COLUMNS', 'TEXT_COLUMNS', 'GROUP_RULES',
 
 # %% ../nbs/21_tables.ipynb #4d5d1277
 RESULT_METRICS = ("acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "hmean", "routing_acc")
-
 def _num(x) -> float: return float("nan") if x is None else float(x)
-
 def _hmean(t: dict) -> float:
     "The run's `hmean`; for runs written before it existed, the harmonic mean of its group accuracies."
     if "hmean" in t: return _num(t["hmean"])
     from ltsei.metrics import harmonic_mean
     return _num(harmonic_mean([t.get(f"{g}_acc") for g in ("many", "medium", "few")]))
 
+# %% ../nbs/21_tables.ipynb #cd9f3486
 def routing_info(metrics: dict) -> tuple[float, np.ndarray | None]:
     """The gate's routing accuracy and its expert usage per frequency group (groups x experts; NaN rows for empty
     groups) from a run's metrics; (NaN, None) for runs without a MoE-LTSEI head."""
@@ -51,6 +50,7 @@ def routing_info(metrics: dict) -> tuple[float, np.ndarray | None]:
     K = max(len(u) for u in use if u) if any(use) else 0
     return acc, np.array([u if u else [np.nan] * K for u in use], dtype=float)
 
+# %% ../nbs/21_tables.ipynb #27be3f37
 def collect_results(runs_dir, profile: str, rows=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The complete runs of `profile` under `runs_dir`: one row per run (test metrics and run facts) and
     one row per run and class (training count, test recall, frequency group)."""
@@ -77,6 +77,7 @@ def collect_results(runs_dir, profile: str, rows=None) -> tuple[pd.DataFrame, pd
     return (pd.DataFrame(recs, columns=cols),
             pd.DataFrame(pcs, columns=["row_id", "method", "seed", "cls", "count", "recall", "group"]))
 
+# %% ../nbs/21_tables.ipynb #ddd42d99
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     "Per row (registry order): its seeds, and mean and sample std (NaN with one seed) of every metric."
     g = results.groupby("row_id", sort=False)
@@ -100,21 +101,25 @@ COLUMNS = {"acc": "Acc", "balanced_acc": "Bal. acc", "macro_f1": "Macro-F1", "ma
            "medium_acc": "Medium", "few_acc": "Few", "hmean": "H-mean", "routing_acc": "Routing acc"}
 TEXT_COLUMNS = ("Type", "Method")     # left-aligned in every format; the others are numbers, right-aligned
 
+# %% ../nbs/21_tables.ipynb #c9b91225
 def outside_guide(row) -> bool:
     "A row that runs no command of the experiment guide (empty `guide`, its overrides in `run`): the 'extra' table's rows."
     return not (row.guide or "").strip()
 
+# %% ../nbs/21_tables.ipynb #15e226c9
 def table_rows(name: str) -> list[str]:
     "The ids of the registry rows that table `name` holds, in registry order."
     if name not in TABLES: raise ValueError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
     if name == "extra": return [r.id for r in ROWS if outside_guide(r) and r.section != "os"]   # open-set runs: their own tables
     return [r.id for r in ROWS if r.section in TABLES[name][1] and not outside_guide(r)]
 
+# %% ../nbs/21_tables.ipynb #546923bc
 def fmt_pm(mean: float, std: float, digits: int = 1) -> str:
     "`mean ± std` (only the mean if std is NaN; a dash if the mean is)."
     if mean is None or math.isnan(mean): return "–"
     return f"{mean:.{digits}f}" if std is None or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
+# %% ../nbs/21_tables.ipynb #117b28aa
 @dataclass
 class Table:
     """A results table: display strings (`cells`), which metric cells are best (`best`), notes to print under it, and
@@ -126,6 +131,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     numbers: pd.DataFrame | None = None
 
+# %% ../nbs/21_tables.ipynb #f3efa2c8
 def seed_cells(results: pd.DataFrame | None, ids, n_seeds, requested: int | None) -> tuple[list[str], list[str]]:
     """The Seeds cell of each row (`2`, or `1 of 2` when seeds the folder was asked for are missing) and a note per row
     naming its missing seeds (`requested`: seeds 0..K-1 were asked for; None: unknown, only the count is shown)."""
@@ -144,6 +150,7 @@ GROUP_RULES = {      # data.shot_groups' rule -> what the table's note says: the
     "thresholds": "groups of classes by their training samples (many: more than 100, medium: 20-100, few: fewer than 20)",
     "tertiles": "groups of classes: the classes ranked by their training samples, cut into thirds (no class has more than 100)"}
 
+# %% ../nbs/21_tables.ipynb #4a539845
 def make_table(summary: pd.DataFrame, name: str, results: pd.DataFrame | None = None, digits: int = 1,
                requested: int | None = None) -> Table | None:
     """The table `name` (a key of `TABLES`) from `summarize`'s output; None if none of its rows has results.
@@ -190,28 +197,34 @@ def _marked(t: Table, mark) -> pd.DataFrame:
     for c in t.best.columns: out[c] = [mark(v) if b else v for v, b in zip(out[c], t.best[c])]
     return out
 
+# %% ../nbs/21_tables.ipynb #d7a5bbbb
 def _md_cell(s: str) -> str: return str(s).replace("|", "\\|")
 
+# %% ../nbs/21_tables.ipynb #690066a8
 def frame_markdown(df: pd.DataFrame, text_columns=TEXT_COLUMNS) -> str:
     "A frame of display strings as a GitHub Markdown table: `text_columns` left-aligned, the others right-aligned."
     lines = ["| " + " | ".join(map(str, df.columns)) + " |",
              "|" + "|".join(":--" if c in text_columns else "--:" for c in df.columns) + "|"]
     return "\n".join(lines + ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in df.itertuples(index=False)])
 
+# %% ../nbs/21_tables.ipynb #89a4cae3
 def table_markdown(t: Table) -> str:
     "The table as GitHub Markdown: title, table (best bold), notes."
     body = frame_markdown(_marked(t, lambda v: f"**{v}**"))
     return "\n".join([f"**{t.title}**", "", body, ""] + [f"{n}  " for n in t.notes]) + "\n"
 
+# %% ../nbs/21_tables.ipynb #c0595bf7
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
         "†": r"\textsuperscript{\dag}", "τ": r"$\tau$", "≤": r"$\le$", "λ": r"$\lambda$", "`": "",
         "Δ": r"$\Delta$", "−": "--"}
 
+# %% ../nbs/21_tables.ipynb #be7a488f
 def tex_escape(s: str) -> str:
     "`s` with LaTeX's special characters escaped (and ±, τ, †, – written the LaTeX way)."
     return "".join(_TEX.get(ch, ch) for ch in str(s))
 
+# %% ../nbs/21_tables.ipynb #c3a57baf
 def table_latex(t: Table) -> str:
     "The table as a LaTeX `table` (booktabs; best bold; notes under it)."
     df = _marked(t, lambda v: "\x00" + v)
@@ -235,6 +248,7 @@ def table_csv(t: Table) -> str:
     separate numeric columns (empty where not measured). No marks: the best value is marked in Markdown, LaTeX and HTML."""
     return t.numbers.to_csv(index=False)
 
+# %% ../nbs/21_tables.ipynb #7bfa3dd7
 def frame_html(df: pd.DataFrame, text_columns=None, classes: str = "", escape: bool = True, float_format: str = "{:.4g}") -> str:
     """A frame as an HTML table, text left-aligned and numbers right-aligned by inline style (so that no notebook or
     nbconvert stylesheet decides): the columns `text_columns` are text, or, if None, those of non-numeric dtype."""
@@ -248,6 +262,7 @@ def frame_html(df: pd.DataFrame, text_columns=None, classes: str = "", escape: b
     body = "".join("<tr>" + "".join(td("td", c, v) for c, v in zip(df.columns, row)) + "</tr>" for row in df.itertuples(index=False))
     return f'<table class="{" ".join(["dataframe", *classes.split()])}" border="0"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
+# %% ../nbs/21_tables.ipynb #29a2cba5
 def table_html(t: Table) -> str:
     "The table as an HTML fragment (best bold; text columns left-aligned, numbers right-aligned) with its title and notes."
     df = _marked(t, lambda v: "\x00" + v).map(lambda v: f"<b>{html.escape(v[1:])}</b>" if str(v).startswith("\x00") else html.escape(str(v)))
@@ -255,6 +270,7 @@ def table_html(t: Table) -> str:
     notes = "".join(f"<br><small>{html.escape(n)}</small>" for n in t.notes)
     return f"<p><b>{html.escape(t.title)}</b></p>{body}<p>{notes}</p>"
 
+# %% ../nbs/21_tables.ipynb #243bd274
 def write_table(t: Table, out_dir) -> dict[str, Path]:
     "Write `<name>.md`, `.csv` and `.tex` into `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,11 +283,11 @@ def write_table(t: Table, out_dir) -> dict[str, Path]:
 # %% ../nbs/21_tables.ipynb #1b443afa
 _GROUP_LABEL = {"balanced_acc": "balanced accuracy", "many_acc": "many-shot", "medium_acc": "medium-shot", "few_acc": "few-shot"}
 RECALL_ROWS = ("s1_1_ce", "s2_1_ldam_drw", "s2_2_bs", "s2_2_la", "s3_1_crt", "s5_1_full")
-
 def legend_outside(ax, **kw):
     "The legend right of the axes, never over the data (a figure saved with `bbox_inches='tight'` keeps it)."
     ax.legend(title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, **kw)
 
+# %% ../nbs/21_tables.ipynb #64a0d353
 def fig_vs_param(results: pd.DataFrame, section: str, key: str, xlabel: str, log: bool = False):
     "Balanced, many- and few-shot accuracy of `section`'s rows against the override `key`; None without results."
     df = results[results.section == section].copy()
@@ -287,6 +303,7 @@ def fig_vs_param(results: pd.DataFrame, section: str, key: str, xlabel: str, log
     legend_outside(ax); fig.tight_layout()
     return fig
 
+# %% ../nbs/21_tables.ipynb #ec0f0122
 def fig_group_accuracy(results: pd.DataFrame, sections=MAIN_SECTIONS):
     "Many / medium / few-shot accuracy per method of `sections` (bars, ± std over seeds); None without results."
     df = results[results.section.isin(sections)]
@@ -302,6 +319,7 @@ def fig_group_accuracy(results: pd.DataFrame, sections=MAIN_SECTIONS):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/21_tables.ipynb #d04b8a10
 def fig_per_class_recall(per_class: pd.DataFrame, row_ids=RECALL_ROWS):
     "Per-class test recall against training count for `row_ids` (those with results); None without results."
     df = per_class[per_class.row_id.isin(row_ids)].copy()
@@ -322,10 +340,12 @@ def run_summary(metrics: dict) -> pd.DataFrame:
     rows = {s: {COLUMNS.get(k, "G-mean"): 100 * _num(metrics[s].get(k)) for k in keys} for s in ("val", "test") if isinstance(metrics.get(s), dict)}
     return pd.DataFrame(rows).T.round(2)
 
+# %% ../nbs/21_tables.ipynb #27000298
 def _ax(ax, size):
     if ax is None: _, ax = plt.subplots(figsize=size)
     return ax
 
+# %% ../nbs/21_tables.ipynb #25af1c63
 def plot_run_recall(metrics: dict, ax=None):
     "Per-class test recall against training count, coloured by frequency group."
     counts, rec = np.asarray(metrics["class_counts"]), 100 * np.asarray(metrics["test"]["per_class_recall"])
@@ -339,6 +359,7 @@ def plot_run_recall(metrics: dict, ax=None):
            title=f"Per-class recall (balanced accuracy {100 * metrics['test']['balanced_acc']:.1f}%)")
     return ax
 
+# %% ../nbs/21_tables.ipynb #0eee882f
 def plot_confusion(metrics: dict, ax=None):
     "Row-normalised test confusion matrix (percent of the true class), classes ordered by training count, head first."
     conf, counts = np.asarray(metrics["confusion_test"], float), np.asarray(metrics["class_counts"])
@@ -352,6 +373,7 @@ def plot_confusion(metrics: dict, ax=None):
     ax.set(xlabel="predicted class (head first)", ylabel="true class (head first)", title="Test confusion matrix")
     return ax
 
+# %% ../nbs/21_tables.ipynb #15fade2c
 def plot_expert_usage(metrics: dict, ax=None):
     "The gate's mean weight per expert for test samples of each frequency group (MoE-LTSEI runs; None otherwise)."
     acc, use = routing_info(metrics)
@@ -364,8 +386,8 @@ def plot_expert_usage(metrics: dict, ax=None):
     ax.set(title="Gate usage per frequency group" + ("" if np.isnan(acc) else f" (routing accuracy {100 * acc:.1f}%)"))
     return ax
 
+# %% ../nbs/21_tables.ipynb #abd4029e
 CONFUSION_ROWS = ("s1_1_ce", "s3_1_crt", "s5_1_full")
-
 def fig_confusions(results: pd.DataFrame, row_ids=CONFUSION_ROWS):
     "The test confusion matrices of `row_ids` (those with results; each at its lowest seed) side by side; None without results."
     runs = [results[results.row_id == i].sort_values("seed").iloc[0] for i in row_ids if (results.row_id == i).any()]
@@ -383,6 +405,7 @@ PAIR_METRICS = ("balanced_acc", "few_acc")
 PAIR_REFERENCES = ("s1_1_ce", "s3_1_crt", "s5_1_full")   # CE (the baseline), cRT (the classic two-stage method), MoE-LTSEI (ours)
 NOISE_LEVEL = 0.05                            # two-sided level of the paired t-test that calls a gap "beyond noise"
 
+# %% ../nbs/21_tables.ipynb #cf604e52
 def paired_differences(results: pd.DataFrame, reference: str, row_ids=None, metrics=PAIR_METRICS) -> pd.DataFrame:
     """Per row, seed and metric: the row's test metric minus `reference`'s at the same seed, in percentage points; only
     seeds where both rows ran, only measured metrics. Rows: `row_ids` (default: the main table's and the extra rows)."""
@@ -398,6 +421,7 @@ def paired_differences(results: pd.DataFrame, reference: str, row_ids=None, metr
                     recs.append(dict(row_id=i, method=ROWS_BY_ID[i].method, reference=reference, metric=m, seed=int(seed), diff=d))
     return pd.DataFrame(recs, columns=["row_id", "method", "reference", "metric", "seed", "diff"])
 
+# %% ../nbs/21_tables.ipynb #9351303e
 def noise_threshold(std: float, n: int, level: float = NOISE_LEVEL) -> float:
     """The smallest |mean paired difference| that the two-sided paired t-test at `level` calls beyond noise:
     t_{1-level/2, n-1} * std / sqrt(n); NaN with fewer than two pairs (no spread)."""
@@ -405,6 +429,7 @@ def noise_threshold(std: float, n: int, level: float = NOISE_LEVEL) -> float:
     if n < 2 or std is None or math.isnan(std): return float("nan")
     return float(student_t.ppf(1 - level / 2, n - 1) * std / math.sqrt(n))
 
+# %% ../nbs/21_tables.ipynb #b4558eb6
 def paired_summary(diffs: pd.DataFrame, level: float = NOISE_LEVEL) -> pd.DataFrame:
     """Per row, reference and metric (in `diffs`' order): the number of paired seeds, the mean, sample std, min and max
     of the differences (percentage points), the noise threshold (`noise_threshold`) and `beyond_noise`:
@@ -420,6 +445,7 @@ def paired_summary(diffs: pd.DataFrame, level: float = NOISE_LEVEL) -> pd.DataFr
                                    dtype="boolean")
     return out[cols]
 
+# %% ../nbs/21_tables.ipynb #2f4b9b0a
 def all_paired(results: pd.DataFrame, references=PAIR_REFERENCES, level: float = NOISE_LEVEL) -> pd.DataFrame:
     "`paired_summary` against each of `references` that has results, one frame."
     parts = [paired_summary(paired_differences(results, ref), level) for ref in references if (results.row_id == ref).any()]
@@ -432,6 +458,7 @@ def _signed(x: float, digits: int = 1) -> str:
     if math.isnan(x): return "–"
     return f"{0.0:.{digits}f}" if round(x, digits) == 0 else f"{x:+.{digits}f}".replace("-", "−")
 
+# %% ../nbs/21_tables.ipynb #39048a90
 def paired_table(pairs: pd.DataFrame, reference: str, digits: int = 1) -> pd.DataFrame:
     """Display strings of the paired differences to `reference`: per method, per metric the mean ± std, the range
     over seeds and whether the gap is beyond noise ('yes', 'no', or '–' with one seed)."""
@@ -454,6 +481,7 @@ def paired_table(pairs: pd.DataFrame, reference: str, digits: int = 1) -> pd.Dat
     df = df[["Method", "Seeds", *[c for c in df.columns if c not in ("Method", "Seeds")]]]
     return df[[c for c in df.columns if c in ("Method", "Seeds") or (df[c] != "–").any()]]   # one seed: no range, no noise
 
+# %% ../nbs/21_tables.ipynb #45603ac4
 def paired_markdown(pairs: pd.DataFrame, level: float = NOISE_LEVEL) -> str:
     "The paired differences to each reference as Markdown tables, with the rule that calls a gap beyond noise."
     out = []
@@ -467,7 +495,6 @@ def paired_markdown(pairs: pd.DataFrame, level: float = NOISE_LEVEL) -> str:
 
 # %% ../nbs/21_tables.ipynb #f57066d2
 EXPECT_ABOVE_CE = ("s2_2_bs", "s2_2_la", "s2_1_ldam_drw", "s3_1_crt")
-
 def verdict(pairs: pd.DataFrame | None, row_id: str, reference: str, metric: str = "balanced_acc") -> str | None:
     """How `row_id` compares with `reference` on `metric`, paired by seed: 'above' / 'below' (beyond noise),
     'within noise', 'higher (one seed)' / 'lower (one seed)' / 'equal (one seed)'; None if not both ran."""
@@ -479,6 +506,7 @@ def verdict(pairs: pd.DataFrame | None, row_id: str, reference: str, metric: str
     if not q.beyond_noise: return "within noise"
     return "above" if q["mean"] > 0 else "below"
 
+# %% ../nbs/21_tables.ipynb #8f8a8be7
 def expectations(summary: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The headline expectations, measured: check, measured values, holds (True / False / None if not run; on the
     means) and, given `all_paired`'s output, `verdict` (the seed-paired comparison with its noise)."""
@@ -499,6 +527,7 @@ OPENSET_MEASURES = {"auroc": ("AUROC", True), "fpr_at_tpr": ("FPR at 95 % TPR", 
 SCORE_LABELS = {"msp": "MSP", "max_logit": "Max logit", "energy": "Energy", "mahalanobis": "Mahalanobis", "odin": "ODIN"}
 SNR_ROWS = ("s1_1_ce", "s2_1_ldam_drw", "s2_2_bs", "s2_2_la", "s3_1_crt", "s5_1_full")
 
+# %% ../nbs/21_tables.ipynb #dcd75edf
 def _runs(runs_dir, profile: str, rows):
     "(row, seed, metrics) of every complete, current run of `rows`."
     for r in rows:
@@ -508,6 +537,7 @@ def _runs(runs_dir, profile: str, rows):
             m = read_metrics(sd)
             if m is not None and not ran_other_overrides(sd, r): yield r, int(sd.name[4:]), m
 
+# %% ../nbs/21_tables.ipynb #c8829a08
 def collect_openset(runs_dir, profile: str) -> pd.DataFrame:
     "One row per open-set run and score: row id, method, seed, score, AUROC, FPR at TPR, OSCR, closed-set balanced accuracy."
     recs = [dict(row_id=r.id, method=r.method, seed=seed, score=s, **v, balanced_acc=_num(m["test"].get("balanced_acc")))
@@ -515,6 +545,7 @@ def collect_openset(runs_dir, profile: str) -> pd.DataFrame:
             for s, v in m["openset"]["scores"].items()]
     return pd.DataFrame(recs, columns=["row_id", "method", "seed", "score", *OPENSET_MEASURES, "balanced_acc"])
 
+# %% ../nbs/21_tables.ipynb #92ae0955
 def collect_snr(runs_dir, profile: str, rows=None) -> pd.DataFrame:
     "One row per run and SNR bin that holds frames: row id, method, seed, bin centre (dB), accuracy, frames."
     recs = [dict(row_id=r.id, method=r.method, seed=seed, snr_db=c, acc=_num(a), count=n)
@@ -527,6 +558,7 @@ def _rival(r) -> bool:
     "An open-set twin of a row beyond the guide (a rival), not of a guide row (`s...`)."
     return r.section == "os" and not r.id.startswith("os_s")
 
+# %% ../nbs/21_tables.ipynb #e6edce10
 def openset_tables(os_runs: pd.DataFrame, digits: int = 1) -> dict[str, Table]:
     "`openset_<measure>` tables (see above) from `collect_openset`'s output; empty without open-set runs."
     if os_runs.empty: return {}
@@ -570,6 +602,7 @@ def fig_openset(os_runs: pd.DataFrame, measure: str = "auroc"):
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title=None, fontsize=8); fig.tight_layout()
     return fig
 
+# %% ../nbs/21_tables.ipynb #7d87e471
 def fig_acc_vs_snr(snr: pd.DataFrame, row_ids=None):
     "Test accuracy against SNR, one curve per method (mean over seeds ± std); None without SNR data."
     row_ids = row_ids or list(SNR_ROWS) + [r.id for r in ROWS if r.section == "2.4"]
@@ -595,12 +628,14 @@ FIGURES = {
 PROFILE_STAMPS = {"smoke": "profile smoke: a pipeline check, these numbers mean nothing",
                   "quick": "profile quick: CPU scale, not the paper's"}
 
+# %% ../nbs/21_tables.ipynb #42169623
 def stamp_profile(fig, profile: str):
     "A footer naming the profile on `fig` (red for smoke), so that a figure copied out of a report still says what it is."
     fig.text(0.995, 0.002, f"ltsei, {PROFILE_STAMPS.get(profile, f'profile {profile}')}", ha="right", va="bottom",
              fontsize=8, color="#b00" if profile == "smoke" else "#555")
     return fig
 
+# %% ../nbs/21_tables.ipynb #99919d21
 def save_figure(fig, folder, name: str, profile: str) -> Path:
     "`fig` stamped with its profile (`stamp_profile`) and written to `folder/name.png`: the one way a figure of the tables is saved."
     stamp_profile(fig, profile)
@@ -608,6 +643,7 @@ def save_figure(fig, folder, name: str, profile: str) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight"); plt.close(fig)
     return path
 
+# %% ../nbs/21_tables.ipynb #c462bf6e
 def _requested_seeds(base: Path) -> int | None:
     "The seeds `ltsei reproduce` recorded for the folder (its request.json), or None."
     try: k = json.loads((base / "request.json").read_text()).get("seeds")

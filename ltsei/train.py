@@ -28,7 +28,6 @@ __all__ = ['PRECISIONS', 'AMX_FLAGS', 'CUBLAS_WORKSPACE', 'CUDA_NUMERICS', 'RESU
 
 # %% ../nbs/12_train.ipynb #cc420e46
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # training.precision -> autocast dtype
-
 @dataclass
 class Runtime:
     "Where and how tensors are computed, and why in this precision."
@@ -55,7 +54,6 @@ class Runtime:
 
 # %% ../nbs/12_train.ipynb #31ea4313
 AMX_FLAGS = ("amx_bf16", "amx_tile")   # both: the tile unit and its bf16 multiply
-
 def cpu_flags(path="/proc/cpuinfo") -> frozenset:
     "The feature flags of the first CPU in `path` (`flags` on x86, `Features` on ARM); empty where there is no such file."
     try: text = Path(path).read_text(errors="replace")
@@ -65,6 +63,7 @@ def cpu_flags(path="/proc/cpuinfo") -> frozenset:
         if sep and key.strip() in ("flags", "Features"): return frozenset(val.split())
     return frozenset()
 
+# %% ../nbs/12_train.ipynb #1d5b31df
 def torch_cpu_flags() -> frozenset:
     "The CPU features torch's own kernels found (`torch.cpu.get_capabilities()`, where this torch has it)."
     get = getattr(torch.cpu, "get_capabilities", None)
@@ -72,16 +71,19 @@ def torch_cpu_flags() -> frozenset:
     except Exception: caps = {}                 # an older or unusual build: /proc/cpuinfo decides
     return frozenset(k for k, v in caps.items() if v is True)
 
+# %% ../nbs/12_train.ipynb #3dcc86b0
 def cpu_has_amx(flags=None) -> bool:
     "Whether the CPU multiplies bf16 on AMX tiles: both AMX_FLAGS in `flags` (default: /proc/cpuinfo's and torch's)."
     flags = (cpu_flags() | torch_cpu_flags()) if flags is None else frozenset(flags)
     return all(f in flags for f in AMX_FLAGS)
 
+# %% ../nbs/12_train.ipynb #e3956c5c
 def cuda_has_bf16(device: torch.device) -> bool:
     "Whether the CUDA `device` computes in bf16 natively: compute capability 8.0 (Ampere) or later; ROCm GPUs do."
     if torch.version.hip: return True
     return torch.cuda.get_device_capability(device)[0] >= 8
 
+# %% ../nbs/12_train.ipynb #534fe4fe
 def auto_precision(device: torch.device, flags=None) -> tuple[str, str]:
     "What `training.precision=auto` means on `device`: (precision, reason), from the table above."
     if device.type == "cuda":
@@ -91,6 +93,7 @@ def auto_precision(device: torch.device, flags=None) -> tuple[str, str]:
         return ("bf16", "CPU with AMX (amx_bf16, amx_tile)") if cpu_has_amx(flags) else ("fp32", "CPU without AMX")
     return "fp32", f"{device.type} device"
 
+# %% ../nbs/12_train.ipynb #b3e9c551
 def resolve_precision(precision: str, device: torch.device, flags=None) -> tuple[str, str]:
     "`training.precision` on `device`: (fp32 | bf16 | fp16, reason); `auto` as `auto_precision` says, the others as asked."
     if precision == "auto": return auto_precision(device, flags)
@@ -113,6 +116,7 @@ def gpu_request(gpus):
         raise ValueError(f"gpus={gpus!r}: expected null, cpu, a CUDA device id (0) or ids (\"0,1\" or [0,1])")
     return ids
 
+# %% ../nbs/12_train.ipynb #44faddd2
 def select_device(gpus) -> torch.device:
     "The device for `gpus` (null: CUDA 0 if available, else CPU; cpu: the CPU; ids: the first, with a line on the rest)."
     req = gpu_request(gpus)
@@ -131,7 +135,6 @@ def select_device(gpus) -> torch.device:
 # %% ../nbs/12_train.ipynb #9b1d0c02
 CUBLAS_WORKSPACE = ":4096:8"     # cuBLAS's deterministic workspace (CUDA's documented setting)
 CUDA_NUMERICS = {"deterministic": True, "tf32": False}   # what cuda_numerics sets, as the stage-1 key records it
-
 def set_tf32(on: bool) -> None:
     "TF32 for CUDA fp32 matrix multiplies and convolutions on or off (torch's fp32_precision where it has it)."
     mode = "tf32" if on else "ieee"
@@ -140,6 +143,7 @@ def set_tf32(on: bool) -> None:
     else:
         torch.backends.cuda.matmul.allow_tf32 = on; torch.backends.cudnn.allow_tf32 = on
 
+# %% ../nbs/12_train.ipynb #2c6e0fae
 def cuda_numerics() -> dict:
     "Deterministic CUDA kernels, TF32 off (see above); what it set, as the stage-1 key records it."
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
@@ -148,12 +152,14 @@ def cuda_numerics() -> dict:
     set_tf32(False)
     return dict(CUDA_NUMERICS)
 
+# %% ../nbs/12_train.ipynb #01a9f8a9
 def gpu_identity(device: torch.device) -> dict:
     "What of CUDA `device` changes the numbers: its name, compute capability, the CUDA and cuDNN versions, `CUDA_NUMERICS`."
     major, minor = torch.cuda.get_device_capability(device)
     return {"gpu": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}", "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(), **CUDA_NUMERICS}
 
+# %% ../nbs/12_train.ipynb #c756cddc
 def make_runtime(gpus, precision: str, channels_last) -> Runtime:
     "Device (made current), autocast dtype and memory format from `gpus`, `training.precision` / `training.channels_last`."
     device = select_device(gpus)
@@ -175,6 +181,7 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
     if name == "AdamW": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer {name!r}: expected SGD, Adam or AdamW")
 
+# %% ../nbs/12_train.ipynb #e019b8d1
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     "Linear warm-up from base_lr/W, then cosine decay towards 0 (see the formula above)."
     if step < warmup_steps: return base_lr * (step + 1) / warmup_steps
@@ -188,6 +195,7 @@ def seed_lr_at(epoch: int, epochs: int, warmup_epochs: int, base_lr: float) -> f
     if epoch < warmup_epochs: return base_lr * epoch / warmup_epochs
     return 0.5 * base_lr * (1 + math.cos(math.pi * max(0, epoch - warmup_epochs - 1) / epochs))
 
+# %% ../nbs/12_train.ipynb #ef19528f
 def seed_fit_options(patience: Optional[int]) -> dict:
     "The `fit` options of compat=seed: best validation overall accuracy, early stopping after `patience` epochs, per-epoch lr."
     return {"select": "acc", "patience": patience, "lr_schedule": "seed"}
@@ -206,6 +214,7 @@ def eval_batches(module: nn.Module, fn: Callable, x: torch.Tensor, batch_size: i
     finally:
         module.train(was_training)
 
+# %% ../nbs/12_train.ipynb #4fe8c959
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> dict:
     "Eval-mode outputs over `x`: {'logits': (N, C) float32, 'gate_probs': (N, K) or absent}."
     def run(xb):
@@ -217,6 +226,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, rt: Runtime) -> 
     if gates: res["gate_probs"] = torch.cat(gates)
     return res
 
+# %% ../nbs/12_train.ipynb #c08d866f
 def evaluate(model, x, y, batch_size, rt, num_classes, groups, logit_transform: Callable | None = None) -> dict:
     "The metrics of `ltsei.metrics` on one split (plus the raw predictions under '_pred', '_logits', '_gate_probs')."
     out = predict(model, x, batch_size, rt)
@@ -232,6 +242,7 @@ def state_copy(module: nn.Module) -> dict:
     "A detached CPU copy of a module's state_dict."
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
+# %% ../nbs/12_train.ipynb #fef806c0
 @contextlib.contextmanager
 def using_state(module: nn.Module, state: dict):
     "Load `state` into `module` for the duration of a `with` block, then restore the previous one."
@@ -242,7 +253,6 @@ def using_state(module: nn.Module, state: dict):
 
 # %% ../nbs/12_train.ipynb #41029182
 RESUME_FORMAT = "ltsei-resume-v1"
-
 def rng_state() -> dict:
     "The states of every random generator a training step may draw from: torch (CPU, CUDA), numpy, Python."
     py, npst = random.getstate(), np.random.get_state()
@@ -251,6 +261,7 @@ def rng_state() -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized(): d["cuda"] = torch.cuda.get_rng_state()   # the run's GPU (current)
     return d
 
+# %% ../nbs/12_train.ipynb #03dfaa46
 def set_rng_state(d: dict) -> None:
     "Restore what `rng_state` returned."
     random.setstate((d["python"][0], tuple(d["python"][1]), d["python"][2]))
@@ -263,6 +274,7 @@ def set_rng_state(d: dict) -> None:
         s = s[i] if i < len(s) else None
     if s is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(s)
 
+# %% ../nbs/12_train.ipynb #f1106f3e
 def restore_rng(saved: dict) -> bool:
     "`set_rng_state(saved)`; False, with every generator as it was, where `saved` does not fit the devices here."
     before = {k: v for k, v in rng_state().items() if k != "cuda"}   # CUDA's is set last: unchanged when it fails
@@ -311,6 +323,7 @@ class Resume:
     def clear(self) -> None:
         Path(self.path).unlink(missing_ok=True)
 
+# %% ../nbs/12_train.ipynb #fd58b48b
 def _fits(model: nn.Module, sd) -> bool:
     own = model.state_dict()
     return isinstance(sd, dict) and sd.keys() == own.keys() and all(
@@ -320,6 +333,7 @@ def _fits(model: nn.Module, sd) -> bool:
 class NonFiniteLoss(FloatingPointError):
     "The training loss became NaN or infinite."
 
+# %% ../nbs/12_train.ipynb #926a8cc1
 @dataclass
 class FitResult:
     best_epoch: int
@@ -331,11 +345,12 @@ class FitResult:
     epochs_run: int = 0
     seconds: float = 0.0
 
+# %% ../nbs/12_train.ipynb #405cdb79
 LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "val_balanced_acc", "seconds")
-
 def _log_row(writer, row: dict):
     writer.writerow([row[k] if not isinstance(row[k], float) else f"{row[k]:.6g}" for k in LOG_COLUMNS])
 
+# %% ../nbs/12_train.ipynb #2773b122
 def _open_log(log_path, history):
     "The epoch log at `log_path` with its header and the rows of `history`: (file, csv writer), or (None, None)."
     if log_path is None: return None, None
@@ -348,6 +363,7 @@ def _open_log(log_path, history):
     except OSError as e: raise storage_error(log_path, e) from None
     return log, writer
 
+# %% ../nbs/12_train.ipynb #6b21a054
 def _restore(resume, model, optimizer, scaler, sampler, epochs: int, lr: float, desc: str):
     "Where to continue: (history, first epoch, last val, best, lr), from `resume`'s state when one fits, else a fresh start."
     st = resume.load() if resume is not None else None
@@ -391,6 +407,7 @@ def _train_epoch(model, x_dev, y_dev, idx_all, *, loss_fn, optimizer, scaler, rt
         bar.update(1)
     return loss_sum, correct, seen, step, cur_lr
 
+# %% ../nbs/12_train.ipynb #4cc4e830
 def _save_resume(resume, epoch, model, optimizer, scaler, sampler, history, val, best) -> None:
     "Everything `_restore` reads, at the end of `epoch`."
     public = lambda m: to_plain({k: v for k, v in m.items() if not k.startswith("_")})

@@ -25,7 +25,6 @@ __all__ = ['KERNEL_ARGS', 'WARM_IMPORTS', 'notebook_path', 'load_notebook', 'ker
 
 # %% ../../nbs/25_kernels.ipynb #fb322f32
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]  # the kernel's own chatter (e.g. its TCP warning) off the console
-
 def notebook_path(name: str) -> Path:
     "A notebook of the repository's `nbs/` folder (the package is installed from the repository, editable)."
     p = repo_dir() / "nbs" / name
@@ -34,6 +33,7 @@ def notebook_path(name: str) -> Path:
                                 "(install the package from a clone with `pip install -e .`)")
     return p
 
+# %% ../../nbs/25_kernels.ipynb #72c5ea51
 def load_notebook(name: str):
     "The notebook `nbs/<name>` with its papermill parameters cell tagged."
     import nbformat
@@ -45,6 +45,7 @@ def load_notebook(name: str):
             return nb
     raise ValueError(f"nbs/{name} has no code cell starting with '# papermill parameters'")
 
+# %% ../../nbs/25_kernels.ipynb #d14a2cfc
 def kernel_env() -> None:
     "Let notebook kernels import this very `ltsei` (its folder's parent joins PYTHONPATH if it is not there)."
     root = str(repo_dir())
@@ -54,7 +55,6 @@ def kernel_env() -> None:
 # %% ../../nbs/25_kernels.ipynb #95726078
 _KERNELS, _KERNELS_LOCK = {}, threading.Lock()  # kernel managers of the notebooks running now
 _KM_CLASS = None
-
 def _make_tracked_kernel_manager():
     from jupyter_client.manager import AsyncKernelManager
     class TrackedKernelManager(AsyncKernelManager):
@@ -69,6 +69,7 @@ def _make_tracked_kernel_manager():
             await super()._async_interrupt_kernel()
     return TrackedKernelManager
 
+# %% ../../nbs/25_kernels.ipynb #08ff071a
 def tracked_kernel_manager(env: dict | None = None):
     """An AsyncKernelManager class whose started kernels `kill_kernels` can stop (papermill creates, owns and shuts it),
     and which shuts a finished notebook's idle kernel down without first interrupting it. `env`: extra environment
@@ -83,6 +84,7 @@ def tracked_kernel_manager(env: dict | None = None):
             await super().start_kernel(**kw)
     return EnvKernelManager
 
+# %% ../../nbs/25_kernels.ipynb #cb3ddc7a
 def kill_kernels() -> int:
     "Kill the kernels of the notebooks this process is executing now (Ctrl-C); their runs then fail and are redone later."
     with _KERNELS_LOCK: kms = list(_KERNELS.values())
@@ -99,6 +101,7 @@ WARM_IMPORTS = ("def _ltsei_warm():                 # imports only: no name is l
                 "_ltsei_warm(); del _ltsei_warm\n")
 _WARM_KM = None
 
+# %% ../../nbs/25_kernels.ipynb #e6218164
 def _warm_manager_class():
     """The tracked kernel manager (`kill_kernels` stops its kernels on Ctrl-C), remembering the clients made from it:
     papermill leaves the client of a kernel it did not start open (its heartbeat thread goes on), so
@@ -113,6 +116,7 @@ def _warm_manager_class():
         _WARM_KM = WarmKernelManager
     return _WARM_KM
 
+# %% ../../nbs/25_kernels.ipynb #680f728f
 async def _start_warm_kernel(env: dict | None, code: str):
     kernel_env()
     km = _warm_manager_class()(kernel_name="python3")
@@ -130,6 +134,7 @@ async def _start_warm_kernel(env: dict | None, code: str):
         raise
     return km
 
+# %% ../../nbs/25_kernels.ipynb #ef813769
 def release_kernel(km) -> None:
     "Shut down a kernel `WarmKernels.take` gave out (after its notebook ran, or unused), and close its clients."
     for kc in km.__dict__.pop("_ltsei_clients", []):
@@ -199,6 +204,7 @@ def _ready(self: WarmKernels, env: dict | None = None) -> int:
     "How many kernels for `env` are ready now."
     with self._cond: return len(self._ready.get(self._key(env), []))
 
+# %% ../../nbs/25_kernels.ipynb #a0491cef
 def _close(self: WarmKernels, wait: float = 0) -> None:
     "Shut down the kernels that are ready, and those still starting when they are (waiting up to `wait` s for them)."
     with self._cond:
@@ -211,10 +217,12 @@ def _close(self: WarmKernels, wait: float = 0) -> None:
         while sum(self._starting.values()) > 0 and time.time() < deadline:
             self._cond.wait(max(0.01, deadline - time.time()))
 
+# %% ../../nbs/25_kernels.ipynb #3f4c7621
 WarmKernels.ready, WarmKernels.close = _ready, _close
 
 _POOL: WarmKernels | None = None
 
+# %% ../../nbs/25_kernels.ipynb #694ce25a
 def warm_kernels(size: int = 1, grow: bool = True) -> WarmKernels:
     "This process's `WarmKernels`, made on first use with `size` (and closed at exit); `grow`: raise its size to `size`."
     global _POOL
@@ -235,6 +243,7 @@ def execute_row_notebook(rr: RowRun, profile: str, nb=None, funcs: dict | None =
     finally:
         if km is not None: release_kernel(km)
 
+# %% ../../nbs/25_kernels.ipynb #7590d7ba
 def _execute_row_notebook(rr, profile, nb, funcs, runs_dir, env, km) -> Path:
     import papermill as pm
     nb = load_notebook("experiment.ipynb") if nb is None else nb

@@ -29,7 +29,6 @@ __all__ = ['LAUNCHERS', 'LOCAL_ONLY_DIRS', 'NETWORK_FS', 'Launcher', 'launch_row
 
 # %% ../../nbs/26_launchers.ipynb #07b82b5f
 LAUNCHERS = Registry("launcher", key="--launcher")
-
 class Launcher:
     "Runs the todo row runs with `execute`, each through `run_row_protocol`, and sets each run's status."
     name = "?"
@@ -48,6 +47,7 @@ class Launcher:
 
     def launch(self, rrs: list, execute: Callable, opts: LaunchOptions) -> list: raise NotImplementedError
 
+# %% ../../nbs/26_launchers.ipynb #ddf88f49
 def launch_row_runs(name: str, rrs: list, execute: Callable, opts: LaunchOptions | None = None) -> list:
     """Run the todo row runs `rrs` with launcher `name` (`LAUNCHERS`), calling `execute(rr, env=None)` (a `RowExecutor`)
     for each. Sets each run's status ('done', 'failed', 'skipped', 'shared'; 'submitted' for SLURM jobs left running)
@@ -60,11 +60,13 @@ def launch_row_runs(name: str, rrs: list, execute: Callable, opts: LaunchOptions
         if t.status == "complete": t.status = "skipped"
     return launcher.launch(rrs, execute, opts)
 
+# %% ../../nbs/26_launchers.ipynb #65ff6b3c
 def executor_for_workers(execute: Callable, threads: int, warm: int | None = None) -> Callable:
     "`execute` running each row with `threads` CPUs reserved (and `warm` warm kernels per process), where it says how."
     if not isinstance(execute, RowExecutor): return execute
     return dataclasses.replace(execute, threads=threads, warm=execute.warm if warm is None else min(execute.warm, warm))
 
+# %% ../../nbs/26_launchers.ipynb #a4d22a00
 def say_to(opts: LaunchOptions, bar=None) -> Callable:
     "Print a line: above the progress bar `bar` when it shows."
     return (lambda m: bar.write(m)) if bar is not None and opts.progress else print
@@ -89,6 +91,7 @@ class LaunchOptions:
     profile: str | None = None
     progress: bool = True
 
+# %% ../../nbs/26_launchers.ipynb #75f58e8a
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the launcher options to `ltsei reproduce`'s parser (defaults: `LaunchOptions`; launchers: those registered)."
     d = LaunchOptions()
@@ -111,6 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="submit the jobs and return; run `ltsei reproduce` again later to collect the finished rows")
     return p
 
+# %% ../../nbs/26_launchers.ipynb #930c22d4
 def options_from_args(a: argparse.Namespace, runs_dir=None, profile: str | None = None) -> LaunchOptions:
     "The `LaunchOptions` of parsed arguments (every field `a` has), checked."
     names = {f.name for f in dataclasses.fields(LaunchOptions)}
@@ -135,6 +139,7 @@ def check_options(o: LaunchOptions) -> LaunchOptions:
         raise ValueError(f"slurm_executor {o.slurm_executor!r}: expected slurm, local or debug")
     return o
 
+# %% ../../nbs/26_launchers.ipynb #fd2ce0d3
 def slurm_minutes(t) -> int:
     "A SLURM time limit (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]) in whole minutes, at least 1."
     s = str(t).strip()
@@ -160,6 +165,7 @@ def visible_gpus() -> list[str]:
     ids = [s.strip() for s in env.split(",") if s.strip()] if env is not None else [str(i) for i in range(n)]
     return ids[:n]
 
+# %% ../../nbs/26_launchers.ipynb #20d5ef3f
 def runs_per_gpu(gpus_per_run: float | None) -> int | None:
     "How many runs share one GPU at `gpus_per_run` (None: no limit asked for)."
     if gpus_per_run is None: return None
@@ -167,6 +173,7 @@ def runs_per_gpu(gpus_per_run: float | None) -> int | None:
         raise ValueError(f"--gpus-per-run must be in (0, 1] (a share of one GPU: one run uses one device), got {gpus_per_run}")
     return max(1, math.floor(1 / gpus_per_run + 1e-9))
 
+# %% ../../nbs/26_launchers.ipynb #c245d6ff
 def assign_devices(n_jobs: int, gpus: list[str], gpus_per_run: float | None = None) -> list[str]:
     """The `CUDA_VISIBLE_DEVICES` value of each of `n_jobs` run slots: spread over `gpus` round-robin (so the first runs
     go to different GPUs), several per GPU when `n_jobs` exceeds the GPUs. With `gpus_per_run` a GPU holds at most
@@ -179,6 +186,7 @@ def assign_devices(n_jobs: int, gpus: list[str], gpus_per_run: float | None = No
                          f"{gpus_per_run} ({per} per GPU, {per * len(gpus)} in all); lower --jobs or --gpus-per-run")
     return [str(gpus[i % len(gpus)]) for i in range(n_jobs)]
 
+# %% ../../nbs/26_launchers.ipynb #35f7fc50
 def default_jobs(gpus_per_run: float | None = None, gpus: list[str] | None = None) -> int:
     """Runs at once when --jobs is not given: every GPU x runs per GPU at `gpus_per_run`; without a share, one with
     CUDA (`gpus`: the visible GPUs); without a GPU, one per CPU core, at most 4."""
@@ -191,11 +199,13 @@ def default_jobs(gpus_per_run: float | None = None, gpus: list[str] | None = Non
 class SharedStorageError(RowRunError):
     "A worker cannot see the results folder (runs/ must be on storage every worker shares)."
 
+# %% ../../nbs/26_launchers.ipynb #08f48acb
 LOCAL_ONLY_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/user")
 NETWORK_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs",
               "fuse.sshfs", "fuse.ceph", "fuse.cephfs", "fuse.juicefs", "fuse.s3fs", "panfs", "wekafs", "afs", "9p",
               "virtiofs", "ocfs2", "gfs2", "orangefs", "pvfs2", "quobyte", "fuse.quobyte", "davfs", "fuse.rclone"}
 
+# %% ../../nbs/26_launchers.ipynb #e4c9f87a
 def filesystem_of(path) -> tuple[str, str]:
     "The mount point and filesystem type holding `path` (from /proc/mounts; ('', '') where unknown)."
     p = os.path.realpath(path)
@@ -209,6 +219,7 @@ def filesystem_of(path) -> tuple[str, str]:
         if (p == mp or p.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best[0]): best = (mp, parts[2])
     return best
 
+# %% ../../nbs/26_launchers.ipynb #e3cb551e
 def storage_warnings(runs_dir) -> list[str]:
     "Why `runs_dir` may not be visible to workers on other machines (empty if it looks shared)."
     p = os.path.realpath(runs_dir)
@@ -224,6 +235,7 @@ def storage_warnings(runs_dir) -> list[str]:
                    "it is exported: SLURM jobs or Ray workers on other nodes must see the same folder (NFS, Lustre, GPFS, ...)")
     return out
 
+# %% ../../nbs/26_launchers.ipynb #9fc1929b
 def storage_token(base) -> tuple[str, str]:
     "A file under `base/.launchers` with a random value, for workers to read back: (path, value). Written once, reused."
     d = Path(base) / ".launchers"; d.mkdir(parents=True, exist_ok=True)
@@ -235,6 +247,7 @@ def storage_token(base) -> tuple[str, str]:
         atomic_write_text(p, v)
     return str(p.resolve()), v
 
+# %% ../../nbs/26_launchers.ipynb #354bafdc
 def check_token(path: str, value: str) -> str:
     "On a worker: that it sees the driver's token file (`storage_token`); returns this host's name, else raises."
     try: ok = Path(path).read_text().strip() == value

@@ -21,7 +21,6 @@ __all__ = ['RETRY_SECONDS', 'run_local_pool', 'LocalLauncher']
 
 # %% ../../nbs/27_local_launcher.ipynb #67ef9fd8
 RETRY_SECONDS = 1.0   # how often a run that another process holds is tried again
-
 def _stop_after_ctrl_c(pool, handed, live, interrupt) -> None:
     "Ctrl-C: no queued run starts; `interrupt()` (kill the kernels) until no handed run is live; the stopped ones marked."
     pool.shutdown(wait=False, cancel_futures=True)
@@ -34,6 +33,7 @@ def _stop_after_ctrl_c(pool, handed, live, interrupt) -> None:
         if t.status in ("missing", "partial", "stale", "failed", "busy"):
             t.status, t.error = "interrupted", "interrupted (Ctrl-C)"
 
+# %% ../../nbs/27_local_launcher.ipynb #51b37afb
 def _next_ready(pending, running_groups, now):
     return next((t for t in pending if t.retry_at <= now and (t.group is None or t.group not in running_groups)), None)
 

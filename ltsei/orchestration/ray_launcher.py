@@ -31,6 +31,7 @@ def check_ray_storage(ray, token: tuple[str, str]) -> list[str]:
     if bad: raise SharedStorageError("the Ray workers cannot all see the results folder; " + "; ".join(map(str, bad)))
     return hosts
 
+# %% ../../nbs/27_ray_launcher.ipynb #05a7f421
 def _submit_ray_tasks(ray, pending, execute, opts, threads) -> dict:
     "One Ray task per row run (stage-1 leaders first, the others after their leader's result): ref -> row run."
     n_gpu = ray.cluster_resources().get("GPU", 0)

@@ -31,7 +31,6 @@ __all__ = ['REQUEST', 'read_request', 'resolve_request', 'RunsDirError', 'check_
 
 # %% ../../nbs/28_reproduce.ipynb #c994121b
 REQUEST = "request.json"     # RUNS_DIR/PROFILE/request.json: the rows and seeds the results folder was asked for
-
 def read_request(runs_dir, profile: str) -> dict:
     "The rows and seeds recorded for `runs_dir/profile` (`{'rows': spec, 'seeds': K}`), or {} when none is."
     try: d = json.loads((Path(runs_dir) / profile / REQUEST).read_text())
@@ -39,6 +38,7 @@ def read_request(runs_dir, profile: str) -> dict:
     ok = isinstance(d, dict) and isinstance(d.get("seeds"), int) and d["seeds"] >= 1
     return {"rows": d.get("rows") if isinstance(d.get("rows"), str) else None, "seeds": d["seeds"]} if ok else {}
 
+# %% ../../nbs/28_reproduce.ipynb #2d1de234
 def resolve_request(a, runs_dir) -> tuple[dict, str | None]:
     """The rows and seeds to run: the ones given, the others from the recorded request (a rerun without --seeds
     continues the same request); and a line saying what was taken from the record (None when nothing was)."""
@@ -50,9 +50,11 @@ def resolve_request(a, runs_dir) -> tuple[dict, str | None]:
             f"(give --rows / --seeds to change it)") if taken else None
     return req, note
 
+# %% ../../nbs/28_reproduce.ipynb #a5cd61d9
 class RunsDirError(ValueError):
     "The results directory cannot be written."
 
+# %% ../../nbs/28_reproduce.ipynb #56a4f723
 def check_runs_dir(runs_dir, profile: str) -> Path:
     "Create `runs_dir/profile` and write a file there, or raise `RunsDirError` saying why: before any run starts."
     base = Path(runs_dir) / profile
@@ -92,6 +94,7 @@ def render_report(runs_dir, profile: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "report.html"
 
+# %% ../../nbs/28_reproduce.ipynb #f9808859
 def build_tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tuple[str, str]]:
     "Render the report (it builds the tables and figures), or build them here; the failures."
     from ltsei.tables import build_tables
@@ -116,6 +119,7 @@ def rows_arg(spec: str) -> str:
                                          "id globs (s4_*), 'main' or 'all', or leave --rows out")
     return spec
 
+# %% ../../nbs/28_reproduce.ipynb #2da3c5e0
 def _parser() -> argparse.ArgumentParser:
     from ltsei.config import PROFILES
     p = argparse.ArgumentParser(prog="ltsei reproduce", description=(
@@ -137,12 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(p)
     return p
 
+# %% ../../nbs/28_reproduce.ipynb #c852f2fb
 def row_executor(profile: str, funcs: dict, runs_dir, jobs: int, runs: int = 0) -> RowExecutor:
     """The per-row executor of one `ltsei reproduce`: the experiment notebook loaded once, warm kernels for `jobs` at
     once in this process, and no more started than the `runs` still to run (0: not known)."""
     warm_kernels(max(2, jobs)).left = runs or None
     return RowExecutor(profile, funcs=funcs, runs_dir=str(runs_dir), nb=load_notebook("experiment.ipynb"), warm=max(2, jobs))
 
+# %% ../../nbs/28_reproduce.ipynb #5d968200
 def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
     """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
     the command (an installation without measured costs prints nothing)."""
@@ -174,6 +180,7 @@ def _check_arguments(a) -> tuple[Path, object]:
     if a.jobs < 1: raise ValueError(f"--jobs must be at least 1, got {a.jobs}")
     return runs_dir, opts
 
+# %% ../../nbs/28_reproduce.ipynb #e0bff6db
 def _plan(a, runs_dir: Path) -> tuple[list[RowRun], dict]:
     "The row runs asked for (the request recorded), each todo one's config composed; the plan and the estimate printed."
     rows = select_rows(a.rows)
@@ -192,6 +199,7 @@ def _plan(a, runs_dir: Path) -> tuple[list[RowRun], dict]:
     say_estimate(rows, a.seeds, a.profile if not a.dry_run else None, runs_dir, a.jobs, a.demo, todo)
     return rrs, funcs
 
+# %% ../../nbs/28_reproduce.ipynb #c0c269af
 def _print_dry_run(rrs: list[RowRun], a, runs_dir: Path) -> int:
     for t in rrs:
         print(f"  {t.status:8s} {t.name:28s} {t.out_dir}" + (f"  <- {t.error}" if t.error else ""))

@@ -42,6 +42,7 @@ class RowRun:
     @property
     def todo(self) -> bool: return self.status in ("missing", "partial", "stale")
 
+# %% ../../nbs/24_row_runs.ipynb #60eeb06f
 def plan_row_runs(rows: list[Row], seeds: list[int], profile: str, runs_dir) -> list[RowRun]:
     "All row runs of `rows` x `seeds`, seed-major, each with its status on disk."
     return [RowRun(r, seed, d, run_status(d, r)) for seed in seeds for r in rows
@@ -50,13 +51,13 @@ def plan_row_runs(rows: list[Row], seeds: list[int], profile: str, runs_dir) -> 
 # %% ../../nbs/24_row_runs.ipynb #764c0e8d
 REAL_FUNCS = dict(composer="ltsei.config:compose_config", runner="ltsei.run:run_experiment")
 DEMO_FUNCS = dict(composer="ltsei.demo:demo_compose_config", runner="ltsei.demo:demo_run_experiment")
-
 def load_callable(spec: str):
     "The function named by `'module:function'`."
     mod, _, fn = spec.partition(":")
     if not fn: raise ValueError(f"expected 'module:function', got {spec!r}")
     return getattr(importlib.import_module(mod), fn)
 
+# %% ../../nbs/24_row_runs.ipynb #aca839f8
 def experiment_overrides(profile: str, seed: int, overrides: list[str], runs_dir=None) -> list[str]:
     """The overrides one experiment run composes its config from: profile and seed, the row's, and the caches under
     `runs_dir` when it is given (`ltsei.rows.cache_overrides`). Never the CPU threads: a run's `training.num_threads`
@@ -64,10 +65,12 @@ def experiment_overrides(profile: str, seed: int, overrides: list[str], runs_dir
     return ([f"profile={profile}", f"seed={seed}", *overrides]
             + (cache_overrides(runs_dir) if runs_dir is not None else []))
 
+# %% ../../nbs/24_row_runs.ipynb #42a24467
 def row_run_overrides(rr: RowRun, profile: str, runs_dir=None) -> list[str]:
     "`experiment_overrides` of a row run."
     return experiment_overrides(profile, rr.seed, rr.row.run_args, runs_dir)
 
+# %% ../../nbs/24_row_runs.ipynb #3de8c09a
 def check_configs(rrs: list[RowRun], profile: str, composer, runs_dir=None) -> None:
     "Compose each row run's config: set its stage-1 group, or mark it failed with the config error."
     for t in rrs:
@@ -80,9 +83,11 @@ def check_configs(rrs: list[RowRun], profile: str, composer, runs_dir=None) -> N
 class RowRunError(RuntimeError):
     "A row run's failure whose message says it all: reported as it is, without the exception's type."
 
+# %% ../../nbs/24_row_runs.ipynb #200c10c1
 class RowRunFailed(RowRunError):
     "A row's notebook failed or left no complete metrics (the message names the error and the notebook)."
 
+# %% ../../nbs/24_row_runs.ipynb #11ca0123
 def prepare_row_run_dir(rr: RowRun, profile: str) -> Path:
     """Clear what an earlier, incomplete attempt left, and record what this run runs (`row.json`). Call it only while
     holding the run's `lock_beside`. Only ltsei's own outputs are removed (`ltsei.cache.RUN_FILES`), in a folder carrying
@@ -122,12 +127,14 @@ def run_row_protocol(rr: RowRun, execute: Callable, locks: bool = True, check: C
     out["seconds"] = time.time() - t0
     return out
 
+# %% ../../nbs/24_row_runs.ipynb #8a2651a7
 def apply_outcome(rr: RowRun, out: dict) -> None:
     "Set `rr`'s status, error and seconds from `run_row_protocol`'s outcome (busy: left partial, for a later command)."
     st = out.get("status", "failed")
     if st == "busy": st, out = "partial", dict(out, error="another process was running it: run ltsei reproduce again to collect it")
     rr.status, rr.error, rr.seconds = st, out.get("error"), out.get("seconds")
 
+# %% ../../nbs/24_row_runs.ipynb #889d2e00
 def outcome_line(rr: RowRun) -> str:
     "The line a launcher prints when a row run ends."
     if rr.status == "done": return f"done   {rr.name} ({rr.seconds or 0:.0f} s)"

@@ -24,7 +24,6 @@ __all__ = ['ACTIVE_SLURM_STATES', 'UNKNOWN_GRACE_S', 'slurm_parameters', 'slurm_
 # %% ../../nbs/27_slurm_launcher.ipynb #9352bcfd
 ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
 UNKNOWN_GRACE_S = 120.0   # a job SLURM reports as UNKNOWN this long is given up (sacct no longer knows it)
-
 def slurm_parameters(opts: LaunchOptions, name: str = "ltsei") -> dict:
     "submitit `SlurmExecutor` parameters of the options: partition, GPUs, CPUs, time, memory."
     p = dict(job_name=name, time=slurm_minutes(opts.slurm_time), cpus_per_task=opts.slurm_cpus, nodes=1, ntasks_per_node=1)
@@ -33,19 +32,23 @@ def slurm_parameters(opts: LaunchOptions, name: str = "ltsei") -> dict:
     if opts.slurm_mem: p["mem"] = str(opts.slurm_mem).strip().upper()
     return p
 
+# %% ../../nbs/27_slurm_launcher.ipynb #0926f0be
 def slurm_dependency(job_ids: list[str]) -> str | None:
     "The `--dependency` that starts a job after these jobs end, whatever their outcome (array ids whole)."
     ids = list(dict.fromkeys(str(j).split("_")[0] for j in job_ids))
     return f"afterany:{':'.join(ids)}" if ids else None
 
+# %% ../../nbs/27_slurm_launcher.ipynb #2fd73656
 def _ledger_path(opts) -> Path: return Path(opts.runs_dir) / (opts.profile or "") / ".launchers" / "slurm-jobs.json"
 
+# %% ../../nbs/27_slurm_launcher.ipynb #fd93c456
 def read_ledger(opts) -> dict:
     "The SLURM jobs an earlier command submitted: run name -> dict(job_id, folder)."
     try: d = json.loads(_ledger_path(opts).read_text())
     except (OSError, ValueError): return {}
     return d if isinstance(d, dict) else {}
 
+# %% ../../nbs/27_slurm_launcher.ipynb #cdf7e970
 def update_ledger(opts, entries: dict) -> dict:
     "Add `entries` (run name -> dict(job_id, folder)) to the ledger under its lock: two commands never lose each other's jobs."
     p = _ledger_path(opts)
@@ -71,6 +74,7 @@ def poll_job(job, unknown_since: dict, now: float | None = None, grace: float = 
     try: return job.result()
     except Exception as e: return dict(status="failed", error=f"slurm job {job.job_id}: {type(e).__name__}: {e}".strip())
 
+# %% ../../nbs/27_slurm_launcher.ipynb #23267df2
 def _slurm_executor(opts, folder):
     import submitit
     if opts.slurm_executor == "debug": return submitit.DebugExecutor(folder)
@@ -80,6 +84,7 @@ def _slurm_executor(opts, folder):
     ex.update_parameters(**slurm_parameters(opts, f"ltsei-{opts.profile or 'runs'}"))
     return ex
 
+# %% ../../nbs/27_slurm_launcher.ipynb #a7c1d215
 def _still_queued(pending, ledger, jobs) -> None:
     "The row runs whose job of an earlier command is still queued or running: into `jobs`, out of `pending`."
     import submitit
@@ -109,6 +114,7 @@ def _submit_arrays(ex, pending, execute, opts, token, jobs) -> None:
     waves = submit(first)
     submit(rest, waves + earlier)
 
+# %% ../../nbs/27_slurm_launcher.ipynb #0aef4969
 def _wait_for_jobs(jobs, opts) -> None:
     "Wait for the jobs, printing each outcome's line; Ctrl-C: stop waiting, the jobs go on."
     from tqdm.auto import tqdm
