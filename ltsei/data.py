@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from .synth import SynthConfig, as_synth_config, check_synth_config, load_synth, generate_split, synth_key
 from .storage import atomic_write_bytes, atomic_write_json
+from .readers import *
+from .readers import pick_key as _pick_key, read_mat as _read_mat, h5_datasets as _h5_datasets, h5_array as _h5_array
+from .readers import sibling_labels as _sibling_labels, load_npy as _load_npy, split_file as _split_file
 
 # %% auto #0
-__all__ = ['X_KEYS', 'Y_KEYS', 'ROLE_ALIASES', 'LAYOUTS', 'LABEL_BASES', 'FLOAT32_MAX', 'DATA_SOURCES', 'NORMALIZATIONS',
-           'LONG_TAIL_MODES', 'LEAKAGE_MODES', 'FRAME_TABLES', 'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts',
-           'class_ranks', 'long_tail_class_counts', 'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups',
-           'read_xy', 'to_ncl', 'labels_int', 'choose_label_base', 'holdout_counts', 'frame_hashes', 'repeated_frames',
-           'shared_frames', 'Split', 'DataBundle', 'save_class_counts', 'fit_length', 'frame_power', 'check_scale',
-           'zscore_frames', 'to_split', 'check_data_config', 'input_files', 'synth_snr', 'read_frame_snr', 'load_data',
-           'unknown_count', 'choose_unknown', 'hold_out_unknown']
+__all__ = ['LABEL_BASES', 'FLOAT32_MAX', 'DATA_SOURCES', 'NORMALIZATIONS', 'LONG_TAIL_MODES', 'LEAKAGE_MODES', 'FRAME_TABLES',
+           'PUBLIC_SAMPLE_RATE', 'DataConfig', 'long_tail_counts', 'class_ranks', 'long_tail_class_counts',
+           'count_ranks', 'cut_counts', 'rank_groups', 'shot_groups', 'choose_label_base', 'holdout_counts',
+           'frame_hashes', 'repeated_frames', 'shared_frames', 'Split', 'DataBundle', 'save_class_counts', 'fit_length',
+           'frame_power', 'check_scale', 'zscore_frames', 'to_split', 'check_data_config', 'input_files', 'synth_snr',
+           'read_frame_snr', 'load_data', 'unknown_count', 'choose_unknown', 'hold_out_unknown']
 
 # %% ../nbs/05_data.ipynb #b6898907
 @dataclass
@@ -58,10 +60,12 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> np
     n = np.floor(int(n_max) * float(imbalance_ratio) ** (-expo) + 1e-9).astype(np.int64)
     return np.maximum(n, 1)
 
+# %% ../nbs/05_data.ipynb #4b306e83
 def class_ranks(num_classes: int, split_seed: int) -> np.ndarray:
     "rank[c] of every class c (a seeded permutation): which class is the head, which the tail."
     return np.random.default_rng(np.random.SeedSequence(int(split_seed), spawn_key=(11,))).permutation(int(num_classes))
 
+# %% ../nbs/05_data.ipynb #a93042b5
 def long_tail_class_counts(n_max: int, num_classes: int, imbalance_ratio: float, split_seed: int) -> np.ndarray:
     "Training samples per class (C,): `long_tail_counts` handed out to classes by `class_ranks`."
     return long_tail_counts(n_max, num_classes, imbalance_ratio)[class_ranks(num_classes, split_seed)]
@@ -76,6 +80,7 @@ def count_ranks(counts, split_seed: int) -> np.ndarray:
     r[order] = np.arange(n.size)
     return r
 
+# %% ../nbs/05_data.ipynb #e1ccb20f
 def cut_counts(available, imbalance_ratio: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, rank): the long tail cut from `available` frames per class a_c (each >= 1). The head is the class
     with most frames, n_max = max a_c, and class c keeps n_c = min(a_c, long_tail_counts(n_max, C, IR)[rank_c])."""
@@ -92,6 +97,7 @@ def rank_groups(class_counts, K: int) -> list[np.ndarray]:
     n = np.asarray(class_counts).ravel()
     return np.array_split(np.lexsort((np.arange(n.size), -n)), K)
 
+# %% ../nbs/05_data.ipynb #e4933d22
 def shot_groups(class_counts) -> dict:
     """Many / medium / few-shot classes: many n_c > 100, few n_c < 20, medium otherwise. When the
     largest class has at most 100 samples these thresholds say little, so the classes ranked by n_c
@@ -106,188 +112,6 @@ def shot_groups(class_counts) -> dict:
         g = {k: np.sort(p) for k, p in zip(("many", "medium", "few"), rank_groups(n, 3))}
         rule = "tertiles"
     return {**{k: [int(c) for c in v] for k, v in g.items()}, "rule": rule}
-
-# %% ../nbs/05_data.ipynb #0312b525
-X_KEYS = ("X_{role}", "x_{role}", "X", "x", "data", "signals", "signal", "iq", "samples", "features", "inputs")
-Y_KEYS = ("Y_{role}", "y_{role}", "Y", "y", "labels", "label", "targets", "target", "classes")
-ROLE_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-
-def _pick_key(keys, templates, role, what, path):
-    "The first key matching a template (exact, then ignoring case); a clear error listing the keys otherwise."
-    cands = []
-    for t in templates:
-        for r in (ROLE_ALIASES[role] if "{role}" in t else ("",)):
-            cands.append(t.format(role=r))
-    for c in cands:
-        if c in keys: return c
-    low = {k.lower(): k for k in keys}
-    for c in cands:
-        if c.lower() in low: return low[c.lower()]
-    raise ValueError(f"{path}: found no {what} for the {role} split: tried keys {cands}; the file holds keys {sorted(keys)}")
-
-# %% ../nbs/05_data.ipynb #221d8a43
-def _read_mat(path):
-    "dict of arrays from a MATLAB file: v5 through scipy, v7.3 (HDF5) through h5py, transposed back to MATLAB's axis order."
-    import scipy.io
-    try:
-        d = scipy.io.loadmat(path)
-        return {k: v for k, v in d.items() if not k.startswith("__")}
-    except (NotImplementedError, ValueError):
-        import h5py
-        if not h5py.is_hdf5(path): raise ValueError(f"{path}: not a readable MATLAB file (neither v5 nor v7.3/HDF5)")
-        return {k: _h5_array(v).T for k, v in _h5_datasets(path).items()}
-
-def _h5_datasets(path):
-    import h5py
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-def _h5_array(v):
-    "HDF5 compound (real, imag) arrays, as MATLAB writes complex data, become complex arrays."
-    v = np.asarray(v)
-    if v.dtype.names and {"real", "imag"} <= set(v.dtype.names):
-        return v["real"] + 1j * v["imag"]
-    return v
-
-# %% ../nbs/05_data.ipynb #b39fef64
-def _sibling_labels(path: Path):
-    "The label file of a .npy signal file: X_train_10Class.npy -> Y_train_10Class.npy (also x->y)."
-    name = path.name
-    cands = []
-    for a, b in (("X", "Y"), ("x", "y")):
-        if a in name: cands.append(path.with_name(name.replace(a, b, 1)))
-    cands.append(path.with_name("labels.npy"))
-    for c in cands:
-        if c.exists(): return c
-    raise FileNotFoundError(f"{path}: found no label file beside it: tried {[str(c) for c in cands]}")
-
-# %% ../nbs/05_data.ipynb #01e436b9
-def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    """One .npy array; an error naming the file when it is empty, not a .npy file, truncated (its header
-    promises more bytes than it holds) or holds pickled Python objects (never loaded)."""
-    fmt = np.lib.format
-    size = path.stat().st_size
-    if size == 0: raise ValueError(f"{path}: the file is empty (0 bytes): expected a .npy array")
-    with open(path, "rb") as f:
-        try:
-            version = fmt.read_magic(f)
-            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-            if read is None:   # format 3.0 (rare): numpy's own checks, with the file named
-                try: return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-                except Exception as e: raise ValueError(f"{path}: not a readable .npy file (format {version}: {e})") from None
-            shape, _, dtype = read(f)
-        except (ValueError, EOFError, OSError) as e:
-            if str(path) in str(e): raise
-            raise ValueError(f"{path}: not a readable .npy file ({e})") from None
-        offset = f.tell()
-    if dtype.hasobject:
-        raise ValueError(f"{path}: holds Python objects (dtype {dtype}), which ltsei never unpickles: save a numeric array")
-    need = offset + math.prod(shape) * dtype.itemsize
-    if size < need:
-        raise ValueError(f"{path}: truncated: its header promises a {dtype} array of shape {shape} ({need} bytes), "
-                         f"the file holds {size} bytes (an interrupted copy or download?)")
-    return np.load(path, mmap_mode="r" if mmap and math.prod(shape) else None, allow_pickle=False)
-
-# %% ../nbs/05_data.ipynb #35a467f3
-def _split_file(folder: Path, role: str) -> Optional[Path]:
-    "The `X_<role>.npy` (or an alias's, e.g. `X_valid.npy`) that `folder` holds for `role`, or None."
-    return next((folder / f"X_{r}.npy" for r in ROLE_ALIASES[role] if (folder / f"X_{r}.npy").exists()), None)
-
-def read_xy(path, role: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Raw signal and label arrays of one split from a file (.npy with its Y sibling, .npz, .mat v5/v7.3,
-    .h5/.hdf5) or a folder holding X_{role}.npy and Y_{role}.npy. No layout or label processing yet;
-    a file that cannot be read raises ValueError naming it."""
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"data file for the {role} split not found: {path}")
-    info = {"path": str(path)}
-    if path.is_dir():
-        hit = _split_file(path, role)
-        if hit is None:
-            raise FileNotFoundError(f"{path}: folder holds none of {[f'X_{r}.npy' for r in ROLE_ALIASES[role]]} for the {role} split")
-        path = hit
-        info["path"] = str(path)
-    suf = path.suffix.lower()
-    meta = path.with_name("meta.json")
-    if meta.exists():
-        try: info["sample_rate"] = float(json.loads(meta.read_text())["sample_rate"])
-        except (KeyError, ValueError, TypeError): pass
-    if suf == ".npy":
-        x = _load_npy(path, mmap=True)
-        yp = _sibling_labels(path)
-        info["label_path"] = str(yp)
-        return x, _load_npy(yp), info
-    if suf not in (".npz", ".mat", ".h5", ".hdf5", ".hdf"):
-        raise ValueError(f"{path}: unsupported file type {suf!r}: expected .npy, .npz, .mat, .h5 or a folder")
-    if path.stat().st_size == 0: raise ValueError(f"{path}: the file is empty (0 bytes)")
-    try:
-        if suf == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                kx = _pick_key(z.files, X_KEYS, role, "signal array", path)
-                ky = _pick_key(z.files, Y_KEYS, role, "label array", path)
-                d = {kx: z[kx], ky: z[ky]}
-                if "sample_rate" in z.files: d["sample_rate"] = z["sample_rate"]
-        elif suf == ".mat":
-            d = _read_mat(path)
-        else:
-            d = {k: _h5_array(v) for k, v in _h5_datasets(path).items()}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        if str(path) in str(e): raise          # already names the file (e.g. a missing key)
-        raise ValueError(f"{path}: could not read the {role} split's {suf} file ({type(e).__name__}: {e})") from None
-    kx = _pick_key(d.keys(), X_KEYS, role, "signal array", path)
-    ky = _pick_key(d.keys(), Y_KEYS, role, "label array", path)
-    info.update(x_key=kx, y_key=ky)
-    if "sample_rate" in d:
-        info["sample_rate"] = float(np.asarray(d["sample_rate"]).ravel()[0])
-    return d[kx], d[ky], info
-
-# %% ../nbs/05_data.ipynb #5c1e5eaf
-LAYOUTS = {"NLC": "(N, L, 2)", "NCL": "(N, 2, L)", "CLN": "(2, L, N)"}
-
-def to_ncl(x, n: int, layout: str, where: str) -> np.ndarray:
-    """Signals (N, 2, L) float32 from an array in `layout` (NLC, NCL, CLN or auto: the only layout
-    consistent with N = `n` labels and an I/Q axis of size 2). A complex (N, L) array is split into I and Q."""
-    x = np.asarray(x)
-    if np.iscomplexobj(x):
-        if x.ndim != 2 or n not in x.shape:
-            raise ValueError(f"{where}: complex signals must be (N, L) or (L, N) with N={n} labels, got shape {x.shape}")
-        x = x if x.shape[0] == n and (x.shape[1] != n or layout in ("auto", "NLC", "NCL")) else x.T
-        return np.ascontiguousarray(np.stack([x.real, x.imag], axis=1), dtype=np.float32)
-    if x.ndim == 3 and n not in (x.shape[0], x.shape[2]):
-        raise ValueError(f"{where}: signals and labels differ in length: signal array {x.shape} has no N axis equal to the {n} labels")
-    if x.dtype.kind not in "fiu":
-        raise ValueError(f"{where}: signal array has dtype {x.dtype}: expected real numbers (float or int) or complex")
-    if x.ndim != 3:
-        raise ValueError(f"{where}: signal array has shape {x.shape}: expected 3 axes, one of {list(LAYOUTS.values())} with N={n}")
-    fits = {"NLC": x.shape[0] == n and x.shape[2] == 2, "NCL": x.shape[0] == n and x.shape[1] == 2,
-            "CLN": x.shape[2] == n and x.shape[0] == 2}
-    if layout == "auto":
-        ok = [k for k, v in fits.items() if v]
-        if not ok:
-            raise ValueError(f"{where}: signal array has shape {x.shape}: expected one of {list(LAYOUTS.values())} with N={n} (the number of labels)")
-        if len(ok) > 1:
-            raise ValueError(f"{where}: shape {x.shape} fits several layouts {ok}: set data.layout to one of them")
-        layout = ok[0]
-    elif layout not in LAYOUTS:
-        raise ValueError(f"data.layout={layout!r}: expected auto, NLC, NCL or CLN")
-    elif not fits[layout]:
-        raise ValueError(f"{where}: shape {x.shape} does not fit data.layout={layout} {LAYOUTS[layout]} with N={n}")
-    x = {"NLC": lambda a: a.transpose(0, 2, 1), "NCL": lambda a: a, "CLN": lambda a: a.transpose(2, 0, 1)}[layout](x)
-    return np.array(x, dtype=np.float32, order="C")   # always a writable copy (x may be a read-only memory map)
-
-def labels_int(y, where: str) -> np.ndarray:
-    "Labels (N,) int64 from integer or integral float arrays of any shape with one non-singleton axis."
-    y = np.asarray(y)
-    if y.ndim > 1 and sum(s > 1 for s in y.shape) > 1:
-        raise ValueError(f"{where}: labels have shape {y.shape}: expected a vector (N,)")
-    y = y.ravel()
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError(f"{where}: labels must be whole numbers, got non-integral or non-finite values")
-    elif y.dtype.kind not in "iub":
-        raise ValueError(f"{where}: labels have dtype {y.dtype}: expected integers")
-    return y.astype(np.int64)
 
 # %% ../nbs/05_data.ipynb #bb0ce7fd
 LABEL_BASES = ("auto", "0", "1")     # `data.label_base`
@@ -328,6 +152,7 @@ def frame_hashes(x) -> np.ndarray:
         out[i] = int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
     return out
 
+# %% ../nbs/05_data.ipynb #aedda05e
 def repeated_frames(h, y) -> dict:
     """Copies within one split from its frame hashes `h` and labels `y`: `copies` (frames beyond the first of
     each content), `repeated` (contents held more than once), `conflicting` (of those, held under several labels)."""
@@ -337,6 +162,7 @@ def repeated_frames(h, y) -> dict:
     return {"copies": int(h.size - u.size), "repeated": int((cnt > 1).sum()),
             "conflicting": int((np.bincount(pairs[0], minlength=u.size) > 1).sum())}
 
+# %% ../nbs/05_data.ipynb #bd23c7d8
 def shared_frames(h_a, h_b) -> dict:
     "Frames two splits share, from their hashes: `distinct` contents in both, `in_a` frames of a found in b, `in_b` of b in a."
     return {"distinct": int(np.intersect1d(h_a, h_b).size), "in_a": int(np.isin(h_a, h_b).sum()),
@@ -348,6 +174,7 @@ class Split:
     x: torch.Tensor   # (N, 2, L) float32, contiguous, I and Q as channels
     y: torch.Tensor   # (N,) int64
 
+# %% ../nbs/05_data.ipynb #073a1410
 @dataclass
 class DataBundle:
     train: Split
@@ -387,6 +214,7 @@ class DataBundle:
         lines.append(f"  shot groups ({g['rule']}), classes in each: many {len(g['many'])}, medium {len(g['medium'])}, few {len(g['few'])}")
         return "\n".join(lines)
 
+# %% ../nbs/05_data.ipynb #9c8c1c7d
 def save_class_counts(bundle: DataBundle, path) -> None:
     "Write the training class counts, ranks and shot groups as JSON."
     i = bundle.info
@@ -407,11 +235,13 @@ def fit_length(x: np.ndarray, target_length) -> np.ndarray:
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
+# %% ../nbs/05_data.ipynb #3571faaa
 def frame_power(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     "Mean power |I|^2 + |Q|^2 of every frame of `x` (N, 2, L), computed in float64 (no overflow for float32 inputs)."
     return np.concatenate([np.square(x[i:i + chunk], dtype=np.float64).sum(1).mean(1) for i in range(0, len(x), chunk)]
                           or [np.zeros(0)])
 
+# %% ../nbs/05_data.ipynb #9f2cb834
 def check_scale(p: np.ndarray, normalize: str, where: str) -> None:
     """Refuse frames whose scale makes the input meaningless: power normalisation of an all-zero frame or of a frame
     whose power is not finite; without normalisation, a frame whose power overflows float32 (the network's arithmetic)."""
@@ -425,11 +255,13 @@ def check_scale(p: np.ndarray, normalize: str, where: str) -> None:
         raise ValueError(f"{where}: {first(bad)}: a power above float32's range (the data's scale is wrong, e.g. "
                          "multiplied by 1e30); training would overflow: set data.normalize=power or rescale the file")
 
+# %% ../nbs/05_data.ipynb #4d754677
 def zscore_frames(x: torch.Tensor) -> torch.Tensor:
     "Each channel (I, Q) of each frame of `x` (N, 2, L) to mean 0 and standard deviation 1 over time (a flat channel: 0), in float64."
     xd = x.double()
     return ((xd - xd.mean(2, keepdim=True)) / xd.std(2, keepdim=True, unbiased=False).clamp_min(1e-12)).float()
 
+# %% ../nbs/05_data.ipynb #aabb4e05
 def to_split(x: np.ndarray, y: np.ndarray, normalize: str, where: str = "the data") -> Split:
     """float32 (N, 2, L) tensor pair; `normalize='power'` scales every frame to unit mean power |I|^2 + |Q|^2 (in
     float64, so a file at any finite scale gives the same frames). Frames that cannot be normalised are refused
@@ -457,8 +289,11 @@ LONG_TAIL_MODES = ("cut", "as_given")         # `data.long_tail`
 LEAKAGE_MODES = ("error", "drop", "allow")    # `data.leakage`
 
 def _is_int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+# %% ../nbs/05_data.ipynb #f76afa16
 def _is_num(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
+# %% ../nbs/05_data.ipynb #5b576b03
 def check_data_config(d) -> None:
     """Check every value of a data config (a `DataConfig` or an OmegaConf node with its fields), `data.synth`
     included: a ValueError `data.<key>=<value>: expected ...` names the first bad one."""
@@ -518,6 +353,7 @@ def synth_snr(cfg, cache_dir, split: str = "test") -> np.ndarray:
 
 FRAME_TABLES = ("frames_{role}.csv", "frames.csv")   # per-frame tables beside a data file (`ltsei frames`)
 
+# %% ../nbs/05_data.ipynb #511891fb
 def read_frame_snr(data_path, role: str, n: int) -> Optional[np.ndarray]:
     "The `snr_db` column (n,) float64 of the frame table beside `data_path` for `role` (see above); None without one."
     import pandas as pd
@@ -553,6 +389,7 @@ def _read_split(path, role, cfg):
 # %% ../nbs/05_data.ipynb #aa394cd4
 def _n(k: int, one: str, many: str) -> str: return f"{k} {one if k == 1 else many}"
 
+# %% ../nbs/05_data.ipynb #39463966
 def _say_into(notes: list):
     "A `say(msg, warn=False)` that prints one `[ltsei] data: ...` (or `warning: ...`) line and keeps it in `notes`."
     def say(msg, warn=False):
@@ -723,6 +560,7 @@ def _load_synthetic(cfg, compat: str = "paper"):
              "test_snr": synth_snr(sc, cfg.cache_dir, "test")}
     return splits[0], splits[1], splits[2], counts, C, s.sample_rate, info, extra
 
+# %% ../nbs/05_data.ipynb #a73c2273
 def load_data(cfg, seed: int, compat: str = "paper") -> DataBundle:
     """The train / val / test splits of `cfg` (a DataConfig or an OmegaConf node with its fields), checked
     first by `check_data_config`. Synthetic: the cached generator output (`cfg.synth`); the long-tailed
@@ -753,6 +591,7 @@ def unknown_count(num_classes: int, fraction: float) -> int:
                          "to stay known (a smaller fraction, or more emitters)")
     return u
 
+# %% ../nbs/05_data.ipynb #298c9c31
 def choose_unknown(class_counts, fraction: float, split_seed: int) -> np.ndarray:
     "The held-out emitters (sorted ids): `unknown_count` of them, drawn across the head, medium and tail thirds (see above)."
     n = np.asarray(class_counts).ravel()
@@ -771,6 +610,7 @@ def _keep_classes(s: Split, known: np.ndarray, new_id: np.ndarray) -> tuple[Spli
     m = np.isin(y, known)
     return Split(s.x[torch.from_numpy(m)].contiguous(), torch.from_numpy(new_id[y[m]])), m
 
+# %% ../nbs/05_data.ipynb #6cab8b2a
 def hold_out_unknown(b: DataBundle, unknown) -> DataBundle:
     "The bundle without the emitters `unknown` in training and validation; their test frames become `unknown` (see above)."
     C = b.num_classes

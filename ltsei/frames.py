@@ -13,18 +13,17 @@ import numpy as np
 import pandas as pd
 from .storage import StorageError, clean_stale, drop_temp, make_temp_dir, replace_dir, reserve_space, storage_error
 from .adsb import CHIP, DATA_START, PREAMBLE_CHIPS, crc24, bits_to_hex, find_preamble, demodulate
+from .recordings import *
+from .recordings import _lut
 
 # %% auto #0
-__all__ = ['FRAMES_FORMATS', 'IQ_FORMATS', 'SIGMF_TYPES', 'PULSE_CHIPS', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC',
-           'CRC_STATUS', 'DF_WANTED', 'NOISE_BLOCK', 'AP_WAIT_S', 'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES',
-           'FramesConfig', 'check_frames_config', 'Recording', 'not_a_recording', 'open_raw', 'open_sigmf',
-           'open_recording', 'raw_samples', 'to_iq', 'write_iq', 'magnitude', 'dc_offset', 'envelope', 'level_stats',
-           'guess_format', 'suggest_format', 'chip_edges', 'chip_width', 'box_sums', 'preamble_sums', 'find_candidates',
-           'slice_bits', 'reply_snr', 'remainder_tables', 'remainder', 'single_bit_syndromes', 'classify',
-           'noise_levels', 'scan_chunks', 'retry_phases', 'repair_one_bit', 'scan', 'select_frames', 'resampling',
-           'window_plan', 'read_windows', 'window_hashes', 'label_frames', 'split_by_time', 'find_frames',
-           'keep_windows', 'write_arrays', 'write_sigmf_annotations', 'plot_long_tail', 'write_dataset',
-           'frames_parser', 'frames_main', 'synth_recording']
+__all__ = ['PULSE_CHIPS', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC', 'CRC_STATUS', 'DF_WANTED', 'NOISE_BLOCK', 'AP_WAIT_S',
+           'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES', 'FramesConfig', 'check_frames_config', 'chip_edges',
+           'chip_width', 'box_sums', 'preamble_sums', 'find_candidates', 'slice_bits', 'reply_snr', 'remainder_tables',
+           'remainder', 'single_bit_syndromes', 'classify', 'noise_levels', 'scan_chunks', 'retry_phases',
+           'repair_one_bit', 'scan', 'select_frames', 'resampling', 'window_plan', 'read_windows', 'window_hashes',
+           'label_frames', 'split_by_time', 'find_frames', 'keep_windows', 'write_arrays', 'write_sigmf_annotations',
+           'plot_long_tail', 'write_dataset', 'frames_parser', 'frames_main', 'synth_recording']
 
 # %% ../nbs/07_frames.ipynb #c9bb5fc0
 @dataclass
@@ -42,8 +41,8 @@ class FramesConfig:
     chunk: int = 1 << 20            # samples per chunk (memory is flat in the recording's length)
     threshold: float = 1.5          # preamble pulse level minus gap level, in noise medians (see below)
 
-FRAMES_FORMATS = ("u8", "cs8", "cs16", "cf32", "sigmf")
 
+# %% ../nbs/07_frames.ipynb #6c5a187c
 def check_frames_config(cfg) -> None:
     "Raise ValueError naming the first FramesConfig value that is out of range (by its command-line flag)."
     def bad(name, want):
@@ -62,156 +61,6 @@ def check_frames_config(cfg) -> None:
     if int(cfg.chunk) < 4096: bad("chunk", "at least 4096 samples")
     if not cfg.threshold > 0: bad("threshold", "a positive number")
 
-# %% ../nbs/07_frames.ipynb #f0511bd4
-IQ_FORMATS = {"u8": (np.dtype(np.uint8), 127.5, 127.5), "cs8": (np.dtype(np.int8), 0.0, 128.0),
-              "cs16": (np.dtype("<i2"), 0.0, 32768.0), "cf32": (np.dtype("<f4"), 0.0, 1.0)}  # dtype, zero, full scale
-SIGMF_TYPES = {"cu8": "u8", "ci8": "cs8", "ci16_le": "cs16", "cf32_le": "cf32"}
-
-@dataclass
-class Recording:
-    path: Path                    # the file of samples
-    fmt: str                      # u8 | cs8 | cs16 | cf32
-    sample_rate: float
-    n: int                        # complex samples
-    meta: Optional[Path] = None   # the SigMF metadata file, if any
-
-def not_a_recording(path: Path, what: str = "a recording file (raw I/Q, or SigMF)") -> Exception:
-    "The error for a recording path that is no regular file: missing, a folder, or a device (`/dev/zero` never ends)."
-    if not path.exists(): return FileNotFoundError(f"{path}: no such file: expected {what}")
-    kind = "a folder" if path.is_dir() else "a device or other special file, not a regular file"
-    return ValueError(f"{path}: is {kind}: expected {what}")
-
-def open_raw(path, fmt: str, sample_rate) -> Recording:
-    "A raw interleaved I/Q recording, checked: it exists, is not empty and holds whole I/Q pairs."
-    path = Path(path)
-    if fmt not in IQ_FORMATS: raise ValueError(f"{path}: --format {fmt!r}: expected one of {', '.join(FRAMES_FORMATS)}")
-    if sample_rate is None: raise ValueError(f"{path}: raw I/Q has no header: give --sample-rate (Hz, e.g. 2e6)")
-    if not float(sample_rate) >= 2e6:
-        raise ValueError(f"{path}: sample rate {float(sample_rate):g}: expected at least 2e6 (one sample per 0.5 us chip)")
-    if not path.is_file(): raise not_a_recording(path)
-    size, pair = path.stat().st_size, 2 * IQ_FORMATS[fmt][0].itemsize
-    if size == 0: raise ValueError(f"{path}: the file is empty (0 bytes): expected {fmt} I/Q samples")
-    if size % pair:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of {fmt} I/Q pairs ({pair} bytes each): "
-                         f"a truncated file, or not {fmt}{suggest_format(path, fmt)}")
-    return Recording(path, fmt, float(sample_rate), size // pair)
-
-def open_sigmf(meta) -> Recording:
-    "A SigMF recording (`.sigmf-meta` beside `.sigmf-data`, read with the `sigmf` package): format and rate from its metadata."
-    from sigmf import sigmffile
-    meta = Path(meta)
-    if meta.suffix == ".sigmf-data": meta = meta.with_suffix(".sigmf-meta")
-    if not meta.is_file(): raise not_a_recording(meta, "SigMF metadata (.sigmf-meta)")
-    try: f = sigmffile.fromfile(str(meta), skip_checksum=True)
-    except Exception as e: raise ValueError(f"{meta}: not a readable SigMF recording ({type(e).__name__}: {e})") from None
-    dt, rate = f.get_global_field("core:datatype"), f.get_global_field("core:sample_rate")
-    if dt not in SIGMF_TYPES:
-        raise ValueError(f"{meta}: core:datatype {dt!r}: expected complex I/Q, one of {', '.join(SIGMF_TYPES)}")
-    if rate is None: raise ValueError(f"{meta}: the SigMF metadata has no core:sample_rate: expected the rate in Hz in its global object")
-    if int(f.get_global_field("core:num_channels") or 1) != 1:
-        raise ValueError(f"{meta}: {f.get_global_field('core:num_channels')} channels: expected a single-channel recording")
-    return replace(open_raw(f.data_file or meta.with_suffix(".sigmf-data"), SIGMF_TYPES[dt], rate), meta=meta)
-
-def open_recording(path, fmt: str, sample_rate=None) -> Recording:
-    "`open_sigmf` for `fmt='sigmf'` or a `.sigmf-meta`/`.sigmf-data` path, `open_raw` otherwise."
-    p = Path(path)
-    if fmt == "sigmf" or p.suffix in (".sigmf-meta", ".sigmf-data"): return open_sigmf(p)
-    return open_raw(p, fmt, sample_rate)
-
-# %% ../nbs/07_frames.ipynb #405c3213
-def raw_samples(rec: Recording) -> np.ndarray:
-    "The recording's stored values, interleaved I, Q (2 n,), as a read-only memory map."
-    return np.memmap(rec.path, dtype=IQ_FORMATS[rec.fmt][0], mode="r", shape=(2 * rec.n,))
-
-def to_iq(raw, fmt: str) -> np.ndarray:
-    "Complex64 samples from stored interleaved values (..., 2 k), centred at the format's zero and scaled to full scale 1."
-    dt, zero, scale = IQ_FORMATS[fmt]
-    v = np.array(raw, dtype=np.float32)
-    if zero: v -= np.float32(zero)
-    if scale != 1: v *= np.float32(1 / scale)
-    return v.view(np.complex64)
-
-def write_iq(path, z, fmt: str, scale: float = 1.0) -> None:
-    "Complex samples `z` written as raw interleaved I/Q in `fmt` (values x `scale` of full scale, rounded and clipped for integer formats)."
-    dt, zero, full = IQ_FORMATS[fmt]
-    v = np.empty(2 * len(z), np.float64)
-    v[0::2], v[1::2] = z.real, z.imag
-    v = v * scale * full + zero
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        v = np.clip(np.round(v), info.min, info.max)
-    v.astype(dt).tofile(path)
-
-_LUT: dict = {}
-
-def _lut(fmt: str) -> np.ndarray:
-    "|I + jQ| for every pair of 8-bit values, indexed by the pair read as one little-endian uint16 (I the low byte)."
-    if fmt not in _LUT:
-        b = np.arange(256)
-        v = (b - 127.5) / 127.5 if fmt == "u8" else b.astype(np.uint8).view(np.int8) / 128.0
-        _LUT[fmt] = np.hypot(v[None, :], v[:, None]).astype(np.float32).ravel()   # [256 q + i]
-    return _LUT[fmt]
-
-def magnitude(raw, fmt: str) -> np.ndarray:
-    "The envelope |x| (k,) float32 of stored values (2 k,): one table look-up per sample for 8-bit formats."
-    if IQ_FORMATS[fmt][0].itemsize == 1:
-        return np.take(_lut(fmt), np.ascontiguousarray(raw).view("<u2"))
-    return np.abs(to_iq(raw, fmt))
-
-def dc_offset(rec: Recording, n: int = 1 << 22) -> Optional[complex]:
-    """The receiver's DC offset c: the mean of every 61st of the first `n` samples, when it matters (above a quarter
-    of the median magnitude, it would add to every pulse with a varying phase and lift the gaps); else None. One
-    value per recording, so that the envelope does not depend on the chunk size."""
-    z = to_iq(np.asarray(raw_samples(rec)[:2 * min(n, rec.n)]).reshape(-1, 2)[::61], rec.fmt).ravel()
-    z = z[np.isfinite(z)]
-    if not z.size: return None
-    dc = complex(z.mean())
-    return dc if abs(dc) > 0.25 * float(np.median(np.abs(z - dc))) else None
-
-def envelope(raw, fmt: str, dc: Optional[complex] = None) -> np.ndarray:
-    "The envelope |x - dc| (k,) float32 of stored values (2 k,): `magnitude`, the fast path, without a DC offset."
-    if dc is None: return magnitude(raw, fmt)
-    z = to_iq(raw, fmt)
-    z -= np.complex64(dc)
-    return np.abs(z)
-
-# %% ../nbs/07_frames.ipynb #a9084ac0
-def level_stats(head: bytes) -> dict:
-    """How each format reads the bytes `head` (the start of a recording): the median sample magnitude as a
-    fraction of the format's full scale (I/Q noise sits far below full scale, so the right format gives a small
-    value), or inf where the format cannot hold them (cf32 that is not finite or beyond 1e6)."""
-    head = head[:len(head) // 8 * 8]
-    out = {}
-    f = np.frombuffer(head, "<f4")
-    fin = np.isfinite(f)
-    a = np.abs(f[fin])
-    plausible = f.size and fin.all() and a.max() < 1e6 and not ((a > 0) & (a < 1e-30)).any()
-    out["cf32"] = float(np.median(a)) if plausible else float("inf")
-    for fmt in ("u8", "cs8", "cs16"):
-        dt, zero, scale = IQ_FORMATS[fmt]
-        v = np.frombuffer(head, dt).astype(np.float64)
-        out[fmt] = float(np.median(np.abs(v - zero)) / scale) if v.size else float("inf")
-    return out
-
-def guess_format(path, nbytes: int = 1 << 20) -> Optional[str]:
-    """The raw format whose level statistics fit the start of the file best: cf32 when it reads as plausible floats,
-    else the integer format with the smallest median level (cs8 rather than cs16 when its even and odd bytes alike)."""
-    with open(path, "rb") as fh: head = fh.read(nbytes)
-    s = level_stats(head)
-    if s["cf32"] < float("inf"): return "cf32"
-    best = min(("u8", "cs8", "cs16"), key=s.get)
-    if best == "cs16" and s["cs8"] < 0.5:          # loud cs8 also reads small as cs16: are I and Q bytes alike?
-        b = np.abs(np.frombuffer(head, np.int8).astype(np.int16))
-        lo, hi = np.median(b[0::2]), np.median(b[1::2])
-        if lo > 0 and hi > 0 and 0.5 < lo / hi < 2: best = "cs8"     # cs16's high bytes are far smaller than its low bytes
-    return best if s[best] < float("inf") else None
-
-def suggest_format(path, fmt: str) -> str:
-    "'; the level statistics suggest X, not FMT' when `guess_format` disagrees with `fmt`, else ''."
-    try: g = guess_format(path)
-    except OSError: return ""
-    return f"; the level statistics suggest {g}, not {fmt}" if g and g != fmt else ""
-
 # %% ../nbs/07_frames.ipynb #2d2e989d
 PULSE_CHIPS = np.flatnonzero(PREAMBLE_CHIPS > 0)      # chips 0, 2, 7, 9: pulses at 0, 1, 3.5 and 4.5 us
 
@@ -219,10 +68,12 @@ def chip_edges(fs: float, n: int = 16) -> np.ndarray:
     "Sample offsets (n + 1,) of the edges of `n` consecutive 0.5 us chips at sample rate `fs`, rounded to whole samples."
     return np.round(np.arange(n + 1) * CHIP * float(fs)).astype(np.int64)
 
+# %% ../nbs/07_frames.ipynb #3d4011e5
 def chip_width(fs: float) -> int:
     "Samples per chip, rounded (at least 1)."
     return max(1, int(round(CHIP * float(fs))))
 
+# %% ../nbs/07_frames.ipynb #9a7068fe
 def box_sums(m, w: int) -> np.ndarray:
     "Sums of `w` consecutive values, (len(m) - w + 1,), by doubling: about 2 log2(w) vector additions, no cumulative sum."
     if w == 1: return m
@@ -237,6 +88,7 @@ def box_sums(m, w: int) -> np.ndarray:
         k *= 2
     return out
 
+# %% ../nbs/07_frames.ipynb #93dabd66
 def preamble_sums(m, chips, fs: float) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Envelope sums over the preamble's 4 pulse chips (p) and over all its 16 chips (s), (n,) each, for a preamble
     starting at every sample whose 8 us fit in the envelope `m`; `chips` = `box_sums(m, chip_width(fs))`. Also the
@@ -305,6 +157,7 @@ def slice_bits(chips, starts, fs: float, k0: int = 0, k1: int = 112, frac=None, 
         c = chips[i] * (1 - f) + chips[i + 1] * f
     return (c[:, 0::2] > c[:, 1::2]).astype(np.uint8)
 
+# %% ../nbs/07_frames.ipynb #8dc607e5
 def reply_snr(chips, starts, bits, fs: float, noise_power: float) -> np.ndarray:
     """SNR (B,) in dB: the mean power over the 4 preamble pulses and the high chip of each of the first 56 bits
     (each chip's mean envelope, squared) over the noise power, minus 1 (the noise's own share)."""
@@ -315,6 +168,7 @@ def reply_snr(chips, starts, bits, fs: float, noise_power: float) -> np.ndarray:
     a = chips[np.asarray(starts, np.int64)[:, None] + hi].astype(np.float64) / wc
     return 10 * np.log10(np.maximum((a * a).mean(1) / noise_power - 1, 1e-3))
 
+# %% ../nbs/07_frames.ipynb #37e276bc
 def _ints(bits) -> np.ndarray:
     "Bit rows (B, k), k <= 63, as integers (B,) int64, most significant bit first."
     bits = np.asarray(bits, np.int64)
@@ -334,6 +188,7 @@ def remainder_tables(nbits: int) -> np.ndarray:
                                    for j in range(nbits // 8)])
     return _TABLES[nbits]
 
+# %% ../nbs/07_frames.ipynb #ccb5866c
 def remainder(bits) -> np.ndarray:
     "CRC-24 remainder (B,) int64 of bit rows (B, 56 or 112), equal to `_ints(adsb.crc24(bits))`, by 7 or 14 table look-ups."
     bits = np.asarray(bits, np.uint8)
@@ -345,6 +200,7 @@ def remainder(bits) -> np.ndarray:
 REJECT, OK, FIXED, AP, IC = 0, 1, 2, 3, 4
 CRC_STATUS = {OK: "ok", FIXED: "fixed", AP: "ap", IC: "ic"}
 
+# %% ../nbs/07_frames.ipynb #ce2cd58f
 def single_bit_syndromes() -> tuple[np.ndarray, np.ndarray]:
     "(remainders, positions) sorted by remainder: the remainder that one wrong bit at position 5..111 of a 112-bit frame leaves."
     r = remainder(np.eye(112, dtype=np.uint8)[5:])
@@ -396,6 +252,7 @@ def noise_levels(m, a: int, s: int, e: int) -> np.ndarray:
     if s + full * NOISE_BLOCK < e: med = np.append(med, np.median(m[s + full * NOISE_BLOCK - a:e - a:61]))
     return np.maximum(med, 1e-12)
 
+# %% ../nbs/07_frames.ipynb #9bbed169
 def scan_chunks(rec: Recording, cfg: FramesConfig):
     """Per chunk, a dict of arrays of the replies `cfg.df` asks for (DF17/18, or every kind `classify` knows): time_s
     (the preamble's start), snr_db, df, status, icao (int), and the message as two integers hi, lo (bits 0-55 and
@@ -448,6 +305,7 @@ def retry_phases(k: dict, chips, c, frac, fs: float, wanted) -> None:
         good = np.flatnonzero(k2["status"] != REJECT)
         for key in ("status", "icao", "df", "bits"): k[key][bad[good]] = k2[key][good]
 
+# %% ../nbs/07_frames.ipynb #f251d1e1
 def repair_one_bit(k: dict) -> None:
     "`classify`'s single-bit repair for the DF17 candidates still rejected (after the other phases were tried), in `k`."
     bad = np.flatnonzero((k["status"] == REJECT) & (k["df"] == 17))
@@ -455,6 +313,7 @@ def repair_one_bit(k: dict) -> None:
     good = np.flatnonzero(k2["status"] == FIXED)
     for key in ("status", "icao", "df", "bits"): k[key][bad[good]] = k2[key][good]
 
+# %% ../nbs/07_frames.ipynb #c2eb96b5
 def scan(rec: Recording, cfg: FramesConfig) -> pd.DataFrame:
     """The replies of `scan_chunks` that become frames: CRC-checked ones, and (with `df='all'`) address/parity and
     DF11 interrogator-code replies whose address a CRC-checked reply (status OK) of this recording carries, before
@@ -472,6 +331,7 @@ def scan(rec: Recording, cfg: FramesConfig) -> pd.DataFrame:
     return f.astype({"df": np.int64, "status": np.int8, "icao": np.int64, "hi": np.int64, "lo": np.int64}).sort_values(
         "time_s", kind="stable").reset_index(drop=True)
 
+# %% ../nbs/07_frames.ipynb #080c18e0
 def select_frames(found: pd.DataFrame) -> pd.DataFrame:
     """`found` (the rows of `scan` for every file, with a `file` column) in time order per file, without repeats
     of one message within 64 us (two candidates of one reply), with readable columns: crc (ok/fixed/ap/ic),
@@ -492,6 +352,7 @@ def resampling(fs: float, target: Optional[float]) -> tuple[int, int]:
     r = Fraction(float(target) / fs).limit_denominator(1000)
     return r.numerator, r.denominator
 
+# %% ../nbs/07_frames.ipynb #f996adc5
 def window_plan(rec: Recording, times, cfg: FramesConfig) -> dict:
     """Where each frame's window comes from: the first source sample i0 (B,), the source samples to read, the offset
     (B,) of the window in the resampled read, the output length and rate, and `fits` (B,): the read lies in the
@@ -511,6 +372,7 @@ def window_plan(rec: Recording, times, cfg: FramesConfig) -> dict:
     return {"i0": i0, "n": n, "off": off, "length": L, "rate": rate, "up": up, "down": down,
             "fits": (i0 >= 0) & (i0 + n <= rec.n)}
 
+# %% ../nbs/07_frames.ipynb #2db3db42
 def read_windows(rec: Recording, plan: dict, rows) -> np.ndarray:
     "The windows (B, L, 2) float32 (I, Q) of the frames `rows` of `plan` (all must fit), resampled when the plan says so."
     from scipy.signal import resample_poly
@@ -523,6 +385,7 @@ def read_windows(rec: Recording, plan: dict, rows) -> np.ndarray:
         z = np.take_along_axis(z, plan["off"][rows][:, None] + np.arange(L), 1)
     return np.stack([z.real, z.imag], axis=-1).astype(np.float32)
 
+# %% ../nbs/07_frames.ipynb #9b014059
 def window_hashes(X) -> list[bytes]:
     "A digest per window (B,): equal digests mean identical samples."
     return [hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest() for x in X]
@@ -544,6 +407,7 @@ def label_frames(f: pd.DataFrame, min_frames: int = 1) -> tuple[pd.DataFrame, pd
                        "recordings": g.file.nunique().to_numpy() if len(f) else []})
     return f, em
 
+# %% ../nbs/07_frames.ipynb #7b9d0c40
 def split_by_time(f: pd.DataFrame, test_fraction: float) -> np.ndarray:
     """'train' or 'test' (B,) per frame: each aircraft's latest floor(n x test_fraction) frames (by recording, then
     time) are test, the rest train, so every aircraft keeps at least one training frame and the two sets are
@@ -570,6 +434,7 @@ def find_frames(recs: list, cfg: FramesConfig) -> pd.DataFrame:
         found.append(r.assign(file=i))
     return select_frames(pd.concat(found, ignore_index=True))
 
+# %% ../nbs/07_frames.ipynb #742a5811
 def keep_windows(recs: list, f: pd.DataFrame, cfg: FramesConfig) -> tuple[pd.DataFrame, dict]:
     """The frames whose window lies inside their recording, without exact duplicates (identical windows: the
     first is kept); and the counts dropped."""
@@ -586,6 +451,7 @@ def keep_windows(recs: list, f: pd.DataFrame, cfg: FramesConfig) -> tuple[pd.Dat
                 else: seen.add(h); keep[r] = True
     return f[keep].reset_index(drop=True), {"edge": edge, "duplicates": dups}
 
+# %% ../nbs/07_frames.ipynb #45b2ed8c
 def write_arrays(folder: Path, recs: list, f: pd.DataFrame, cfg: FramesConfig, name: str) -> None:
     "X{name}.npy (N, L, 2) float32 and Y{name}.npy (N,) int64 of the frames `f` (in their order), written in batches."
     plans = {i: window_plan(rec, f.time_s.to_numpy()[f.file.to_numpy() == i], cfg) for i, rec in enumerate(recs)}
@@ -617,6 +483,7 @@ def write_sigmf_annotations(path: Path, rec: Recording, f: pd.DataFrame) -> None
             "annotations": sorted(ann, key=lambda a: a["core:sample_start"])}
     path.write_text(json.dumps(meta, indent=1))
 
+# %% ../nbs/07_frames.ipynb #74b22c11
 def plot_long_tail(counts, path: Path) -> None:
     "The frames per aircraft, ranked (log scale), as a PNG."
     from matplotlib.figure import Figure
@@ -712,6 +579,7 @@ def frames_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=d.threshold, help=f"preamble detection level in noise medians (default {d.threshold:g})")
     return p
 
+# %% ../nbs/07_frames.ipynb #5e593641
 def _check_out(out: Path) -> None:
     "Refuse an --out that is a file, or a folder holding anything `ltsei frames` does not write (it is replaced whole)."
     if out.exists() and not out.is_dir():

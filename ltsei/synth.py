@@ -21,15 +21,15 @@ from .adsb import make_df17, ppm_chips, pulse_envelope, bits_to_hex
 from .storage import (StorageError, check_free_space, clean_stale, drop_temp, make_temp_dir, replace_dir,
                            reserve_space, sha256_file, storage_error)
 from .cache import CacheEntry
+from .emitters import *
+from .emitters import (_modulator, _carrier, _complex, _cnoise, _delayed, _warp, _channel, _receiver, _iq_imbalance,
+                            _adc)
 
 # %% auto #0
-__all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'SNR_DB_RANGE', 'FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD',
-           'CFO_SHIFT_HZ', 'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S', 'EDGE_JITTER', 'DROOP_JITTER', 'RX_DC_DB',
-           'RMS_RANGE', 'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB', 'AGC_HEADROOM_DB', 'SPLITS', 'CHUNK',
-           'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES', 'SynthConfig', 'as_synth_config', 'check_synth_config',
-           'make_fingerprints', 'gen_rate', 'rx_response', 'synth_frames', 'estimate_cfo', 'split_sizes',
-           'synth_nbytes', 'synth_numerics', 'synth_key', 'generate_split', 'SynthWorkerError', 'check_finite',
-           'generate_synth', 'SynthSet', 'synth_entry', 'load_synth', 'synth_main']
+__all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'SNR_DB_RANGE', 'SPLITS', 'CHUNK', 'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES',
+           'SynthConfig', 'as_synth_config', 'check_synth_config', 'split_sizes', 'synth_nbytes', 'synth_numerics',
+           'synth_key', 'generate_split', 'SynthWorkerError', 'check_finite', 'generate_synth', 'SynthSet',
+           'synth_entry', 'load_synth', 'synth_main']
 
 # %% ../nbs/04_synth.ipynb #a76224b8
 @dataclass
@@ -48,6 +48,16 @@ class SynthConfig:
     analog_rate: float = 50e6   # frames are made and filtered at max(sample_rate, analog_rate), then resampled to sample_rate
     clock_ppm: float = 0.0      # sample-clock offset, std in ppm per frame (plus a drift of the same size over the frame)
     adc_bits: int = 0           # ADC resolution after an AGC (0: no quantisation)
+    adc_mode: str = "agc"       # agc: output rescaled to RMS_RANGE | rtl: an RTL-SDR's u8 grid (mid-rise), output in units of full scale
+    adc_headroom_db: float = 3.0  # `adc_bits`: full scale this far above the frame's peak |I|, |Q| (dB) ...
+    adc_agc_db: float = 3.0     # ... +- this, uniform per frame (the AGC's or the signal level's spread)
+    dc_db_min: float = -45.0    # receiver DC offset vs the pulse amplitude, uniform in dB
+    dc_db_max: float = -30.0
+    rx_iq_gain: float = 0.0     # receiver IQ gain imbalance: I gain 1 + eps, Q gain 1 - eps (0: none)
+    rx_iq_phase: float = 0.0    # receiver IQ phase imbalance, rad (0: none)
+    align_min_s: float = -300e-9  # the modulator starts this much before sample 0 ... (uniform; the capture starts inside the first pulse)
+    align_max_s: float = -130e-9  # ... to this much
+    rx_cfo_hz: float = 0.0      # receiver tuning error, added to every emitter's carrier offset (an RTL-SDR's crystal: ppm x 1090 MHz), Hz
     cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
     multipath: bool = False     # one weak delayed ray (and sometimes a second)
     overlap_prob: float = 0.0   # share of frames overlapped by another aircraft's weaker reply
@@ -68,7 +78,16 @@ SYNTH_PRESETS = {
     # 2 epochs, so that CE at IR 1 scores far above chance (about 90 %, chance 17 %)
     "smoke": SynthConfig(num_emitters=6, sample_rate=8e6, length=384, pool_per_class=700, val_per_class=10,
                          test_per_class=20, snr_db_min=25.0, snr_db_max=35.0, difficulty=0.1, seed=148),
+    # an RTL-SDR stick at 2 MS/s (one sample per 0.5 us chip): the quick preset's fleet seen through the stick's
+    # chain (tuner and decimation filter, 8-bit ADC at a fixed gain, DC spur, IQ imbalance, crystal offset), fitted to
+    # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
+    # and are the shortest ConvNetADSB takes
+    "rtl2m": SynthConfig(num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
+                         test_per_class=60, snr_db_min=16.2, snr_db_max=32.2, rx_bandwidth=2.9e6, rx_transition=1.35e6,
+                         clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=4.6, adc_agc_db=5.7,
+                         dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
 }
+SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=3.0e6)   # the same stick at 2.4 MS/s (160 us)
 SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key
 
 # %% ../nbs/04_synth.ipynb #0fe4fe3c
@@ -102,7 +121,7 @@ def check_synth_config(cfg) -> None:
     for k in ("snr_db_min", "snr_db_max"):
         if not SNR_DB_RANGE[0] <= float(getattr(cfg, k)) <= SNR_DB_RANGE[1]: bad(k, f"a ratio in dB within {SNR_DB_RANGE}")
     if int(cfg.num_emitters) < 2: bad("num_emitters", "an integer >= 2")
-    if not float(cfg.sample_rate) >= 4e6: bad("sample_rate", "at least 4e6 samples/s (2 samples per 0.5 us chip)")
+    if not float(cfg.sample_rate) >= 2e6: bad("sample_rate", "at least 2e6 samples/s (one sample per 0.5 us chip)")
     if int(cfg.length) <= 0: bad("length", "a positive number of samples")
     if int(cfg.length) / float(cfg.sample_rate) < 8e-6: bad("length", f"at least 8 us of samples (the preamble), i.e. >= {int(np.ceil(8e-6 * cfg.sample_rate))}")
     for n in ("pool_per_class", "val_per_class", "test_per_class"):
@@ -115,249 +134,25 @@ def check_synth_config(cfg) -> None:
     if not 4e6 <= float(cfg.analog_rate) < float("inf"): bad("analog_rate", "at least 4e6 samples/s")
     if not 0 <= float(cfg.clock_ppm) <= 1000: bad("clock_ppm", "0 (off) to 1000 ppm")
     if not (int(cfg.adc_bits) == 0 or 2 <= int(cfg.adc_bits) <= 24): bad("adc_bits", "0 (no quantisation) or 2..24 bits")
+    _check_rx(cfg, bad)
     if not 0 <= float(cfg.cfo_drift_hz) < float("inf"): bad("cfo_drift_hz", "0 (off) or a drift in Hz")
     if not 0 <= float(cfg.overlap_prob) <= 1: bad("overlap_prob", "a probability in [0, 1]")
     if not float(cfg.difficulty) > 0: bad("difficulty", "a positive number")
     if cfg.icao_mode not in ("random", "per_emitter"): bad("icao_mode", "'random' or 'per_emitter'")
 
-# %% ../nbs/04_synth.ipynb #68d92241
-# Fingerprint distribution: (nominal, spread at difficulty 1, lower, upper). The spread is divided by
-# `difficulty`; the carrier offset is drawn apart from these (its statistics are those measured on the
-# public data set, and it does not depend on difficulty). Times in s, frequencies in Hz, phases in rad.
-FINGERPRINT_SPREAD = {
-    "rise_time":    (50e-9, 6e-9, 25e-9, 100e-9),      # modulator pulse edge, 10-90 % (times the edge scale)
-    "fall_time":    (80e-9, 15e-9, 40e-9, 150e-9),     # 90-10 % (times the edge scale)
-    "width_offset": (0.0, 10e-9, -40e-9, 40e-9),       # added to the 0.5 us pulse width
-    "ring_freq":    (4e6, 0.7e6, 2e6, 8e6),            # modulator transient: resonance of a second-order response (/ edge scale)
-    "ring_zeta":    (0.55, 0.08, 0.25, 0.9),           # ... and its damping (0.55: 12 % overshoot)
-    "log_edge_scale": (0.55, 0.35, -0.3, 1.4),         # ln of how much slower than nominal the edges and transient are
-    "rapp_p":       (2.5, 1.0, 1.0, 6.0),              # PA AM/AM: Rapp smoothness
-    "pa_drive":     (0.9, 0.25, 0.4, 1.6),             # input drive relative to PA saturation
-    "ampm":         (0.0, 0.3, -0.8, 0.8),             # PA AM/PM: phase at saturation
-    "iq_gain":      (0.0, 0.04, -0.15, 0.15),          # epsilon: I gain 1 + eps, Q gain 1 - eps
-    "iq_phase":     (0.0, np.deg2rad(4.0), -0.2, 0.2), # IQ phase imbalance
-    "droop":        (0.025, 0.045, -0.1, 0.2),         # amplitude lost over 96 us (mean; frames scatter by DROOP_JITTER)
-    "pulse_var_db": (0.15, 0.08, 0.02, 0.4),           # pulse-to-pulse amplitude std, dB
-    "log10_linewidth": (2.7, 0.5, 1.5, 4.0),           # oscillator phase noise (Wiener) linewidth, log10 Hz
-    "pull_hz":      (7e3, 8e3, -30e3, 80e3),           # oscillator pulled up by this while a pulse is on, Hz
-}
-CFO_MEDIAN_HZ, CFO_LOG_SPREAD, CFO_SHIFT_HZ = 0.4e6, 0.75, -0.1e6   # emitter mean offset: shift + median * exp(spread * N(0,1))
-CFO_CLIP_HZ = (-0.35e6, 1.4e6)
-CFO_JITTER_HZ = (20e3, 150e3)        # per-emitter std of the per-frame carrier offset, uniform
-ALIGN_S = (-300e-9, -130e-9)         # modulator start before sample 0, uniform: the capture starts inside the first pulse
-EDGE_JITTER = 0.3                    # per-frame std of ln(edge scale) around the emitter's
-DROOP_JITTER = 0.04                  # per-frame std of the droop over 96 us
-RX_DC_DB = (-45.0, -30.0)            # receiver DC offset vs the pulse amplitude, uniform in dB
-RMS_RANGE = (0.55, 1.25)             # per-frame RMS amplitude, log-uniform (like the public files)
-MULTIPATH_DB = (-20.0, -10.0)        # `multipath`: the delayed ray's power vs the direct one, uniform in dB
-MULTIPATH_DELAY_S = (0.1e-6, 1e-6)   # ... and its delay, uniform
-OVERLAP_DB = (-20.0, -10.0)          # `overlap_prob`: the other reply's power vs this one, uniform in dB
-AGC_HEADROOM_DB = 3.0                # `adc_bits`: the AGC puts the frame's peak this far (+-3 dB) below full scale
-
-def make_fingerprints(cfg) -> pd.DataFrame:
-    """One row of hardware parameters per emitter, deterministic from `cfg.seed` (emitter e's row
-    depends only on the seed, e and the difficulty, not on the number of emitters)."""
-    rows = []
-    for e in range(int(cfg.num_emitters)):
-        rng = np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(7, e)))
-        cfo = CFO_SHIFT_HZ + CFO_MEDIAN_HZ * np.exp(CFO_LOG_SPREAD * rng.standard_normal())
-        r = {"emitter": e, "cfo_hz": float(np.clip(cfo, *CFO_CLIP_HZ)), "cfo_jitter_hz": rng.uniform(*CFO_JITTER_HZ)}
-        for name, (nom, spread, lo, hi) in FINGERPRINT_SPREAD.items():
-            r[name] = float(np.clip(nom + spread / float(cfg.difficulty) * rng.standard_normal(), lo, hi))
-        r["icao"] = int(rng.integers(1, 1 << 24))
-        rows.append(r)
-    return pd.DataFrame(rows).set_index("emitter")
-
-# %% ../nbs/04_synth.ipynb #8b860908
-def gen_rate(cfg) -> float:
-    """The rate at which frames are made and the receiver filter runs: `analog_rate` when it is above `sample_rate`
-    and the two are in a ratio of small integers (denominator <= 1000, for `resample_poly`), else `sample_rate`."""
-    fa, fo = float(cfg.analog_rate), float(cfg.sample_rate)
-    if fo >= fa: return fo
-    r = Fraction(fo / fa).limit_denominator(1000)
-    return fa if abs(float(r) * fa - fo) <= 1e-9 * fo else fo
-
-def rx_response(cfg, f) -> np.ndarray:
-    """The receiver channel filter's amplitude response at frequencies `f` (Hz): half (6 dB down) at +-B/2,
-    B = min(rx_bandwidth, 0.75 gen_rate). `fir`: flat, then a raised-cosine edge of width `rx_transition`
-    centred on B/2, then a stopband 70 dB down; `gaussian`: exp(-ln 2 (2f/B)^2)."""
-    bw = min(float(cfg.rx_bandwidth), 0.75 * gen_rate(cfg))
-    a = np.abs(np.asarray(f, np.float64))
-    if cfg.rx_filter == "gaussian": return np.exp(-np.log(2) * (2 * a / bw) ** 2)
-    T = min(float(cfg.rx_transition), bw)
-    u = np.clip((a - (bw - T) / 2) / T, 0, 1)
-    return np.maximum(0.5 + 0.5 * np.cos(np.pi * u), 10 ** (-70 / 20))
-
-# %% ../nbs/04_synth.ipynb #26e41013
-def _modulator(fp, chips, fs, Lx, P, t0, rng):
-    """The transmitter's baseband before the carrier (B, Lx) float32 pair (I, Q) and its envelope: PPM pulses
-    with the emitter's edges (per frame scaled by EDGE_JITTER), droop, a second-order transient, Rapp PA, IQ imbalance."""
-    f32, B = np.float32, len(chips)
-    s = np.exp(fp["log_edge_scale"] + EDGE_JITTER * rng.standard_normal(B))    # the frame's edge slowness
-    w = fp["width_offset"]
-    env = pulse_envelope(chips, fs, Lx, np.minimum(fp["rise_time"] * s, 0.25e-6),
-                         np.minimum(fp["fall_time"] * s, 0.28e-6 - 1.2 * abs(w)), w, t0 + P / fs)
-    t = (np.arange(Lx, dtype=f32) - f32(P)) / f32(fs)
-    droop = fp["droop"] + DROOP_JITTER * rng.standard_normal(B)
-    env *= 1 - (droop / 96e-6).astype(f32)[:, None] * (t[None, :] - t0[:, None].astype(f32))
-    from scipy.signal import lfilter       # here, not at the top: scipy.signal takes ~0.5 s to import, and most runs load cached frames
-    # modulator transient: a second-order response (poles by impulse invariance, unit DC gain): overshoot, ringing
-    for i in range(B):
-        wn = 2 * np.pi * min(fp["ring_freq"] / s[i], 0.4 * fs)
-        r, th = np.exp(-fp["ring_zeta"] * wn / fs), wn * np.sqrt(1 - fp["ring_zeta"] ** 2) / fs
-        a = np.array([1.0, -2 * r * np.cos(th), r * r])
-        env[i] = lfilter([a.sum()], a, env[i])
-    # power amplifier: Rapp AM/AM and AM/PM, normalised so that a nominal pulse has amplitude 1
-    drive, pr = fp["pa_drive"], fp["rapp_p"]
-    u = np.abs(env) * f32(drive)
-    amp = u / (1 + u ** f32(2 * pr)) ** f32(1 / (2 * pr))
-    amp *= f32((1 + drive ** (2 * pr)) ** (1 / (2 * pr)) / drive)
-    u2 = u * u
-    phase = f32(fp["ampm"]) * u2 / (1 + u2)
-    # IQ imbalance at the transmitter's baseband
-    I, Q = amp * np.cos(phase), amp * np.sin(phase)
-    g, hp = fp["iq_gain"], fp["iq_phase"] / 2
-    I2 = f32((1 + g) * np.cos(hp)) * I - f32((1 + g) * np.sin(hp)) * Q
-    Q2 = f32((1 - g) * np.cos(hp)) * Q - f32((1 - g) * np.sin(hp)) * I
-    return I2, Q2, env
-
-def _carrier(I, Q, cfo, linewidth, drift, fs, P, rng, pull=None, pull_env=None):
-    """(I + jQ) on the carrier: offset `cfo` (B,) Hz drifting linearly by `drift` (B,) Hz over 96 us, a random
-    phase, Wiener phase noise of `linewidth` Hz, and (given `pull`, Hz) the oscillator pulled up by `pull` x
-    `pull_env` (the envelope: while a pulse is on); returns (re, im) float32."""
-    f32 = np.float32
-    B, Lx = I.shape
-    t = (np.arange(Lx) - P) / fs
-    theta = rng.uniform(0, 2 * np.pi, B)
-    rot = rng.standard_normal((B, Lx), f32)
-    rot *= f32(np.sqrt(2 * np.pi * linewidth / fs))
-    if pull is not None: rot += f32(2 * np.pi * pull / fs) * pull_env
-    np.cumsum(rot, axis=1, out=rot)
-    rot += (2 * np.pi * (cfo[:, None] + 0.5 * (drift / 96e-6)[:, None] * t[None, :]) * t[None, :] + theta[:, None]).astype(f32)
-    c, s_ = np.cos(rot), np.sin(rot)
-    return I * c - Q * s_, I * s_ + Q * c
-
-# %% ../nbs/04_synth.ipynb #1bbc8346
-def _complex(re, im) -> np.ndarray:
-    "complex64 re + j im (without a complex128 temporary)."
-    z = np.empty(re.shape, np.complex64); z.real, z.imag = re, im
-    return z
-
-def _cnoise(rng, shape) -> np.ndarray:
-    "Complex white Gaussian noise, complex64, variance 1 per component."
-    return rng.standard_normal((*shape[:-1], 2 * shape[-1]), np.float32).view(np.complex64)
-
-def _delayed(z, d):
-    "Complex rows `z` (B, Lx) delayed by `d` (B,) whole samples (zeros before)."
-    Lx = z.shape[1]
-    idx = np.arange(Lx)[None, :] - d[:, None]
-    return np.take_along_axis(z, np.clip(idx, 0, Lx - 1), 1) * (idx >= 0)
-
-def _warp(z, pos):
-    "Complex rows `z` (B, Lx) linearly interpolated at fractional sample positions `pos` (B, Lx)."
-    Lx = z.shape[1]
-    i = np.clip(np.floor(pos).astype(np.int64), 0, Lx - 2)
-    f = np.clip(pos - i, 0, 1).astype(np.float32)
-    return np.take_along_axis(z, i, 1) * (1 - f) + np.take_along_axis(z, i + 1, 1) * f
-
-def _channel(cfg, z, fs, P, t0, rng):
-    """The air between the aircraft and the antenna: (if `multipath`) a weak delayed ray, (with probability
-    `overlap_prob`) another aircraft's weaker reply somewhere in the frame. Returns z (B, Lx) complex64."""
-    f32, (B, Lx) = np.float32, z.shape
-    if cfg.multipath:   # one ray MULTIPATH_DELAY_S late, MULTIPATH_DB below, random phase; a second one in a quarter of the frames
-        out = z.copy()
-        for k in range(2):
-            d = np.round(rng.uniform(*MULTIPATH_DELAY_S, B) * fs).astype(np.int64)
-            g = 10 ** (rng.uniform(*MULTIPATH_DB, B) / 20) * (rng.random(B) < (1.0 if k == 0 else 0.25))
-            out += (g * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None] * _delayed(z, d)
-        z = out
-    hit = np.flatnonzero(rng.random(B) < float(cfg.overlap_prob))
-    if hit.size:        # a nominal transmitter's DF17 reply, OVERLAP_DB below, starting anywhere from 100 us before to 90 us after
-        k = hit.size
-        chips = ppm_chips(make_df17(rng, k))
-        e2 = pulse_envelope(chips, fs, Lx, 60e-9, 90e-9, 0.0, t0[hit] + P / fs + rng.uniform(-100e-6, 90e-6, k))
-        cfo = np.clip(CFO_SHIFT_HZ + CFO_MEDIAN_HZ * np.exp(CFO_LOG_SPREAD * rng.standard_normal(k)), *CFO_CLIP_HZ)
-        re, im = _carrier(e2, np.zeros_like(e2), cfo, 300.0, np.zeros(k), fs, P, rng)
-        g = 10 ** (rng.uniform(*OVERLAP_DB, k) / 20)
-        z[hit] += g.astype(f32)[:, None] * _complex(re, im)
-    return z
-
-# %% ../nbs/04_synth.ipynb #3ed1d095
-def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
-    """The receiver: thermal noise at the frame's SNR, the channel filter (FFT, circular over the margins), the
-    sample clock (offset and drift), a DC offset; then resampling to `sample_rate`. Returns (B, L) complex64 and
-    each frame's SNR in dB (B,)."""
-    B, Lx = z.shape
-    H = rx_response(cfg, np.fft.fftfreq(Lx, 1 / fs))
-    snr_db = rng.uniform(float(cfg.snr_db_min), float(cfg.snr_db_max), B)
-    nstd = np.sqrt(p_sig / 10 ** (snr_db / 10) / 2 / np.mean(H ** 2)).astype(np.float32)[:, None]   # in-band noise = p_sig / snr
-    z = z + _cnoise(rng, (B, Lx)) * nstd
-    z = sfft.ifft(sfft.fft(z, axis=1, overwrite_x=True) * H.astype(np.float32), axis=1, overwrite_x=True)
-    if float(cfg.clock_ppm) > 0:   # sample n taken at n (1 + eps + drift n / Lx)
-        eps, dr = float(cfg.clock_ppm) * 1e-6 * rng.standard_normal((2, B))
-        n = np.arange(Lx, dtype=np.float64) - P
-        z = _warp(z, P + n[None, :] * (1 + eps[:, None] + dr[:, None] * n[None, :] / Lx))
-    dc = np.sqrt(p_sig) * 10 ** (rng.uniform(*RX_DC_DB, B) / 20)
-    z += (dc * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None]
-    if r != 1:
-        from scipy.signal import resample_poly
-        z = resample_poly(z, r.numerator, r.denominator, axis=1)
-        P = P * r.numerator // r.denominator
-    return z[:, P:P + L].astype(np.complex64), snr_db
-
-def _adc(cfg, z, rng):
-    "AGC then an `adc_bits` ADC: the frame scaled so its peak lies AGC_HEADROOM_DB (+-3 dB) below full scale, quantised, clipped."
-    b = int(cfg.adc_bits)
-    if b <= 0: return z
-    peak = np.abs(np.concatenate([z.real, z.imag], 1)).max(1)
-    fsc = peak * 10 ** ((AGC_HEADROOM_DB + rng.uniform(-3, 3, len(z))) / 20)
-    q = (2 * fsc / 2 ** b)[:, None]
-    lim = 2 ** (b - 1) - 1
-    return _complex(np.clip(np.round(z.real / q), -lim - 1, lim) * q, np.clip(np.round(z.imag / q), -lim - 1, lim) * q)
-
-# %% ../nbs/04_synth.ipynb #975a7478
-def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator, return_snr: bool = False):
-    """`n` captures of one emitter with fingerprint `fp` (a row of `make_fingerprints`): returns
-    x (n, 2, L) float32 (I and Q channels) and the frames' bits (n, 112) uint8. Every capture gets fresh DF17
-    content, alignment, edge and droop jitter, carrier phase, offset jitter and drift, phase noise, SNR, DC
-    offset and received amplitude; the channel and receiver effects of `cfg`. Frames are made at `gen_rate`
-    and resampled to `sample_rate`. With `return_snr`, also each frame's SNR in dB (n,) float64 (the same draws:
-    the frames do not change)."""
-    B, L, fs, fo = int(n), int(cfg.length), gen_rate(cfg), float(cfg.sample_rate)
-    r = Fraction(fo / fs).limit_denominator(1000)     # resampling ratio up / down
-    Po = int(np.ceil(2e-6 * fo / r.numerator)) * r.numerator    # margins of about 2 us on both sides for the filters
-    P, Lx = Po * r.denominator // r.numerator, int(np.ceil(L * r.denominator / r.numerator)) + 2 * Po * r.denominator // r.numerator
-    bits = make_df17(rng, B, icao=None if cfg.icao_mode == "random" else int(fp["icao"]))
-    chips = ppm_chips(bits)
-    chips *= 10 ** (np.float32(fp["pulse_var_db"] / 20) * rng.standard_normal(chips.shape, np.float32))
-    t0 = rng.uniform(*ALIGN_S, B)                     # the first pulse starts before sample 0
-    I, Q, env = _modulator(fp, chips, fs, Lx, P, t0, rng)
-    cfo = fp["cfo_hz"] + fp["cfo_jitter_hz"] * rng.standard_normal(B)
-    drift = float(cfg.cfo_drift_hz) * rng.standard_normal(B)
-    re, im = _carrier(I, Q, cfo, 10 ** fp["log10_linewidth"], drift, fs, P, rng, fp["pull_hz"], np.minimum(env, 1.2))
-    z = _complex(re, im)
-    on = env > 0.5
-    p_sig = ((re * re + im * im) * on).sum(1) / np.maximum(on.sum(1), 1)
-    z = _channel(cfg, z, fs, P, t0, rng)
-    z, snr_db = _receiver(cfg, z, p_sig, fs, P, L, r, rng)
-    z = _adc(cfg, z, rng)
-    rms = np.sqrt(np.mean(np.abs(z) ** 2, 1))
-    z *= (np.exp(rng.uniform(*np.log(RMS_RANGE), B)) / rms).astype(np.float32)[:, None]
-    x = np.stack([z.real, z.imag], 1).astype(np.float32)
-    return (x, bits, snr_db) if return_snr else (x, bits)
-
-# %% ../nbs/04_synth.ipynb #b2987e5d
-def estimate_cfo(x, sample_rate: float) -> np.ndarray:
-    """Carrier offset (B,) in Hz of frames x (B, 2, L): the mean phase advance over a lag of 0.16 us (at least
-    one sample) between samples that both lie well inside pulses (above 0.8 x the 90th percentile of the envelope)."""
-    x = np.asarray(x, dtype=np.float32)
-    z = x[:, 0] + 1j * x[:, 1]
-    env = np.abs(z)
-    D = max(1, int(round(0.16e-6 * float(sample_rate))))
-    on = env > 0.8 * np.quantile(env, 0.9, axis=1, keepdims=True)
-    m = on[:, D:] & on[:, :-D]
-    r = (z[:, D:] * np.conj(z[:, :-D]) * m).sum(1)
-    return np.angle(r) * float(sample_rate) / (2 * np.pi * D)
+def _check_rx(cfg, bad) -> None:
+    "The ADC's and the receiver's own keys (see `check_synth_config`)."
+    if cfg.adc_mode not in ("agc", "rtl"): bad("adc_mode", "'agc' or 'rtl'")
+    if cfg.adc_mode == "rtl" and int(cfg.adc_bits) == 0: bad("adc_mode", "'agc' when adc_bits=0 (rtl quantises: set adc_bits, e.g. 8)")
+    if not -20 <= float(cfg.adc_headroom_db) <= 60: bad("adc_headroom_db", "-20 to 60 dB of full scale above the frame's peak")
+    if not 0 <= float(cfg.adc_agc_db) <= 30: bad("adc_agc_db", "a spread of 0 to 30 dB")
+    if not -200 <= float(cfg.dc_db_min) <= 0: bad("dc_db_min", "a level in dB vs the pulse, -200 to 0")
+    if not float(cfg.dc_db_min) <= float(cfg.dc_db_max) <= 0: bad("dc_db_max", f">= dc_db_min={cfg.dc_db_min} and <= 0 dB")
+    if not -0.5 <= float(cfg.rx_iq_gain) <= 0.5: bad("rx_iq_gain", "an imbalance within -0.5 .. 0.5")
+    if not -0.5 <= float(cfg.rx_iq_phase) <= 0.5: bad("rx_iq_phase", "a phase within -0.5 .. 0.5 rad")
+    if not -2e-6 <= float(cfg.align_min_s) <= 0: bad("align_min_s", "a start of -2e-6 to 0 s (before sample 0)")
+    if not float(cfg.align_min_s) <= float(cfg.align_max_s) <= 0: bad("align_max_s", f">= align_min_s={cfg.align_min_s} and <= 0 s")
+    if not -1e6 <= float(cfg.rx_cfo_hz) <= 1e6: bad("rx_cfo_hz", "a tuning error within -1e6 .. 1e6 Hz")
 
 # %% ../nbs/04_synth.ipynb #7cef17d5
 SPLITS = ("pool", "val", "test")
@@ -368,6 +163,7 @@ def split_sizes(cfg) -> dict:
     "Frames per emitter in each stored split."
     return {"pool": int(cfg.pool_per_class), "val": int(cfg.val_per_class), "test": int(cfg.test_per_class)}
 
+# %% ../nbs/04_synth.ipynb #96c0d423
 def synth_nbytes(cfg) -> int:
     "Bytes of one stored data set (X float16, Y int64, packed bits), headers aside."
     C, L = int(cfg.num_emitters), int(cfg.length)
@@ -385,10 +181,18 @@ def synth_numerics() -> dict:
     return {"numpy": np.__version__, "scipy": scipy.__version__, "machine": platform.machine(),
             "simd": sorted(t for t in targets if have.get(t))}
 
+# fields added after ltsei-synth-3's first data sets: left out of the key at these defaults (their old output), so
+# that every earlier data set keeps its key
+_LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
+                                                  "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz",
+                                                  "align_min_s", "align_max_s")}
+
+# %% ../nbs/04_synth.ipynb #73207e6d
 def synth_key(cfg) -> str:
-    """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field, the
-    generator version, the chunking (CHUNK seeds the chunks), the storage dtype and `synth_numerics`."""
-    d = asdict(as_synth_config(cfg))
+    """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field (those of `_LATER`
+    only away from their defaults), the generator version, the chunking (CHUNK seeds the chunks), the storage dtype
+    and `synth_numerics`."""
+    d = {k: v for k, v in asdict(as_synth_config(cfg)).items() if k not in _LATER or v != _LATER[k]}
     blob = json.dumps({"version": SYNTH_VERSION, "dtype": np.dtype(STORE_DTYPE).name, "chunk": CHUNK,
                        "numerics": synth_numerics(), "config": d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -404,6 +208,7 @@ def _work_items(cfg):
                 items.append((si, e, ci, e * n + start, min(CHUNK, n - start)))
     return items
 
+# %% ../nbs/04_synth.ipynb #293b8a04
 def _chunk_rng(cfg, si, e, ci):
     return np.random.default_rng(np.random.SeedSequence(int(cfg.seed), spawn_key=(si, e, ci)))
 
@@ -412,12 +217,14 @@ _WORKER = {}
 def _worker_init(cfg, fp, paths):
     _WORKER.update(cfg=cfg, fp=fp, paths=paths, mm={})
 
+# %% ../nbs/04_synth.ipynb #8ae42d8b
 def _pool_init(cfg, fp, paths):
     "A pool worker's start: Ctrl-C is the parent's to handle (it stops the pool), so the worker ignores SIGINT."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _worker_init(cfg, fp, paths)
 
+# %% ../nbs/04_synth.ipynb #9cd52a54
 def _run_item(item):
     "Generate one chunk and write it into the split's memory-mapped arrays (in a worker or in-process)."
     si, e, ci, row, n = item
@@ -453,6 +260,7 @@ class SynthWorkerError(RuntimeError, ValueError):
     """A generator process died (killed, out of memory) before the data set was complete; nothing was kept.
     Also a ValueError, so that the command line reports it in one line like a `StorageError`."""
 
+# %% ../nbs/04_synth.ipynb #3fb17af9
 @contextlib.contextmanager
 def _storage(path, action: str = "write"):
     "Disk-full, read-only and permission errors inside the block become one `StorageError` naming `path`."
@@ -476,6 +284,7 @@ def _new_array(path: Path, dtype, shape) -> np.memmap:
         raise
     return a
 
+# %% ../nbs/04_synth.ipynb #2b0544e8
 def _release(a: np.memmap, path: Path) -> None:
     "Unmap `a` and empty and remove its file `path`: the space is free at once, whatever still refers to `a`."
     with contextlib.suppress(Exception): a._mmap.close()
@@ -490,6 +299,7 @@ def _sigint_held():
     try: yield
     finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
+# %% ../nbs/04_synth.ipynb #71dccb32
 def _run_pool(items, workers: int, initargs, update, where) -> None:
     """`_run_item` over `items` in `workers` forked processes. At most two chunks per worker are queued, so
     an error or Ctrl-C in the parent stops once the chunks in flight are done; a worker that dies (killed,
@@ -591,15 +401,18 @@ class _FullHash:
     def digest(self, path) -> str: return sha256_file(path)
     def remember(self, *args, **kw) -> None: pass
 
+# %% ../nbs/04_synth.ipynb #5d27f6c5
 def synth_entry(cfg, cache_dir) -> CacheEntry:
     "The cache entry `cache_dir/synth-KEY` of `cfg`, verified in full (size and sha256 of every file) whenever it is used."
     entry = CacheEntry(cache_dir, f"synth-{synth_key(cfg)}", "synthetic-data cache entry")
     entry.digests = _FullHash()
     return entry
 
+# %% ../nbs/04_synth.ipynb #d7a77194
 def _read_only(folder: Path) -> bool:
     return folder.is_dir() and not os.access(folder, os.W_OK)
 
+# %% ../nbs/04_synth.ipynb #b1fbb31a
 def load_synth(cfg, cache_dir, workers: Optional[int] = None, progress: bool = True) -> SynthSet:
     """The synthetic data set of `cfg` from the cache entry `cache_dir/synth-KEY` (`synth_entry`), generated
     first if missing. Under the entry's lock: an entry whose files do not match its manifest (a file
@@ -667,6 +480,7 @@ def _check_out(out: Path) -> None:
                          "and key of ltsei), and the folder is replaced whole: expected a new or empty folder, or an "
                          "earlier ltsei synth output")
 
+# %% ../nbs/04_synth.ipynb #79de1e03
 def _synth_output(out: Path) -> bool:
     "Whether `out` is an earlier `ltsei synth` output: its meta.json records ltsei's generator and the data set's key."
     try: m = json.loads((out / "meta.json").read_text())

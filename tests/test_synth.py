@@ -229,3 +229,31 @@ def test_smoke_profile_learns(tmp_path):
     m = run_experiment(cfg, tmp_path / "run", progress=False)
     chance = 1 / SMOKE.num_emitters
     assert m["test"]["acc"] >= 3 * chance, m["test"]
+
+
+@pytest.mark.parametrize("name", ["rtl2m", "rtl2m4"])
+def test_rtl_presets(name):
+    "An RTL-SDR stick: 2 or 2.4 MS/s, a whole reply in a frame, the u8 mid-rise grid in units of full scale."
+    cfg = SYNTH_PRESETS[name]
+    assert cfg.length / cfg.sample_rate >= 120e-6 and cfg.length >= 384
+    x, bits = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 4, np.random.default_rng(0))
+    assert x.shape == (4, 2, cfg.length) and np.abs(x).max() <= 1.0
+    k = x * 127.5 + 127.5
+    assert np.allclose(k, np.round(k), atol=2e-3)                # (k - 127.5) / 127.5, k = 0 .. 255
+    assert synth_key(cfg) != synth_key(replace(cfg, rx_cfo_hz=1e3))
+
+
+def test_later_fields_leave_earlier_keys():
+    "Fields added later enter the cache key only away from their defaults: every earlier data set keeps its key."
+    for k, v in synth._LATER.items():
+        assert synth_key(replace(SMOKE, **{k: v})) == synth_key(SMOKE)
+    assert synth_key(replace(SMOKE, dc_db_max=-20.0)) != synth_key(SMOKE)
+
+
+@pytest.mark.parametrize("field,value", [("adc_mode", "u8"), ("adc_headroom_db", 99.0), ("dc_db_min", 5.0),
+                                         ("rx_iq_gain", 0.9), ("rx_cfo_hz", 2e6), ("align_max_s", 1e-6)])
+def test_rtl_fields_checked(field, value):
+    with pytest.raises(ValueError, match=f"synth.{field}="):
+        check_synth_config(replace(SYNTH_PRESETS["rtl2m"], **{field: value}))
+    with pytest.raises(ValueError, match="synth.adc_mode="):
+        check_synth_config(replace(SMOKE, adc_mode="rtl"))             # rtl quantises: adc_bits must be set
