@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import torch
 
-from .synth import SYNTH_PRESETS, synth_key
+from .synth import SYNTH_PRESETS, keyed_synth, synth_key
 from .data import DataConfig, check_data_config, unknown_count
 from .cache import check_cache_dir
 from .losses import COST_STRATEGIES, LossConfig, loss_names
@@ -539,6 +539,7 @@ def stage1_settings(cfg, rt=None) -> dict:
     for k in STAGE1_IGNORE:
         sec, leaf = k.split(".")
         d[sec].pop(leaf, None)
+    d["data"]["synth"] = keyed_synth(d["data"]["synth"])   # fields added later: out of the key at their defaults
     d["data_identity"] = data_identity(cfg.data)
     d["numerics"] = numerics(cfg, rt)
     if OmegaConf.select(cfg, "openset.enabled", default=False):   # held-out emitters change the training data
@@ -563,6 +564,7 @@ def stage2_key(cfg, rt=None) -> str:
     d = OmegaConf.to_container(cfg, resolve=True)
     for sec, leaf in (("data", "cache_dir"), ("stage1", "cache_dir"), ("stage1", "reuse")): d[sec].pop(leaf, None)
     d.pop("stage3", None)
+    d["data"]["synth"] = keyed_synth(d["data"]["synth"])
     d.pop("gpus", None); d["numerics"] = numerics(cfg, rt)   # the device by what it computes, not by its id (0 or null: the same)
     d.pop("evaluation", None)                        # measured after training
     if d.get("compat") == "paper": d.pop("compat")   # today's keys stay valid

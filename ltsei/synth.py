@@ -28,8 +28,8 @@ from .emitters import (_modulator, _carrier, _complex, _cnoise, _delayed, _warp,
 # %% auto #0
 __all__ = ['SYNTH_PRESETS', 'SYNTH_VERSION', 'SNR_DB_RANGE', 'SPLITS', 'CHUNK', 'STORE_DTYPE', 'PUBLIC_SPLITS', 'PUBLIC_FILES',
            'SynthConfig', 'as_synth_config', 'check_synth_config', 'split_sizes', 'synth_nbytes', 'synth_numerics',
-           'synth_key', 'generate_split', 'SynthWorkerError', 'check_finite', 'generate_synth', 'SynthSet',
-           'synth_entry', 'load_synth', 'synth_main']
+           'keyed_synth', 'synth_key', 'generate_split', 'SynthWorkerError', 'check_finite', 'generate_synth',
+           'SynthSet', 'synth_entry', 'load_synth', 'synth_main']
 
 # %% ../nbs/04_synth.ipynb #a76224b8
 @dataclass
@@ -186,6 +186,11 @@ def synth_numerics() -> dict:
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
                                                   "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz",
                                                   "align_min_s", "align_max_s")}
+
+# %% ../nbs/04_synth.ipynb #6f76d9bb
+def keyed_synth(d: dict) -> dict:
+    "A `data.synth` section (a plain dict) as the run keys see it: the `_LATER` fields left out at their defaults."
+    return {k: v for k, v in d.items() if k not in _LATER or v != _LATER[k]}
 
 # %% ../nbs/04_synth.ipynb #73207e6d
 def synth_key(cfg) -> str:
