@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ltsei.models import MODELS, ModelConfig, copy_between_impls, create_model, log_spectrum
+from ltsei.learn.models import MODELS, ModelConfig, copy_between_impls, create_model, log_spectrum
 
 SETUPS = [  # (label, conv_impl, channels_last, bf16 autocast)
     ("fp32 conv1d", "conv1d", False, False),

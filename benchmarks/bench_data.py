@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ltsei.data import DataConfig, load_data
-from ltsei.synth import SYNTH_PRESETS, gen_rate, load_synth, make_fingerprints, split_sizes, synth_frames
+from ltsei.signals.data import DataConfig, load_data
+from ltsei.signals.synth import SYNTH_PRESETS, gen_rate, load_synth, make_fingerprints, split_sizes, synth_frames
 
 GEN_TARGET_S, LOAD_TARGET_S = 60.0, 5.0
 

@@ -1,4 +1,4 @@
-"""Per-frame costs for the time estimates (`ltsei.estimate`): writes benchmarks/epoch_costs.json.
+"""Per-frame costs for the time estimates (`ltsei.experiments.estimate`): writes benchmarks/epoch_costs.json.
 
     .venv/bin/python benchmarks/bench_epochs.py [--out benchmarks/epoch_costs.json] [--steps 3]
 
@@ -6,7 +6,7 @@ With one CPU thread (a run's default `training.num_threads=1`) and the run's own
 (`training.precision=auto`, channels-last), for every backbone at the frame lengths of the three
 profiles (384, 768, 4800 samples): a training step (forward, backward, SGD) per frame, and an
 evaluation pass per frame; then the synthetic generator per sample, one MoE-LTSEI head step on
-cached features, and this CPU's fp32 matrix-multiply rate (`ltsei.estimate.gemm_rate`, measured
+cached features, and this CPU's fp32 matrix-multiply rate (`ltsei.experiments.estimate.gemm_rate`, measured
 before and after every measurement: each cost is stored as if measured at the mean rate, so that a
 busy moment while measuring does not inflate it) to scale the costs by on another machine, or on this
 one under another load. The file records the CPU,
@@ -14,7 +14,7 @@ torch and the date. A fixed per-run overhead (kernel, imports, data loading, wri
 kept from the last file (`--overhead` to set it), and so is the time of the tables and the report
 (`report_s`), a kernel's start (`kernel_start_s`) and the stage-2 heads' cost per sample (`stage2_s_per_sample`):
 they come from whole `ltsei reproduce` runs (benchmarks/bench_estimate.py), not from this script. `probe_s_per_frame`:
-the estimates' training-step probe (`ltsei.estimate.step_probe`) at the costs' scale, what a machine is compared by.
+the estimates' training-step probe (`ltsei.experiments.estimate.step_probe`) at the costs' scale, what a machine is compared by.
 """
 import argparse, datetime, json, time
 from pathlib import Path
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltsei.estimate import COSTS_FILE, cpu_name, gemm_rate, step_probe
-from ltsei.models import MODELS, ModelConfig, create_model
-from ltsei.moe_ltsei import MoEHead
-from ltsei.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
-from ltsei.train import make_optimizer, make_runtime
+from ltsei.experiments.estimate import COSTS_FILE, cpu_name, gemm_rate, step_probe
+from ltsei.learn.models import MODELS, ModelConfig, create_model
+from ltsei.learn.moe_ltsei import MoEHead
+from ltsei.signals.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
+from ltsei.learn.train import make_optimizer, make_runtime
 
 LENGTHS = {384: 128, 768: 128, 4800: 32}      # frame length: timed batch (per-frame cost, so a smaller batch at 4800)
 

@@ -5,8 +5,8 @@ estimate / measured for each (goal: within 1.5x, either way).
     .venv/bin/python benchmarks/bench_estimate.py [--jobs N] [--row s3_1_crt] [--only smoke|quick] [--save FILE]
     .venv/bin/python benchmarks/bench_estimate.py --from FILE     # the ratios of a saved measurement, with today's costs
 
-The estimate is the one `ltsei reproduce` prints (`ltsei.estimate.plan_seconds` over the plan's configs), scaled by
-this CPU's probe (`ltsei.estimate.speed_factor`, in the precision the runs use) taken before and after the command, so
+The estimate is the one `ltsei reproduce` prints (`ltsei.experiments.estimate.plan_seconds` over the plan's configs), scaled by
+this CPU's probe (`ltsei.experiments.estimate.speed_factor`, in the precision the runs use) taken before and after the command, so
 that the load while it ran is in both numbers. `--save FILE` keeps the measurement (seconds, probe factor, each run's
 stage seconds from its metrics.json) so that a change to the costs can be checked again with `--from FILE` without
 running anything. Costs a few minutes (smoke: 3-7 min on a 2-core CPU; the quick row: 2-4 min).
@@ -14,9 +14,9 @@ running anything. Costs a few minutes (smoke: 3-7 min on a 2-core CPU; the quick
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
-from ltsei.estimate import cpu_name, factor_of, load_costs, plan_configs, plan_seconds, probe
+from ltsei.experiments.estimate import cpu_name, factor_of, load_costs, plan_configs, plan_seconds, probe
 from ltsei.orchestration.reproduce import plan_row_runs, row_run_overrides
-from ltsei.rows import select_rows
+from ltsei.experiments.rows import select_rows
 
 GOAL = 1.5
 

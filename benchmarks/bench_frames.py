@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ltsei.frames import FramesConfig, open_recording, scan, select_frames, synth_recording, write_iq
+from ltsei.signals.frames import FramesConfig, open_recording, scan, select_frames, synth_recording, write_iq
 
 SPEED_TARGET, MEMORY_RATIO_TARGET = 50.0, 1.25
 MODES1 = Path(__file__).resolve().parent.parent / "tests" / "data" / "dump1090-modes1" / "modes1.bin"

@@ -36,8 +36,8 @@ def executor(runs, threads, warm=0):
 
 
 def plan(rows, runs):
-    from ltsei.config import compose_config
-    from ltsei.rows import select_rows
+    from ltsei.experiments.config import compose_config
+    from ltsei.experiments.rows import select_rows
     from ltsei.orchestration.row_runs import check_configs, plan_row_runs
     tasks = plan_row_runs(select_rows(rows), [0], PROFILE, runs)
     check_configs(tasks, PROFILE, compose_config, runs)
@@ -71,7 +71,7 @@ KEYS = ["wall", "training", "overhead", "kernel start, papermill", "imports", "c
 
 def bench_overhead(rows, repeat, runs, warm):
     from ltsei.orchestration.kernels import warm_kernels
-    from ltsei.storage import lock_beside
+    from ltsei.core.storage import lock_beside
     label = f"warm kernels ({warm} kept ready)" if warm else "cold kernels (a kernel started per row)"
     print(f"\n== row overhead, {label}: rows {rows} x {repeat}, profile {PROFILE}, back to back ({load()})")
     ex = executor(runs, 0, warm)

@@ -14,13 +14,13 @@ import argparse, time
 
 import torch
 
-from ltsei.config import compose_config
-from ltsei.data import load_data
-from ltsei.models import create_model
-from ltsei.moe_ltsei import loss_from_config
-from ltsei.samplers import sampler_from_config
-from ltsei.stage2 import train_stage2
-from ltsei.train import make_runtime
+from ltsei.experiments.config import compose_config
+from ltsei.signals.data import load_data
+from ltsei.learn.models import create_model
+from ltsei.learn.moe_ltsei import loss_from_config
+from ltsei.learn.samplers import sampler_from_config
+from ltsei.learn.stage2 import train_stage2
+from ltsei.learn.train import make_runtime
 
 TARGET = 20.0
 

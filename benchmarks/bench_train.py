@@ -1,7 +1,7 @@
 """Training throughput: ltsei's training path against a plain PyTorch loop, same model and data, and the
 roofline of this CPU for each precision it offers.
 
-The project's path is `ltsei.train.fit` (tensor batches by index_select, a class sampler, channels-last
+The project's path is `ltsei.learn.train.fit` (tensor batches by index_select, a class sampler, channels-last
 Conv2d(1, k) layers, and the precision `training.precision=auto` resolves to on this CPU: bf16 with AMX,
 fp32 without). The plain loop is what most public code does: a DataLoader over a TensorDataset and an
 fp32 Conv1d model. Both train ConvNetADSB with SGD for the same number of steps on the same data.
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltsei.losses import create_loss
-from ltsei.models import ModelConfig, create_model
-from ltsei.samplers import create_sampler
-from ltsei.config import TrainingConfig
-from ltsei.train import (PRECISIONS, cpu_flags, cpu_has_amx, fit, make_optimizer, make_runtime,
+from ltsei.learn.losses import create_loss
+from ltsei.learn.models import ModelConfig, create_model
+from ltsei.learn.samplers import create_sampler
+from ltsei.experiments.config import TrainingConfig
+from ltsei.learn.train import (PRECISIONS, cpu_flags, cpu_has_amx, fit, make_optimizer, make_runtime,
                          resolve_precision, torch_cpu_flags)
 
 TARGET = 2.5

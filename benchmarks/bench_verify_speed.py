@@ -19,7 +19,7 @@ from pathlib import Path
 SPEED_TARGET, MEMORY_TARGET = 50.0, 1.10
 CHILD = """
 import json, resource, sys
-from ltsei.verify_cli import verify
+from ltsei.instrument.verify_cli import verify
 verify([sys.argv[1]], sys.argv[2], sys.argv[3], fmt="u8", sample_rate=2e6, threads=1, progress=False, every=sys.argv[4] == "every")
 s = json.load(open(sys.argv[3] + "/summary.json"))
 print(json.dumps({"cpu_s": s["cpu_seconds"], "recorded_s": s["seconds_recorded"], "frames": s["frames"],
@@ -37,7 +37,7 @@ def child(*args) -> dict:
 def network_cost(gallery: Path, n: int = 512) -> float:
     "CPU seconds per frame of the gallery's network on one thread (batches of 256)."
     import numpy as np, torch
-    from ltsei.verify import Network, _run_files
+    from ltsei.instrument.verify import Network, _run_files
     net = Network(_run_files(gallery), json.loads((gallery / "manifest.json").read_text())["space"], threads=1)
     x = np.random.default_rng(0).standard_normal((n, 2, net.length)).astype(np.float32)
     net(x[:256])
@@ -47,9 +47,9 @@ def network_cost(gallery: Path, n: int = 512) -> float:
 def cost_split(rec: Path, gallery: Path) -> dict:
     "CPU seconds of each part of verifying every frame of `rec` on one thread, measured apart in this process (start-up apart)."
     import numpy as np, torch
-    from ltsei.frames import open_recording
-    from ltsei.verify import Network, _run_files, read_gallery, scan_replies, network_plan, network_windows, window_span
-    from ltsei.verify_cli import frame_verdicts
+    from ltsei.signals.frames import open_recording
+    from ltsei.instrument.verify import Network, _run_files, read_gallery, scan_replies, network_plan, network_windows, window_span
+    from ltsei.instrument.verify_cli import frame_verdicts
     torch.set_num_threads(1)
     t = {"start-up (torch, network, gallery)": -time.process_time()}
     g = read_gallery(gallery); net = Network(_run_files(gallery), g["manifest"]["space"], threads=1)
@@ -81,7 +81,7 @@ def main(argv=None):
     p.add_argument("--work", default=None, help="scratch folder (default: the results root's quick/bench_verify_speed)")
     p.add_argument("--repeat", type=int, default=12, help="the long recording is the short one this many times")
     a = p.parse_args(argv)
-    from ltsei.storage import resolve_runs_dir
+    from ltsei.core.storage import resolve_runs_dir
     from ltsei.cli import main as ltsei
     work = Path(a.work) if a.work else resolve_runs_dir() / "quick" / "bench_verify_speed"
     scen = work / "scenario"

@@ -131,11 +131,11 @@ def check_bit_for_bit(a, work: Path) -> bool:
 
 def check_paper_step(a, work: Path) -> bool:
     import torch
-    from ltsei.config import compose_config
-    from ltsei.losses import create_loss
-    from ltsei.models import create_model
-    from ltsei.openset import ODIN_BATCH_SIZE, odin_scores
-    from ltsei.train import make_optimizer, make_runtime
+    from ltsei.experiments.config import compose_config
+    from ltsei.learn.losses import create_loss
+    from ltsei.learn.models import create_model
+    from ltsei.learn.openset import ODIN_BATCH_SIZE, odin_scores
+    from ltsei.learn.train import make_optimizer, make_runtime
     t, ok, parts = time.time(), True, []
     cfg = compose_config(["profile=paper"])
     C, L, B = int(cfg.data.synth.num_emitters), int(cfg.data.target_length or 4800), int(cfg.data.batch_size)
@@ -144,7 +144,7 @@ def check_paper_step(a, work: Path) -> bool:
         try:
             torch.manual_seed(0)
             model = create_model(name, C, L, compose_config(["profile=paper", f"model.name={name}"]).model).to(rt.device)
-            if rt.channels_last: model = model.to(memory_format=torch.channels_last)   # as ltsei.run does
+            if rt.channels_last: model = model.to(memory_format=torch.channels_last)   # as ltsei.experiments.run does
             loss_fn = create_loss("CrossEntropy", [100] * C, label_smoothing=0.0).to(rt.device)
             opt = make_optimizer(model.parameters(), "SGD", 0.1, 0.9, 5e-4)
             scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None

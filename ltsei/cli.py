@@ -40,7 +40,7 @@ def _sigterm_as_interrupt():
 # %% ../nbs/29_cli.ipynb #0713f345
 def _announce_synth(s) -> None:
     "Print `ltsei synth`'s estimate before a long generation."
-    from ltsei.estimate import synth_estimate_line
+    from ltsei.experiments.estimate import synth_estimate_line
     if (line := synth_estimate_line(s)) is not None: print(line, flush=True)
 
 # %% ../nbs/29_cli.ipynb #586a560b
@@ -53,7 +53,7 @@ def split_hydra_args(argv: list[str]):
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     "The overrides of each job of a multirun: the product of the sweeps (`a,b`, `choice(..)`, `range(..)`), in order."
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from ltsei.config import ConfigError
+    from ltsei.experiments.config import ConfigError
     try: parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as e: raise ConfigError(f"could not parse the overrides {list(overrides)}: {e}") from None
     axes = []
@@ -82,7 +82,7 @@ def check_hydra_overrides(overrides: list[str]) -> None:
     if not hyd or _only_folders(hyd): return
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
-    from ltsei.config import ConfigError, one_line as _one_line, register_configs
+    from ltsei.experiments.config import ConfigError, one_line as _one_line, register_configs
     register_configs()
     GlobalHydra.instance().clear()
     try:
@@ -98,7 +98,7 @@ def hydra_run_dir(overrides: list[str], cfg) -> str | None:
     """The folder `hydra.run.dir=...` among `overrides` names, resolved against `cfg` (None when not given: the default
     is a new folder stamped with the time). One `ConfigError` line when it cannot be resolved (a stray `${`)."""
     from omegaconf import OmegaConf
-    from ltsei.config import ConfigError, one_line as _one_line
+    from ltsei.experiments.config import ConfigError, one_line as _one_line
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     if not given: return None
     v = given[-1].strip().strip("'\"")
@@ -116,7 +116,7 @@ def expand_synth_preset(argv: list[str]) -> list[str]:
     """`data.synth.preset=FILE.yaml` (a preset file of data.synth keys, e.g. from `ltsei realism --fit`) replaced in
     place by the file's keys as `data.synth.KEY=VALUE` overrides, so that later overrides still win."""
     if not any(a.startswith("data.synth.preset=") for a in argv): return list(argv)
-    from ltsei.realism import expand_preset_overrides
+    from ltsei.signals.realism import expand_preset_overrides
     return expand_preset_overrides(argv)
 
 # %% ../nbs/29_cli.ipynb #83c14a28
@@ -128,17 +128,17 @@ def synth_preset_flags(argv: list[str]) -> list[str]:
         a = argv[i]
         v = a.split("=", 1)[1] if a.startswith("--preset=") else argv[i + 1] if a == "--preset" and i + 1 < len(argv) else None
         if v is not None and v.lower().endswith((".yaml", ".yml")):
-            from ltsei.realism import preset_flags
+            from ltsei.signals.realism import preset_flags
             pre += preset_flags(v); i += 1 if a.startswith("--preset=") else 2
         else: out.append(a); i += 1
     return pre + out
 
 # %% ../nbs/29_cli.ipynb #d86d3683
 def root_overrides(overrides: list[str]) -> list[str]:
-    """The caches of `python main.py` under the one results root (`ltsei.storage.resolve_runs_dir`: `$LTSEI_RUNS`, else the
+    """The caches of `python main.py` under the one results root (`ltsei.core.storage.resolve_runs_dir`: `$LTSEI_RUNS`, else the
     repository's `runs/`), as `ltsei reproduce` and the experiment notebook keep them; keys the user set are kept."""
-    from ltsei.layout import cache_overrides
-    from ltsei.storage import resolve_runs_dir
+    from ltsei.experiments.layout import cache_overrides
+    from ltsei.core.storage import resolve_runs_dir
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     return [o for o in cache_overrides(resolve_runs_dir(None)) if o.split("=", 1)[0] not in given]
 
@@ -150,13 +150,13 @@ _ROW_SETTINGS = {}
 # %% ../nbs/29_cli.ipynb #de60b581
 def _settings(overrides: list[str]) -> dict:
     "{key: value} of the overrides that make a row (values read as YAML: `false` = `False`, `1` = `1.0`), without RUN_KEYS."
-    from ltsei.estimate import plain_overrides
+    from ltsei.experiments.estimate import plain_overrides
     return {k: v for k, v in plain_overrides(overrides) if not k.startswith("hydra") and k not in RUN_KEYS}
 
 # %% ../nbs/29_cli.ipynb #3b852b9f
 def row_of(overrides: list[str]) -> str:
     "The registry row whose command (the guide's or the table's) these overrides are, in any order and spelling; else 'ad hoc'."
-    from ltsei.rows import ROWS
+    from ltsei.experiments.rows import ROWS
     if ROWS[0].id not in _ROW_SETTINGS:
         for r in ROWS: _ROW_SETTINGS[r.id] = [_settings(a) for a in (r.guide_args, r.run_args)]
     mine = _settings(overrides)
@@ -178,7 +178,7 @@ def run_header(cfg, out, overrides: list[str] = ()) -> str:
 def sweep_summary(jobs: list[list[str]], outs: list[str]) -> str:
     "The table a sweep ends with: each job's swept values, its main test metrics (percent) and folder; then where the sweep's files are."
     from pathlib import Path
-    from ltsei.layout import read_metrics
+    from ltsei.experiments.layout import read_metrics
     keys = [k for k in dict.fromkeys(o.split("=", 1)[0] for ov in jobs for o in ov)
             if len({o for ov in jobs for o in ov if o.split("=", 1)[0] == k}) > 1]
     val = lambda ov, k: next((o.split("=", 1)[1] for o in ov if o.split("=", 1)[0] == k), "")
@@ -196,8 +196,8 @@ def sweep_summary(jobs: list[list[str]], outs: list[str]) -> str:
 # %% ../nbs/29_cli.ipynb #095042f9
 def guide_help() -> str:
     "`python main.py --help`: what the app does, its profiles, where results go."
-    from ltsei.config import BATCH_SIZES, EPOCH_SCALES
-    from ltsei.synth import SYNTH_PRESETS
+    from ltsei.experiments.config import BATCH_SIZES, EPOCH_SCALES
+    from ltsei.signals.synth import SYNTH_PRESETS
     prof = "\n".join(f"  profile={p:6s} stage-1 epochs x {EPOCH_SCALES[p]:<5g} {s.num_emitters} emitters, {s.length} samples, batch {BATCH_SIZES[p]}"
                      + {"paper": "  (the default: paper scale, for a GPU)", "quick": "  (CPU scale)", "smoke": "  (tiny: a pipeline check)"}[p]
                      for p, s in SYNTH_PRESETS.items() if p in EPOCH_SCALES)
@@ -232,11 +232,11 @@ def guide_main(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/29_cli.ipynb #fbdce36e
 def _guide_main(argv: list[str]) -> int:
-    from ltsei.estimate import confirm_run, take_yes
+    from ltsei.experiments.estimate import confirm_run, take_yes
     argv, yes = take_yes(argv)   # --yes: a paper-scale run on a CPU starts without asking (Hydra would refuse the flag)
-    from ltsei.cache import check_run_dir
-    from ltsei.storage import check_writable, resolve_runs_dir
-    from ltsei.config import check_machine, compose_config, register_configs, finalize, print_config
+    from ltsei.core.cache import check_run_dir
+    from ltsei.core.storage import check_writable, resolve_runs_dir
+    from ltsei.experiments.config import check_machine, compose_config, register_configs, finalize, print_config
     try: argv = expand_synth_preset(argv)
     except USER_ERRORS as e: return _fail(e)
     args = split_hydra_args(argv)
@@ -274,7 +274,7 @@ def _guide_main(argv: list[str]) -> int:
             out = HydraConfig.get().runtime.output_dir
             done.append(out)
             print(run_header(cfg, out, list(HydraConfig.get().overrides.task)), flush=True)
-            from ltsei.run import run_experiment
+            from ltsei.experiments.run import run_experiment
             run_experiment(cfg, out)
             if not args.multirun: print(f"[ltsei] files: {out}")
         except USER_ERRORS as e:
@@ -297,10 +297,10 @@ COMMANDS = {"run": "train and evaluate one config (same as python main.py)",
 
 # %% ../nbs/29_cli.ipynb #4b9b39d1
 def _realism(argv: list[str]) -> int:
-    try: from ltsei.realism import realism_main
+    try: from ltsei.signals.realism import realism_main
     except ImportError as e:
-        if getattr(e, "name", None) not in ("ltsei.realism", None) and "realism_main" not in str(e): raise
-        print("error: ltsei realism is not available in this installation (no ltsei.realism.realism_main)", file=sys.stderr)
+        if getattr(e, "name", None) not in ("ltsei.signals.realism", None) and "realism_main" not in str(e): raise
+        print("error: ltsei realism is not available in this installation (no ltsei.signals.realism.realism_main)", file=sys.stderr)
         return 2
     return realism_main(argv)
 
@@ -318,14 +318,14 @@ def main(argv: list[str] | None = None) -> int:
             if cmd == "run": return guide_main(rest)
             if cmd in VERIFY_COMMANDS: return verify_command(cmd, rest)
             if cmd == "synth":
-                from ltsei.synth import synth_main
+                from ltsei.signals.synth import synth_main
                 return synth_main(synth_preset_flags(rest), announce=_announce_synth)
             if cmd == "realism": return _realism(rest)
             if cmd == "frames":
-                from ltsei.frames import frames_main
+                from ltsei.signals.frames import frames_main
                 return frames_main(rest)
             if cmd == "clean":
-                from ltsei.clean import clean_main
+                from ltsei.core.clean import clean_main
                 return clean_main(rest)
             from ltsei.orchestration.reproduce import reproduce_main
             return reproduce_main(rest)
@@ -343,5 +343,5 @@ VERIFY_COMMANDS = ("synth-recording", "enroll", "verify")
 # %% ../nbs/29_cli.ipynb #1f324991
 def verify_command(cmd: str, argv: list[str]) -> int:
     "Run `ltsei synth-recording`, `ltsei enroll` or `ltsei verify`."
-    from ltsei.verify_cli import synth_recording_main, enroll_main, verify_main
+    from ltsei.instrument.verify_cli import synth_recording_main, enroll_main, verify_main
     return {"synth-recording": synth_recording_main, "enroll": enroll_main, "verify": verify_main}[cmd](argv)

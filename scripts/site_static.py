@@ -3,8 +3,8 @@
     .venv/bin/python scripts/site_static.py [PAGE ...]     # (./site calls it) every listed page, or only PAGEs
 
 The same pages Quarto renders (`project.render`: the notebooks with their stored outputs, never executed, as
-`execute: enabled: false` says; the experiment guide; `docs/*.md`), at the same paths (`nbs/00_adsb.ipynb` ->
-`_site/nbs/00_adsb.html`), each with `_quarto.yml`'s navigation (its navbar and its sidebar, globs expanded), and
+`execute: enabled: false` says; the experiment guide; `docs/*.md`), at the same paths (`nbs/03_adsb.ipynb` ->
+`_site/nbs/03_adsb.html`), each with `_quarto.yml`'s navigation (its navbar and its sidebar, globs expanded), and
 `_site/index.html`: the site's title, description and the sidebar as a list. Notebooks go through nbconvert's HTML
 exporter (the `basic` template: the cells, their outputs, figures embedded as data URIs) without syntax highlighting
 (pygments makes the build five times slower); Markdown through mistune (nbconvert's own Markdown renderer). Links

@@ -3,14 +3,14 @@ import numpy as np
 import pyModeS
 import pytest
 
-from ltsei.adsb import (bits_to_hex, crc24, demodulate, envelope, find_preamble, hex_to_bits, make_df17,
+from ltsei.signals.adsb import (bits_to_hex, crc24, demodulate, envelope, find_preamble, hex_to_bits, make_df17,
                         ppm_chips, pulse_envelope)
 
 KNOWN = ["8D4840D6202CC371C32CE0576098", "8D40621D58C382D690C8AC2863A7", "8D485020994409940838175B284F"]
 
 
 def test_crc_detects_every_single_bit_error():
-    "(A known frame's CRC and parity, and one flipped bit: the notebook 00_adsb.)"
+    "(A known frame's CRC and parity, and one flipped bit: the notebook 03_adsb.)"
     b = hex_to_bits(KNOWN)
     for i in range(112):  # every single-bit error is detected
         c = b[:1].copy(); c[0, i] ^= 1
@@ -28,7 +28,7 @@ def test_hex_round_trip_and_errors():
 
 
 def test_df17_frames_decode_with_pymodes():
-    "1000 frames cover the three message kinds (a fixed ICAO address: the notebook 00_adsb)."
+    "1000 frames cover the three message kinds (a fixed ICAO address: the notebook 03_adsb)."
     rng = np.random.default_rng(1)
     frames = make_df17(rng, 1000)
     tcs = set()
@@ -51,7 +51,7 @@ def test_envelope_shape_and_timing():
         first = env[:, int((8.25e-6 + k * 1e-6) * fs)]
         second = env[:, int((8.75e-6 + k * 1e-6) * fs)]
         assert np.allclose(first, bits[:, k]) and np.allclose(second, 1 - bits[:, k])
-    assert env[:, t > 121e-6].max() == 0      # (edges too slow for the chip: the notebook 00_adsb)
+    assert env[:, t > 121e-6].max() == 0      # (edges too slow for the chip: the notebook 03_adsb)
     with pytest.raises(ValueError, match="positive"):
         pulse_envelope(chips, fs, 0)
 
@@ -80,7 +80,7 @@ def test_modulate_demodulate_decode(fs):
 
 
 def test_demodulate_returns_the_bits_that_fit():
-    "(112 asked of a 96 us frame, a frame 0.3 us late, no bit after the preamble: the notebook 00_adsb.)"
+    "(112 asked of a 96 us frame, a frame 0.3 us late, no bit after the preamble: the notebook 03_adsb.)"
     bits = make_df17(np.random.default_rng(0), 2)
     env = pulse_envelope(ppm_chips(bits), 10e6, 960)
     got, _, n = demodulate(env, 10e6, 88)
@@ -96,8 +96,8 @@ def test_demodulate_synthetic_frames_with_late_start():
     """Synthetic frames whose capture starts after the preamble (positive timing offset) demodulate
     to the bits that fit instead of raising."""
     from dataclasses import replace
-    from ltsei.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
-    import ltsei.synth as synth
+    from ltsei.signals.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
+    import ltsei.signals.synth as synth
     cfg = replace(SYNTH_PRESETS["quick"], num_emitters=2, snr_db_min=30, snr_db_max=30)   # 96 us at 8 MS/s
     old = synth.ALIGN_S
     try:

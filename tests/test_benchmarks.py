@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltsei.models import ModelConfig, create_model
+from ltsei.learn.models import ModelConfig, create_model
 
 spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).parent.parent / "benchmarks" / "bench_train.py")
 bench_train = importlib.util.module_from_spec(spec)

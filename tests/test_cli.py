@@ -81,14 +81,14 @@ def test_ctrl_c_in_main_py_is_one_line(in_scratch):
 
 def test_realism_subcommand_dispatches(monkeypatch):
     got = []
-    fake = types.ModuleType("ltsei.realism")
+    fake = types.ModuleType("ltsei.signals.realism")
     fake.realism_main = lambda argv: got.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "ltsei.realism", fake)
+    monkeypatch.setitem(sys.modules, "ltsei.signals.realism", fake)
     assert main(["realism", "--x", "1"]) == 7 and got == [["--x", "1"]]
 
 
 def test_realism_subcommand_missing_is_one_line(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "ltsei.realism", None)     # as if the module were not installed
+    monkeypatch.setitem(sys.modules, "ltsei.signals.realism", None)     # as if the module were not installed
     assert main(["realism"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ltsei realism is not available" in err[0]

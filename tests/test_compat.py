@@ -10,14 +10,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ltsei.config import ConfigError, compose_config, seed_patience, stage1_key, stage1_settings, stage2_key
-from ltsei.data import long_tail_counts, to_split, zscore_frames
-from ltsei.losses import LDAMLoss, SeedLDAMLoss, compat_loss, create_loss, ldam_margins
-from ltsei.metrics import compute_metrics, seed_shot_groups
-from ltsei.run import run_experiment
-from ltsei.samplers import compat_sampler, create_sampler
-from ltsei.stage2 import tau_normalize, train_stage2
-from ltsei.train import Runtime, fit, lr_at, make_optimizer, seed_fit_options, seed_lr_at
+from ltsei.experiments.config import ConfigError, compose_config, seed_patience, stage1_key, stage1_settings, stage2_key
+from ltsei.signals.data import long_tail_counts, to_split, zscore_frames
+from ltsei.learn.losses import LDAMLoss, SeedLDAMLoss, compat_loss, create_loss, ldam_margins
+from ltsei.learn.metrics import compute_metrics, seed_shot_groups
+from ltsei.experiments.run import run_experiment
+from ltsei.learn.samplers import compat_sampler, create_sampler
+from ltsei.learn.stage2 import tau_normalize, train_stage2
+from ltsei.learn.train import Runtime, fit, lr_at, make_optimizer, seed_fit_options, seed_lr_at
 from conftest import SMALL
 
 RT = Runtime(torch.device("cpu"), None, False)
@@ -220,7 +220,7 @@ def test_iq_zscore():
 # --- shot groups and H-mean --------------------------------------------------------------------------------------------
 
 def test_shot_groups_and_hmean():
-    from ltsei.data import shot_groups
+    from ltsei.signals.data import shot_groups
     s, p = seed_shot_groups(COUNTS), shot_groups(COUNTS)
     assert (s["many"], s["medium"], s["few"]) == ([0, 1, 2], [3], [4, 5])          # n >= 100, n <= 20
     assert (p["many"], p["medium"], p["few"]) == ([0, 1], [2, 3, 4], [5])           # n > 100, n < 20
@@ -254,8 +254,8 @@ def test_seed_run_wiring(in_scratch, capsys):
 
 def test_models():
     import math
-    from ltsei.config import compat_notes
-    from ltsei.models import ChannelAttention, ModelConfig, create_model
+    from ltsei.experiments.config import compat_notes
+    from ltsei.learn.models import ChannelAttention, ModelConfig, create_model
 
     def both(name, cfg=ModelConfig()):
         torch.manual_seed(0); s = create_model(name, 5, 960, cfg, compat="seed")

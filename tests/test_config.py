@@ -3,7 +3,7 @@ import pytest
 
 import torch
 
-from ltsei.config import (ConfigError, EPOCH_SCALES, all_keys, compose_config, scale_epochs, stage1_key, stage1_settings,
+from ltsei.experiments.config import (ConfigError, EPOCH_SCALES, all_keys, compose_config, scale_epochs, stage1_key, stage1_settings,
                           stage2_key)
 
 
@@ -129,7 +129,7 @@ def test_stage1_key_covers_numerics_and_data():
     a = compose_config(["profile=smoke"])
     st = stage1_settings(a)
     cpu = not torch.cuda.is_available()
-    from ltsei.train import cpu_has_amx, gpu_identity, resolve_precision
+    from ltsei.learn.train import cpu_has_amx, gpu_identity, resolve_precision
     assert st["numerics"] == {"cpu_amx": cpu_has_amx() if cpu else None, "torch": torch.__version__, "device": "cpu" if cpu else "cuda", "num_threads": 1 if cpu else None,
                               "cpu_capability": torch.backends.cpu.get_cpu_capability() if cpu else None,
                               "precision": resolve_precision("auto", torch.device("cpu" if cpu else "cuda"))[0],

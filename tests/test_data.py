@@ -1,4 +1,4 @@
-"""Splits, file readers and tensors of ltsei.data; every bad input gets one clear error."""
+"""Splits, file readers and tensors of ltsei.signals.data; every bad input gets one clear error."""
 import json
 from dataclasses import replace
 
@@ -9,9 +9,9 @@ import scipy.io
 import torch
 from omegaconf import OmegaConf
 
-from ltsei.data import (DataConfig, check_data_config, class_ranks, count_ranks, cut_counts, frame_hashes, holdout_counts,
+from ltsei.signals.data import (DataConfig, check_data_config, class_ranks, count_ranks, cut_counts, frame_hashes, holdout_counts,
                         load_data, long_tail_class_counts, long_tail_counts, save_class_counts, shot_groups)
-from ltsei.synth import SYNTH_PRESETS, load_synth, synth_main
+from ltsei.signals.synth import SYNTH_PRESETS, load_synth, synth_main
 
 SMOKE = SYNTH_PRESETS["smoke"]
 

@@ -39,7 +39,7 @@ def test_site_names_only_pages_that_exist():
         assert set(hits) <= rendered, f"{pat!r} is in the navigation but not rendered"
     assert {p.name for p in (ROOT / "docs").glob("*.md")} <= {Path(p).name for p in named}, "a docs/ page missing from the sidebar"
     nbs = {p.name for p in _pages(render) if p.suffix == ".ipynb"}
-    assert {"index.ipynb", "methods.ipynb", "report.ipynb", "00_adsb.ipynb"} <= nbs and "experiment.ipynb" not in nbs
+    assert {"index.ipynb", "methods.ipynb", "report.ipynb", "03_adsb.ipynb"} <= nbs and "experiment.ipynb" not in nbs
 
 
 def test_every_notebook_page_converts():

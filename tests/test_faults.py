@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ltsei.storage import StorageError
+from ltsei.core.storage import StorageError
 from ltsei.cli import guide_main
-from ltsei.config import ConfigError, compose_config, stage1_key
-from ltsei.run import CKPT_FORMAT, CheckpointError, run_experiment
+from ltsei.experiments.config import ConfigError, compose_config, stage1_key
+from ltsei.experiments.run import CKPT_FORMAT, CheckpointError, run_experiment
 from conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_crafted_cache_entry_is_refused_and_rebuilt(in_scratch, clean, capsys):
                                          (errno.EROFS, "the file system is read-only (EROFS)"),
                                          (errno.EACCES, "permission denied (EACCES)")])
 def test_failed_save_is_one_message_and_leaves_no_temp_file(in_scratch, monkeypatch, code, needle):
-    import ltsei.storage as C
+    import ltsei.core.storage as C
     real = C._write_bytes
     def failing(tmp, data):
         if tmp.name.startswith(".best.pt"):            # half the checkpoint reaches the disk, then the error
@@ -259,14 +259,14 @@ def test_thread_count_is_in_the_key_and_set_by_the_run(in_scratch, clean):
 
 def marked(folder: Path, pid: int, host=None, kind="tmp") -> Path:
     "A temporary folder as ltsei makes them: its marker names the host and the process."
-    from ltsei.storage import TEMP_MARK, host_name
+    from ltsei.core.storage import TEMP_MARK, host_name
     folder.mkdir(parents=True); (folder / "best.pt").write_bytes(b"half")
     (folder / TEMP_MARK).write_text(json.dumps({"ltsei": kind, "host": host or host_name(), "pid": pid}))
     return folder
 
 
 def test_stale_temporary_files_removed(in_scratch, clean):
-    from ltsei.cache import claim_run_dir
+    from ltsei.core.cache import claim_run_dir
     ref, cache = clean
     dead = 2**22 + 12345                                 # above pid_max's default: no such process
     stale = [marked(cache / f".{ref['stage1']['key']}.tmp{dead}-ab", dead), marked(cache / f".other.old{dead}-cd", dead, kind="old")]
@@ -306,7 +306,7 @@ def test_experts_beyond_the_classes_of_data_files(in_scratch):
 
 KILLER = textwrap.dedent('''
     import os, signal, sys
-    import ltsei.train as T
+    import ltsei.learn.train as T
     stage, after, out, *overrides = sys.argv[1:]
     after, seen, real = int(after), [0], T.Resume.save
     T.Resume.due = lambda self: True                      # a resume state after every epoch
@@ -316,8 +316,8 @@ KILLER = textwrap.dedent('''
             seen[0] += 1
             if seen[0] == after: os.kill(os.getpid(), signal.SIGKILL)   # at an epoch boundary
     T.Resume.save = save
-    from ltsei.config import compose_config
-    from ltsei.run import run_experiment
+    from ltsei.experiments.config import compose_config
+    from ltsei.experiments.run import run_experiment
     m = run_experiment(compose_config(overrides), out, progress=False)
 ''')
 
@@ -373,7 +373,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(in_scratch, monkeyp
 
 
 def test_ctrl_c_in_stage1_keeps_a_resume_state_and_no_temp_files(in_scratch, monkeypatch, capsys, three_epochs):
-    import ltsei.train as T
+    import ltsei.learn.train as T
     monkeypatch.setattr(T.Resume, "due", lambda self: True)
     cache = in_scratch / "fc_cache"
     args = NO_S2 + THREE + [f"stage1.cache_dir={cache}"]                                  # 3 smoke epochs

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from ltsei.cache import CacheEntry
-from ltsei.clean import leftovers
-from ltsei.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, host_name,
+from ltsei.core.cache import CacheEntry
+from ltsei.core.clean import leftovers
+from ltsei.core.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, host_name,
                          storage_error)
 from ltsei.cli import guide_main, main
-from ltsei.config import compose_config
-from ltsei.rows import ROWS_BY_ID
-from ltsei.layout import run_dir
+from ltsei.experiments.config import compose_config
+from ltsei.experiments.rows import ROWS_BY_ID
+from ltsei.experiments.layout import run_dir
 from conftest import SMALL, ext4
 
 DEAD = 2**22 + 4321                          # above the default pid_max: no such process
@@ -69,7 +69,7 @@ def test_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
         prepare_run_dir(Task(row, 0, out), "smoke")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     # ltsei synth --out: a folder of data files with the same names, not written by ltsei synth, is not replaced
-    from ltsei.synth import synth_main
+    from ltsei.signals.synth import synth_main
     data = tmp_path / "data"; data.mkdir(); np.save(data / "X_train.npy", np.arange(3))
     with pytest.raises(ValueError, match="ltsei synth did not write"):
         synth_main(["--out", str(data), "--preset", "smoke", "--quiet"])
@@ -81,8 +81,8 @@ def test_user_files_are_never_deleted(tmp_path, capsys, monkeypatch):
 
 
 def test_fallocate_failure_gives_the_space_back(tmp_path, monkeypatch, capsys):
-    import ltsei.synth as S
-    from ltsei.synth import SYNTH_PRESETS, load_synth
+    import ltsei.signals.synth as S
+    from ltsei.signals.synth import SYNTH_PRESETS, load_synth
     with ext4(tmp_path / "mnt", 12) as mnt:
         cache = mnt / "cache"; cache.mkdir()
         free = shutil.disk_usage(mnt).free
@@ -148,7 +148,7 @@ def test_runs_dir_with_interpolation_is_one_line(tmp_path, capsys):
 # ---- 4: frames whose scale makes normalisation meaningless ---------------------------------------------
 
 def test_frame_scale_is_checked(tmp_path):
-    from ltsei.data import DataConfig, load_data
+    from ltsei.signals.data import DataConfig, load_data
     rng = np.random.default_rng(4)
     y = np.repeat(np.arange(3), 12)
     x = rng.standard_normal((len(y), 960, 2)).astype(np.float32) + y[:, None, None] * 0.3
@@ -170,9 +170,9 @@ def test_frame_scale_is_checked(tmp_path):
 # ---- 5: the seeds and rows a results folder was asked for ------------------------------------------------
 
 def test_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch, capsys):
-    import ltsei.clean as C
+    import ltsei.core.clean as C
     import ltsei.orchestration.reproduce as rp
-    from ltsei.demo import demo_compose_config, demo_run_experiment
+    from ltsei.experiments.demo import demo_compose_config, demo_run_experiment
     from ltsei.orchestration.row_runs import prepare_row_run_dir, row_run_overrides
     def execute(task, env=None, profile="smoke"):
         if task.name == "s3_1_crt/seed1": raise KeyboardInterrupt          # interrupted before cRT's second seed
@@ -187,7 +187,7 @@ def test_seeds_are_remembered_and_tables_name_the_missing(tmp_path, monkeypatch,
     assert reproduce(base + ["--dry-run"]) == 0                                 # a plain rerun: the same request
     out = capsys.readouterr().out
     assert "continuing the request recorded" in out and "2 rows x 2 seed(s) = 4 runs; 3 complete" in out
-    from ltsei.report import build_tables
+    from ltsei.experiments.report import build_tables
     t = build_tables(runs, "smoke")["tables"]["main"]["table"]
     assert list(t.cells.Seeds) == ["2", "1 of 2"]
     assert any("cRT: seed 0 run, seed 1 missing" in n for n in t.notes)
@@ -292,9 +292,9 @@ def test_job_ledger_is_updated_under_a_lock(tmp_path):
 
 
 def test_failed_publish_keeps_the_finished_stage1(in_scratch, monkeypatch, capsys):
-    import ltsei.cache as C
-    import ltsei.run as R
-    from ltsei.run import run_experiment
+    import ltsei.core.cache as C
+    import ltsei.experiments.run as R
+    from ltsei.experiments.run import run_experiment
     cache = in_scratch / "f19_8d"
     args = ["profile=smoke", *SMALL, "stage2.enabled=false", "seed=19", "training.epochs=150", f"stage1.cache_dir={cache}"]   # one epoch
     real = C.CacheEntry.publish

@@ -7,9 +7,9 @@ import pandas as pd
 import pyModeS
 import pytest
 
-import ltsei.frames as F
+import ltsei.signals.frames as F
 from ltsei.cli import main
-from ltsei.frames import FramesConfig, frames_main, open_recording, scan, select_frames, synth_recording, write_iq
+from ltsei.signals.frames import FramesConfig, frames_main, open_recording, scan, select_frames, synth_recording, write_iq
 
 MODES1 = Path(__file__).parent / "data" / "dump1090-modes1" / "modes1.bin"
 
@@ -126,7 +126,7 @@ def test_min_frames_split_target_rate_duplicates(tmp_path):
         assert f[(f.label == g.label.iloc[0]) & (f.split == "train")].time_s.max() < g.time_s.min()
     em = pd.read_csv(out / "emitters.csv")
     assert em.frames.is_monotonic_decreasing and (np.load(out / "Y_train.npy") < len(em)).all()
-    from ltsei.data import DataConfig, load_data                 # it trains as it is: data.source=files reads it
+    from ltsei.signals.data import DataConfig, load_data                 # it trains as it is: data.source=files reads it
     b = load_data(DataConfig(source="files", train_path=str(out / "X_train.npy"), test_path=str(out / "X_test.npy"),
                              long_tail="as_given"), 0)
     assert (b.num_classes, b.sample_rate, b.length) == (len(em), 4e6, 512)

@@ -2,9 +2,9 @@
 stage-2 seed 0 is exactly the pipeline's stage 2 of seed 0 (the notebook's claim, checked end to end)."""
 import pytest
 
-from ltsei.gate_study import GATE_VARIANTS, gate_study, run_variant, study_config, study_stage1
-from ltsei.run import run_experiment
-from ltsei.train import make_runtime
+from ltsei.experiments.gate_study import GATE_VARIANTS, gate_study, run_variant, study_config, study_stage1
+from ltsei.experiments.run import run_experiment
+from ltsei.learn.train import make_runtime
 
 
 def test_unknown_variant_is_one_clear_message(in_scratch):

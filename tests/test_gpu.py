@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import ltsei.train as T
-from ltsei.config import ConfigError, check_machine, compose_config, numerics, stage1_key, stage2_key
+import ltsei.learn.train as T
+from ltsei.experiments.config import ConfigError, check_machine, compose_config, numerics, stage1_key, stage2_key
 
 NAMES = {0: "NVIDIA A100-SXM4-80GB", 1: "NVIDIA H100 80GB HBM3"}
 CAPS = {0: (8, 0), 1: (9, 0)}
@@ -187,7 +187,7 @@ def test_set_tf32_uses_the_api_this_torch_has(monkeypatch):
 # ---- 5: the gate study trains in the precision its key records ---------------------------------------------------
 
 def test_gate_study_trains_in_the_precision_of_its_stage1_key(monkeypatch, tmp_path):
-    import ltsei.gate_study as G
+    import ltsei.experiments.gate_study as G
     seen = []
     class Stop(Exception): pass
     def spy(gpus, precision, channels_last):
@@ -268,7 +268,7 @@ COUNTS = [500, 200, 90, 40, 17, 7, 3]
     ("FocalLoss", dict(gamma=2.0, alpha=None)), ("ClassBalancedLoss", dict(beta=0.9999))])
 def test_losses_add_margins_and_priors_in_fp32_under_autocast_cuda(name, params):
     "bf16 logits (autocast's on a GPU) give exactly the loss of the same logits in fp32 (point 8)."
-    from ltsei.losses import LOSSES
+    from ltsei.learn.losses import LOSSES
     loss = LOSSES[name](COUNTS, **params)
     g = torch.Generator().manual_seed(0)
     z = (torch.randn(64, len(COUNTS), generator=g) * 3).bfloat16()
@@ -279,7 +279,7 @@ def test_losses_add_margins_and_priors_in_fp32_under_autocast_cuda(name, params)
 
 def test_ldam_margin_times_scale_is_not_rounded():
     "The bug itself: margins cast to bf16 before the scale of 30 moved the loss; in fp32 they do not."
-    from ltsei.losses import LDAMLoss
+    from ltsei.learn.losses import LDAMLoss
     loss = LDAMLoss(COUNTS, 0.5, 30.0, 0, 0.0)
     assert (loss.margins.bfloat16().float() - loss.margins).abs().max() * 30 > 0.01   # what bf16 rounding would cost
     assert loss.margins.dtype == torch.float32
@@ -323,7 +323,7 @@ def test_resume_whose_rng_does_not_fit_starts_over_instead_of_failing(fake_cuda,
 # ---- 10: ODIN's backward pass in small batches -------------------------------------------------------------------
 
 def test_odin_runs_in_small_batches_whatever_the_eval_batch_gpu_memory():
-    from ltsei.openset import ODIN_BATCH_SIZE, odin_scores
+    from ltsei.learn.openset import ODIN_BATCH_SIZE, odin_scores
     lin, sizes = torch.nn.Linear(8, 3), []
     def fn(xb):
         sizes.append(len(xb)); return lin(xb.flatten(1))

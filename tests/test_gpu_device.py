@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-import ltsei.train as T
-from ltsei.losses import create_loss
-from ltsei.samplers import create_sampler
+import ltsei.learn.train as T
+from ltsei.learn.losses import create_loss
+from ltsei.learn.samplers import create_sampler
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.py)")
 

@@ -16,9 +16,9 @@ from ltsei.orchestration import local_launcher as LL
 from ltsei.orchestration import reproduce  # noqa: F401  (imports every launcher: they register)
 from ltsei.orchestration import slurm_launcher as S
 from ltsei.orchestration.kernels import WarmKernels, release_kernel
-from ltsei.demo import demo_compose_config, demo_run_experiment
-from ltsei.rows import select_rows
-from ltsei.storage import lock_beside
+from ltsei.experiments.demo import demo_compose_config, demo_run_experiment
+from ltsei.experiments.rows import select_rows
+from ltsei.core.storage import lock_beside
 from ltsei.orchestration.row_runs import (DEMO_FUNCS, RowRun, check_configs, load_callable, plan_row_runs, prepare_row_run_dir,
                                           row_run_overrides, run_row_protocol)
 
@@ -198,7 +198,7 @@ def launch(name, runs, fail=None, **opts):
 
 
 def tables(runs):
-    from ltsei.report import build_tables
+    from ltsei.experiments.report import build_tables
     build_tables(runs, PROFILE)
     out = {p.name: p.read_text().replace(str(runs), "<runs>")         # all_runs.csv names each run's folder
            for p in sorted((runs / PROFILE / "tables").glob("*")) if p.is_file()}

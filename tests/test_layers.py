@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "ltsei"
+LAYERS = ("core", "signals", "learn", "experiments", "instrument", "orchestration")   # the subpackages, bottom up
 
 
 def _module(p: Path) -> str:
@@ -53,7 +54,7 @@ def _number(nb: str) -> tuple:
 
 def test_every_module_comes_from_a_numbered_notebook():
     nbs = _notebooks()
-    mods = {_module(p) for p in PKG.rglob("*.py")} - {"ltsei", "ltsei._modidx", "ltsei.orchestration"}
+    mods = {_module(p) for p in PKG.rglob("*.py")} - {"ltsei", "ltsei._modidx"} - {f"ltsei.{l}" for l in LAYERS}
     assert mods <= set(nbs), f"modules without a notebook: {sorted(mods - set(nbs))}"
     assert all(re.match(r"\d\d[a-z]?_", nb) for nb in nbs.values()), nbs
 
@@ -73,7 +74,7 @@ def test_no_import_goes_up_a_floor():
 
 
 def test_row_registry_and_cli_start_load_no_torch():
-    code = "import sys, ltsei.rows, ltsei.cli, ltsei.storage, ltsei.registry; print('torch' in sys.modules)"
+    code = "import sys, ltsei.experiments.rows, ltsei.cli, ltsei.core.storage, ltsei.core.registry; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
@@ -85,3 +86,15 @@ def test_the_index_lists_every_notebook_in_order():
     listed = re.findall(r"^\| `(\d\d[a-z]?_\w+)` \|", src, re.M)
     numbered = sorted(p.stem for p in (ROOT / "nbs").glob("[0-9][0-9]*_*.ipynb"))
     assert listed == numbered, f"nbs/index.ipynb lists {listed}, the notebooks are {numbered}"
+
+
+
+def test_the_subpackages_are_the_floors_in_order():
+    "Every module but the command line sits in a layer's subpackage, and the notebooks' numbers run through the layers in order."
+    nbs = _notebooks()
+    bad = [m for m in nbs if m != "ltsei.cli" and m.split(".")[1] not in LAYERS]
+    assert not bad, f"modules outside the layers {LAYERS}: {bad}"
+    order = [LAYERS.index(m.split(".")[1]) if m != "ltsei.cli" else len(LAYERS)
+             for m, nb in sorted(nbs.items(), key=lambda kv: (_number(kv[1]), kv[1]))]
+    assert order == sorted(order), "a notebook's layer comes before a lower notebook's: " + \
+        ", ".join(f"{nb} -> {m}" for m, nb in sorted(nbs.items(), key=lambda kv: (_number(kv[1]), kv[1])))

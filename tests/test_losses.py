@@ -1,4 +1,4 @@
-"""Tests of ltsei.losses: the registry and every stage-1 / stage-2 loss against its formula.
+"""Tests of ltsei.learn.losses: the registry and every stage-1 / stage-2 loss against its formula.
 The small hand cases of each loss are the notebook's (nbs/08_losses.ipynb); here: faults, random-logit numpy
 references and sweeps.
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ltsei.moe_ltsei  # noqa: F401  (registers MoELTSEILoss, listed by the stage-2 names below)
-from ltsei.losses import (LOSSES, MoEOutput, as_class_counts, class_balanced_weights,
+import ltsei.learn.moe_ltsei  # noqa: F401  (registers MoELTSEILoss, listed by the stage-2 names below)
+from ltsei.learn.losses import (LOSSES, MoEOutput, as_class_counts, class_balanced_weights,
                           cost_weights, create_loss, drw_weights, ldam_margins, logits_of, loss_names,
                           loss_params)
 
@@ -69,10 +69,10 @@ def test_registry_names():
 
 
 def test_moe_loss_joins_the_registry_from_its_own_module():
-    # ltsei.losses never imports upward: MoELTSEILoss is registered by ltsei.moe_ltsei when that module is imported
-    code = ("import sys; from ltsei.losses import create_loss, LOSSES; "
-            "assert 'ltsei.moe_ltsei' not in sys.modules and 'MoELTSEILoss' not in LOSSES; "
-            "import ltsei.moe_ltsei; "
+    # ltsei.learn.losses never imports upward: MoELTSEILoss is registered by ltsei.learn.moe_ltsei when that module is imported
+    code = ("import sys; from ltsei.learn.losses import create_loss, LOSSES; "
+            "assert 'ltsei.learn.moe_ltsei' not in sys.modules and 'MoELTSEILoss' not in LOSSES; "
+            "import ltsei.learn.moe_ltsei; "
             "f = create_loss('MoELTSEILoss', [50, 20, 5, 1], num_experts=2, scale=30.0, beta=0.999, margin_m0=0.35, "
             "margin_m1=0.2, margin_gamma=0.5, diff_gamma=2.0, diff_alpha=1.0, lambda_gate=1.0, lambda_lb=0.0, gate_weighting='none', "
             "margin_type='effective', margin_max=None, label_smoothing=0.0, gate_target_smoothing=0.0, difficulty='seed', "
@@ -82,7 +82,7 @@ def test_moe_loss_joins_the_registry_from_its_own_module():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["ltsei.moe_ltsei", "MoELTSEILoss"]
+    assert r.stdout.split() == ["ltsei.learn.moe_ltsei", "MoELTSEILoss"]
 
 
 def test_unknown_name_lists_valid_names():
@@ -299,8 +299,8 @@ def test_buffers_follow_module_dtype_and_device():
 def test_every_registered_loss_builds_itself_from_the_config_tree():
     # adding a loss is one notebook: its class reads its own fields (config_params); no table elsewhere names them
     from omegaconf import OmegaConf
-    from ltsei.config import config_template
-    from ltsei.moe_ltsei import loss_from_config
+    from ltsei.experiments.config import config_template
+    from ltsei.learn.moe_ltsei import loss_from_config
     for stage, key in ((1, "loss.name"), (2, "stage2.loss")):
         for name in loss_names(stage=stage):
             cfg = OmegaConf.merge(config_template(), OmegaConf.from_dotlist([f"{key}={name}"]))

@@ -1,4 +1,4 @@
-"""Metrics (ltsei.metrics) against scikit-learn on random predictions (zero_division=0 convention)."""
+"""Metrics (ltsei.learn.metrics) against scikit-learn on random predictions (zero_division=0 convention)."""
 import json
 import warnings
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from ltsei.metrics import compute_metrics, confusion_matrix
+from ltsei.learn.metrics import compute_metrics, confusion_matrix
 
 GROUPS = {"many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9], "rule": "hand-made for the test"}
 

@@ -1,9 +1,9 @@
-"""Backbones (ltsei.models): shapes, gradients, aux losses, conv1d/conv2d equivalence, channels_last + bf16."""
+"""Backbones (ltsei.learn.models): shapes, gradients, aux losses, conv1d/conv2d equivalence, channels_last + bf16."""
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ltsei.models import (ModelConfig, copy_between_impls, convert_conv_state_dict, create_model,
+from ltsei.learn.models import (ModelConfig, copy_between_impls, convert_conv_state_dict, create_model,
                           load_balance_loss, log_spectrum)
 
 NAMES = ["ConvNetADSB", "ResNet1D", "DilatedTCN", "FrequencyDomainExpert", "MixtureOfExpertsConvNet"]

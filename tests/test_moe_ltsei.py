@@ -1,4 +1,4 @@
-"""Tests of ltsei.moe_ltsei: frequency groups, the MoE head, the MoE-LTSEI loss and its ablation switches,
+"""Tests of ltsei.learn.moe_ltsei: frequency groups, the MoE head, the MoE-LTSEI loss and its ablation switches,
 and the routing metrics. Expected values come from hand computation or explicit numpy, from the formulas of the
 seed's code as the method contract writes them (nbs/methods.ipynb); the earlier paraphrase (EARLIER) stays tested
 as the option set that reproduces it."""
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltsei.losses import LOSSES, MoEOutput, create_loss
-from ltsei.losses import class_balanced_weights
-from ltsei.moe_ltsei import (MoEHead, MoELTSEILoss, adaptive_margins, difficulty_weights, frequency_groups,
+from ltsei.learn.losses import LOSSES, MoEOutput, create_loss
+from ltsei.learn.losses import class_balanced_weights
+from ltsei.learn.moe_ltsei import (MoEHead, MoELTSEILoss, adaptive_margins, difficulty_weights, frequency_groups,
                              gate_group_weights, routing_metrics)
 
 DEFAULTS = dict(num_experts=3, scale=30.0, beta=0.999, margin_m0=0.35, margin_m1=0.2, margin_gamma=0.5,
@@ -555,8 +555,8 @@ def test_detach_gate_bad_value():
 
 def test_earlier_form_is_one_override_set():
     # the four overrides that reproduce the earlier paraphrase, kept equal in the torch-free row registry
-    from ltsei.config import EARLIER_MOE_LTSEI, compose_config
-    from ltsei.rows import EARLIER_MOE_LTSEI as ROWS_EARLIER, EARLIER_POINTS, ROWS_BY_ID
+    from ltsei.experiments.config import EARLIER_MOE_LTSEI, compose_config
+    from ltsei.experiments.rows import EARLIER_MOE_LTSEI as ROWS_EARLIER, EARLIER_POINTS, ROWS_BY_ID
     assert set(EARLIER_MOE_LTSEI.split()) == set(ROWS_EARLIER.split()) == set(EARLIER_POINTS.values())
     cfg = compose_config(["profile=smoke", *EARLIER_MOE_LTSEI.split()])
     assert (cfg.experiment.grouping, cfg.stage2.moe.init, cfg.stage2.moe_loss.difficulty, cfg.stage2.moe_loss.margin_max) \

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from ltsei.config import ConfigError, compose_config
-from ltsei.data import DataConfig, load_data, hold_out_unknown, to_split
-from ltsei.models import create_model
-from ltsei.openset import ScoringModel, score_openset
-from ltsei.run import load_stage1_checkpoint, run_experiment
-from ltsei.synth import SYNTH_PRESETS, as_synth_config, generate_split, make_fingerprints, synth_frames, synth_main
-from ltsei.train import Runtime
+from ltsei.experiments.config import ConfigError, compose_config
+from ltsei.signals.data import DataConfig, load_data, hold_out_unknown, to_split
+from ltsei.learn.models import create_model
+from ltsei.learn.openset import ScoringModel, score_openset
+from ltsei.experiments.run import load_stage1_checkpoint, run_experiment
+from ltsei.signals.synth import SYNTH_PRESETS, as_synth_config, generate_split, make_fingerprints, synth_frames, synth_main
+from ltsei.learn.train import Runtime
 from conftest import SMALL
 
 CPU = Runtime(torch.device("cpu"), None, False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ltsei.cli import guide_main
-from ltsei.data import holdout_counts
+from ltsei.signals.data import holdout_counts
 
 K, L = 10, 4800
 TRAIN = np.array([2, 15, 9, 4, 11, 3, 7, 8, 6, 5])   # frames per class, 70 in all

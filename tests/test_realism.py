@@ -1,14 +1,14 @@
-"""The realism measurements (`ltsei.realism`) against hand-computed cases, and `ltsei realism`."""
+"""The realism measurements (`ltsei.signals.realism`) against hand-computed cases, and `ltsei realism`."""
 import json
 import re
 
 import numpy as np
 import pytest
 
-from ltsei.adsb import make_df17, ppm_chips, pulse_envelope
-from ltsei.realism import (REAL_ADSB_REFERENCE, STATS, as_complex, cfo_1nn_accuracy, compare, frame_start,
+from ltsei.signals.adsb import make_df17, ppm_chips, pulse_envelope
+from ltsei.signals.realism import (REAL_ADSB_REFERENCE, STATS, as_complex, cfo_1nn_accuracy, compare, frame_start,
                            load_frames, measure_frames, realism_main, reference_summary, summarize, synth_sample)
-from ltsei.synth import SYNTH_PRESETS
+from ltsei.signals.synth import SYNTH_PRESETS
 
 FS, L = 50e6, 4800
 
@@ -115,7 +115,7 @@ def test_realism_main_against_files(tmp_path, capsys):
 
 
 def test_curves_known_cases():
-    from ltsei.realism import (REAL_ADSB_CURVES, compare_curves, curves_at, reference_curves, reference_notes,
+    from ltsei.signals.realism import (REAL_ADSB_CURVES, compare_curves, curves_at, reference_curves, reference_notes,
                                spectrum_bins_full)
     # (a tone in its bin, the shares summing to 1, the derotation, a square wave's ACF, the reference's curves at 50 and
     # 8 MS/s, a summary inside itself: the notebook 06_realism)
@@ -135,7 +135,7 @@ def test_curves_known_cases():
 
 def test_preset_files_and_unlabelled_captures(tmp_path, capsys):
     "(A good preset file read, as overrides and as flags: the notebook 06_realism.)"
-    from ltsei.realism import read_synth_preset
+    from ltsei.signals.realism import read_synth_preset
     f = tmp_path / "p.yaml"
     for text, msg in (("rx_bandwith: 5e6\n", "not data.synth keys"), ("num_emitters: 2.5\n", "expected a int"),
                       ("- 1\n", "expected a mapping"), ("sample_rate: 1e6\n", "synth.sample_rate")):
@@ -169,7 +169,7 @@ def test_low_rate_measurement():
 
 def test_preset_file_in_the_experiment_config_and_ltsei_synth(tmp_path):
     from ltsei.cli import expand_synth_preset, synth_preset_flags
-    from ltsei.config import compose_config
+    from ltsei.experiments.config import compose_config
     f = tmp_path / "rx.yaml"
     f.write_text("sample_rate: 20000000.0\nlength: 1920\nrx_bandwidth: 6.5e6\n")
     cfg = compose_config(expand_synth_preset(["profile=smoke", f"data.synth.preset={f}", "data.synth.length=960"]))

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, SMALL, ext4
-from ltsei.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, live_runs)
-from ltsei.clean import clean_main, leftovers
+from ltsei.core.cache import (ACTIVE_MARK, CacheEntry, RUN_MARK, active_run, claim_run_dir, live_runs)
+from ltsei.core.clean import clean_main, leftovers
 from ltsei.cli import guide_main, main as ltsei_main
-from ltsei.storage import FileLock, atomic_write_json, host_name
+from ltsei.core.storage import FileLock, atomic_write_json, host_name
 
 MODES1 = ROOT / "tests" / "data" / "dump1090-modes1" / "modes1.bin"    # one aircraft
 
@@ -74,7 +74,7 @@ def test_a_preset_value_is_named_with_its_file_and_key(tmp_path, capsys, line, w
 
 def test_a_generated_data_set_is_checked_finite_before_it_is_published(tmp_path):
     from dataclasses import replace
-    from ltsei.synth import SYNTH_PRESETS, check_finite, generate_synth
+    from ltsei.signals.synth import SYNTH_PRESETS, check_finite, generate_synth
     cfg = replace(SYNTH_PRESETS["smoke"], num_emitters=2, pool_per_class=3, val_per_class=1, test_per_class=1)
     generate_synth(cfg, tmp_path, workers=1, progress=False)
     check_finite(tmp_path, cfg)
@@ -187,7 +187,7 @@ def test_a_stray_label_is_named_with_its_frame(tmp_path, capsys):
     x = np.zeros((40, 64, 2), np.float32); x[:, :, 0] = np.arange(40)[:, None]
     y = np.arange(40) % 10; y[17] = 1000
     for n in ("train", "test"): np.save(tmp_path / f"X_{n}.npy", x); np.save(tmp_path / f"Y_{n}.npy", y if n == "train" else y % 10)
-    from ltsei.data import DataConfig, load_data
+    from ltsei.signals.data import DataConfig, load_data
     with pytest.raises(ValueError) as e:
         load_data(DataConfig(source="files", train_path=str(tmp_path / "X_train.npy"), test_path=str(tmp_path / "X_test.npy"),
                              leakage="allow", cache_dir=str(tmp_path / "c")), 0)
@@ -209,7 +209,7 @@ def test_one_aircraft_says_what_it_is_for(tmp_path, capsys):
     assert ltsei_main(["frames", str(MODES1), "--sample-rate", "2e6", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "ONE aircraft" in out and "ltsei realism --fit" in out and "not to train or test a classifier" in out
-    from ltsei.realism import cfo_1nn_accuracy
+    from ltsei.signals.realism import cfo_1nn_accuracy
     assert np.isnan(cfo_1nn_accuracy(np.random.default_rng(0).normal(size=50), np.zeros(50)))   # no 1-NN claim on one class
 
 
@@ -236,7 +236,7 @@ def test_a_run_leaves_no_stale_lock_and_clean_has_nothing_to_remove(tmp_path, mo
 
 
 def test_ctrl_c_says_that_the_same_command_resumes(tmp_path, monkeypatch, capsys):
-    import ltsei.run as R
+    import ltsei.experiments.run as R
     monkeypatch.setenv("LTSEI_RUNS", str(tmp_path / "runs"))
     def stop(*a, **k): raise KeyboardInterrupt
     monkeypatch.setattr(R, "get_stage1", stop)
@@ -262,9 +262,9 @@ def test_papermill_by_hand_on_the_real_notebook_writes_a_complete_run_twice(tmp_
     notebook's `resolve_runs_dir(None)` is the repository's runs/, test_user_messages.py::test_one_results_root), with
     its row.json, out of the tables; a refused profile before any folder."""
     import nbformat
-    from ltsei.rows import ROWS_BY_ID
-    from ltsei.storage import resolve_runs_dir
-    from ltsei.tables import collect_results
+    from ltsei.experiments.rows import ROWS_BY_ID
+    from ltsei.core.storage import resolve_runs_dir
+    from ltsei.experiments.tables import collect_results
     runs = resolve_runs_dir(None)                           # conftest: the session's scratch runs/
     row = ROWS_BY_ID["s1_1_ce"]
     ov = " ".join([*row.run_args, *SMALL, "training.epochs=150"])   # one smoke epoch
@@ -303,7 +303,7 @@ def test_papermill_by_hand_on_the_real_notebook_writes_a_complete_run_twice(tmp_
 
 
 def test_realism_measures_frames_alignment_in_the_references_convention(tmp_path, capsys):
-    from ltsei.frames import synth_recording, write_iq
+    from ltsei.signals.frames import synth_recording, write_iq
     sig, _ = synth_recording(8e6, 0.05, num_emitters=3, frames=30, snr_db=(20, 30), overlaps=0, seed=5)
     write_iq(tmp_path / "r.cs16", sig * 0.01, "cs16")
     assert ltsei_main(["frames", str(tmp_path / "r.cs16"), "--format", "cs16", "--sample-rate", "8e6", "--out", str(tmp_path / "f")]) == 0
@@ -320,8 +320,8 @@ def test_a_huge_synth_says_how_long_first_and_a_kill_leaves_nothing(tmp_path):
     emitters x 1 frame (an estimate too, and five times less set-up before the first file than 100,000)."""
     import signal
     from dataclasses import replace
-    from ltsei.estimate import synth_estimate_line
-    from ltsei.synth import SYNTH_PRESETS
+    from ltsei.experiments.estimate import synth_estimate_line
+    from ltsei.signals.synth import SYNTH_PRESETS
     huge = replace(SYNTH_PRESETS["quick"], num_emitters=100_000, pool_per_class=1, val_per_class=1, test_per_class=1)
     assert "300,000 frames of 768 samples for 100,000 emitters" in (synth_estimate_line(huge) or "")
     out = tmp_path / "big"

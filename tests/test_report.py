@@ -10,17 +10,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ltsei.demo import fake_metrics, write_fake_runs
-from ltsei.discussion import discussion, mechanisms, profile_header
-from ltsei.report import report_html
-from ltsei.rows import COMPAT_ROWS, ROWS_BY_ID
-from ltsei.seed_compat import COMPAT_HOWTO
-from ltsei.layout import run_dir
-from ltsei.storage import atomic_write_json
+from ltsei.experiments.demo import fake_metrics, write_fake_runs
+from ltsei.experiments.discussion import discussion, mechanisms, profile_header
+from ltsei.experiments.report import report_html
+from ltsei.experiments.rows import COMPAT_ROWS, ROWS_BY_ID
+from ltsei.experiments.seed_compat import COMPAT_HOWTO
+from ltsei.experiments.layout import run_dir
+from ltsei.core.storage import atomic_write_json
 from ltsei.orchestration.reproduce import render_report
-from ltsei.expectations import expectations
-from ltsei.paired import all_paired
-from ltsei.tables import TABLES, collect_results, summarize
+from ltsei.experiments.expectations import expectations
+from ltsei.experiments.paired import all_paired
+from ltsei.experiments.tables import TABLES, collect_results, summarize
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 GUIDE_TABLES = list(TABLES)       # the guide's tables and the extra table (the registry has rows beyond the guide)

@@ -1,4 +1,4 @@
-"""The table registry and row selection (ltsei.rows), resume and scheduling of `ltsei reproduce` (ltsei.orchestration)."""
+"""The table registry and row selection (ltsei.experiments.rows), resume and scheduling of `ltsei reproduce` (ltsei.orchestration)."""
 import json
 import os
 import subprocess
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 import ltsei.orchestration.reproduce as rp
-from ltsei.demo import demo_compose_config, demo_run_experiment, fake_metrics
-from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, select_rows,
+from ltsei.experiments.demo import demo_compose_config, demo_run_experiment, fake_metrics
+from ltsei.experiments.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, select_rows,
                         split_command)
-from ltsei.layout import read_metrics, run_dir, run_status
-from ltsei.storage import atomic_write_json
+from ltsei.experiments.layout import read_metrics, run_dir, run_status
+from ltsei.core.storage import atomic_write_json
 from ltsei.orchestration.local_launcher import run_local_pool
 from ltsei.orchestration.reproduce import reproduce_main
 from ltsei.orchestration.row_runs import RowRun, RowRunFailed, plan_row_runs, prepare_row_run_dir, row_run_overrides
@@ -309,7 +309,7 @@ import os, sys, threading, time
 import ltsei.orchestration.local_launcher as ll
 import ltsei.orchestration.reproduce as rp
 from ltsei.orchestration.row_runs import RowRunFailed, prepare_row_run_dir, row_run_overrides
-from ltsei.demo import demo_compose_config, demo_run_experiment
+from ltsei.experiments.demo import demo_compose_config, demo_run_experiment
 log, delay, mode, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 stop = threading.Event()
 def row_executor(profile, funcs, runs_dir, jobs, runs=0):
@@ -322,11 +322,11 @@ def row_executor(profile, funcs, runs_dir, jobs, runs=0):
     return execute
 rp.row_executor, ll.kill_kernels = row_executor, stop.set
 if mode == "slow-tables":
-    import ltsei.report
+    import ltsei.experiments.report
     def slow_build(runs_dir, profile):
         with open(log, "a") as f: f.write(f"{os.getpid()} tables\n")
         time.sleep(60)
-    ltsei.report.build_tables = slow_build
+    ltsei.experiments.report.build_tables = slow_build
 from ltsei.cli import main
 sys.exit(main(["reproduce", *argv]))
 '''
@@ -360,9 +360,9 @@ def test_two_processes_share_the_rows(tmp_path):
 
 def test_a_killed_lock_holder_releases_the_run(tmp_path):
     "A run's lock is held by one process; a holder killed with SIGKILL holds nothing."
-    from ltsei.storage import lock_beside
+    from ltsei.core.storage import lock_beside
     d = tmp_path / "seed0"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltsei.storage import lock_beside\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltsei.core.storage import lock_beside\n"
                                f"held = lock_beside({str(d)!r}); held.acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -374,8 +374,8 @@ def test_a_killed_lock_holder_releases_the_run(tmp_path):
 
 
 def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch):
-    import ltsei.report as tb
-    from ltsei.demo import write_fake_runs
+    import ltsei.experiments.report as tb
+    from ltsei.experiments.demo import write_fake_runs
     runs = tmp_path / "runs"
     write_fake_runs(runs, "smoke", rows=select_rows("2.2"))
     tb.build_tables(runs, "smoke")
@@ -383,7 +383,7 @@ def test_tables_swap_in_whole_and_dead_builds_are_removed(tmp_path, monkeypatch)
     dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
     left = runs / "smoke" / f".tables.tmp{dead.pid}-0bad"                # a build killed half-way (ltsei's marker in it)
     left.mkdir(); (left / "main.md").write_text("half")
-    from ltsei.storage import TEMP_MARK, host_name
+    from ltsei.core.storage import TEMP_MARK, host_name
     (left / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": dead.pid}))
     write_fake_runs(runs, "smoke", rows=select_rows("2.1"))
     def interrupted(r, pc): raise KeyboardInterrupt

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ltsei.cli import guide_main
-from ltsei.config import ConfigError, compose_config
-from ltsei.losses import ExpertsOutput, create_loss, reversed_prior
-from ltsei.rows import ROWS_BY_ID, select_rows
-from ltsei.stage2 import sade_agreement_loss
-from ltsei.tables import table_rows
+from ltsei.experiments.config import ConfigError, compose_config
+from ltsei.learn.losses import ExpertsOutput, create_loss, reversed_prior
+from ltsei.experiments.rows import ROWS_BY_ID, select_rows
+from ltsei.learn.stage2 import sade_agreement_loss
+from ltsei.experiments.tables import table_rows
 from conftest import SMALL
 from test_run import check_metrics
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ltsei.cache import atomic_save
+from ltsei.core.cache import atomic_save
 from ltsei.cli import expand_synth_preset, main
-from ltsei.config import compose_config
-from ltsei.models import create_model
-from ltsei.rtlsdr import inject_replies, pulse_level
-from ltsei.run import stage1_payload
-from ltsei.synth import SYNTH_PRESETS
+from ltsei.experiments.config import compose_config
+from ltsei.learn.models import create_model
+from ltsei.signals.rtlsdr import inject_replies, pulse_level
+from ltsei.experiments.run import stage1_payload
+from ltsei.signals.synth import SYNTH_PRESETS
 
 RAW = ("--format", "u8", "--sample-rate", "2e6")
 

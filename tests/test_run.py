@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ltsei.cli import guide_main
-from ltsei.config import compose_config
-from ltsei.run import CheckpointError, run_experiment
-from ltsei.stage2 import Stage3Error
+from ltsei.experiments.config import compose_config
+from ltsei.experiments.run import CheckpointError, run_experiment
+from ltsei.learn.stage2 import Stage3Error
 from conftest import SMALL
 
 METRIC_KEYS = {"acc", "balanced_acc", "macro_f1", "gmean", "many_acc", "medium_acc", "few_acc", "per_class_recall"}
@@ -101,9 +101,9 @@ def test_cached_features_equal_uncached(in_scratch, mode, loss, stage3):
 
 
 def test_freeze_bn_keeps_backbone_in_eval_mode(in_scratch):
-    from ltsei.stage2 import Stage2Model
-    from ltsei.models import create_model
-    from ltsei.models import ModelConfig
+    from ltsei.learn.stage2 import Stage2Model
+    from ltsei.learn.models import create_model
+    from ltsei.learn.models import ModelConfig
     m = create_model("ConvNetADSB", 4, 960, ModelConfig())
     s2 = Stage2Model(m, torch.nn.Linear(m.feature_dim, 4), train_backbone=False, freeze_bn=True)
     s2.train()
@@ -142,7 +142,7 @@ def test_bad_input_from_the_command_line(in_scratch, capsys):
 
 
 def test_samplers_are_honoured_in_both_stages(in_scratch, monkeypatch):
-    import ltsei.run as R
+    import ltsei.experiments.run as R
     used = []
     real = R.sampler_from_config
     def spy(cfg, stage, labels, seed):
@@ -156,7 +156,7 @@ def test_samplers_are_honoured_in_both_stages(in_scratch, monkeypatch):
     counts = np.asarray(m["class_counts"])
     idx = used[0][1]
     # inv_freq draws the rarest class more often than its share of the data, the head class less
-    from ltsei.data import load_data
+    from ltsei.signals.data import load_data
     data = load_data(compose_config(["profile=smoke", *SMALL]).data, 0)
     drawn = np.bincount(data.train.y[idx].numpy(), minlength=len(counts))
     rare, head = counts.argmin(), counts.argmax()
@@ -177,8 +177,8 @@ def test_ltsei_command(in_scratch, capsys):
 
 def test_predictions_and_tensorboard_agree_with_metrics(in_scratch):
     "predictions.npz holds what metrics.json was computed from; TensorBoard gets every epoch of both stages."
-    from ltsei.metrics import compute_metrics
-    from ltsei.moe_ltsei import frequency_groups, routing_metrics, adaptive_margins
+    from ltsei.learn.metrics import compute_metrics
+    from ltsei.learn.moe_ltsei import frequency_groups, routing_metrics, adaptive_margins
     out = in_scratch / "pred_moe"
     m = run(["stage2.epochs=8", "seed=5"], out)
     p = np.load(out / "predictions.npz")
@@ -229,8 +229,8 @@ def test_forced_bf16_takes_the_bf16_path(in_scratch, capsys):
 
 def test_auto_precision_follows_the_cpu_and_keys_stage1(monkeypatch):
     "auto: fp32 on a CPU without AMX, bf16 on one with AMX (mocked), and the resolved precision is in the stage-1 key."
-    import ltsei.train as T
-    from ltsei.config import stage1_key, stage1_settings
+    import ltsei.learn.train as T
+    from ltsei.experiments.config import stage1_key, stage1_settings
     cfg = compose_config(["profile=smoke", "gpus=cpu"])
     monkeypatch.setattr(T, "cpu_has_amx", lambda flags=None: False)
     rt, key32 = T.make_runtime("cpu", "auto", "auto"), stage1_key(cfg)

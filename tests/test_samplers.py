@@ -1,10 +1,10 @@
-"""Samplers (ltsei.samplers): empirical class frequencies match q_c ~ n_c^a; `none` is a permutation."""
+"""Samplers (ltsei.learn.samplers): empirical class frequencies match q_c ~ n_c^a; `none` is a permutation."""
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from ltsei.samplers import SAMPLERS, create_sampler, power_probabilities
+from ltsei.learn.samplers import SAMPLERS, create_sampler, power_probabilities
 
 C, IR, N_MAX = 60, 100, 20000
 COUNTS = torch.tensor([max(1, int(N_MAX * IR ** (-i / (C - 1)))) for i in range(C)])   # IR-100 profile
@@ -139,8 +139,8 @@ def test_numpy_labels_accepted():
 def test_every_sampler_builds_itself_from_the_config_tree():
     # the sampler of each stage comes from its own section: sampling.* over training.epochs, stage2.* over stage2.epochs
     from omegaconf import OmegaConf
-    from ltsei.config import config_template
-    from ltsei.samplers import sampler_from_config
+    from ltsei.experiments.config import config_template
+    from ltsei.learn.samplers import sampler_from_config
     labels = torch.repeat_interleave(torch.arange(3), torch.tensor([6, 3, 1]))
     for name in SAMPLERS.names():
         cfg = OmegaConf.merge(config_template(), OmegaConf.from_dotlist(

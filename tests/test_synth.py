@@ -7,9 +7,9 @@ import pyModeS
 import pytest
 from omegaconf import OmegaConf
 
-import ltsei.synth as synth
-from ltsei.adsb import bits_to_hex, demodulate, envelope
-from ltsei.synth import (SYNTH_PRESETS, SynthConfig, check_synth_config, estimate_cfo, generate_split,
+import ltsei.signals.synth as synth
+from ltsei.signals.adsb import bits_to_hex, demodulate, envelope
+from ltsei.signals.synth import (SYNTH_PRESETS, SynthConfig, check_synth_config, estimate_cfo, generate_split,
                          load_synth, make_fingerprints, synth_frames, synth_key, synth_main)
 
 SMOKE = SYNTH_PRESETS["smoke"]
@@ -20,7 +20,7 @@ def test_presets_and_checks():
     q = SYNTH_PRESETS["quick"]
     # the quick frames hold the whole 96 us (preamble + 88 bits) and fit every backbone
     assert q.length >= round(96e-6 * q.sample_rate) and q.num_emitters == 20
-    from ltsei.models import MODELS, ModelConfig, create_model
+    from ltsei.learn.models import MODELS, ModelConfig, create_model
     for name in MODELS: create_model(name, q.num_emitters, q.length, ModelConfig(name=name))
     # the smoke frames fit every backbone too
     for name in MODELS: create_model(name, SMOKE.num_emitters, SMOKE.length, ModelConfig(name=name))
@@ -122,7 +122,7 @@ def test_stale_temp_dir_is_ignored_and_cleaned(tmp_path):
     stale = tmp_path / f".synth-{key}.tmp{2**22 + 7}-abc"         # a killed build: ltsei's marker in it
     stale.mkdir(parents=True)
     (stale / "X_pool.npy").write_bytes(b"garbage")
-    from ltsei.storage import TEMP_MARK, host_name
+    from ltsei.core.storage import TEMP_MARK, host_name
     (stale / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": 2**22 + 7}))
     mine = tmp_path / f".tmp-synth-{key}-999999999-abc"; mine.mkdir()    # no marker: not ltsei's, never removed
     s = load_synth(SMOKE, tmp_path, workers=1, progress=False)
@@ -182,7 +182,7 @@ def test_receiver_chain():
     # the SNR is the pulse power over the in-band noise: the off-pulse power of a frame is about 1/SNR of the pulses
     cfg = replace(SynthConfig(), snr_db_min=12, snr_db_max=12)
     x, _ = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 40, np.random.default_rng(0))
-    from ltsei.realism import measure_frames
+    from ltsei.signals.realism import measure_frames
     assert abs(measure_frames(x, cfg.sample_rate).noise_floor.median() + 12) < 1.5
 
 
@@ -222,8 +222,8 @@ def test_capture_effects():
 def test_smoke_profile_learns(tmp_path):
     """The smoke profile is a pipeline check that learns: CE on its balanced (IR 1) training set scores at
     least 3x chance on the test split, so a change that stops training from working fails here."""
-    from ltsei.config import compose_config
-    from ltsei.run import run_experiment
+    from ltsei.experiments.config import compose_config
+    from ltsei.experiments.run import run_experiment
     cfg = compose_config(["profile=smoke", "data.imbalance_ratio=1", "stage2.enabled=false",
                           f"data.cache_dir={tmp_path / 'cache'}", f"stage1.cache_dir={tmp_path / 'stage1'}"])
     m = run_experiment(cfg, tmp_path / "run", progress=False)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ltsei import synth
-from ltsei.storage import StorageError
+from ltsei.signals import synth
+from ltsei.core.storage import StorageError
 from ltsei.cli import main
-from ltsei.synth import (SPLITS, SYNTH_PRESETS, SynthWorkerError, load_synth, synth_entry, synth_key, synth_main)
+from ltsei.signals.synth import (SPLITS, SYNTH_PRESETS, SynthWorkerError, load_synth, synth_entry, synth_key, synth_main)
 
 SMOKE = SYNTH_PRESETS["smoke"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -283,15 +283,15 @@ def test_synth_out_is_written_whole(tmp_path, monkeypatch, capsys):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     # the temporary folder of a killed earlier run beside --out is removed
     stale = tmp_path / ".out.tmp4194311-ab"; stale.mkdir(); (stale / "X_train.npy").write_bytes(b"x")
-    from ltsei.storage import TEMP_MARK, host_name
+    from ltsei.core.storage import TEMP_MARK, host_name
     (stale / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": 4194311}))
     assert synth_main(args) == 0 and not stale.exists()
 
 
 def test_realism_dedup_uses_frame_hashes(tmp_path):
-    "One rule for `the same frame`: realism.load_frames drops what ltsei.data.frame_hashes calls equal (-0.0 == 0.0)."
-    from ltsei.data import frame_hashes
-    from ltsei.realism import load_frames
+    "One rule for `the same frame`: realism.load_frames drops what ltsei.signals.data.frame_hashes calls equal (-0.0 == 0.0)."
+    from ltsei.signals.data import frame_hashes
+    from ltsei.signals.realism import load_frames
     x = np.random.default_rng(0).standard_normal((5, 64, 2)).astype(np.float32)
     x[1] = x[0]                                   # an exact copy
     x[2, 0, 0] = 0.0; x[3] = x[2]; x[3, 0, 0] = -0.0   # equal values, different bytes (a byte hash would keep both)

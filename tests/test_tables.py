@@ -1,4 +1,4 @@
-"""Aggregation of runs into tables (mean ± std over seeds, best marked) and figures (ltsei.tables)."""
+"""Aggregation of runs into tables (mean ± std over seeds, best marked) and figures (ltsei.experiments.tables)."""
 import io
 import math
 
@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltsei.demo import fake_metrics, write_fake_runs
-from ltsei.rows import ROWS, ROWS_BY_ID
-from ltsei.layout import run_dir
-from ltsei.storage import atomic_write_json
-import ltsei.paired as paired
-import ltsei.tables as tables
-from ltsei.rows import Row
-from ltsei.expectations import expectations
-from ltsei.paired import all_paired, noise_threshold, paired_differences, paired_summary, verdict
-from ltsei.report import build_tables
-from ltsei.tables import (COLUMNS, TABLES, collect_results, fmt_pm, make_table, summarize, table_csv, table_html,
+from ltsei.experiments.demo import fake_metrics, write_fake_runs
+from ltsei.experiments.rows import ROWS, ROWS_BY_ID
+from ltsei.experiments.layout import run_dir
+from ltsei.core.storage import atomic_write_json
+import ltsei.experiments.paired as paired
+import ltsei.experiments.tables as tables
+from ltsei.experiments.rows import Row
+from ltsei.experiments.expectations import expectations
+from ltsei.experiments.paired import all_paired, noise_threshold, paired_differences, paired_summary, verdict
+from ltsei.experiments.report import build_tables
+from ltsei.experiments.tables import (COLUMNS, TABLES, collect_results, fmt_pm, make_table, summarize, table_csv, table_html,
                           table_latex, table_markdown)
 
 

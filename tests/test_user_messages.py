@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 import ltsei
-import ltsei.run
+import ltsei.experiments.run
 from ltsei.cli import guide_main, main, row_of, sweep_summary
-from ltsei.config import compose_config
-from ltsei.estimate import fmt_duration, guide_estimate_line, load_costs, per_frame, plan_seconds, run_seconds
-from ltsei.rows import ROWS_BY_ID
-from ltsei.storage import resolve_runs_dir
+from ltsei.experiments.config import compose_config
+from ltsei.experiments.estimate import fmt_duration, guide_estimate_line, load_costs, per_frame, plan_seconds, run_seconds
+from ltsei.experiments.rows import ROWS_BY_ID
+from ltsei.core.storage import resolve_runs_dir
 
 CE = ROWS_BY_ID["s1_1_ce"].guide_args        # the README's first command, verbatim
 
@@ -39,7 +39,7 @@ def test_guide_command_without_profile_prints_the_estimate_first(monkeypatch, tm
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     def fake_run(cfg, out, progress=True):        # no paper-scale training in a test: the run itself is replaced
         Path(out, "metrics.json").write_text("{}")
-    monkeypatch.setattr(ltsei.run, "run_experiment", fake_run)
+    monkeypatch.setattr(ltsei.experiments.run, "run_experiment", fake_run)
     out = tmp_path / "run"
     assert guide_main([*CE, f"hydra.run.dir={out}"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -58,7 +58,7 @@ def test_one_results_root(monkeypatch, tmp_path):
     assert root_overrides(CE) == [f"data.cache_dir={tmp_path}/elsewhere/cache", f"stage1.cache_dir={tmp_path}/elsewhere/cache/stage1"]
     assert root_overrides([*CE, "data.cache_dir=/x"]) == [f"stage1.cache_dir={tmp_path}/elsewhere/cache/stage1"]
     seen = []
-    monkeypatch.setattr(ltsei.run, "run_experiment", lambda cfg, out, progress=True: seen.append((Path(out), cfg)))
+    monkeypatch.setattr(ltsei.experiments.run, "run_experiment", lambda cfg, out, progress=True: seen.append((Path(out), cfg)))
     monkeypatch.chdir(tmp_path)                       # any working directory: the same root
     assert guide_main([*CE, "profile=smoke"]) == 0
     out, cfg = seen[0]
@@ -105,7 +105,7 @@ def test_figures_name_their_profile():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ltsei.tables import stamp_profile
+    from ltsei.experiments.tables import stamp_profile
     for profile, words in (("smoke", "these numbers mean nothing"), ("quick", "CPU scale"), ("paper", "profile paper")):
         fig = stamp_profile(plt.figure(), profile)
         assert words in fig.texts[-1].get_text() and profile in fig.texts[-1].get_text()
@@ -113,9 +113,9 @@ def test_figures_name_their_profile():
 
 
 def test_estimate_leaves_out_what_is_cached(tmp_path):
-    from ltsei.config import stage1_key
-    from ltsei.estimate import cached
-    from ltsei.synth import synth_key
+    from ltsei.experiments.config import stage1_key
+    from ltsei.experiments.estimate import cached
+    from ltsei.signals.synth import synth_key
     cfg = compose_config([*CE, "profile=quick", f"data.cache_dir={tmp_path}", f"stage1.cache_dir={tmp_path}/s1"])
     assert cached(cfg) == (False, False)
     (tmp_path / "s1" / stage1_key(cfg)).mkdir(parents=True); (tmp_path / "s1" / stage1_key(cfg) / "manifest.json").write_text("{}")
@@ -127,11 +127,11 @@ def test_estimate_leaves_out_what_is_cached(tmp_path):
 
 def test_paper_scale_on_a_cpu_asks_first_where_someone_can_answer(monkeypatch, tmp_path, capsys):
     "Issue 32, item 3: with a terminal, a guide command without profile= asks before paper scale; no answer: nothing done."
-    import ltsei.estimate
+    import ltsei.experiments.estimate
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     ran = []
-    monkeypatch.setattr(ltsei.run, "run_experiment", lambda cfg, out, progress=True: ran.append(out) or Path(out, "metrics.json").write_text("{}"))
-    monkeypatch.setattr(ltsei.estimate, "can_ask", lambda *a, **k: True)
+    monkeypatch.setattr(ltsei.experiments.run, "run_experiment", lambda cfg, out, progress=True: ran.append(out) or Path(out, "metrics.json").write_text("{}"))
+    monkeypatch.setattr(ltsei.experiments.estimate, "can_ask", lambda *a, **k: True)
     answers = iter(["", "y"])
     monkeypatch.setattr("builtins.input", lambda q: next(answers))
     out = tmp_path / "run"
@@ -141,9 +141,9 @@ def test_paper_scale_on_a_cpu_asks_first_where_someone_can_answer(monkeypatch, t
     assert guide_main([*CE, f"hydra.run.dir={out}"]) == 0 and ran                                 # y: it runs
     ran.clear(); monkeypatch.setattr("builtins.input", lambda q: pytest.fail("asked under --yes"))
     assert guide_main(["--yes", *CE, f"hydra.run.dir={tmp_path / 'run2'}"]) == 0 and ran        # --yes: no question
-    monkeypatch.setattr(ltsei.estimate, "can_ask", lambda *a, **k: False)
+    monkeypatch.setattr(ltsei.experiments.estimate, "can_ask", lambda *a, **k: False)
     assert guide_main([*CE, f"hydra.run.dir={tmp_path / 'run3'}"]) == 0                          # a batch job / no TTY: goes on
-    assert ltsei.estimate.can_ask(env={"SLURM_JOB_ID": "1"}) is False
+    assert ltsei.experiments.estimate.can_ask(env={"SLURM_JOB_ID": "1"}) is False
 
 
 def test_every_smoke_figure_carries_the_footer_and_no_legend_covers_data(monkeypatch, tmp_path):
@@ -152,9 +152,9 @@ def test_every_smoke_figure_carries_the_footer_and_no_legend_covers_data(monkeyp
     matplotlib.use("Agg")
     import pandas as pd
     from matplotlib.figure import Figure
-    import ltsei.report as T
-    from ltsei.tables import SCORE_LABELS
-    from ltsei.demo import write_fake_runs
+    import ltsei.experiments.report as T
+    from ltsei.experiments.tables import SCORE_LABELS
+    from ltsei.experiments.demo import write_fake_runs
     snr = pd.DataFrame([dict(row_id=i, method=ROWS_BY_ID[i].method, seed=s, snr_db=d, acc=.5 + .01 * d)
                         for i in ("s1_1_ce", "s3_1_crt") for s in (0, 1) for d in (13, 15, 17, 19, 21, 23)])
     os_runs = pd.DataFrame([dict(method=m, score=k, seed=s, auroc=.6, fpr_at_tpr=.5, oscr=.4)
@@ -184,9 +184,9 @@ def test_labels_say_what_they_count():
     "Issue 32, item 8: shot groups are class counts; 'Best of the main table' names a row of the main table."
     import numpy as np
     import pandas as pd
-    from ltsei.data import shot_groups
-    from ltsei.discussion import best_sentence
-    from ltsei.tables import GROUP_RULES, table_rows
+    from ltsei.signals.data import shot_groups
+    from ltsei.experiments.discussion import best_sentence
+    from ltsei.experiments.tables import GROUP_RULES, table_rows
     assert shot_groups(np.array([300, 50, 5]))["rule"] in GROUP_RULES and "classes" in GROUP_RULES["thresholds"]
     ids = table_rows("main") + table_rows("extra")
     s = pd.DataFrame({"balanced_acc_mean": [.9 if i == "x5_routed_gate" else .5 for i in ids],

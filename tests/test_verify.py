@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ltsei.cache import atomic_save
+from ltsei.core.cache import atomic_save
 from ltsei.cli import main
-from ltsei.config import compose_config
-from ltsei.models import create_model
-from ltsei.run import stage1_payload
+from ltsei.experiments.config import compose_config
+from ltsei.learn.models import create_model
+from ltsei.experiments.run import stage1_payload
 
 RAW = ("--format", "cs16", "--sample-rate", "8e6")    # the scenario's samples read as raw I/Q (importing sigmf takes seconds)
 
@@ -101,7 +101,7 @@ def test_bad_inputs_one_line(scenario, tmp_path, capsys):
 
 def test_recording_at_another_rate_is_resampled(scenario, tmp_path):
     "The test recording decimated by 2 (4 MS/s, as raw cs16): resampled to the network's 8 MS/s and said so."
-    from ltsei.frames import open_recording, raw_samples, to_iq, write_iq
+    from ltsei.signals.frames import open_recording, raw_samples, to_iq, write_iq
     rec = open_recording(scenario / "scen" / "test.cs16", "cs16", 8e6)
     z = to_iq(raw_samples(rec), rec.fmt)
     write_iq(tmp_path / "half.cs16", 0.5 * (z[0::2][:len(z) // 2] + z[1::2][:len(z) // 2]), "cs16")
@@ -132,8 +132,8 @@ def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):
 
 def test_verify_section_at_the_smoke_profile(tmp_path):
     "The reproduce section (nbs/23d_verify_rows.ipynb) on stand-in runs of two rows: paired table, DET figure, reuse by key."
-    from ltsei.rows import ROWS_BY_ID, run_dir
-    from ltsei.verify_rows import VERIFY_METHODS, plot_verify_det, verify_section, verify_table
+    from ltsei.experiments.rows import ROWS_BY_ID, run_dir
+    from ltsei.instrument.verify_rows import VERIFY_METHODS, plot_verify_det, verify_section, verify_table
     for k, m in enumerate(("CE", "cRT")):
         run = _run_folder(run_dir(tmp_path, "smoke", ROWS_BY_ID[VERIFY_METHODS[m]], 0), k)
         (run / "metrics.json").write_text("{}")
@@ -142,7 +142,7 @@ def test_verify_section_at_the_smoke_profile(tmp_path):
     assert set(df.method) == {"CE", "cRT"} and set(df.level) == {"frame", "track"}
     t = verify_table(df)
     assert list(t.index) == ["CE", "cRT", "cRT − CE"] and "track few" in t.columns and "frame EER" in t.columns
-    from ltsei.verify_rows import section_results
+    from ltsei.instrument.verify_rows import section_results
     assert section_results(tmp_path, "smoke").equals(df)                 # what the report reads: the same rows
     summary = tmp_path / "smoke" / "verify" / "s1_1_ce" / "seed0" / "verification" / "summary.json"
     stamp = summary.stat().st_mtime_ns

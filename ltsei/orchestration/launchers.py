@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..registry import Registry
-from ..storage import atomic_write_text
+from ..core.registry import Registry
+from ..core.storage import atomic_write_text
 from .row_runs import RowRunError
 from .kernels import RowExecutor
 

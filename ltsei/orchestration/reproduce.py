@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..clean import clean_note
-from ..rows import select_rows
-from ..storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
+from ..core.clean import clean_note
+from ..experiments.rows import select_rows
+from ..core.storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
 from .row_runs import (DEMO_FUNCS, REAL_FUNCS, RowRun, check_configs, load_callable, plan_row_runs,
                                           row_run_overrides)
 from .kernels import (KERNEL_ARGS, RowExecutor, kernel_env, load_notebook, tracked_kernel_manager,
@@ -71,7 +71,7 @@ def check_runs_dir(runs_dir, profile: str) -> Path:
 def render_report(runs_dir, profile: str) -> Path:
     "Execute `nbs/report.ipynb` for `profile` and convert it to `runs_dir/profile/report.html` (both swapped in whole)."
     import papermill as pm
-    from ltsei.report import report_html
+    from ltsei.experiments.report import report_html
     out = Path(runs_dir) / profile
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
@@ -97,7 +97,7 @@ def render_report(runs_dir, profile: str) -> Path:
 # %% ../../nbs/28_reproduce.ipynb #f9808859
 def build_tables_and_report(runs_dir: Path, profile: str, no_report: bool) -> list[tuple[str, str]]:
     "Render the report (it builds the tables and figures), or build them here; the failures."
-    from ltsei.report import build_tables
+    from ltsei.experiments.report import build_tables
     failures = []
     base, where = runs_dir / profile, f"tables: {runs_dir / profile / 'tables'}  figures: {runs_dir / profile / 'figures'}"
     reported = False
@@ -121,7 +121,7 @@ def rows_arg(spec: str) -> str:
 
 # %% ../../nbs/28_reproduce.ipynb #2da3c5e0
 def _parser() -> argparse.ArgumentParser:
-    from ltsei.config import PROFILES
+    from ltsei.experiments.config import PROFILES
     p = argparse.ArgumentParser(prog="ltsei reproduce", description=(
         "Reproduce the paper's tables: run every row of the experiment guide (one papermill-executed "
         "nbs/experiment.ipynb per row and seed, into RUNS_DIR/PROFILE/<section>/<row>/seed<k>/), skip runs that "
@@ -152,10 +152,10 @@ def row_executor(profile: str, funcs: dict, runs_dir, jobs: int, runs: int = 0) 
 def say_estimate(rows, seeds: int, profile: str | None, runs_dir, jobs: int, demo: bool, todo) -> None:
     """Print the estimated time of the runs to do: of `profile`, or (None: a dry run) of every profile; never fails
     the command (an installation without measured costs prints nothing)."""
-    from ltsei.config import PROFILES
+    from ltsei.experiments.config import PROFILES
     if demo: return
     try:
-        from ltsei.estimate import plan_configs, reproduce_estimate_line
+        from ltsei.experiments.estimate import plan_configs, reproduce_estimate_line
         plans = {}
         for p in ([profile] if profile else PROFILES):
             ts = todo if p == profile else [t for t in plan_row_runs(rows, list(range(seeds)), p, runs_dir) if t.todo]
@@ -212,7 +212,7 @@ def _print_dry_run(rrs: list[RowRun], a, runs_dir: Path) -> int:
 def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
     "After the rows: when `--rows` names `verify`, verify the complete runs of `VERIFY_ROWS` at each seed; failures as (name, error)."
     if a.demo or "verify" not in [t.strip() for t in (a.rows or "").split(",")]: return []
-    from ltsei.verify_rows import VERIFY_METHODS, verify_section
+    from ltsei.instrument.verify_rows import VERIFY_METHODS, verify_section
     done = {(t.row.id, t.seed) for t in rrs if t.status == "complete"}
     out = []
     for seed in range(a.seeds):

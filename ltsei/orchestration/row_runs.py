@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..cache import RUN_FILES, claim_run_dir
-from ..rows import Row, stage1_group
-from ..layout import cache_overrides, row_record, run_dir, run_status
-from ..storage import atomic_write_json, lock_beside
+from ..core.cache import RUN_FILES, claim_run_dir
+from ..experiments.rows import Row, stage1_group
+from ..experiments.layout import cache_overrides, row_record, run_dir, run_status
+from ..core.storage import atomic_write_json, lock_beside
 
 # %% auto #0
 __all__ = ['REAL_FUNCS', 'DEMO_FUNCS', 'RowRun', 'plan_row_runs', 'load_callable', 'experiment_overrides', 'row_run_overrides',
@@ -50,10 +50,10 @@ def plan_row_runs(rows: list[Row], seeds: list[int], profile: str, runs_dir) -> 
             for d in [run_dir(runs_dir, profile, r, seed)]]
 
 # %% ../../nbs/24_row_runs.ipynb #764c0e8d
-from ..config import compose_config
-from ..run import run_experiment   # what a real row runs, named in code; the kernel gets it by name
+from ..experiments.config import compose_config
+from ..experiments.run import run_experiment   # what a real row runs, named in code; the kernel gets it by name
 REAL_FUNCS = {k: f"{f.__module__}:{f.__name__}" for k, f in (("composer", compose_config), ("runner", run_experiment))}
-DEMO_FUNCS = dict(composer="ltsei.demo:demo_compose_config", runner="ltsei.demo:demo_run_experiment")
+DEMO_FUNCS = dict(composer="ltsei.experiments.demo:demo_compose_config", runner="ltsei.experiments.demo:demo_run_experiment")
 def load_callable(spec: str):
     "The function named by `'module:function'`."
     mod, _, fn = spec.partition(":")
@@ -63,7 +63,7 @@ def load_callable(spec: str):
 # %% ../../nbs/24_row_runs.ipynb #aca839f8
 def experiment_overrides(profile: str, seed: int, overrides: list[str], runs_dir=None) -> list[str]:
     """The overrides one experiment run composes its config from: profile and seed, the row's, and the caches under
-    `runs_dir` when it is given (`ltsei.layout.cache_overrides`). Never the CPU threads: a run's `training.num_threads`
+    `runs_dir` when it is given (`ltsei.experiments.layout.cache_overrides`). Never the CPU threads: a run's `training.num_threads`
     is part of its config (and of its stage-1 key), so that its numbers do not depend on how many runs share the machine."""
     return ([f"profile={profile}", f"seed={seed}", *overrides]
             + (cache_overrides(runs_dir) if runs_dir is not None else []))
@@ -93,7 +93,7 @@ class RowRunFailed(RowRunError):
 # %% ../../nbs/24_row_runs.ipynb #11ca0123
 def prepare_row_run_dir(rr: RowRun, profile: str) -> Path:
     """Clear what an earlier, incomplete attempt left, and record what this run runs (`row.json`). Call it only while
-    holding the run's `lock_beside`. Only ltsei's own outputs are removed (`ltsei.cache.RUN_FILES`), in a folder carrying
+    holding the run's `lock_beside`. Only ltsei's own outputs are removed (`ltsei.core.cache.RUN_FILES`), in a folder carrying
     ltsei's marker (or, written by an older version, holding nothing else); a folder holding other files is refused
     with one line (`RunDirError`), never emptied."""
     out = claim_run_dir(rr.out_dir, hydra_ok=False, known=RUN_FILES,

@@ -12,7 +12,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from ..storage import FileLock, atomic_write_json
+from ..core.storage import FileLock, atomic_write_json
 from .row_runs import apply_outcome, outcome_line, run_row_protocol, stage1_waves
 from .launchers import (LAUNCHERS, Launcher, LaunchOptions, check_token, executor_for_workers,
                                           say_to, slurm_minutes, storage_token, storage_warnings)
