@@ -48,7 +48,8 @@ ROW_OF = {"ce": "s1_1_ce", "crt": "s3_1_crt", "moe": "s5_2_short", "balpoe": "x2
 def trained_run(method: str, root: Path, seed: int) -> Path:
     """The method's quick run at `seed`: the main row's run when `ltsei reproduce` made it, else the benchmark's own
     (reused when complete, else trained with the guide's command)."""
-    from ltsei.experiments.rows import ROWS_BY_ID, run_dir
+    from ltsei.experiments.rows import ROWS_BY_ID
+    from ltsei.experiments.layout import run_dir
     from ltsei.core.storage import resolve_runs_dir
     row = run_dir(resolve_runs_dir(), "quick", ROWS_BY_ID[ROW_OF[method]], seed)
     if (row / "metrics.json").is_file(): return row

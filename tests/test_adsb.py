@@ -97,13 +97,8 @@ def test_demodulate_synthetic_frames_with_late_start():
     to the bits that fit instead of raising."""
     from dataclasses import replace
     from ltsei.signals.synth import SYNTH_PRESETS, make_fingerprints, synth_frames
-    import ltsei.signals.synth as synth
-    cfg = replace(SYNTH_PRESETS["quick"], num_emitters=2, snr_db_min=30, snr_db_max=30)   # 96 us at 8 MS/s
-    old = synth.ALIGN_S
-    try:
-        synth.ALIGN_S = (0.15e-6, 0.25e-6)       # the first pulse starts 0.15-0.25 us after sample 0
-        x, bits = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 8, np.random.default_rng(0))
-    finally:
-        synth.ALIGN_S = old
+    cfg = replace(SYNTH_PRESETS["quick"], num_emitters=2, snr_db_min=30, snr_db_max=30,   # 96 us at 8 MS/s
+                  align_min_s=0.15e-6, align_max_s=0.25e-6)   # the first pulse starts 0.15-0.25 us after sample 0
+    x, bits = synth_frames(cfg, make_fingerprints(cfg).loc[0].to_dict(), 8, np.random.default_rng(0))
     got, t0, n = demodulate(envelope(x), cfg.sample_rate, 88)
     assert n == 87 and (got == bits[:, :87]).all() and (t0 > 0).all()

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from ..experiments.rows import VERIFY_ROWS, ROWS_BY_ID, run_dir
+from ..experiments.rows import VERIFY_ROWS, ROWS_BY_ID
+from ..experiments.layout import run_dir
 from ..core.storage import atomic_write_json, clean_stale, drop_temp, make_temp_dir, replace_dir, resolve_runs_dir, sha256_file
 from .scenario import ScenarioConfig, fleet_order, make_scenario
 from .verify import join_truth
