@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ltsei.experiments.estimate import cpu_name, factor_of, load_costs, plan_configs, plan_seconds, probe
 from ltsei.orchestration.reproduce import plan_row_runs, row_run_overrides
-from ltsei.experiments.rows import select_rows
+from ltsei.rows import select_rows
 
 GOAL = 1.5
 

@@ -37,7 +37,7 @@ def executor(runs, threads, warm=0):
 
 def plan(rows, runs):
     from ltsei.experiments.config import compose_config
-    from ltsei.experiments.rows import select_rows
+    from ltsei.rows import select_rows
     from ltsei.orchestration.row_runs import check_configs, plan_row_runs
     tasks = plan_row_runs(select_rows(rows), [0], PROFILE, runs)
     check_configs(tasks, PROFILE, compose_config, runs)

@@ -21,8 +21,8 @@ import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from ltsei.experiments.rows import BALPOE_RUN     # the rival beyond the guide (row x2_balpoe)
-GUIDE = {   # the guide's commands (ltsei.experiments.rows), quick profile
+from ltsei.rows import BALPOE_RUN     # the rival beyond the guide (row x2_balpoe)
+GUIDE = {   # the guide's commands (ltsei.rows), quick profile
     "ce": ("CE", "loss.name=CrossEntropy sampling.name=none stage2.enabled=false"),
     "crt": ("cRT", "loss.name=CrossEntropy sampling.name=none stage2.enabled=true stage2.mode=crt stage2.epochs=100 stage2.lr=0.1 "
                    "stage2.optimizer=SGD stage2.loss=CrossEntropy stage2.sampler=class_uniform stage2.freeze_bn=true stage2.warmup_epochs=5"),
@@ -48,7 +48,7 @@ ROW_OF = {"ce": "s1_1_ce", "crt": "s3_1_crt", "moe": "s5_2_short", "balpoe": "x2
 def trained_run(method: str, root: Path, seed: int) -> Path:
     """The method's quick run at `seed`: the main row's run when `ltsei reproduce` made it, else the benchmark's own
     (reused when complete, else trained with the guide's command)."""
-    from ltsei.experiments.rows import ROWS_BY_ID
+    from ltsei.rows import ROWS_BY_ID
     from ltsei.experiments.layout import run_dir
     from ltsei.core.storage import resolve_runs_dir
     row = run_dir(resolve_runs_dir(), "quick", ROWS_BY_ID[ROW_OF[method]], seed)

@@ -156,7 +156,7 @@ def _settings(overrides: list[str]) -> dict:
 # %% ../nbs/29_cli.ipynb #3b852b9f
 def row_of(overrides: list[str]) -> str:
     "The registry row whose command (the guide's or the table's) these overrides are, in any order and spelling; else 'ad hoc'."
-    from ltsei.experiments.rows import ROWS
+    from ltsei.rows import ROWS
     if ROWS[0].id not in _ROW_SETTINGS:
         for r in ROWS: _ROW_SETTINGS[r.id] = [_settings(a) for a in (r.guide_args, r.run_args)]
     mine = _settings(overrides)

@@ -20,7 +20,7 @@ from ltsei.core.storage import (TEMP_MARK, FileLock, StorageError, clean_stale, 
                          storage_error)
 from ltsei.cli import guide_main, main
 from ltsei.experiments.config import compose_config
-from ltsei.experiments.rows import ROWS_BY_ID
+from ltsei.rows import ROWS_BY_ID
 from ltsei.experiments.layout import run_dir
 from conftest import SMALL, ext4
 

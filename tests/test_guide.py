@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ltsei.cli import guide_main
-from ltsei.experiments.rows import guide_commands
+from ltsei.rows import guide_commands
 from conftest import SMALL
 from test_run import check_metrics
 

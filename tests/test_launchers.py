@@ -17,7 +17,7 @@ from ltsei.orchestration import reproduce  # noqa: F401  (imports every launcher
 from ltsei.orchestration import slurm_launcher as S
 from ltsei.orchestration.kernels import WarmKernels, release_kernel
 from ltsei.experiments.demo import demo_compose_config, demo_run_experiment
-from ltsei.experiments.rows import select_rows
+from ltsei.rows import select_rows
 from ltsei.core.storage import lock_beside
 from ltsei.orchestration.row_runs import (DEMO_FUNCS, RowRun, check_configs, load_callable, plan_row_runs, prepare_row_run_dir,
                                           row_run_overrides, run_row_protocol)

@@ -556,7 +556,7 @@ def test_detach_gate_bad_value():
 def test_earlier_form_is_one_override_set():
     # the four overrides that reproduce the earlier paraphrase, kept equal in the torch-free row registry
     from ltsei.experiments.config import EARLIER_MOE_LTSEI, compose_config
-    from ltsei.experiments.rows import EARLIER_MOE_LTSEI as ROWS_EARLIER, EARLIER_POINTS, ROWS_BY_ID
+    from ltsei.rows import EARLIER_MOE_LTSEI as ROWS_EARLIER, EARLIER_POINTS, ROWS_BY_ID
     assert set(EARLIER_MOE_LTSEI.split()) == set(ROWS_EARLIER.split()) == set(EARLIER_POINTS.values())
     cfg = compose_config(["profile=smoke", *EARLIER_MOE_LTSEI.split()])
     assert (cfg.experiment.grouping, cfg.stage2.moe.init, cfg.stage2.moe_loss.difficulty, cfg.stage2.moe_loss.margin_max) \

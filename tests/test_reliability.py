@@ -262,7 +262,7 @@ def test_papermill_by_hand_on_the_real_notebook_writes_a_complete_run_twice(tmp_
     notebook's `resolve_runs_dir(None)` is the repository's runs/, test_user_messages.py::test_one_results_root), with
     its row.json, out of the tables; a refused profile before any folder."""
     import nbformat
-    from ltsei.experiments.rows import ROWS_BY_ID
+    from ltsei.rows import ROWS_BY_ID
     from ltsei.core.storage import resolve_runs_dir
     from ltsei.experiments.tables import collect_results
     runs = resolve_runs_dir(None)                           # conftest: the session's scratch runs/

@@ -13,7 +13,7 @@ import pytest
 from ltsei.experiments.demo import fake_metrics, write_fake_runs
 from ltsei.experiments.discussion import discussion, mechanisms, profile_header
 from ltsei.experiments.report import report_html
-from ltsei.experiments.rows import COMPAT_ROWS, ROWS_BY_ID
+from ltsei.rows import COMPAT_ROWS, ROWS_BY_ID
 from ltsei.experiments.seed_compat import COMPAT_HOWTO
 from ltsei.experiments.layout import run_dir
 from ltsei.core.storage import atomic_write_json

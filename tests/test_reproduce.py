@@ -1,4 +1,4 @@
-"""The table registry and row selection (ltsei.experiments.rows), resume and scheduling of `ltsei reproduce` (ltsei.orchestration)."""
+"""The table registry and row selection (ltsei.rows), resume and scheduling of `ltsei reproduce` (ltsei.orchestration)."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 import ltsei.orchestration.reproduce as rp
 from ltsei.experiments.demo import demo_compose_config, demo_run_experiment, fake_metrics
-from ltsei.experiments.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, select_rows,
+from ltsei.rows import (OPENSET_ROWS, RIVAL_PREFIXES, ROWS, ROWS_BY_ID, Row, guide_commands, parse_guide, select_rows,
                         split_command)
 from ltsei.experiments.layout import read_metrics, run_dir, run_status
 from ltsei.core.storage import atomic_write_json

@@ -10,7 +10,7 @@ import torch
 from ltsei.cli import guide_main
 from ltsei.experiments.config import ConfigError, compose_config
 from ltsei.learn.losses import ExpertsOutput, create_loss, reversed_prior
-from ltsei.experiments.rows import ROWS_BY_ID, select_rows
+from ltsei.rows import ROWS_BY_ID, select_rows
 from ltsei.learn.stage2 import sade_agreement_loss
 from ltsei.experiments.tables import table_rows
 from conftest import SMALL

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from ltsei.experiments.demo import fake_metrics, write_fake_runs
-from ltsei.experiments.rows import ROWS, ROWS_BY_ID
+from ltsei.rows import ROWS, ROWS_BY_ID
 from ltsei.experiments.layout import run_dir
 from ltsei.core.storage import atomic_write_json
 import ltsei.experiments.paired as paired
 import ltsei.experiments.tables as tables
-from ltsei.experiments.rows import Row
+from ltsei.rows import Row
 from ltsei.experiments.expectations import expectations
 from ltsei.experiments.paired import all_paired, noise_threshold, paired_differences, paired_summary, verdict
 from ltsei.experiments.report import build_tables

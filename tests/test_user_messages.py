@@ -12,7 +12,7 @@ import ltsei.experiments.run
 from ltsei.cli import guide_main, main, row_of, sweep_summary
 from ltsei.experiments.config import compose_config
 from ltsei.experiments.estimate import fmt_duration, guide_estimate_line, load_costs, per_frame, plan_seconds, run_seconds
-from ltsei.experiments.rows import ROWS_BY_ID
+from ltsei.rows import ROWS_BY_ID
 from ltsei.core.storage import resolve_runs_dir
 
 CE = ROWS_BY_ID["s1_1_ce"].guide_args        # the README's first command, verbatim

@@ -132,7 +132,7 @@ def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):
 
 def test_verify_section_at_the_smoke_profile(tmp_path):
     "The reproduce section (nbs/23d_verify_rows.ipynb) on stand-in runs of two rows: paired table, DET figure, reuse by key."
-    from ltsei.experiments.rows import ROWS_BY_ID
+    from ltsei.rows import ROWS_BY_ID
     from ltsei.experiments.layout import run_dir
     from ltsei.instrument.verify_rows import VERIFY_METHODS, plot_verify_det, verify_section, verify_table
     for k, m in enumerate(("CE", "cRT")):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from ..signals.data import long_tail_counts, shot_groups   # the runs' long tail and many / medium / few
 from ..learn.metrics import compute_metrics
-from .rows import ROWS, parse_overrides, stage1_group
+from ..rows import ROWS, parse_overrides, stage1_group
 from .layout import row_record, run_dir
 from ..core.storage import atomic_write_json
 

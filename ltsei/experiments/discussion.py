@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .rows import ROWS, ROWS_BY_ID
+from ..rows import ROWS, ROWS_BY_ID
 from .layout import read_metrics
 from .paired import NOISE_LEVEL, PAIR_METRICS, all_paired, paired_differences, verdict
 from .seed_compat import compat_label, paired_stats

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 
 from .paired import verdict
-from .rows import ROWS_BY_ID
+from ..rows import ROWS_BY_ID
 
 # %% auto #0
 __all__ = ['EXPECT_ABOVE_CE', 'expectations']

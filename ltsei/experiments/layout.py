@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from .rows import Row
+from ..rows import Row
 
 # %% auto #0
 __all__ = ['METRIC_KEYS', 'run_dir', 'read_metrics', 'ran_other_overrides', 'run_status', 'row_record', 'cache_overrides']

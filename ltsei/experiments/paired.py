@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from .rows import ROWS_BY_ID
+from ..rows import ROWS_BY_ID
 from .tables import COLUMNS, frame_markdown, table_rows
 
 # %% auto #0

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .layout import read_metrics, run_dir, run_status
-from .rows import COMPAT_BASES, ROWS_BY_ID
+from ..rows import COMPAT_BASES, ROWS_BY_ID
 from .tables import fmt_pm, frame_markdown
 
 # %% auto #0

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .rows import MAIN_SECTIONS, ROWS, ROWS_BY_ID, parse_overrides
+from ..rows import MAIN_SECTIONS, ROWS, ROWS_BY_ID, parse_overrides
 from .layout import ran_other_overrides, read_metrics, run_dir
 
 # %% auto #0

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from ..experiments.rows import VERIFY_ROWS, ROWS_BY_ID
+from ..rows import VERIFY_ROWS, ROWS_BY_ID
 from ..experiments.layout import run_dir
 from ..core.storage import atomic_write_json, clean_stale, drop_temp, make_temp_dir, replace_dir, resolve_runs_dir, sha256_file
 from .scenario import ScenarioConfig, fleet_order, make_scenario
@@ -22,7 +22,7 @@ __all__ = ['VERIFY_METHODS', 'VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'Veri
            'verify_table', 'det_points', 'plot_verify_det']
 
 # %% ../../nbs/23d_verify_rows.ipynb #952d93b1
-VERIFY_METHODS = VERIFY_ROWS   # method -> the row whose runs it verifies (ltsei.experiments.rows: `--rows verify` selects them)
+VERIFY_METHODS = VERIFY_ROWS   # method -> the row whose runs it verifies (ltsei.rows: `--rows verify` selects them)
 VERIFY_DIR = "verify"
 GROUPS = ("many", "medium", "few")
 

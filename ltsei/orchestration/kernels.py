@@ -97,7 +97,7 @@ def kill_kernels() -> int:
 # %% ../../nbs/25_kernels.ipynb #462a1ccc
 WARM_IMPORTS = ("def _ltsei_warm():                 # imports only: no name is left in the notebook's namespace\n"
                 "    import torch, numpy, pandas, matplotlib.pyplot, seaborn, omegaconf, hydra, IPython.display\n"
-                "    import ltsei.experiments.config, ltsei.experiments.run, ltsei.experiments.rows, ltsei.orchestration.row_runs, ltsei.experiments.tables, ltsei.experiments.report, ltsei.experiments.demo\n"
+                "    import ltsei.experiments.config, ltsei.experiments.run, ltsei.rows, ltsei.orchestration.row_runs, ltsei.experiments.tables, ltsei.experiments.report, ltsei.experiments.demo\n"
                 "_ltsei_warm(); del _ltsei_warm\n")
 _WARM_KM = None
 

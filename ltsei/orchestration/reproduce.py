@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..core.clean import clean_note
-from ..experiments.rows import select_rows
+from ..rows import select_rows
 from ..core.storage import atomic_write_json, clean_stale, make_temp_dir, resolve_runs_dir, storage_error
 from .row_runs import (DEMO_FUNCS, REAL_FUNCS, RowRun, check_configs, load_callable, plan_row_runs,
                                           row_run_overrides)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.cache import RUN_FILES, claim_run_dir
-from ..experiments.rows import Row, stage1_group
+from ..rows import Row, stage1_group
 from ..experiments.layout import cache_overrides, row_record, run_dir, run_status
 from ..core.storage import atomic_write_json, lock_beside
 
