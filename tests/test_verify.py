@@ -134,9 +134,10 @@ def test_verify_section_at_the_smoke_profile(tmp_path):
     "The reproduce section (nbs/23d_verify_rows.ipynb) on stand-in runs of two rows: paired table, DET figure, reuse by key."
     from ltsei.rows import ROWS_BY_ID
     from ltsei.experiments.layout import run_dir
-    from ltsei.instrument.verify_rows import VERIFY_METHODS, plot_verify_det, verify_section, verify_table
+    from ltsei.rows import VERIFY_ROWS
+    from ltsei.instrument.verify_rows import plot_verify_det, verify_section, verify_table
     for k, m in enumerate(("CE", "cRT")):
-        run = _run_folder(run_dir(tmp_path, "smoke", ROWS_BY_ID[VERIFY_METHODS[m]], 0), k)
+        run = _run_folder(run_dir(tmp_path, "smoke", ROWS_BY_ID[VERIFY_ROWS[m]], 0), k)
         (run / "metrics.json").write_text("{}")
         (run / "class_counts.json").write_text(json.dumps({"class_counts": [40, 30, 20, 10, 5, 3]}))
     df = verify_section(tmp_path, "smoke", seeds=(0,), methods=("CE", "cRT"))

@@ -17,12 +17,11 @@ from .verify import join_truth
 from .verify_cli import enroll, verify
 
 # %% auto #0
-__all__ = ['VERIFY_METHODS', 'VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'VerifySection', 'section_scenario', 'trained_run',
-           'run_key', 'ensure_scenario', 'verify_method', 'section_rows', 'verify_section', 'section_results',
-           'verify_table', 'det_points', 'plot_verify_det']
+__all__ = ['VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'VerifySection', 'section_scenario', 'trained_run', 'run_key',
+           'ensure_scenario', 'verify_method', 'section_rows', 'verify_section', 'section_results', 'verify_table',
+           'det_points', 'plot_verify_det']
 
 # %% ../../nbs/23d_verify_rows.ipynb #952d93b1
-VERIFY_METHODS = VERIFY_ROWS   # method -> the row whose runs it verifies (ltsei.rows: `--rows verify` selects them)
 VERIFY_DIR = "verify"
 GROUPS = ("many", "medium", "few")
 
@@ -55,8 +54,8 @@ def section_scenario(profile: str, seed: int) -> ScenarioConfig:
 # %% ../../nbs/23d_verify_rows.ipynb #c0e5e189
 def trained_run(runs_dir, profile: str, method: str, seed: int) -> Path:
     "The run folder of `method`'s row at `profile` and `seed` (config.yaml, checkpoints, metrics.json)."
-    if method not in VERIFY_METHODS: raise ValueError(f"method {method!r}: expected one of {', '.join(VERIFY_METHODS)}")
-    row = ROWS_BY_ID[VERIFY_METHODS[method]]
+    if method not in VERIFY_ROWS: raise ValueError(f"method {method!r}: expected one of {', '.join(VERIFY_ROWS)}")
+    row = ROWS_BY_ID[VERIFY_ROWS[method]]
     d = run_dir(runs_dir, profile, row, seed)
     if not all((d / f).is_file() for f in ("config.yaml", "checkpoints/stage1_best.pt", "metrics.json")):
         raise FileNotFoundError(f"{method}: no trained run in {d}: make it with ltsei reproduce --profile {profile} "
@@ -91,7 +90,7 @@ def verify_method(runs_dir, profile: str, method: str, seed: int) -> dict:
     runs_dir = resolve_runs_dir(runs_dir)
     v, c, run = SECTION_BY_PROFILE[profile], section_scenario(profile, seed), trained_run(runs_dir, profile, method, seed)
     base = Path(runs_dir) / profile / VERIFY_DIR
-    out = base / VERIFY_METHODS[method] / f"seed{seed}"
+    out = base / VERIFY_ROWS[method] / f"seed{seed}"
     key = {"run": run_key(run), "scenario": asdict(c), "section": asdict(v)}
     done = out / "verification" / "summary.json"
     if done.is_file() and (out / "key.json").is_file() and json.loads((out / "key.json").read_text()) == key:
@@ -113,7 +112,7 @@ def section_rows(method: str, seed: int, evaluation: dict) -> list[dict]:
              "false_alarm": r["false_alarm"], "eer": r.get("eer"), "impostor": r["impostor"], "genuine": r["genuine"]}
             for lvl in ("frame", "track") for g, r in evaluation[lvl].items()]
 
-def verify_section(runs_dir=None, profile: str = "quick", seeds=(0, 1, 2), methods=tuple(VERIFY_METHODS)) -> pd.DataFrame:
+def verify_section(runs_dir=None, profile: str = "quick", seeds=(0, 1, 2), methods=tuple(VERIFY_ROWS)) -> pd.DataFrame:
     "Verify every method's run at every seed (reusing what is done); the long-form results."
     rows = []
     for seed in seeds:
@@ -122,9 +121,9 @@ def verify_section(runs_dir=None, profile: str = "quick", seeds=(0, 1, 2), metho
 
 # %% ../../nbs/23d_verify_rows.ipynb #4d00ad90
 def section_results(runs_dir=None, profile: str = "quick") -> pd.DataFrame:
-    "The long-form results of every verification made at `profile` (methods in VERIFY_METHODS' order, then seeds)."
+    "The long-form results of every verification made at `profile` (methods in VERIFY_ROWS' order, then seeds)."
     base, rows = resolve_runs_dir(runs_dir) / profile / VERIFY_DIR, []
-    for m, rid in VERIFY_METHODS.items():
+    for m, rid in VERIFY_ROWS.items():
         for p in sorted((base / rid).glob("seed*/verification/summary.json"), key=lambda p: int(p.parts[-3][4:])):
             e = json.loads(p.read_text()).get("evaluation")
             if e and (p.parents[1] / "key.json").is_file(): rows += section_rows(m, int(p.parts[-3][4:]), e)
@@ -164,13 +163,13 @@ def det_points(verdicts: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray,
             np.searchsorted(np.sort(imp), th, side="right") / max(len(imp), 1))
 
 # %% ../../nbs/23d_verify_rows.ipynb #ccc88c51
-def plot_verify_det(runs_dir=None, profile: str = "quick", seeds=(0, 1, 2), methods=tuple(VERIFY_METHODS), path=None):
+def plot_verify_det(runs_dir=None, profile: str = "quick", seeds=(0, 1, 2), methods=tuple(VERIFY_ROWS), path=None):
     "The DET figure of the section (verifications already made); saved to `path` when given."
     from matplotlib.figure import Figure
     base = resolve_runs_dir(runs_dir) / profile / VERIFY_DIR
     fig = Figure(figsize=(4.6, 3.8), dpi=110); ax = fig.add_subplot(1, 1, 1)
     for m in methods:
-        vs = [(base / VERIFY_METHODS[m] / f"seed{k}" / "verification" / "verdicts.csv", base / f"scenario_seed{k}" / "truth.csv") for k in seeds]
+        vs = [(base / VERIFY_ROWS[m] / f"seed{k}" / "verification" / "verdicts.csv", base / f"scenario_seed{k}" / "truth.csv") for k in seeds]
         vs = [(v, t) for v, t in vs if v.is_file() and t.is_file()]
         if not vs: continue
         rd = lambda p: pd.read_csv(p, dtype={"icao": str, "nearest": str})

@@ -212,11 +212,12 @@ def _print_dry_run(rrs: list[RowRun], a, runs_dir: Path) -> int:
 def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
     "After the rows: when `--rows` names `verify`, verify the complete runs of `VERIFY_ROWS` at each seed; failures as (name, error)."
     if a.demo or "verify" not in [t.strip() for t in (a.rows or "").split(",")]: return []
-    from ltsei.instrument.verify_rows import VERIFY_METHODS, verify_section
+    from ltsei.rows import VERIFY_ROWS
+    from ltsei.instrument.verify_rows import verify_section
     done = {(t.row.id, t.seed) for t in rrs if t.status == "complete"}
     out = []
     for seed in range(a.seeds):
-        methods = [m for m, r in VERIFY_METHODS.items() if (r, seed) in done]
+        methods = [m for m, r in VERIFY_ROWS.items() if (r, seed) in done]
         try: verify_section(runs_dir, a.profile, [seed], methods)
         except Exception as e: out.append((f"verify/seed{seed}", f"{type(e).__name__}: {e}"))
     return out
