@@ -197,7 +197,7 @@ def synth_key(cfg) -> str:
     """Cache key: a hash of everything that determines the stored bytes: every SynthConfig field (those of `_LATER`
     only away from their defaults), the generator version, the chunking (CHUNK seeds the chunks), the storage dtype
     and `synth_numerics`."""
-    d = {k: v for k, v in asdict(as_synth_config(cfg)).items() if k not in _LATER or v != _LATER[k]}
+    d = keyed_synth(asdict(as_synth_config(cfg)))
     blob = json.dumps({"version": SYNTH_VERSION, "dtype": np.dtype(STORE_DTYPE).name, "chunk": CHUNK,
                        "numerics": synth_numerics(), "config": d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
