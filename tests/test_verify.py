@@ -154,3 +154,19 @@ def test_verify_section_at_the_smoke_profile(tmp_path):
     assert (tmp_path / "det.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="ltsei reproduce --profile smoke --rows x2_balpoe"):
         verify_section(tmp_path, "smoke", seeds=(0,), methods=("BalPoE",))
+
+
+def test_reproduce_verifies_the_rows_the_launcher_ran_or_found_complete(tmp_path, monkeypatch):
+    "`ltsei reproduce --rows verify`: after the launcher, runs 'done', 'skipped' (complete before) and 'shared' are verified; failed ones are not."
+    from types import SimpleNamespace as NS
+    import ltsei.instrument.verify_rows as vr
+    from ltsei.orchestration.reproduce import verify_rows_asked
+    from ltsei.rows import ROWS_BY_ID, VERIFY_ROWS
+    calls = []
+    monkeypatch.setattr(vr, "verify_section", lambda runs_dir, profile, seeds, methods: calls.append((list(seeds), methods)))
+    status = dict(zip(VERIFY_ROWS.values(), ("done", "skipped", "shared", "failed")))
+    rrs = [NS(row=ROWS_BY_ID[r], seed=0, status=s) for r, s in status.items()]
+    a = NS(demo=False, rows="verify", seeds=1, profile="smoke")
+    assert verify_rows_asked(a, tmp_path, rrs) == []
+    assert calls == [([0], list(VERIFY_ROWS)[:3])]
+    assert verify_rows_asked(NS(demo=False, rows="s1_1_ce", seeds=1, profile="smoke"), tmp_path, rrs) == [] and len(calls) == 1

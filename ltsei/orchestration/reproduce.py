@@ -210,11 +210,11 @@ def _print_dry_run(rrs: list[RowRun], a, runs_dir: Path) -> int:
 
 # %% ../../nbs/28_reproduce.ipynb #vrfy0002
 def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
-    "After the rows: when `--rows` names `verify`, verify the complete runs of `VERIFY_ROWS` at each seed; failures as (name, error)."
+    "After the rows (statuses as the launchers leave them): when `--rows` names `verify`, verify the complete runs of `VERIFY_ROWS` at each seed; failures as (name, error)."
     if a.demo or "verify" not in [t.strip() for t in (a.rows or "").split(",")]: return []
     from ltsei.rows import VERIFY_ROWS
     from ltsei.instrument.verify_rows import verify_section
-    done = {(t.row.id, t.seed) for t in rrs if t.status == "complete"}
+    done = {(t.row.id, t.seed) for t in rrs if t.status in ("done", "skipped", "shared")}   # run now, complete before, or by another process
     out = []
     for seed in range(a.seeds):
         methods = [m for m, r in VERIFY_ROWS.items() if (r, seed) in done]
