@@ -6,7 +6,7 @@ with its own hardware; an enrollment recording and a later test recording at 8 M
 run (quick profile, seed 0: the main row's run where `ltsei reproduce` made it, e.g. `runs/quick/1.1/s1_1_ce/seed0`,
 else trained here with the guide's command unless a complete run is already there, the stage 1 shared through the cache): `ltsei enroll` on the enrollment recording, `ltsei verify --truth` on the test recording.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify.py [--methods ce,crt,moe,balpoe] [--space logits] [--seed 0]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify.py [--methods ce,crt,moe,balpoe] [--space logits] [--seed 0] [--frames screen]
 
 One line per method, the last one being the last method's:
 
@@ -74,6 +74,7 @@ def main(argv=None):
     p.add_argument("--methods", default="ce,crt,moe", help="comma-separated: ce, crt, moe, balpoe")
     p.add_argument("--space", default="logits", choices=("features", "logits"), help="the embedding (features: the shared stage 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", default="screen", choices=("screen", "every", "track"), help="ltsei verify --frames (default screen, its default)")
     p.add_argument("--runs", default=None, help="folder of the runs (default: the results root's quick/bench_verify)")
     p.add_argument("--work", default=None, help="folder for the scenario, galleries and verifications (default: beside the runs)")
     a = p.parse_args(argv)
@@ -91,9 +92,9 @@ def main(argv=None):
     rec = ("--format", "cs16", "--sample-rate", "8e6")
     lines = []
     for m in methods:
-        gal, ver = work / f"gallery_{m}_{a.space}", work / f"verify_{m}_{a.space}"
+        gal, ver = work / f"gallery_{m}_{a.space}", work / f"verify_{m}_{a.space}_{a.frames}"
         print(f"[{GUIDE[m][0]}] " + ltsei("enroll", scen / "enroll.cs16", *rec, "--model", runs[m], "--space", a.space, "--new", "--out", gal).strip().splitlines()[0], flush=True)
-        out = ltsei("verify", scen / "test.cs16", *rec, "--gallery", gal, "--truth", scen / "truth.csv", "--out", ver, "--threads", 1)
+        out = ltsei("verify", scen / "test.cs16", *rec, "--gallery", gal, "--truth", scen / "truth.csv", "--out", ver, "--threads", 1, "--frames", a.frames)
         print("\n".join(f"[{GUIDE[m][0]}] {x}" for x in out.strip().splitlines()[:-1]), flush=True)
         lines.append((m, line(json.loads((ver / "summary.json").read_text()))))
     print(f"[bench] {time.time() - t0:.0f} s; space {a.space}; runs: {', '.join(f'{r.parent.name}/{r.name}' for r in runs.values())}")

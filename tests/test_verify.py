@@ -33,7 +33,9 @@ def _run_folder(folder: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    "The scenario (4 aircraft, 2 impersonators, 1 replayer, 1 ghost), a run, a gallery enrolled from it and a verification with the truth."
+    """The scenario (4 aircraft, 2 impersonators, 1 replayer, 1 ghost), a run, a gallery enrolled from it and a verification
+    with the truth of every frame by the network (`--frames every`: the spoofers transmit from their victims' first
+    frames on, so the network's scores decide; the screen has a test of its own below)."""
     d = tmp_path_factory.mktemp("verify")
     run = _run_folder(d / "run", 0)
     assert main(["synth-recording", "--out", str(d / "scen"), "--preset", "smoke", "--aircraft", "4", "--imbalance-ratio", "1",
@@ -41,7 +43,7 @@ def scenario(tmp_path_factory):
                  "--spoofer-replies", "12", "--replies-per-s", "2000"]) == 0
     assert main(["enroll", str(d / "scen" / "enroll.cs16"), *RAW, "--model", str(run), "--out", str(d / "gal")]) == 0
     assert main(["verify", str(d / "scen" / "test.cs16"), *RAW, "--gallery", str(d / "gal"),
-                 "--out", str(d / "ver"), "--truth", str(d / "scen" / "truth.csv"), "--budget", "6"]) == 0
+                 "--out", str(d / "ver"), "--truth", str(d / "scen" / "truth.csv"), "--budget", "6", "--frames", "every"]) == 0
     return d
 
 
@@ -119,6 +121,51 @@ def test_enroll_from_an_ltsei_frames_folder(scenario, tmp_path):
     e1, e2 = np.load(tmp_path / "gal" / "embeddings.npy"), np.load(scenario / "gal" / "embeddings.npy")
     cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
     assert np.median(cos) > 0.99                       # the same windows, cut at the same offset (to within a sample)
+
+
+def _late_impersonator(scenario, path) -> tuple[str, np.ndarray]:
+    """A cs16 recording at 8 MS/s: an enrolled aircraft alone for 10 replies (its track established), then 12 more of
+    its replies interleaved with 12 of an impersonator that claims its address from its own hardware (of the spare
+    transmitters of the scenario's preset, the one whose carrier offset lies furthest from the aircraft's). Returns
+    the address and the impersonator's reply times (s)."""
+    from ltsei.instrument.scenario import ScenarioConfig, scenario_synth_config, transmit, at_snr, write_recording, LEAD_S
+    from ltsei.signals.synth import make_fingerprints
+    from ltsei.signals.adsb import make_df17
+    scfg = scenario_synth_config(ScenarioConfig(aircraft=4, impersonators=2, replayers=1, ghosts=1, preset="smoke"))
+    fps, rng = make_fingerprints(scfg), np.random.default_rng(5)
+    spare = 4 + int(np.argmax(np.abs(fps.cfo_hz.to_numpy()[4:] - fps.cfo_hz[0])))
+    ic = int(fps.icao[0])
+    who = np.r_[np.zeros(10, int), np.tile([0, 1], 12)]                      # 0: the aircraft, 1: the impersonator
+    z = np.zeros((len(who), int(scfg.length)), np.complex64)
+    for k, e in ((0, 0), (1, spare)):
+        z[who == k] = at_snr(transmit(scfg, fps.loc[e].to_dict(), make_df17(rng, int((who == k).sum()), icao=ic), rng), rng.uniform(25, 35, (who == k).sum()))
+    starts = 4000 + np.arange(len(who)) * 8000 + rng.integers(0, 2000, len(who))     # 1 ms apart
+    write_recording(path, starts, z, int(starts[-1] + 8000), "cs16", rng)
+    return f"{ic:06X}", starts[who == 1] / 8e6 + LEAD_S
+
+
+def _flags_the_impersonator(out: Path, icao: str, times: np.ndarray) -> bool:
+    "Whether the verification in `out` flagged the impersonator: its address's track, or most of its frames, called mismatch / unknown transmitter."
+    v = pd.read_csv(out / "verdicts.csv", dtype={"icao": str})
+    mine = v[(v.icao == icao) & (np.abs(v.time_s.to_numpy()[:, None] - times[None, :]).min(1) < 5e-6)]
+    assert len(mine) >= 10                                                       # the impersonator's frames were found
+    bad = ("mismatch", "unknown transmitter")
+    track = pd.read_csv(out / "tracks.csv", dtype={"icao": str}).set_index("icao").verdict[icao]
+    return track in bad or mine.verdict.isin(bad).mean() >= 0.5
+
+
+def test_screen_flags_an_impersonator_that_joins_an_established_track(scenario, tmp_path):
+    "The default `--frames screen` catches a spoofer that starts after the track's first --budget frames; `--frames track` never looks."
+    icao, times = _late_impersonator(scenario, tmp_path / "late.cs16")
+    flagged = {}
+    for mode in ("screen", "track"):
+        assert main(["verify", str(tmp_path / "late.cs16"), *RAW, "--gallery", str(scenario / "gal"), "--out", str(tmp_path / mode),
+                     "--budget", "6", "--frames", mode]) == 0
+        flagged[mode] = _flags_the_impersonator(tmp_path / mode, icao, times)
+    assert flagged == {"screen": True, "track": False}, flagged
+    v = pd.read_csv(tmp_path / "screen" / "verdicts.csv", dtype={"icao": str})
+    assert v.verdict.notna().all() and not (v.verdict == "not checked").any()    # every frame has a verdict of its own
+    assert (v.verdict == "consistent").any()                                      # ... and the screen spared the network some
 
 
 def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):

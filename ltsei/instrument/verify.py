@@ -12,17 +12,20 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from ..core.storage import copy_file, safe_load, sha256_file
+from ..signals.emitters import estimate_cfo
 from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, NOISE_BLOCK, OK, FIXED, REJECT, dc_offset, envelope, noise_levels,
                           box_sums, chip_width, chip_edges, find_candidates, slice_bits, classify, retry_phases, window_plan,
                           read_windows, to_iq, _ints)
 
 # %% auto #0
 __all__ = ['FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES',
-           'TRACK_DRAWS', 'GALLERY_FORMAT', 'GALLERY_FILES', 'read_block', 'scan_replies', 'window_span',
-           'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'Network', 'prototypes', 'distances',
-           'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive', 'frame_thresholds',
-           'track_thresholds', 'track_test', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer',
-           'track_blocks', 'evaluate', 'ghost_report']
+           'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN', 'REF_MAX',
+           'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span', 'network_plan',
+           'network_windows', 'check_rate', 'conv1d_twin', 'Network', 'prototypes', 'distances', 'leave_out_distances',
+           'size_factor', 'Templates', 'fit_templates', 'predictive', 'frame_thresholds', 'track_thresholds',
+           'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference', 'screen_flags',
+           'audit_pick', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer', 'track_blocks',
+           'block_call', 'evaluate', 'ghost_report']
 
 # %% ../../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -365,6 +368,70 @@ def track_test(z, q: np.ndarray) -> tuple[bool, int, float]:
     if early.size: return True, int(early[0]) + 1, float(m[early[0]])
     return bool(m[-1] > q[lz.size - 1, 1]), int(lz.size), float(m[-1])
 
+# %% ../../nbs/23_verify.ipynb #c0672814
+SCREEN_S = 120e-6                    # what the signature reads: the 8 us preamble and the 112 data bits, from the preamble time
+SCREEN_FEATURES = ("cfo_hz", "level_db", "droop")
+
+def cfo_wrap(sample_rate: float) -> float:
+    "The circle (Hz) on which `estimate_cfo` reads a carrier offset: f_s / D for its lag of D samples (an offset beyond +-f_s / 2D aliases)."
+    return float(sample_rate) / max(1, int(round(0.16e-6 * float(sample_rate))))
+
+# %% ../../nbs/23_verify.ipynb #2929a74f
+def iq_signature(z: np.ndarray, sample_rate: float) -> np.ndarray:
+    """(B, 3) float64: the carrier offset (Hz), the received level (dB of full scale) and the droop of replies `z` (B, n)
+    complex, each starting at its preamble."""
+    if not len(z): return np.zeros((0, 3))
+    env = np.abs(z)
+    on = (env > 0.5 * np.quantile(env, 0.9, axis=1, keepdims=True)).astype(np.float32)
+    k = np.maximum(on.sum(1), 1)
+    t = np.arange(z.shape[1], dtype=np.float32) / z.shape[1] - 0.5
+    mt, ma = on @ t / k, (env * on).sum(1) / k
+    dt = (t[None, :] - mt[:, None]) * on
+    slope = (dt * (env - ma[:, None])).sum(1) / np.maximum((dt * dt).sum(1), 1e-12)
+    level = 10 * np.log10(np.maximum((env * env * on).sum(1) / k, 1e-30))
+    cfo = estimate_cfo(np.stack([z.real, z.imag], 1), sample_rate)
+    return np.stack([cfo, level, -slope / np.maximum(ma, 1e-30)], 1).astype(np.float64)
+
+# %% ../../nbs/23_verify.ipynb #75d4a678
+def screen_signature(rec, times, block, a: int, dc=None) -> np.ndarray:
+    """`iq_signature` of the replies whose preambles lie at `times` (s), cut from `block` (stored values from sample `a`
+    on) at the recording's own rate, less the receiver's DC offset `dc` (see `dc_offset`)."""
+    n = int(round(SCREEN_S * rec.sample_rate))
+    i0 = np.clip(np.round(np.asarray(times, np.float64) * rec.sample_rate).astype(np.int64) - a, 0, max(len(block) // 2 - n, 0))
+    z = to_iq(block[(2 * i0)[:, None] + np.arange(2 * n)], rec.fmt)
+    if dc is not None: z -= np.complex64(dc)
+    return iq_signature(z, rec.sample_rate)
+
+# %% ../../nbs/23_verify.ipynb #7d55d726
+SCREEN_K = 4.0                       # the tolerance in predictive spreads of the track's reference
+SCREEN_FLOOR = np.array([15e3, 6.0, 0.05])   # ... and its floor: Hz, dB, share of the amplitude
+REF_MIN, REF_MAX = 3, 32             # network-verified frames a reference needs, and the most it keeps (the latest)
+
+def _deviation(sig: np.ndarray, centre: np.ndarray, wrap: float) -> np.ndarray:
+    "`sig` (B, 3) less `centre` (3,) or (B, 3), the carrier offset's difference taken on its circle of `wrap` Hz."
+    d = sig - centre
+    d[:, 0] = ((d[:, 0] / wrap + 0.5) % 1.0 - 0.5) * wrap
+    return d
+
+# %% ../../nbs/23_verify.ipynb #afd06510
+def screen_reference(ref: np.ndarray, wrap: float) -> tuple[np.ndarray, np.ndarray]:
+    """The centre (3,) and the tolerance (3,) of a track's reference `ref` (n, 3): the median (the carrier offset's
+    circular mean), and SCREEN_K predictive spreads (1.4826 x the median absolute deviation x sqrt(1 + 1/n)) or the floor."""
+    centre = np.median(ref, 0)
+    centre[0] = np.angle(np.exp(2j * np.pi * ref[:, 0] / wrap).mean()) * wrap / (2 * np.pi)
+    spread = 1.4826 * np.median(np.abs(_deviation(ref, centre, wrap)), 0) * np.sqrt(1 + 1 / len(ref))
+    return centre, np.maximum(SCREEN_K * spread, SCREEN_FLOOR)
+
+def screen_flags(sig: np.ndarray, centre: np.ndarray, tol: np.ndarray, wrap: float) -> np.ndarray:
+    "Whether each signature of `sig` (B, 3) lies outside the tolerance `tol` of `centre` ((3,) or (B, 3) each) in any feature."
+    return (np.abs(_deviation(sig, centre, wrap)) > tol).any(1)
+
+# %% ../../nbs/23_verify.ipynb #30de0fd2
+def audit_pick(times, msgs, fraction: float, seed: int = 0) -> np.ndarray:
+    "The audit sample: the frames whose hash of (seed, time, message) falls below `fraction` (deterministic, independent of the signature)."
+    h = [int.from_bytes(hashlib.blake2b(f"{seed}|{t:.7f}|{m}".encode(), digest_size=8).digest(), "little") for t, m in zip(times, msgs)]
+    return np.array(h, np.float64).reshape(-1) / 2.0 ** 64 < float(fraction)
+
 # %% ../../nbs/23_verify.ipynb #9355923d
 GALLERY_FORMAT = "ltsei-gallery-v1"
 GALLERY_FILES = re.compile(r"manifest\.json|identities\.csv|embeddings\.npy|addresses\.npy|templates\.npz|model|summary\.txt")
@@ -455,21 +522,31 @@ def track_blocks(j: pd.DataFrame, budget: int) -> list:
         out += [g.iloc[i * budget:(i + 1) * budget] for i in range(k)]
     return out
 
+# %% ../../nbs/23_verify.ipynb #76acbfd7
+FLAGGED = ("mismatch", "unknown transmitter")   # the verdicts that say: not the claimed aircraft
+
+def block_call(b: pd.DataFrame, q: np.ndarray) -> tuple[bool, int, float]:
+    "A truth block's call: the sequential test over the scores of its frames the network saw, in order (none seen: not a spoof)."
+    s = b.score.to_numpy(np.float64)
+    return track_test(s[np.isfinite(s)], q)
+
 # %% ../../nbs/23_verify.ipynb #4a11c487
 def evaluate(j: pd.DataFrame, g: dict, budget: int) -> dict:
     "Per-frame and per-track detection, false alarm and EER, overall and by shot group of the claimed address."
     man = g["manifest"]
     t, q = g["templates"], track_thresholds(g["templates"], float(man["false_alarm"]), budget)
     grp = dict(zip(man["addresses"], pd.read_csv(g["folder"] / "identities.csv").group))
-    j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"]) & j.score.notna()]
-    j = j.assign(group=j.icao.map(grp), over=j.score > j.icao.map(dict(zip(t.ids, t.tau))))
+    j = j[j.enrolled & j.kind.isin(["genuine", "impersonation", "replay"])]
+    j = j.assign(group=j.icao.map(grp), over=j.verdict.isin(FLAGGED))
     spoof = lambda d: d.kind != "genuine"
     res = {"threshold": float(man["threshold"]), "frame": {}, "track": {}}
     for name, d in [("all", j)] + [(k, j[j.group == k]) for k in ("many", "medium", "few")]:
-        gen, imp = d.score[~spoof(d)].to_numpy(), d.score[spoof(d)].to_numpy()
-        res["frame"][name] = {"genuine": len(gen), "impostor": len(imp), "detection": float(d.over[spoof(d)].mean()) if len(imp) else None,
-                              "false_alarm": float(d.over[~spoof(d)].mean()) if len(gen) else None, "eer": eer(gen, imp)}
-        calls = [(spoof(b).iloc[0], track_test(b.score.to_numpy(), q)) for b in track_blocks(d, budget)]
+        s, sp = d.score.notna(), spoof(d)
+        res["frame"][name] = {"genuine": int((~sp).sum()), "impostor": int(sp.sum()), "detection": float(d.over[sp].mean()) if sp.any() else None,
+                              "false_alarm": float(d.over[~sp].mean()) if (~sp).any() else None,
+                              "eer": eer(d.score[s & ~sp].to_numpy(), d.score[s & sp].to_numpy()), "network": int(s.sum()),
+                              "impostor_consistent": int((sp & (d.verdict == "consistent")).sum()), "impostor_not_checked": int((sp & (d.verdict == "not checked")).sum())}
+        calls = [(spoof(b).iloc[0], block_call(b, q)) for b in track_blocks(d, budget)]
         ti = [c[0] for s, c in calls if s]; tg = [c[0] for s, c in calls if not s]
         res["track"][name] = {"genuine": len(tg), "impostor": len(ti), "detection": float(np.mean(ti)) if ti else None,
                               "false_alarm": float(np.mean(tg)) if tg else None,

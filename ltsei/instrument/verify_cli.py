@@ -10,22 +10,24 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from ..core.storage import clean_stale, drop_temp, make_temp_dir, replace_dir, sha256_file
-from ..signals.frames import FRAMES_FORMATS, open_recording
+from ..signals.frames import FRAMES_FORMATS, dc_offset, open_recording
 from .verify import (FRAME_OFFSET_US, GALLERY_FILES, SPACES, Network, _run_files, _check_out, check_rate, check_same_network,
-                          evaluate, ghost_report, join_truth, network_plan, network_windows, read_gallery, scan_replies, track_test,
+                          REF_MAX, REF_MIN, SCREEN_S, audit_pick, cfo_wrap, evaluate, ghost_report, iq_signature, join_truth, network_plan, network_windows, read_gallery, scan_replies, screen_flags, screen_reference, screen_signature, track_test,
                           track_thresholds, window_span, write_gallery)
 from .scenario import synth_recording_main      # ltsei.cli dispatches all three commands from here
 
 # %% auto #0
-__all__ = ['VERDICTS', 'TRACK_COLS', 'HIST_BINS', 'VERDICT_COLS', 'VERIFY_FILES', 'frames_of', 'enroll', 'frame_verdicts',
-           'close_track', 'TrackBook', 'verify_stream', 'plot_scores', 'verify', 'summary_text', 'enroll_parser',
-           'enroll_main', 'verify_parser', 'verify_main']
+__all__ = ['VERDICTS', 'FRAMES_MODES', 'AUDIT', 'TRACK_COLS', 'HIST_BINS', 'NETWORK_ROLES', 'VERDICT_COLS', 'VERIFY_FILES',
+           'frames_of', 'enroll', 'frame_verdicts', 'close_track', 'new_track', 'TrackBook', 'frame_roles',
+           'screen_roles', 'spoof_so_far', 'record', 'verify_stream', 'plot_scores', 'verify', 'summary_text',
+           'enroll_parser', 'enroll_main', 'verify_parser', 'verify_main']
 
 # %% ../../nbs/23c_verify_cli.ipynb #3063e127
 def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict, chunk: int = 1 << 20):
-    """Per chunk of the input `path`: a DataFrame (file, time_s, icao, msg) and `cut(rows=None)`, which gives the frames
+    """Per chunk of the input `path`: a DataFrame (file, time_s, icao, msg); `cut(rows=None)`, which gives the frames
     (B, 2, length) for the network (of the rows selected, a boolean mask; all by default): only the frames wanted are
-    cut and resampled. `stats` collects crc_failed, edge (windows outside the recording) and notes."""
+    cut and resampled; and `sign()`, the frames' screen signatures (`screen_signature`, at the recording's own rate)
+    and the circle of their carrier offsets. `stats` collects crc_failed, edge (windows outside the recording) and notes."""
     p = Path(path)
     if p.is_dir(): yield from _frames_folder(p, rate, length, stats); return
     rec = open_recording(p, fmt, sample_rate)
@@ -33,6 +35,7 @@ def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict
     if note: stats.setdefault("notes", []).append(note)
     stats["seconds"] = stats.get("seconds", 0.0) + rec.n / rec.sample_rate
     before, after = window_span(rec, rate, length)
+    dc = dc_offset(rec)
     for f, failed, block, a in scan_replies(rec, chunk, before=before, after=after):
         stats["crc_failed"] = stats.get("crc_failed", 0) + failed
         if not len(f): continue
@@ -40,12 +43,13 @@ def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict
         stats["edge"] = stats.get("edge", 0) + int((~fits).sum())
         f, t = f[fits], f.time_s.to_numpy()[fits]
         cut = lambda rows=None, t=t, block=block, a=a: network_windows(rec, t if rows is None else t[rows], rate, length, block, a)[0]
+        sign = lambda t=t, block=block, a=a: (screen_signature(rec, t, block, a, dc), cfo_wrap(rec.sample_rate))
         yield pd.DataFrame({"file": p.name, "time_s": f.time_s.round(7).to_numpy(), "icao": [f"{v:06X}" for v in f.icao],
-                            "msg": [f"{h:014X}{l:014X}" for h, l in zip(f.hi, f.lo)]}), cut
+                            "msg": [f"{h:014X}{l:014X}" for h, l in zip(f.hi, f.lo)]}), cut, sign
 
 # %% ../../nbs/23c_verify_cli.ipynb #6041808b
 def _frames_folder(p: Path, rate: float, length: int, stats: dict):
-    "The frames of an `ltsei frames` output folder, cut for the network."
+    "The frames of an `ltsei frames` output folder, cut for the network, and their signatures (at the network's rate)."
     try: meta, fr = json.loads((p / "meta.json").read_text()), pd.read_csv(p / "frames.csv", dtype={"icao": str, "msg": str})
     except (OSError, ValueError) as e: raise ValueError(f"{p}: not an ltsei frames folder (meta.json and frames.csv): {e}") from None
     if abs(float(meta["sample_rate"]) - rate) > 1e-9 * rate:
@@ -59,9 +63,12 @@ def _frames_folder(p: Path, rate: float, length: int, stats: dict):
         X = np.load(p / name, mmap_mode="r")
         part = fr if name == "X.npy" else fr[fr.split == name[2:-4]]
         x = np.ascontiguousarray(X[part.row.to_numpy(), a:a + length].transpose(0, 2, 1), np.float32)
+        p0 = int(round(float(meta["config"]["margin_us"]) * 1e-6 * rate))
+        w = np.asarray(X[part.row.to_numpy(), p0:p0 + int(round(SCREEN_S * rate))], np.float32)
+        sign = lambda w=w: (iq_signature(w[..., 0] + 1j * w[..., 1], rate), cfo_wrap(rate))
         x /= np.sqrt(np.maximum((x.astype(np.float64) ** 2).sum(1).mean(1), 1e-30))[:, None, None].astype(np.float32)
         yield pd.DataFrame({"file": part.file.to_numpy(), "time_s": part.time_s.to_numpy(), "icao": part.icao.to_numpy(),
-                            "msg": part.msg.to_numpy()}), (lambda rows=None, x=x: x if rows is None else x[rows])
+                            "msg": part.msg.to_numpy()}), (lambda rows=None, x=x: x if rows is None else x[rows]), sign
 
 # %% ../../nbs/23c_verify_cli.ipynb #3cfad1b3
 def _input_digest(path) -> str:
@@ -86,7 +93,7 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
     if old is not None: check_same_network(old["manifest"], net, f"--out {out}")
     stats, E, ids = {}, [], []
     for p in inputs:
-        for f, cut in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"enroll {Path(p).name}", disable=not progress, unit="chunk"):
+        for f, cut, _ in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"enroll {Path(p).name}", disable=not progress, unit="chunk"):
             E.append(net(cut())); ids += f.icao.tolist()
     if not ids: raise ValueError(f"no frame with a valid CRC in {', '.join(map(str, inputs))}: nothing to enroll (check --format and --sample-rate)")
     E, ids = np.concatenate(E), np.array(ids)
@@ -109,7 +116,9 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
     return line
 
 # %% ../../nbs/23c_verify_cli.ipynb #1c5c899f
-VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled", "not checked")
+VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled", "not checked", "consistent")
+FRAMES_MODES = ("screen", "every", "track")
+AUDIT = 0.02                         # --audit: the share of the frames the screen passes that the network checks anyway
 
 def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: np.ndarray) -> tuple:
     "Per frame: the claimed score (NaN when not enrolled), the nearest address index and its score, and the verdict (thresholds `tau` per address)."
@@ -121,82 +130,153 @@ def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: np.ndarray) -> tuple:
     return zc, near, zn, np.array(VERDICTS, object)[v]
 
 # %% ../../nbs/23c_verify_cli.ipynb #e9247d7f
-TRACK_COLS = ["icao", "start_s", "end_s", "frames", "frames_used", "mean_log_score", "verdict"]
+TRACK_COLS = ["icao", "start_s", "end_s", "frames", "frames_used", "network", "consistent", "mean_log_score", "verdict"]
 
 def close_track(tr: dict, q: np.ndarray) -> dict:
-    "A track's row: the sequential test over its frames' scores."
-    if tr["enrolled"]:
-        spoof, used, s = track_test(tr["z"], q)
-        near_other = np.mean(tr["other"][:used]) >= 0.5 if used else False
-        v = ("mismatch" if near_other else "unknown transmitter") if spoof else "match"
-    else: used, s, v = 0, float("nan"), "not enrolled"
-    return {"icao": tr["icao"], "start_s": round(tr["start"], 6), "end_s": round(tr["end"], 6), "frames": tr["n"], "frames_used": used,
-            "mean_log_score": round(s, 4), "verdict": v}
+    """A track's row: the sequential test over its first frames' scores, then (`--frames screen`) the same test over the
+    frames the network saw later because the screen flagged them or an audit escalated the track; a spoof when either
+    says so (`frames_used`: the frames of the test that decided)."""
+    row = {"icao": tr["icao"], "start_s": round(tr["start"], 6), "end_s": round(tr["end"], 6), "frames": tr["n"], "network": tr["network"],
+           "consistent": tr["consistent"]}
+    if not tr["enrolled"]: return {**row, "frames_used": 0, "mean_log_score": float("nan"), "verdict": "not enrolled"}
+    (spoof, used, s), other = track_test(tr["z"], q), tr["other"]
+    if not spoof and tr["sz"]:
+        later = track_test(tr["sz"], q)
+        if later[0]: (spoof, used, s), other = later, tr["sother"]
+    near_other = np.mean(other[:used]) >= 0.5 if used else False
+    v = ("mismatch" if near_other else "unknown transmitter") if spoof else "match"
+    return {**row, "frames_used": used, "mean_log_score": round(s, 4), "verdict": v}
 
 # %% ../../nbs/23c_verify_cli.ipynb #3da16f6b
 HIST_BINS = np.linspace(-6, 5, 221)      # log z
+
+def new_track(icao: str, t: float, enrolled: bool) -> dict:
+    "An open track's state: its scores for the two tests, its screen reference, whether it is contested, what the network and the screen did."
+    return {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "z": [], "other": [], "sz": [], "sother": [],
+            "ref": [], "tol": None, "sent": 0, "contested": False, "escalate": 0, "network": 0, "consistent": 0}
 
 class TrackBook:
     "The open tracks (one per address), the closed ones' rows, and score histograms: what verification keeps in memory."
     def __init__(self, gap: float, q: np.ndarray):
         self.gap, self.q, self.budget = gap, q, len(q)
-        self.open, self.rows, self.hist = {}, [], np.zeros(len(HIST_BINS) - 1, np.int64)
-    def add(self, key, t: float, icao: str, enrolled: bool, zc: float, other: bool) -> None:
+        self.open, self.done, self.rows, self.hist = {}, [], [], np.zeros(len(HIST_BINS) - 1, np.int64)
+    def track(self, key, t: float, icao: str, enrolled: bool) -> dict:
+        "The open track of `key`, with a frame at time `t` counted (a new track after a silence over the gap; the old one closes at `flush`)."
         tr = self.open.get(key)
-        if tr is not None and t - tr["end"] > self.gap: self.rows.append(close_track(tr, self.q)); tr = None
-        if tr is None: tr = self.open[key] = {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "z": [], "other": []}
+        if tr is not None and t - tr["end"] > self.gap: self.done.append(tr); tr = None
+        if tr is None: tr = self.open[key] = new_track(icao, t, enrolled)
         tr["end"], tr["n"] = t, tr["n"] + 1
-        if enrolled and len(tr["z"]) < self.budget: tr["z"].append(zc); tr["other"].append(other)
-    def needed(self, f: pd.DataFrame, enrolled: np.ndarray) -> np.ndarray:
-        "Which frames of a chunk the tracks still need (`--frames track`): an enrolled address's first `budget` frames of each track."
-        need, state = np.zeros(len(f), bool), {}
-        for i, (file, t, ic) in enumerate(zip(f.file, f.time_s, f.icao)):
-            if not enrolled[i]: continue
-            if (file, ic) not in state:
-                tr = self.open.get((file, ic))
-                state[file, ic] = [len(tr["z"]), tr["end"]] if tr else [0, -np.inf]
-            st = state[file, ic]
-            if t - st[1] > self.gap: st[0] = 0
-            st[1], need[i] = t, st[0] < self.budget
-            st[0] += need[i]
-        return need
+        return tr
+    def flush(self) -> None:
+        self.rows += [close_track(tr, self.q) for tr in self.done]; self.done = []
     def close_all(self) -> pd.DataFrame:
-        self.rows += [close_track(tr, self.q) for tr in self.open.values()]
-        self.open = {}
+        self.done += list(self.open.values()); self.open = {}; self.flush()
         return pd.DataFrame(self.rows, columns=TRACK_COLS).sort_values(["start_s", "icao"], kind="stable")
+
+# %% ../../nbs/23c_verify_cli.ipynb #339258b7
+NETWORK_ROLES = ("budget", "every", "contested", "audit", "escalated", "suspect", "unreferenced")
+
+def frame_roles(book: TrackBook, f: pd.DataFrame, enrolled: np.ndarray, frames: str, audit: np.ndarray) -> tuple[list, np.ndarray]:
+    "Per frame of the chunk `f`: its open track, and its role before the screen (see above; '' for an address not enrolled)."
+    trs, role = [], np.full(len(f), "", object)
+    for i, (file, t, ic) in enumerate(zip(f.file, f.time_s, f.icao)):
+        tr = book.track((file, ic), t, ic, bool(enrolled[i])); trs.append(tr)
+        if not enrolled[i]: continue
+        if tr["sent"] < book.budget: role[i] = "budget"; tr["sent"] += 1
+        elif frames == "every": role[i] = "every"
+        elif frames == "track": role[i] = "skip"
+        elif tr["contested"]: role[i] = "contested"
+        elif audit[i]: role[i] = "audit"
+        elif tr["escalate"] > 0: role[i] = "escalated"; tr["escalate"] -= 1
+        else: role[i] = "screen"
+    return trs, role
+
+# %% ../../nbs/23c_verify_cli.ipynb #2dc78904
+def screen_roles(trs: list, role: np.ndarray, sig: np.ndarray, wrap: float) -> None:
+    "The roles of the frames left to the screen (role 'screen'), set in place (see above)."
+    idx = []
+    for i in np.flatnonzero(role == "screen"):
+        tr = trs[i]
+        if len(tr["ref"]) < REF_MIN: role[i] = "unreferenced"; continue
+        if tr["tol"] is None: tr["tol"] = screen_reference(np.array(tr["ref"]), wrap)
+        idx.append(i)
+    if not idx: return
+    bad = screen_flags(sig[idx], np.array([trs[i]["tol"][0] for i in idx]), np.array([trs[i]["tol"][1] for i in idx]), wrap)
+    for i, b in zip(idx, bad):
+        role[i] = "suspect" if b else "consistent"
+        trs[i]["consistent"] += not b
+
+# %% ../../nbs/23c_verify_cli.ipynb #c28b7b46
+def spoof_so_far(z: list, q: np.ndarray) -> bool:
+    "Whether the sequential test calls a track a spoof on its scores so far: its early thresholds, and its final one once the budget is in."
+    if len(z) >= len(q): return track_test(z, q)[0]
+    m = np.cumsum(np.log(np.maximum(np.asarray(z, np.float64), 1e-9))) / np.arange(1, len(z) + 1)
+    return bool((m > q[:len(z), 0]).any())
+
+def record(trs: list, role: np.ndarray, rows: np.ndarray, zc, other, verdict, sig, q: np.ndarray) -> None:
+    "What the network said of the frames `rows` goes into their tracks: the two tests' scores, the references, escalation and contest."
+    budget, seen = len(q), {}
+    for i in np.flatnonzero(rows):
+        tr, r, ok = trs[i], role[i], verdict[i] == "match"
+        tr["network"] += 1; seen[id(tr)] = tr
+        if r == "budget": tr["z"].append(zc[i]); tr["other"].append(other[i])
+        elif r in ("escalated", "suspect", "unreferenced") and len(tr["sz"]) < budget: tr["sz"].append(zc[i]); tr["sother"].append(other[i])
+        if r == "audit" and not ok: tr["escalate"] = budget
+        if ok and sig is not None and not tr["contested"]: tr["ref"] = (tr["ref"] + [sig[i]])[-REF_MAX:]; tr["tol"] = None
+    for tr in seen.values():
+        tr["contested"] = tr["contested"] or spoof_so_far(tr["z"], q) or (len(tr["sz"]) > 0 and spoof_so_far(tr["sz"], q))
+
+# %% ../../nbs/23c_verify_cli.ipynb #a9edc3e3
+class _ChunkScores:
+    def __init__(self, f: pd.DataFrame, claim: np.ndarray, cut, net: Network, t, ids: np.ndarray):
+        self.f, self.claim, self.cut, self.net, self.t, self.ids, self.seen = f, claim, cut, net, t, ids, 0
+        self.zc, self.zn = np.full(len(f), np.nan), np.full(len(f), np.nan)
+        self.near, self.other = np.full(len(f), "", object), np.zeros(len(f), bool)
+        self.v = np.where(claim < 0, "not enrolled", "not checked").astype(object)
+    def check(self, rows: np.ndarray) -> np.ndarray:
+        "Embed and score the frames `rows` (a boolean mask); returns it."
+        if rows.any():
+            self.zc[rows], k, self.zn[rows], self.v[rows] = frame_verdicts(self.t.z(self.net(self.cut(rows))), self.claim[rows], self.t.tau)
+            self.near[rows], self.other[rows] = self.ids[k], (self.zn[rows] <= self.t.tau[k]) & (k != self.claim[rows])
+            self.seen += int(rows.sum())
+        return rows
+    def write(self, fh) -> None:
+        f = self.f.assign(enrolled=self.claim >= 0, score=np.round(self.zc, 4), nearest=self.near, nearest_score=np.round(self.zn, 4), verdict=self.v)
+        f[VERDICT_COLS].to_csv(fh, header=False, index=False)
 
 # %% ../../nbs/23c_verify_cli.ipynb #b19d0b41
 VERDICT_COLS = ["file", "time_s", "icao", "msg", "enrolled", "score", "nearest", "nearest_score", "verdict"]
 
 def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_rate=None, gap: float = 10.0, budget: int = 10,
-                  progress: bool = True, every: bool = True) -> dict:
+                  progress: bool = True, frames: str = "screen", audit: float = AUDIT, seed: int = 0) -> dict:
     "Verify every frame of `inputs` against the gallery `g`; writes verdicts.csv and tracks.csv into `folder`; returns the counts."
     from tqdm import tqdm
     t, man = g["templates"], g["manifest"]
-    tau, index = t.tau, {a: i for i, a in enumerate(t.ids)}
-    q = track_thresholds(t, float(man["false_alarm"]), int(budget))
-    book, stats, counts, n = TrackBook(gap, q), {}, dict.fromkeys(VERDICTS, 0), 0
+    tau, index, ids = t.tau, {a: i for i, a in enumerate(t.ids)}, np.array(t.ids, object)
+    book, stats, counts, n = TrackBook(gap, track_thresholds(t, float(man["false_alarm"]), int(budget))), {}, dict.fromkeys(VERDICTS, 0), 0
     with open(folder / "verdicts.csv", "w") as fh:
         fh.write(",".join(VERDICT_COLS) + "\n")
         for p in inputs:
-            for f, cut in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
-                claim = np.array([index.get(a, -1) for a in f.icao])
-                need = np.ones(len(f), bool) if every else book.needed(f, claim >= 0)
-                zc, zn, near, other = np.full(len(f), np.nan), np.full(len(f), np.nan), np.full(len(f), "", object), np.zeros(len(f), bool)
-                v = np.where(claim < 0, "not enrolled", "not checked").astype(object)
-                if need.any():
-                    zc[need], k, zn[need], v[need] = frame_verdicts(t.z(net(cut(need))), claim[need], tau)
-                    near[need], other[need] = np.array(t.ids, object)[k], zn[need] <= tau[k]
-                f = f.assign(enrolled=claim >= 0, score=np.round(zc, 4), nearest=near, nearest_score=np.round(zn, 4), verdict=v)
-                f[VERDICT_COLS].to_csv(fh, header=False, index=False)
-                for r, o in zip(f.itertuples(index=False), other):
-                    book.add((r.file, r.icao), r.time_s, r.icao, r.enrolled, r.score, r.nearest != r.icao and o)
-                book.hist += np.histogram(np.log(np.maximum(zc[np.isfinite(zc)], 1e-9)), HIST_BINS)[0]
-                for k, c in zip(*np.unique(v, return_counts=True)): counts[k] += int(c)
-                n += len(f)
+            for f, cut, sign in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
+                claim = np.array([index.get(a, -1) for a in f.icao], np.int64)
+                c = _ChunkScores(f, claim, cut, net, t, ids)
+                aud = audit_pick(f.time_s, f.msg, audit, seed) if frames == "screen" and audit > 0 else np.zeros(len(f), bool)
+                trs, role = frame_roles(book, f, claim >= 0, frames, aud)
+                sig, wrap = sign() if frames == "screen" else (None, None)
+                record(trs, role, c.check(np.isin(role, NETWORK_ROLES)), c.zc, c.other, c.v, sig, book.q)
+                if frames == "screen":
+                    screen_roles(trs, role, sig, wrap)
+                    record(trs, role, c.check(np.isin(role, ("suspect", "unreferenced"))), c.zc, c.other, c.v, sig, book.q)
+                    c.v[role == "consistent"] = "consistent"
+                book.flush()
+                c.write(fh)
+                book.hist += np.histogram(np.log(np.maximum(c.zc[np.isfinite(c.zc)], 1e-9)), HIST_BINS)[0]
+                for k, m in zip(*np.unique(c.v, return_counts=True)): counts[k] += int(m)
+                n += len(f); stats["network"] = stats.get("network", 0) + c.seen
     tracks = book.close_all()
     tracks.to_csv(folder / "tracks.csv", index=False)
-    return {"frames": n, "verdicts": counts, "tracks": {k: int(c) for k, c in tracks.verdict.value_counts().items()}, "track_count": len(tracks),
+    return {"frames": n, "verdicts": counts, "tracks": {k: int(m) for k, m in tracks.verdict.value_counts().items()}, "track_count": len(tracks),
+            "mode": frames, "network_frames": stats.get("network", 0), "audit": float(audit) if frames == "screen" else 0.0,
             "crc_failed": stats.get("crc_failed", 0), "edge": stats.get("edge", 0), "seconds_recorded": stats.get("seconds", 0.0),
             "notes": stats.get("notes", []), "hist": book.hist.tolist()}
 
@@ -231,11 +311,13 @@ def _det(ax, j: pd.DataFrame) -> None:
 VERIFY_FILES = re.compile(r"verdicts\.csv|tracks\.csv|summary\.json|summary\.txt|scores\.png")
 
 def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=None, truth=None, gap: float = 10.0, budget: int = 10,
-           threads: Optional[int] = None, progress: bool = True, every: bool = True) -> str:
+           threads: Optional[int] = None, progress: bool = True, frames: str = "screen", audit: float = AUDIT, seed: int = 0) -> str:
     "`ltsei verify`: see `verify_parser`. Returns the summary (several lines)."
     t0 = time.process_time(); w0 = time.time()
     if int(budget) < 1: raise ValueError(f"--budget {budget!r}: expected a number of frames >= 1")
     if not float(gap) > 0: raise ValueError(f"--track-gap {gap!r}: expected seconds > 0")
+    if frames not in FRAMES_MODES: raise ValueError(f"--frames {frames!r}: expected one of {', '.join(FRAMES_MODES)}")
+    if not 0 <= float(audit) <= 1: raise ValueError(f"--audit {audit!r}: expected a share of the frames in [0, 1], e.g. {AUDIT}")
     out = Path(out).absolute()
     _check_out(out, VERIFY_FILES, "ltsei verify")
     g = read_gallery(gallery)
@@ -245,7 +327,7 @@ def verify(inputs: list, gallery, out, model=None, fmt: str = "u8", sample_rate=
     clean_stale(out.parent)
     stage = make_temp_dir(out, name_in_errors=out)
     try:
-        s = verify_stream(inputs, g, net, stage, fmt, sample_rate, gap, budget, progress, every)
+        s = verify_stream(inputs, g, net, stage, fmt, sample_rate, gap, budget, progress, frames, float(audit), int(seed))
         s.update(cpu_seconds=time.process_time() - t0, wall_seconds=time.time() - w0)
         if not s["frames"]: s["notes"].append("no DF17/18 reply with a valid CRC was found: check --format and --sample-rate")
         s["real_time"] = s["seconds_recorded"] / max(s["cpu_seconds"], 1e-9)
@@ -274,12 +356,18 @@ def summary_text(s: dict, g: dict) -> str:
              f"{s['track_count']} tracks: " + ", ".join(f"{k} {t.get(k, 0)}" for k in VERDICTS[:4]),
              f"skipped {s['crc_failed']} DF17/18 candidates failing CRC, {s['edge']} frames at a recording's edge; gallery "
              f"{len(g['templates'].ids)} aircraft, threshold {g['manifest']['threshold']:.3g} (per aircraft up to {g['templates'].tau.max():.3g}; {100 * g['manifest']['false_alarm']:g} % false alarm at enrollment)"]
+    seen, k = s["network_frames"], s["frames"]
+    lines.append(f"--frames {s['mode']}: the network saw {seen} of {k} frames ({_pct(seen / k if k else None)})"
+                 + (f"; the screen passed {v['consistent']} as consistent; audit {100 * s['audit']:g} %"
+                    if s["mode"] == "screen" else ""))
     lines += s["notes"]
     e = s.get("evaluation")
     if e:
         for lvl in ("frame", "track"):
             lines.append(f"{lvl}s: " + "; ".join(f"{k} detection {_pct(r['detection'])} at false alarm {_pct(r['false_alarm'])}"
                                                  f" ({r['impostor']} impostor / {r['genuine']} genuine)" for k, r in e[lvl].items()))
+            if lvl == "frame": lines.append(f"impostor frames the network did not see: {e['frame']['all']['impostor_consistent']} passed by the screen "
+                                            f"as consistent, {e['frame']['all']['impostor_not_checked']} not checked (both count as missed above)")
         lines.append(f"frame EER {_pct(e['frame']['all']['eer'])}; ghosts called 'not enrolled': {_pct(e['ghosts']['not_enrolled'])}")
     return "\n".join(lines)
 
@@ -311,7 +399,7 @@ def enroll_main(argv: list[str]) -> int:
 # %% ../../nbs/23c_verify_cli.ipynb #a112def8
 def verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltsei verify", description="Verify every Mode S frame of recordings (or ltsei frames folders) "
-        "against a gallery: per frame match / mismatch / unknown transmitter / not enrolled, per track a sequential test; writes "
+        "against a gallery: per frame match / mismatch / unknown transmitter / not enrolled (or, from the physical-layer screen, consistent), per track a sequential test; writes "
         "verdicts.csv, tracks.csv, summary.json, summary.txt and scores.png.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="recordings (raw I/Q or SigMF) or ltsei frames output folders")
     p.add_argument("--gallery", required=True, help="a gallery made by ltsei enroll")
@@ -320,8 +408,12 @@ def verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", default=None, help="truth.csv (ltsei synth-recording): score the verdicts")
     p.add_argument("--track-gap", type=float, default=10.0, help="seconds of silence that end a track (default 10)")
     p.add_argument("--budget", type=int, default=10, help="frames the sequential test may use per track (default 10)")
-    p.add_argument("--frames", choices=("every", "track"), default="every", help="every: a verdict for every frame (default); "
-                   "track: only the frames each track's test needs (its first --budget), much faster on a busy recording")
+    p.add_argument("--frames", choices=FRAMES_MODES, default="screen", help="which frames the network sees: screen (default): each "
+                   "track's first --budget, those whose physical signature (carrier offset, level, droop) disagrees with the network-verified "
+                   "frames of their track, and an --audit sample, the others called consistent; every: all (slow); track: each track's first "
+                   "--budget only, the others not checked")
+    p.add_argument("--audit", type=float, default=AUDIT, help=f"--frames screen: the share of the frames the screen passes that the network checks anyway (default {AUDIT})")
+    p.add_argument("--seed", type=int, default=0, help="--frames screen: the seed of the audit sample (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     _io_flags(p)
     return p
@@ -329,6 +421,7 @@ def verify_parser() -> argparse.ArgumentParser:
 # %% ../../nbs/23c_verify_cli.ipynb #ebb7b2ed
 def verify_main(argv: list[str]) -> int:
     a = verify_parser().parse_args(argv)
-    text = verify(a.inputs, a.gallery, a.out, a.model, a.fmt, a.sample_rate, a.truth, a.track_gap, a.budget, a.threads, every=a.frames == "every")
+    text = verify(a.inputs, a.gallery, a.out, a.model, a.fmt, a.sample_rate, a.truth, a.track_gap, a.budget, a.threads,
+                  frames=a.frames, audit=a.audit, seed=a.seed)
     print(f"{text}\n[ltsei] files: {Path(a.out).absolute()}")
     return 0

@@ -101,7 +101,7 @@ def verify_method(runs_dir, profile: str, method: str, seed: int) -> dict:
     (out / "key.json").unlink(missing_ok=True)
     enroll([scen / "enroll.cs16"], run, out / "gallery", "cs16", rate, v.space, v.false_alarm, add=False, progress=False)
     verify([scen / "test.cs16"], out / "gallery", out / "verification", fmt="cs16", sample_rate=rate, truth=scen / "truth.csv",
-           budget=v.budget, threads=1, progress=False)
+           budget=v.budget, threads=1, progress=False, frames="every")   # the network's scores, every frame
     atomic_write_json(out / "key.json", key)
     return json.loads(done.read_text())
 
