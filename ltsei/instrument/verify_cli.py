@@ -19,8 +19,8 @@ from .scenario import synth_recording_main      # ltsei.cli dispatches all three
 # %% auto #0
 __all__ = ['VERDICTS', 'FRAMES_MODES', 'AUDIT', 'TRACK_COLS', 'HIST_BINS', 'NETWORK_ROLES', 'VERDICT_COLS', 'VERIFY_FILES',
            'frames_of', 'enroll', 'frame_verdicts', 'close_track', 'new_track', 'TrackBook', 'frame_roles',
-           'screen_roles', 'spoof_so_far', 'record', 'verify_stream', 'plot_scores', 'verify', 'summary_text',
-           'enroll_parser', 'enroll_main', 'verify_parser', 'verify_main']
+           'screen_roles', 'spoof_so_far', 'too_many_failures', 'record', 'verify_stream', 'plot_scores', 'verify',
+           'summary_text', 'enroll_parser', 'enroll_main', 'verify_parser', 'verify_main']
 
 # %% ../../nbs/23c_verify_cli.ipynb #3063e127
 def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict, chunk: int = 1 << 20):
@@ -135,7 +135,7 @@ TRACK_COLS = ["icao", "start_s", "end_s", "frames", "frames_used", "network", "c
 def close_track(tr: dict, q: np.ndarray) -> dict:
     """A track's row: the sequential test over its first frames' scores, then (`--frames screen`) the same test over the
     frames the network saw later because the screen flagged them or an audit escalated the track; a spoof when either
-    says so (`frames_used`: the frames of the test that decided)."""
+    says so, or when the track was contested by its count of failures (`frames_used`: the frames of the test that decided)."""
     row = {"icao": tr["icao"], "start_s": round(tr["start"], 6), "end_s": round(tr["end"], 6), "frames": tr["n"], "network": tr["network"],
            "consistent": tr["consistent"]}
     if not tr["enrolled"]: return {**row, "frames_used": 0, "mean_log_score": float("nan"), "verdict": "not enrolled"}
@@ -144,6 +144,7 @@ def close_track(tr: dict, q: np.ndarray) -> dict:
         later = track_test(tr["sz"], q)
         if later[0]: (spoof, used, s), other = later, tr["sother"]
     near_other = np.mean(other[:used]) >= 0.5 if used else False
+    if not spoof and tr["contested"]: spoof, near_other = True, 2 * tr["failed_other"] >= tr["failed"]   # by the count of failures
     v = ("mismatch" if near_other else "unknown transmitter") if spoof else "match"
     return {**row, "frames_used": used, "mean_log_score": round(s, 4), "verdict": v}
 
@@ -153,7 +154,7 @@ HIST_BINS = np.linspace(-6, 5, 221)      # log z
 def new_track(icao: str, t: float, enrolled: bool) -> dict:
     "An open track's state: its scores for the two tests, its screen reference, whether it is contested, what the network and the screen did."
     return {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "z": [], "other": [], "sz": [], "sother": [],
-            "ref": [], "tol": None, "sent": 0, "contested": False, "escalate": 0, "network": 0, "consistent": 0}
+            "ref": [], "tol": None, "sent": 0, "contested": False, "tried": 0, "failed": 0, "failed_other": 0, "escalate": 0, "network": 0, "consistent": 0}
 
 class TrackBook:
     "The open tracks (one per address), the closed ones' rows, and score histograms: what verification keeps in memory."
@@ -213,7 +214,14 @@ def spoof_so_far(z: list, q: np.ndarray) -> bool:
     m = np.cumsum(np.log(np.maximum(np.asarray(z, np.float64), 1e-9))) / np.arange(1, len(z) + 1)
     return bool((m > q[:len(z), 0]).any())
 
-def record(trs: list, role: np.ndarray, rows: np.ndarray, zc, other, verdict, sig, q: np.ndarray) -> None:
+def too_many_failures(failed: int, tried: int, false_alarm: float) -> bool:
+    """Whether `failed` of `tried` frames not singled out by their signature (the first --budget, audits and escalations) failing
+    the network is too many for a genuine track: binomial tail under twice the gallery's frame false-alarm rate below half its
+    track rate (a mixture of the aircraft and a spoofer from the start drags the mean log-score down; the count stays high)."""
+    from scipy.stats import binom
+    return failed > 0 and float(binom.sf(failed - 1, tried, min(2 * false_alarm, 0.5))) < false_alarm / 2
+
+def record(trs: list, role: np.ndarray, rows: np.ndarray, zc, other, verdict, sig, q: np.ndarray, false_alarm: float) -> None:
     "What the network said of the frames `rows` goes into their tracks: the two tests' scores, the references, escalation and contest."
     budget, seen = len(q), {}
     for i in np.flatnonzero(rows):
@@ -222,9 +230,11 @@ def record(trs: list, role: np.ndarray, rows: np.ndarray, zc, other, verdict, si
         if r == "budget": tr["z"].append(zc[i]); tr["other"].append(other[i])
         elif r in ("escalated", "suspect", "unreferenced") and len(tr["sz"]) < budget: tr["sz"].append(zc[i]); tr["sother"].append(other[i])
         if r == "audit" and not ok: tr["escalate"] = budget
+        if r in ("budget", "audit", "escalated"): tr["tried"] += 1; tr["failed"] += not ok; tr["failed_other"] += (not ok) and bool(other[i])
         if ok and sig is not None and not tr["contested"]: tr["ref"] = (tr["ref"] + [sig[i]])[-REF_MAX:]; tr["tol"] = None
     for tr in seen.values():
-        tr["contested"] = tr["contested"] or spoof_so_far(tr["z"], q) or (len(tr["sz"]) > 0 and spoof_so_far(tr["sz"], q))
+        tr["contested"] = (tr["contested"] or spoof_so_far(tr["z"], q) or (len(tr["sz"]) > 0 and spoof_so_far(tr["sz"], q))
+                           or too_many_failures(tr["failed"], tr["tried"], false_alarm))
 
 # %% ../../nbs/23c_verify_cli.ipynb #a9edc3e3
 class _ChunkScores:
@@ -263,10 +273,10 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
                 aud = audit_pick(f.time_s, f.msg, audit, seed) if frames == "screen" and audit > 0 else np.zeros(len(f), bool)
                 trs, role = frame_roles(book, f, claim >= 0, frames, aud)
                 sig, wrap = sign() if frames == "screen" else (None, None)
-                record(trs, role, c.check(np.isin(role, NETWORK_ROLES)), c.zc, c.other, c.v, sig, book.q)
+                record(trs, role, c.check(np.isin(role, NETWORK_ROLES)), c.zc, c.other, c.v, sig, book.q, float(man["false_alarm"]))
                 if frames == "screen":
                     screen_roles(trs, role, sig, wrap)
-                    record(trs, role, c.check(np.isin(role, ("suspect", "unreferenced"))), c.zc, c.other, c.v, sig, book.q)
+                    record(trs, role, c.check(np.isin(role, ("suspect", "unreferenced"))), c.zc, c.other, c.v, sig, book.q, float(man["false_alarm"]))
                     c.v[role == "consistent"] = "consistent"
                 book.flush()
                 c.write(fh)
