@@ -118,7 +118,7 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
 # %% ../../nbs/23c_verify_cli.ipynb #1c5c899f
 VERDICTS = ("match", "mismatch", "unknown transmitter", "not enrolled", "not checked", "consistent")
 FRAMES_MODES = ("screen", "every", "track")
-AUDIT = 0.02                         # --audit: the share of the frames the screen passes that the network checks anyway
+AUDIT = 0.01                         # --audit: the share of the frames the screen passes that the network checks anyway (2.5 ms each)
 
 def frame_verdicts(z: np.ndarray, claim: np.ndarray, tau: np.ndarray) -> tuple:
     "Per frame: the claimed score (NaN when not enrolled), the nearest address index and its score, and the verdict (thresholds `tau` per address)."
@@ -215,7 +215,7 @@ def spoof_so_far(z: list, q: np.ndarray) -> bool:
     return bool((m > q[:len(z), 0]).any())
 
 def too_many_failures(failed: int, tried: int, false_alarm: float) -> bool:
-    """Whether `failed` of `tried` frames not singled out by their signature (the first --budget, audits and escalations) failing
+    """Whether `failed` of `tried` frames not singled out by their signature (the first --budget, audits, escalations, frames before a reference) failing
     the network is too many for a genuine track: binomial tail under twice the gallery's frame false-alarm rate below half its
     track rate (a mixture of the aircraft and a spoofer from the start drags the mean log-score down; the count stays high)."""
     from scipy.stats import binom
@@ -228,9 +228,9 @@ def record(trs: list, role: np.ndarray, rows: np.ndarray, zc, other, verdict, si
         tr, r, ok = trs[i], role[i], verdict[i] == "match"
         tr["network"] += 1; seen[id(tr)] = tr
         if r == "budget": tr["z"].append(zc[i]); tr["other"].append(other[i])
-        elif r in ("escalated", "suspect", "unreferenced") and len(tr["sz"]) < budget: tr["sz"].append(zc[i]); tr["sother"].append(other[i])
+        elif r in ("escalated", "suspect"): tr["sz"], tr["sother"] = (tr["sz"] + [zc[i]])[-budget:], (tr["sother"] + [other[i]])[-budget:]
         if r == "audit" and not ok: tr["escalate"] = budget
-        if r in ("budget", "audit", "escalated"): tr["tried"] += 1; tr["failed"] += not ok; tr["failed_other"] += (not ok) and bool(other[i])
+        if r in ("budget", "audit", "escalated", "unreferenced"): tr["tried"] += 1; tr["failed"] += not ok; tr["failed_other"] += (not ok) and bool(other[i])
         if ok and sig is not None and not tr["contested"]: tr["ref"] = (tr["ref"] + [sig[i]])[-REF_MAX:]; tr["tol"] = None
     for tr in seen.values():
         tr["contested"] = (tr["contested"] or spoof_so_far(tr["z"], q) or (len(tr["sz"]) > 0 and spoof_so_far(tr["sz"], q))
