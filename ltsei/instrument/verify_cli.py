@@ -156,6 +156,7 @@ def new_track(icao: str, t: float, enrolled: bool) -> dict:
     return {"icao": icao, "start": t, "end": t, "n": 0, "enrolled": enrolled, "z": [], "other": [], "sz": [], "sother": [],
             "ref": [], "tol": None, "sent": 0, "contested": False, "tried": 0, "failed": 0, "failed_other": 0, "escalate": 0, "network": 0, "consistent": 0}
 
+# %% ../../nbs/23c_verify_cli.ipynb #174078b4
 class TrackBook:
     "The open tracks (one per address), the closed ones' rows, and score histograms: what verification keeps in memory."
     def __init__(self, gap: float, q: np.ndarray):
@@ -214,6 +215,7 @@ def spoof_so_far(z: list, q: np.ndarray) -> bool:
     m = np.cumsum(np.log(np.maximum(np.asarray(z, np.float64), 1e-9))) / np.arange(1, len(z) + 1)
     return bool((m > q[:len(z), 0]).any())
 
+# %% ../../nbs/23c_verify_cli.ipynb #c49e50c8
 def too_many_failures(failed: int, tried: int, false_alarm: float) -> bool:
     """Whether `failed` of `tried` frames not singled out by their signature (the first --budget, audits, escalations, frames before a reference) failing
     the network is too many for a genuine track: binomial tail under twice the gallery's frame false-alarm rate below half its
@@ -221,6 +223,7 @@ def too_many_failures(failed: int, tried: int, false_alarm: float) -> bool:
     from scipy.stats import binom
     return failed > 0 and float(binom.sf(failed - 1, tried, min(2 * false_alarm, 0.5))) < false_alarm / 2
 
+# %% ../../nbs/23c_verify_cli.ipynb #a96f536a
 def record(trs: list, role: np.ndarray, rows: np.ndarray, zc, other, verdict, sig, q: np.ndarray, false_alarm: float) -> None:
     "What the network said of the frames `rows` goes into their tracks: the two tests' scores, the references, escalation and contest."
     budget, seen = len(q), {}
