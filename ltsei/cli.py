@@ -10,9 +10,10 @@ import sys
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError)
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'split_hydra_args', 'sweep_jobs',
-           'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags', 'root_overrides',
-           'row_of', 'run_header', 'sweep_summary', 'guide_help', 'guide_main', 'main', 'verify_command']
+__all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'interrupted_chain', 'split_hydra_args',
+           'sweep_jobs', 'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags',
+           'root_overrides', 'row_of', 'run_header', 'sweep_summary', 'guide_help', 'job_config', 'guide_main', 'main',
+           'verify_command']
 
 # %% ../nbs/29_cli.ipynb #edcdc70a
 def _fail(e: BaseException) -> int:
@@ -23,6 +24,15 @@ def _fail(e: BaseException) -> int:
 def _interrupted() -> int:
     print("interrupted (Ctrl-C)" if _TERMINATED[0] is None else f"stopped by {_TERMINATED[0]}", file=sys.stderr)
     return 130
+
+# %% ../nbs/29_cli.ipynb #560b6696
+def interrupted_chain(e: BaseException) -> bool:
+    "Whether `e` or one of its causes (`__cause__`, `__context__`) is a KeyboardInterrupt."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt): return True
+        seen.add(id(e)); e = e.__cause__ or e.__context__
+    return False
 
 # %% ../nbs/29_cli.ipynb #cdbc8680
 _TERMINATED = [None]   # the signal that stopped the command, if it was not Ctrl-C
@@ -223,6 +233,21 @@ Examples:
 Keys: every leaf of the config tree (--cfg job lists them); a wrong key or value fails at once and names the
 valid ones. Tables of the paper: ltsei reproduce (./reproduce). Hydra's own options: --hydra-help."""
 
+# %% ../nbs/29_cli.ipynb #ea46ad7c
+def _parsed(overrides) -> tuple:
+    "Overrides as sorted (key, value) pairs, values parsed as Hydra reads them (`false` and `False` alike), `hydra.*` left out."
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    ps = OverridesParser.create().parse_overrides(list(overrides))
+    return tuple(sorted((o.get_key_element(), repr(o.value())) for o in ps if not o.key_or_group.startswith("hydra.")))
+
+def job_config(jobs: list[list[str]], cfgs: list, task) -> "DictConfig":
+    """The config composed for the job whose overrides are `task` (Hydra's `overrides.task`, without Hydra's own `hydra.*`
+    keys and with its values re-spelt), whatever their order."""
+    by = {_parsed(j): c for j, c in zip(jobs, cfgs)}
+    key = _parsed(task)
+    if key not in by: raise RuntimeError(f"Hydra ran a job with overrides {list(task)} that guide_main did not compose")
+    return by[key]
+
 # %% ../nbs/29_cli.ipynb #0216316d
 def guide_main(argv: list[str] | None = None) -> int:
     "`python main.py [--cfg job] [-m] key=value ...`: check every job's config, then run it with Hydra (metrics.json)."
@@ -236,7 +261,7 @@ def _guide_main(argv: list[str]) -> int:
     argv, yes = take_yes(argv)   # --yes: a paper-scale run on a CPU starts without asking (Hydra would refuse the flag)
     from ltsei.core.cache import check_run_dir
     from ltsei.core.storage import check_writable, resolve_runs_dir
-    from ltsei.experiments.config import check_machine, compose_config, register_configs, finalize, print_config
+    from ltsei.experiments.config import check_machine, compose_config, register_configs, print_config
     try: argv = expand_synth_preset(argv)
     except USER_ERRORS as e: return _fail(e)
     args = split_hydra_args(argv)
@@ -267,10 +292,7 @@ def _guide_main(argv: list[str]) -> int:
     @hydra.main(version_base="1.3", config_path=None, config_name="config")
     def _task(cfg):
         try:
-            if args.multirun:                 # a sweep's job: the config Hydra composed for it, checked
-                cfg = finalize(cfg)
-                check_machine(cfg)
-            else: cfg = cfgs[0]               # one run: the config composed and checked above, not a second time
+            cfg = job_config(jobs, cfgs, HydraConfig.get().overrides.task) if args.multirun else cfgs[0]   # composed and checked above
             out = HydraConfig.get().runtime.output_dir
             done.append(out)
             print(run_header(cfg, out, list(HydraConfig.get().overrides.task)), flush=True)
@@ -279,6 +301,9 @@ def _guide_main(argv: list[str]) -> int:
             if not args.multirun: print(f"[ltsei] files: {out}")
         except USER_ERRORS as e:
             status["rc"] = _fail(e)
+        except Exception as e:            # Hydra would print it and exit 1: a Ctrl-C inside an import is still a Ctrl-C
+            if interrupted_chain(e): raise KeyboardInterrupt from None
+            raise
 
     old = sys.argv
     sys.argv = [old[0] if old else "main.py"] + argv
@@ -333,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e)
     except KeyboardInterrupt:
         return _interrupted()
+    except Exception as e:
+        if interrupted_chain(e): return _interrupted()
+        raise
 
 # %% ../nbs/29_cli.ipynb #a7e1f0c2
 COMMANDS.update({"synth-recording": "a spoofing scenario: enrollment and test recordings of a fleet and its spoofers, truth.csv",

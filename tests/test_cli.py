@@ -79,6 +79,19 @@ def test_ctrl_c_in_main_py_is_one_line(in_scratch):
     assert "Traceback" not in err and err.rstrip().endswith("interrupted (Ctrl-C)") and err.count("interrupted") == 1
 
 
+def test_ctrl_c_inside_an_import_is_still_ctrl_c(in_scratch, monkeypatch, capsys):
+    # torch's first optimizer imports torch._dynamo, whose class bodies turn a Ctrl-C into RuntimeError("Error calling
+    # __set_name__"): it must still end as a Ctrl-C (130, one line), not as Hydra's "Error executing job"
+    import ltsei.experiments.run as run
+    def interrupted_import(cfg, out):
+        try: raise KeyboardInterrupt
+        except KeyboardInterrupt as k: raise RuntimeError("Error calling __set_name__ on 'Field' instance") from k
+    monkeypatch.setattr(run, "run_experiment", interrupted_import)
+    assert guide_main([*SMOKE, f"hydra.run.dir={in_scratch / 'r'}"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Error executing job" not in err
+
+
 def test_realism_subcommand_dispatches(monkeypatch):
     got = []
     fake = types.ModuleType("ltsei.signals.realism")

@@ -56,7 +56,11 @@ def test_no_impersonator_is_let_through(scenario):
     truth = pd.read_csv(scenario / "scen" / "truth.csv", dtype={"icao": str})
     assert 0.9 * (truth.recording == "test").sum() <= len(v) <= (truth.recording == "test").sum()   # found once (a few fail CRC)
     assert s["evaluation"]["ghosts"]["not_enrolled"] == 1.0                              # a ghost's address is in no gallery
-    assert s["evaluation"]["frame"]["all"]["detection"] >= 0.8
+    fr = s["evaluation"]["frame"]["all"]
+    # per frame, at the 1 % calibration of 30 enrollment frames per aircraft (an untrained network): the thresholds
+    # hold the genuine frames' false alarm near the asked rate (1 of 45; 3 of 45 before the prediction bound) and still
+    # catch most spoofed frames; the threshold-free EER says the scores themselves separate them
+    assert fr["false_alarm"] <= 0.05 and fr["detection"] >= 0.75 and fr["eer"] <= 0.15, fr
 
 
 def test_outputs_and_truth(scenario):

@@ -22,10 +22,10 @@ __all__ = ['FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_
            'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN', 'REF_MAX',
            'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span', 'network_plan',
            'network_windows', 'check_rate', 'conv1d_twin', 'Network', 'prototypes', 'distances', 'leave_out_distances',
-           'size_factor', 'Templates', 'fit_templates', 'predictive', 'frame_thresholds', 'track_thresholds',
-           'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference', 'screen_flags',
-           'audit_pick', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer', 'track_blocks',
-           'block_call', 'evaluate', 'ghost_report']
+           'size_factor', 'Templates', 'fit_templates', 'predictive', 'prediction_bounds', 'frame_thresholds',
+           'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference',
+           'screen_flags', 'audit_pick', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer',
+           'track_blocks', 'block_call', 'evaluate', 'ghost_report']
 
 # %% ../../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -324,6 +324,23 @@ def predictive(groups: list, k: float = PRIOR_FRAMES) -> list:
         out.append((np.concatenate([g, shape + m]), np.concatenate([np.full(n, 1 / (n + k)), sw * k / (n + k)])))
     return out
 
+# %% ../../nbs/23_verify.ipynb #4fc8fa3b
+def prediction_bounds(groups: list, false_alarm: float, k: float = PRIOR_FRAMES) -> np.ndarray:
+    """Per address, the upper (1 - false_alarm) prediction bound of a new log-score under a normal model whose mean and
+    variance are the address's own shrunk toward the fleet's by `k` frames (as `predictive` does); -inf without data."""
+    from scipy.stats import t as student
+    have = [g for g in groups if g.size >= 2]
+    if not have: return np.full(len(groups), -np.inf)
+    mu0 = float(np.mean([g.mean() for g in have]))
+    var0 = float(np.sum([((g - g.mean()) ** 2).sum() for g in have]) / np.sum([g.size - 1 for g in have]))
+    out = np.full(len(groups), -np.inf)
+    for i, g in enumerate(groups):
+        n = g.size
+        m = (n * (g.mean() if n else 0.0) + k * mu0) / (n + k)
+        v = ((((g - g.mean()) ** 2).sum() if n else 0.0) + k * var0) / (max(n - 1, 0) + k)
+        out[i] = m + student.ppf(1 - false_alarm, max(n - 1, 0) + k) * np.sqrt(v * (1 + 1 / (n + k)))
+    return out
+
 # %% ../../nbs/23_verify.ipynb #0525436f
 def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     o = np.argsort(x)
@@ -331,12 +348,12 @@ def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     return float(x[o][min(np.searchsorted(c, q), len(x) - 1)])
 
 def frame_thresholds(t: Templates, false_alarm: float) -> tuple[float, np.ndarray]:
-    "The fleet's threshold tau on z and each address's (C,): predictive (1 - false_alarm) quantiles."
+    "The fleet's threshold tau on z and each address's (C,): predictive (1 - false_alarm) quantiles (with the prediction bound)."
     groups = _log_genuine(t)
     if not any(g.size for g in groups): return 3.0, np.full(len(t.ids), 3.0)    # single frames only: 3 x the spread
     pred = predictive(groups)
     tau = _wquantile(np.concatenate([x for x, _ in pred]), np.concatenate([w for _, w in pred]), 1 - false_alarm)
-    own = np.array([_wquantile(x, w, 1 - false_alarm) for x, w in pred])
+    own = np.maximum([_wquantile(x, w, 1 - false_alarm) for x, w in pred], prediction_bounds(groups, false_alarm))
     return float(np.exp(tau)), np.exp(np.maximum(own, tau))
 
 # %% ../../nbs/23_verify.ipynb #241299f5
