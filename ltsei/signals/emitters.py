@@ -181,6 +181,18 @@ def _channel(cfg, z, fs, P, t0, rng):
         z[hit] += g.astype(f32)[:, None] * _complex(re, im)
     return z
 
+# %% ../../nbs/03b_emitters.ipynb #f5bd17c1
+def _decimate(z: np.ndarray, r: Fraction, mode: str) -> np.ndarray:
+    "Rows of `z` at `r` times their rate: `resample_poly` (mode 'filtered'), or read at the output instants with no further filter ('rtl')."
+    if mode == "filtered":
+        from scipy.signal import resample_poly
+        return resample_poly(z, r.numerator, r.denominator, axis=1)
+    n = z.shape[1]
+    t = np.arange(int(np.ceil(n * r.numerator / r.denominator))) * (r.denominator / r.numerator)   # output k at input k / r
+    i = np.minimum(t.astype(np.int64), n - 2)
+    f = (t - i).astype(np.float32)
+    return z[:, i] * (1 - f) + z[:, i + 1] * f
+
 # %% ../../nbs/03b_emitters.ipynb #3ed1d095
 def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
     """The receiver: thermal noise at the frame's SNR, the channel filter (FFT, circular over the margins), the
@@ -200,10 +212,7 @@ def _receiver(cfg, z, p_sig, fs, P, L, r, rng):
     if float(cfg.rx_iq_gain) or float(cfg.rx_iq_phase): z = _iq_imbalance(z, float(cfg.rx_iq_gain), float(cfg.rx_iq_phase))
     dc = np.sqrt(p_sig) * 10 ** (rng.uniform(float(cfg.dc_db_min), float(cfg.dc_db_max), B) / 20)
     z += (dc * np.exp(2j * np.pi * rng.random(B))).astype(np.complex64)[:, None]
-    if r != 1:
-        from scipy.signal import resample_poly
-        z = resample_poly(z, r.numerator, r.denominator, axis=1)
-        P = P * r.numerator // r.denominator
+    if r != 1: z, P = _decimate(z, r, cfg.rx_decimation), P * r.numerator // r.denominator
     return z[:, P:P + L].astype(np.complex64), snr_db
 
 # %% ../../nbs/03b_emitters.ipynb #60bfd16c

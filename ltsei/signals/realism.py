@@ -516,7 +516,7 @@ def _fit_rx_cfo(cfg, files: dict, frames: int = 10, rounds: int = 2):
 
 # %% ../../nbs/06_realism.ipynb #9e3d7411
 # the receiver's keys a fitted preset carries wherever they differ from the defaults (from its base preset)
-RX_KEYS = ("analog_rate", "clock_ppm", "adc_bits", "adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
+RX_KEYS = ("analog_rate", "rx_decimation", "clock_ppm", "adc_bits", "adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
            "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz")
 
 def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 120, seed: int = 0, align_offset: float = 0.0) -> dict:

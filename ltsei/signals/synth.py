@@ -46,6 +46,7 @@ class SynthConfig:
     rx_bandwidth: float = 10.0e6  # its two-sided 6 dB (half-amplitude) bandwidth in Hz (at most 0.75 x analog_rate)
     rx_transition: float = 2.0e6  # fir: width of its raised-cosine edge in Hz (from 1 to 0 in amplitude)
     analog_rate: float = 50e6   # frames are made and filtered at max(sample_rate, analog_rate), then resampled to sample_rate
+    rx_decimation: str = "filtered"  # ... by resample_poly (filtered: cut to +-sample_rate/2) | rtl: read at the output instants, aliasing the band beyond
     clock_ppm: float = 0.0      # sample-clock offset, std in ppm per frame (plus a drift of the same size over the frame)
     adc_bits: int = 0           # ADC resolution after an AGC (0: no quantisation)
     adc_mode: str = "agc"       # agc: output rescaled to RMS_RANGE | rtl: an RTL-SDR's u8 grid (mid-rise), output in units of full scale
@@ -79,15 +80,16 @@ SYNTH_PRESETS = {
     "smoke": SynthConfig(num_emitters=6, sample_rate=8e6, length=384, pool_per_class=700, val_per_class=10,
                          test_per_class=20, snr_db_min=25.0, snr_db_max=35.0, difficulty=0.1, seed=148),
     # an RTL-SDR stick at 2 MS/s (one sample per 0.5 us chip): the quick preset's fleet seen through the stick's
-    # chain (tuner and decimation filter, 8-bit ADC at a fixed gain, DC spur, IQ imbalance, crystal offset), fitted to
+    # chain (tuner and decimation filter, which lets the band beyond +-1 MHz alias in; 8-bit ADC at a fixed gain, DC spur,
+    # IQ imbalance, crystal offset), fitted to
     # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
     # and are the shortest ConvNetADSB takes
-    "rtl2m": SynthConfig(num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
-                         test_per_class=60, snr_db_min=16.2, snr_db_max=32.2, rx_bandwidth=2.9e6, rx_transition=1.35e6,
+    "rtl2m": SynthConfig(rx_decimation="rtl", num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
+                         test_per_class=60, snr_db_min=12.7, snr_db_max=28.7, rx_bandwidth=2.2e6, rx_transition=1.45e6,
                          clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=4.6, adc_agc_db=5.7,
                          dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
 }
-SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=3.0e6)   # the same stick at 2.4 MS/s (160 us)
+SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=2.64e6)   # the same stick at 2.4 MS/s (160 us): its filter 1.2x as wide
 SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key
 
 # %% ../../nbs/04_synth.ipynb #0fe4fe3c
@@ -130,6 +132,7 @@ def check_synth_config(cfg) -> None:
     if not np.isfinite(float(cfg.snr_db_min)) or not np.isfinite(float(cfg.snr_db_max)): bad("snr_db_min", "finite dB values")
     if not 1e6 <= float(cfg.rx_bandwidth) < float("inf"): bad("rx_bandwidth", "a bandwidth in Hz of at least 1e6 (a 0.5 us chip needs about 1 MHz)")
     if cfg.rx_filter not in ("fir", "gaussian"): bad("rx_filter", "'fir' or 'gaussian'")
+    if cfg.rx_decimation not in ("filtered", "rtl"): bad("rx_decimation", "'filtered' or 'rtl'")
     if not 0 < float(cfg.rx_transition) < float("inf"): bad("rx_transition", "a positive width in Hz")
     if not 4e6 <= float(cfg.analog_rate) < float("inf"): bad("analog_rate", "at least 4e6 samples/s")
     if not 0 <= float(cfg.clock_ppm) <= 1000: bad("clock_ppm", "0 (off) to 1000 ppm")
@@ -184,7 +187,7 @@ def synth_numerics() -> dict:
 # fields added after ltsei-synth-3's first data sets: left out of the key at these defaults (their old output), so
 # that every earlier data set keeps its key
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
-                                                  "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz",
+                                                  "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz", "rx_decimation",
                                                   "align_min_s", "align_max_s")}
 
 # %% ../../nbs/04_synth.ipynb #6f76d9bb
