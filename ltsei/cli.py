@@ -219,7 +219,8 @@ correction; the run ends with test metrics in metrics.json.
 
 Profiles (scale; add one, e.g. profile=quick):
 {prof}
-  Without profile= on a machine without a GPU, the run first prints its estimated time here.
+  Without profile= on a machine without a GPU, the run first prints its estimated time here and, at a
+  terminal, asks before it starts (--yes: start without asking).
 
 Results: RUNS/<profile>/adhoc/<time>/ (a sweep: RUNS/<profile>/multirun/<time>/<job>/), caches in RUNS/cache;
 RUNS is $LTSEI_RUNS if set, else the repository's runs/ (the same root as ltsei reproduce and the notebooks).
