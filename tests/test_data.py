@@ -92,8 +92,8 @@ def test_synth_main_round_trip(tmp_path, fmt):
     cfg = DataConfig(source="files", train_path=paths["train"], val_path=paths["val"], test_path=paths["test"],
                      imbalance_ratio=1, normalize="none")
     b = load_data(cfg, 0)
-    s = load_synth(SMOKE, tmp_path / "cache", workers=1, progress=False)
-    for name, split in (("train", "pool"), ("val", "val"), ("test", "test")) if fmt == "npz" else ():   # (npy: the notebook)
+    s = load_synth(SMOKE, tmp_path / "cache", workers=1, progress=False) if fmt == "npz" else None   # (npy: the notebook)
+    for name, split in (("train", "pool"), ("val", "val"), ("test", "test")) if fmt == "npz" else ():
         got = getattr(b, name)
         assert torch.equal(got.x, torch.from_numpy(s.x(split).astype(np.float32))), name
         assert torch.equal(got.y, torch.from_numpy(s.y(split))), name
