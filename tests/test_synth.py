@@ -222,13 +222,14 @@ def test_capture_effects():
             assert max(len(np.unique(x[i, c])) for i in range(8) for c in range(2)) <= 2 ** 6
 
 
-def test_smoke_profile_learns(tmp_path):
+def test_smoke_profile_learns(tmp_path, scratch):
     """The smoke profile is a pipeline check that learns: CE on its balanced (IR 1) training set scores at
     least 3x chance on the test split, so a change that stops training from working fails here."""
     from ltsei.experiments.config import compose_config
     from ltsei.experiments.run import run_experiment
     cfg = compose_config(["profile=smoke", "data.imbalance_ratio=1", "stage2.enabled=false",
-                          f"data.cache_dir={tmp_path / 'cache'}", f"stage1.cache_dir={tmp_path / 'stage1'}"])
+                          f"data.cache_dir={scratch / 'runs' / 'cache'}",      # the session's data (the same bytes)
+                          f"stage1.cache_dir={tmp_path / 'stage1'}"])
     m = run_experiment(cfg, tmp_path / "run", progress=False)
     chance = 1 / SMOKE.num_emitters
     assert m["test"]["acc"] >= 3 * chance, m["test"]
