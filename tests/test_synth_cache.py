@@ -144,19 +144,19 @@ def no_space(*a):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_disk_full_injected_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+def test_disk_full_injected_is_one_error_and_leaves_nothing(clean_small, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setattr(os, "posix_fallocate", no_space)
     t = time.monotonic()
     with pytest.raises(StorageError) as e:
-        load_synth(SMOKE, cache, workers=2, progress=False)
+        load_synth(SMOKE_SMALL, cache, workers=2, progress=False)
     assert time.monotonic() - t < 30
     msg = str(e.value)
     assert e.value.errno == errno.ENOSPC and len(msg.splitlines()) == 1
-    assert str(cache / f"synth-{synth_key(SMOKE)}") in msg and "no space left" in msg
-    assert [p.name for p in cache.iterdir()] == [f"synth-{synth_key(SMOKE)}.lock"]   # no entry, no temporary folder
+    assert str(cache / f"synth-{synth_key(SMOKE_SMALL)}") in msg and "no space left" in msg
+    assert [p.name for p in cache.iterdir()] == [f"synth-{synth_key(SMOKE_SMALL)}.lock"]   # no entry, no temporary folder
     monkeypatch.undo()
-    assert array_hashes(load_synth(SMOKE, cache, workers=1, progress=False).path) == SMOKE_SHA256
+    assert array_hashes(load_synth(SMOKE_SMALL, cache, workers=1, progress=False).path) == clean_small[1]   # the clean bytes
 
 
 def test_read_only_cache_injected(tmp_path, monkeypatch):
