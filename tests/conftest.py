@@ -38,7 +38,8 @@ SMALL = ("data.synth.pool_per_class=200",)
 # (--dist loadfile) in collection order, so a heavy file collected last would leave one core idle at the end.
 # Heaviest first (by CPU seconds, each file alone, on the 2-core machine, December 2026: guide ~85, faults ~70,
 # reproduce ~55, reliability ~45, run ~44, launchers ~25 (and Ray's own processes), cli ~31, synth ~27, report ~17,
-# gate study ~16, the rest under 16); the others keep their order behind them.
+# the rest under 16; the gate study's check, now on SMALL's pool, about 4, or 1 where the guide's stage 1 is already in
+# the worker's cache); the others keep their order behind them.
 HEAVY_FIRST = ("test_guide.py", "test_faults.py", "test_reproduce.py", "test_reliability.py", "test_run.py",
                "test_launchers.py", "test_cli.py", "test_synth.py", "test_report.py", "test_gate_study.py",
                "test_config.py", "test_synth_cache.py", "test_ride_sade_balpoe.py", "test_data.py", "test_openset.py",

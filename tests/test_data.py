@@ -40,13 +40,20 @@ def test_shot_groups():
         shot_groups([])
 
 
-def _cfg(tmp_path, **kw):
-    return DataConfig(synth=SMOKE, cache_dir=str(tmp_path / "cache"), **kw)
+@pytest.fixture()
+def data_cache(scratch):
+    """The session's data cache (conftest's scratch folder; entries are content-keyed and checked on every load): the
+    smoke preset generated once for the tests that read it, not once each."""
+    return scratch / "runs" / "cache"
 
 
-def test_synthetic_bundle(tmp_path):
+def _cfg(cache, **kw):
+    return DataConfig(synth=SMOKE, cache_dir=str(cache), **kw)
+
+
+def test_synthetic_bundle(tmp_path, data_cache):
     "(Shapes, dtypes, counts per split, unit power and the shot groups of a bundle: the notebook 05_data.)"
-    b = load_data(_cfg(tmp_path, imbalance_ratio=10), seed=0)
+    b = load_data(_cfg(data_cache, imbalance_ratio=10), seed=0)
     n_pool = SMOKE.pool_per_class
     assert b.num_classes == 6 and b.sample_rate == SMOKE.sample_rate
     assert np.array_equal(b.class_counts, long_tail_class_counts(n_pool, 6, 10, 0))
@@ -55,34 +62,34 @@ def test_synthetic_bundle(tmp_path):
     text = b.summary()
     assert "6 classes" in text and "train" in text and b.groups["rule"] in text
     # the data do not depend on the run seed; another split_seed moves the head
-    b2 = load_data(_cfg(tmp_path, imbalance_ratio=10), seed=7)
+    b2 = load_data(_cfg(data_cache, imbalance_ratio=10), seed=7)
     assert torch.equal(b.train.x, b2.train.x) and torch.equal(b.test.x, b2.test.x)
-    b3 = load_data(_cfg(tmp_path, imbalance_ratio=10, split_seed=1), seed=0)
+    b3 = load_data(_cfg(data_cache, imbalance_ratio=10, split_seed=1), seed=0)
     assert not np.array_equal(b3.class_counts, b.class_counts)
     # IR 1 is balanced and holds every IR-10 training frame (class c keeps the first n_c of its pool)
-    b1 = load_data(_cfg(tmp_path, imbalance_ratio=1, normalize="none"), seed=0)
+    b1 = load_data(_cfg(data_cache, imbalance_ratio=1, normalize="none"), seed=0)
     assert (b1.class_counts == n_pool).all()
-    s = load_synth(SMOKE, tmp_path / "cache")
+    s = load_synth(SMOKE, data_cache)
     assert torch.equal(b1.train.x, torch.from_numpy(s.x("pool").astype(np.float32)))
     save_class_counts(b, tmp_path / "out" / "counts.json")
     d = json.loads((tmp_path / "out" / "counts.json").read_text())
     assert d["class_counts"] == b.class_counts.tolist() and d["groups"] == b.groups
 
 
-def test_target_length_and_omegaconf(tmp_path):
+def test_target_length_and_omegaconf(data_cache):
     L = SMOKE.length
-    crop = load_data(_cfg(tmp_path, target_length=L - 40, normalize="none"), 0)
-    pad = load_data(_cfg(tmp_path, target_length=L + 40, normalize="none"), 0)
-    full = load_data(_cfg(tmp_path, normalize="none"), 0)
+    crop = load_data(_cfg(data_cache, target_length=L - 40, normalize="none"), 0)
+    pad = load_data(_cfg(data_cache, target_length=L + 40, normalize="none"), 0)
+    full = load_data(_cfg(data_cache, normalize="none"), 0)
     assert crop.length == L - 40 and pad.length == L + 40
     assert torch.equal(crop.test.x, full.test.x[..., :L - 40])
     assert torch.equal(pad.test.x[..., :L], full.test.x) and (pad.test.x[..., L:] == 0).all()
-    oc = OmegaConf.structured(_cfg(tmp_path, imbalance_ratio=10))
-    assert torch.equal(load_data(oc, 0).train.x, load_data(_cfg(tmp_path, imbalance_ratio=10), 0).train.x)
+    oc = OmegaConf.structured(_cfg(data_cache, imbalance_ratio=10))
+    assert torch.equal(load_data(oc, 0).train.x, load_data(_cfg(data_cache, imbalance_ratio=10), 0).train.x)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "npz"])
-def test_synth_main_round_trip(tmp_path, fmt):
+def test_synth_main_round_trip(tmp_path, data_cache, fmt):
     out = tmp_path / "files"
     assert synth_main(["--out", str(out), "--preset", "smoke", "--format", fmt, "--workers", "1"]) == 0
     if fmt == "npy":
@@ -92,8 +99,8 @@ def test_synth_main_round_trip(tmp_path, fmt):
     cfg = DataConfig(source="files", train_path=paths["train"], val_path=paths["val"], test_path=paths["test"],
                      imbalance_ratio=1, normalize="none")
     b = load_data(cfg, 0)
-    s = load_synth(SMOKE, tmp_path / "cache", workers=1, progress=False)
-    for name, split in (("train", "pool"), ("val", "val"), ("test", "test")) if fmt == "npz" else ():   # (npy: the notebook)
+    s = load_synth(SMOKE, data_cache, workers=1, progress=False) if fmt == "npz" else None   # (npy: the notebook)
+    for name, split in (("train", "pool"), ("val", "val"), ("test", "test")) if fmt == "npz" else ():
         got = getattr(b, name)
         assert torch.equal(got.x, torch.from_numpy(s.x(split).astype(np.float32))), name
         assert torch.equal(got.y, torch.from_numpy(s.y(split))), name

@@ -168,7 +168,7 @@ def test_ltsei_command(in_scratch, capsys):
     assert main(["--help"]) == 0 and "reproduce" in capsys.readouterr().out
     assert main(["nosuch"]) == 2
     out = in_scratch / "synth_cli"
-    assert main(["synth", "--out", str(out), "--preset", "smoke", "--quiet"]) == 0
+    assert main(["synth", "--out", str(out), "--preset", "smoke", "--pool-per-class", "200", "--quiet"]) == 0   # SMALL's pool
     x = np.load(out / "X_train.npy")
     assert x.ndim == 3 and x.shape[2] == 2
     assert main(["run", "stage2.enabled=false", "profile=smoke", *SMALL, f"hydra.run.dir={in_scratch / 'cli_run'}"]) == 0

@@ -13,6 +13,9 @@ from ltsei.signals.synth import (SYNTH_PRESETS, SynthConfig, check_synth_config,
                          load_synth, make_fingerprints, synth_frames, synth_key, synth_main)
 
 SMOKE = SYNTH_PRESETS["smoke"]
+# the smoke preset with conftest.SMALL's pool (200 frames per emitter, not 700): for the tests of how the cache handles an
+# interrupted or stale generation, which need a generation, not the smoke preset's bytes (test_cache_reuse checks those)
+SMOKE_SMALL = replace(SMOKE, pool_per_class=200)
 
 
 def test_presets_and_checks():
@@ -109,24 +112,24 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch, exc):
 
     monkeypatch.setattr(synth, "synth_frames", flaky)
     with pytest.raises(exc):
-        load_synth(SMOKE, tmp_path, workers=1, progress=False)
-    lock = f"synth-{synth.synth_key(SMOKE)}.lock"        # the entry's lock file (empty) stays; no entry, no temporary folder
+        load_synth(SMOKE_SMALL, tmp_path, workers=1, progress=False)
+    lock = f"synth-{synth.synth_key(SMOKE_SMALL)}.lock"  # the entry's lock file (empty) stays; no entry, no temporary folder
     assert [p.name for p in tmp_path.iterdir()] == [lock]
     monkeypatch.setattr(synth, "synth_frames", real)
-    s = load_synth(SMOKE, tmp_path, workers=1, progress=False)
+    s = load_synth(SMOKE_SMALL, tmp_path, workers=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([s.path.name, lock])
 
 
 def test_stale_temp_dir_is_ignored_and_cleaned(tmp_path):
-    key = synth_key(SMOKE)
+    key = synth_key(SMOKE_SMALL)
     stale = tmp_path / f".synth-{key}.tmp{2**22 + 7}-abc"         # a killed build: ltsei's marker in it
     stale.mkdir(parents=True)
     (stale / "X_pool.npy").write_bytes(b"garbage")
     from ltsei.core.storage import TEMP_MARK, host_name
     (stale / TEMP_MARK).write_text(json.dumps({"ltsei": "tmp", "host": host_name(), "pid": 2**22 + 7}))
     mine = tmp_path / f".tmp-synth-{key}-999999999-abc"; mine.mkdir()    # no marker: not ltsei's, never removed
-    s = load_synth(SMOKE, tmp_path, workers=1, progress=False)
-    assert not stale.exists() and mine.exists() and s.x("pool").shape[0] == 4200
+    s = load_synth(SMOKE_SMALL, tmp_path, workers=1, progress=False)
+    assert not stale.exists() and mine.exists() and s.x("pool").shape[0] == 6 * 200
 
 
 def test_bad_config_leaves_no_cache(tmp_path):
@@ -219,13 +222,14 @@ def test_capture_effects():
             assert max(len(np.unique(x[i, c])) for i in range(8) for c in range(2)) <= 2 ** 6
 
 
-def test_smoke_profile_learns(tmp_path):
+def test_smoke_profile_learns(tmp_path, scratch):
     """The smoke profile is a pipeline check that learns: CE on its balanced (IR 1) training set scores at
     least 3x chance on the test split, so a change that stops training from working fails here."""
     from ltsei.experiments.config import compose_config
     from ltsei.experiments.run import run_experiment
     cfg = compose_config(["profile=smoke", "data.imbalance_ratio=1", "stage2.enabled=false",
-                          f"data.cache_dir={tmp_path / 'cache'}", f"stage1.cache_dir={tmp_path / 'stage1'}"])
+                          f"data.cache_dir={scratch / 'runs' / 'cache'}",      # the session's data (the same bytes)
+                          f"stage1.cache_dir={tmp_path / 'stage1'}"])
     m = run_experiment(cfg, tmp_path / "run", progress=False)
     chance = 1 / SMOKE.num_emitters
     assert m["test"]["acc"] >= 3 * chance, m["test"]

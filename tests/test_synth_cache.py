@@ -55,6 +55,18 @@ def clean(tmp_path_factory):
     return s
 
 
+# the smoke preset with conftest.SMALL's pool (200 frames per emitter, not 700), for the damage tests: each rebuilds an
+# entry (in one process) and must give the bytes of the clean entry (generated with two processes) again
+SMOKE_SMALL = replace(SMOKE, pool_per_class=200)
+
+
+@pytest.fixture(scope="module")
+def clean_small(tmp_path_factory):
+    "The smaller entry generated with two worker processes, and its arrays' sha256: the reference of the damage tests."
+    s = load_synth(SMOKE_SMALL, tmp_path_factory.mktemp("synth_small") / "cache", workers=2, progress=False)
+    return s, array_hashes(s.path)
+
+
 def test_smoke_bytes_are_unchanged(clean):
     assert array_hashes(clean.path) == SMOKE_SHA256
     man = synth_entry(SMOKE, clean.path.parent).manifest()
@@ -109,21 +121,22 @@ def same_size_same_mtime(entry: Path):
 
 
 @pytest.mark.parametrize("damage", [zeros_in_x_pool, truncated_x_pool, deleted_meta, deleted_manifest, same_size_same_mtime])
-def test_damaged_entry_is_reported_quarantined_and_rebuilt(clean, tmp_path, capsys, damage):
+def test_damaged_entry_is_reported_quarantined_and_rebuilt(clean_small, tmp_path, capsys, damage):
+    clean, hashes = clean_small
     cache = tmp_path / "cache"
     shutil.copytree(clean.path, cache / clean.path.name)
     entry = cache / clean.path.name
-    assert load_synth(SMOKE, cache, workers=1, progress=False).path == entry     # the copy is intact: used as it is
+    assert load_synth(SMOKE_SMALL, cache, workers=1, progress=False).path == entry   # the copy is intact: used as it is
     assert "damaged" not in capsys.readouterr().out
     why = damage(entry)
-    s = load_synth(SMOKE, cache, workers=1, progress=False)
+    s = load_synth(SMOKE_SMALL, cache, workers=1, progress=False)
     lines = [l for l in capsys.readouterr().out.splitlines() if "damaged" in l]
     assert len(lines) == 1 and str(entry) in lines[0] and why in lines[0], lines
-    assert s.path == entry and array_hashes(entry) == SMOKE_SHA256                 # the clean run's bytes
+    assert s.path == entry and array_hashes(entry) == hashes                       # the clean run's bytes
     q = list((cache / "quarantine").iterdir())
     assert len(q) == 1 and str(q[0]) in lines[0]                                  # set aside, named
     assert not leftovers(cache)
-    load_synth(SMOKE, cache, workers=1, progress=False)                           # repaired: no second report
+    load_synth(SMOKE_SMALL, cache, workers=1, progress=False)                     # repaired: no second report
     assert "damaged" not in capsys.readouterr().out
 
 
@@ -131,19 +144,19 @@ def no_space(*a):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_disk_full_injected_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+def test_disk_full_injected_is_one_error_and_leaves_nothing(clean_small, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setattr(os, "posix_fallocate", no_space)
     t = time.monotonic()
     with pytest.raises(StorageError) as e:
-        load_synth(SMOKE, cache, workers=2, progress=False)
+        load_synth(SMOKE_SMALL, cache, workers=2, progress=False)
     assert time.monotonic() - t < 30
     msg = str(e.value)
     assert e.value.errno == errno.ENOSPC and len(msg.splitlines()) == 1
-    assert str(cache / f"synth-{synth_key(SMOKE)}") in msg and "no space left" in msg
-    assert [p.name for p in cache.iterdir()] == [f"synth-{synth_key(SMOKE)}.lock"]   # no entry, no temporary folder
+    assert str(cache / f"synth-{synth_key(SMOKE_SMALL)}") in msg and "no space left" in msg
+    assert [p.name for p in cache.iterdir()] == [f"synth-{synth_key(SMOKE_SMALL)}.lock"]   # no entry, no temporary folder
     monkeypatch.undo()
-    assert array_hashes(load_synth(SMOKE, cache, workers=1, progress=False).path) == SMOKE_SHA256
+    assert array_hashes(load_synth(SMOKE_SMALL, cache, workers=1, progress=False).path) == clean_small[1]   # the clean bytes
 
 
 def test_read_only_cache_injected(tmp_path, monkeypatch):
