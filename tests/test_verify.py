@@ -127,6 +127,23 @@ def test_enroll_from_an_ltsei_frames_folder(scenario, tmp_path):
     assert np.median(cos) > 0.99                       # the same windows, cut at the same offset (to within a sample)
 
 
+
+def test_screen_signatures_of_a_frames_folder_match_the_recordings(scenario, tmp_path):
+    "`ltsei verify FOLDER` screens the frames of an `ltsei frames` folder by the same physical signature as the recording's."
+    from ltsei.instrument.verify_cli import frames_of
+    assert main(["frames", str(scenario / "scen" / "test.cs16"), *RAW, "--out", str(tmp_path / "frames")]) == 0
+    got = {}
+    for src, kw in ((tmp_path / "frames", {}), (scenario / "scen" / "test.cs16", {"fmt": "cs16", "sample_rate": 8e6})):
+        rows = [(f.time_s.to_numpy(), sign()[0]) for f, _, sign in frames_of(src, kw.get("fmt", "u8"), kw.get("sample_rate"), 8e6, 384, {})]
+        t, sig = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+        got[src.name] = pd.DataFrame(sig, columns=["cfo", "level", "droop"]).assign(t=np.round(t, 5))
+    j = got["frames"].merge(got["test.cs16"], on="t", suffixes=("_f", "_r"))
+    assert len(j) >= 0.9 * len(got["test.cs16"])                       # the same replies
+    assert np.median(np.abs(j.cfo_f - j.cfo_r)) < 5e3 and np.median(np.abs(j.level_f - j.level_r)) < 1.0
+    assert main(["verify", str(tmp_path / "frames"), "--gallery", str(scenario / "gal"), "--out", str(tmp_path / "ver")]) == 0
+    v = pd.read_csv(tmp_path / "ver" / "verdicts.csv")
+    assert len(v) == len(got["frames"]) and not (v.verdict == "not checked").any()
+
 def _late_impersonator(scenario, path) -> tuple[str, np.ndarray]:
     """A cs16 recording at 8 MS/s: an enrolled aircraft alone for 10 replies (its track established), then 12 more of
     its replies interleaved with 12 of an impersonator that claims its address from its own hardware (of the spare

@@ -64,8 +64,9 @@ def _frames_folder(p: Path, rate: float, length: int, stats: dict):
         part = fr if name == "X.npy" else fr[fr.split == name[2:-4]]
         x = np.ascontiguousarray(X[part.row.to_numpy(), a:a + length].transpose(0, 2, 1), np.float32)
         p0 = int(round(float(meta["config"]["margin_us"]) * 1e-6 * rate))
-        w = np.asarray(X[part.row.to_numpy(), p0:p0 + int(round(SCREEN_S * rate))], np.float32)
-        sign = lambda w=w: (iq_signature(w[..., 0] + 1j * w[..., 1], rate), cfo_wrap(rate))
+        def sign(X=X, rows=part.row.to_numpy(), p0=p0):    # read only when the screen asks (not by enroll, every or track)
+            w = np.asarray(X[rows, p0:p0 + int(round(SCREEN_S * rate))], np.float32)
+            return iq_signature(w[..., 0] + 1j * w[..., 1], rate), cfo_wrap(rate)
         x /= np.sqrt(np.maximum((x.astype(np.float64) ** 2).sum(1).mean(1), 1e-30))[:, None, None].astype(np.float32)
         yield pd.DataFrame({"file": part.file.to_numpy(), "time_s": part.time_s.to_numpy(), "icao": part.icao.to_numpy(),
                             "msg": part.msg.to_numpy()}), (lambda rows=None, x=x: x if rows is None else x[rows]), sign
