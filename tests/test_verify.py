@@ -255,6 +255,14 @@ def test_verify_section_through_reproduce_at_the_smoke_profile(tmp_path, capsys,
     for m, rid in ltsei.rows.VERIFY_ROWS.items():
         folder = base / rid / "seed0"
         assert [(folder / f).stat().st_mtime_ns for f in ("verify_row.ipynb", "verification/summary.json")] == stamps[m]
+    import threading                                                                  # another process verifying it:
+    from ltsei.core.storage import lock_beside                                       # wait for its lock, then find it complete
+    from ltsei.orchestration.verify_runs import VerifyRun, run_verify_run
+    held = lock_beside(base / "s1_1_ce" / "seed0")
+    assert held.acquire(blocking=False)
+    threading.Timer(0.3, held.release).start()
+    v = run_verify_run(VerifyRun("CE", 0, base / "s1_1_ce" / "seed0"), "smoke", tmp_path)
+    assert (v.status, v.error) == ("shared", None) and v.seconds >= 0.25
     with pytest.raises(FileNotFoundError, match="ltsei reproduce --profile smoke --rows x2_balpoe"):
         verify_method(tmp_path / "elsewhere", "smoke", "BalPoE", 0)
 

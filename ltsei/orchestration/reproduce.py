@@ -229,7 +229,7 @@ def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
           f"complete (skipped), {sum(v.status == 'todo' for v in vrs)} to run"
           + (f"; {left_out} not verified (their rows' runs are not complete)" if left_out else ""), flush=True)
     run_verify_runs(vrs, a.profile, runs_dir)
-    return [(v.name, v.error) for v in vrs if v.status in ("failed", "busy")]
+    return [(v.name, v.error) for v in vrs if v.status == "failed"]
 
 # %% ../../nbs/28_reproduce.ipynb #bae572cd
 def reproduce_main(argv: list[str] | None = None) -> int:

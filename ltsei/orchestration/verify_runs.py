@@ -17,8 +17,8 @@ from .kernels import (KERNEL_ARGS, WarmKernels, kernel_env, kill_kernels, load_n
                                          tracked_kernel_manager)
 
 # %% auto #0
-__all__ = ['VERIFY_NOTEBOOK', 'VERIFY_WARM', 'VerifyRun', 'notebook_ran', 'plan_verify_runs', 'VerifyRunFailed',
-           'execute_verify_notebook', 'verify_outcome_line', 'run_verify_run', 'run_verify_runs']
+__all__ = ['VERIFY_NOTEBOOK', 'VERIFY_WARM', 'VerifyRun', 'notebook_ran', 'verify_run_complete', 'plan_verify_runs',
+           'VerifyRunFailed', 'execute_verify_notebook', 'verify_outcome_line', 'run_verify_run', 'run_verify_runs']
 
 # %% ../../nbs/25b_verify_runs.ipynb #0484575e
 VERIFY_NOTEBOOK = "verify_row.ipynb"     # nbs/verify_row.ipynb, and the name of its executed copy in the verification's folder
@@ -49,13 +49,18 @@ def notebook_ran(path) -> bool:
     return not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 # %% ../../nbs/25b_verify_runs.ipynb #ff4c8b61
+def verify_run_complete(v: VerifyRun, profile: str, runs_dir) -> bool:
+    "Whether `v`'s verification is done (`verification_done`) and its executed notebook ran (`notebook_ran`)."
+    from ltsei.instrument.verify_rows import verification_done
+    return verification_done(runs_dir, profile, v.method, v.seed) and notebook_ran(v.notebook)
+
 def plan_verify_runs(runs_dir, profile: str, pairs) -> list[VerifyRun]:
     "The `VerifyRun` of each (method, seed) of `pairs`, with its status ('complete', 'todo' or 'failed')."
-    from ltsei.instrument.verify_rows import verification_dir, verification_done
+    from ltsei.instrument.verify_rows import verification_dir
     out = []
     for method, seed in pairs:
         v = VerifyRun(method, seed, verification_dir(runs_dir, profile, method, seed))
-        try: v.status = "complete" if verification_done(runs_dir, profile, method, seed) and notebook_ran(v.notebook) else "todo"
+        try: v.status = "complete" if verify_run_complete(v, profile, runs_dir) else "todo"
         except Exception as e: v.status, v.error = "failed", f"{type(e).__name__}: {e}"
         out.append(v)
     return out
@@ -82,22 +87,26 @@ def execute_verify_notebook(v: VerifyRun, profile: str, runs_dir, nb=None, km=No
     return v.notebook
 
 # %% ../../nbs/25b_verify_runs.ipynb #57bb1811
-VERIFY_WARM = ("def _ltsei_warm():\n    import numpy, pandas, matplotlib.pyplot, IPython.display, ltsei.instrument.verify_rows\n"
+VERIFY_WARM = ("def _ltsei_warm():\n    import torch, numpy, pandas, matplotlib.figure, IPython.display, ltsei.instrument.verify_rows\n"
                "_ltsei_warm(); del _ltsei_warm\n")
 
 def verify_outcome_line(v: VerifyRun) -> str:
     "The line printed when a verification run ends."
     if v.status == "done": return f"done   {v.name} ({v.seconds or 0:.0f} s)"
-    return f"{'busy  ' if v.status == 'busy' else 'FAILED'} {v.name}: {v.error}"
+    if v.status == "shared": return f"shared {v.name}: completed by another process"
+    return f"FAILED {v.name}: {v.error}"
 
 # %% ../../nbs/25b_verify_runs.ipynb #382d0135
 def run_verify_run(v: VerifyRun, profile: str, runs_dir, nb=None, pool: WarmKernels | None = None) -> VerifyRun:
-    "Run `v` under its folder's lock (a kernel from `pool` if given); set its status, error and seconds. Never raises."
+    "Run `v` under its folder's lock (a kernel from `pool` if given); set its status, error and seconds. Raises only Ctrl-C."
     t0, lock = time.time(), lock_beside(v.out_dir)
     try:
         if not lock.acquire(blocking=False):
-            v.status, v.error = "busy", "another process is verifying it: run ltsei reproduce again to collect it"
-            if pool is not None and pool.left: pool.left -= 1          # no kernel is started for it
+            print(f"[reproduce] {v.name}: another process is verifying it; waiting for it", flush=True)
+            lock.acquire()
+        if verify_run_complete(v, profile, runs_dir):                  # made by the other process meanwhile
+            v.status, v.error = "shared", None
+            if pool is not None and pool.left: pool.left -= 1           # no kernel is started for it
         else:
             execute_verify_notebook(v, profile, runs_dir, nb=nb, km=pool.take() if pool is not None else None)
             v.status, v.error = "done", None
