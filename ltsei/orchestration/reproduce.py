@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=PROFILES,
                    help="paper: paper scale (GPU); quick: CPU scale; smoke: tiny, for tests (default: quick)")
     p.add_argument("--rows", default=None, type=rows_arg, help="comma-separated row ids, sections (4.5), parts (4), id globs (s4_*), "
-                   "'main' or 'all' (default: the rows the results folder was last asked for; else all)")
+                   "'main', 'compat', 'verify' (the four rows the verify section compares, then one nbs/verify_row.ipynb "
+                   "per method and seed) or 'all' (default: the rows the results folder was last asked for; else all)")
     p.add_argument("--seeds", type=int, default=None, metavar="K", help="run seeds 0..K-1 (default: the seeds the results "
                    "folder was last asked for, recorded in RUNS_DIR/PROFILE/request.json; else 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
