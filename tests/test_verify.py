@@ -255,6 +255,10 @@ def test_verify_section_through_reproduce_at_the_smoke_profile(tmp_path, capsys,
     for m, rid in ltsei.rows.VERIFY_ROWS.items():
         folder = base / rid / "seed0"
         assert [(folder / f).stat().st_mtime_ns for f in ("verify_row.ipynb", "verification/summary.json")] == stamps[m]
+    assert reproduce_main(argv + ["--dry-run", "--seeds", "2"]) == 0               # the plan: done ones, and those after their rows
+    out = capsys.readouterr().out
+    assert f"complete verify/s1_1_ce/seed0         {base / 's1_1_ce' / 'seed0'}" in out
+    assert "after    verify/s3_1_crt/seed1" in out and "<- after its row's run, s3_1_crt/seed1" in out
     import threading                                                                  # another process verifying it:
     from ltsei.core.storage import lock_beside                                       # wait for its lock, then find it complete
     from ltsei.orchestration.verify_runs import VerifyRun, run_verify_run
