@@ -201,43 +201,83 @@ def test_frames_track_embeds_only_what_the_tracks_need(scenario, tmp_path):
     assert set(pd.read_csv(tmp_path / "v" / "tracks.csv").icao) == set(v.icao)
 
 
-def test_verify_section_at_the_smoke_profile(tmp_path):
-    "The reproduce section (nbs/23d_verify_rows.ipynb) on stand-in runs of two rows: paired table, DET figure, reuse by key."
-    from ltsei.rows import ROWS_BY_ID
-    from ltsei.experiments.layout import run_dir
-    from ltsei.rows import VERIFY_ROWS
-    from ltsei.instrument.verify_rows import plot_verify_det, verify_section, verify_table
-    for k, m in enumerate(("CE", "cRT")):
-        run = _run_folder(run_dir(tmp_path, "smoke", ROWS_BY_ID[VERIFY_ROWS[m]], 0), k)
-        (run / "metrics.json").write_text("{}")
+def _stand_in_rows(runs: Path, seed: int = 0) -> None:
+    """The runs of the VERIFY_ROWS as complete stand-ins (a seeded smoke network, made-up metrics, the row's
+    row.json): `ltsei reproduce --rows verify` finds them complete and trains nothing."""
+    from ltsei.core.storage import atomic_write_json
+    from ltsei.experiments.demo import fake_metrics
+    from ltsei.experiments.layout import row_record, run_dir
+    from ltsei.rows import ROWS_BY_ID, VERIFY_ROWS
+    for k, rid in enumerate(VERIFY_ROWS.values()):
+        row = ROWS_BY_ID[rid]
+        run = _run_folder(run_dir(runs, "smoke", row, seed), k)
+        atomic_write_json(run / "row.json", row_record(row, seed, "smoke"))
+        atomic_write_json(run / "metrics.json", fake_metrics(row.run_args, seed))
         (run / "class_counts.json").write_text(json.dumps({"class_counts": [40, 30, 20, 10, 5, 3]}))
-    df = verify_section(tmp_path, "smoke", seeds=(0,), methods=("CE", "cRT"))
-    assert set(df.method) == {"CE", "cRT"} and set(df.level) == {"frame", "track"}
+
+
+def test_verify_section_through_reproduce_at_the_smoke_profile(tmp_path, capsys, monkeypatch):
+    """`ltsei reproduce --rows verify` on stand-in runs: one nbs/verify_row.ipynb executed by papermill per method (the
+    real verification: enroll, verify, score), kept beside its verification without an error; the report's long form,
+    paired table and DET figure; a second command skips every verification without a kernel. The section is narrowed
+    to CE and cRT (`--rows verify` selects and verifies these two): two kernels and verifications less, same paths."""
+    import nbformat
+    import ltsei.rows
+    from ltsei.orchestration.reproduce import reproduce_main
+    from ltsei.instrument.verify_rows import plot_verify_det, section_results, verify_method, verify_section, verify_table
+    monkeypatch.setattr(ltsei.rows, "VERIFY_ROWS", {"CE": "s1_1_ce", "cRT": "s3_1_crt"})
+    _stand_in_rows(tmp_path)
+    argv = ["--profile", "smoke", "--rows", "verify", "--runs-dir", str(tmp_path), "--no-report", "--jobs", "1"]
+    assert reproduce_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 runs; 2 complete (skipped), 0 to run" in out                          # the rows: nothing trained
+    assert "[reproduce] verify: 2 verifications (nbs/verify_row.ipynb each); 0 complete (skipped), 2 to run" in out
+    base, stamps = tmp_path / "smoke" / "verify", {}
+    for m, rid in ltsei.rows.VERIFY_ROWS.items():
+        folder = base / rid / "seed0"
+        assert f"done   verify/{rid}/seed0" in out
+        nb = nbformat.read(folder / "verify_row.ipynb", as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outs if o.output_type == "error"] and nb.metadata.papermill.end_time
+        assert sum("image/png" in o.get("data", {}) for o in outs) == 2           # the score distributions, the DET curve
+        assert any(f"{m} seed 0: track detection many" in o.get("text", "") for o in outs)
+        assert outs[-1]["text"].startswith(f"[ltsei] files: {folder}")
+        stamps[m] = [(folder / f).stat().st_mtime_ns for f in ("verify_row.ipynb", "verification/summary.json")]
+    df = section_results(tmp_path, "smoke")                                          # what the report reads
+    assert list(dict.fromkeys(df.method)) == ["CE", "cRT"] and set(df.level) == {"frame", "track"}
     t = verify_table(df)
     assert list(t.index) == ["CE", "cRT", "cRT − CE"] and "track few" in t.columns and "frame EER" in t.columns
-    from ltsei.instrument.verify_rows import section_results
-    assert section_results(tmp_path, "smoke").equals(df)                 # what the report reads: the same rows
-    summary = tmp_path / "smoke" / "verify" / "s1_1_ce" / "seed0" / "verification" / "summary.json"
-    stamp = summary.stat().st_mtime_ns
     assert verify_section(tmp_path, "smoke", seeds=(0,), methods=("CE",)).equals(df[df.method == "CE"].reset_index(drop=True))
-    assert summary.stat().st_mtime_ns == stamp                       # reused: the key (run, scenario, settings) is unchanged
     plot_verify_det(tmp_path, "smoke", seeds=(0,), methods=("CE", "cRT"), path=tmp_path / "det.png")
     assert (tmp_path / "det.png").stat().st_size > 1000
+    assert reproduce_main(argv) == 0                                                 # again: every verification skipped
+    assert "[reproduce] verify: 2 verifications (nbs/verify_row.ipynb each); 2 complete (skipped), 0 to run" in capsys.readouterr().out
+    for m, rid in ltsei.rows.VERIFY_ROWS.items():
+        folder = base / rid / "seed0"
+        assert [(folder / f).stat().st_mtime_ns for f in ("verify_row.ipynb", "verification/summary.json")] == stamps[m]
+    assert reproduce_main(argv + ["--dry-run", "--seeds", "2"]) == 0               # the plan: done ones, and those after their rows
+    out = capsys.readouterr().out
+    assert f"complete verify/s1_1_ce/seed0         {base / 's1_1_ce' / 'seed0'}" in out
+    assert "after    verify/s3_1_crt/seed1" in out and "<- after its row's run, s3_1_crt/seed1" in out
+    import threading                                                                  # another process verifying it:
+    from ltsei.core.storage import lock_beside                                       # wait for its lock, then find it complete
+    from ltsei.orchestration.verify_runs import VerifyRun, run_verify_run
+    held = lock_beside(base / "s1_1_ce" / "seed0")
+    assert held.acquire(blocking=False)
+    threading.Timer(0.3, held.release).start()
+    v = run_verify_run(VerifyRun("CE", 0, base / "s1_1_ce" / "seed0"), "smoke", tmp_path)
+    assert (v.status, v.error) == ("shared", None) and v.seconds >= 0.25
     with pytest.raises(FileNotFoundError, match="ltsei reproduce --profile smoke --rows x2_balpoe"):
-        verify_section(tmp_path, "smoke", seeds=(0,), methods=("BalPoE",))
+        verify_method(tmp_path / "elsewhere", "smoke", "BalPoE", 0)
 
 
-def test_reproduce_verifies_the_rows_the_launcher_ran_or_found_complete(tmp_path, monkeypatch):
+def test_reproduce_verifies_the_rows_the_launcher_ran_or_found_complete():
     "`ltsei reproduce --rows verify`: after the launcher, runs 'done', 'skipped' (complete before) and 'shared' are verified; failed ones are not."
     from types import SimpleNamespace as NS
-    import ltsei.instrument.verify_rows as vr
-    from ltsei.orchestration.reproduce import verify_rows_asked
+    from ltsei.orchestration.reproduce import verify_pairs
     from ltsei.rows import ROWS_BY_ID, VERIFY_ROWS
-    calls = []
-    monkeypatch.setattr(vr, "verify_section", lambda runs_dir, profile, seeds, methods: calls.append((list(seeds), methods)))
     status = dict(zip(VERIFY_ROWS.values(), ("done", "skipped", "shared", "failed")))
-    rrs = [NS(row=ROWS_BY_ID[r], seed=0, status=s) for r, s in status.items()]
-    a = NS(demo=False, rows="verify", seeds=1, profile="smoke")
-    assert verify_rows_asked(a, tmp_path, rrs) == []
-    assert calls == [([0], list(VERIFY_ROWS)[:3])]
-    assert verify_rows_asked(NS(demo=False, rows="s1_1_ce", seeds=1, profile="smoke"), tmp_path, rrs) == [] and len(calls) == 1
+    rrs = [NS(row=ROWS_BY_ID[r], seed=k, status=s) for r, s in status.items() for k in (0, 1)]
+    assert verify_pairs(NS(demo=False, rows="verify", seeds=2, profile="smoke"), rrs) == \
+        [("CE", 0), ("cRT", 0), ("MoE-LTSEI", 0), ("CE", 1), ("cRT", 1), ("MoE-LTSEI", 1)]
+    assert verify_pairs(NS(demo=False, rows="s1_1_ce", seeds=1, profile="smoke"), rrs) == []

@@ -17,8 +17,9 @@ from .verify import join_truth
 from .verify_cli import enroll, verify
 
 # %% auto #0
-__all__ = ['VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'VerifySection', 'section_scenario', 'trained_run', 'run_key',
-           'ensure_scenario', 'verify_method', 'section_rows', 'verify_section', 'section_results', 'verify_table',
+__all__ = ['VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'KINDS', 'VerifySection', 'section_scenario', 'trained_run', 'run_key',
+           'ensure_scenario', 'verification_dir', 'verification_key', 'verification_done', 'verify_method',
+           'section_rows', 'verify_section', 'section_results', 'verify_summary', 'plot_verify_scores', 'verify_table',
            'det_points', 'plot_verify_det']
 
 # %% ../../nbs/23d_verify_rows.ipynb #952d93b1
@@ -84,18 +85,35 @@ def ensure_scenario(folder: Path, c: ScenarioConfig, run: Path) -> Path:
         drop_temp(stage)
     return folder
 
+# %% ../../nbs/23d_verify_rows.ipynb #e3a77101
+def verification_dir(runs_dir, profile: str, method: str, seed: int) -> Path:
+    "The folder of `method`'s verification of `seed`: `<runs>/<profile>/verify/<row>/seed<k>/`."
+    if method not in VERIFY_ROWS: raise ValueError(f"method {method!r}: expected one of {', '.join(VERIFY_ROWS)}")
+    return resolve_runs_dir(runs_dir) / profile / VERIFY_DIR / VERIFY_ROWS[method] / f"seed{seed}"
+
+def verification_key(runs_dir, profile: str, method: str, seed: int) -> dict:
+    "What the verification depends on (FileNotFoundError, naming the command, when the run is not there)."
+    c = section_scenario(profile, seed)
+    run = trained_run(resolve_runs_dir(runs_dir), profile, method, seed)
+    return {"run": run_key(run), "scenario": asdict(c), "section": asdict(SECTION_BY_PROFILE[profile])}
+
+# %% ../../nbs/23d_verify_rows.ipynb #acd47ac9
+def verification_done(runs_dir, profile: str, method: str, seed: int, key: dict | None = None) -> bool:
+    "Whether the verification is there (`summary.json`) and made from what `key` (default: `verification_key`) says."
+    out = verification_dir(runs_dir, profile, method, seed)
+    key = verification_key(runs_dir, profile, method, seed) if key is None else key
+    try: return (out / "verification" / "summary.json").is_file() and json.loads((out / "key.json").read_text()) == key
+    except (OSError, ValueError): return False
+
 # %% ../../nbs/23d_verify_rows.ipynb #2c375a4c
 def verify_method(runs_dir, profile: str, method: str, seed: int) -> dict:
     "The evaluation (ltsei verify's summary.json) of `method`'s run of `seed` on the section's scenario."
     runs_dir = resolve_runs_dir(runs_dir)
-    v, c, run = SECTION_BY_PROFILE[profile], section_scenario(profile, seed), trained_run(runs_dir, profile, method, seed)
-    base = Path(runs_dir) / profile / VERIFY_DIR
-    out = base / VERIFY_ROWS[method] / f"seed{seed}"
-    key = {"run": run_key(run), "scenario": asdict(c), "section": asdict(v)}
+    key, out = verification_key(runs_dir, profile, method, seed), verification_dir(runs_dir, profile, method, seed)
     done = out / "verification" / "summary.json"
-    if done.is_file() and (out / "key.json").is_file() and json.loads((out / "key.json").read_text()) == key:
-        return json.loads(done.read_text())
-    scen = ensure_scenario(base / f"scenario_seed{seed}", c, run)
+    if verification_done(runs_dir, profile, method, seed, key): return json.loads(done.read_text())
+    v, c, run = SECTION_BY_PROFILE[profile], section_scenario(profile, seed), trained_run(runs_dir, profile, method, seed)
+    scen = ensure_scenario(out.parents[1] / f"scenario_seed{seed}", c, run)
     rate = json.loads((scen / "scenario.json").read_text())["sample_rate"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "key.json").unlink(missing_ok=True)
@@ -128,6 +146,30 @@ def section_results(runs_dir=None, profile: str = "quick") -> pd.DataFrame:
             e = json.loads(p.read_text()).get("evaluation")
             if e and (p.parents[1] / "key.json").is_file(): rows += section_rows(m, int(p.parts[-3][4:]), e)
     return pd.DataFrame(rows)
+
+# %% ../../nbs/23d_verify_rows.ipynb #b157c6ee
+def verify_summary(evaluation: dict) -> pd.DataFrame:
+    "One verification's evaluation (summary.json's): per level and shot group, the rates in % and the counts."
+    df = pd.DataFrame(section_rows("", 0, evaluation)).drop(columns=["method", "seed"]).set_index(["level", "group"])
+    for k in ("detection", "false_alarm", "eer"): df[k] = (pd.to_numeric(df[k], errors="coerce") * 100).round(1)
+    return df.rename(columns={"detection": "detection %", "false_alarm": "false alarm %", "eer": "EER %"})
+
+# %% ../../nbs/23d_verify_rows.ipynb #a59befc0
+KINDS = ("genuine", "impersonation", "replay")
+def plot_verify_scores(runs_dir, profile: str, method: str, seed: int, path=None):
+    "The claimed scores of one verification's test frames, by what sent them (the truth's kind); saved to `path` when given."
+    from matplotlib.figure import Figure
+    out = verification_dir(runs_dir, profile, method, seed)
+    rd = lambda p: pd.read_csv(p, dtype={"icao": str, "nearest": str})
+    j = join_truth(rd(out / "verification" / "verdicts.csv"), rd(out.parents[1] / f"scenario_seed{seed}" / "truth.csv"))
+    fig = Figure(figsize=(5.2, 3.4), dpi=110); ax = fig.add_subplot(1, 1, 1)
+    z = {k: np.log(np.maximum(j.score[j.kind == k].dropna().to_numpy(float), 1e-9)) for k in KINDS}
+    bins = np.histogram_bin_edges(np.concatenate([v for v in z.values()] + [np.zeros(1)]), 40)
+    for k, v in z.items(): ax.hist(v, bins, histtype="stepfilled", alpha=0.5, label=f"{k} ({len(v)} frames)")
+    ax.set_xlabel("log z (distance to the claimed template, in its spreads)"); ax.set_ylabel("frames")
+    ax.set_title(f"{method}, seed {seed}, {profile}"); ax.legend(fontsize=7); fig.tight_layout()
+    if path is not None: fig.savefig(path)
+    return fig
 
 # %% ../../nbs/23d_verify_rows.ipynb #4ec17004
 def _cells(df: pd.DataFrame) -> pd.DataFrame:

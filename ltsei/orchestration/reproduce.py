@@ -27,7 +27,8 @@ from . import local_launcher, ray_launcher, slurm_launcher   # every launcher re
 
 # %% auto #0
 __all__ = ['REQUEST', 'read_request', 'resolve_request', 'RunsDirError', 'check_runs_dir', 'render_report',
-           'build_tables_and_report', 'rows_arg', 'row_executor', 'say_estimate', 'verify_rows_asked', 'reproduce_main']
+           'build_tables_and_report', 'rows_arg', 'row_executor', 'say_estimate', 'verify_asked', 'verify_pairs',
+           'verify_rows_asked', 'reproduce_main']
 
 # %% ../../nbs/28_reproduce.ipynb #c994121b
 REQUEST = "request.json"     # RUNS_DIR/PROFILE/request.json: the rows and seeds the results folder was asked for
@@ -129,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=PROFILES,
                    help="paper: paper scale (GPU); quick: CPU scale; smoke: tiny, for tests (default: quick)")
     p.add_argument("--rows", default=None, type=rows_arg, help="comma-separated row ids, sections (4.5), parts (4), id globs (s4_*), "
-                   "'main' or 'all' (default: the rows the results folder was last asked for; else all)")
+                   "'main', 'compat', 'verify' (the four rows the verify section compares, then one nbs/verify_row.ipynb "
+                   "per method and seed) or 'all' (default: the rows the results folder was last asked for; else all)")
     p.add_argument("--seeds", type=int, default=None, metavar="K", help="run seeds 0..K-1 (default: the seeds the results "
                    "folder was last asked for, recorded in RUNS_DIR/PROFILE/request.json; else 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -205,22 +207,51 @@ def _print_dry_run(rrs: list[RowRun], a, runs_dir: Path) -> int:
         print(f"  {t.status:8s} {t.name:28s} {t.out_dir}" + (f"  <- {t.error}" if t.error else ""))
         if t.todo or t.status == "failed":
             print(f"           python main.py {' '.join(shlex.quote(o) for o in row_run_overrides(t, a.profile, runs_dir))}")
+    _print_verify_dry_run(a, runs_dir, rrs)
     print(f"[reproduce] dry run: nothing written; the files would go to {runs_dir / a.profile}")
     return 1 if any(t.status == "failed" for t in rrs) else 0
 
 # %% ../../nbs/28_reproduce.ipynb #vrfy0002
-def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
-    "After the rows (statuses as the launchers leave them): when `--rows` names `verify`, verify the complete runs of `VERIFY_ROWS` at each seed; failures as (name, error)."
-    if a.demo or "verify" not in [t.strip() for t in (a.rows or "").split(",")]: return []
+def verify_asked(a) -> bool:
+    "Whether `--rows` names `verify` (and not `--demo`: made-up runs have no network to verify)."
+    return not a.demo and "verify" in [t.strip() for t in (a.rows or "").split(",")]
+
+def verify_pairs(a, rrs) -> list[tuple[str, int]]:
+    "When `verify_asked`: the (method, seed) pairs of `VERIFY_ROWS` whose runs are complete, seed-major."
+    if not verify_asked(a): return []
     from ltsei.rows import VERIFY_ROWS
-    from ltsei.instrument.verify_rows import verify_section
     done = {(t.row.id, t.seed) for t in rrs if t.status in ("done", "skipped", "shared")}   # run now, complete before, or by another process
-    out = []
+    return [(m, seed) for seed in range(a.seeds) for m, r in VERIFY_ROWS.items() if (r, seed) in done]
+
+# %% ../../nbs/28_reproduce.ipynb #ee693b17
+def verify_rows_asked(a, runs_dir: Path, rrs) -> list[tuple[str, str]]:
+    "After the rows (statuses as the launchers leave them): the notebook of each `verify_pairs` pair not yet complete; failures as (name, error)."
+    from ltsei.rows import VERIFY_ROWS
+    if not (pairs := verify_pairs(a, rrs)): return []
+    from ltsei.orchestration.verify_runs import plan_verify_runs, run_verify_runs
+    vrs = plan_verify_runs(runs_dir, a.profile, pairs)
+    left_out = len(VERIFY_ROWS) * a.seeds - len(pairs)
+    print(f"[reproduce] verify: {len(vrs)} verifications (nbs/verify_row.ipynb each); {sum(v.status == 'complete' for v in vrs)} "
+          f"complete (skipped), {sum(v.status == 'todo' for v in vrs)} to run"
+          + (f"; {left_out} not verified (their rows' runs are not complete)" if left_out else ""), flush=True)
+    run_verify_runs(vrs, a.profile, runs_dir)
+    return [(v.name, v.error) for v in vrs if v.status == "failed"]
+
+# %% ../../nbs/28_reproduce.ipynb #97cac44d
+def _print_verify_dry_run(a, runs_dir: Path, rrs) -> None:
+    from ltsei.rows import VERIFY_ROWS
+    from ltsei.orchestration.verify_runs import VerifyRun, plan_verify_runs
+    from ltsei.instrument.verify_rows import verification_dir
+    if not verify_asked(a): return
+    complete = {(t.row.id, t.seed) for t in rrs if t.status == "complete"}
     for seed in range(a.seeds):
-        methods = [m for m, r in VERIFY_ROWS.items() if (r, seed) in done]
-        try: verify_section(runs_dir, a.profile, [seed], methods)
-        except Exception as e: out.append((f"verify/seed{seed}", f"{type(e).__name__}: {e}"))
-    return out
+        for m, rid in VERIFY_ROWS.items():
+            v = (plan_verify_runs(runs_dir, a.profile, [(m, seed)])[0] if (rid, seed) in complete
+                 else VerifyRun(m, seed, verification_dir(runs_dir, a.profile, m, seed), "after", f"after its row's run, {rid}/seed{seed}"))
+            print(f"  {v.status:8s} {v.name:28s} {v.out_dir}" + (f"  <- {v.error}" if v.error else ""))
+            if v.status == "todo":
+                print(f"           papermill nbs/verify_row.ipynb {shlex.quote(str(v.notebook))} -p method {shlex.quote(m)} "
+                      f"-p seed {seed} -p profile {a.profile} -p runs_dir {shlex.quote(str(runs_dir))}")
 
 # %% ../../nbs/28_reproduce.ipynb #bae572cd
 def reproduce_main(argv: list[str] | None = None) -> int:
@@ -238,7 +269,10 @@ def reproduce_main(argv: list[str] | None = None) -> int:
               "next time (complete ones are kept)", file=sys.stderr)
         return 130
     failures = [(t.name, t.error) for t in rrs if t.status == "failed"]
-    failures += verify_rows_asked(a, runs_dir, rrs)
+    try: failures += verify_rows_asked(a, runs_dir, rrs)
+    except KeyboardInterrupt:
+        print("\n[reproduce] interrupted while verifying; complete verifications are kept, the others run next time", file=sys.stderr)
+        return 130
     try: failures += build_tables_and_report(runs_dir, a.profile, a.no_report)
     except KeyboardInterrupt:
         print("\n[reproduce] interrupted while building the tables / report; the previous ones are kept", file=sys.stderr)
