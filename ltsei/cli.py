@@ -12,8 +12,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError)
 # %% auto #0
 __all__ = ['USER_ERRORS', 'HYDRA_FOLDERS', 'RUN_KEYS', 'COMMANDS', 'VERIFY_COMMANDS', 'interrupted_chain', 'split_hydra_args',
            'sweep_jobs', 'check_hydra_overrides', 'hydra_run_dir', 'expand_synth_preset', 'synth_preset_flags',
-           'root_overrides', 'row_of', 'run_header', 'sweep_summary', 'guide_help', 'job_config', 'guide_main', 'main',
-           'verify_command']
+           'root_overrides', 'row_of', 'run_header', 'sweep_summary', 'guide_help', 'job_config', 'guide_main',
+           'single_run', 'hydra_run', 'checked_jobs', 'job_task', 'main', 'verify_command']
 
 # %% ../nbs/29_cli.ipynb #edcdc70a
 def _fail(e: BaseException) -> int:
@@ -256,42 +256,51 @@ def guide_main(argv: list[str] | None = None) -> int:
     try: return _guide_main(argv)
     except KeyboardInterrupt: return _interrupted()
 
-# %% ../nbs/29_cli.ipynb #fbdce36e
-def _guide_main(argv: list[str]) -> int:
-    from ltsei.experiments.estimate import confirm_run, take_yes
-    argv, yes = take_yes(argv)   # --yes: a paper-scale run on a CPU starts without asking (Hydra would refuse the flag)
+# %% ../nbs/29_cli.ipynb #64732bd4
+def single_run(args) -> bool:
+    "Whether `python main.py` with Hydra's flags `args` is one run that ltsei hands to Hydra's `run_job` itself."
+    return not (args.multirun or args.cfg or args.hydra_help or args.shell_completion or args.info is not None
+                or args.config_path or args.config_name or args.config_dir or args.experimental_rerun)
+
+# %% ../nbs/29_cli.ipynb #381ab44c
+def hydra_run(full, task) -> None:
+    """Run `task` as Hydra's run mode does (`Hydra.run`: the run folder, `.hydra/`, the job's logging), on `full`, a
+    composition with Hydra's node (`compose_with_hydra`); a job's error is raised as Hydra raises it."""
+    from hydra import initialize
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+    from ltsei.experiments.config import HYDRA_JOB
+    GlobalHydra.instance().clear()
+    with initialize(version_base="1.3", config_path=None, job_name=HYDRA_JOB):
+        ctx = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(full))
+        ret = run_job(task_function=task, config=full, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                      hydra_context=ctx, configure_logging=True)
+    ret.return_value   # noqa: B018  (raises the job's exception, as Hydra.run does)
+
+# %% ../nbs/29_cli.ipynb #18e8f3e7
+def checked_jobs(args, single: bool):
+    "(jobs, their configs, Hydra's composition of a single run or None), every check made; a `USER_ERRORS` error otherwise."
     from ltsei.core.cache import check_run_dir
     from ltsei.core.storage import check_writable, resolve_runs_dir
-    from ltsei.experiments.config import check_machine, compose_config, register_configs, print_config
-    try: argv = expand_synth_preset(argv)
-    except USER_ERRORS as e: return _fail(e)
-    args = split_hydra_args(argv)
-    if args.help:
-        print(guide_help()); return 0
-    if args.hydra_help or args.shell_completion or args.info is not None: jobs = []   # Hydra answers
-    else:
-        argv = [*argv, *root_overrides(args.overrides)]        # caches under the one results root (LTSEI_RUNS)
-        try:
-            jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
-            jobs = [[*ov, *root_overrides(ov)] for ov in jobs]
-            cfgs = [compose_config(ov) for ov in jobs]         # every check, before any work or any folder
-            for c in cfgs: check_machine(c)
-            check_hydra_overrides(args.overrides)   # Hydra's own settings (hydra.*): their errors as one line too
-            run_dir = None if args.multirun else hydra_run_dir(args.overrides, cfgs[0])
-            if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")
-            if not args.multirun and args.cfg is None: check_writable(run_dir or str(resolve_runs_dir(None)))   # a full disk: one line, before Hydra writes
-        except USER_ERRORS as e: return _fail(e)
-        if args.cfg == "job" and not args.multirun and args.package is None:
-            print(print_config(cfgs[0]), end="")
-            return 0
-        if args.cfg is None and not confirm_run(args.overrides, cfgs[0], len(jobs), yes): return 1   # asks before paper scale on a CPU
-    register_configs()
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    status, done = {"rc": 0}, []
+    from ltsei.experiments.config import check_machine, compose_config, compose_with_hydra
+    jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+    jobs = [[*ov, *root_overrides(ov)] for ov in jobs]        # caches under the one results root (LTSEI_RUNS)
+    check_hydra_overrides(args.overrides)                    # Hydra's own settings (hydra.*): their errors as one line too
+    if single: cfg, full = compose_with_hydra(jobs[0]); cfgs = [cfg]
+    else: cfgs, full = [compose_config(ov) for ov in jobs], None
+    for c in cfgs: check_machine(c)
+    run_dir = None if args.multirun else hydra_run_dir(args.overrides, cfgs[0])
+    if run_dir: check_run_dir(run_dir, hint="choose a new or empty hydra.run.dir")
+    if not args.multirun and args.cfg is None: check_writable(run_dir or str(resolve_runs_dir(None)))   # a full disk: one line, before Hydra writes
+    return jobs, cfgs, full
 
-    @hydra.main(version_base="1.3", config_path=None, config_name="config")
-    def _task(cfg):
+# %% ../nbs/29_cli.ipynb #ba63fa69
+def job_task(args, jobs, cfgs, status: dict, done: list):
+    "The task Hydra runs for each job: the config composed and checked for it, run into Hydra's output folder."
+    from hydra.core.hydra_config import HydraConfig
+    def task(_cfg):
         try:
             cfg = job_config(jobs, cfgs, HydraConfig.get().overrides.task) if args.multirun else cfgs[0]   # composed and checked above
             out = HydraConfig.get().runtime.output_dir
@@ -305,13 +314,45 @@ def _guide_main(argv: list[str]) -> int:
         except Exception as e:            # Hydra would print it and exit 1: a Ctrl-C inside an import is still a Ctrl-C
             if interrupted_chain(e): raise KeyboardInterrupt from None
             raise
+    return task
 
-    old = sys.argv
-    sys.argv = [old[0] if old else "main.py"] + argv
-    try: _task()
-    finally: sys.argv = old
+# %% ../nbs/29_cli.ipynb #c323bbb0
+def _guide_main(argv: list[str]) -> int:
+    from ltsei.experiments.estimate import confirm_run, take_yes
+    from ltsei.experiments.config import print_config
+    argv, yes = take_yes(argv)   # --yes: a paper-scale run on a CPU starts without asking (Hydra would refuse the flag)
+    try: argv = expand_synth_preset(argv)
+    except USER_ERRORS as e: return _fail(e)
+    args = split_hydra_args(argv)
+    if args.help:
+        print(guide_help()); return 0
+    single, jobs, cfgs, full = single_run(args), [], [], None
+    if not (args.hydra_help or args.shell_completion or args.info is not None):   # else Hydra answers
+        argv = [*argv, *root_overrides(args.overrides)]
+        try: jobs, cfgs, full = checked_jobs(args, single)
+        except USER_ERRORS as e: return _fail(e)
+        if args.cfg == "job" and not args.multirun and args.package is None:
+            print(print_config(cfgs[0]), end="")
+            return 0
+        if args.cfg is None and not confirm_run(args.overrides, cfgs[0], len(jobs), yes): return 1   # asks before paper scale on a CPU
+    status, done = {"rc": 0}, []
+    task = job_task(args, jobs, cfgs, status, done)
+    if single: hydra_run(full, task)
+    else: _hydra_main(task, argv)
     if args.multirun and done and args.cfg is None: print(sweep_summary(jobs, done))
     return status["rc"]
+
+# %% ../nbs/29_cli.ipynb #0eed98a0
+def _hydra_main(task, argv: list[str]) -> None:
+    "`task` run by `@hydra.main` on the command line `argv` (sweeps, `--cfg`, Hydra's own flags)."
+    import hydra
+    from ltsei.experiments.config import register_configs
+    register_configs()
+    main = hydra.main(version_base="1.3", config_path=None, config_name="config")(task)
+    old = sys.argv
+    sys.argv = [old[0] if old else "main.py"] + argv
+    try: main()
+    finally: sys.argv = old
 
 # %% ../nbs/29_cli.ipynb #086db369
 COMMANDS = {"run": "train and evaluate one config (same as python main.py)",

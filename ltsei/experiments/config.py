@@ -27,12 +27,12 @@ from ..learn.openset import OpenSetConfig
 
 # %% auto #0
 __all__ = ['EARLIER_MOE_LTSEI', 'EPOCH_SCALES', 'BATCH_SIZES', 'STAGE2_BATCH_SIZES', 'PROFILES', 'COMPAT_MODES', 'SEED_PATIENCE',
-           'RUN_DIR', 'SWEEP_DIR', 'HYDRA_NAMES', 'EPOCH_KEYS', 'STAGE1_SECTIONS', 'STAGE1_IGNORE', 'ConfigError',
-           'Stage1Config', 'ScaleConfig', 'EvaluationConfig', 'Config', 'profile_node', 'compat_node', 'compat_notes',
-           'apply_compat', 'seed_patience', 'register_configs', 'config_template', 'all_keys', 'check_overrides',
-           'check_num_classes', 'check_hydra_names', 'validate', 'scale_epochs', 'stage2_on_cached_features',
-           'finalize', 'compose_config', 'one_line', 'check_machine', 'print_config', 'data_identity', 'numerics',
-           'stage1_settings', 'stage1_key', 'stage2_key']
+           'RUN_DIR', 'SWEEP_DIR', 'HYDRA_NAMES', 'EPOCH_KEYS', 'HYDRA_JOB', 'STAGE1_SECTIONS', 'STAGE1_IGNORE',
+           'ConfigError', 'Stage1Config', 'ScaleConfig', 'EvaluationConfig', 'Config', 'profile_node', 'compat_node',
+           'compat_notes', 'apply_compat', 'seed_patience', 'register_configs', 'config_template', 'all_keys',
+           'check_overrides', 'check_num_classes', 'check_hydra_names', 'validate', 'scale_epochs',
+           'stage2_on_cached_features', 'finalize', 'compose_config', 'compose_with_hydra', 'one_line', 'check_machine',
+           'print_config', 'data_identity', 'numerics', 'stage1_settings', 'stage1_key', 'stage2_key']
 
 # %% ../../nbs/16_config.ipynb #9b1b6f2b
 class ConfigError(ValueError):
@@ -430,22 +430,36 @@ def finalize(cfg) -> DictConfig:
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
+# %% ../../nbs/16_config.ipynb #9ab88c13
+HYDRA_JOB = "cli"     # the run folder's log file: cli.log
+
 # %% ../../nbs/16_config.ipynb #0bd73182
-def compose_config(overrides: list[str] = ()) -> DictConfig:
-    "The finalized config for `python main.py *overrides` (checked first, then composed by Hydra)."
+def _composed(overrides, hydra_node: bool = False) -> DictConfig:
+    """Hydra's composition of `overrides`, checked first: without Hydra's own node (its `hydra.*` overrides left out), or
+    with it (its overrides applied: the run folder, logging, the overrides as Hydra records them)."""
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
     check_hydra_names(overrides)
-    overrides = [o for o in overrides if not o.startswith("hydra.")]
-    check_overrides(overrides)
+    own = [o for o in overrides if not o.startswith("hydra.")]
+    check_overrides(own)
     register_configs()
     GlobalHydra.instance().clear()
     try:
-        with initialize(version_base="1.3", config_path=None):
-            cfg = compose(config_name="config", overrides=list(overrides))
+        with initialize(version_base="1.3", config_path=None, job_name=HYDRA_JOB):
+            return compose(config_name="config", overrides=list(overrides if hydra_node else own), return_hydra_config=hydra_node)
     except Exception as e:          # Hydra's own errors (an override it cannot apply): one line
-        raise ConfigError(f"could not compose the config from {list(overrides)}: {one_line(e)}") from None
-    return finalize(cfg)
+        raise ConfigError(f"could not compose the config from {list(own)}: {one_line(e)}") from None
+
+# %% ../../nbs/16_config.ipynb #8d680158
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    "The finalized config for `python main.py *overrides` (checked first, then composed by Hydra)."
+    return finalize(_composed(overrides))
+
+# %% ../../nbs/16_config.ipynb #c827fe91
+def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+    "(the finalized config, Hydra's whole composition with its `hydra` node) of `python main.py *overrides`, composed once."
+    full = _composed([*overrides, "hydra.mode=RUN"], hydra_node=True)   # the mode Hydra records for a run
+    return finalize(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])), full
 
 # %% ../../nbs/16_config.ipynb #a3400c77
 def one_line(e: BaseException) -> str:
