@@ -256,13 +256,13 @@ def guide_main(argv: list[str] | None = None) -> int:
     try: return _guide_main(argv)
     except KeyboardInterrupt: return _interrupted()
 
-# %% ../nbs/29_cli.ipynb #64732bd4
+# %% ../nbs/29_cli.ipynb #cfee468c
 def single_run(args) -> bool:
     "Whether `python main.py` with Hydra's flags `args` is one run that ltsei hands to Hydra's `run_job` itself."
     return not (args.multirun or args.cfg or args.hydra_help or args.shell_completion or args.info is not None
                 or args.config_path or args.config_name or args.config_dir or args.experimental_rerun)
 
-# %% ../nbs/29_cli.ipynb #381ab44c
+# %% ../nbs/29_cli.ipynb #9a36fb87
 def hydra_run(full, task) -> None:
     """Run `task` as Hydra's run mode does (`Hydra.run`: the run folder, `.hydra/`, the job's logging), on `full`, a
     composition with Hydra's node (`compose_with_hydra`); a job's error is raised as Hydra raises it."""
@@ -279,7 +279,7 @@ def hydra_run(full, task) -> None:
                       hydra_context=ctx, configure_logging=True)
     ret.return_value   # noqa: B018  (raises the job's exception, as Hydra.run does)
 
-# %% ../nbs/29_cli.ipynb #18e8f3e7
+# %% ../nbs/29_cli.ipynb #b80d041d
 def checked_jobs(args, single: bool):
     "(jobs, their configs, Hydra's composition of a single run or None), every check made; a `USER_ERRORS` error otherwise."
     from ltsei.core.cache import check_run_dir
@@ -296,7 +296,7 @@ def checked_jobs(args, single: bool):
     if not args.multirun and args.cfg is None: check_writable(run_dir or str(resolve_runs_dir(None)))   # a full disk: one line, before Hydra writes
     return jobs, cfgs, full
 
-# %% ../nbs/29_cli.ipynb #ba63fa69
+# %% ../nbs/29_cli.ipynb #ce400989
 def job_task(args, jobs, cfgs, status: dict, done: list):
     "The task Hydra runs for each job: the config composed and checked for it, run into Hydra's output folder."
     from hydra.core.hydra_config import HydraConfig
@@ -316,7 +316,7 @@ def job_task(args, jobs, cfgs, status: dict, done: list):
             raise
     return task
 
-# %% ../nbs/29_cli.ipynb #c323bbb0
+# %% ../nbs/29_cli.ipynb #3df45803
 def _guide_main(argv: list[str]) -> int:
     from ltsei.experiments.estimate import confirm_run, take_yes
     from ltsei.experiments.config import print_config
@@ -342,7 +342,7 @@ def _guide_main(argv: list[str]) -> int:
     if args.multirun and done and args.cfg is None: print(sweep_summary(jobs, done))
     return status["rc"]
 
-# %% ../nbs/29_cli.ipynb #0eed98a0
+# %% ../nbs/29_cli.ipynb #9e657285
 def _hydra_main(task, argv: list[str]) -> None:
     "`task` run by `@hydra.main` on the command line `argv` (sweeps, `--cfg`, Hydra's own flags)."
     import hydra

@@ -28,6 +28,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   "$venv/bin/python" -m pip install -q --no-compile -r "${reqs[0]}" -r "${reqs[1]}"   # one resolution for both files
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"
+  # rfc3987-syntax (jsonschema's format-nongpl extra, which jupyter-events asks for) builds a Lark grammar when jsonschema
+  # is imported: 1.4 CPU s in every process that loads nbformat or Ray (papermill, each `ltsei reproduce` driver, each Ray
+  # worker, each pytest worker). Only jsonschema's "iri" format checks use it, and nothing here validates IRIs; JupyterLab
+  # and `pip check` are content without it. Removed; `pip install rfc3987-syntax` puts it back.
+  "$venv/bin/python" -m pip uninstall -y -q rfc3987-syntax >/dev/null 2>&1 || true
   # pip byte-compiles what it installs on one core; compiled here on all cores instead (a file that does not compile
   # is skipped, as pip skips it). Where PYTHONDONTWRITEBYTECODE is set (as on the project's machines) nothing is cached
   # later, so every process would compile what it imports. Left out: test suites and packages or parts no ltsei process

@@ -430,7 +430,7 @@ def finalize(cfg) -> DictConfig:
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
-# %% ../../nbs/16_config.ipynb #9ab88c13
+# %% ../../nbs/16_config.ipynb #5b0c2729
 HYDRA_JOB = "cli"     # the run folder's log file: cli.log
 
 # %% ../../nbs/16_config.ipynb #0bd73182
@@ -450,12 +450,12 @@ def _composed(overrides, hydra_node: bool = False) -> DictConfig:
     except Exception as e:          # Hydra's own errors (an override it cannot apply): one line
         raise ConfigError(f"could not compose the config from {list(own)}: {one_line(e)}") from None
 
-# %% ../../nbs/16_config.ipynb #8d680158
+# %% ../../nbs/16_config.ipynb #a3993b6a
 def compose_config(overrides: list[str] = ()) -> DictConfig:
     "The finalized config for `python main.py *overrides` (checked first, then composed by Hydra)."
     return finalize(_composed(overrides))
 
-# %% ../../nbs/16_config.ipynb #c827fe91
+# %% ../../nbs/16_config.ipynb #ffb5b795
 def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
     "(the finalized config, Hydra's whole composition with its `hydra` node) of `python main.py *overrides`, composed once."
     full = _composed([*overrides, "hydra.mode=RUN"], hydra_node=True)   # the mode Hydra records for a run
