@@ -46,6 +46,15 @@ def test_main_writes_a_complete_run_dir(in_scratch):
     assert "stage2: null" not in (out / "config.yaml").read_text() and m["stage2"] is None
     lines = (out / "log.csv").read_text().splitlines()
     assert lines[0].startswith("stage,epoch") and len(lines) == 1 + m["epochs_run"]
+    # Hydra's record of the run, from the one composition (compose_with_hydra, run_job): as @hydra.main wrote it
+    hydra_dir = out / ".hydra"
+    assert (out / "cli.log").is_file() and {p.name for p in hydra_dir.iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    from omegaconf import OmegaConf
+    h = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+    assert h.mode == "RUN" and h.job.name == "cli" and h.runtime.output_dir == str(out)
+    assert OmegaConf.load(hydra_dir / "overrides.yaml")[:5] == ["loss.name=CrossEntropy", "sampling.name=none",
+                                                                 "stage2.enabled=false", "profile=smoke", *SMALL]
+    assert OmegaConf.load(hydra_dir / "config.yaml").training == OmegaConf.load(out / "config.yaml").training
 
 
 def test_same_seed_same_metrics(in_scratch):
