@@ -18,14 +18,14 @@ from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, NOISE_BLOCK, 
                           read_windows, to_iq, _ints)
 
 # %% auto #0
-__all__ = ['FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES',
-           'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN', 'REF_MAX',
-           'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span', 'network_plan',
-           'network_windows', 'check_rate', 'conv1d_twin', 'Network', 'prototypes', 'distances', 'leave_out_distances',
-           'size_factor', 'Templates', 'fit_templates', 'predictive', 'prediction_bounds', 'frame_thresholds',
-           'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference',
-           'screen_flags', 'audit_pick', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer',
-           'track_blocks', 'block_call', 'evaluate', 'ghost_report']
+__all__ = ['FRAME_OFFSET_US', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
+           'PRIOR_FRAMES', 'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN',
+           'REF_MAX', 'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span',
+           'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'short_convs', 'Network', 'prototypes',
+           'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
+           'prediction_bounds', 'frame_thresholds', 'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature',
+           'screen_signature', 'screen_reference', 'screen_flags', 'audit_pick', 'read_gallery', 'check_same_network',
+           'write_gallery', 'join_truth', 'eer', 'track_blocks', 'block_call', 'evaluate', 'ghost_report']
 
 # %% ../../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -164,6 +164,30 @@ def conv1d_twin(model, cfg, num_classes: int, length: int):
     with torch.inference_mode(): same = torch.allclose(model.features(x), twin.features(x), rtol=1e-4, atol=1e-4)
     return twin if same else model
 
+# %% ../../nbs/23_verify.ipynb #a6b9d2f7
+SHORT_INPUT = 4      # samples: a Conv1d over this few runs as a matrix product (`short_convs`)
+
+def _short_forward(conv, full, x):
+    "`conv` (stride 1, zero padding) over `x` (B, C, L): a matrix product of the unfolded input when L <= SHORT_INPUT, else `full(x)`."
+    import torch.nn.functional as F
+    if x.ndim != 3 or x.shape[-1] > SHORT_INPUT: return full(x)
+    (k,), (p,) = conv.kernel_size, conv.padding
+    u = F.pad(x, (p, p)).unfold(2, k, 1)                       # (B, C, L', k)
+    B, L = u.shape[0], u.shape[2]
+    y = (u.permute(0, 2, 1, 3).reshape(B * L, -1) @ conv.weight.reshape(conv.out_channels, -1).t()).reshape(B, L, -1)
+    y = y.transpose(1, 2).contiguous()
+    return y if conv.bias is None else y + conv.bias[:, None]
+
+def short_convs(model):
+    "`model` with each plain Conv1d (stride 1, no dilation or groups, zero padding) running `_short_forward`; for inference."
+    import torch
+    from functools import partial
+    for m in model.modules():
+        if (isinstance(m, torch.nn.Conv1d) and m.stride == (1,) and m.dilation == (1,) and m.groups == 1
+                and m.padding_mode == "zeros" and not isinstance(m.padding, str)):
+            m.forward = partial(_short_forward, m, m.forward)
+    return model
+
 # %% ../../nbs/23_verify.ipynb #a457dcc4
 class Network:
     "A trained run's network as an embedding: `net(x)` (B, 2, L) -> (B, D) vectors in `space`."
@@ -190,7 +214,7 @@ class Network:
                 self.model.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith("backbone.")})
                 self.head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
             self.head.eval()
-        self.model = conv1d_twin(self.model.eval(), OmegaConf.create(net["model"]), self.num_classes, self.length)
+        self.model = short_convs(conv1d_twin(self.model.eval(), OmegaConf.create(net["model"]), self.num_classes, self.length))
         digest = hashlib.sha256(json.dumps({**net, "run": None}, sort_keys=True).encode() + space.encode())
         for k in ("stage1", "stage2"):
             if files[k] is not None: digest.update(sha256_file(files[k]).encode())
