@@ -35,16 +35,16 @@ def read_block(rec, a: int, b: int) -> np.ndarray:
     dt = IQ_FORMATS[rec.fmt][0]
     return np.fromfile(rec.path, dtype=dt, count=2 * (b - a), offset=2 * a * dt.itemsize)
 
-def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int = 0, after: int = 0):
+def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int = 0, after: int = 0, dc="measure"):
     """Per chunk of `rec`: (replies, failed, block, a): the DF17/18 replies with a valid CRC (time_s of the preamble,
     icao, the message as integers hi and lo), repeats of one message within 64 us dropped; the number of DF17/18
     candidates whose CRC failed away from any reply that passed; the chunk's stored values from sample a on, with at
     least `before` samples before it and `after` samples after its end (so that windows can be cut from it). The
-    chunk loop of `ltsei.signals.frames.scan_chunks`."""
+    chunk loop of `ltsei.signals.frames.scan_chunks`. `dc`: the receiver's DC offset (`dc_offset`), measured unless given."""
     fs, wc = rec.sample_rate, chip_width(rec.sample_rate)
     e = chip_edges(fs, 16 + 224)
     span, w = int(e[-1]) + wc, int(e[2])
-    dc, want = dc_offset(rec), DF_WANTED["17"]
+    dc, want = dc_offset(rec) if isinstance(dc, str) else dc, DF_WANTED["17"]
     for s in range(0, rec.n, chunk):
         a, b, end = max(0, s - max(w + 1, before)), min(rec.n, s + chunk + max(span + w + 1, after)), min(rec.n, s + chunk)
         block = read_block(rec, a, b)
