@@ -45,12 +45,14 @@ def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int 
     e = chip_edges(fs, 16 + 224)
     span, w = int(e[-1]) + wc, int(e[2])
     dc, want = dc_offset(rec) if isinstance(dc, str) else dc, DF_WANTED["17"]
+    pre, post = max(w + 1, before), max(span + w + 1, after)
+    buf = np.empty(min(rec.n, chunk + pre + post), np.float32)     # the envelope of every chunk
     for s in range(0, rec.n, chunk):
-        a, b, end = max(0, s - max(w + 1, before)), min(rec.n, s + chunk + max(span + w + 1, after)), min(rec.n, s + chunk)
+        a, b, end = max(0, s - pre), min(rec.n, s + chunk + post), min(rec.n, s + chunk)
         block = read_block(rec, a, b)
         if rec.fmt == "cf32" and not np.isfinite(block).all():
             raise ValueError(f"{rec.path}: samples that are not finite (NaN or inf) near sample {s}: expected finite cf32 I/Q values")
-        m = envelope(block, rec.fmt, dc)
+        m = envelope(block, rec.fmt, dc, out=buf)
         noise, chips = noise_levels(m, a, s, end), box_sums(m, wc)
         c, frac, v = find_candidates(m, chips, fs, threshold * noise.min())
         ok = (c + a >= s) & (c + a < end) & (c + span <= m.size)

@@ -281,6 +281,7 @@ def scan_chunks(rec: Recording, cfg: FramesConfig):
     span, w = int(e[-1]) + wc, int(e[2])
     pre, post = w + 1, span + w + 1
     raw, dc = raw_samples(rec), dc_offset(rec)
+    buf = np.empty(min(rec.n, chunk + pre + post), np.float32)     # the envelope of every chunk
     for s in range(0, rec.n, chunk):
         a, b, end = max(0, s - pre), min(rec.n, s + chunk + post), min(rec.n, s + chunk)
         block = raw[2 * a:2 * b]
@@ -288,7 +289,7 @@ def scan_chunks(rec: Recording, cfg: FramesConfig):
             k = a + int(np.argmax(~np.isfinite(block))) // 2
             raise ValueError(f"{rec.path}: sample {k} is not finite (NaN or inf): expected finite cf32 I/Q values"
                              f"{suggest_format(rec.path, rec.fmt)}")
-        m = envelope(block, rec.fmt, dc)
+        m = envelope(block, rec.fmt, dc, out=buf)
         noise = noise_levels(m, a, s, end)
         chips = box_sums(m, wc)
         c, frac, v = find_candidates(m, chips, fs, cfg.threshold * noise.min())
