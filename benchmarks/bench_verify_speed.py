@@ -57,7 +57,7 @@ def cost_split(rec: Path, gallery: Path) -> dict:
     import numpy as np, torch
     from ltsei.signals.frames import open_recording
     from ltsei.instrument.verify import Network, _run_files, read_gallery, scan_replies, network_plan, network_windows, window_span
-    from ltsei.instrument.verify_cli import frame_verdicts
+    from ltsei.instrument.verify_cli import VERIFY_CHUNK, frame_verdicts
     torch.set_num_threads(1)
     t = {"start-up (torch, network, gallery)": -time.process_time()}
     g = read_gallery(gallery); net = Network(_run_files(gallery), g["manifest"]["space"], threads=1)
@@ -65,7 +65,7 @@ def cost_split(rec: Path, gallery: Path) -> dict:
     t["start-up (torch, network, gallery)"] += time.process_time()
     r = open_recording(rec, "u8", 2e6)
     before, after = window_span(r, net.sample_rate, net.length)
-    parts, n, it = dict.fromkeys(("scan (detector, CRC)", "windows (cut, resample, normalise)", "network", "scoring"), 0.0), 0, scan_replies(r, before=before, after=after)
+    parts, n, it = dict.fromkeys(("scan (detector, CRC)", "windows (cut, resample, normalise)", "network", "scoring"), 0.0), 0, scan_replies(r, VERIFY_CHUNK, before=before, after=after)
     while True:
         s = time.process_time()
         try: f, _, block, a = next(it)
