@@ -65,9 +65,9 @@ def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int 
         if wc == 1: retry_phases(k, chips, c, frac, fs, want)
         sel = np.isin(k["status"], (OK, FIXED)) & (k["df"] >= 17)
         bits = k["bits"][sel]
-        f = pd.DataFrame({"time_s": (a + c[sel] + frac[sel]) / fs, "icao": k["icao"][sel], "hi": _ints(bits[:, :56]), "lo": _ints(bits[:, 56:])})
-        dt = f.groupby(["hi", "lo"], sort=False).time_s.diff()
-        yield f[~(dt < 64e-6)].reset_index(drop=True), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs)), block, a
+        t, hi, lo = (a + c[sel] + frac[sel]) / fs, _ints(bits[:, :56]), _ints(bits[:, 56:])
+        keep = ~_repeats(t, hi, lo, 64e-6)
+        yield pd.DataFrame({"time_s": t[keep], "icao": k["icao"][sel][keep], "hi": hi[keep], "lo": lo[keep]}), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs)), block, a
 
 # %% ../../nbs/23_verify.ipynb #35eb1dee
 def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
@@ -77,6 +77,14 @@ def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
     i = np.searchsorted(good, bad)
     near = (np.abs(bad - good[np.maximum(i - 1, 0)]) < span) | (np.abs(good[np.minimum(i, good.size - 1)] - bad) < span)
     return int((~near).sum())
+
+# %% ../../nbs/23_verify.ipynb #d9e2a5b0
+def _repeats(t: np.ndarray, hi: np.ndarray, lo: np.ndarray, gap: float) -> np.ndarray:
+    "Whether each reply (time `t`, message `hi`, `lo`) comes less than `gap` s after the previous reply (in row order) with the same message."
+    o = np.lexsort((np.arange(t.size), lo, hi))                  # by message, then row order
+    out = np.zeros(t.size, bool)
+    out[o[1:]] = (hi[o[1:]] == hi[o[:-1]]) & (lo[o[1:]] == lo[o[:-1]]) & (t[o[1:]] - t[o[:-1]] < gap)
+    return out
 
 # %% ../../nbs/23_verify.ipynb #bff6d38f
 def window_span(rec, rate: float, length: int) -> tuple[int, int]:
