@@ -16,10 +16,9 @@ start of `verify()` (loading the network and the gallery included: about 2 CPU s
 that; the rate beyond the start-up is printed too) and the peak resident memory (ru_maxrss). The
 network's own cost per frame is measured apart, to say what the speed is made of.
 
-Measured on the 2-core AMD EPYC shared with other jobs (README, *Speed and memory*): 51-58x beyond the start-up with
-`--frames screen` (the scan about 0.009 CPU s per recorded second, the screen's network frames 0.0055 s, the rest
-0.002 s), where the code before blocked candidates, a reused envelope buffer and `short_convs` gave 30-40x (36x with
-this benchmark, in the same hour).
+Measured on the 2-core AMD EPYC shared with other jobs (README, *Speed and memory*): 46-61x beyond the start-up with
+`--frames screen` over five runs (57-61x in three; 57 and 61x in the two after the last change), where the code before the blocked candidates, the envelope's
+reused buffer and `short_convs` gave 30-40x (36x with this benchmark, in the same hour).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify_speed.py --model RUN
 """
