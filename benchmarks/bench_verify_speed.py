@@ -16,8 +16,8 @@ start of `verify()` (loading the network and the gallery included: about 2 CPU s
 that; the rate beyond the start-up is printed too) and the peak resident memory (ru_maxrss). The
 network's own cost per frame is measured apart, to say what the speed is made of.
 
-Measured on the 2-core AMD EPYC shared with other jobs (README, *Speed and memory*): 46-61x beyond the start-up with
-`--frames screen` over five runs (57-61x in three; 57 and 61x in the two after the last change), where the code before the blocked candidates, the envelope's
+Measured on the 2-core AMD EPYC shared with other jobs (README, *Speed and memory*): 46-72x beyond the start-up with
+`--frames screen` over six runs (57, 61 and 72x in the three after the last change), where the code before the blocked candidates, the envelope's
 reused buffer and `short_convs` gave 30-40x (36x with this benchmark, in the same hour).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify_speed.py --model RUN
