@@ -10,10 +10,15 @@ network, about 2 CPU s, is paid once): the long recording's extra seconds over i
 The recording: `ltsei synth-recording --sample-rate 2e6 --format u8 --replies-per-s 200` (20 aircraft and 9 spoofers of the
 quick preset), its test recording (about 5 s) and the same bytes 12 times over (about 60 s); the gallery: its enrollment
 recording, enrolled with a trained quick run's network (frames resampled from 2 to 8 MS/s for it). Each verification
-runs in a process of its own (`--runs` times, the fewest CPU seconds counting: other jobs on a shared machine only add): CPU seconds (the process's, so other jobs on a shared machine count little) from the
+runs in a process of its own (`--runs` times, 5 by default, the short and the long recording in turn; the fewest CPU seconds
+counting: other jobs on a shared machine only add, and taking turns they weigh on both alike): CPU seconds (the process's, so other jobs on a shared machine count little) from the
 start of `verify()` (loading the network and the gallery included: about 2 CPU s, so a short recording pays mostly
 that; the rate beyond the start-up is printed too) and the peak resident memory (ru_maxrss). The
 network's own cost per frame is measured apart, to say what the speed is made of.
+
+Measured on the 2-core AMD EPYC shared with other jobs (README, *Speed and memory*): 46-72x beyond the start-up with
+`--frames screen` over six runs (57, 61 and 72x in the three after the last change), where the code before the blocked candidates, the envelope's
+reused buffer and `short_convs` gave 30-40x (36x with this benchmark, in the same hour).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_verify_speed.py --model RUN
 """
@@ -32,14 +37,20 @@ print(json.dumps({"cpu_s": s["cpu_seconds"], "recorded_s": s["seconds_recorded"]
 """
 
 
-def child(*args, runs: int = 1) -> dict:
-    "A verification in a process of its own, `runs` times: the run with the fewest CPU seconds (a shared machine's jobs only ever add)."
-    env, out = dict(os.environ, OMP_NUM_THREADS="1"), []
+def child(*args) -> dict:
+    "A verification in a process of its own: its CPU seconds, recorded seconds, frames, verdicts and peak memory."
+    p = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    if p.returncode: sys.exit(p.stderr[-2000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def pair(short: Path, long: Path, gal: Path, work: Path, mode: str, runs: int) -> tuple[dict, dict]:
+    """The short and the long recording verified in turn, `runs` times each: the run with the fewest CPU seconds of each
+    (a shared machine's jobs only ever add; taking turns, a busy spell weighs on both alike rather than on one)."""
+    out = {"short": [], "long": []}
     for _ in range(runs):
-        p = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=env, capture_output=True, text=True)
-        if p.returncode: sys.exit(p.stderr[-2000:])
-        out.append(json.loads(p.stdout.strip().splitlines()[-1]))
-    return min(out, key=lambda r: r["cpu_s"])
+        for name, rec in (("short", short), ("long", long)): out[name].append(child(rec, gal, work / f"v_{name}_{mode}", mode))
+    return tuple(min(out[k], key=lambda r: r["cpu_s"]) for k in ("short", "long"))
 
 
 def network_cost(gallery: Path, n: int = 512) -> float:
@@ -57,7 +68,7 @@ def cost_split(rec: Path, gallery: Path) -> dict:
     import numpy as np, torch
     from ltsei.signals.frames import open_recording
     from ltsei.instrument.verify import Network, _run_files, read_gallery, scan_replies, network_plan, network_windows, window_span
-    from ltsei.instrument.verify_cli import frame_verdicts
+    from ltsei.instrument.verify_cli import VERIFY_CHUNK, frame_verdicts
     torch.set_num_threads(1)
     t = {"start-up (torch, network, gallery)": -time.process_time()}
     g = read_gallery(gallery); net = Network(_run_files(gallery), g["manifest"]["space"], threads=1)
@@ -65,7 +76,7 @@ def cost_split(rec: Path, gallery: Path) -> dict:
     t["start-up (torch, network, gallery)"] += time.process_time()
     r = open_recording(rec, "u8", 2e6)
     before, after = window_span(r, net.sample_rate, net.length)
-    parts, n, it = dict.fromkeys(("scan (detector, CRC)", "windows (cut, resample, normalise)", "network", "scoring"), 0.0), 0, scan_replies(r, before=before, after=after)
+    parts, n, it = dict.fromkeys(("scan (detector, CRC)", "windows (cut, resample, normalise)", "network", "scoring"), 0.0), 0, scan_replies(r, VERIFY_CHUNK, before=before, after=after)
     while True:
         s = time.process_time()
         try: f, _, block, a = next(it)
@@ -88,7 +99,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="a trained quick run folder")
     p.add_argument("--work", default=None, help="scratch folder (default: the results root's quick/bench_verify_speed)")
     p.add_argument("--repeat", type=int, default=12, help="the long recording is the short one this many times")
-    p.add_argument("--runs", type=int, default=3, help="each verification runs this many times; the fewest CPU seconds count (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="each verification runs this many times (--frames every: once); the fewest CPU seconds count (default 5)")
     a = p.parse_args(argv)
     from ltsei.core.storage import resolve_runs_dir
     from ltsei.cli import main as ltsei
@@ -104,8 +115,7 @@ def main(argv=None):
             for _ in range(a.repeat): f.write(data)
     gal = work / "gallery"
     assert ltsei(["enroll", str(scen / "enroll.u8"), "--format", "u8", "--sample-rate", "2e6", "--model", a.model, "--new", "--out", str(gal)]) == 0
-    runs = {m: (child(scen / "test.u8", gal, work / f"v_short_{m}", m, runs=a.runs), child(long, gal, work / f"v_long_{m}", m, runs=a.runs if m != "every" else 1))
-            for m in ("screen", "every", "track")}
+    runs = {m: pair(scen / "test.u8", long, gal, work, m, a.runs if m != "every" else 1) for m in ("screen", "every", "track")}
     per_frame = network_cost(gal)
     split = cost_split(long, gal)
     for m, (sh, lg) in runs.items():

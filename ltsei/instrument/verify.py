@@ -18,14 +18,14 @@ from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, NOISE_BLOCK, 
                           read_windows, to_iq, _ints)
 
 # %% auto #0
-__all__ = ['FRAME_OFFSET_US', 'SPACES', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES',
-           'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN', 'REF_MAX',
-           'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span', 'network_plan',
-           'network_windows', 'check_rate', 'conv1d_twin', 'Network', 'prototypes', 'distances', 'leave_out_distances',
-           'size_factor', 'Templates', 'fit_templates', 'predictive', 'prediction_bounds', 'frame_thresholds',
-           'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference',
-           'screen_flags', 'audit_pick', 'read_gallery', 'check_same_network', 'write_gallery', 'join_truth', 'eer',
-           'track_blocks', 'block_call', 'evaluate', 'ghost_report']
+__all__ = ['FRAME_OFFSET_US', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
+           'PRIOR_FRAMES', 'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN',
+           'REF_MAX', 'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span',
+           'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'short_convs', 'Network', 'prototypes',
+           'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
+           'prediction_bounds', 'frame_thresholds', 'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature',
+           'screen_signature', 'screen_reference', 'screen_flags', 'audit_pick', 'read_gallery', 'check_same_network',
+           'write_gallery', 'join_truth', 'eer', 'track_blocks', 'block_call', 'evaluate', 'ghost_report']
 
 # %% ../../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -35,22 +35,24 @@ def read_block(rec, a: int, b: int) -> np.ndarray:
     dt = IQ_FORMATS[rec.fmt][0]
     return np.fromfile(rec.path, dtype=dt, count=2 * (b - a), offset=2 * a * dt.itemsize)
 
-def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int = 0, after: int = 0):
+def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int = 0, after: int = 0, dc="measure"):
     """Per chunk of `rec`: (replies, failed, block, a): the DF17/18 replies with a valid CRC (time_s of the preamble,
     icao, the message as integers hi and lo), repeats of one message within 64 us dropped; the number of DF17/18
     candidates whose CRC failed away from any reply that passed; the chunk's stored values from sample a on, with at
     least `before` samples before it and `after` samples after its end (so that windows can be cut from it). The
-    chunk loop of `ltsei.signals.frames.scan_chunks`."""
+    chunk loop of `ltsei.signals.frames.scan_chunks`. `dc`: the receiver's DC offset (`dc_offset`), measured unless given."""
     fs, wc = rec.sample_rate, chip_width(rec.sample_rate)
     e = chip_edges(fs, 16 + 224)
     span, w = int(e[-1]) + wc, int(e[2])
-    dc, want = dc_offset(rec), DF_WANTED["17"]
+    dc, want = dc_offset(rec) if isinstance(dc, str) else dc, DF_WANTED["17"]
+    pre, post = max(w + 1, before), max(span + w + 1, after)
+    buf = np.empty(min(rec.n, chunk + pre + post), np.float32)     # the envelope of every chunk
     for s in range(0, rec.n, chunk):
-        a, b, end = max(0, s - max(w + 1, before)), min(rec.n, s + chunk + max(span + w + 1, after)), min(rec.n, s + chunk)
+        a, b, end = max(0, s - pre), min(rec.n, s + chunk + post), min(rec.n, s + chunk)
         block = read_block(rec, a, b)
         if rec.fmt == "cf32" and not np.isfinite(block).all():
             raise ValueError(f"{rec.path}: samples that are not finite (NaN or inf) near sample {s}: expected finite cf32 I/Q values")
-        m = envelope(block, rec.fmt, dc)
+        m = envelope(block, rec.fmt, dc, out=buf)
         noise, chips = noise_levels(m, a, s, end), box_sums(m, wc)
         c, frac, v = find_candidates(m, chips, fs, threshold * noise.min())
         ok = (c + a >= s) & (c + a < end) & (c + span <= m.size)
@@ -63,9 +65,9 @@ def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int 
         if wc == 1: retry_phases(k, chips, c, frac, fs, want)
         sel = np.isin(k["status"], (OK, FIXED)) & (k["df"] >= 17)
         bits = k["bits"][sel]
-        f = pd.DataFrame({"time_s": (a + c[sel] + frac[sel]) / fs, "icao": k["icao"][sel], "hi": _ints(bits[:, :56]), "lo": _ints(bits[:, 56:])})
-        dt = f.groupby(["hi", "lo"], sort=False).time_s.diff()
-        yield f[~(dt < 64e-6)].reset_index(drop=True), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs)), block, a
+        t, hi, lo = (a + c[sel] + frac[sel]) / fs, _ints(bits[:, :56]), _ints(bits[:, 56:])
+        keep = ~_repeats(t, hi, lo, 64e-6)
+        yield pd.DataFrame({"time_s": t[keep], "icao": k["icao"][sel][keep], "hi": hi[keep], "lo": lo[keep]}), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs)), block, a
 
 # %% ../../nbs/23_verify.ipynb #35eb1dee
 def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
@@ -75,6 +77,14 @@ def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:
     i = np.searchsorted(good, bad)
     near = (np.abs(bad - good[np.maximum(i - 1, 0)]) < span) | (np.abs(good[np.minimum(i, good.size - 1)] - bad) < span)
     return int((~near).sum())
+
+# %% ../../nbs/23_verify.ipynb #d9e2a5b0
+def _repeats(t: np.ndarray, hi: np.ndarray, lo: np.ndarray, gap: float) -> np.ndarray:
+    "Whether each reply (time `t`, message `hi`, `lo`) comes less than `gap` s after the previous reply (in row order) with the same message."
+    o = np.lexsort((np.arange(t.size), lo, hi))                  # by message, then row order
+    out = np.zeros(t.size, bool)
+    out[o[1:]] = (hi[o[1:]] == hi[o[:-1]]) & (lo[o[1:]] == lo[o[:-1]]) & (t[o[1:]] - t[o[:-1]] < gap)
+    return out
 
 # %% ../../nbs/23_verify.ipynb #bff6d38f
 def window_span(rec, rate: float, length: int) -> tuple[int, int]:
@@ -164,6 +174,30 @@ def conv1d_twin(model, cfg, num_classes: int, length: int):
     with torch.inference_mode(): same = torch.allclose(model.features(x), twin.features(x), rtol=1e-4, atol=1e-4)
     return twin if same else model
 
+# %% ../../nbs/23_verify.ipynb #a6b9d2f7
+SHORT_INPUT = 4      # samples: a Conv1d over this few runs as a matrix product (`short_convs`)
+
+def _short_forward(conv, full, x):
+    "`conv` (stride 1, zero padding) over `x` (B, C, L): a matrix product of the unfolded input when L <= SHORT_INPUT, else `full(x)`."
+    import torch.nn.functional as F
+    if x.ndim != 3 or x.shape[-1] > SHORT_INPUT: return full(x)
+    (k,), (p,) = conv.kernel_size, conv.padding
+    u = F.pad(x, (p, p)).unfold(2, k, 1)                       # (B, C, L', k)
+    B, L = u.shape[0], u.shape[2]
+    y = (u.permute(0, 2, 1, 3).reshape(B * L, -1) @ conv.weight.reshape(conv.out_channels, -1).t()).reshape(B, L, -1)
+    y = y.transpose(1, 2).contiguous()
+    return y if conv.bias is None else y + conv.bias[:, None]
+
+def short_convs(model):
+    "`model` with each plain Conv1d (stride 1, no dilation or groups, zero padding) running `_short_forward`; for inference."
+    import torch
+    from functools import partial
+    for m in model.modules():
+        if (isinstance(m, torch.nn.Conv1d) and m.stride == (1,) and m.dilation == (1,) and m.groups == 1
+                and m.padding_mode == "zeros" and not isinstance(m.padding, str)):
+            m.forward = partial(_short_forward, m, m.forward)
+    return model
+
 # %% ../../nbs/23_verify.ipynb #a457dcc4
 class Network:
     "A trained run's network as an embedding: `net(x)` (B, 2, L) -> (B, D) vectors in `space`."
@@ -190,7 +224,7 @@ class Network:
                 self.model.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith("backbone.")})
                 self.head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
             self.head.eval()
-        self.model = conv1d_twin(self.model.eval(), OmegaConf.create(net["model"]), self.num_classes, self.length)
+        self.model = short_convs(conv1d_twin(self.model.eval(), OmegaConf.create(net["model"]), self.num_classes, self.length))
         digest = hashlib.sha256(json.dumps({**net, "run": None}, sort_keys=True).encode() + space.encode())
         for k in ("stage1", "stage2"):
             if files[k] is not None: digest.update(sha256_file(files[k]).encode())

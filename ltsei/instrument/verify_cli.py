@@ -36,7 +36,7 @@ def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict
     stats["seconds"] = stats.get("seconds", 0.0) + rec.n / rec.sample_rate
     before, after = window_span(rec, rate, length)
     dc = dc_offset(rec)
-    for f, failed, block, a in scan_replies(rec, chunk, before=before, after=after):
+    for f, failed, block, a in scan_replies(rec, chunk, before=before, after=after, dc=dc):
         stats["crc_failed"] = stats.get("crc_failed", 0) + failed
         if not len(f): continue
         fits = network_plan(rec, f.time_s.to_numpy(), rate, length, block, a)["fits"]

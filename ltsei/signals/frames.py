@@ -17,13 +17,14 @@ from .recordings import *
 from .recordings import _lut
 
 # %% auto #0
-__all__ = ['PULSE_CHIPS', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC', 'CRC_STATUS', 'DF_WANTED', 'NOISE_BLOCK', 'AP_WAIT_S',
-           'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES', 'FramesConfig', 'check_frames_config', 'chip_edges',
-           'chip_width', 'box_sums', 'preamble_sums', 'find_candidates', 'slice_bits', 'reply_snr', 'remainder_tables',
-           'remainder', 'single_bit_syndromes', 'classify', 'noise_levels', 'scan_chunks', 'retry_phases',
-           'repair_one_bit', 'scan', 'select_frames', 'resampling', 'window_plan', 'read_windows', 'window_hashes',
-           'label_frames', 'split_by_time', 'find_frames', 'keep_windows', 'write_arrays', 'write_sigmf_annotations',
-           'plot_long_tail', 'write_dataset', 'frames_parser', 'frames_main', 'synth_recording']
+__all__ = ['PULSE_CHIPS', 'CANDIDATE_BLOCK', 'REPLY_US', 'REJECT', 'OK', 'FIXED', 'AP', 'IC', 'CRC_STATUS', 'DF_WANTED',
+           'NOISE_BLOCK', 'AP_WAIT_S', 'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES', 'FramesConfig',
+           'check_frames_config', 'chip_edges', 'chip_width', 'box_sums', 'preamble_sums', 'contrast_peaks',
+           'find_candidates', 'slice_bits', 'reply_snr', 'remainder_tables', 'remainder', 'single_bit_syndromes',
+           'classify', 'noise_levels', 'scan_chunks', 'retry_phases', 'repair_one_bit', 'scan', 'select_frames',
+           'resampling', 'window_plan', 'read_windows', 'window_hashes', 'label_frames', 'split_by_time', 'find_frames',
+           'keep_windows', 'write_arrays', 'write_sigmf_annotations', 'plot_long_tail', 'write_dataset',
+           'frames_parser', 'frames_main', 'synth_recording']
 
 # %% ../../nbs/07_frames.ipynb #c9bb5fc0
 @dataclass
@@ -108,12 +109,12 @@ def preamble_sums(m, chips, fs: float) -> tuple[np.ndarray, np.ndarray, int, int
     return p, s, wp, int(e[16]) - wp
 
 # %% ../../nbs/07_frames.ipynb #9fcfb154
-def find_candidates(m, chips, fs: float, floor: float, quiet: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def contrast_peaks(m, chips, fs: float, floor: float, quiet: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where a preamble may start in the envelope `m`: sample indices (K,), fractional offsets (K,) in samples and
     the contrast (K,), the mean pulse level minus the mean gap level. A candidate's contrast exceeds `floor` and
     is higher than at any other start within 1 us (the left neighbours strictly, so that a plateau yields one
     candidate), and its gaps stay below `quiet` x its pulse level. The offset is the vertex of the parabola
-    through the contrast at the candidate and its two neighbours."""
+    through the contrast at the candidate and its two neighbours. One pass over all of `m` (see `find_candidates`)."""
     p, s, wp, wg = preamble_sums(m, chips, fs)
     d = p * np.float32(1 / wp + 1 / wg); d -= s * np.float32(1 / wg)      # p / wp - (s - p) / wg
     w = int(chip_edges(fs)[2])
@@ -134,6 +135,23 @@ def find_candidates(m, chips, fs: float, floor: float, quiet: float = 0.5) -> tu
     den = l - 2 * c + r
     frac = np.where(den < 0, 0.5 * (l - r) / np.where(den < 0, den, -1.0), 0.0)
     return idx, np.clip(frac, -0.5, 0.5), d[idx]
+
+# %% ../../nbs/07_frames.ipynb #c2d5f8b3
+CANDIDATE_BLOCK = 1 << 18    # preamble starts a pass of `contrast_peaks` works on: its temporaries stay in the cache
+
+def find_candidates(m, chips, fs: float, floor: float, quiet: float = 0.5, block: int = CANDIDATE_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`contrast_peaks` of the envelope `m` (and its chip sums `chips`), `block` preamble starts at a time: sample
+    indices (K,), fractional offsets (K,) and contrasts (K,) of the candidates, the same as one pass over `m`."""
+    e16, w, wc = int(chip_edges(fs)[16]), int(chip_edges(fs)[2]), m.size - chips.size + 1
+    n = m.size - e16
+    if n <= block + 2 * w: return contrast_peaks(m, chips, fs, floor, quiet)
+    out = []
+    for i in range(0, n, block):
+        lo, hi = max(i - w, 0), min(i + block + w, n)        # the starts i..i+block and the w on either side they are compared with
+        c, frac, v = contrast_peaks(m[lo:hi + e16], chips[lo:hi + e16 - wc + 1], fs, floor, quiet)
+        k = c + lo >= i
+        out.append((c[k] + lo, frac[k], v[k]))
+    return tuple(np.concatenate(x) for x in zip(*out))
 
 # %% ../../nbs/07_frames.ipynb #3a4f811b
 REPLY_US = {True: 120.0, False: 64.0}     # a long (112-bit) and a short (56-bit) reply, preamble included
@@ -263,6 +281,7 @@ def scan_chunks(rec: Recording, cfg: FramesConfig):
     span, w = int(e[-1]) + wc, int(e[2])
     pre, post = w + 1, span + w + 1
     raw, dc = raw_samples(rec), dc_offset(rec)
+    buf = np.empty(min(rec.n, chunk + pre + post), np.float32)     # the envelope of every chunk
     for s in range(0, rec.n, chunk):
         a, b, end = max(0, s - pre), min(rec.n, s + chunk + post), min(rec.n, s + chunk)
         block = raw[2 * a:2 * b]
@@ -270,7 +289,7 @@ def scan_chunks(rec: Recording, cfg: FramesConfig):
             k = a + int(np.argmax(~np.isfinite(block))) // 2
             raise ValueError(f"{rec.path}: sample {k} is not finite (NaN or inf): expected finite cf32 I/Q values"
                              f"{suggest_format(rec.path, rec.fmt)}")
-        m = envelope(block, rec.fmt, dc)
+        m = envelope(block, rec.fmt, dc, out=buf)
         noise = noise_levels(m, a, s, end)
         chips = box_sums(m, wc)
         c, frac, v = find_candidates(m, chips, fs, cfg.threshold * noise.min())

@@ -12,7 +12,7 @@ import numpy as np
 FRAMES_FORMATS = ("u8", "cs8", "cs16", "cf32", "sigmf")
 
 # %% auto #0
-__all__ = ['FRAMES_FORMATS', 'IQ_FORMATS', 'SIGMF_TYPES', 'Recording', 'not_a_recording', 'open_raw', 'open_sigmf',
+__all__ = ['FRAMES_FORMATS', 'IQ_FORMATS', 'SIGMF_TYPES', 'MAG_BLOCK', 'Recording', 'not_a_recording', 'open_raw', 'open_sigmf',
            'open_recording', 'raw_samples', 'to_iq', 'write_iq', 'magnitude', 'dc_offset', 'envelope', 'level_stats',
            'guess_format', 'suggest_format']
 
@@ -114,10 +114,17 @@ def _lut(fmt: str) -> np.ndarray:
     return _LUT[fmt]
 
 # %% ../../nbs/06b_recordings.ipynb #e10bab39
-def magnitude(raw, fmt: str) -> np.ndarray:
-    "The envelope |x| (k,) float32 of stored values (2 k,): one table look-up per sample for 8-bit formats."
+MAG_BLOCK = 1 << 18     # samples looked up at a time: the look-up's index array stays in the cache
+
+def magnitude(raw, fmt: str, out=None) -> np.ndarray:
+    """The envelope |x| (k,) float32 of stored values (2 k,): one table look-up per sample for 8-bit formats, into
+    `out` (a float32 buffer of at least k values, reused from chunk to chunk: no fresh pages to fault in) when given."""
     if IQ_FORMATS[fmt][0].itemsize == 1:
-        return np.take(_lut(fmt), np.ascontiguousarray(raw).view("<u2"))
+        idx = np.ascontiguousarray(raw).view("<u2")
+        out = np.empty(idx.size, np.float32) if out is None else out[:idx.size]
+        for i in range(0, idx.size, MAG_BLOCK):      # a uint16 never leaves the table: 'wrap' skips the bounds check (twice as fast)
+            np.take(_lut(fmt), idx[i:i + MAG_BLOCK], out=out[i:i + MAG_BLOCK], mode="wrap")
+        return out
     return np.abs(to_iq(raw, fmt))
 
 # %% ../../nbs/06b_recordings.ipynb #bb84b9f2
@@ -132,9 +139,9 @@ def dc_offset(rec: Recording, n: int = 1 << 22) -> Optional[complex]:
     return dc if abs(dc) > 0.25 * float(np.median(np.abs(z - dc))) else None
 
 # %% ../../nbs/06b_recordings.ipynb #e2d510fb
-def envelope(raw, fmt: str, dc: Optional[complex] = None) -> np.ndarray:
-    "The envelope |x - dc| (k,) float32 of stored values (2 k,): `magnitude`, the fast path, without a DC offset."
-    if dc is None: return magnitude(raw, fmt)
+def envelope(raw, fmt: str, dc: Optional[complex] = None, out=None) -> np.ndarray:
+    "The envelope |x - dc| (k,) float32 of stored values (2 k,): `magnitude` (into `out`), the fast path, without a DC offset."
+    if dc is None: return magnitude(raw, fmt, out)
     z = to_iq(raw, fmt)
     z -= np.complex64(dc)
     return np.abs(z)
