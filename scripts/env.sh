@@ -31,12 +31,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # first optimizer step imports.
   skip='/tests?/|/site-packages/(pip|setuptools|pkg_resources|networkx|jupyterlab|jupyterlab_server|notebook|jupyter_server)/'
   skip+='|/ray/(rllib|data|train|tune|llm|serve|air|workflow)/'
-  compile() { "$venv/bin/python" -m compileall -q -j 0 -x "$skip" "$@" >/dev/null 2>&1 || true; }
+  compile() { "$venv/bin/python" -m compileall -q -x "$skip" "$@" >/dev/null 2>&1 || true; }   # -j N: N processes
   compiling=""
   if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "$venv/bin/python" -m pip install -q --no-compile "torch==2.13.0" ${LTSEI_TORCH_INDEX:+--index-url "$LTSEI_TORCH_INDEX"}
-    # torch and sympy (a third of the compiling) while pip installs the rest on one core
-    compile "$purelib/torch" "$purelib/sympy" & compiling=$!
+    # torch and sympy (a third of the compiling) on one core while pip installs the rest on the other
+    compile -j 1 "$purelib/torch" "$purelib/sympy" & compiling=$!
   fi
   "$venv/bin/python" -m pip install -q --no-compile -r "${reqs[0]}" -r "${reqs[1]}"   # one resolution for both files
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"
@@ -46,7 +46,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # and `pip check` are content without it. Removed; `pip install rfc3987-syntax` puts it back.
   "$venv/bin/python" -m pip uninstall -y -q rfc3987-syntax >/dev/null 2>&1 || true
   if [ -n "$compiling" ]; then wait "$compiling" || true; fi
-  compile "$purelib"   # what is compiled already (torch, sympy) is skipped
+  compile -j 0 "$purelib"   # on every core; what is compiled already (torch, sympy) is skipped
   "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$want" > "$stamp"
 fi
