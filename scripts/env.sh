@@ -23,20 +23,8 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[ltsei] installing dependencies into .venv (first run: about 1-2 minutes)" >&2
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  purelib="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  # pip byte-compiles what it installs on one core; compiled here on all cores instead (a file that does not compile
-  # is skipped, as pip skips it). Where PYTHONDONTWRITEBYTECODE is set (as on the project's machines) nothing is cached
-  # later, so every process would compile what it imports. Left out: test suites and packages or parts no ltsei process
-  # imports (pip, JupyterLab's server, Ray's libraries). Not left out: sympy and parts of torch's compiler, which the
-  # first optimizer step imports.
-  skip='/tests?/|/site-packages/(pip|setuptools|pkg_resources|networkx|jupyterlab|jupyterlab_server|notebook|jupyter_server)/'
-  skip+='|/ray/(rllib|data|train|tune|llm|serve|air|workflow)/'
-  compile() { "$venv/bin/python" -m compileall -q -x "$skip" "$@" >/dev/null 2>&1 || true; }   # -j N: N processes
-  compiling=""
   if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "$venv/bin/python" -m pip install -q --no-compile "torch==2.13.0" ${LTSEI_TORCH_INDEX:+--index-url "$LTSEI_TORCH_INDEX"}
-    # torch and sympy (a third of the compiling) on one core while pip installs the rest on the other
-    compile -j 1 "$purelib/torch" "$purelib/sympy" & compiling=$!
   fi
   "$venv/bin/python" -m pip install -q --no-compile -r "${reqs[0]}" -r "${reqs[1]}"   # one resolution for both files
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"
@@ -45,8 +33,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # worker, each pytest worker). Only jsonschema's "iri" format checks use it, and nothing here validates IRIs; JupyterLab
   # and `pip check` are content without it. Removed; `pip install rfc3987-syntax` puts it back.
   "$venv/bin/python" -m pip uninstall -y -q rfc3987-syntax >/dev/null 2>&1 || true
-  if [ -n "$compiling" ]; then wait "$compiling" || true; fi
-  compile -j 0 "$purelib"   # on every core; what is compiled already (torch, sympy) is skipped
+  # pip byte-compiles what it installs on one core; compiled here on all cores instead (a file that does not compile
+  # is skipped, as pip skips it). Where PYTHONDONTWRITEBYTECODE is set (as on the project's machines) nothing is cached
+  # later, so every process would compile what it imports. Left out: test suites and packages or parts no ltsei process
+  # imports (pip, JupyterLab's server, Ray's libraries). Not left out: sympy and parts of torch's compiler, which the
+  # first optimizer step imports.
+  skip='/tests?/|/site-packages/(pip|setuptools|pkg_resources|networkx|jupyterlab|jupyterlab_server|notebook|jupyter_server)/'
+  skip+='|/ray/(rllib|data|train|tune|llm|serve|air|workflow)/'
+  "$venv/bin/python" -m compileall -q -j 0 -x "$skip" \
+    "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
   "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$want" > "$stamp"
 fi
