@@ -20,7 +20,7 @@ from .verify_cli import enroll, verify
 __all__ = ['VERIFY_DIR', 'GROUPS', 'SECTION_BY_PROFILE', 'KINDS', 'VerifySection', 'section_scenario', 'trained_run', 'run_key',
            'ensure_scenario', 'verification_dir', 'verification_key', 'verification_done', 'verify_method',
            'section_rows', 'verify_section', 'section_results', 'verify_summary', 'plot_verify_scores', 'verify_table',
-           'det_points', 'plot_verify_det']
+           'tail_statement', 'det_points', 'plot_verify_det']
 
 # %% ../../nbs/23d_verify_rows.ipynb #952d93b1
 VERIFY_DIR = "verify"
@@ -193,6 +193,32 @@ def verify_table(df: pd.DataFrame, reference: str = "CE") -> pd.DataFrame:
         if m != reference and reference in c.index.get_level_values(0):
             out[f"{m} − {reference}"] = (c.loc[m] - c.loc[reference]).apply(_pm)
     return pd.DataFrame(out).T
+
+# %% ../../nbs/23d_verify_rows.ipynb #22e0e45e
+def _few(df: pd.DataFrame, level: str) -> pd.Series:
+    "Few-shot detection (%) per (method, seed) at `level`."
+    return df[(df.level == level) & (df.group == "few")].set_index(["method", "seed"]).detection.astype(float) * 100
+
+# %% ../../nbs/23d_verify_rows.ipynb #7254b983
+def tail_statement(df: pd.DataFrame, reference: str = "CE") -> str:
+    "One sentence: do the other methods catch more impersonations of the few-shot aircraft than `reference`, paired over seeds?"
+    helped, parts = [], []
+    for level in ("track", "frame"):
+        s = _few(df, level).dropna()
+        if reference not in s.index.get_level_values(0): continue
+        diffs = []
+        for m in dict.fromkeys(df.method):
+            if m == reference or m not in s.index.get_level_values(0): continue
+            d = (s.loc[m] - s.loc[reference]).dropna()
+            if not len(d): continue
+            diffs.append(f"{m} {d.mean():+.1f}")
+            if (d > 0).all(): helped.append(m)
+        if diffs: parts.append(f"per {level} ({reference} {s.loc[reference].mean():.1f} %): " + ", ".join(diffs))
+    if not parts: return f"No few-shot impersonations to compare with {reference}."
+    who = list(dict.fromkeys(helped))
+    head = (f"The long-tail methods do not catch more impersonations of the few-shot aircraft than {reference}" if not who else
+            f"{', '.join(who)} {'catches' if len(who) == 1 else 'catch'} more impersonations of the few-shot aircraft than {reference}")
+    return f"{head} (paired differences in points, mean over {df.seed.nunique()} seed(s); {'; '.join(parts)})."
 
 # %% ../../nbs/23d_verify_rows.ipynb #6bcfa190
 def det_points(verdicts: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
