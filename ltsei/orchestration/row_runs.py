@@ -108,18 +108,25 @@ def prepare_row_run_dir(rr: RowRun, profile: str) -> Path:
 
 # %% ../../nbs/24_row_runs.ipynb #372d472f
 def run_row_protocol(rr: RowRun, execute: Callable, locks: bool = True, check: Callable | None = None, *after,
-                     stop=None) -> dict:
+                     stop=None, complete: Callable | None = None, wait: bool = False) -> dict:
     """Run `rr` with `execute(rr)` under the protocol above; never raises. Returns the outcome,
     `dict(status=done|failed|shared|busy|interrupted, error, seconds, host)`. `after`: results a Ray task waited for
-    (its stage-1 leader's); `stop`: a `threading.Event` set on Ctrl-C."""
+    (its stage-1 leader's); `stop`: a `threading.Event` set on Ctrl-C; `complete()`: whether another process finished
+    the work (asked once the lock is held; default: the row's `run_status`); `wait`: wait for a lock another process
+    holds instead of leaving the run `busy` (the verify section's runs, `ltsei.orchestration.verify_runs`)."""
     t0, lock = time.time(), None
     out = dict(status="done", error=None, host=socket.gethostname())
     try:
         if check is not None: check()
         if locks:
             lock = lock_beside(rr.out_dir)
-            if not lock.acquire(blocking=False): out.update(status="busy")
-            elif run_status(rr.out_dir, rr.row) == "complete": out.update(status="shared")   # the other process finished it
+            if not lock.acquire(blocking=False):
+                if not wait: out.update(status="busy")
+                else:
+                    print(f"[reproduce] {rr.name}: another process is running it; waiting for it", flush=True)
+                    lock.acquire()
+            done = complete if complete is not None else lambda: run_status(rr.out_dir, rr.row) == "complete"
+            if out["status"] == "done" and done(): out.update(status="shared")   # the other process finished it
         if out["status"] == "done" and stop is not None and stop.is_set():
             out.update(status="interrupted", error="interrupted (Ctrl-C) before it started")
         if out["status"] == "done": execute(rr)

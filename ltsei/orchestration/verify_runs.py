@@ -6,19 +6,17 @@
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..rows import VERIFY_ROWS
-from ..core.storage import lock_beside
-from .row_runs import RowRunError
+from .row_runs import RowRunError, outcome_line, run_row_protocol
 from .kernels import (KERNEL_ARGS, WarmKernels, kernel_env, kill_kernels, load_notebook, release_kernel,
                                          tracked_kernel_manager)
 
 # %% auto #0
 __all__ = ['VERIFY_NOTEBOOK', 'VERIFY_WARM', 'VerifyRun', 'notebook_ran', 'verify_run_complete', 'plan_verify_runs',
-           'VerifyRunFailed', 'execute_verify_notebook', 'verify_outcome_line', 'run_verify_run', 'run_verify_runs']
+           'VerifyRunFailed', 'execute_verify_notebook', 'run_verify_run', 'run_verify_runs']
 
 # %% ../../nbs/25b_verify_runs.ipynb #0484575e
 VERIFY_NOTEBOOK = "verify_row.ipynb"     # nbs/verify_row.ipynb, and the name of its executed copy in the verification's folder
@@ -90,31 +88,15 @@ def execute_verify_notebook(v: VerifyRun, profile: str, runs_dir, nb=None, km=No
 VERIFY_WARM = ("def _ltsei_warm():\n    import torch, numpy, pandas, matplotlib.figure, IPython.display, ltsei.instrument.verify_rows\n"
                "_ltsei_warm(); del _ltsei_warm\n")
 
-def verify_outcome_line(v: VerifyRun) -> str:
-    "The line printed when a verification run ends."
-    if v.status == "done": return f"done   {v.name} ({v.seconds or 0:.0f} s)"
-    if v.status == "shared": return f"shared {v.name}: completed by another process"
-    return f"FAILED {v.name}: {v.error}"
 
 # %% ../../nbs/25b_verify_runs.ipynb #382d0135
 def run_verify_run(v: VerifyRun, profile: str, runs_dir, nb=None, pool: WarmKernels | None = None) -> VerifyRun:
-    "Run `v` under its folder's lock (a kernel from `pool` if given); set its status, error and seconds. Raises only Ctrl-C."
-    t0, lock = time.time(), lock_beside(v.out_dir)
-    try:
-        if not lock.acquire(blocking=False):
-            print(f"[reproduce] {v.name}: another process is verifying it; waiting for it", flush=True)
-            lock.acquire()
-        if verify_run_complete(v, profile, runs_dir):                  # made by the other process meanwhile
-            v.status, v.error = "shared", None
-            if pool is not None and pool.left: pool.left -= 1           # no kernel is started for it
-        else:
-            execute_verify_notebook(v, profile, runs_dir, nb=nb, km=pool.take() if pool is not None else None)
-            v.status, v.error = "done", None
-    except Exception as e:
-        v.status, v.error = "failed", str(e) if isinstance(e, RowRunError) else f"{type(e).__name__}: {e}".strip()
-    finally:
-        lock.release()
-    v.seconds = time.time() - t0
+    """Run `v` under the row runs' protocol (`run_row_protocol`: its folder's lock, waited for; complete meanwhile:
+    shared), in a kernel from `pool` if given; set its status, error and seconds. Raises only Ctrl-C."""
+    run = lambda v: execute_verify_notebook(v, profile, runs_dir, nb=nb, km=pool.take() if pool is not None else None)
+    out = run_row_protocol(v, run, complete=lambda: verify_run_complete(v, profile, runs_dir), wait=True)
+    if out["status"] == "shared" and pool is not None and pool.left: pool.left -= 1   # no kernel is started for it
+    v.status, v.error, v.seconds = out["status"], out["error"], out["seconds"]
     return v
 
 # %% ../../nbs/25b_verify_runs.ipynb #24fb0ed2
@@ -125,7 +107,7 @@ def run_verify_runs(vrs: list[VerifyRun], profile: str, runs_dir, warm: bool = T
     nb = load_notebook(VERIFY_NOTEBOOK)
     pool = WarmKernels(1, code=VERIFY_WARM, left=len(todo)) if warm else None
     try:
-        for v in todo: print(verify_outcome_line(run_verify_run(v, profile, runs_dir, nb, pool)), flush=True)
+        for v in todo: print(outcome_line(run_verify_run(v, profile, runs_dir, nb, pool)), flush=True)
     except KeyboardInterrupt:
         kill_kernels()
         raise
