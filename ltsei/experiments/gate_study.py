@@ -42,11 +42,13 @@ GATE_VARIANTS = {   # name -> stage-2 overrides on top of GUIDE_MOE
 }
 
 # %% ../../nbs/18_gate_study.ipynb #03f34bee
-def study_config(variant: str = "", profile: str = "smoke", work="runs/cache", stage2_epochs: int | None = None):
+def study_config(variant: str = "", profile: str = "smoke", work="runs/cache", stage2_epochs: int | None = None,
+                 overrides: str = ""):
     """The finalized config of a gate-study variant (its overrides as one string) at `profile`; the data and stage-1
-    caches under `work` as under the default `runs/cache` (`work/`, `work/stage1/`)."""
+    caches under `work` as under the default `runs/cache` (`work/`, `work/stage1/`); `overrides` (one string) before the
+    variant's."""
     ov = (GUIDE_MOE.split() + [f"profile={profile}", f"data.cache_dir={Path(work)}",
-                               f"stage1.cache_dir={Path(work) / 'stage1'}"] + variant.split())
+                               f"stage1.cache_dir={Path(work) / 'stage1'}"] + overrides.split() + variant.split())
     if stage2_epochs is not None: ov.append(f"stage2.epochs={stage2_epochs}")
     return compose_config(ov)
 
@@ -173,8 +175,9 @@ class GateStudy:
 
 # %% ../../nbs/18_gate_study.ipynb #457de52b
 def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(0,), variants=None, work=None,
-               threads: int = 1) -> GateStudy:
-    "The gate study at one scale: probes of the frozen stage-1 features and the stage-2 `variants` (names of GATE_VARIANTS)."
+               threads: int = 1, overrides: str = "") -> GateStudy:
+    """The gate study at one scale: probes of the frozen stage-1 features and the stage-2 `variants` (names of
+    GATE_VARIANTS); `overrides`: config overrides of every run, as one string (the demo's smaller pool)."""
     t0 = time.time()
     names = list(GATE_VARIANTS) if variants is None else list(variants)
     for n in names:
@@ -185,7 +188,7 @@ def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(
         stack.callback(torch.set_num_threads, threads_before)
         if work is None: work = stack.enter_context(tempfile.TemporaryDirectory(prefix="ltsei-gate-"))
         rt = make_runtime(None, "auto", "auto")     # training.precision=auto: the precision its stage-1 key records
-        base = study_config("", profile, work, stage2_epochs)
+        base = study_config("", profile, work, stage2_epochs, overrides)
         data, model = study_stage1(base, rt)
         K = base.stage2.moe.num_experts
         fg, _ = config_groups(data.class_counts, K, base.experiment)   # the earlier rank groups: G = K
@@ -195,9 +198,9 @@ def gate_study(profile: str = "smoke", stage2_epochs: int | None = None, seeds=(
                               index=pd.Index(range(K), name="frequency group"))
         feats = {k: compute_features(model, getattr(data, k).x, base.training.eval_batch_size, rt) for k in ("train", "test")}
         probes = group_probes(feats["train"], data.train.y, feats["test"], data.test.y, fg, K)
-        runs = [{"variant": n, "seed": s, **run_variant(study_config(GATE_VARIANTS[n], profile, work, stage2_epochs),
+        runs = [{"variant": n, "seed": s, **run_variant(study_config(GATE_VARIANTS[n], profile, work, stage2_epochs, overrides),
                                                         data, model, rt, s)} for n in names for s in seeds]
-        label = (f"profile {profile}, stage 2 {base.stage2.epochs} epochs, stage-2 seeds {', '.join(map(str, seeds))}; "
+        label = (f"profile {profile}{f' ({overrides})' if overrides else ''}, stage 2 {base.stage2.epochs} epochs, stage-2 seeds {', '.join(map(str, seeds))}; "
                  f"computed {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {time.time() - t0:.0f} s "
                  f"on {machine_label()}")
     return GateStudy(label, groups, probes, runs)
