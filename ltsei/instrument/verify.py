@@ -18,14 +18,15 @@ from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, NOISE_BLOCK, 
                           read_windows, to_iq, _ints)
 
 # %% auto #0
-__all__ = ['FRAME_OFFSET_US', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
+__all__ = ['FRAME_OFFSET_US', 'REPLY_US', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
            'PRIOR_FRAMES', 'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN',
-           'REF_MAX', 'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies', 'window_span',
-           'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'short_convs', 'Network', 'prototypes',
-           'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
-           'prediction_bounds', 'frame_thresholds', 'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature',
-           'screen_signature', 'screen_reference', 'screen_flags', 'audit_pick', 'read_gallery', 'check_same_network',
-           'write_gallery', 'join_truth', 'eer', 'track_blocks', 'block_call', 'evaluate', 'ghost_report']
+           'REF_MAX', 'GALLERY_FORMAT', 'WINDOW_SCALE', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies',
+           'reply_samples', 'scale_to_reply', 'window_span', 'network_plan', 'network_windows', 'check_rate',
+           'conv1d_twin', 'short_convs', 'Network', 'prototypes', 'distances', 'leave_out_distances', 'size_factor',
+           'Templates', 'fit_templates', 'predictive', 'prediction_bounds', 'frame_thresholds', 'track_thresholds',
+           'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference', 'screen_flags',
+           'audit_pick', 'read_gallery', 'check_gallery_format', 'check_same_network', 'write_gallery', 'join_truth',
+           'eer', 'track_blocks', 'block_call', 'evaluate', 'ghost_report']
 
 # %% ../../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -86,6 +87,21 @@ def _repeats(t: np.ndarray, hi: np.ndarray, lo: np.ndarray, gap: float) -> np.nd
     out[o[1:]] = (hi[o[1:]] == hi[o[:-1]]) & (lo[o[1:]] == lo[o[:-1]]) & (t[o[1:]] - t[o[:-1]] < gap)
     return out
 
+# %% ../../nbs/23_verify.ipynb #9db02437
+REPLY_US = 120.0     # a DF17/18 reply: the 8 us preamble and 112 bits of 1 us
+
+def reply_samples(rate: float, length: int) -> int:
+    "The samples of a network window (`length` at `rate`) that its reply fills: 120 us, at most the window."
+    return int(min(length, round(REPLY_US * 1e-6 * float(rate))))
+
+def scale_to_reply(x, rate: float) -> np.ndarray:
+    """Frames `x` (B, 2, L) at `rate` as float32, scaled so that the reply's first `reply_samples` have the mean power
+    L / n: the window's unit mean power had nothing followed the reply; unit mean power when the window lies inside it."""
+    x = np.asarray(x)
+    n = reply_samples(rate, x.shape[-1])
+    p = (x[..., :n].astype(np.float64) ** 2).sum(1).mean(1) * n / x.shape[-1]
+    return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32)
+
 # %% ../../nbs/23_verify.ipynb #bff6d38f
 def window_span(rec, rate: float, length: int) -> tuple[int, int]:
     "Source samples a network window needs before and after its reply's preamble time (resampling filter included)."
@@ -99,9 +115,9 @@ def network_plan(rec, times, rate: float, length: int, block=None, a: int = 0) -
     return plan
 
 def network_windows(rec, times, rate: float, length: int, block=None, a: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The frames (B, 2, length) float32 at `rate`, unit mean power, that start FRAME_OFFSET_US after each preamble
-    time in `times` (resampled from the recording's rate, with `ltsei frames`' resampler), cut from `block` (stored
-    values from sample `a` on) or read from the recording; and which of `times` fit (B of them)."""
+    """The frames (B, 2, length) float32 at `rate`, scaled by their reply (`scale_to_reply`), that start FRAME_OFFSET_US
+    after each preamble time in `times` (resampled from the recording's rate, with `ltsei frames`' resampler), cut from
+    `block` (stored values from sample `a` on) or read from the recording; and which of `times` fit (B of them)."""
     plan = network_plan(rec, times, rate, length, block, a)
     rows = np.flatnonzero(plan["fits"])
     if not rows.size: return np.zeros((0, 2, length), np.float32), plan["fits"]
@@ -113,9 +129,7 @@ def network_windows(rec, times, rate: float, length: int, block=None, a: int = 0
             z = resample_poly(z, plan["up"], plan["down"], axis=1)
             z = np.take_along_axis(z, plan["off"][rows][:, None] + np.arange(plan["length"]), 1)
         x = np.stack([z.real, z.imag], axis=-1)
-    x = x[:, :length].transpose(0, 2, 1)
-    p = (x.astype(np.float64) ** 2).sum(1).mean(1)
-    return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32), plan["fits"]
+    return scale_to_reply(x[:, :length].transpose(0, 2, 1), rate), plan["fits"]
 
 # %% ../../nbs/23_verify.ipynb #7be7d223
 def check_rate(rec, rate: float) -> str:
@@ -485,7 +499,8 @@ def audit_pick(times, msgs, fraction: float, seed: int = 0) -> np.ndarray:
     return np.array(h, np.float64).reshape(-1) / 2.0 ** 64 < float(fraction)
 
 # %% ../../nbs/23_verify.ipynb #9355923d
-GALLERY_FORMAT = "ltsei-gallery-v1"
+GALLERY_FORMAT = "ltsei-gallery-v2"      # v2: windows scaled by their reply (`scale_to_reply`)
+WINDOW_SCALE = "reply"
 GALLERY_FILES = re.compile(r"manifest\.json|identities\.csv|embeddings\.npy|addresses\.npy|templates\.npz|model|summary\.txt")
 
 def read_gallery(folder) -> dict:
@@ -493,8 +508,7 @@ def read_gallery(folder) -> dict:
     folder = Path(folder)
     try: man = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError): man = None
-    if not isinstance(man, dict) or man.get("format") != GALLERY_FORMAT:
-        raise ValueError(f"--gallery {folder}: not an ltsei gallery (no manifest.json of format {GALLERY_FORMAT}): make one with ltsei enroll")
+    check_gallery_format(man, folder)
     E = np.load(folder / "embeddings.npy", allow_pickle=False)
     ids = np.load(folder / "addresses.npy", allow_pickle=False).astype(str)
     if not len(E): raise ValueError(f"--gallery {folder}: the gallery is empty (no enrolled aircraft): enroll at least one with ltsei enroll")
@@ -502,6 +516,18 @@ def read_gallery(folder) -> dict:
     t = Templates(list(man["addresses"]), np.asarray(man["counts"]), tz["P"], tz["owner"], tz["sigma"], tz["center"], tz["member"], tz["genuine"], tz["impostor"],
                   tz["tau"] if "tau" in tz.files else np.full(len(man["addresses"]), float(man["threshold"])))
     return {"manifest": man, "E": E, "ids": ids, "templates": t, "folder": folder}
+
+# %% ../../nbs/23_verify.ipynb #0edabf81
+def check_gallery_format(man, folder) -> None:
+    """One line when `man` is not the manifest of a gallery this version reads: a gallery of format 1 (windows scaled
+    by their whole power) is read where its windows lie inside the reply (the same scale), and refused otherwise."""
+    fmt = man.get("format") if isinstance(man, dict) else None
+    if fmt == "ltsei-gallery-v1" and reply_samples(man["sample_rate"], man["length"]) < man["length"]:
+        raise ValueError(f"--gallery {folder}: made by an earlier ltsei enroll (format ltsei-gallery-v1), whose windows of {man['length']} "
+                         f"samples at {man['sample_rate'] / 1e6:g} MS/s, longer than a reply, were scaled by their whole power; this version scales "
+                         f"them by the reply's {REPLY_US:g} us: enroll the aircraft again into a new gallery")
+    if fmt not in (GALLERY_FORMAT, "ltsei-gallery-v1"):
+        raise ValueError(f"--gallery {folder}: not an ltsei gallery (no manifest.json of format {GALLERY_FORMAT}): make one with ltsei enroll")
 
 # %% ../../nbs/23_verify.ipynb #9e79e16b
 def check_same_network(man: dict, net: Network, where: str) -> None:
@@ -524,7 +550,7 @@ def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: f
     man = {"format": GALLERY_FORMAT, "generator": "ltsei enroll", "model_key": net.key, "model_run": net.files["network"]["run"],
            "space": net.space, "sample_rate": net.sample_rate, "length": net.length, "false_alarm": false_alarm, "threshold": tau,
            "groups_rule": g["rule"], "sources": sources, "addresses": t.ids, "counts": t.counts.tolist(),
-           "frames": int(len(E)), "frame_offset_us": FRAME_OFFSET_US}
+           "frames": int(len(E)), "frame_offset_us": FRAME_OFFSET_US, "window_scale": WINDOW_SCALE}
     (out / "model").mkdir()
     (out / "model" / "network.json").write_text(json.dumps(net.files["network"], indent=1))
     copy_file(net.files["stage1"], out / "model" / "stage1.pt")

@@ -13,7 +13,7 @@ from ..core.storage import clean_stale, drop_temp, make_temp_dir, replace_dir, s
 from ..signals.frames import FRAMES_FORMATS, dc_offset, open_recording
 from .verify import (FRAME_OFFSET_US, GALLERY_FILES, SPACES, Network, _run_files, _check_out, check_rate, check_same_network,
                           REF_MAX, REF_MIN, SCREEN_S, audit_pick, cfo_wrap, evaluate, ghost_report, iq_signature, join_truth, network_plan, network_windows, read_gallery, scan_replies, screen_flags, screen_reference, screen_signature, track_test,
-                          track_thresholds, window_span, write_gallery)
+                          track_thresholds, window_span, write_gallery, scale_to_reply)
 from .scenario import synth_recording_main      # ltsei.cli dispatches all three commands from here
 
 # %% auto #0
@@ -67,7 +67,7 @@ def _frames_folder(p: Path, rate: float, length: int, stats: dict):
         def sign(X=X, rows=part.row.to_numpy(), p0=p0):    # read only when the screen asks (not by enroll, every or track)
             w = np.asarray(X[rows, p0:p0 + int(round(SCREEN_S * rate))], np.float32)
             return iq_signature(w[..., 0] + 1j * w[..., 1], rate), cfo_wrap(rate)
-        x /= np.sqrt(np.maximum((x.astype(np.float64) ** 2).sum(1).mean(1), 1e-30))[:, None, None].astype(np.float32)
+        x = scale_to_reply(x, rate)
         yield pd.DataFrame({"file": part.file.to_numpy(), "time_s": part.time_s.to_numpy(), "icao": part.icao.to_numpy(),
                             "msg": part.msg.to_numpy()}), (lambda rows=None, x=x: x if rows is None else x[rows]), sign
 
