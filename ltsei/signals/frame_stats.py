@@ -450,7 +450,7 @@ def _fmt(v, k) -> str:
     if k == "cfo": return f"{v / 1e3:.0f}"
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
-# %% ../../nbs/05b_frame_stats.ipynb #519637d4
+
 def compare(a: pd.DataFrame, b: pd.DataFrame, names=("synthetic", "real")) -> pd.DataFrame:
     """Side by side: each summary's median [p10, p90] per statistic, and `inside`: whether `a`'s median lies
     within `b`'s p10-p90 ("yes"/"no", "n/a" where either is undefined). The carrier offset is shown in kHz."""

@@ -113,7 +113,7 @@ def _lut(fmt: str) -> np.ndarray:
         _LUT[fmt] = np.hypot(v[None, :], v[:, None]).astype(np.float32).ravel()   # [256 q + i]
     return _LUT[fmt]
 
-# %% ../../nbs/06b_recordings.ipynb #e10bab39
+
 MAG_BLOCK = 1 << 18     # samples looked up at a time: the look-up's index array stays in the cache
 
 def magnitude(raw, fmt: str, out=None) -> np.ndarray:
