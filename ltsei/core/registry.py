@@ -62,7 +62,6 @@ def _unknown(self: Registry, name) -> UnknownName:
     return UnknownName(f"{where}: no {self.family} of that name; expected one of {', '.join(valid)}"
                        + (f" (did you mean {close[0]!r}?)" if close else ""))
 
-# %% ../../nbs/00_registry.ipynb #f3c62052
 Registry._unknown = _unknown
 
 # %% ../../nbs/00_registry.ipynb #bb9ffca7
@@ -82,5 +81,4 @@ def _check(self: Registry, name) -> str:
     self[name]
     return name
 
-# %% ../../nbs/00_registry.ipynb #661cc8e2
 Registry.names, Registry.meta, Registry.check = _names, _meta, _check

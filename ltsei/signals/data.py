@@ -290,7 +290,6 @@ LEAKAGE_MODES = ("error", "drop", "allow")    # `data.leakage`
 
 def _is_int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-# %% ../../nbs/05_data.ipynb #f76afa16
 def _is_num(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 # %% ../../nbs/05_data.ipynb #5b576b03
@@ -389,7 +388,6 @@ def _read_split(path, role, cfg):
 # %% ../../nbs/05_data.ipynb #aa394cd4
 def _n(k: int, one: str, many: str) -> str: return f"{k} {one if k == 1 else many}"
 
-# %% ../../nbs/05_data.ipynb #39463966
 def _say_into(notes: list):
     "A `say(msg, warn=False)` that prints one `[ltsei] data: ...` (or `warning: ...`) line and keeps it in `notes`."
     def say(msg, warn=False):
