@@ -157,7 +157,7 @@ def pulse_envelope(chips, sample_rate: float, length: int, rise_time=50e-9, fall
     w = _col(width_offset, B)
     # an edge must stay within +-CHIP/2 of its boundary (true for rise <= 0.1 us, fall <= 0.2 us, |w| <= 60 ns)
     if np.any(d_r / 2 > CHIP / 2) or np.any(d_f / 2 + np.abs(w) > CHIP / 2 + 1e-12):
-        raise ValueError("pulse_envelope: edges too slow for 0.5 us chips (need rise <= 0.147 us and "
+        raise ValueError("pulse_envelope: edges too slow for 0.5 us chips (need rise <= 0.295 us and "
                          "fall/2/0.59 + |width_offset| <= 0.25 us)")
     tt = (np.arange(length)[None, :] / sample_rate - _col(t0, B)).astype(np.float32)  # (B, L) time from the frame start
     j = np.clip(np.floor(tt * np.float32(1 / CHIP) + 0.5).astype(np.int64), -1, n + 1)  # the nearest chip boundary
