@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 from ..core.storage import copy_file, safe_load, sha256_file
 from ..signals.emitters import estimate_cfo
-from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, NOISE_BLOCK, OK, FIXED, REJECT, dc_offset, envelope, noise_levels,
-                          box_sums, chip_width, chip_edges, find_candidates, slice_bits, classify, retry_phases, window_plan,
-                          read_windows, to_iq, _ints)
+from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, OK, FIXED, REJECT, chunk_candidates, dc_offset,
+                                  window_plan, read_windows, to_iq, _ints)
 
 # %% auto #0
 __all__ = ['FRAME_OFFSET_US', 'REPLY_US', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
@@ -40,35 +39,20 @@ def scan_replies(rec, chunk: int = 1 << 20, threshold: float = 1.5, before: int 
     """Per chunk of `rec`: (replies, failed, block, a): the DF17/18 replies with a valid CRC (time_s of the preamble,
     icao, the message as integers hi and lo), repeats of one message within 64 us dropped; the number of DF17/18
     candidates whose CRC failed away from any reply that passed; the chunk's stored values from sample a on, with at
-    least `before` samples before it and `after` samples after its end (so that windows can be cut from it). The
-    chunk loop of `ltsei.signals.frames.scan_chunks`. `dc`: the receiver's DC offset (`dc_offset`), measured unless given."""
-    fs, wc = rec.sample_rate, chip_width(rec.sample_rate)
-    e = chip_edges(fs, 16 + 224)
-    span, w = int(e[-1]) + wc, int(e[2])
-    dc, want = dc_offset(rec) if isinstance(dc, str) else dc, DF_WANTED["17"]
-    pre, post = max(w + 1, before), max(span + w + 1, after)
-    buf = np.empty(min(rec.n, chunk + pre + post), np.float32)     # the envelope of every chunk
-    for s in range(0, rec.n, chunk):
-        a, b, end = max(0, s - pre), min(rec.n, s + chunk + post), min(rec.n, s + chunk)
-        block = read_block(rec, a, b)
-        if rec.fmt == "cf32" and not np.isfinite(block).all():
-            raise ValueError(f"{rec.path}: samples that are not finite (NaN or inf) near sample {s}: expected finite cf32 I/Q values")
-        m = envelope(block, rec.fmt, dc, out=buf)
-        noise, chips = noise_levels(m, a, s, end), box_sums(m, wc)
-        c, frac, v = find_candidates(m, chips, fs, threshold * noise.min())
-        ok = (c + a >= s) & (c + a < end) & (c + span <= m.size)
-        c, frac, v = c[ok], frac[ok], v[ok]
-        nz = noise[(c + a) // NOISE_BLOCK - s // NOISE_BLOCK]
-        ok = (v > threshold * nz) & np.isin(_ints(slice_bits(chips, c, fs, 0, 5, frac)), want)
-        c, frac = c[ok], frac[ok]
-        if not c.size: yield pd.DataFrame({"time_s": [], "icao": [], "hi": [], "lo": []}), 0, block, a; continue
-        k = classify(slice_bits(chips, c, fs, frac=frac))
-        if wc == 1: retry_phases(k, chips, c, frac, fs, want)
+    least `before` samples before it and `after` samples after its end (so that windows can be cut from it), read from
+    the file (`read_block`). `ltsei frames`' chunk loop (`chunk_candidates`). `dc`: the receiver's DC offset
+    (`dc_offset`), measured unless given."""
+    fs, want = rec.sample_rate, DF_WANTED["17"]
+    dc = dc_offset(rec) if isinstance(dc, str) else dc
+    for ch in chunk_candidates(rec, chunk, threshold, want, dc, before, after, read=lambda a, b: read_block(rec, a, b)):
+        k, a = ch.k, ch.a
+        if k is None: yield pd.DataFrame({"time_s": [], "icao": [], "hi": [], "lo": []}), 0, ch.block, a; continue
         sel = np.isin(k["status"], (OK, FIXED)) & (k["df"] >= 17)
         bits = k["bits"][sel]
-        t, hi, lo = (a + c[sel] + frac[sel]) / fs, _ints(bits[:, :56]), _ints(bits[:, 56:])
+        t, hi, lo = (a + ch.c[sel] + ch.frac[sel]) / fs, _ints(bits[:, :56]), _ints(bits[:, 56:])
         keep = ~_repeats(t, hi, lo, 64e-6)
-        yield pd.DataFrame({"time_s": t[keep], "icao": k["icao"][sel][keep], "hi": hi[keep], "lo": lo[keep]}), _lone_failures(c[k["status"] == REJECT], c[sel], int(120e-6 * fs)), block, a
+        yield (pd.DataFrame({"time_s": t[keep], "icao": k["icao"][sel][keep], "hi": hi[keep], "lo": lo[keep]}),
+               _lone_failures(ch.c[k["status"] == REJECT], ch.c[sel], int(120e-6 * fs)), ch.block, a)
 
 # %% ../../nbs/23_verify.ipynb #35eb1dee
 def _lone_failures(bad: np.ndarray, good: np.ndarray, span: int) -> int:

@@ -8,7 +8,7 @@ import argparse, hashlib, json, math, re
 from dataclasses import dataclass, asdict, fields, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 import numpy as np
 import pandas as pd
 from ..core.storage import StorageError, clean_stale, drop_temp, make_temp_dir, replace_dir, reserve_space, storage_error
@@ -21,10 +21,10 @@ __all__ = ['PULSE_CHIPS', 'CANDIDATE_BLOCK', 'REPLY_US', 'REJECT', 'OK', 'FIXED'
            'NOISE_BLOCK', 'AP_WAIT_S', 'PHASES', 'BATCH', 'SIGMF_VERSION', 'OUT_FILES', 'FramesConfig',
            'check_frames_config', 'chip_edges', 'chip_width', 'box_sums', 'preamble_sums', 'contrast_peaks',
            'find_candidates', 'slice_bits', 'reply_snr', 'remainder_tables', 'remainder', 'single_bit_syndromes',
-           'classify', 'noise_levels', 'scan_chunks', 'retry_phases', 'repair_one_bit', 'scan', 'select_frames',
-           'resampling', 'window_plan', 'read_windows', 'window_hashes', 'label_frames', 'split_by_time', 'find_frames',
-           'keep_windows', 'write_arrays', 'write_sigmf_annotations', 'plot_long_tail', 'write_dataset',
-           'frames_parser', 'frames_main', 'synth_recording']
+           'classify', 'noise_levels', 'Chunk', 'chunk_candidates', 'scan_chunks', 'retry_phases', 'repair_one_bit',
+           'scan', 'select_frames', 'resampling', 'window_plan', 'read_windows', 'window_hashes', 'label_frames',
+           'split_by_time', 'find_frames', 'keep_windows', 'write_arrays', 'write_sigmf_annotations', 'plot_long_tail',
+           'write_dataset', 'frames_parser', 'frames_main', 'synth_recording']
 
 # %% ../../nbs/07_frames.ipynb #c9bb5fc0
 @dataclass
@@ -270,48 +270,62 @@ def noise_levels(m, a: int, s: int, e: int) -> np.ndarray:
     if s + full * NOISE_BLOCK < e: med = np.append(med, np.median(m[s + full * NOISE_BLOCK - a:e - a:61]))
     return np.maximum(med, 1e-12)
 
-# %% ../../nbs/07_frames.ipynb #9bbed169
-def scan_chunks(rec: Recording, cfg: FramesConfig):
-    """Per chunk, a dict of arrays of the replies `cfg.df` asks for (DF17/18, or every kind `classify` knows): time_s
-    (the preamble's start), snr_db, df, status, icao (int), and the message as two integers hi, lo (bits 0-55 and
-    56-111). Reads `cfg.chunk` samples at a time plus an overlap on both sides; a chunk keeps only the candidates
-    that start inside it, so a reply on a chunk edge is found once."""
-    fs, chunk, wc = rec.sample_rate, int(cfg.chunk), chip_width(rec.sample_rate)
+# %% ../../nbs/07_frames.ipynb #82a48a8d
+class Chunk(NamedTuple):
+    "One chunk's candidates: values from sample `a` on, the chip sums, the candidates (start `c`, fraction `frac`, block noise `nz`) and their `classify` readings `k` (None: no candidate)."
+    a: int; block: np.ndarray; chips: np.ndarray; c: np.ndarray; frac: np.ndarray; nz: np.ndarray; k: Optional[dict]
+
+def chunk_candidates(rec: Recording, chunk: int, threshold: float, wanted, dc, before: int = 0, after: int = 0, read=None):
+    """Per chunk of `rec` (`chunk` samples, overlaps of at least `before` / `after` samples), a `Chunk` of the candidates
+    whose downlink format is in `wanted`, classified (and retried at other phases at one sample per chip); `read(a, b)`
+    gives the stored values of samples a to b (default: a slice of the memory map)."""
+    fs, wc = rec.sample_rate, chip_width(rec.sample_rate)
     e = chip_edges(fs, 16 + 224)
     span, w = int(e[-1]) + wc, int(e[2])
-    pre, post = w + 1, span + w + 1
-    raw, dc = raw_samples(rec), dc_offset(rec)
+    pre, post = max(w + 1, before), max(span + w + 1, after)
+    if read is None: raw = raw_samples(rec); read = lambda a, b: raw[2 * a:2 * b]
     buf = np.empty(min(rec.n, chunk + pre + post), np.float32)     # the envelope of every chunk
     for s in range(0, rec.n, chunk):
         a, b, end = max(0, s - pre), min(rec.n, s + chunk + post), min(rec.n, s + chunk)
-        block = raw[2 * a:2 * b]
+        block = read(a, b)
         if rec.fmt == "cf32" and not np.isfinite(block).all():
             k = a + int(np.argmax(~np.isfinite(block))) // 2
             raise ValueError(f"{rec.path}: sample {k} is not finite (NaN or inf): expected finite cf32 I/Q values"
                              f"{suggest_format(rec.path, rec.fmt)}")
         m = envelope(block, rec.fmt, dc, out=buf)
-        noise = noise_levels(m, a, s, end)
-        chips = box_sums(m, wc)
-        c, frac, v = find_candidates(m, chips, fs, cfg.threshold * noise.min())
+        noise, chips = noise_levels(m, a, s, end), box_sums(m, wc)
+        c, frac, v = find_candidates(m, chips, fs, threshold * noise.min())
         ok = (c + a >= s) & (c + a < end) & (c + span <= m.size)
         c, frac, v = c[ok], frac[ok], v[ok]
         nz = noise[(c + a) // NOISE_BLOCK - s // NOISE_BLOCK]
-        ok = (v > cfg.threshold * nz) & np.isin(_ints(slice_bits(chips, c, fs, 0, 5, frac)), DF_WANTED[cfg.df])
-        c, frac, nz = c[ok], frac[ok], nz[ok]                   # the downlink format first: cheap
-        if not c.size: continue
-        k = classify(slice_bits(chips, c, fs, frac=frac))
-        if wc == 1: retry_phases(k, chips, c, frac, fs, DF_WANTED[cfg.df])
+        ok = (v > threshold * nz) & np.isin(_ints(slice_bits(chips, c, fs, 0, 5, frac)), wanted)
+        c, frac, nz, k = c[ok], frac[ok], nz[ok], None                   # the downlink format first: cheap
+        if c.size:
+            k = classify(slice_bits(chips, c, fs, frac=frac))
+            if wc == 1: retry_phases(k, chips, c, frac, fs, wanted)
+        yield Chunk(a, block, chips, c, frac, nz, k)
+
+# %% ../../nbs/07_frames.ipynb #33e91e02
+def scan_chunks(rec: Recording, cfg: FramesConfig):
+    """Per chunk, a dict of arrays of the replies `cfg.df` asks for (DF17/18, or every kind `classify` knows): time_s
+    (the preamble's start), snr_db, df, status, icao (int), and the message as two integers hi, lo (bits 0-55 and
+    56-111). Reads `cfg.chunk` samples at a time plus an overlap on both sides; a chunk keeps only the candidates
+    that start inside it, so a reply on a chunk edge is found once."""
+    fs = rec.sample_rate
+    for ch in chunk_candidates(rec, int(cfg.chunk), cfg.threshold, DF_WANTED[cfg.df], dc_offset(rec)):
+        k = ch.k
+        if k is None: continue
         if cfg.fix1: repair_one_bit(k)
         sel = np.isin(k["status"], (OK, FIXED)) & (k["df"] >= 17) if cfg.df == "17" else k["status"] != REJECT
         if not sel.any(): continue
-        c, bits = c[sel], k["bits"][sel]
-        yield {"time_s": (a + c + frac[sel]) / fs, "snr_db": reply_snr(chips, c, bits, fs, nz[sel] ** 2 / np.log(2)).round(2),
+        c, bits = ch.c[sel], k["bits"][sel]
+        yield {"time_s": (ch.a + c + ch.frac[sel]) / fs, "snr_db": reply_snr(ch.chips, c, bits, fs, ch.nz[sel] ** 2 / np.log(2)).round(2),
                "df": k["df"][sel], "status": k["status"][sel], "icao": k["icao"][sel],
                "hi": _ints(bits[:, :56]), "lo": _ints(bits[:, 56:])}
 
+# %% ../../nbs/07_frames.ipynb #654c5709
 PHASES = (-0.25, 0.25)   # at about one sample per chip, a failed candidate is sliced again this far (in samples) either side
 
-# %% ../../nbs/07_frames.ipynb #654c5709
 def retry_phases(k: dict, chips, c, frac, fs: float, wanted) -> None:
     """At about one sample per chip the sampling phase decides many bits: the candidates that `classify` rejected
     are sliced again a quarter sample earlier and later (the downlink format first: only those of the formats
