@@ -62,6 +62,10 @@ class SynthConfig:
     cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
     multipath: bool = False     # one weak delayed ray (and sometimes a second)
     overlap_prob: float = 0.0   # share of frames overlapped by another aircraft's weaker reply
+    fruit_rate_hz: float = 0.0  # other aircraft's replies (fruit: Mode A/C, some Mode S) per second across the frame (0: none)
+    fruit_modes_share: float = 0.0  # ... the share of them that are Mode S replies
+    fruit_db_min: float = -10.0  # ... their pulse power vs the frame's own, uniform in dB
+    fruit_db_max: float = 0.0
     difficulty: float = 1.0     # fingerprint spreads are divided by this: 2 = twice as close (harder)
     icao_mode: str = "random"   # random | per_emitter
     seed: int = 0
@@ -140,8 +144,16 @@ def check_synth_config(cfg) -> None:
     _check_rx(cfg, bad)
     if not 0 <= float(cfg.cfo_drift_hz) < float("inf"): bad("cfo_drift_hz", "0 (off) or a drift in Hz")
     if not 0 <= float(cfg.overlap_prob) <= 1: bad("overlap_prob", "a probability in [0, 1]")
+    _check_fruit(cfg, bad)
     if not float(cfg.difficulty) > 0: bad("difficulty", "a positive number")
     if cfg.icao_mode not in ("random", "per_emitter"): bad("icao_mode", "'random' or 'per_emitter'")
+
+def _check_fruit(cfg, bad) -> None:
+    "The traffic's keys (see `check_synth_config`)."
+    if not 0 <= float(cfg.fruit_rate_hz) <= 2e5: bad("fruit_rate_hz", "0 (off) to 2e5 replies per second")
+    if not 0 <= float(cfg.fruit_modes_share) <= 1: bad("fruit_modes_share", "a share in [0, 1]")
+    if not -60 <= float(cfg.fruit_db_min) <= 30: bad("fruit_db_min", "a level in dB vs the frame's pulses, -60 to 30")
+    if not float(cfg.fruit_db_min) <= float(cfg.fruit_db_max) <= 30: bad("fruit_db_max", f">= fruit_db_min={cfg.fruit_db_min} and <= 30 dB")
 
 def _check_rx(cfg, bad) -> None:
     "The ADC's and the receiver's own keys (see `check_synth_config`)."
@@ -188,7 +200,8 @@ def synth_numerics() -> dict:
 # that every earlier data set keeps its key
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
                                                   "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz", "rx_decimation",
-                                                  "align_min_s", "align_max_s")}
+                                                  "align_min_s", "align_max_s", "fruit_rate_hz",
+                                                  "fruit_modes_share", "fruit_db_min", "fruit_db_max")}
 
 # %% ../../nbs/04_synth.ipynb #6f76d9bb
 def keyed_synth(d: dict) -> dict:
