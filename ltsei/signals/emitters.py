@@ -185,7 +185,7 @@ def _channel(cfg, z, fs, P, t0, rng, p_sig=None):
         re, im = _carrier(e2, np.zeros_like(e2), cfo, 300.0, np.zeros(k), fs, P, rng)
         g = 10 ** (rng.uniform(*OVERLAP_DB, k) / 20)
         z[hit] += g.astype(f32)[:, None] * _complex(re, im)
-    if float(cfg.fruit_rate_hz) > 0: z = _fruit(cfg, z, fs, P, p_sig, rng)
+    if float(cfg.fruit_rate_hz) > 0: z = _fruit(cfg, z, fs, P, p_sig, t0, rng)
     return z
 
 # %% ../../nbs/03b_emitters.ipynb #3c0d4133
@@ -221,8 +221,9 @@ def _add_pulses(z, b, t0, w, a, cfo, ph, fs: float, P: int) -> None:
 # %% ../../nbs/03b_emitters.ipynb #dd277dc8
 FRUIT_SPAN_S = {False: 14 * MODE_AC_SPACING_S + SPI_DELAY_S + MODE_AC_WIDTH_S, True: 120e-6}   # Mode A/C, Mode S: a reply's length
 
-def _fruit(cfg, z, fs: float, P: int, p_sig, rng):
-    "`z` (B, Lx) with Poisson-many fruit replies in each frame (see above), at levels relative to the frames' pulse power `p_sig` (B,)."
+def _fruit(cfg, z, fs: float, P: int, p_sig, t0, rng):
+    """`z` (B, Lx) with Poisson-many fruit replies in each frame (see above), at levels relative to the frames' pulse power
+    `p_sig` (B,); those that overlap the frame's own reply (from `t0`, 120 us) only where `fruit_over_db_max` or weaker."""
     frng = np.random.default_rng(rng.integers(1 << 62))
     B, Lx = z.shape
     lo, hi = -P / fs, (Lx - P) / fs
@@ -234,7 +235,9 @@ def _fruit(cfg, z, fs: float, P: int, p_sig, rng):
         n = f.size
         start = frng.uniform(lo - span, hi, n)
         cfo = np.clip(CFO_SHIFT_HZ + CFO_MEDIAN_HZ * np.exp(CFO_LOG_SPREAD * frng.standard_normal(n)), *CFO_CLIP_HZ)
-        a = np.sqrt(p_sig[f]) * 10 ** (frng.uniform(float(cfg.fruit_db_min), float(cfg.fruit_db_max), n) / 20)
+        db = frng.uniform(float(cfg.fruit_db_min), float(cfg.fruit_db_max), n)
+        over = (start < t0[f] + 120e-6) & (start + span > t0[f])
+        a = np.sqrt(p_sig[f]) * 10 ** (db / 20) * ~(over & (db > float(cfg.fruit_over_db_max)))   # a decoder loses frames garbled by more
         t, w, r = _fruit_pulses(frng, n, modes)
         _add_pulses(z, f[r], start[r] + t, w, a[r], cfo[r], frng.uniform(0, 2 * np.pi, n)[r], fs, P)
     return z

@@ -66,6 +66,7 @@ class SynthConfig:
     fruit_modes_share: float = 0.0  # ... the share of them that are Mode S replies
     fruit_db_min: float = -10.0  # ... their pulse power vs the frame's own, uniform in dB
     fruit_db_max: float = 0.0
+    fruit_over_db_max: float = 30.0  # ... those overlapping the frame's own reply only this strong or weaker (dB; a decoder loses the rest)
     difficulty: float = 1.0     # fingerprint spreads are divided by this: 2 = twice as close (harder)
     icao_mode: str = "random"   # random | per_emitter
     seed: int = 0
@@ -154,6 +155,7 @@ def _check_fruit(cfg, bad) -> None:
     if not 0 <= float(cfg.fruit_modes_share) <= 1: bad("fruit_modes_share", "a share in [0, 1]")
     if not -60 <= float(cfg.fruit_db_min) <= 30: bad("fruit_db_min", "a level in dB vs the frame's pulses, -60 to 30")
     if not float(cfg.fruit_db_min) <= float(cfg.fruit_db_max) <= 30: bad("fruit_db_max", f">= fruit_db_min={cfg.fruit_db_min} and <= 30 dB")
+    if not -60 <= float(cfg.fruit_over_db_max) <= 30: bad("fruit_over_db_max", "a level in dB vs the frame's pulses, -60 to 30")
 
 def _check_rx(cfg, bad) -> None:
     "The ADC's and the receiver's own keys (see `check_synth_config`)."
@@ -201,7 +203,7 @@ def synth_numerics() -> dict:
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
                                                   "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz", "rx_decimation",
                                                   "align_min_s", "align_max_s", "fruit_rate_hz",
-                                                  "fruit_modes_share", "fruit_db_min", "fruit_db_max")}
+                                                  "fruit_modes_share", "fruit_db_min", "fruit_db_max", "fruit_over_db_max")}
 
 # %% ../../nbs/04_synth.ipynb #6f76d9bb
 def keyed_synth(d: dict) -> dict:
