@@ -1711,6 +1711,7 @@ d = { 'settings': { 'branch': 'main',
                                      'ltsei.signals.synth.synth_main': ('synth.html#synth_main', 'ltsei/signals/synth.py'),
                                      'ltsei.signals.synth.synth_nbytes': ('synth.html#synth_nbytes', 'ltsei/signals/synth.py'),
                                      'ltsei.signals.synth.synth_numerics': ('synth.html#synth_numerics', 'ltsei/signals/synth.py')},
-            'ltsei.signals.traffic': { 'ltsei.signals.traffic._rates': ('traffic.html#_rates', 'ltsei/signals/traffic.py'),
+            'ltsei.signals.traffic': { 'ltsei.signals.traffic._fit_over': ('traffic.html#_fit_over', 'ltsei/signals/traffic.py'),
+                                       'ltsei.signals.traffic._rates': ('traffic.html#_rates', 'ltsei/signals/traffic.py'),
                                        'ltsei.signals.traffic.fit_traffic': ('traffic.html#fit_traffic', 'ltsei/signals/traffic.py'),
                                        'ltsei.signals.traffic.fruit_stats': ('traffic.html#fruit_stats', 'ltsei/signals/traffic.py')}}}

@@ -86,13 +86,14 @@ SYNTH_PRESETS = {
                          test_per_class=20, snr_db_min=25.0, snr_db_max=35.0, difficulty=0.1, seed=148),
     # an RTL-SDR stick at 2 MS/s (one sample per 0.5 us chip): the quick preset's fleet seen through the stick's
     # chain (tuner and decimation filter, which lets the band beyond +-1 MHz alias in; 8-bit ADC at a fixed gain, DC spur,
-    # IQ imbalance, crystal offset), fitted to
+    # IQ imbalance, crystal offset) and the traffic behind its replies (other aircraft's Mode A/C and Mode S replies), fitted to
     # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
     # and are the shortest ConvNetADSB takes
     "rtl2m": SynthConfig(rx_decimation="rtl", num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
                          test_per_class=60, snr_db_min=12.7, snr_db_max=28.7, rx_bandwidth=2.2e6, rx_transition=1.45e6,
                          clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=4.6, adc_agc_db=5.7,
-                         dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
+                         dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2,
+                         fruit_rate_hz=15220.0, fruit_modes_share=0.656, fruit_db_min=-6.19, fruit_db_max=4.57, fruit_over_db_max=-6.19),
 }
 SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=2.64e6)   # the same stick at 2.4 MS/s (160 us): its filter 1.2x as wide
 SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key

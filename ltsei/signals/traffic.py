@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import replace
 import numpy as np
-from .frame_stats import as_complex, frame_start, synth_sample
+from .frame_stats import as_complex, frame_start, measure_frames, synth_sample
 
 # %% auto #0
 __all__ = ['FRUIT_HIT_DB', 'FRUIT_TAIL_S', 'FRUIT_NEAR_S', 'FRUIT_KEYS', 'fruit_stats', 'fit_traffic']
@@ -33,8 +33,18 @@ def fruit_stats(x, sample_rate: float) -> dict:
     return {"tail": n, "hit": hits / max(n, 1), "levels": np.concatenate(levels),
             "density": float(np.mean(np.concatenate(dens))) if dens else float("nan")}
 
+# %% ../../nbs/05c_traffic.ipynb #76efeef6
+def _fit_over(cfg, x, sample_rate: float, frames: int = 30, emitters=None):
+    """`cfg` with `fruit_over_db_max` (of `fruit_db_min`, their middle, `fruit_db_max`) that brings the median `noise_floor`
+    statistic of its frames (cut to the captures' length) nearest the captures' `x` (see above)."""
+    fs, L = float(sample_rate), int(np.shape(x)[-1])
+    def nf(v): return np.nanmedian(measure_frames(v, fs, edges=False)["noise_floor"])
+    target = nf(x)
+    grid = [round(float(v), 2) for v in np.linspace(cfg.fruit_db_min, cfg.fruit_db_max, 3)]
+    return replace(cfg, fruit_over_db_max=min(grid, key=lambda v: abs(nf(synth_sample(replace(cfg, length=L, fruit_over_db_max=v), frames, emitters)[0]) - target)))
+
 # %% ../../nbs/05c_traffic.ipynb #310f3c55
-FRUIT_KEYS = ("fruit_rate_hz", "fruit_modes_share", "fruit_db_min", "fruit_db_max")   # the keys `fit_traffic` fits
+FRUIT_KEYS = ("fruit_rate_hz", "fruit_modes_share", "fruit_db_min", "fruit_db_max", "fruit_over_db_max")   # the keys `fit_traffic` fits
 
 def _rates(real: dict, hn: float, ac: dict, ms: dict, rate: float) -> tuple[float, float]:
     """(replies per second, Mode S share) that give the captures' hits and density (`real`), from the noise's hits `hn` and
@@ -65,4 +75,4 @@ def fit_traffic(cfg, x, sample_rate: float, frames: int = 30, emitters=None, rat
         ac, ms = sim(replace(c, fruit_rate_hz=rate, fruit_modes_share=0.0)), sim(replace(c, fruit_rate_hz=rate, fruit_modes_share=1.0))
         r, share = _rates(real, hn, ac, ms, rate)
         c = replace(c, fruit_rate_hz=round(float(np.clip(r, 0, 2e5)), -1), fruit_modes_share=round(float(share), 3))
-    return c, real
+    return _fit_over(c, x, fs, frames, emitters), real
