@@ -33,7 +33,7 @@ def fruit_stats(x, sample_rate: float) -> dict:
     return {"tail": n, "hit": hits / max(n, 1), "levels": np.concatenate(levels),
             "density": float(np.mean(np.concatenate(dens))) if dens else float("nan")}
 
-# %% ../../nbs/05c_traffic.ipynb #76efeef6
+# %% ../../nbs/05c_traffic.ipynb #94d07fa7
 def _fit_over(cfg, x, sample_rate: float, frames: int = 30, emitters=None):
     """`cfg` with `fruit_over_db_max` (of `fruit_db_min`, their middle, `fruit_db_max`) that brings the median `noise_floor`
     statistic of its frames (cut to the captures' length) nearest the captures' `x` (see above)."""
@@ -61,7 +61,8 @@ def fit_traffic(cfg, x, sample_rate: float, frames: int = 30, emitters=None, rat
     first `emitters`, trial rate `rate`, `rounds` of both steps): returns the fitted config and the captures' `fruit_stats`."""
     fs, L = float(sample_rate), int(np.shape(x)[-1])
     real = fruit_stats(x, fs)
-    if real["tail"] < 100 or real["levels"].size < 10: return replace(cfg, fruit_rate_hz=0.0), real    # no tail, or nothing in it
+    if real["tail"] < 100: return cfg, real                                              # no tail to measure: the base's traffic
+    if real["levels"].size < 10: return replace(cfg, fruit_rate_hz=0.0), real            # a quiet tail
     def sim(c): return fruit_stats(synth_sample(replace(c, length=L), frames, emitters)[0], fs)
     hn = sim(replace(cfg, fruit_rate_hz=0.0))["hit"]
     if real["hit"] <= hn: return replace(cfg, fruit_rate_hz=0.0), real                                      # the noise's hits alone
