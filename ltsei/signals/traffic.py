@@ -9,7 +9,7 @@ import numpy as np
 from .frame_stats import as_complex, frame_start, measure_frames, synth_sample
 
 # %% auto #0
-__all__ = ['FRUIT_HIT_DB', 'FRUIT_TAIL_S', 'FRUIT_NEAR_S', 'FRUIT_KEYS', 'fruit_stats', 'fit_traffic']
+__all__ = ['FRUIT_HIT_DB', 'FRUIT_TAIL_S', 'FRUIT_NEAR_S', 'FRUIT_MIN_TAIL_S', 'FRUIT_KEYS', 'fruit_stats', 'fit_traffic']
 
 # %% ../../nbs/05c_traffic.ipynb #90e96023
 FRUIT_HIT_DB = -6.0     # a tail sample is traffic when its envelope is within this of the reply's pulse level, dB
@@ -33,7 +33,7 @@ def fruit_stats(x, sample_rate: float) -> dict:
     return {"tail": n, "hit": hits / max(n, 1), "levels": np.concatenate(levels),
             "density": float(np.mean(np.concatenate(dens))) if dens else float("nan")}
 
-# %% ../../nbs/05c_traffic.ipynb #94d07fa7
+# %% ../../nbs/05c_traffic.ipynb #dba12327
 def _fit_over(cfg, x, sample_rate: float, frames: int = 30, emitters=None):
     """`cfg` with `fruit_over_db_max` (of `fruit_db_min`, their middle, `fruit_db_max`) that brings the median `noise_floor`
     statistic of its frames (cut to the captures' length) nearest the captures' `x` (see above)."""
@@ -44,6 +44,7 @@ def _fit_over(cfg, x, sample_rate: float, frames: int = 30, emitters=None):
     return replace(cfg, fruit_over_db_max=min(grid, key=lambda v: abs(nf(synth_sample(replace(cfg, length=L, fruit_over_db_max=v), frames, emitters)[0]) - target)))
 
 # %% ../../nbs/05c_traffic.ipynb #310f3c55
+FRUIT_MIN_TAIL_S = 20e-6   # the tail a fit needs, per frame on average (ltsei frames' default windows hold 4 us)
 FRUIT_KEYS = ("fruit_rate_hz", "fruit_modes_share", "fruit_db_min", "fruit_db_max", "fruit_over_db_max")   # the keys `fit_traffic` fits
 
 def _rates(real: dict, hn: float, ac: dict, ms: dict, rate: float) -> tuple[float, float]:
@@ -61,7 +62,7 @@ def fit_traffic(cfg, x, sample_rate: float, frames: int = 30, emitters=None, rat
     first `emitters`, trial rate `rate`, `rounds` of both steps): returns the fitted config and the captures' `fruit_stats`."""
     fs, L = float(sample_rate), int(np.shape(x)[-1])
     real = fruit_stats(x, fs)
-    if real["tail"] < 100: return cfg, real                                              # no tail to measure: the base's traffic
+    if real["tail"] < max(100, FRUIT_MIN_TAIL_S * fs * len(x)): return cfg, real          # no tail to measure: the base's traffic
     if real["levels"].size < 10: return replace(cfg, fruit_rate_hz=0.0), real            # a quiet tail
     def sim(c): return fruit_stats(synth_sample(replace(c, length=L), frames, emitters)[0], fs)
     hn = sim(replace(cfg, fruit_rate_hz=0.0))["hit"]
