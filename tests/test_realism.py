@@ -186,7 +186,8 @@ def test_fit_traffic_recovers_rate():
     from dataclasses import replace
     from ltsei.signals.traffic import fit_traffic, fruit_stats
     from ltsei.signals.frame_stats import synth_sample
-    quiet = replace(SYNTH_PRESETS["rtl2m"], num_emitters=3, snr_db_min=30.0, snr_db_max=30.0, fruit_rate_hz=0.0)
+    quiet = replace(SYNTH_PRESETS["rtl2m"], num_emitters=3, snr_db_min=30.0, snr_db_max=30.0, fruit_rate_hz=0.0,
+                    fruit_modes_share=0.0, fruit_over_db_max=30.0)
     truth = replace(quiet, fruit_rate_hz=6000.0, fruit_modes_share=0.0, fruit_db_min=-4.0, fruit_db_max=0.0, seed=3)
     x = synth_sample(truth, 30)[0]
     assert fruit_stats(synth_sample(quiet, 10)[0], 2e6)["hit"] == 0.0 < fruit_stats(x, 2e6)["hit"]
