@@ -56,6 +56,7 @@ def _rates(real: dict, hn: float, ac: dict, ms: dict, rate: float) -> tuple[floa
     share = w * a0 / (w * a0 + (1 - w) * a1)
     return (real["hit"] - hn) / ((1 - share) * a0 + share * a1), share
 
+# %% ../../nbs/05c_traffic.ipynb #e409a6a1
 def fit_traffic(cfg, x, sample_rate: float, frames: int = 30, emitters=None, rate: float = 1e4, rounds: int = 2) -> tuple:
     """The traffic keys (`fruit_rate_hz`, `fruit_modes_share`, `fruit_db_min`, `fruit_db_max`) of captures `x` (N, 2, L)
     that start at their replies' preambles, fitted over the generator `cfg` (see above; `frames` per emitter of its
