@@ -71,7 +71,7 @@ class SynthConfig:
     icao_mode: str = "random"   # random | per_emitter
     seed: int = 0
 
-# %% ../../nbs/04_synth.ipynb #25451a82
+# %% ../../nbs/04_synth.ipynb #c0937377
 SYNTH_PRESETS = {
     "paper": SynthConfig(),
     # CPU scale: 8 MS/s (96 us = 768 samples), made at the paper's 50 MS/s through the paper's receiver chain and
@@ -151,7 +151,7 @@ def check_synth_config(cfg) -> None:
     if not float(cfg.difficulty) > 0: bad("difficulty", "a positive number")
     if cfg.icao_mode not in ("random", "per_emitter"): bad("icao_mode", "'random' or 'per_emitter'")
 
-# %% ../../nbs/04_synth.ipynb #55511fd6
+# %% ../../nbs/04_synth.ipynb #52456642
 def _check_fruit(cfg, bad) -> None:
     "The traffic's keys (see `check_synth_config`)."
     if not 0 <= float(cfg.fruit_rate_hz) <= 2e5: bad("fruit_rate_hz", "0 (off) to 2e5 replies per second")

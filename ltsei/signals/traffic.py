@@ -56,10 +56,10 @@ def _rates(real: dict, hn: float, ac: dict, ms: dict, rate: float) -> tuple[floa
     share = w * a0 / (w * a0 + (1 - w) * a1)
     return (real["hit"] - hn) / ((1 - share) * a0 + share * a1), share
 
-# %% ../../nbs/05c_traffic.ipynb #e409a6a1
+# %% ../../nbs/05c_traffic.ipynb #410fad94
 def fit_traffic(cfg, x, sample_rate: float, frames: int = 30, emitters=None, rate: float = 1e4, rounds: int = 2) -> tuple:
-    """The traffic keys (`fruit_rate_hz`, `fruit_modes_share`, `fruit_db_min`, `fruit_db_max`) of captures `x` (N, 2, L)
-    that start at their replies' preambles, fitted over the generator `cfg` (see above; `frames` per emitter of its
+    """The traffic keys (FRUIT_KEYS: rate, Mode S share, levels, the strongest across a reply: `_fit_over`) of captures
+    `x` (N, 2, L) that start at their replies' preambles, fitted over the generator `cfg` (see above; `frames` per emitter of its
     first `emitters`, trial rate `rate`, `rounds` of both steps): returns the fitted config and the captures' `fruit_stats`."""
     fs, L = float(sample_rate), int(np.shape(x)[-1])
     real = fruit_stats(x, fs)
