@@ -179,3 +179,19 @@ def test_preset_file_in_the_experiment_config_and_ltsei_synth(tmp_path):
 
 
 # (an 8-bit ADC's frames and unquantised ones: the notebook 06_realism)
+
+
+def test_fit_traffic_recovers_rate():
+    "Frames of the stick with known Mode A/C traffic: the fit over the same receiver without it finds its rate and levels roughly."
+    from dataclasses import replace
+    from ltsei.signals.traffic import fit_traffic, fruit_stats
+    from ltsei.signals.frame_stats import synth_sample
+    quiet = replace(SYNTH_PRESETS["rtl2m"], num_emitters=3, snr_db_min=30.0, snr_db_max=30.0, fruit_rate_hz=0.0,
+                    fruit_modes_share=0.0, fruit_over_db_max=30.0)
+    truth = replace(quiet, fruit_rate_hz=6000.0, fruit_modes_share=0.0, fruit_db_min=-4.0, fruit_db_max=0.0, seed=3)
+    x = synth_sample(truth, 30)[0]
+    assert fruit_stats(synth_sample(quiet, 10)[0], 2e6)["hit"] == 0.0 < fruit_stats(x, 2e6)["hit"]
+    fit, _ = fit_traffic(quiet, x, 2e6, frames=30, rounds=1)
+    assert 3000 < fit.fruit_rate_hz < 12000 and fit.fruit_modes_share < 0.3, fit
+    assert abs(fit.fruit_db_max - truth.fruit_db_max) < 3, fit
+    assert fit_traffic(truth, x[..., :243], 2e6)[0] == truth                # no tail to measure: the base's traffic

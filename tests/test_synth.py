@@ -261,3 +261,30 @@ def test_rtl_fields_checked(field, value):
         check_synth_config(replace(SYNTH_PRESETS["rtl2m"], **{field: value}))
     with pytest.raises(ValueError, match="synth.adc_mode="):
         check_synth_config(replace(SMOKE, adc_mode="rtl"))             # rtl quantises: adc_bits must be set
+
+
+def test_fruit_default_leaves_frames():
+    "The traffic keys are later fields: at fruit_rate_hz=0 nothing is drawn (the other fruit keys change no byte); above it they enter the key."
+    assert {"fruit_rate_hz", "fruit_modes_share", "fruit_db_min", "fruit_db_max", "fruit_over_db_max"} <= set(synth._LATER)
+    fp = make_fingerprints(SMOKE).loc[0].to_dict()
+    x0, _ = synth_frames(SMOKE, fp, 3, np.random.default_rng(4))
+    x1, _ = synth_frames(replace(SMOKE, fruit_db_min=-30.0, fruit_modes_share=0.5, fruit_over_db_max=0.0), fp, 3, np.random.default_rng(4))
+    assert np.array_equal(x0, x1)
+    assert synth_key(replace(SMOKE, fruit_rate_hz=1e3)) != synth_key(SMOKE)
+    with pytest.raises(ValueError, match="synth.fruit_db_max="):
+        check_synth_config(replace(SMOKE, fruit_db_min=0.0, fruit_db_max=-1.0))
+
+
+def test_fruit_mode_ac_pairs():
+    "Mode A/C fruit alone on an empty channel: pulses at its level, F1 and F2 20.3 us apart far more often than chance."
+    from ltsei.signals.emitters import _fruit
+    fs, L = 50e6, 20000                                        # 400 us at 50 MS/s
+    cfg = replace(SMOKE, fruit_rate_hz=2e4, fruit_modes_share=0.0, fruit_db_min=-3.0, fruit_db_max=-3.0)
+    z = _fruit(cfg, np.zeros((4, L), np.complex64), fs, 0, np.full(4, 4.0), np.full(4, -1e-3), np.random.default_rng(1))
+    env = np.abs(z)
+    on = env > 0.5 * 2 * 10 ** (-3 / 20)                      # pulse power 4: amplitude 2 x 10^(-3/20)
+    assert abs(np.median(env[on]) / 2 - 10 ** (-3 / 20)) < 0.03
+    rise = [np.flatnonzero(r[1:] & ~r[:-1]) for r in on]
+    def pairs(lag_s):
+        return sum(int(np.isin(np.add.outer(e, np.arange(-1, 2)) + round(lag_s * fs), e).any(1).sum()) for e in rise)
+    assert pairs(20.3e-6) > 3 * max(pairs(17.0e-6), 1) and pairs(20.3e-6) >= 8, (pairs(20.3e-6), pairs(17.0e-6))

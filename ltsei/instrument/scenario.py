@@ -159,7 +159,7 @@ def scenario_synth_config(c: ScenarioConfig):
     fs = float(c.sample_rate or p.sample_rate)
     n_emit = int(c.aircraft) + int(c.impersonators) + int(c.replayers) + int(c.ghosts)
     return replace(p, sample_rate=fs, length=int(math.ceil((REPLY_S + LEAD_S) * fs)), snr_db_min=80.0, snr_db_max=80.0,
-                   num_emitters=n_emit, icao_mode="per_emitter", overlap_prob=0.0)
+                   num_emitters=n_emit, icao_mode="per_emitter", overlap_prob=0.0, fruit_rate_hz=0.0)
 
 # %% ../../nbs/23b_scenario.ipynb #149fa675
 def make_messages(plan: pd.DataFrame, rng) -> np.ndarray:

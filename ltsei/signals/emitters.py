@@ -13,6 +13,7 @@ from .adsb import make_df17, ppm_chips, pulse_envelope
 # %% auto #0
 __all__ = ['FINGERPRINT_SPREAD', 'CFO_MEDIAN_HZ', 'CFO_LOG_SPREAD', 'CFO_SHIFT_HZ', 'CFO_CLIP_HZ', 'CFO_JITTER_HZ', 'ALIGN_S',
            'EDGE_JITTER', 'DROOP_JITTER', 'RMS_RANGE', 'MULTIPATH_DB', 'MULTIPATH_DELAY_S', 'OVERLAP_DB',
+           'MODE_AC_SPACING_S', 'MODE_AC_WIDTH_S', 'SPI_DELAY_S', 'SPI_PROB', 'FRUIT_EDGE_S', 'FRUIT_SPAN_S',
            'make_fingerprints', 'gen_rate', 'rx_response', 'synth_frames', 'estimate_cfo']
 
 # %% ../../nbs/03b_emitters.ipynb #68d92241
@@ -46,6 +47,10 @@ RMS_RANGE = (0.55, 1.25)             # per-frame RMS amplitude, log-uniform (lik
 MULTIPATH_DB = (-20.0, -10.0)        # `multipath`: the delayed ray's power vs the direct one, uniform in dB
 MULTIPATH_DELAY_S = (0.1e-6, 1e-6)   # ... and its delay, uniform
 OVERLAP_DB = (-20.0, -10.0)          # `overlap_prob`: the other reply's power vs this one, uniform in dB
+MODE_AC_SPACING_S = 1.45e-6         # `fruit_rate_hz`: Mode A/C reply pulse positions (F1 at 0, code pulses, F2 at 14 x this = 20.3 us)
+MODE_AC_WIDTH_S = 0.45e-6           # ... the pulses' width (Mode S pulses: 0.5 us)
+SPI_DELAY_S, SPI_PROB = 4.35e-6, 0.1  # ... the SPI pulse after F2, in this share of the Mode A/C replies
+FRUIT_EDGE_S = 0.1e-6               # ... every pulse's linear edges (50 % at the nominal start and end)
 
 def make_fingerprints(cfg) -> pd.DataFrame:
     """One row of hardware parameters per emitter, deterministic from `cfg.seed` (emitter e's row
@@ -159,9 +164,10 @@ def _warp(z, pos):
     return np.take_along_axis(z, i, 1) * (1 - f) + np.take_along_axis(z, i + 1, 1) * f
 
 # %% ../../nbs/03b_emitters.ipynb #4426d651
-def _channel(cfg, z, fs, P, t0, rng):
+def _channel(cfg, z, fs, P, t0, rng, p_sig=None):
     """The air between the aircraft and the antenna: (if `multipath`) a weak delayed ray, (with probability
-    `overlap_prob`) another aircraft's weaker reply somewhere in the frame. Returns z (B, Lx) complex64."""
+    `overlap_prob`) another aircraft's weaker reply somewhere in the frame, (at `fruit_rate_hz`) other aircraft's
+    replies to ground interrogators (`_fruit`). Returns z (B, Lx) complex64."""
     f32, (B, Lx) = np.float32, z.shape
     if cfg.multipath:   # one ray MULTIPATH_DELAY_S late, MULTIPATH_DB below, random phase; a second one in a quarter of the frames
         out = z.copy()
@@ -179,6 +185,61 @@ def _channel(cfg, z, fs, P, t0, rng):
         re, im = _carrier(e2, np.zeros_like(e2), cfo, 300.0, np.zeros(k), fs, P, rng)
         g = 10 ** (rng.uniform(*OVERLAP_DB, k) / 20)
         z[hit] += g.astype(f32)[:, None] * _complex(re, im)
+    if float(cfg.fruit_rate_hz) > 0: z = _fruit(cfg, z, fs, P, p_sig, t0, rng)
+    return z
+
+# %% ../../nbs/03b_emitters.ipynb #3c0d4133
+def _fruit_pulses(rng, n: int, modes: bool):
+    """The pulses of `n` fruit replies: their starts (s, from each reply's start) and widths (s) and the reply each
+    belongs to. Mode A/C: F1, a random 12-bit code, F2, SPI in SPI_PROB of them; Mode S: preamble, random 56 or 112 bits."""
+    if modes:
+        bits = rng.integers(0, 2, (n, 112))
+        nbits = np.where(rng.random(n) < 0.5, 56, 112)
+        t = np.concatenate([np.broadcast_to([0.0, 1.0, 3.5, 4.5], (n, 4)), 8.0 + np.arange(112) + 0.5 * (1 - bits)], 1) * 1e-6
+        on, w = np.concatenate([np.ones((n, 4), bool), np.arange(112) < nbits[:, None]], 1), 0.5e-6
+    else:
+        pos = np.r_[0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14] * MODE_AC_SPACING_S    # F1, the code (X = 7 empty), F2
+        t = np.broadcast_to(np.r_[pos, pos[-1] + SPI_DELAY_S], (n, 15))
+        code = rng.integers(0, 2, (n, 12)).astype(bool)
+        on = np.concatenate([np.ones((n, 1), bool), code, np.ones((n, 1), bool), (rng.random(n) < SPI_PROB)[:, None]], 1)
+        w = MODE_AC_WIDTH_S
+    r, k = np.nonzero(on)
+    return t[r, k], np.full(r.size, w), r
+
+# %% ../../nbs/03b_emitters.ipynb #d7ee05b3
+def _add_pulses(z, b, t0, w, a, cfo, ph, fs: float, P: int) -> None:
+    """Add to rows `b` of `z` (B, Lx) trapezoid pulses starting at `t0` (s from sample `P`), `w` wide (50 % points),
+    FRUIT_EDGE_S edges, amplitude `a`, on a carrier of offset `cfo` (Hz) and phase `ph` (rad), where they fall."""
+    e, Lx = FRUIT_EDGE_S, z.shape[1]
+    idx = np.floor((t0 - e / 2) * fs).astype(np.int64)[:, None] + P + np.arange(int(np.ceil((w.max() + e) * fs)) + 2)
+    tt = (idx - P) / fs
+    amp = np.clip(np.minimum((tt - t0[:, None]) / e, (t0 + w)[:, None] / e - tt / e) + 0.5, 0, 1)
+    ok = (idx >= 0) & (idx < Lx) & (amp > 0)
+    val = a[:, None] * amp * np.exp(1j * (2 * np.pi * cfo[:, None] * tt + ph[:, None]))
+    np.add.at(z, (np.broadcast_to(b[:, None], idx.shape)[ok], idx[ok]), val[ok].astype(np.complex64))
+
+# %% ../../nbs/03b_emitters.ipynb #dd277dc8
+FRUIT_SPAN_S = {False: 14 * MODE_AC_SPACING_S + SPI_DELAY_S + MODE_AC_WIDTH_S, True: 120e-6}   # Mode A/C, Mode S: a reply's length
+
+def _fruit(cfg, z, fs: float, P: int, p_sig, t0, rng):
+    """`z` (B, Lx) with Poisson-many fruit replies in each frame (see above), at levels relative to the frames' pulse power
+    `p_sig` (B,); those that overlap the frame's own reply (from `t0`, 120 us) only where `fruit_over_db_max` or weaker."""
+    frng = np.random.default_rng(rng.integers(1 << 62))
+    B, Lx = z.shape
+    lo, hi = -P / fs, (Lx - P) / fs
+    for modes, span in FRUIT_SPAN_S.items():
+        share = float(cfg.fruit_modes_share) if modes else 1 - float(cfg.fruit_modes_share)
+        k = frng.poisson(float(cfg.fruit_rate_hz) * share * (hi - lo + span), B)
+        if not k.sum(): continue
+        f = np.repeat(np.arange(B), k)
+        n = f.size
+        start = frng.uniform(lo - span, hi, n)
+        cfo = np.clip(CFO_SHIFT_HZ + CFO_MEDIAN_HZ * np.exp(CFO_LOG_SPREAD * frng.standard_normal(n)), *CFO_CLIP_HZ)
+        db = frng.uniform(float(cfg.fruit_db_min), float(cfg.fruit_db_max), n)
+        over = (start < t0[f] + 120e-6) & (start + span > t0[f])
+        a = np.sqrt(p_sig[f]) * 10 ** (db / 20) * ~(over & (db > float(cfg.fruit_over_db_max)))   # a decoder loses frames garbled by more
+        t, w, r = _fruit_pulses(frng, n, modes)
+        _add_pulses(z, f[r], start[r] + t, w, a[r], cfo[r], frng.uniform(0, 2 * np.pi, n)[r], fs, P)
     return z
 
 # %% ../../nbs/03b_emitters.ipynb #f5bd17c1
@@ -263,7 +324,7 @@ def synth_frames(cfg, fp: dict, n: int, rng: np.random.Generator, return_snr: bo
     z = _complex(re, im)
     on = env > 0.5
     p_sig = ((re * re + im * im) * on).sum(1) / np.maximum(on.sum(1), 1)
-    z = _channel(cfg, z, fs, P, t0, rng)
+    z = _channel(cfg, z, fs, P, t0, rng, p_sig)
     z, snr_db = _receiver(cfg, z, p_sig, fs, P, L, r, rng)
     z = _adc(cfg, z, rng)
     if cfg.adc_mode != "rtl":        # rtl: the stick's own scale (units of full scale), as a recording of it reads

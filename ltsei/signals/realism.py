@@ -14,6 +14,7 @@ from ..core.storage import atomic_write
 from .synth import (SYNTH_PRESETS, SynthConfig, _field_type, as_synth_config, check_synth_config,
                          make_fingerprints, synth_frames, SYNTH_VERSION, FINGERPRINT_SPREAD)
 from .frame_stats import *
+from .traffic import FRUIT_KEYS, fit_traffic
 from .frame_stats import _chip_levels, _chip_states, _fmt
 
 # %% auto #0
@@ -523,7 +524,7 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     """A generator fitted to capture frames `x` (labels `y`; all equal without labels) at `sample_rate`:
     `preset` (the data.synth keys: sample_rate, length, num_emitters and difficulty with labels, the receiver filter,
     snr_db_min/max and whatever `FIT_KEY_MAP` maps), `estimates` (`fingerprint_estimates`), `unused` (estimates no key of this
-    generator takes), `cfg` (the fitted SynthConfig over `base`), the captures' and the fitted frames' reports
+    generator takes), `cfg` (the fitted SynthConfig over `base`; with the traffic its frames' tails hold: `fit_traffic`), the captures' and the fitted frames' reports
     (`files`, `fitted`, `sim_frames` frames), the statistics' comparison `table`, the curves' `curves` and the
     `real_vs_synth` accuracy on the `classifier_stats`. An RTL-SDR base (`adc_mode: rtl`) adds its keys (`rtl_keys`,
     `_fit_rx_cfo`) and keeps its own, longer frame length at its own rate; from captures of one aircraft the preset
@@ -556,10 +557,10 @@ def fit_synth(x, y, sample_rate: float, base: str = "paper", sim_frames: int = 1
     cfg = _fit_chain(cfg, files, sim)
     if cfg.adc_mode == "rtl": cfg = _fit_rx_cfo(cfg, files)
     d0 = cfg.difficulty
-    cfg = _fit_difficulty(cfg, files, y, max(6, fpe))
+    cfg = fit_traffic(_fit_difficulty(cfg, files, y, max(6, fpe)), x, fs)[0]     # the traffic in the frames' tails (05c_traffic)
     chain = ("rx_filter", "rx_bandwidth", "rx_transition") if getattr(cfg, "rx_filter", None) == "fir" else ("rx_bandwidth",)
     preset.update({k: getattr(cfg, k) for k in (*chain, "snr_db_min", "snr_db_max", *mapped)})
-    keep = RX_KEYS + (("num_emitters", "difficulty") if classes < 2 else ())    # one aircraft: the base's fleet
+    keep = RX_KEYS + FRUIT_KEYS + (("num_emitters", "difficulty") if classes < 2 else ())    # one aircraft: the base's fleet
     preset.update({k: getattr(cfg, k) for k in keep if k not in preset and getattr(cfg, k) != getattr(SynthConfig(), k)})
     if cfg.adc_mode == "rtl" and float(base.sample_rate) == fs and int(base.length) > preset["length"]:
         preset["length"] = int(base.length)    # an RTL-SDR base's whole reply (ltsei frames' windows are shorter)

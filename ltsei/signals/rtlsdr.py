@@ -44,7 +44,8 @@ def spoofer_replies(cfg, icao: int, n: int, seed: int = 0) -> np.ndarray:
     """`n` DF17 replies claiming `icao` from one new transmitter of `cfg`'s population (the emitter after its last), with
     the receiver's filter and tuning error but no noise, DC or ADC: complex (n, 130 us) in units of their pulse level."""
     c = replace(cfg, num_emitters=int(cfg.num_emitters) + 1, snr_db_min=90.0, snr_db_max=90.0, adc_bits=0, adc_mode="agc",
-                dc_db_min=-200.0, dc_db_max=-200.0, length=int(np.ceil(130e-6 * cfg.sample_rate)), icao_mode="per_emitter")
+                dc_db_min=-200.0, dc_db_max=-200.0, length=int(np.ceil(130e-6 * cfg.sample_rate)), icao_mode="per_emitter",
+                fruit_rate_hz=0.0)     # one transmitter's replies: the recording holds its own traffic
     fp = {**make_fingerprints(c).iloc[-1].to_dict(), "icao": int(icao)}
     x, _ = synth_frames(c, fp, n, np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(29,))))
     z = x[:, 0] + 1j * x[:, 1]

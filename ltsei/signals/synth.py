@@ -62,10 +62,16 @@ class SynthConfig:
     cfo_drift_hz: float = 0.0   # carrier drift within a frame: std of the change over 96 us, Hz
     multipath: bool = False     # one weak delayed ray (and sometimes a second)
     overlap_prob: float = 0.0   # share of frames overlapped by another aircraft's weaker reply
+    fruit_rate_hz: float = 0.0  # other aircraft's replies (fruit: Mode A/C, some Mode S) per second across the frame (0: none)
+    fruit_modes_share: float = 0.0  # ... the share of them that are Mode S replies
+    fruit_db_min: float = -10.0  # ... their pulse power vs the frame's own, uniform in dB
+    fruit_db_max: float = 0.0
+    fruit_over_db_max: float = 30.0  # ... those overlapping the frame's own reply only this strong or weaker (dB; a decoder loses the rest)
     difficulty: float = 1.0     # fingerprint spreads are divided by this: 2 = twice as close (harder)
     icao_mode: str = "random"   # random | per_emitter
     seed: int = 0
 
+# %% ../../nbs/04_synth.ipynb #c0937377
 SYNTH_PRESETS = {
     "paper": SynthConfig(),
     # CPU scale: 8 MS/s (96 us = 768 samples), made at the paper's 50 MS/s through the paper's receiver chain and
@@ -81,13 +87,14 @@ SYNTH_PRESETS = {
                          test_per_class=20, snr_db_min=25.0, snr_db_max=35.0, difficulty=0.1, seed=148),
     # an RTL-SDR stick at 2 MS/s (one sample per 0.5 us chip): the quick preset's fleet seen through the stick's
     # chain (tuner and decimation filter, which lets the band beyond +-1 MHz alias in; 8-bit ADC at a fixed gain, DC spur,
-    # IQ imbalance, crystal offset), fitted to
+    # IQ imbalance, crystal offset) and the traffic behind its replies (other aircraft's Mode A/C and Mode S replies), fitted to
     # a real recording (dump1090's modes1.bin: docs/rtl-sdr.md); 384 samples = 192 us hold a whole 120 us reply
     # and are the shortest ConvNetADSB takes
     "rtl2m": SynthConfig(rx_decimation="rtl", num_emitters=20, sample_rate=2e6, length=384, pool_per_class=300, val_per_class=30,
                          test_per_class=60, snr_db_min=12.7, snr_db_max=28.7, rx_bandwidth=2.2e6, rx_transition=1.45e6,
                          clock_ppm=30.0, adc_bits=8, adc_mode="rtl", adc_headroom_db=4.6, adc_agc_db=5.7,
-                         dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2),
+                         dc_db_min=-38.6, dc_db_max=-15.9, rx_iq_gain=0.01, rx_iq_phase=0.02, difficulty=0.2,
+                         fruit_rate_hz=15220.0, fruit_modes_share=0.656, fruit_db_min=-6.19, fruit_db_max=4.57, fruit_over_db_max=-6.19),
 }
 SYNTH_PRESETS["rtl2m4"] = replace(SYNTH_PRESETS["rtl2m"], sample_rate=2.4e6, rx_bandwidth=2.64e6)   # the same stick at 2.4 MS/s (160 us): its filter 1.2x as wide
 SYNTH_VERSION = "ltsei-synth-3"   # bump when the generator's output changes: it is part of the cache key
@@ -140,8 +147,18 @@ def check_synth_config(cfg) -> None:
     _check_rx(cfg, bad)
     if not 0 <= float(cfg.cfo_drift_hz) < float("inf"): bad("cfo_drift_hz", "0 (off) or a drift in Hz")
     if not 0 <= float(cfg.overlap_prob) <= 1: bad("overlap_prob", "a probability in [0, 1]")
+    _check_fruit(cfg, bad)
     if not float(cfg.difficulty) > 0: bad("difficulty", "a positive number")
     if cfg.icao_mode not in ("random", "per_emitter"): bad("icao_mode", "'random' or 'per_emitter'")
+
+# %% ../../nbs/04_synth.ipynb #52456642
+def _check_fruit(cfg, bad) -> None:
+    "The traffic's keys (see `check_synth_config`)."
+    if not 0 <= float(cfg.fruit_rate_hz) <= 2e5: bad("fruit_rate_hz", "0 (off) to 2e5 replies per second")
+    if not 0 <= float(cfg.fruit_modes_share) <= 1: bad("fruit_modes_share", "a share in [0, 1]")
+    if not -60 <= float(cfg.fruit_db_min) <= 30: bad("fruit_db_min", "a level in dB vs the frame's pulses, -60 to 30")
+    if not float(cfg.fruit_db_min) <= float(cfg.fruit_db_max) <= 30: bad("fruit_db_max", f">= fruit_db_min={cfg.fruit_db_min} and <= 30 dB")
+    if not -60 <= float(cfg.fruit_over_db_max) <= 30: bad("fruit_over_db_max", "a level in dB vs the frame's pulses, -60 to 30")
 
 def _check_rx(cfg, bad) -> None:
     "The ADC's and the receiver's own keys (see `check_synth_config`)."
@@ -188,7 +205,8 @@ def synth_numerics() -> dict:
 # that every earlier data set keeps its key
 _LATER = {k: getattr(SynthConfig(), k) for k in ("adc_mode", "adc_headroom_db", "adc_agc_db", "dc_db_min", "dc_db_max",
                                                   "rx_iq_gain", "rx_iq_phase", "rx_cfo_hz", "rx_decimation",
-                                                  "align_min_s", "align_max_s")}
+                                                  "align_min_s", "align_max_s", "fruit_rate_hz",
+                                                  "fruit_modes_share", "fruit_db_min", "fruit_db_max", "fruit_over_db_max")}
 
 # %% ../../nbs/04_synth.ipynb #6f76d9bb
 def keyed_synth(d: dict) -> dict:
