@@ -56,6 +56,9 @@ def test_frames_of_the_stick(chain):
     d, _ = chain
     m = json.loads((d / "frames" / "meta.json").read_text())
     assert m["sample_rate"] == 2e6 and m["frames"] >= 0.7 * 24 and m["num_classes"] == 2
+    # rtl2m's frames carry the stick's traffic behind the reply: its network takes windows at the whole window's scale
+    assert SYNTH_PRESETS["rtl2m"].fruit_rate_hz > 0
+    assert json.loads((d / "gal" / "manifest.json").read_text())["window_scale"] == "window"
 
 
 def test_injected_replies_found_and_scored(chain):

@@ -104,7 +104,7 @@ def transmit(cfg, fp: dict, bits: np.ndarray, rng: np.random.Generator) -> np.nd
     re_, im = _carrier(I, Q, cfo, 10 ** fp["log10_linewidth"], np.zeros(B), fs, P, rng, fp["pull_hz"], np.minimum(env, 1.2))
     on = env > 0.5
     p_sig = ((re_ * re_ + im * im) * on).sum(1) / np.maximum(on.sum(1), 1)
-    z = _channel(cfg, _complex(re_, im), fs, P, t0, rng)
+    z = _channel(cfg, _complex(re_, im), fs, P, t0, rng, p_sig)
     return _receiver(cfg, z, p_sig, fs, P, L, r, rng)[0]
 
 # %% ../../nbs/23b_scenario.ipynb #6acdb92c

@@ -17,15 +17,16 @@ from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, OK, FIXED, RE
                                   window_plan, read_windows, to_iq, _ints)
 
 # %% auto #0
-__all__ = ['FRAME_OFFSET_US', 'REPLY_US', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES', 'FRAMES_PER_PROTOTYPE', 'FOLDS',
-           'PRIOR_FRAMES', 'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K', 'SCREEN_FLOOR', 'REF_MIN',
-           'REF_MAX', 'GALLERY_FORMAT', 'WINDOW_SCALE', 'GALLERY_FILES', 'FLAGGED', 'read_block', 'scan_replies',
-           'reply_samples', 'scale_to_reply', 'window_span', 'network_plan', 'network_windows', 'check_rate',
-           'conv1d_twin', 'short_convs', 'Network', 'prototypes', 'distances', 'leave_out_distances', 'size_factor',
-           'Templates', 'fit_templates', 'predictive', 'prediction_bounds', 'frame_thresholds', 'track_thresholds',
-           'track_test', 'cfo_wrap', 'iq_signature', 'screen_signature', 'screen_reference', 'screen_flags',
-           'audit_pick', 'read_gallery', 'check_gallery_format', 'check_same_network', 'write_gallery', 'join_truth',
-           'eer', 'track_blocks', 'block_call', 'evaluate', 'ghost_report']
+__all__ = ['FRAME_OFFSET_US', 'REPLY_US', 'WINDOW_SCALES', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES',
+           'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES', 'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K',
+           'SCREEN_FLOOR', 'REF_MIN', 'REF_MAX', 'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block',
+           'scan_replies', 'reply_samples', 'scale_to_reply', 'scale_window', 'window_scale', 'scale_frames',
+           'window_span', 'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'short_convs', 'Network',
+           'prototypes', 'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
+           'prediction_bounds', 'frame_thresholds', 'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature',
+           'screen_signature', 'screen_reference', 'screen_flags', 'audit_pick', 'read_gallery', 'check_gallery_format',
+           'check_same_network', 'write_gallery', 'join_truth', 'eer', 'track_blocks', 'block_call', 'evaluate',
+           'ghost_report']
 
 # %% ../../nbs/23_verify.ipynb #a2409829
 FRAME_OFFSET_US = 0.03   # us from the detector's preamble time to the generator's sample 0 (measured: the check at the end)
@@ -86,6 +87,26 @@ def scale_to_reply(x, rate: float) -> np.ndarray:
     p = (x[..., :n].astype(np.float64) ** 2).sum(1).mean(1) * n / x.shape[-1]
     return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32)
 
+def scale_window(x) -> np.ndarray:
+    "Frames `x` (B, 2, L) as float32 at unit mean power over the whole window (how training frames are scaled)."
+    x = np.asarray(x)
+    p = (x.astype(np.float64) ** 2).sum(1).mean(1)
+    return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32)
+
+# %% ../../nbs/23_verify.ipynb #92361ade
+WINDOW_SCALES = ("reply", "window")
+
+def window_scale(data, rate: float, length: int) -> str:
+    "'reply' or 'window': the scale of a network trained on `data` (a run's `data` section), windows of `length` at `rate`."
+    if reply_samples(rate, length) >= length: return "reply"                 # inside the reply: the two scales agree
+    synthetic = data.get("source", "synthetic") == "synthetic"
+    return "window" if not synthetic or float(data.get("synth", {}).get("fruit_rate_hz", 0.0) or 0.0) > 0 else "reply"
+
+def scale_frames(x, rate: float, scale: str = "reply") -> np.ndarray:
+    "Frames `x` (B, 2, L) at `rate` scaled as a network of `window_scale` `scale` takes them."
+    if scale not in WINDOW_SCALES: raise ValueError(f"window scale {scale!r}: expected one of {', '.join(WINDOW_SCALES)}")
+    return scale_to_reply(x, rate) if scale == "reply" else scale_window(x)
+
 # %% ../../nbs/23_verify.ipynb #bff6d38f
 def window_span(rec, rate: float, length: int) -> tuple[int, int]:
     "Source samples a network window needs before and after its reply's preamble time (resampling filter included)."
@@ -98,8 +119,8 @@ def network_plan(rec, times, rate: float, length: int, block=None, a: int = 0) -
     if block is not None: plan["fits"] &= (plan["i0"] >= a) & (plan["i0"] + plan["n"] <= a + len(block) // 2)
     return plan
 
-def network_windows(rec, times, rate: float, length: int, block=None, a: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The frames (B, 2, length) float32 at `rate`, scaled by their reply (`scale_to_reply`), that start FRAME_OFFSET_US
+def network_windows(rec, times, rate: float, length: int, block=None, a: int = 0, scale: str = "reply") -> tuple[np.ndarray, np.ndarray]:
+    """The frames (B, 2, length) float32 at `rate`, scaled as the network takes them (`scale_frames`), that start FRAME_OFFSET_US
     after each preamble time in `times` (resampled from the recording's rate, with `ltsei frames`' resampler), cut from
     `block` (stored values from sample `a` on) or read from the recording; and which of `times` fit (B of them)."""
     plan = network_plan(rec, times, rate, length, block, a)
@@ -113,7 +134,7 @@ def network_windows(rec, times, rate: float, length: int, block=None, a: int = 0
             z = resample_poly(z, plan["up"], plan["down"], axis=1)
             z = np.take_along_axis(z, plan["off"][rows][:, None] + np.arange(plan["length"]), 1)
         x = np.stack([z.real, z.imag], axis=-1)
-    return scale_to_reply(x[:, :length].transpose(0, 2, 1), rate), plan["fits"]
+    return scale_frames(x[:, :length].transpose(0, 2, 1), rate, scale), plan["fits"]
 
 # %% ../../nbs/23_verify.ipynb #7be7d223
 def check_rate(rec, rate: float) -> str:
@@ -144,6 +165,8 @@ def _run_files(run) -> dict:
     rate = float(data.synth.sample_rate) if data.source == "synthetic" else _files_rate(data.train_path)
     net = {"model": OmegaConf.to_container(c.model), "stage2": OmegaConf.to_container(c.stage2) if c.stage2.enabled else None,
            "sample_rate": rate, "run": run.name}
+    scale = window_scale(OmegaConf.to_container(data, resolve=True), rate, int(safe_load(s1)["length"]))
+    if scale != "reply": net["window_scale"] = scale      # recorded only where it is not the reply's (earlier keys unchanged)
     return {"network": net, "stage1": s1, "stage2": s2 if c.stage2.enabled else None}
 
 # %% ../../nbs/23_verify.ipynb #7a9e6c1c
@@ -210,6 +233,7 @@ class Network:
         self.files, self.space, net = files, space, files["network"]
         ck = safe_load(files["stage1"])
         self.num_classes, self.length, self.sample_rate = int(ck["num_classes"]), int(ck["length"]), float(net["sample_rate"])
+        self.window_scale = net.get("window_scale", "reply")          # how its windows are scaled (`window_scale`)
         self.model = create_model(net["model"]["name"], self.num_classes, self.length, OmegaConf.create(net["model"]))
         load_stage1_checkpoint(files["stage1"], self.model, what=f"the network of {net['run']}")
         self.head = None
@@ -483,8 +507,7 @@ def audit_pick(times, msgs, fraction: float, seed: int = 0) -> np.ndarray:
     return np.array(h, np.float64).reshape(-1) / 2.0 ** 64 < float(fraction)
 
 # %% ../../nbs/23_verify.ipynb #9355923d
-GALLERY_FORMAT = "ltsei-gallery-v2"      # v2: windows scaled by their reply (`scale_to_reply`)
-WINDOW_SCALE = "reply"
+GALLERY_FORMAT = "ltsei-gallery-v2"      # v2: windows scaled as the network takes them (`window_scale`, recorded)
 GALLERY_FILES = re.compile(r"manifest\.json|identities\.csv|embeddings\.npy|addresses\.npy|templates\.npz|model|summary\.txt")
 
 def read_gallery(folder) -> dict:
@@ -534,7 +557,7 @@ def write_gallery(out: Path, net: Network, E, ids, sources: list, false_alarm: f
     man = {"format": GALLERY_FORMAT, "generator": "ltsei enroll", "model_key": net.key, "model_run": net.files["network"]["run"],
            "space": net.space, "sample_rate": net.sample_rate, "length": net.length, "false_alarm": false_alarm, "threshold": tau,
            "groups_rule": g["rule"], "sources": sources, "addresses": t.ids, "counts": t.counts.tolist(),
-           "frames": int(len(E)), "frame_offset_us": FRAME_OFFSET_US, "window_scale": WINDOW_SCALE}
+           "frames": int(len(E)), "frame_offset_us": FRAME_OFFSET_US, "window_scale": net.window_scale}
     (out / "model").mkdir()
     (out / "model" / "network.json").write_text(json.dumps(net.files["network"], indent=1))
     copy_file(net.files["stage1"], out / "model" / "stage1.pt")

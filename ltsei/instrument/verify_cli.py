@@ -13,7 +13,7 @@ from ..core.storage import clean_stale, drop_temp, make_temp_dir, replace_dir, s
 from ..signals.frames import FRAMES_FORMATS, dc_offset, open_recording
 from .verify import (FRAME_OFFSET_US, GALLERY_FILES, SPACES, Network, _run_files, _check_out, check_rate, check_same_network,
                           REF_MAX, REF_MIN, SCREEN_S, audit_pick, cfo_wrap, evaluate, ghost_report, iq_signature, join_truth, network_plan, network_windows, read_gallery, scan_replies, screen_flags, screen_reference, screen_signature, track_test,
-                          track_thresholds, window_span, write_gallery, scale_to_reply)
+                          track_thresholds, window_span, write_gallery, scale_frames)
 from .scenario import synth_recording_main      # ltsei.cli dispatches all three commands from here
 
 # %% auto #0
@@ -23,13 +23,13 @@ __all__ = ['VERDICTS', 'FRAMES_MODES', 'AUDIT', 'TRACK_COLS', 'HIST_BINS', 'NETW
            'verify', 'summary_text', 'enroll_parser', 'enroll_main', 'verify_parser', 'verify_main']
 
 # %% ../../nbs/23c_verify_cli.ipynb #3063e127
-def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict, chunk: int = 1 << 20):
+def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict, chunk: int = 1 << 20, scale: str = "reply"):
     """Per chunk of the input `path`: a DataFrame (file, time_s, icao, msg); `cut(rows=None)`, which gives the frames
     (B, 2, length) for the network (of the rows selected, a boolean mask; all by default): only the frames wanted are
-    cut and resampled; and `sign()`, the frames' screen signatures (`screen_signature`, at the recording's own rate)
+    cut, resampled and scaled (`scale_frames`); and `sign()`, the frames' screen signatures (`screen_signature`, at the recording's own rate)
     and the circle of their carrier offsets. `stats` collects crc_failed, edge (windows outside the recording) and notes."""
     p = Path(path)
-    if p.is_dir(): yield from _frames_folder(p, rate, length, stats); return
+    if p.is_dir(): yield from _frames_folder(p, rate, length, stats, scale); return
     rec = open_recording(p, fmt, sample_rate)
     note = check_rate(rec, rate)
     if note: stats.setdefault("notes", []).append(note)
@@ -42,13 +42,13 @@ def frames_of(path, fmt: str, sample_rate, rate: float, length: int, stats: dict
         fits = network_plan(rec, f.time_s.to_numpy(), rate, length, block, a)["fits"]
         stats["edge"] = stats.get("edge", 0) + int((~fits).sum())
         f, t = f[fits], f.time_s.to_numpy()[fits]
-        cut = lambda rows=None, t=t, block=block, a=a: network_windows(rec, t if rows is None else t[rows], rate, length, block, a)[0]
+        cut = lambda rows=None, t=t, block=block, a=a: network_windows(rec, t if rows is None else t[rows], rate, length, block, a, scale)[0]
         sign = lambda t=t, block=block, a=a: (screen_signature(rec, t, block, a, dc), cfo_wrap(rec.sample_rate))
         yield pd.DataFrame({"file": p.name, "time_s": f.time_s.round(7).to_numpy(), "icao": [f"{v:06X}" for v in f.icao],
                             "msg": [f"{h:014X}{l:014X}" for h, l in zip(f.hi, f.lo)]}), cut, sign
 
 # %% ../../nbs/23c_verify_cli.ipynb #6041808b
-def _frames_folder(p: Path, rate: float, length: int, stats: dict):
+def _frames_folder(p: Path, rate: float, length: int, stats: dict, scale: str = "reply"):
     "The frames of an `ltsei frames` output folder, cut for the network, and their signatures (at the network's rate)."
     try: meta, fr = json.loads((p / "meta.json").read_text()), pd.read_csv(p / "frames.csv", dtype={"icao": str, "msg": str})
     except (OSError, ValueError) as e: raise ValueError(f"{p}: not an ltsei frames folder (meta.json and frames.csv): {e}") from None
@@ -67,7 +67,7 @@ def _frames_folder(p: Path, rate: float, length: int, stats: dict):
         def sign(X=X, rows=part.row.to_numpy(), p0=p0):    # read only when the screen asks (not by enroll, every or track)
             w = np.asarray(X[rows, p0:p0 + int(round(SCREEN_S * rate))], np.float32)
             return iq_signature(w[..., 0] + 1j * w[..., 1], rate), cfo_wrap(rate)
-        x = scale_to_reply(x, rate)
+        x = scale_frames(x, rate, scale)
         yield pd.DataFrame({"file": part.file.to_numpy(), "time_s": part.time_s.to_numpy(), "icao": part.icao.to_numpy(),
                             "msg": part.msg.to_numpy()}), (lambda rows=None, x=x: x if rows is None else x[rows]), sign
 
@@ -94,7 +94,7 @@ def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: s
     if old is not None: check_same_network(old["manifest"], net, f"--out {out}")
     stats, E, ids = {}, [], []
     for p in inputs:
-        for f, cut, _ in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats), desc=f"enroll {Path(p).name}", disable=not progress, unit="chunk"):
+        for f, cut, _ in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats, scale=net.window_scale), desc=f"enroll {Path(p).name}", disable=not progress, unit="chunk"):
             E.append(net(cut())); ids += f.icao.tolist()
     if not ids: raise ValueError(f"no frame with a valid CRC in {', '.join(map(str, inputs))}: nothing to enroll (check --format and --sample-rate)")
     E, ids = np.concatenate(E), np.array(ids)
@@ -274,7 +274,7 @@ def verify_stream(inputs, g: dict, net: Network, folder: Path, fmt="u8", sample_
     with open(folder / "verdicts.csv", "w") as fh:
         fh.write(",".join(VERDICT_COLS) + "\n")
         for p in inputs:
-            for f, cut, sign in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats, VERIFY_CHUNK), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
+            for f, cut, sign in tqdm(frames_of(p, fmt, sample_rate, net.sample_rate, net.length, stats, VERIFY_CHUNK, net.window_scale), desc=f"verify {Path(p).name}", disable=not progress, unit="chunk"):
                 claim = np.array([index.get(a, -1) for a in f.icao], np.int64)
                 c = _ChunkScores(f, claim, cut, net, t, ids)
                 aud = audit_pick(f.time_s, f.msg, audit, seed) if frames == "screen" and audit > 0 else np.zeros(len(f), bool)
