@@ -11,6 +11,7 @@
 The network: a run trained at 2 MS/s on the stick's preset (`docs/rtl-sdr.md`, command 3; e.g. `runs/my-stick`):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_modes1.py --model runs/my-stick [--recording PATH] [--draws 3]
+        [--window-scale window]
 
 Last line: `modes1: genuine false alarm F% (k of n frames, t of T tracks); impersonation caught in X% of tracks, Y% of
 frames (D draws); frame EER E%`.
@@ -33,6 +34,8 @@ def main(argv=None):
     p.add_argument("--draws", type=int, default=3, help="synthetic impersonating transmitters, one after another")
     p.add_argument("--replies", type=int, default=300, help="replies each impersonator sends into the second half")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed at the end)")
+    p.add_argument("--window-scale", choices=("reply", "window"), default=None,
+                   help="ltsei enroll --window-scale: the reply's (default) or the whole window's")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from omegaconf import OmegaConf
@@ -47,7 +50,8 @@ def main(argv=None):
         assert ltsei(["frames", str(first), *RAW, "--out", str(w / "frames1")]) == 0
         level = pulse_level(np.load(w / "frames1" / "X.npy"))
         icao = pd.read_csv(w / "frames1" / "emitters.csv", dtype={"icao": str}).sort_values("frames").icao.iloc[-1]   # the most heard
-        assert ltsei(["enroll", str(first), *RAW, "--model", a.model, "--out", str(w / "gallery"), "--new"]) == 0
+        scale = ["--window-scale", a.window_scale] if a.window_scale else []
+        assert ltsei(["enroll", str(first), *RAW, "--model", a.model, "--out", str(w / "gallery"), "--new", *scale]) == 0
         assert ltsei(["verify", str(second), *RAW, "--gallery", str(w / "gallery"), "--out", str(w / "genuine"), "--frames", "every"]) == 0
         v = pd.read_csv(w / "genuine" / "verdicts.csv", dtype={"icao": str})
         g = v[v.icao == icao]

@@ -56,9 +56,14 @@ def test_frames_of_the_stick(chain):
     d, _ = chain
     m = json.loads((d / "frames" / "meta.json").read_text())
     assert m["sample_rate"] == 2e6 and m["frames"] >= 0.7 * 24 and m["num_classes"] == 2
-    # rtl2m's frames carry the stick's traffic behind the reply: its network takes windows at the whole window's scale
+    # rtl2m's frames carry the stick's traffic behind the reply; windows are scaled by the reply unless enroll is told
+    # otherwise, and the gallery records the scale (verify follows it)
     assert SYNTH_PRESETS["rtl2m"].fruit_rate_hz > 0
-    assert json.loads((d / "gal" / "manifest.json").read_text())["window_scale"] == "window"
+    assert json.loads((d / "gal" / "manifest.json").read_text())["window_scale"] == "reply"
+    assert main(["enroll", str(d / "scen" / "enroll.u8"), *RAW, "--model", str(d / "gal"), "--out", str(d / "galw"),
+                 "--window-scale", "window"]) == 0
+    man = json.loads((d / "galw" / "manifest.json").read_text())
+    assert man["window_scale"] == "window" and man["model_key"] != json.loads((d / "gal" / "manifest.json").read_text())["model_key"]
 
 
 def test_injected_replies_found_and_scored(chain):

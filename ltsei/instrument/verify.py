@@ -20,9 +20,9 @@ from ..signals.frames import (FramesConfig, IQ_FORMATS, DF_WANTED, OK, FIXED, RE
 __all__ = ['FRAME_OFFSET_US', 'REPLY_US', 'WINDOW_SCALES', 'SPACES', 'SHORT_INPUT', 'PAD_TO', 'MAX_PROTOTYPES',
            'FRAMES_PER_PROTOTYPE', 'FOLDS', 'PRIOR_FRAMES', 'TRACK_DRAWS', 'SCREEN_S', 'SCREEN_FEATURES', 'SCREEN_K',
            'SCREEN_FLOOR', 'REF_MIN', 'REF_MAX', 'GALLERY_FORMAT', 'GALLERY_FILES', 'FLAGGED', 'read_block',
-           'scan_replies', 'reply_samples', 'scale_to_reply', 'scale_window', 'window_scale', 'scale_frames',
-           'window_span', 'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'short_convs', 'Network',
-           'prototypes', 'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
+           'scan_replies', 'reply_samples', 'scale_to_reply', 'scale_window', 'scale_frames', 'window_span',
+           'network_plan', 'network_windows', 'check_rate', 'conv1d_twin', 'short_convs', 'Network', 'prototypes',
+           'distances', 'leave_out_distances', 'size_factor', 'Templates', 'fit_templates', 'predictive',
            'prediction_bounds', 'frame_thresholds', 'track_thresholds', 'track_test', 'cfo_wrap', 'iq_signature',
            'screen_signature', 'screen_reference', 'screen_flags', 'audit_pick', 'read_gallery', 'check_gallery_format',
            'check_same_network', 'write_gallery', 'join_truth', 'eer', 'track_blocks', 'block_call', 'evaluate',
@@ -96,14 +96,8 @@ def scale_window(x) -> np.ndarray:
 # %% ../../nbs/23_verify.ipynb #92361ade
 WINDOW_SCALES = ("reply", "window")
 
-def window_scale(data, rate: float, length: int) -> str:
-    "'reply' or 'window': the scale of a network trained on `data` (a run's `data` section), windows of `length` at `rate`."
-    if reply_samples(rate, length) >= length: return "reply"                 # inside the reply: the two scales agree
-    synthetic = data.get("source", "synthetic") == "synthetic"
-    return "window" if not synthetic or float(data.get("synth", {}).get("fruit_rate_hz", 0.0) or 0.0) > 0 else "reply"
-
 def scale_frames(x, rate: float, scale: str = "reply") -> np.ndarray:
-    "Frames `x` (B, 2, L) at `rate` scaled as a network of `window_scale` `scale` takes them."
+    "Frames `x` (B, 2, L) at `rate` scaled by their reply (`scale_to_reply`) or by the whole window (`scale_window`)."
     if scale not in WINDOW_SCALES: raise ValueError(f"window scale {scale!r}: expected one of {', '.join(WINDOW_SCALES)}")
     return scale_to_reply(x, rate) if scale == "reply" else scale_window(x)
 
@@ -165,8 +159,6 @@ def _run_files(run) -> dict:
     rate = float(data.synth.sample_rate) if data.source == "synthetic" else _files_rate(data.train_path)
     net = {"model": OmegaConf.to_container(c.model), "stage2": OmegaConf.to_container(c.stage2) if c.stage2.enabled else None,
            "sample_rate": rate, "run": run.name}
-    scale = window_scale(OmegaConf.to_container(data, resolve=True), rate, int(safe_load(s1)["length"]))
-    if scale != "reply": net["window_scale"] = scale      # recorded only where it is not the reply's (earlier keys unchanged)
     return {"network": net, "stage1": s1, "stage2": s2 if c.stage2.enabled else None}
 
 # %% ../../nbs/23_verify.ipynb #7a9e6c1c
@@ -222,7 +214,7 @@ def short_convs(model):
 # %% ../../nbs/23_verify.ipynb #a457dcc4
 class Network:
     "A trained run's network as an embedding: `net(x)` (B, 2, L) -> (B, D) vectors in `space`."
-    def __init__(self, files: dict, space: str = "features", threads: Optional[int] = None):
+    def __init__(self, files: dict, space: str = "features", threads: Optional[int] = None, window_scale: Optional[str] = None):
         import torch
         from omegaconf import OmegaConf
         from ltsei.learn.models import create_model
@@ -230,10 +222,14 @@ class Network:
         from ltsei.learn.stage2 import get_stage2_mode
         if space not in SPACES: raise ValueError(f"--space {space!r}: expected one of {', '.join(SPACES)}")
         if threads: torch.set_num_threads(int(threads))
+        if window_scale not in (None, *WINDOW_SCALES): raise ValueError(f"--window-scale {window_scale!r}: expected one of {', '.join(WINDOW_SCALES)}")
+        if window_scale is not None:                       # asked: recorded in the network's settings (and so its key) unless the reply's
+            netd = {k: v for k, v in files["network"].items() if k != "window_scale"}
+            files = {**files, "network": netd if window_scale == "reply" else {**netd, "window_scale": window_scale}}
         self.files, self.space, net = files, space, files["network"]
         ck = safe_load(files["stage1"])
         self.num_classes, self.length, self.sample_rate = int(ck["num_classes"]), int(ck["length"]), float(net["sample_rate"])
-        self.window_scale = net.get("window_scale", "reply")          # how its windows are scaled (`window_scale`)
+        self.window_scale = net.get("window_scale", "reply")          # how its windows are scaled (`scale_frames`; the reply's unless asked)
         self.model = create_model(net["model"]["name"], self.num_classes, self.length, OmegaConf.create(net["model"]))
         load_stage1_checkpoint(files["stage1"], self.model, what=f"the network of {net['run']}")
         self.head = None

@@ -13,7 +13,7 @@ from ..core.storage import clean_stale, drop_temp, make_temp_dir, replace_dir, s
 from ..signals.frames import FRAMES_FORMATS, dc_offset, open_recording
 from .verify import (FRAME_OFFSET_US, GALLERY_FILES, SPACES, Network, _run_files, _check_out, check_rate, check_same_network,
                           REF_MAX, REF_MIN, SCREEN_S, audit_pick, cfo_wrap, evaluate, ghost_report, iq_signature, join_truth, network_plan, network_windows, read_gallery, scan_replies, screen_flags, screen_reference, screen_signature, track_test,
-                          track_thresholds, window_span, write_gallery, scale_frames)
+                          track_thresholds, window_span, write_gallery, scale_frames, WINDOW_SCALES)
 from .scenario import synth_recording_main      # ltsei.cli dispatches all three commands from here
 
 # %% auto #0
@@ -82,15 +82,16 @@ def _input_digest(path) -> str:
 
 # %% ../../nbs/23c_verify_cli.ipynb #99fdbb9f
 def enroll(inputs: list, model, out, fmt: str = "u8", sample_rate=None, space: str = "features", false_alarm: float = 0.01,
-           add: bool = True, progress: bool = True) -> str:
+           add: bool = True, progress: bool = True, window_scale: Optional[str] = None) -> str:
     """Enroll the frames of `inputs` with the network of the run `model` into the gallery `out` (added to what it
-    holds when `add`); returns the summary line."""
+    holds when `add`; windows scaled by `window_scale`, `scale_frames`: the network's own, the reply's unless it says);
+    returns the summary line."""
     from tqdm import tqdm
     if not 0 < float(false_alarm) < 0.5: raise ValueError(f"--false-alarm {false_alarm!r}: expected a rate in (0, 0.5), e.g. 0.01")
     out = Path(out).absolute()
     _check_out(out, GALLERY_FILES, "ltsei enroll")
     old = read_gallery(out) if add and (out / "manifest.json").is_file() else None
-    net = Network(_run_files(model), space)
+    net = Network(_run_files(model), space, window_scale=window_scale)
     if old is not None: check_same_network(old["manifest"], net, f"--out {out}")
     stats, E, ids = {}, [], []
     for p in inputs:
@@ -401,13 +402,17 @@ def enroll_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=SPACES, default="features", help="the embedding: stage-1 features (default) or the final classifier's logits")
     p.add_argument("--false-alarm", type=float, default=0.01, help="false-alarm rate the threshold is set for (default 0.01)")
     p.add_argument("--new", action="store_true", help="replace the gallery instead of adding to it")
+    p.add_argument("--window-scale", choices=WINDOW_SCALES, default=None, help="scale each network window by its reply's 120 us "
+                   "(reply: the default) or by its whole power (window: for a network trained with traffic behind the reply, as "
+                   "rtl2m's; it separates better, its calibration held on 4 of 5 such networks on modes1.bin); verify follows the gallery")
     _io_flags(p)
     return p
 
 # %% ../../nbs/23c_verify_cli.ipynb #d06ca8be
 def enroll_main(argv: list[str]) -> int:
     a = enroll_parser().parse_args(argv)
-    line = enroll(a.inputs, a.model, a.out, a.fmt, a.sample_rate, a.space, a.false_alarm, add=not a.new)
+    line = enroll(a.inputs, a.model, a.out, a.fmt, a.sample_rate, a.space, a.false_alarm, add=not a.new,
+                  window_scale=a.window_scale)
     print(f"{line}\n[ltsei] files: {Path(a.out).absolute()}")
     return 0
 
