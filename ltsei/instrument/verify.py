@@ -79,19 +79,20 @@ def reply_samples(rate: float, length: int) -> int:
     "The samples of a network window (`length` at `rate`) that its reply fills: 120 us, at most the window."
     return int(min(length, round(REPLY_US * 1e-6 * float(rate))))
 
-def scale_to_reply(x, rate: float) -> np.ndarray:
-    """Frames `x` (B, 2, L) at `rate` as float32, scaled so that the reply's first `reply_samples` have the mean power
-    L / n: the window's unit mean power had nothing followed the reply; unit mean power when the window lies inside it."""
+def _scaled(x, n: int) -> np.ndarray:
+    "Frames `x` (B, 2, L) as float32, scaled so that their first `n` samples have the mean power L / n."
     x = np.asarray(x)
-    n = reply_samples(rate, x.shape[-1])
     p = (x[..., :n].astype(np.float64) ** 2).sum(1).mean(1) * n / x.shape[-1]
     return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32)
 
+def scale_to_reply(x, rate: float) -> np.ndarray:
+    """Frames `x` (B, 2, L) at `rate` as float32, scaled so that the reply's first `reply_samples` have the mean power
+    L / n: the window's unit mean power had nothing followed the reply; unit mean power when the window lies inside it."""
+    return _scaled(x, reply_samples(rate, np.shape(x)[-1]))
+
 def scale_window(x) -> np.ndarray:
     "Frames `x` (B, 2, L) as float32 at unit mean power over the whole window (how training frames are scaled)."
-    x = np.asarray(x)
-    p = (x.astype(np.float64) ** 2).sum(1).mean(1)
-    return np.ascontiguousarray(x / np.sqrt(np.maximum(p, 1e-30))[:, None, None], np.float32)
+    return _scaled(x, np.shape(x)[-1])
 
 # %% ../../nbs/23_verify.ipynb #92361ade
 WINDOW_SCALES = ("reply", "window")
